@@ -1,0 +1,119 @@
+"""The embed stage as pure steps: plan the distinct texts and anchors, then embed one shard at a time."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import polars as pl
+import pyarrow as pa
+
+from gist_mining.errors import InputError
+from gist_mining.ids import text_ids
+from gist_mining.storage import write_parquet_atomic
+
+CHUNK = 4096  # texts per encode call: keeps progress moving and memory flat, big enough to sort by length
+
+
+@dataclass(frozen=True)
+class EmbedSettings:
+    """Everything besides the model and the inputs that changes what the embed stage writes."""
+
+    dtype: str = "float32"
+    precision: str = "fp32"
+    shard_size: int = 50_000
+    prompt: str | None = None
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+
+def plan_texts(pairs: list[pl.DataFrame], corpora: list[list[str]], sources: list[str]) -> tuple[pl.DataFrame, pl.DataFrame]:
+    """Deduplicate every text across inputs and give it a content id.
+
+    Returns the text table (``text_id``, ``text``, ``is_query``, ``is_document``, ``n_chars``) sorted by
+    length so that shards hold texts of similar length, and the anchors table (one row per input row).
+    """
+    anchors = pl.concat(
+        [
+            frame.with_columns(
+                pl.lit(source).alias("source"), pl.int_range(1, frame.height + 1, dtype=pl.Int64).alias("source_row")
+            )
+            for frame, source in zip(pairs, sources)
+        ]
+    ).with_row_index("anchor_id")
+    queries = anchors.get_column("query")
+    documents = pl.concat(
+        [anchors.get_column("positive"), anchors.get_column("negatives").explode().drop_nulls()]
+        + [pl.Series("text", corpus, dtype=pl.String) for corpus in corpora]
+    )
+    texts = (
+        pl.concat(
+            [
+                pl.DataFrame({"text": queries, "is_query": True, "is_document": False}),
+                pl.DataFrame({"text": documents, "is_query": False, "is_document": True}),
+            ]
+        )
+        .group_by("text")
+        .agg(pl.col("is_query").any(), pl.col("is_document").any())
+    )
+    ids = text_ids(texts.get_column("text").to_list())
+    if len(np.unique(ids)) != len(ids):
+        raise InputError(["two distinct texts share a 64-bit text_id; please report this input"])
+    texts = (
+        texts.with_columns(pl.Series("text_id", ids), pl.col("text").str.len_chars().alias("n_chars"))
+        .select("text_id", "text", "is_query", "is_document", "n_chars")
+        .sort("n_chars", "text_id")
+    )
+
+    def to_id(expr: pl.Expr) -> pl.Expr:
+        return expr.replace_strict(texts.get_column("text"), texts.get_column("text_id"), return_dtype=pl.Int64)
+
+    anchors = anchors.select(
+        pl.col("anchor_id").cast(pl.Int64),
+        "source",
+        "source_row",
+        to_id(pl.col("query")).alias("query_id"),
+        to_id(pl.col("positive")).alias("positive_id"),
+        pl.col("negatives").list.eval(to_id(pl.element())).alias("negative_ids"),
+        "task",
+    )
+    return texts, anchors
+
+
+def shard_bounds(n_texts: int, shard_size: int) -> list[tuple[int, int]]:
+    return [(start, min(start + shard_size, n_texts)) for start in range(0, n_texts, shard_size)]
+
+
+def encode(model, texts: list[str], batch_size: int, prompt: str | None, progress=None) -> np.ndarray:
+    out = []
+    for start in range(0, len(texts), CHUNK):
+        chunk = texts[start : start + CHUNK]
+        out.append(
+            model.encode(
+                chunk,
+                batch_size=batch_size,
+                normalize_embeddings=True,
+                convert_to_numpy=True,
+                show_progress_bar=False,
+                prompt=prompt,
+            )
+        )
+        if progress is not None:
+            progress.update(len(chunk))
+    return np.concatenate(out) if out else np.zeros((0, model.get_embedding_dimension()), dtype=np.float32)
+
+
+def embedding_table(ids: np.ndarray, vectors: np.ndarray, dtype: str) -> pa.Table:
+    arrow_type = pa.float16() if dtype == "float16" else pa.float32()
+    vectors = vectors.astype(np.float16 if dtype == "float16" else np.float32)
+    values = pa.array(vectors.reshape(-1), type=arrow_type)
+    column = pa.FixedSizeListArray.from_arrays(values, vectors.shape[1])
+    return pa.table({"text_id": pa.array(ids, type=pa.int64()), "embedding": column})
+
+
+def embed_shard(model, texts: pl.DataFrame, path: Path, settings: EmbedSettings, batch_size: int, progress=None) -> int:
+    vectors = encode(model, texts.get_column("text").to_list(), batch_size, settings.prompt, progress)
+    write_parquet_atomic(embedding_table(texts.get_column("text_id").to_numpy(), vectors, settings.dtype), path)
+    return texts.height
