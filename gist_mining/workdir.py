@@ -23,7 +23,8 @@ def shard_name(index: int) -> str:
 
 
 def done_marker(shard: Path) -> Path:
-    return shard.with_name(shard.name + ".done")
+    # A leading underscore keeps pyarrow.dataset and Spark-style readers from taking markers for data.
+    return shard.with_name(f"_{shard.stem}.done")
 
 
 def embed_manifest(work: Path) -> dict:

@@ -1,0 +1,74 @@
+"""Shared fixtures: a tiny random BERT sentence-transformer built on the fly (no downloads) and small inputs."""
+
+from __future__ import annotations
+
+import os
+import random
+import subprocess
+import sys
+from pathlib import Path
+
+import polars as pl
+import pytest
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+ROOT = Path(__file__).resolve().parents[1]
+WORDS = (
+    "the a an of to and in on is was for with as by at from bank river money loan water fish boat cat dog "
+    "mat sat ran quick brown fox jumps over lazy function returns value list string number file path open "
+    "close read write data table model text query answer good bad small large red blue green tree house "
+    "car road city music song book page word letter sound light dark cold hot day night time year"
+).split()
+
+
+def build_tiny_model(path: Path, seed: int = 0) -> Path:
+    import torch
+    from sentence_transformers import SentenceTransformer
+    from sentence_transformers.sentence_transformer.modules import Normalize, Pooling, Transformer
+    from transformers import BertConfig, BertModel, BertTokenizerFast
+
+    torch.manual_seed(seed)
+    vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"] + WORDS
+    tokenizer = BertTokenizerFast(vocab={w: i for i, w in enumerate(vocab)})
+    config = BertConfig(vocab_size=len(vocab), hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+                        intermediate_size=64, max_position_embeddings=128)
+    raw = path / "raw"
+    BertModel(config).save_pretrained(raw)
+    tokenizer.save_pretrained(raw)
+    transformer = Transformer(str(raw), max_seq_length=64)
+    model = SentenceTransformer(modules=[transformer, Pooling(transformer.get_embedding_dimension()), Normalize()],
+                                device="cpu")
+    model.save(str(path / "st"))
+    return path / "st"
+
+
+@pytest.fixture(scope="session")
+def tiny_model(tmp_path_factory) -> Path:
+    return build_tiny_model(tmp_path_factory.mktemp("tiny"))
+
+
+@pytest.fixture(scope="session")
+def tiny_guide(tmp_path_factory) -> Path:
+    return build_tiny_model(tmp_path_factory.mktemp("tiny-guide"), seed=1)
+
+
+def sentence(rng: random.Random, n: int | None = None) -> str:
+    return " ".join(rng.choice(WORDS) for _ in range(n or rng.randint(3, 12)))
+
+
+def make_pairs(n: int, seed: int = 0, tasks=("a", "b")) -> pl.DataFrame:
+    rng = random.Random(seed)
+    rows = []
+    for i in range(n):
+        rows.append({"query": sentence(rng), "positive": sentence(rng), "negative": [sentence(rng)] if i % 3 else [],
+                     "task": tasks[i % len(tasks)]})
+    return pl.DataFrame(rows)
+
+
+def run_module(module: str, *args, check=True, **kwargs) -> subprocess.CompletedProcess:
+    env = dict(os.environ, HF_HUB_OFFLINE="1", PYTHONPATH=str(ROOT))
+    result = subprocess.run([sys.executable, "-m", module, *map(str, args)], capture_output=True, text=True,
+                            cwd=ROOT, env=env, **kwargs)
+    if check and result.returncode != 0:
+        raise AssertionError(f"{module} exited {result.returncode}:\n{result.stderr[-3000:]}")
+    return result
