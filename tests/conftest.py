@@ -31,7 +31,8 @@ def build_tiny_model(path: Path, seed: int = 0) -> Path:
     vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"] + WORDS
     tokenizer = BertTokenizerFast(vocab={w: i for i, w in enumerate(vocab)})
     config = BertConfig(vocab_size=len(vocab), hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
-                        intermediate_size=64, max_position_embeddings=128)
+                        intermediate_size=64, max_position_embeddings=128,
+                        initializer_range=0.3)  # spreads similarities (0.3 to 0.9) like a real model
     raw = path / "raw"
     BertModel(config).save_pretrained(raw)
     tokenizer.save_pretrained(raw)

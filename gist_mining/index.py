@@ -1,0 +1,61 @@
+"""FAISS indexes over L2-normalised guide embeddings (inner product = cosine).
+
+``auto`` is exact (IndexFlatIP) up to AUTO_EXACT_MAX vectors and HNSW above: below that size an exact
+search over the pool costs less than the guide's forward pass over the same texts, so exactness is free
+(benchmarks/index_recall.py measures recall@k and speed of each kind against exact search).
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from pathlib import Path
+
+import faiss
+import numpy as np
+
+KINDS = ("flat", "ivf", "hnsw", "auto")
+AUTO_EXACT_MAX = 300_000
+HNSW_M = 32
+
+
+def resolve_kind(kind: str, n_vectors: int) -> str:
+    if kind == "auto":
+        return "flat" if n_vectors <= AUTO_EXACT_MAX else "hnsw"
+    if kind not in KINDS:
+        raise ValueError(f"unknown index kind {kind!r}; use one of {', '.join(KINDS)}")
+    return kind
+
+
+def build_index(vectors: np.ndarray, kind: str, k: int, seed: int = 0) -> faiss.Index:
+    n, dim = vectors.shape
+    vectors = np.ascontiguousarray(vectors, dtype=np.float32)
+    if kind == "flat":
+        index = faiss.IndexFlatIP(dim)
+    elif kind == "ivf":
+        nlist = max(1, min(int(4 * math.sqrt(n)), n // 39))  # faiss wants >= 39 training points per list
+        index = faiss.IndexIVFFlat(faiss.IndexFlatIP(dim), dim, nlist, faiss.METRIC_INNER_PRODUCT)
+        sample = np.random.default_rng(seed).choice(n, size=min(n, 256 * nlist), replace=False)
+        index.train(vectors[np.sort(sample)])
+        index.nprobe = min(nlist, 32)
+    elif kind == "hnsw":
+        index = faiss.IndexHNSWFlat(dim, HNSW_M, faiss.METRIC_INNER_PRODUCT)
+        index.hnsw.efConstruction = 80
+        index.hnsw.efSearch = max(128, 2 * k)
+    else:
+        raise ValueError(f"unknown index kind {kind!r}")
+    index.add(vectors)
+    return index
+
+
+def save_index(index: faiss.Index, path: Path) -> None:
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    faiss.write_index(index, str(tmp))
+    os.replace(tmp, path)
+
+
+def load_index(path: Path, k: int) -> faiss.Index:
+    index = faiss.read_index(str(path))
+    if isinstance(index, faiss.IndexHNSWFlat):
+        index.hnsw.efSearch = max(128, 2 * k)
+    return index

@@ -1,0 +1,161 @@
+"""Positive-aware hard-negative selection over stored guide scores, vectorised over a chunk of anchors.
+
+Per anchor: the k nearest document-side texts by the guide (its own query text and every positive of
+that query excluded), each with its exact guide score. ``select`` turns them into hard negatives and
+false negatives under ``MiningRules``; it reads only the candidates, so new rules never need a new search.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+import numpy as np
+import pyarrow as pa
+
+from gist_mining.margins import STRATEGIES, false_negative_threshold
+
+PAD_ID = -1
+
+
+@dataclass(frozen=True)
+class MiningRules:
+    margin_strategy: str = "relative"
+    margin: float = 0.05
+    min_score: float | None = None
+    max_score: float | None = None
+    rank_min: int = 0
+    num_negatives: int = 3
+    sampling: str = "top"
+    seed: int = 0
+
+    def __post_init__(self):
+        if self.margin_strategy not in STRATEGIES:
+            raise ValueError(f"margin strategy must be one of {', '.join(STRATEGIES)}")
+        if self.sampling not in ("top", "random"):
+            raise ValueError("sampling must be 'top' or 'random'")
+        if self.rank_min < 0 or self.num_negatives < 0:
+            raise ValueError("rank_min and num_negatives must be >= 0")
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+
+# -- ragged lists <-> padded matrices ---------------------------------------------------------------
+
+
+def padded(lists: pa.Array, fill, dtype) -> np.ndarray:
+    """A list column as an (n, longest) matrix, short rows filled with ``fill``."""
+    lists = lists.combine_chunks() if isinstance(lists, pa.ChunkedArray) else lists
+    offsets = lists.offsets.to_numpy()
+    offsets = offsets - offsets[0]
+    lengths = np.diff(offsets)
+    values = lists.flatten().to_numpy(zero_copy_only=False).astype(dtype, copy=False)
+    out = np.full((len(lengths), int(lengths.max(initial=0))), fill, dtype=dtype)
+    rows = np.repeat(np.arange(len(lengths)), lengths)
+    cols = np.arange(len(values)) - np.repeat(offsets[:-1], lengths)
+    out[rows, cols] = values
+    return out
+
+
+def ragged(matrix: np.ndarray, keep: np.ndarray, arrow_type) -> pa.ListArray:
+    """The kept entries of each row, in column order, as a list column."""
+    offsets = np.concatenate([[0], np.cumsum(keep.sum(axis=1))]).astype(np.int32)
+    return pa.ListArray.from_arrays(pa.array(offsets), pa.array(matrix[keep], type=arrow_type))
+
+
+# -- candidates --------------------------------------------------------------------------------------
+
+
+def search_candidates(index, query_vectors: np.ndarray, exclude: np.ndarray, pool_ids: np.ndarray,
+                      pool_vectors: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """Top-k pool texts per query, none of its ``exclude`` ids (n, e; PAD_ID-padded), scored exactly.
+
+    Returns ids (n, k) padded with PAD_ID and scores (n, k) padded with -inf, sorted by score descending.
+    """
+    n = len(query_vectors)
+    search_k = min(k + exclude.shape[1], len(pool_ids))
+    _, rows = index.search(np.ascontiguousarray(query_vectors, dtype=np.float32), search_k)
+    ids = np.where(rows >= 0, pool_ids[np.maximum(rows, 0)], PAD_ID)
+    keep = (rows >= 0) & ~(ids[:, :, None] == exclude[:, None, :]).any(axis=2)
+    first = np.argsort(~keep, axis=1, kind="stable")[:, :k]  # kept entries first, in search order
+    rows = np.take_along_axis(rows, first, axis=1)
+    keep = np.take_along_axis(keep, first, axis=1)
+    # Exact inner products from the stored vectors, not the (possibly approximate) index distances.
+    scores = np.einsum("nd,nkd->nk", query_vectors, pool_vectors[np.maximum(rows, 0)], dtype=np.float32)
+    scores = np.where(keep, scores, -np.inf).astype(np.float32)
+    ids = np.where(keep, pool_ids[np.maximum(rows, 0)], PAD_ID)
+    order = np.argsort(-scores, axis=1, kind="stable")
+    return np.take_along_axis(ids, order, axis=1), np.take_along_axis(scores, order, axis=1).reshape(n, -1)
+
+
+# -- selection ---------------------------------------------------------------------------------------
+
+
+def _mix64(x: np.ndarray) -> np.ndarray:
+    """splitmix64's finaliser: a fixed, well-spread hash of uint64 values."""
+    x = (x ^ (x >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+    x = (x ^ (x >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+    return x ^ (x >> np.uint64(31))
+
+
+def random_keys(seed: int, anchor_ids: np.ndarray, candidate_ids: np.ndarray) -> np.ndarray:
+    """A pseudo-random key per (seed, anchor, candidate): the same draw in any chunking, sharding or order."""
+    with np.errstate(over="ignore"):
+        x = _mix64(np.uint64(seed) + np.uint64(0x9E3779B97F4A7C15))
+        x = _mix64(x ^ anchor_ids.astype(np.uint64)[:, None])
+        return _mix64(x ^ candidate_ids.astype(np.uint64))
+
+
+def select(anchor_ids: np.ndarray, positive_scores: np.ndarray, candidate_ids: np.ndarray,
+           candidate_scores: np.ndarray, given_ids: np.ndarray, given_scores: np.ndarray,
+           rules: MiningRules) -> dict[str, pa.Array]:
+    """Hard negatives, false negatives and given-negative flags for a chunk of anchors.
+
+    A candidate is a false negative when the guide puts it above the anchor's threshold (the shared
+    margin rule) or above ``max_score``. Survivors not below ``min_score`` are ranked by score; the first
+    ``rank_min`` are skipped, and from the rest ``num_negatives`` are taken (top, or seeded random),
+    counting the given negatives that the guide does not flag, which always come first.
+    """
+    threshold = false_negative_threshold(positive_scores, rules.margin_strategy, rules.margin).astype(np.float32)
+
+    def flagged(scores):
+        over = scores > threshold[:, None]
+        return over | (scores > rules.max_score) if rules.max_score is not None else over
+
+    valid = candidate_ids != PAD_ID
+    given_valid = given_ids != PAD_ID
+    false_neg = valid & flagged(candidate_scores)
+    given_flagged = given_valid & flagged(given_scores)
+    given_kept = given_valid & ~given_flagged
+
+    is_given = (candidate_ids[:, :, None] == np.where(given_valid, given_ids, PAD_ID - 1)[:, None, :]).any(axis=2)
+    survivors = valid & ~false_neg & ~is_given
+    if rules.min_score is not None:
+        survivors &= candidate_scores >= rules.min_score
+    eligible = survivors & (np.cumsum(survivors, axis=1) > rules.rank_min)
+    wanted = np.maximum(rules.num_negatives - given_kept.sum(axis=1), 0)[:, None]
+    if rules.sampling == "top":
+        chosen = eligible & (np.cumsum(eligible, axis=1) <= wanted)
+    else:
+        keys = np.where(eligible, random_keys(rules.seed, anchor_ids, candidate_ids), np.iinfo(np.uint64).max)
+        draw_rank = np.argsort(np.argsort(keys, axis=1, kind="stable"), axis=1)
+        chosen = eligible & (draw_rank < wanted)
+
+    negatives = np.concatenate([given_ids, candidate_ids], axis=1)
+    negative_scores = np.concatenate([given_scores, candidate_scores], axis=1)
+    negative_ranks = np.concatenate([np.full(given_ids.shape, -1), np.broadcast_to(np.arange(candidate_ids.shape[1]),
+                                                                                   candidate_ids.shape)], axis=1)
+    take = np.concatenate([given_kept, chosen], axis=1)
+    # A flagged given negative is a false negative too, unless the search already found it.
+    given_only = given_flagged & ~(given_ids[:, :, None] == candidate_ids[:, None, :]).any(axis=2)
+    fn_take = np.concatenate([given_only, false_neg], axis=1)
+    float_list = pa.float32()
+    return {
+        "threshold": pa.array(threshold, type=pa.float32()),
+        "negative_ids": ragged(negatives, take, pa.int64()),
+        "negative_scores": ragged(negative_scores, take, float_list),
+        "negative_ranks": ragged(negative_ranks, take, pa.int32()),
+        "false_negative_ids": ragged(negatives, fn_take, pa.int64()),
+        "false_negative_scores": ragged(negative_scores, fn_take, float_list),
+        "given_negative_flagged": ragged(given_flagged, given_valid, pa.bool_()),
+    }
