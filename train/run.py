@@ -1,0 +1,280 @@
+"""Stage 3: fine-tune a student on mined tables with GISTEmbed's guided in-batch loss, no guide forward pass.
+
+    python -m train.run --work runs/sample --out models/gist-minilm --eval data/sample/val
+    torchrun --nproc-per-node 2 -m train.run --work runs/sample --out models/gist-minilm
+
+Each step: B anchors (query, positive, their first N mined negatives), the student embeds them, and the
+guide's view of the same texts is a lookup into the embed stage's stored vectors. gist_mining.loss masks
+the in-batch candidates the guide rates above each anchor's threshold, and the anchors' precomputed false
+negatives, then takes cross-entropy. Checkpoints hold everything needed for --resume to continue exactly.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import random
+import shutil
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import polars as pl
+import torch
+import torch.distributed as dist
+from tqdm import tqdm
+from transformers import get_linear_schedule_with_warmup
+
+from gist_mining import cli
+from gist_mining.batches import plan_batches
+from gist_mining.errors import UsageError
+from gist_mining.loss import PAD_ID, gist_loss
+from gist_mining.margins import STRATEGIES
+from gist_mining.models import DEFAULT_STUDENT, load_model
+from gist_mining.storage import read_json, write_json_atomic
+from gist_mining.workdir import TEXTS, VectorStore
+
+# -- config: every default in one place ------------------------------------------------------------------
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="python -m train.run", description=__doc__.split("\n")[0])
+    p.add_argument("--work", required=True, type=Path, help="work directory with mined/ (pipeline.mask)")
+    p.add_argument("--out", required=True, type=Path, help="where the trained sentence-transformers model goes")
+    p.add_argument("--model", default=DEFAULT_STUDENT, help="student: bundled name or local directory")
+    p.add_argument("--batch-size", type=int, default=32, help="anchors per step (per process)")
+    p.add_argument("--epochs", type=float, default=1.0)
+    p.add_argument("--max-steps", type=int, default=None, help="overrides --epochs")
+    p.add_argument("--lr", type=float, default=5e-6)
+    p.add_argument("--warmup-ratio", type=float, default=0.1)
+    p.add_argument("--weight-decay", type=float, default=0.01)
+    p.add_argument("--temperature", type=float, default=0.01)
+    p.add_argument("--margin-strategy", choices=STRATEGIES, default="absolute")
+    p.add_argument("--margin", type=float, default=0.0)
+    p.add_argument("--negatives-per-anchor", type=int, default=1)
+    p.add_argument("--task-batches", action="store_true", help="each batch from one task (MEDI style)")
+    p.add_argument("--max-seq-length", type=int, default=None)
+    p.add_argument("--bf16", action="store_true", help="bf16 autocast (CUDA)")
+    p.add_argument("--gradient-checkpointing", action="store_true")
+    p.add_argument("--guide-filter", choices=["precomputed", "none"], default="precomputed")
+    p.add_argument("--eval", type=Path, default=None, help="retrieval split: queries, corpus, qrels .parquet")
+    p.add_argument("--eval-steps", type=int, default=0, help="evaluate every N steps (0: before and after only)")
+    p.add_argument("--save-steps", type=int, default=0, help="checkpoint every N steps (0: never)")
+    p.add_argument("--resume", action="store_true", help="continue from the newest checkpoint in --out")
+    p.add_argument("--seed", type=int, default=42)
+    p.add_argument("--device", default=None)
+    return p.parse_args(argv)
+
+
+# -- data ------------------------------------------------------------------------------------------------
+
+
+def load_training_rows(work: Path, negatives: int) -> pl.DataFrame:
+    manifest_path = work / "mined_manifest.json"
+    if not manifest_path.exists():
+        raise UsageError(f"{work}: no mined_manifest.json; run `python -m pipeline.mask --work {work}` first")
+    manifest = read_json(manifest_path)
+    rows = pl.read_parquet([str(work / s) for s in manifest["shards"]]).sort("anchor_id")
+    return rows.select("anchor_id", "query_id", "positive_id", "task", "false_negative_ids",
+                       pl.col("negative_ids").list.head(negatives)), manifest
+
+
+class Batches:
+    """Turns planned rows into texts, ids and guide vectors for one step."""
+
+    def __init__(self, work: Path, rows: pl.DataFrame, device):
+        self.rows, self.device = rows, device
+        self.text_of = dict(pl.read_parquet(work / TEXTS, columns=["text_id", "text"]).iter_rows())
+        self.store = VectorStore(work)
+        self.query_ids = rows["query_id"].to_numpy()
+        self.positive_ids = rows["positive_id"].to_numpy()
+        self.negative_ids = rows["negative_ids"].to_list()
+        self.false_negatives = rows["false_negative_ids"].to_list()
+
+    def text_sets(self) -> list[set[int]]:
+        return [{q, p, *n} for q, p, n in zip(self.query_ids.tolist(), self.positive_ids.tolist(), self.negative_ids)]
+
+    def get(self, batch: list[int]) -> dict:
+        ids = {
+            "q": self.query_ids[batch],
+            "p": self.positive_ids[batch],
+            "n": np.array([i for r in batch for i in self.negative_ids[r]], dtype=np.int64),
+        }
+        width = max([len(self.false_negatives[r]) for r in batch] + [1])
+        known = np.full((len(batch), width), PAD_ID, dtype=np.int64)
+        for row, r in enumerate(batch):
+            known[row, : len(self.false_negatives[r])] = self.false_negatives[r]
+        out = {"known": torch.from_numpy(known).to(self.device)}
+        for key, values in ids.items():
+            out[f"{key}_texts"] = [self.text_of[i] for i in values.tolist()]
+            out[f"{key}_ids"] = torch.from_numpy(values).to(self.device)
+            out[f"{key}_guide"] = torch.from_numpy(self.store.get(values)).to(self.device)
+        return out
+
+
+# -- checkpoints -----------------------------------------------------------------------------------------
+
+
+def save_checkpoint(out: Path, step: int, model, optimizer, scheduler, position: dict) -> None:
+    final = out / "checkpoints" / f"step-{step:07d}"
+    tmp = final.with_name(f".{final.name}.tmp-{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    model.save(str(tmp))
+    torch.save({"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
+                "torch_rng": torch.get_rng_state(),
+                "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []}, tmp / "trainer_state.pt")
+    write_json_atomic(dict(position, step=step), tmp / "position.json")
+    os.replace(tmp, final)  # a checkpoint directory exists whole or not at all
+
+
+def latest_checkpoint(out: Path) -> Path | None:
+    found = sorted((out / "checkpoints").glob("step-*")) if (out / "checkpoints").exists() else []
+    return found[-1] if found else None
+
+
+# -- evaluation ------------------------------------------------------------------------------------------
+
+
+def make_evaluator(folder: Path, name: str):
+    from sentence_transformers.sentence_transformer.evaluation import InformationRetrievalEvaluator
+
+    queries = pl.read_parquet(folder / "queries.parquet")
+    corpus = pl.read_parquet(folder / "corpus.parquet")
+    qrels = pl.read_parquet(folder / "qrels.parquet").group_by("query_id").agg("doc_id")
+    return InformationRetrievalEvaluator(
+        queries=dict(queries.select("query_id", "text").iter_rows()),
+        corpus=dict(corpus.select("doc_id", "text").iter_rows()),
+        relevant_docs={q: set(d) for q, d in qrels.iter_rows()},
+        name=name, mrr_at_k=[10], ndcg_at_k=[10], accuracy_at_k=[1, 10], precision_recall_at_k=[10, 100],
+        map_at_k=[100], show_progress_bar=False, batch_size=128,
+    )
+
+
+def headline(metrics: dict) -> dict:
+    pick = {"ndcg@10": "ndcg@10", "mrr@10": "mrr@10", "recall@100": "recall@100"}
+    return {short: round(v, 4) for short, key in pick.items() for k, v in metrics.items() if k.endswith(f"cosine_{key}")}
+
+
+# -- the loop --------------------------------------------------------------------------------------------
+
+
+def main(argv=None) -> None:
+    args = parse_args(argv)
+    distributed = "WORLD_SIZE" in os.environ and int(os.environ["WORLD_SIZE"]) > 1
+    if distributed:
+        dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
+    rank, world = (dist.get_rank(), dist.get_world_size()) if distributed else (0, 1)
+    device = args.device or (f"cuda:{int(os.environ.get('LOCAL_RANK', 0))}" if torch.cuda.is_available() else "cpu")
+    random.seed(args.seed)
+    torch.manual_seed(args.seed)
+
+    rows, mined_manifest = load_training_rows(args.work, args.negatives_per_anchor)
+    data = Batches(args.work, rows, device)
+    text_sets, tasks = data.text_sets(), rows["task"].to_list()
+    epoch_batches = lambda epoch: plan_batches(text_sets, tasks, args.batch_size * world, args.seed, epoch,  # noqa: E731
+                                               args.task_batches)
+    steps_per_epoch = len(epoch_batches(0))
+    total_steps = args.max_steps or max(1, int(args.epochs * steps_per_epoch))
+
+    checkpoint = latest_checkpoint(args.out) if args.resume else None
+    model = load_model(str(checkpoint or args.model), device=device, max_seq_length=args.max_seq_length)
+    if args.gradient_checkpointing:
+        model[0].auto_model.gradient_checkpointing_enable()
+    optimizer = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=args.weight_decay)
+    scheduler = get_linear_schedule_with_warmup(optimizer, int(args.warmup_ratio * total_steps), total_steps)
+    step, epoch, batch_index = 0, 0, 0
+    if checkpoint is not None:
+        state = torch.load(checkpoint / "trainer_state.pt", weights_only=True)
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        torch.set_rng_state(state["torch_rng"])
+        if state["cuda_rng"]:
+            torch.cuda.set_rng_state_all(state["cuda_rng"])
+        position = read_json(checkpoint / "position.json")
+        step, epoch, batch_index = position["step"], position["epoch"], position["batch_index"]
+        print(f"resuming from {checkpoint} at step {step}", file=sys.stderr)
+    forward = torch.nn.parallel.DistributedDataParallel(model) if distributed else model
+
+    evaluator = make_evaluator(args.eval, "eval") if args.eval else None
+    log_path = args.out / "metrics.jsonl"
+    args.out.mkdir(parents=True, exist_ok=True)
+    if rank == 0:  # a fresh run starts the log anew; a resumed one drops what came after its checkpoint
+        kept = [line for line in log_path.read_text().splitlines() if json.loads(line)["step"] <= step] \
+            if step and log_path.exists() else []
+        log_path.write_text("".join(line + "\n" for line in kept))
+
+    def log(record: dict) -> None:
+        if rank == 0:
+            with open(log_path, "a") as fh:
+                fh.write(json.dumps(record) + "\n")
+
+    def evaluate() -> dict:
+        model.eval()
+        scores = headline(evaluator(model)) if rank == 0 else {}
+        model.train()
+        log({"step": step, **{f"eval_{k}": v for k, v in scores.items()}})
+        return scores
+
+    before = evaluate() if evaluator and step == 0 else None
+    if before:
+        print(f"eval before training: {before}", file=sys.stderr)
+
+    def embed(texts: list[str]) -> torch.Tensor:
+        features = {k: v.to(device) if hasattr(v, "to") else v for k, v in model.preprocess(texts).items()}
+        with torch.autocast("cuda", dtype=torch.bfloat16, enabled=args.bf16 and "cuda" in str(device)):
+            return forward(features)["sentence_embedding"].float()
+
+    model.train()
+    batches = epoch_batches(epoch)
+    progress = tqdm(total=total_steps, initial=step, desc="train", disable=rank != 0)
+    started = time.perf_counter()
+    while step < total_steps:
+        if batch_index >= len(batches):
+            epoch, batch_index = epoch + 1, 0
+            batches = epoch_batches(epoch)
+        global_batch = batches[batch_index]
+        mine = global_batch[rank * args.batch_size : (rank + 1) * args.batch_size]
+        batch_index += 1
+        b = data.get(mine)
+        embeddings = embed(b["q_texts"] + b["p_texts"] + b["n_texts"])
+        q, p, n = torch.split(embeddings, [len(b["q_texts"]), len(b["p_texts"]), len(b["n_texts"])])
+        loss, masked = gist_loss(q, p, n, b["q_guide"], b["p_guide"], b["n_guide"], b["q_ids"], b["p_ids"],
+                                 b["n_ids"], b["known"], temperature=args.temperature,
+                                 margin_strategy=args.margin_strategy, margin=args.margin,
+                                 guided=args.guide_filter == "precomputed", return_mask_fraction=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        optimizer.step()
+        scheduler.step()
+        optimizer.zero_grad(set_to_none=True)
+        step += 1
+        record = {"step": step, "epoch": epoch, "loss": loss.item(), "masked_fraction": round(masked.item(), 4),
+                  "lr": scheduler.get_last_lr()[0], "seconds": round(time.perf_counter() - started, 2)}
+        log(record)
+        progress.set_postfix(loss=f"{record['loss']:.4f}", masked=f"{record['masked_fraction']:.3f}")
+        progress.update(1)
+        if args.save_steps and step % args.save_steps == 0 and rank == 0:
+            save_checkpoint(args.out, step, model, optimizer, scheduler, {"epoch": epoch, "batch_index": batch_index})
+        if evaluator and args.eval_steps and step % args.eval_steps == 0 and step < total_steps:
+            evaluate()
+    progress.close()
+
+    after = evaluate() if evaluator else None
+    if rank == 0:
+        model.save(str(args.out))
+        settings = {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()}
+        write_json_atomic({"settings": settings, "steps": step, "world_size": world,
+                           "mining_fingerprint": mined_manifest["fingerprint"],
+                           "embed_fingerprint": mined_manifest["embed_fingerprint"],
+                           "mining_rules": mined_manifest["rules"], "eval_before": before, "eval_after": after},
+                          args.out / "gist_training.json")
+        if after:
+            print(f"eval after training:  {after}", file=sys.stderr)
+    if distributed:
+        dist.destroy_process_group()
+
+
+if __name__ == "__main__":
+    cli.run(main)
