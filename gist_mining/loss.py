@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import torch
 import torch.distributed as dist
+import torch.distributed.nn  # noqa: F401  (all_gather with gradients)
 import torch.nn.functional as F
 
 from gist_mining.margins import is_false_negative

@@ -251,6 +251,7 @@ def main(argv=None) -> None:
         optimizer.zero_grad(set_to_none=True)
         step += 1
         record = {"step": step, "epoch": epoch, "loss": loss.item(), "masked_fraction": round(masked.item(), 4),
+                  "anchors": len(mine), "negatives": len(b["n_texts"]),
                   "lr": scheduler.get_last_lr()[0], "seconds": round(time.perf_counter() - started, 2)}
         log(record)
         progress.set_postfix(loss=f"{record['loss']:.4f}", masked=f"{record['masked_fraction']:.3f}")

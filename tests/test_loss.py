@@ -1,0 +1,153 @@
+"""The guided loss: hand-built masks, equivalence with sentence-transformers' GISTEmbedLoss, DDP gathering."""
+
+from __future__ import annotations
+
+import os
+import random
+
+import pytest
+import torch
+import torch.nn.functional as F
+from conftest import sentence
+
+from gist_mining.batches import plan_batches
+from gist_mining.ids import text_ids
+from gist_mining.loss import PAD_ID, gist_loss
+
+
+def unit(*rows):
+    return F.normalize(torch.tensor(rows, dtype=torch.float32), dim=-1)
+
+
+def test_hand_built_mask():
+    """Anchor 0's guide rates anchor 1's positive above its own positive: that entry is masked, and so on."""
+    q = unit([1, 0, 0], [0, 1, 0])
+    p = unit([1, 0.1, 0], [0.1, 1, 0])
+    gq = unit([1, 0, 0], [0, 1, 0])
+    gp = unit([1, 1, 0], [1, 0, 0])  # guide q.p: row 0 -> [0.71, 1.0], row 1 -> [0.71, 0.0]
+    empty = torch.zeros((0, 3))
+    loss = gist_loss(q, p, empty, gq, gp, empty, torch.tensor([1, 2]), torch.tensor([3, 4]),
+                     torch.zeros(0, dtype=torch.long), temperature=1.0)
+    s = lambda a, b: float(a.double() @ b.double())  # noqa: E731
+    # row 0 (threshold 0.71): q0.p1 (1.0) masked; q0.q1 (0) kept; p0.p1 (guide 0.71, not above) kept
+    row0 = torch.tensor([s(q[0], p[0]), s(q[0], q[1]), s(p[0], p[1])], dtype=torch.float64)
+    # row 1 (threshold 0.0): q1.p0 (0.71) masked; q1.q0 (0) kept; p1.p0 (guide 0.71) masked
+    row1 = torch.tensor([s(q[1], p[1]), s(q[1], q[0])], dtype=torch.float64)
+    expected = (torch.logsumexp(row0, 0) - row0[0] + torch.logsumexp(row1, 0) - row1[0]) / 2
+    assert loss.item() == pytest.approx(expected.item(), rel=1e-5)
+
+
+def test_margin_and_negative_threshold():
+    q, p, n = unit([1, 0]), unit([1, 0]), unit([0.6, 0.8], [0.8, 0.6])
+    gq, gp = unit([1, 0]), unit([-0.2, 0.98])  # guide's positive score is negative: -0.2
+    gn = unit([-0.25, 0.97], [-0.1, 0.99])  # guide scores -0.25 and -0.1
+    args = (q, p, n, gq, gp, gn, torch.tensor([1]), torch.tensor([2]), torch.tensor([3, 4]), None)
+    _, absolute = gist_loss(*args, margin_strategy="absolute", margin=0.0, return_mask_fraction=True)
+    _, relative = gist_loss(*args, margin_strategy="relative", margin=0.5, return_mask_fraction=True)
+    _, none = gist_loss(*args, guided=False, return_mask_fraction=True)
+    # 5 columns [p | n n | q | p]: self q-q and p-p always masked; -0.1 is above -0.2; -0.25 only above -0.3
+    assert absolute.item() == pytest.approx(3 / 5)
+    assert relative.item() == pytest.approx(4 / 5)
+    assert none.item() == pytest.approx(2 / 5)
+
+
+def test_known_false_negatives_and_duplicates_are_masked():
+    q, p = unit([1, 0], [0, 1]), unit([1, 0.1], [0.1, 1])
+    n = unit([0.9, 0.1], [0.5, 0.5])
+    ids = torch.tensor([1, 2]), torch.tensor([3, 4]), torch.tensor([4, 9])  # n_0 is p_1's text
+    known = torch.tensor([[9, PAD_ID], [PAD_ID, PAD_ID]])
+    guide = (unit([1, 0], [0, 1]), unit([1, 0], [0, 1]), unit([0, 1], [0, 1]))
+    _, with_known = gist_loss(q, p, n, *guide, *ids, known, margin_strategy="none", return_mask_fraction=True)
+    _, without = gist_loss(q, p, n, *guide, *ids, None, margin_strategy="none", return_mask_fraction=True)
+    # 2 rows x 8 columns [p p | n n | q q | p p]: self q-q, p-p (2 per row); row 1's positive text as n_0 (1)
+    assert without.item() == pytest.approx(5 / 16)
+    assert with_known.item() == pytest.approx(6 / 16)  # plus n_1 for anchor 0
+
+
+@pytest.mark.parametrize("strategy, margin", [("absolute", 0.0), ("absolute", 0.1), ("relative", 0.05)])
+def test_equals_sentence_transformers_gist_embed_loss(tiny_model, tiny_guide, strategy, margin):
+    from sentence_transformers import SentenceTransformer
+    from sentence_transformers.sentence_transformer.losses import GISTEmbedLoss
+
+    rng = random.Random(7)
+    columns = [[sentence(rng) for _ in range(8)] for _ in range(3)]  # anchors, positives, negatives
+    model = SentenceTransformer(str(tiny_model), device="cpu")
+    guide = SentenceTransformer(str(tiny_guide), device="cpu")
+    model.eval()  # no dropout: both losses see the same student embeddings
+
+    reference = GISTEmbedLoss(model, guide, temperature=0.05, margin_strategy=strategy, margin=margin)
+    features = [model.preprocess(texts) for texts in columns]
+    expected = reference(features, labels=None)
+    expected.backward()
+    expected_grads = [None if w.grad is None else w.grad.clone() for w in model.parameters()]
+    assert sum(g is not None for g in expected_grads) > 10
+    model.zero_grad()
+
+    embeddings = [model(model.preprocess(texts))["sentence_embedding"] for texts in columns]
+    guide_embeddings = [torch.from_numpy(guide.encode(texts, normalize_embeddings=True)) for texts in columns]
+    ids = [torch.from_numpy(text_ids(texts)) for texts in columns]
+    ours = gist_loss(*embeddings, *guide_embeddings, *ids, None, temperature=0.05, margin_strategy=strategy,
+                     margin=margin)
+    ours.backward()
+    assert ours.item() == pytest.approx(expected.item(), rel=1e-5, abs=1e-6)
+    for mine, theirs in zip((w.grad for w in model.parameters()), expected_grads):
+        assert (mine is None) == (theirs is None)
+        if theirs is not None:
+            torch.testing.assert_close(mine, theirs, rtol=1e-4, atol=1e-6)
+
+
+def _ddp_worker(rank: int, world: int, port: int, inputs: dict, out: dict):
+    import torch.distributed as dist
+
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    dist.init_process_group("gloo", rank=rank, world_size=world)
+    b = inputs["q"].shape[0] // world
+    part = lambda x: x[rank * b : (rank + 1) * b]  # noqa: E731
+    n_per = inputs["n"].shape[0] // world
+    part_n = lambda x: x[rank * n_per : (rank + 1) * n_per]  # noqa: E731
+    q, p, n = (part(inputs["q"]).clone().requires_grad_(), part(inputs["p"]).clone().requires_grad_(),
+               part_n(inputs["n"]).clone().requires_grad_())
+    loss = gist_loss(q, p, n, part(inputs["gq"]), part(inputs["gp"]), part_n(inputs["gn"]), part(inputs["q_ids"]),
+                     part(inputs["p_ids"]), part_n(inputs["n_ids"]), None, temperature=0.05)
+    loss.backward()
+    out[rank] = (loss.item(), q.grad.clone())
+    dist.destroy_process_group()
+
+
+def test_two_gloo_processes_equal_one_process_on_the_global_batch():
+    import socket
+
+    import torch.multiprocessing as mp
+
+    g = torch.Generator().manual_seed(0)
+    inputs = {k: F.normalize(torch.randn(8, 16, generator=g), dim=-1) for k in ("q", "p", "n", "gq", "gp", "gn")}
+    inputs.update(q_ids=torch.arange(8), p_ids=torch.arange(8) + 100, n_ids=torch.arange(8) + 200)
+    q = inputs["q"].clone().requires_grad_()
+    single = gist_loss(q, inputs["p"], inputs["n"], inputs["gq"], inputs["gp"], inputs["gn"], inputs["q_ids"],
+                       inputs["p_ids"], inputs["n_ids"], None, temperature=0.05)
+    single.backward()
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    out = mp.Manager().dict()
+    mp.spawn(_ddp_worker, args=(2, port, inputs, out), nprocs=2, join=True)
+    # each rank averages over its own anchors; DDP averages the ranks: the mean equals the global loss
+    assert (out[0][0] + out[1][0]) / 2 == pytest.approx(single.item(), rel=1e-5)
+    grads = torch.cat([out[0][1], out[1][1]]) / 2
+    torch.testing.assert_close(grads, q.grad, rtol=1e-4, atol=1e-6)
+
+
+def test_batch_plans_have_no_repeated_text_and_one_task_each():
+    rng = random.Random(0)
+    texts = [{rng.randrange(60), 1000 + rng.randrange(40)} for _ in range(300)]
+    tasks = [rng.choice("xyz") for _ in range(300)]
+    for task_batches in (False, True):
+        plan = plan_batches(texts, tasks, 16, seed=1, epoch=0, task_batches=task_batches)
+        assert sorted(r for b in plan for r in b) == list(range(300))
+        for batch in plan:
+            seen = [t for r in batch for t in texts[r]]
+            assert len(seen) == len(set(seen)) and len(batch) <= 16
+            if task_batches:
+                assert len({tasks[r] for r in batch}) == 1
+        assert plan == plan_batches(texts, tasks, 16, seed=1, epoch=0, task_batches=task_batches)
+        assert plan != plan_batches(texts, tasks, 16, seed=1, epoch=1, task_batches=task_batches)

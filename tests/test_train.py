@@ -1,0 +1,130 @@
+"""train.run end to end on tiny models: it learns, resumes exactly, saves a loadable model, evaluates."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import polars as pl
+import pytest
+import torch
+from conftest import make_pairs
+
+from gist_mining import cli
+from gist_mining.loss import gist_loss
+from gist_mining.workdir import VectorStore
+from pipeline import embed, mask
+from train import run as train
+
+
+def run_stage(module, *args) -> int:
+    try:
+        cli.run(lambda: module.main([str(a) for a in args]))
+    except SystemExit as exit_:
+        return exit_.code
+    return 0
+
+
+@pytest.fixture(scope="module")
+def mined_work(tmp_path_factory, tiny_guide):
+    root = tmp_path_factory.mktemp("mined")
+    make_pairs(64, seed=2).write_parquet(root / "pairs.parquet")
+    assert run_stage(embed, "--input", root / "pairs.parquet", "--work", root / "w", "--model", tiny_guide) == 0
+    assert run_stage(mask, "--work", root / "w", "--k", 20, "--num-negatives", 2) == 0
+    # a small retrieval split from the same kind of text
+    pairs = pl.read_parquet(root / "pairs.parquet").head(20)
+    (root / "eval").mkdir()
+    pl.DataFrame({"query_id": [f"q{i}" for i in range(20)], "text": pairs["query"]}).write_parquet(
+        root / "eval" / "queries.parquet")
+    pl.DataFrame({"doc_id": [f"d{i}" for i in range(20)], "text": pairs["positive"]}).write_parquet(
+        root / "eval" / "corpus.parquet")
+    pl.DataFrame({"query_id": [f"q{i}" for i in range(20)], "doc_id": [f"d{i}" for i in range(20)],
+                  "score": [1] * 20}).write_parquet(root / "eval" / "qrels.parquet")
+    return root
+
+
+def fixed_batch_loss(model_path, work, tiny_guide) -> float:
+    from sentence_transformers import SentenceTransformer
+
+    model = SentenceTransformer(str(model_path), device="cpu")
+    rows, _ = train.load_training_rows(work, 1)
+    data = train.Batches(work, rows, "cpu")
+    b = data.get(list(range(16)))
+    with torch.no_grad():
+        q, p, n = (model.encode(b[f"{k}_texts"], convert_to_tensor=True) for k in "qpn")
+        return gist_loss(q, p, n, b["q_guide"], b["p_guide"], b["n_guide"], b["q_ids"], b["p_ids"], b["n_ids"],
+                         b["known"], temperature=0.05).item()
+
+
+def metrics(out) -> list[dict]:
+    return [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+
+
+COMMON = ["--batch-size", 8, "--lr", 1e-3, "--temperature", 0.05, "--negatives-per-anchor", 1, "--seed", 3]
+
+
+def test_training_lowers_the_loss_and_saves_a_loadable_model(mined_work, tiny_model, tiny_guide, tmp_path):
+    from sentence_transformers import SentenceTransformer
+
+    out = tmp_path / "model"
+    assert run_stage(train, "--work", mined_work / "w", "--out", out, "--model", tiny_model, "--epochs", 4,
+                     *COMMON) == 0
+    before = fixed_batch_loss(tiny_model, mined_work / "w", tiny_guide)
+    after = fixed_batch_loss(out, mined_work / "w", tiny_guide)
+    assert after < before * 0.8
+    reloaded = SentenceTransformer(str(out), device="cpu")
+    assert reloaded.encode(["the cat sat"]).shape == (1, 32)
+    record = json.loads((out / "gist_training.json").read_text())
+    mined_manifest = json.loads((mined_work / "w" / "mined_manifest.json").read_text())
+    assert record["mining_fingerprint"] == mined_manifest["fingerprint"] and record["steps"] == 32
+    steps = [m for m in metrics(out) if "loss" in m]
+    assert [m["step"] for m in steps] == list(range(1, 33)) and all(0 < m["masked_fraction"] < 1 for m in steps)
+
+
+def test_resume_continues_exactly(mined_work, tiny_model, tmp_path):
+    args = ["--work", mined_work / "w", "--model", tiny_model, "--max-steps", 6, "--save-steps", 3, *COMMON]
+    assert run_stage(train, *args, "--out", tmp_path / "whole") == 0
+    # an interrupted run: what the first run had on disk at its step-3 checkpoint, and a log that went further
+    cut = tmp_path / "cut"
+    shutil.copytree(tmp_path / "whole" / "checkpoints" / "step-0000003", cut / "checkpoints" / "step-0000003")
+    (cut / "metrics.jsonl").write_text("".join(json.dumps(m) + "\n" for m in metrics(tmp_path / "whole")[:4]))
+    assert run_stage(train, *args, "--out", cut, "--resume") == 0
+    whole = [m["loss"] for m in metrics(tmp_path / "whole")]
+    resumed = [m["loss"] for m in metrics(cut)]
+    assert resumed == whole and len(whole) == 6
+
+
+def test_guide_filter_none_masks_only_self_pairs(mined_work, tiny_model, tmp_path):
+    base = ["--work", mined_work / "w", "--model", tiny_model, "--max-steps", 3, *COMMON]
+    assert run_stage(train, *base, "--out", tmp_path / "guided") == 0
+    assert run_stage(train, *base, "--out", tmp_path / "plain", "--guide-filter", "none") == 0
+    guided, plain = metrics(tmp_path / "guided"), metrics(tmp_path / "plain")
+    # B anchors and M negatives give 3B + M candidates per anchor, 2 of them self-pairs (q-q and p-p)
+    for g, p in zip(guided, plain):
+        assert p["masked_fraction"] == pytest.approx(2 / (3 * p["anchors"] + p["negatives"]), abs=1e-4)
+        assert g["masked_fraction"] > p["masked_fraction"]
+
+
+def test_task_batches_and_evaluation(mined_work, tiny_model, tmp_path, capsys):
+    out = tmp_path / "model"
+    assert run_stage(train, "--work", mined_work / "w", "--out", out, "--model", tiny_model, "--max-steps", 4,
+                     "--task-batches", "--eval", mined_work / "eval", "--eval-steps", 2, *COMMON) == 0
+    evals = [m for m in metrics(out) if "eval_ndcg@10" in m]
+    assert [m["step"] for m in evals] == [0, 2, 4]
+    assert all(0 <= m["eval_ndcg@10"] <= 1 for m in evals)
+    record = json.loads((out / "gist_training.json").read_text())
+    assert record["eval_before"]["ndcg@10"] == evals[0]["eval_ndcg@10"]
+    assert "eval after training" in capsys.readouterr().err
+
+
+def test_missing_mined_tables_is_a_usage_error(tmp_path, capsys):
+    assert run_stage(train, "--work", tmp_path, "--out", tmp_path / "m") == 2
+    assert "no mined_manifest.json" in capsys.readouterr().err
+
+
+def test_guide_vectors_come_from_the_store(mined_work):
+    rows, _ = train.load_training_rows(mined_work / "w", 1)
+    data = train.Batches(mined_work / "w", rows, "cpu")
+    b = data.get([0, 1])
+    store = VectorStore(mined_work / "w")
+    torch.testing.assert_close(b["q_guide"], torch.from_numpy(store.get(rows["query_id"].to_numpy()[:2])))
