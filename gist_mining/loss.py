@@ -65,10 +65,12 @@ def gist_loss(q, p, n, gq, gp, gn, q_ids, p_ids, n_ids, known_false_negatives=No
     same_text = (candidate_ids[None, :] == q_ids[:, None]) | (candidate_ids[None, :] == p_ids[:, None])
     mask = same_text
     if guided:
-        gq, gp_own = gq.float(), all_gp[labels].float()
-        guide = torch.cat([gq @ all_gp.float().T, gq @ all_gn.float().T, gq @ all_gq.float().T,
-                           gp_own @ all_gp.float().T], dim=1)
-        positive_score = (gq * gp_own).sum(-1, keepdim=True)
+        # Guide scores in float32 even under autocast: a bf16 score near the threshold flips mask decisions.
+        with torch.autocast(device_type=q.device.type, enabled=False):
+            gq, gp_own = gq.float(), all_gp[labels].float()
+            guide = torch.cat([gq @ all_gp.float().T, gq @ all_gn.float().T, gq @ all_gq.float().T,
+                               gp_own @ all_gp.float().T], dim=1)
+            positive_score = (gq * gp_own).sum(-1, keepdim=True)
         mask = mask | is_false_negative(guide, positive_score, margin_strategy, margin)
         if known_false_negatives is not None and known_false_negatives.numel():
             # PAD_ID never equals a real text id, so padding matches nothing.

@@ -249,7 +249,10 @@ def finish_if_complete(work: Path, plan: dict, rules: MiningRules, rules_fingerp
     write_json_atomic({"fingerprint": rules_fingerprint, "candidates_fingerprint": plan["fingerprint"],
                        "embed_fingerprint": plan["embed_fingerprint"], "rules": rules.as_dict(),
                        "shards": [f"{MINED}/{s.name}" for s in shards]}, work / MINED_MANIFEST)
-    print(json.dumps(summary, indent=2), file=sys.stdout)
+    print(f"mask: {summary['anchors']} anchors, {summary['negatives_per_anchor']:.2f} hard negatives and "
+          f"{summary['false_negatives_per_anchor']:.2f} false negatives per anchor, "
+          f"{summary['anchors_short_of_negatives']} short of {rules.num_negatives}; details: {work / SUMMARY}",
+          file=sys.stderr)
 
 
 if __name__ == "__main__":

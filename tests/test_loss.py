@@ -151,3 +151,24 @@ def test_batch_plans_have_no_repeated_text_and_one_task_each():
                 assert len({tasks[r] for r in batch}) == 1
         assert plan == plan_batches(texts, tasks, 16, seed=1, epoch=0, task_batches=task_batches)
         assert plan != plan_batches(texts, tasks, 16, seed=1, epoch=1, task_batches=task_batches)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_cuda_masks_and_loss_match_cpu():
+    g = torch.Generator().manual_seed(1)
+    data = {k: F.normalize(torch.randn(64, 384, generator=g), dim=-1) for k in ("q", "p", "n")}
+    guide = {k: F.normalize(torch.randn(64, 768, generator=g), dim=-1) for k in ("gq", "gp", "gn")}
+    ids = (torch.arange(64), torch.arange(64) + 100, torch.arange(64) + 200)
+    known = torch.randint(0, 300, (64, 5), generator=g)
+    args = dict(temperature=0.02, margin_strategy="relative", margin=0.05, return_mask_fraction=True)
+    cpu_loss, cpu_mask = gist_loss(*data.values(), *guide.values(), *ids, known, **args)
+    cuda = lambda x: x.cuda()  # noqa: E731
+    gpu_loss, gpu_mask = gist_loss(*map(cuda, data.values()), *map(cuda, guide.values()), *map(cuda, ids),
+                                   known.cuda(), **args)
+    assert gpu_mask.item() == cpu_mask.item()
+    assert gpu_loss.item() == pytest.approx(cpu_loss.item(), rel=1e-4)
+    with torch.autocast("cuda", dtype=torch.bfloat16):
+        bf16_loss, bf16_mask = gist_loss(*map(cuda, data.values()), *map(cuda, guide.values()), *map(cuda, ids),
+                                         known.cuda(), **args)
+    assert bf16_mask.item() == cpu_mask.item()  # guide scores stay float32 under autocast
+    assert bf16_loss.item() == pytest.approx(cpu_loss.item(), rel=0.05)

@@ -114,6 +114,28 @@ class Batches:
         return out
 
 
+def student_embedder(model, forward, device, bf16: bool):
+    """texts -> the student's sentence embeddings (float32), with gradients; bf16 autocast on CUDA if asked."""
+
+    def embed(texts: list[str]) -> torch.Tensor:
+        if not texts:  # an anchor set with no mined negatives
+            return torch.zeros((0, model.get_embedding_dimension()), device=device)
+        features = {k: v.to(device) if hasattr(v, "to") else v for k, v in model.preprocess(texts).items()}
+        with torch.autocast("cuda", dtype=torch.bfloat16, enabled=bf16 and "cuda" in str(device)):
+            return forward(features)["sentence_embedding"].float()
+
+    return embed
+
+
+def batch_loss(embed, b: dict, args) -> tuple[torch.Tensor, torch.Tensor]:
+    """The student embeds the batch; the guide's side is b's stored vectors. Returns loss and masked fraction."""
+    # One forward per column: queries, positives and negatives differ in length, so less padding.
+    q, p, n = (embed(b[f"{column}_texts"]) for column in "qpn")
+    return gist_loss(q, p, n, b["q_guide"], b["p_guide"], b["n_guide"], b["q_ids"], b["p_ids"], b["n_ids"],
+                     b["known"], temperature=args.temperature, margin_strategy=args.margin_strategy,
+                     margin=args.margin, guided=args.guide_filter == "precomputed", return_mask_fraction=True)
+
+
 # -- checkpoints -----------------------------------------------------------------------------------------
 
 
@@ -221,10 +243,7 @@ def main(argv=None) -> None:
     if before:
         print(f"eval before training: {before}", file=sys.stderr)
 
-    def embed(texts: list[str]) -> torch.Tensor:
-        features = {k: v.to(device) if hasattr(v, "to") else v for k, v in model.preprocess(texts).items()}
-        with torch.autocast("cuda", dtype=torch.bfloat16, enabled=args.bf16 and "cuda" in str(device)):
-            return forward(features)["sentence_embedding"].float()
+    embed = student_embedder(model, forward, device, args.bf16)
 
     model.train()
     batches = epoch_batches(epoch)
@@ -238,12 +257,7 @@ def main(argv=None) -> None:
         mine = global_batch[rank * args.batch_size : (rank + 1) * args.batch_size]
         batch_index += 1
         b = data.get(mine)
-        embeddings = embed(b["q_texts"] + b["p_texts"] + b["n_texts"])
-        q, p, n = torch.split(embeddings, [len(b["q_texts"]), len(b["p_texts"]), len(b["n_texts"])])
-        loss, masked = gist_loss(q, p, n, b["q_guide"], b["p_guide"], b["n_guide"], b["q_ids"], b["p_ids"],
-                                 b["n_ids"], b["known"], temperature=args.temperature,
-                                 margin_strategy=args.margin_strategy, margin=args.margin,
-                                 guided=args.guide_filter == "precomputed", return_mask_fraction=True)
+        loss, masked = batch_loss(embed, b, args)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         optimizer.step()

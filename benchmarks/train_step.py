@@ -1,0 +1,89 @@
+"""Step time of train.run against sentence-transformers' GISTEmbedLoss (live guide) and MNRL (no guide).
+
+    python benchmarks/train_step.py --work runs/sample --steps 8
+
+One process, the same batches (query, positive, one mined negative per anchor) and sequence lengths for
+all three; each step is forward, backward and an AdamW step of the student. Targets: <= 0.45x the
+GISTEmbedLoss step, <= 1.1x the MNRL step. The three methods take turns batch by batch so that machine
+noise falls on all of them alike; the first round is a warm-up and does not count.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+from types import SimpleNamespace
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from benchmarks.common import table  # noqa: E402
+from gist_mining.batches import plan_batches  # noqa: E402
+from gist_mining.models import load_model  # noqa: E402
+from train import run as train  # noqa: E402
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--work", type=Path, default=Path("runs/sample"))
+    parser.add_argument("--student", default="all-MiniLM-L6-v2")
+    parser.add_argument("--guide", default="all-mpnet-base-v2")
+    parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--steps", type=int, default=8)
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--bf16", action="store_true")
+    args = parser.parse_args()
+    from sentence_transformers.sentence_transformer.losses import GISTEmbedLoss, MultipleNegativesRankingLoss
+
+    rows, _ = train.load_training_rows(args.work, 1)
+    data = train.Batches(args.work, rows, args.device)
+    batches = plan_batches(data.text_sets(), rows["task"].to_list(), args.batch_size, seed=0, epoch=0)
+    batches = [b for b in batches if len(b) == args.batch_size][: args.steps + 1]
+    student = load_model(args.student, device=args.device)
+    guide = load_model(args.guide, device=args.device)
+    student.train()
+    optimizer = torch.optim.AdamW(student.parameters(), lr=1e-6)  # tiny: the model barely moves between methods
+    settings = SimpleNamespace(temperature=0.01, margin_strategy="absolute", margin=0.0, guide_filter="precomputed")
+    embed = train.student_embedder(student, student, args.device, args.bf16)
+    st_losses = {"GISTEmbedLoss (live guide)": GISTEmbedLoss(student, guide, temperature=0.01),
+                 "MultipleNegativesRankingLoss": MultipleNegativesRankingLoss(student, scale=100.0)}
+
+    def ours(batch):
+        return train.batch_loss(embed, data.get(batch), settings)[0]
+
+    def theirs(loss_fn):
+        def step(batch):
+            b = data.get(batch)
+            features = [{k: v.to(args.device) for k, v in student.preprocess(b[f"{c}_texts"]).items()} for c in "qpn"]
+            with torch.autocast("cuda", dtype=torch.bfloat16, enabled=args.bf16 and "cuda" in args.device):
+                return loss_fn(features, labels=None)
+        return step
+
+    methods = {"train.run (precomputed guide)": ours, **{k: theirs(v) for k, v in st_losses.items()}}
+    times = {name: [] for name in methods}
+    for round_, batch in enumerate(batches):
+        for name, method in methods.items():
+            if "cuda" in args.device:
+                torch.cuda.synchronize()
+            started = time.perf_counter()
+            loss = method(batch)
+            loss.backward()
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+            if "cuda" in args.device:
+                torch.cuda.synchronize()
+            if round_:
+                times[name].append(time.perf_counter() - started)
+    mean = {name: sum(t) / len(t) for name, t in times.items()}
+    ours_time = mean["train.run (precomputed guide)"]
+    rows_out = [(name, f"{1000 * t:.0f}", f"{ours_time / t:.3f}") for name, t in mean.items()]
+    print(f"\nstudent {args.student}, guide {args.guide}, batch {args.batch_size} (+1 negative each), "
+          f"{len(batches) - 1} timed steps, device {args.device}{', bf16' if args.bf16 else ''}")
+    print(table(rows_out, ("method", "ms/step", "train.run / this")))
+    print("targets: <= 0.45 against GISTEmbedLoss, <= 1.1 against MNRL")
+
+
+if __name__ == "__main__":
+    main()
