@@ -15,18 +15,19 @@ ROOT = Path(__file__).resolve().parents[1]
 SAMPLE = ROOT / "data" / "sample"
 
 
-def sample_texts() -> list[str]:
-    """Every distinct text of the bundled sample (train pairs, extra corpus, both retrieval corpora)."""
-    train = pl.read_parquet(SAMPLE / "train.parquet")
-    parts = [train["query"], train["positive"], pl.read_parquet(SAMPLE / "corpus.parquet")["text"]]
-    parts += [pl.read_parquet(SAMPLE / split / "corpus.parquet")["text"] for split in ("val", "test")]
+def sample_texts(sample: Path = SAMPLE) -> list[str]:
+    """Every distinct text of a sample built by data/build_sample.py (train pairs, extra corpus, eval corpora)."""
+    train = pl.read_parquet(sample / "train.parquet")
+    parts = [train["query"], train["positive"], pl.read_parquet(sample / "corpus.parquet")["text"]]
+    parts += [pl.read_parquet(sample / split / "corpus.parquet")["text"] for split in ("val", "test")]
     return pl.concat(parts).unique(maintain_order=True).to_list()
 
 
 def measured(argv: list[str]) -> dict:
     """Run a Python module or script in a fresh process; its wall seconds and peak RSS (MiB)."""
     started = time.perf_counter()
-    env = dict(os.environ, HF_HUB_OFFLINE="1", PYTHONPATH=str(ROOT))
+    env = dict(os.environ, HF_HUB_OFFLINE="1",
+               PYTHONPATH=os.pathsep.join(p for p in (str(ROOT), os.environ.get("PYTHONPATH")) if p))
     proc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "peak_rss.py"), *map(str, argv)], cwd=ROOT,
                           env=env, capture_output=True, text=True)
     if proc.returncode != 0:

@@ -18,7 +18,7 @@ from pathlib import Path
 import polars as pl
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from benchmarks.common import sample_texts, table  # noqa: E402
+from benchmarks.common import SAMPLE, sample_texts, table  # noqa: E402
 from gist_mining.models import load_model  # noqa: E402
 from pipeline import embed  # noqa: E402
 
@@ -26,12 +26,13 @@ from pipeline import embed  # noqa: E402
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--model", default="all-mpnet-base-v2")
-    parser.add_argument("--n", type=int, default=2000, help="texts (distinct, from the bundled sample)")
+    parser.add_argument("--sample", type=Path, default=SAMPLE, help="a data/build_sample.py output folder")
+    parser.add_argument("--n", type=int, default=2000, help="distinct texts taken from the sample")
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--device", default=None)
     parser.add_argument("--precision", default="fp32", choices=["fp32", "fp16", "bf16"])
     args = parser.parse_args()
-    texts = sample_texts()[: args.n]
+    texts = sample_texts(args.sample)[: args.n]
     half = len(texts) // 2
     with tempfile.TemporaryDirectory() as tmp:
         pairs = Path(tmp) / "pairs.parquet"

@@ -56,7 +56,7 @@ def main() -> None:
     def theirs(loss_fn):
         def step(batch):
             b = data.get(batch)
-            features = [{k: v.to(args.device) for k, v in student.preprocess(b[f"{c}_texts"]).items()} for c in "qpn"]
+            features = [train.to_device(student.preprocess(b[f"{c}_texts"]), args.device) for c in "qpn"]
             with torch.autocast("cuda", dtype=torch.bfloat16, enabled=args.bf16 and "cuda" in args.device):
                 return loss_fn(features, labels=None)
         return step

@@ -13,8 +13,6 @@ from gist_mining.errors import InputError
 from gist_mining.ids import text_ids
 from gist_mining.storage import write_parquet_atomic
 
-CHUNK = 4096  # texts per encode call: keeps progress moving and memory flat, big enough to sort by length
-
 
 @dataclass(frozen=True)
 class EmbedSettings:
@@ -86,23 +84,12 @@ def shard_bounds(n_texts: int, shard_size: int) -> list[tuple[int, int]]:
     return [(start, min(start + shard_size, n_texts)) for start in range(0, n_texts, shard_size)]
 
 
-def encode(model, texts: list[str], batch_size: int, prompt: str | None, progress=None) -> np.ndarray:
-    out = []
-    for start in range(0, len(texts), CHUNK):
-        chunk = texts[start : start + CHUNK]
-        out.append(
-            model.encode(
-                chunk,
-                batch_size=batch_size,
-                normalize_embeddings=True,
-                convert_to_numpy=True,
-                show_progress_bar=False,
-                prompt=prompt,
-            )
-        )
-        if progress is not None:
-            progress.update(len(chunk))
-    return np.concatenate(out) if out else np.zeros((0, model.get_embedding_dimension()), dtype=np.float32)
+def encode(model, texts: list[str], batch_size: int, prompt: str | None) -> np.ndarray:
+    """One encode call per shard: it sorts the shard by length itself, and its progress bar counts batches."""
+    if not texts:
+        return np.zeros((0, model.get_embedding_dimension()), dtype=np.float32)
+    return model.encode(texts, batch_size=batch_size, normalize_embeddings=True, convert_to_numpy=True,
+                        show_progress_bar=True, prompt=prompt)
 
 
 def embedding_table(ids: np.ndarray, vectors: np.ndarray, dtype: str) -> pa.Table:
@@ -113,7 +100,7 @@ def embedding_table(ids: np.ndarray, vectors: np.ndarray, dtype: str) -> pa.Tabl
     return pa.table({"text_id": pa.array(ids, type=pa.int64()), "embedding": column})
 
 
-def embed_shard(model, texts: pl.DataFrame, path: Path, settings: EmbedSettings, batch_size: int, progress=None) -> int:
-    vectors = encode(model, texts.get_column("text").to_list(), batch_size, settings.prompt, progress)
+def embed_shard(model, texts: pl.DataFrame, path: Path, settings: EmbedSettings, batch_size: int) -> int:
+    vectors = encode(model, texts.get_column("text").to_list(), batch_size, settings.prompt)
     write_parquet_atomic(embedding_table(texts.get_column("text_id").to_numpy(), vectors, settings.dtype), path)
     return texts.height

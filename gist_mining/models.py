@@ -18,6 +18,7 @@ from importlib import metadata
 from pathlib import Path
 
 from gist_mining.errors import UsageError
+from gist_mining.storage import file_sha256, read_json, write_json_atomic
 
 DEFAULT_STUDENT = "all-MiniLM-L6-v2"
 DEFAULT_GUIDE = "all-mpnet-base-v2"
@@ -110,15 +111,21 @@ def load_model(name_or_path: str, device: str | None = None, max_seq_length: int
 
 
 def _hash_weights(path: Path) -> str:
-    digest = hashlib.sha256()
+    """SHA-256 over the weight files, remembered per (file, size, mtime) so a 400 MB model is read once."""
     files = sorted(p for p in path.rglob("*") if p.is_file() and p.suffix in WEIGHT_SUFFIXES)
     if not files:
         raise UsageError(f"{path}: no weight files found")
+    memo_path = cache_dir() / "weight-hashes.json"
+    memo = read_json(memo_path) if memo_path.exists() else {}
+    digest = hashlib.sha256()
     for file in files:
+        stat = file.stat()
+        key = f"{file.resolve()}|{stat.st_size}|{stat.st_mtime_ns}"
+        if key not in memo:
+            memo[key] = file_sha256(file)
         digest.update(str(file.relative_to(path)).encode())
-        with open(file, "rb") as fh:
-            for block in iter(lambda: fh.read(8 << 20), b""):
-                digest.update(block)
+        digest.update(memo[key].encode())
+    write_json_atomic(memo, memo_path)
     return digest.hexdigest()
 
 

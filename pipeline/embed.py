@@ -17,7 +17,6 @@ import sys
 import time
 from pathlib import Path
 
-import polars as pl
 from tqdm import tqdm
 
 from gist_mining import cli
@@ -123,14 +122,13 @@ def main(argv=None) -> None:
     print(f"embed: {texts.height} distinct texts from {anchors.height} anchors, {len(bounds)} shard(s); "
           f"this process: {len(my)} shard(s), {len(my) - len(todo)} already done", file=sys.stderr)
     started = time.perf_counter()
-    with tqdm(total=sum(bounds[i][1] - bounds[i][0] for i in todo), unit="text", desc="embed") as progress:
-        for i in todo:
-            start, stop = bounds[i]
-            shard = work / EMBEDDINGS / shard_name(i)
-            embed_shard(model, texts.slice(start, stop - start), shard, settings, args.batch_size, progress)
-            # The marker is written last: a shard without one is redone, never trusted.
-            write_json_atomic({"fingerprint": plan["fingerprint"], "rows": stop - start,
-                               "sha256": file_sha256(shard)}, done_marker(shard))
+    for i in tqdm(todo, unit="shard", desc="embed", disable=len(todo) < 2):
+        start, stop = bounds[i]
+        shard = work / EMBEDDINGS / shard_name(i)
+        embed_shard(model, texts.slice(start, stop - start), shard, settings, args.batch_size)
+        # The marker is written last: a shard without one is redone, never trusted.
+        write_json_atomic({"fingerprint": plan["fingerprint"], "rows": stop - start, "sha256": file_sha256(shard)},
+                          done_marker(shard))
     finish_if_complete(work, plan, time.perf_counter() - started)
 
 

@@ -75,7 +75,7 @@ def load_anchors(work: Path) -> pl.DataFrame:
     """Anchors with the ids their search must skip: the query itself and every positive of that query."""
     anchors = pl.read_parquet(work / ANCHORS)
     positives = anchors.group_by("query_id").agg(pl.col("positive_id").unique().alias("exclude_ids"))
-    return anchors.join(positives, on="query_id", how="left", maintain_order="left").with_columns(
+    return anchors.join(positives, on="query_id", how="left").sort("anchor_id").with_columns(
         pl.concat_list(pl.col("query_id"), "exclude_ids").alias("exclude_ids")
     )
 

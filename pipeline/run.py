@@ -12,7 +12,6 @@ filter and of the student fine-tuned with it: same steps, data, negatives and se
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import time
 from pathlib import Path

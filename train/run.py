@@ -114,13 +114,17 @@ class Batches:
         return out
 
 
+def to_device(features: dict, device) -> dict:
+    return {k: v.to(device) if hasattr(v, "to") else v for k, v in features.items()}
+
+
 def student_embedder(model, forward, device, bf16: bool):
     """texts -> the student's sentence embeddings (float32), with gradients; bf16 autocast on CUDA if asked."""
 
     def embed(texts: list[str]) -> torch.Tensor:
         if not texts:  # an anchor set with no mined negatives
             return torch.zeros((0, model.get_embedding_dimension()), device=device)
-        features = {k: v.to(device) if hasattr(v, "to") else v for k, v in model.preprocess(texts).items()}
+        features = to_device(model.preprocess(texts), device)
         with torch.autocast("cuda", dtype=torch.bfloat16, enabled=bf16 and "cuda" in str(device)):
             return forward(features)["sentence_embedding"].float()
 
