@@ -102,5 +102,7 @@ def embedding_table(ids: np.ndarray, vectors: np.ndarray, dtype: str) -> pa.Tabl
 
 def embed_shard(model, texts: pl.DataFrame, path: Path, settings: EmbedSettings, batch_size: int) -> int:
     vectors = encode(model, texts.get_column("text").to_list(), batch_size, settings.prompt)
-    write_parquet_atomic(embedding_table(texts.get_column("text_id").to_numpy(), vectors, settings.dtype), path)
+    # Float vectors do not compress; zstd and dictionary pages would only cost time on write and read.
+    write_parquet_atomic(embedding_table(texts.get_column("text_id").to_numpy(), vectors, settings.dtype), path,
+                         compression="none", use_dictionary=["text_id"])
     return texts.height

@@ -15,10 +15,11 @@ def _tmp_name(path: Path) -> Path:
     return path.with_name(f".{path.name}.tmp-{os.getpid()}")
 
 
-def write_parquet_atomic(table: pa.Table, path: Path) -> None:
+def write_parquet_atomic(table: pa.Table, path: Path, **options) -> None:
+    """Write under a temporary name, then rename; ``options`` go to pyarrow (default: zstd)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = _tmp_name(path)
-    pq.write_table(table, tmp, compression="zstd")
+    pq.write_table(table, tmp, **{"compression": "zstd", **options})
     os.replace(tmp, path)
 
 

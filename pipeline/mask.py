@@ -180,7 +180,8 @@ def main(argv=None) -> None:
     if search:
         store = VectorStore(work)
         index, pool_ids = prepare_index(work, store, plan)
-        pool_vectors = store.get(pool_ids)
+        # Only an approximate index needs the pool's vectors again, to score its finds exactly.
+        pool_vectors = None if plan["index"] == "flat" else store.get(pool_ids)
         anchors = load_anchors(work)
         with tqdm(total=sum(min(args.shard_size, n_anchors - s * args.shard_size) for s in search), unit="anchor",
                   desc="search") as progress:

@@ -82,16 +82,23 @@ def load_training_rows(work: Path, negatives: int) -> pl.DataFrame:
 
 
 class Batches:
-    """Turns planned rows into texts, ids and guide vectors for one step."""
+    """Turns planned rows into texts, ids and guide vectors for one step.
+
+    The guide vectors of every text the rows use are moved to the training device once, so a step's
+    guide blocks are an index lookup there, with no host reads or copies.
+    """
 
     def __init__(self, work: Path, rows: pl.DataFrame, device):
-        self.rows, self.device = rows, device
+        self.device = device
         self.text_of = dict(pl.read_parquet(work / TEXTS, columns=["text_id", "text"]).iter_rows())
-        self.store = VectorStore(work)
         self.query_ids = rows["query_id"].to_numpy()
         self.positive_ids = rows["positive_id"].to_numpy()
         self.negative_ids = rows["negative_ids"].to_list()
         self.false_negatives = rows["false_negative_ids"].to_list()
+        used = np.unique(np.concatenate([self.query_ids, self.positive_ids,
+                                         rows["negative_ids"].explode().drop_nulls().to_numpy()]))
+        self.guide_ids = used
+        self.guide = torch.from_numpy(VectorStore(work).get(used)).to(device)
 
     def text_sets(self) -> list[set[int]]:
         return [{q, p, *n} for q, p, n in zip(self.query_ids.tolist(), self.positive_ids.tolist(), self.negative_ids)]
@@ -110,7 +117,8 @@ class Batches:
         for key, values in ids.items():
             out[f"{key}_texts"] = [self.text_of[i] for i in values.tolist()]
             out[f"{key}_ids"] = torch.from_numpy(values).to(self.device)
-            out[f"{key}_guide"] = torch.from_numpy(self.store.get(values)).to(self.device)
+            rows = torch.from_numpy(np.searchsorted(self.guide_ids, values)).to(self.device)
+            out[f"{key}_guide"] = self.guide[rows]
         return out
 
 
