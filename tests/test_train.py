@@ -128,3 +128,20 @@ def test_guide_vectors_come_from_the_store(mined_work):
     b = data.get([0, 1])
     store = VectorStore(mined_work / "w")
     torch.testing.assert_close(b["q_guide"], torch.from_numpy(store.get(rows["query_id"].to_numpy()[:2])))
+
+
+def test_report_renders_and_links_only_existing_files(mined_work, tiny_model, tmp_path):
+    import re
+
+    from pipeline import report
+
+    work = tmp_path / "w"
+    shutil.copytree(mined_work / "w", work)
+    assert run_stage(train, "--work", work, "--out", work / "models" / "gist", "--model", tiny_model, "--max-steps", 3,
+                     *COMMON) == 0
+    assert run_stage(report, "--work", work) == 0
+    page = (work / "report" / "index.html").read_text()
+    sources = re.findall(r'src="([^"]+)"', page)
+    assert {"scores.png", "per_task.png", "negatives_found.png", "training.png"} <= set(sources)
+    assert all((work / "report" / s).stat().st_size > 1000 for s in sources)
+    assert page.count("class=example") > 0 and "false negatives (masked)" in page

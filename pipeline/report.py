@@ -1,0 +1,191 @@
+"""A one-page HTML report of a work directory: what the guide kept, what it masked, and how training went.
+
+    python -m pipeline.report --work runs/sample            # -> runs/sample/report/index.html
+
+Plots (PNG beside the page): guide-score histograms of positives, kept hard negatives and false
+negatives; false negatives per anchor by task; hard negatives found per anchor; for every training run
+under DIR/models/ (or given with --run), the loss, the masked fraction and eval NDCG@10 over steps.
+Then a few anchors as text with their positive, hard negatives and false negatives, and the held-out
+table from pipeline.run when there is one.
+"""
+
+from __future__ import annotations
+
+import argparse
+import html
+import json
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")  # files only, no display
+import matplotlib.pyplot as plt  # noqa: E402
+import polars as pl  # noqa: E402
+
+from gist_mining import cli  # noqa: E402
+from gist_mining.errors import UsageError  # noqa: E402
+from gist_mining.storage import read_json  # noqa: E402
+
+COLORS = {"positive": "#2a9d8f", "hard negative": "#e9c46a", "false negative": "#e76f51"}
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="python -m pipeline.report", description=__doc__.split("\n")[0])
+    p.add_argument("--work", required=True, type=Path)
+    p.add_argument("--out", type=Path, default=None, help="default: WORK/report")
+    p.add_argument("--run", type=Path, action="append", default=[], help="a train.run --out folder (repeatable)")
+    p.add_argument("--examples", type=int, default=6)
+    p.add_argument("--seed", type=int, default=0)
+    return p.parse_args(argv)
+
+
+def save(fig, out: Path, name: str) -> str:
+    fig.tight_layout()
+    fig.savefig(out / name, dpi=110)
+    plt.close(fig)
+    return name
+
+
+def score_histograms(mined: pl.DataFrame, out: Path) -> str:
+    fig, ax = plt.subplots(figsize=(7, 3.6))
+    series = {"positive": mined["positive_score"], "hard negative": mined["negative_scores"].explode(),
+              "false negative": mined["false_negative_scores"].explode()}
+    for label, values in series.items():
+        values = values.drop_nulls().to_numpy()
+        if len(values):
+            ax.hist(values, bins=60, range=(-0.2, 1.0), alpha=0.55, density=True, color=COLORS[label],
+                    label=f"{label} ({len(values):,})")
+    ax.set_xlabel("guide score (cosine)")
+    ax.set_ylabel("density")
+    ax.set_title("Guide scores")
+    ax.legend()
+    return save(fig, out, "scores.png")
+
+
+def per_task(mined: pl.DataFrame, out: Path) -> str:
+    stats = (mined.group_by("task").agg(pl.col("false_negative_ids").list.len().mean().alias("false negatives"),
+                                        pl.col("negative_ids").list.len().mean().alias("hard negatives"))
+             .sort("task"))
+    fig, ax = plt.subplots(figsize=(7, 3.2))
+    x = range(stats.height)
+    ax.bar([i - 0.2 for i in x], stats["false negatives"], width=0.4, color=COLORS["false negative"],
+           label="false negatives")
+    ax.bar([i + 0.2 for i in x], stats["hard negatives"], width=0.4, color=COLORS["hard negative"],
+           label="hard negatives")
+    ax.set_xticks(list(x), stats["task"].to_list())
+    ax.set_ylabel("per anchor (mean)")
+    ax.set_title("False and hard negatives per anchor, by task")
+    ax.legend()
+    return save(fig, out, "per_task.png")
+
+
+def negatives_found(mined: pl.DataFrame, out: Path) -> str:
+    counts = mined["negative_ids"].list.len().value_counts().sort("negative_ids")
+    fig, ax = plt.subplots(figsize=(7, 3.0))
+    ax.bar(counts["negative_ids"].to_list(), counts["count"].to_list(), color=COLORS["hard negative"])
+    ax.set_xlabel("hard negatives found")
+    ax.set_ylabel("anchors")
+    ax.set_title("Hard negatives found per anchor")
+    return save(fig, out, "negatives_found.png")
+
+
+def training_curves(runs: dict[str, list[dict]], out: Path) -> str | None:
+    if not runs:
+        return None
+    with_evals = any("eval_ndcg@10" in r for records in runs.values() for r in records)
+    fig, axes = plt.subplots(1, 3 if with_evals else 2, figsize=(12 if with_evals else 8.5, 3.4))
+    for name, records in runs.items():
+        steps = [r for r in records if "loss" in r]
+        axes[0].plot([r["step"] for r in steps], [r["loss"] for r in steps], label=name, alpha=0.8)
+        axes[1].plot([r["step"] for r in steps], [r["masked_fraction"] for r in steps], label=name, alpha=0.8)
+        if with_evals:
+            evals = [r for r in records if "eval_ndcg@10" in r]
+            axes[2].plot([r["step"] for r in evals], [r["eval_ndcg@10"] for r in evals], "o-", label=name)
+    for ax, title in zip(axes, ("training loss", "masked fraction of logits", "eval NDCG@10")):
+        ax.set_title(title)
+        ax.set_xlabel("step")
+        ax.legend()
+    return save(fig, out, "training.png")
+
+
+def examples(work: Path, mined: pl.DataFrame, n: int, seed: int) -> str:
+    """A few anchors that have both hard and false negatives, as text."""
+    text_of = dict(pl.read_parquet(work / "texts.parquet", columns=["text_id", "text"]).iter_rows())
+    pick = mined.filter((pl.col("false_negative_ids").list.len() > 0) & (pl.col("negative_ids").list.len() > 0))
+    pick = pick.sample(min(n, pick.height), seed=seed) if pick.height else pick
+    blocks = []
+    for row in pick.iter_rows(named=True):
+        def items(ids, scores, limit=5):
+            shown = "".join(f"<li><span class=score>{s:.3f}</span> {html.escape(text_of[i])}</li>"
+                            for i, s in list(zip(ids, scores))[:limit])
+            more = f"<li class=more>and {len(ids) - limit} more</li>" if len(ids) > limit else ""
+            return f"<ul>{shown}{more}</ul>"
+        blocks.append(
+            f"<div class=example><div class=task>{html.escape(row['task'])} &middot; anchor {row['anchor_id']}</div>"
+            f"<p><b>query</b> {html.escape(text_of[row['query_id']])}</p>"
+            f"<p><b>positive</b> <span class=score>{row['positive_score']:.3f}</span> "
+            f"{html.escape(text_of[row['positive_id']])} <span class=threshold>(threshold "
+            f"{row['threshold']:.3f})</span></p>"
+            f"<p class=hn><b>hard negatives</b></p>{items(row['negative_ids'], row['negative_scores'])}"
+            f"<p class=fn><b>false negatives (masked)</b></p>"
+            f"{items(row['false_negative_ids'], row['false_negative_scores'])}</div>")
+    return "\n".join(blocks)
+
+
+def results_table(work: Path) -> str:
+    path = work / "results.json"
+    if not path.exists():
+        return ""
+    results = read_json(path)["results"]
+    rows = "".join(f"<tr><td>{html.escape(name)}</td>" + "".join(f"<td>{v:.4f}</td>" for v in scores.values())
+                   + "</tr>" for name, scores in results.items())
+    header = "".join(f"<th>{html.escape(k)}</th>" for k in next(iter(results.values())))
+    return f"<h2>Held-out retrieval</h2><table><tr><th>model</th>{header}</tr>{rows}</table>"
+
+
+STYLE = """body{font-family:system-ui,sans-serif;max-width:1100px;margin:2em auto;color:#222}
+img{max-width:100%} .example{border:1px solid #ddd;border-radius:6px;padding:.6em 1em;margin:1em 0}
+.task{color:#666;font-size:.85em} .score{font-family:monospace;color:#555} .threshold{color:#888}
+.hn b{color:#b08900} .fn b{color:#c0392b} ul{margin:.2em 0 .6em} .more{color:#888}
+table{border-collapse:collapse} td,th{border:1px solid #ccc;padding:.3em .8em} .grid{display:flex;gap:1em}"""
+
+
+def main(argv=None) -> None:
+    args = parse_args(argv)
+    work = args.work
+    manifest_path = work / "mined_manifest.json"
+    if not manifest_path.exists():
+        raise UsageError(f"{work}: no mined_manifest.json; run `python -m pipeline.mask --work {work}` first")
+    manifest = read_json(manifest_path)
+    mined = pl.read_parquet([str(work / s) for s in manifest["shards"]])
+    out = args.out or work / "report"
+    out.mkdir(parents=True, exist_ok=True)
+    run_dirs = args.run or sorted(p.parent for p in (work / "models").glob("*/metrics.jsonl"))
+    runs = {d.name: [json.loads(line) for line in (d / "metrics.jsonl").read_text().splitlines()]
+            for d in run_dirs if (d / "metrics.jsonl").exists()}
+    summary = read_json(work / "mined_summary.json")
+    images = [score_histograms(mined, out), per_task(mined, out), negatives_found(mined, out)]
+    curves = training_curves(runs, out)
+    rules = ", ".join(f"{k} {v}" for k, v in manifest["rules"].items() if v is not None)
+    page = f"""<!doctype html><html><head><meta charset=utf-8><title>gist-mining report: {html.escape(str(work))}</title>
+<style>{STYLE}</style></head><body>
+<h1>gist-mining report</h1>
+<p>{html.escape(str(work))}: {summary['anchors']:,} anchors, {summary['candidates_per_anchor']:.0f} candidates each;
+{summary['negatives_per_anchor']:.2f} hard negatives and {summary['false_negatives_per_anchor']:.2f} false negatives
+per anchor; {summary['anchors_short_of_negatives']:,} anchors short of {manifest['rules']['num_negatives']}.
+Rules: {html.escape(rules)}.</p>
+{results_table(work)}
+<h2>What the guide saw</h2>
+<img src="{images[0]}" alt="guide score histograms">
+<div class=grid><img src="{images[1]}" alt="negatives per task"><img src="{images[2]}" alt="negatives found"></div>
+{f'<h2>Training</h2><img src="{curves}" alt="training curves">' if curves else ''}
+<h2>Examples</h2>
+{examples(work, mined, args.examples, args.seed)}
+</body></html>
+"""
+    (out / "index.html").write_text(page)
+    print(f"report: {out / 'index.html'}")
+
+
+if __name__ == "__main__":
+    cli.run(main)
