@@ -46,7 +46,7 @@ def main() -> None:
     student.train()
     optimizer = torch.optim.AdamW(student.parameters(), lr=1e-6)  # tiny: the model barely moves between methods
     settings = SimpleNamespace(temperature=0.01, margin_strategy="absolute", margin=0.0, guide_filter="precomputed")
-    embed = train.student_embedder(student, student, args.device, args.bf16)
+    embed = train.student_embedder(student, args.device, args.bf16)
     st_losses = {"GISTEmbedLoss (live guide)": GISTEmbedLoss(student, guide, temperature=0.01),
                  "MultipleNegativesRankingLoss": MultipleNegativesRankingLoss(student, scale=100.0)}
 

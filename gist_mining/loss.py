@@ -37,24 +37,34 @@ from gist_mining.margins import is_false_negative
 PAD_ID = -1
 
 
-def _gather(tensor: torch.Tensor) -> torch.Tensor:
+def _gather(tensor: torch.Tensor) -> tuple[torch.Tensor, list[int]]:
+    """Concatenate every rank's rows (gradients flow back to the local rows) and say how many each had.
+
+    Ranks may hold different numbers of rows (anchors with fewer mined negatives), so rows are padded to
+    the largest count for the collective and trimmed after.
+    """
     if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
-        return tensor
+        return tensor, [tensor.shape[0]]
+    sizes = [torch.zeros(1, dtype=torch.long, device=tensor.device) for _ in range(dist.get_world_size())]
+    dist.all_gather(sizes, torch.tensor([tensor.shape[0]], device=tensor.device))
+    sizes = [int(s.item()) for s in sizes]
+    padded = torch.cat([tensor, tensor.new_zeros((max(sizes) - tensor.shape[0], *tensor.shape[1:]))])
     if tensor.requires_grad:
-        return torch.cat(torch.distributed.nn.all_gather(tensor), dim=0)
-    parts = [torch.empty_like(tensor) for _ in range(dist.get_world_size())]
-    dist.all_gather(parts, tensor.contiguous())
-    return torch.cat(parts, dim=0)
+        parts = torch.distributed.nn.all_gather(padded)
+    else:
+        parts = [torch.empty_like(padded) for _ in sizes]
+        dist.all_gather(parts, padded.contiguous())
+    return torch.cat([part[:size] for part, size in zip(parts, sizes)]), sizes
 
 
 def gist_loss(q, p, n, gq, gp, gn, q_ids, p_ids, n_ids, known_false_negatives=None, *, temperature=0.01,
               margin_strategy="absolute", margin=0.0, guided=True, return_mask_fraction=False):
     rank = dist.get_rank() if dist.is_available() and dist.is_initialized() else 0
     batch = q.shape[0]
-    all_q, all_p, all_n = _gather(q), _gather(p), _gather(n)
-    all_gq, all_gp, all_gn = _gather(gq), _gather(gp), _gather(gn)
-    all_q_ids, all_p_ids, all_n_ids = _gather(q_ids), _gather(p_ids), _gather(n_ids)
-    labels = torch.arange(batch, device=q.device) + rank * batch
+    (all_q, sizes), (all_p, _), (all_n, _) = _gather(q), _gather(p), _gather(n)
+    (all_gq, _), (all_gp, _), (all_gn, _) = _gather(gq), _gather(gp), _gather(gn)
+    (all_q_ids, _), (all_p_ids, _), (all_n_ids, _) = _gather(q_ids), _gather(p_ids), _gather(n_ids)
+    labels = torch.arange(batch, device=q.device) + sum(sizes[:rank])  # this rank's positives in the gathered p
 
     q, p = F.normalize(q, dim=-1), F.normalize(p, dim=-1)
     all_q, all_p, all_n = (F.normalize(x, dim=-1) for x in (all_q, all_p, all_n))

@@ -21,7 +21,7 @@ WORDS = (
 ).split()
 
 
-def build_tiny_model(path: Path, seed: int = 0) -> Path:
+def build_tiny_model(path: Path, seed: int = 0, dropout: float = 0.1) -> Path:
     import torch
     from sentence_transformers import SentenceTransformer
     from sentence_transformers.sentence_transformer.modules import Normalize, Pooling, Transformer
@@ -32,7 +32,8 @@ def build_tiny_model(path: Path, seed: int = 0) -> Path:
     tokenizer = BertTokenizerFast(vocab={w: i for i, w in enumerate(vocab)})
     config = BertConfig(vocab_size=len(vocab), hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
                         intermediate_size=64, max_position_embeddings=128,
-                        initializer_range=0.3)  # spreads similarities (0.3 to 0.9) like a real model
+                        initializer_range=0.3,  # spreads similarities (0.3 to 0.9) like a real model
+                        hidden_dropout_prob=dropout, attention_probs_dropout_prob=dropout)
     raw = path / "raw"
     BertModel(config).save_pretrained(raw)
     tokenizer.save_pretrained(raw)

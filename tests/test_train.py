@@ -145,3 +145,26 @@ def test_report_renders_and_links_only_existing_files(mined_work, tiny_model, tm
     assert {"scores.png", "per_task.png", "negatives_found.png", "training.png"} <= set(sources)
     assert all((work / "report" / s).stat().st_size > 1000 for s in sources)
     assert page.count("class=example") > 0 and "false negatives (masked)" in page
+
+
+def test_torchrun_two_gloo_processes_equal_one_process(mined_work, tmp_path):
+    """2 ranks x 4 anchors follow the same losses as 1 process x 8: gathered candidates, averaged gradients."""
+    import os
+    import subprocess
+    import sys
+
+    from conftest import ROOT, build_tiny_model
+
+    student = build_tiny_model(tmp_path / "student", seed=4, dropout=0.0)  # no dropout: the same forward either way
+    common = ["--work", mined_work / "w", "--model", student, "--max-steps", 3, "--lr", 1e-3, "--temperature", 0.05]
+    assert run_stage(train, *common, "--batch-size", 8, "--out", tmp_path / "one") == 0
+    env = dict(os.environ, HF_HUB_OFFLINE="1", PYTHONPATH=str(ROOT), OMP_NUM_THREADS="1")
+    proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-port",
+                           "29517", "-m", "train.run", *map(str, common), "--batch-size", "4", "--out",
+                           str(tmp_path / "two")], cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-6000:]
+    one, two = metrics(tmp_path / "one"), metrics(tmp_path / "two")
+    assert [m["anchors"] for m in one] == [8, 8, 8] and [m["anchors"] for m in two] == [4, 4, 4]
+    for a, b in zip(one, two):
+        assert b["loss"] == pytest.approx(a["loss"], rel=1e-4)
+        assert b["masked_fraction"] == pytest.approx(a["masked_fraction"], abs=1e-3)

@@ -126,15 +126,16 @@ def to_device(features: dict, device) -> dict:
     return {k: v.to(device) if hasattr(v, "to") else v for k, v in features.items()}
 
 
-def student_embedder(model, forward, device, bf16: bool):
+def student_embedder(model, device, bf16: bool):
     """texts -> the student's sentence embeddings (float32), with gradients; bf16 autocast on CUDA if asked."""
 
     def embed(texts: list[str]) -> torch.Tensor:
-        if not texts:  # an anchor set with no mined negatives
-            return torch.zeros((0, model.get_embedding_dimension()), device=device)
+        if not texts:  # an anchor set with no mined negatives; requires grad so that every rank's gather
+            # of this column joins the same backward collective
+            return torch.zeros((0, model.get_embedding_dimension()), device=device, requires_grad=True)
         features = to_device(model.preprocess(texts), device)
         with torch.autocast("cuda", dtype=torch.bfloat16, enabled=bf16 and "cuda" in str(device)):
-            return forward(features)["sentence_embedding"].float()
+            return model(features)["sentence_embedding"].float()
 
     return embed
 
@@ -146,6 +147,17 @@ def batch_loss(embed, b: dict, args) -> tuple[torch.Tensor, torch.Tensor]:
     return gist_loss(q, p, n, b["q_guide"], b["p_guide"], b["n_guide"], b["q_ids"], b["p_ids"], b["n_ids"],
                      b["known"], temperature=args.temperature, margin_strategy=args.margin_strategy,
                      margin=args.margin, guided=args.guide_filter == "precomputed", return_mask_fraction=True)
+
+
+def average_gradients(model, world: int) -> None:
+    """All-reduce the gradients in one flat buffer. Used instead of DDP's wrapper, which expects one forward
+    per backward, while a step here runs one per column."""
+    grads = [p.grad for p in model.parameters() if p.grad is not None]
+    flat = torch.cat([g.reshape(-1) for g in grads])
+    dist.all_reduce(flat)
+    flat /= world
+    for g, part in zip(grads, torch.split(flat, [g.numel() for g in grads])):
+        g.copy_(part.view_as(g))
 
 
 # -- checkpoints -----------------------------------------------------------------------------------------
@@ -207,8 +219,9 @@ def main(argv=None) -> None:
     rows, mined_manifest = load_training_rows(args.work, args.negatives_per_anchor)
     data = Batches(args.work, rows, device)
     text_sets, tasks = data.text_sets(), rows["task"].to_list()
-    epoch_batches = lambda epoch: plan_batches(text_sets, tasks, args.batch_size * world, args.seed, epoch,  # noqa: E731
-                                               args.task_batches)
+    def epoch_batches(epoch: int) -> list[list[int]]:
+        batches = plan_batches(text_sets, tasks, args.batch_size * world, args.seed, epoch, args.task_batches)
+        return [b for b in batches if len(b) >= world]  # every rank needs an anchor
     steps_per_epoch = len(epoch_batches(0))
     total_steps = args.max_steps or max(1, int(args.epochs * steps_per_epoch))
 
@@ -229,7 +242,6 @@ def main(argv=None) -> None:
         position = read_json(checkpoint / "position.json")
         step, epoch, batch_index = position["step"], position["epoch"], position["batch_index"]
         print(f"resuming from {checkpoint} at step {step}", file=sys.stderr)
-    forward = torch.nn.parallel.DistributedDataParallel(model) if distributed else model
 
     evaluator = make_evaluator(args.eval, "eval") if args.eval else None
     log_path = args.out / "metrics.jsonl"
@@ -255,7 +267,7 @@ def main(argv=None) -> None:
     if before:
         print(f"eval before training: {before}", file=sys.stderr)
 
-    embed = student_embedder(model, forward, device, args.bf16)
+    embed = student_embedder(model, device, args.bf16)
 
     model.train()
     batches = epoch_batches(epoch)
@@ -266,16 +278,22 @@ def main(argv=None) -> None:
             epoch, batch_index = epoch + 1, 0
             batches = epoch_batches(epoch)
         global_batch = batches[batch_index]
-        mine = global_batch[rank * args.batch_size : (rank + 1) * args.batch_size]
+        mine = global_batch[rank::world]  # ranks' shares differ by one at most, even in a short last batch
         batch_index += 1
         b = data.get(mine)
         loss, masked = batch_loss(embed, b, args)
         loss.backward()
+        if distributed:
+            average_gradients(model, world)
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         optimizer.step()
         scheduler.step()
         optimizer.zero_grad(set_to_none=True)
         step += 1
+        if distributed:  # log the global batch's figures, not rank 0's share
+            shown = torch.stack([loss.detach(), masked])
+            dist.all_reduce(shown)
+            loss, masked = shown / world
         record = {"step": step, "epoch": epoch, "loss": loss.item(), "masked_fraction": round(masked.item(), 4),
                   "anchors": len(mine), "negatives": len(b["n_texts"]),
                   "lr": scheduler.get_last_lr()[0], "seconds": round(time.perf_counter() - started, 2)}
