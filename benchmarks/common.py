@@ -40,3 +40,34 @@ def table(rows: list[tuple], header: tuple) -> str:
     widths = [max(len(str(x)) for x in col) for col in zip(header, *rows)]
     line = lambda r: "| " + " | ".join(str(x).ljust(w) for x, w in zip(r, widths)) + " |"  # noqa: E731
     return "\n".join([line(header), "|" + "|".join("-" * (w + 2) for w in widths) + "|", *map(line, rows)])
+
+
+def figure(name: str, value: float, target: str = "", unit: str = "") -> dict:
+    """One line of the benchmarks' summary table (benchmarks/run_all.py)."""
+    return {"figure": name, "value": value, "unit": unit, "target": target}
+
+
+def wordnet_pairs(out: Path, n_pairs: int, n_corpus: int, seed: int = 0) -> tuple[Path, Path]:
+    """Pairs (a usage example or a synset's lemmas -> its gloss) and a corpus of glosses, from WordNet.
+
+    For sizes beyond the bundled sample. Every pair's positive is one of the corpus glosses, so taking
+    more pairs grows the anchors and leaves the candidate pool as it is.
+    """
+    import random
+
+    sys.path.insert(0, str(ROOT / "data"))
+    from build_sample import read_synsets
+
+    synsets = read_synsets()
+    random.Random(seed).shuffle(synsets)
+    synsets = synsets[:n_corpus]
+    pairs = [(example, s["gloss"]) for s in synsets for example in s["examples"][:1]]
+    pairs += [(", ".join(s["lemmas"]), s["gloss"]) for s in synsets]
+    random.Random(seed).shuffle(pairs)
+    if len(pairs) < n_pairs:
+        raise SystemExit(f"WordNet gives {len(pairs)} pairs over {n_corpus} glosses, fewer than {n_pairs}")
+    out.mkdir(parents=True, exist_ok=True)
+    pairs_path, corpus_path = out / f"pairs-{n_pairs}.parquet", out / f"glosses-{n_corpus}.parquet"
+    pl.DataFrame(pairs[:n_pairs], schema=["query", "positive"], orient="row").write_parquet(pairs_path)
+    pl.DataFrame({"text": [s["gloss"] for s in synsets]}).unique(maintain_order=True).write_parquet(corpus_path)
+    return pairs_path, corpus_path

@@ -18,12 +18,12 @@ from pathlib import Path
 import polars as pl
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from benchmarks.common import SAMPLE, sample_texts, table  # noqa: E402
+from benchmarks.common import SAMPLE, figure, sample_texts, table  # noqa: E402
 from gist_mining.models import load_model  # noqa: E402
 from pipeline import embed  # noqa: E402
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> list[dict]:
     parser = argparse.ArgumentParser()
     parser.add_argument("--model", default="all-mpnet-base-v2")
     parser.add_argument("--sample", type=Path, default=SAMPLE, help="a data/build_sample.py output folder")
@@ -31,7 +31,7 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--device", default=None)
     parser.add_argument("--precision", default="fp32", choices=["fp32", "fp16", "bf16"])
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     texts = sample_texts(args.sample)[: args.n]
     half = len(texts) // 2
     with tempfile.TemporaryDirectory() as tmp:
@@ -59,6 +59,7 @@ def main() -> None:
     print(f"\n{args.model}, {len(texts)} texts, batch {args.batch_size}, {args.precision}, device {model.device}")
     print(table(rows, ("", "seconds", "texts/s")))
     print(f"throughput ratio (stage / bare): {min(bare) / min(stage):.3f}  (target >= 0.95)")
+    return [figure(f"embed stage / bare encode throughput, {args.precision}", min(bare) / min(stage), ">= 0.95")]
 
 
 if __name__ == "__main__":

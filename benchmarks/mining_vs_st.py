@@ -17,7 +17,7 @@ import tempfile
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from benchmarks.common import measured, table  # noqa: E402
+from benchmarks.common import figure, measured, table  # noqa: E402
 
 ST_SCRIPT = '''
 import sys, polars as pl
@@ -33,7 +33,7 @@ print("mined rows", len(mined), file=sys.stderr)
 '''
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> list[dict]:
     parser = argparse.ArgumentParser()
     parser.add_argument("--pairs", default="data/sample/train.parquet")
     parser.add_argument("--corpus", default=None)
@@ -41,7 +41,7 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--device", default=None)
     parser.add_argument("--precision", default="fp32")
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     device = ["--device", args.device] if args.device else []
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp) / "work"
@@ -70,6 +70,9 @@ def main() -> None:
     print(f"peak RSS ratio ours / ST:  {ours_rss / theirs['peak_rss_mib']:.3f}  (target <= 1.0)")
     print(f"re-filter speed-up vs fresh embed+mask: {ours_seconds / refilter['seconds']:.1f}x  (target >= 50x); "
           f"vs mask alone: {mask['seconds'] / refilter['seconds']:.1f}x (process start included in each)")
+    return [figure("mining wall time, ours / ST mine_hard_negatives", ours_seconds / theirs["seconds"], "<= 0.5"),
+            figure("mining peak RSS, ours / ST mine_hard_negatives", ours_rss / theirs["peak_rss_mib"], "<= 1.0"),
+            figure("re-filter speed-up vs fresh embed + mask", ours_seconds / refilter["seconds"], ">= 50", "x")]
 
 
 if __name__ == "__main__":

@@ -1,9 +1,21 @@
-"""Run `-m module args` or `script.py args` in this process, then print its peak RSS as JSON on the last line."""
+"""Run `-m module args` or `script.py args` in this process, then print its peak RSS as JSON on the last line.
+
+The peak is VmHWM from /proc/self/status: it starts afresh at exec, unlike getrusage's ru_maxrss, which
+a child started with fork and exec inherits from a larger parent.
+"""
 
 import json
-import resource
 import runpy
 import sys
+from pathlib import Path
+
+
+def peak_rss_mib() -> float:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return round(int(line.split()[1]) / 1024, 1)
+    raise SystemExit("no VmHWM in /proc/self/status: peak RSS needs Linux")
+
 
 if __name__ == "__main__":
     args = sys.argv[1:]
@@ -13,4 +25,4 @@ if __name__ == "__main__":
     else:
         sys.argv = args
         runpy.run_path(args[0], run_name="__main__")
-    print(json.dumps({"peak_rss_mib": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)}))
+    print(json.dumps({"peak_rss_mib": peak_rss_mib()}))

@@ -19,13 +19,13 @@ from types import SimpleNamespace
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from benchmarks.common import table  # noqa: E402
+from benchmarks.common import figure, table  # noqa: E402
 from gist_mining.batches import plan_batches  # noqa: E402
 from gist_mining.models import load_model  # noqa: E402
 from train import run as train  # noqa: E402
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> list[dict]:
     parser = argparse.ArgumentParser()
     parser.add_argument("--work", type=Path, default=Path("runs/sample"))
     parser.add_argument("--student", default="all-MiniLM-L6-v2")
@@ -34,7 +34,7 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=8)
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--bf16", action="store_true")
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     from sentence_transformers.sentence_transformer.losses import GISTEmbedLoss, MultipleNegativesRankingLoss
 
     rows, _ = train.load_training_rows(args.work, 1)
@@ -86,6 +86,11 @@ def main() -> None:
           f"{len(batches) - 1} timed steps, device {args.device}{', bf16' if args.bf16 else ''}")
     print(table(rows_out, ("method", "ms/step", "train.run / this")))
     print("targets: <= 0.45 against GISTEmbedLoss, <= 1.1 against MNRL")
+    precision = "bf16" if args.bf16 else "fp32"
+    return [figure(f"train step / GISTEmbedLoss (live guide), {args.device} {precision}",
+                   ours_time / mean["GISTEmbedLoss (live guide)"], "<= 0.45"),
+            figure(f"train step / MNRL, {args.device} {precision}",
+                   ours_time / mean["MultipleNegativesRankingLoss"], "<= 1.1")]
 
 
 if __name__ == "__main__":

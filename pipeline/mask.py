@@ -208,8 +208,6 @@ def main(argv=None) -> None:
                        {"search_seconds": round(searched, 2), "total_seconds": round(time.perf_counter() - started, 2)})
 
 
-
-
 def is_done(shard: Path, fingerprint: str) -> bool:
     marker = done_marker(shard)
     return marker.exists() and read_json(marker)["fingerprint"] == fingerprint
