@@ -2,7 +2,8 @@
 
     python benchmarks/gist_vs_plain.py --work runs/sample --eval data/sample/val --steps 60
 
-Needs a mined work directory (pipeline.run or pipeline.embed + pipeline.mask). For each setting, two
+Needs a mined work directory (pipeline.run or pipeline.embed + pipeline.mask; a copy re-filtered with
+--margin-strategy none gives negatives mined without the positive-aware filter). For each setting, two
 students train with the same steps, data, negatives and seed, one with --guide-filter none; the table
 gives NDCG@10 on the split. Choices are made here, on validation, never on the held-out test split.
 """
@@ -21,6 +22,7 @@ from train import run as train  # noqa: E402
 SETTINGS = {
     "random batches, 1 negative": [],
     "task batches, 3 negatives": ["--task-batches", "--negatives-per-anchor", "3"],
+    "random batches, 1 negative, temperature 0.01": ["--temperature", "0.01"],
 }
 
 

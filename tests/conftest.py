@@ -74,3 +74,14 @@ def run_module(module: str, *args, check=True, **kwargs) -> subprocess.Completed
     if check and result.returncode != 0:
         raise AssertionError(f"{module} exited {result.returncode}:\n{result.stderr[-3000:]}")
     return result
+
+
+def run_stage(module, *args) -> int:
+    """A stage's main in this process, as its command line would run it: the exit status."""
+    from gist_mining import cli
+
+    try:
+        cli.run(lambda: module.main([str(a) for a in args]))
+    except SystemExit as exit_:
+        return exit_.code
+    return 0

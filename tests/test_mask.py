@@ -8,19 +8,10 @@ import shutil
 import numpy as np
 import polars as pl
 import pytest
-from conftest import make_pairs
+from conftest import make_pairs, run_stage
 
-from gist_mining import cli
 from gist_mining.workdir import load_embeddings
 from pipeline import embed, mask
-
-
-def run_stage(module, *args) -> int:
-    try:
-        cli.run(lambda: module.main([str(a) for a in args]))
-    except SystemExit as exit_:
-        return exit_.code
-    return 0
 
 
 @pytest.fixture(scope="module")

@@ -8,21 +8,12 @@ import shutil
 import polars as pl
 import pytest
 import torch
-from conftest import make_pairs
+from conftest import make_pairs, run_stage
 
-from gist_mining import cli
 from gist_mining.loss import gist_loss
 from gist_mining.workdir import VectorStore
 from pipeline import embed, mask
 from train import run as train
-
-
-def run_stage(module, *args) -> int:
-    try:
-        cli.run(lambda: module.main([str(a) for a in args]))
-    except SystemExit as exit_:
-        return exit_.code
-    return 0
 
 
 @pytest.fixture(scope="module")
