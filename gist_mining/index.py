@@ -1,8 +1,12 @@
 """FAISS indexes over L2-normalised guide embeddings (inner product = cosine).
 
-``auto`` is exact (IndexFlatIP) up to AUTO_EXACT_MAX vectors and HNSW above: below that size an exact
-search over the pool costs less than the guide's forward pass over the same texts, so exactness is free
-(benchmarks/index_recall.py measures recall@k and speed of each kind against exact search).
+``auto`` is exact (IndexFlatIP) up to AUTO_EXACT_MAX vectors and HNSW above. Measured by
+benchmarks/index_recall.py (WordNet glosses, 384-d, 2000 queries, k = 100, 2 CPU cores): at 100k vectors
+exact search runs 1192 queries/s and HNSW 1419 with recall@100 0.947 (IVF, nprobe 32: 0.784), so below a
+few hundred thousand vectors approximation buys little speed and loses 5% of the true neighbours. At 300k
+exact search still answers ~400 queries/s, while the guide embeds ~30 texts/s on the same cores: the
+search is a small share of the mining cost. Above that, exact search grows as anchors x pool and HNSW
+takes over.
 """
 
 from __future__ import annotations
