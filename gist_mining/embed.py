@@ -27,20 +27,42 @@ class EmbedSettings:
         return asdict(self)
 
 
-def plan_texts(pairs: list[pl.DataFrame], corpora: list[list[str]], sources: list[str]) -> tuple[pl.DataFrame, pl.DataFrame]:
+def clean_given_negatives(anchors: pl.DataFrame) -> tuple[pl.DataFrame, int]:
+    """Given negatives minus the anchor's own query and every positive of that query, each kept once, in order.
+
+    A text given as a negative of a query that another row gives as its positive is a contradiction in the
+    input; kept, it would train the model away from a labelled positive. Returns the anchors and how many
+    given negatives were dropped.
+    """
+    positives = anchors.group_by("query").agg(pl.col("positive").alias("positives_of_query"))
+    given = anchors.select("anchor_id", "query", "negatives").explode("negatives").drop_nulls("negatives")
+    kept = (
+        given.join(positives, on="query", how="left", maintain_order="left")
+        .filter((pl.col("negatives") != pl.col("query")) & ~pl.col("positives_of_query").list.contains(pl.col("negatives")))
+        .unique(subset=["anchor_id", "negatives"], keep="first", maintain_order=True)
+        .group_by("anchor_id", maintain_order=True)
+        .agg("negatives")
+    )
+    cleaned = anchors.drop("negatives").join(kept, on="anchor_id", how="left", maintain_order="left").with_columns(
+        pl.col("negatives").fill_null(pl.lit([], dtype=pl.List(pl.String))))
+    return cleaned.select(anchors.columns), given.height - int(cleaned["negatives"].list.len().sum())
+
+
+def plan_texts(pairs: list[pl.DataFrame], corpora: list[list[str]], sources: list[str]) -> tuple[pl.DataFrame, pl.DataFrame, int]:
     """Deduplicate every text across inputs and give it a content id.
 
     Returns the text table (``text_id``, ``text``, ``is_query``, ``is_document``, ``n_chars``) sorted by
-    length so that shards hold texts of similar length, and the anchors table (one row per input row).
+    length so that shards hold texts of similar length, the anchors table (one row per input row) and the
+    number of given negatives dropped by ``clean_given_negatives``.
     """
-    anchors = pl.concat(
+    anchors, dropped = clean_given_negatives(pl.concat(
         [
             frame.with_columns(
                 pl.lit(source).alias("source"), pl.int_range(1, frame.height + 1, dtype=pl.Int64).alias("source_row")
             )
             for frame, source in zip(pairs, sources)
         ]
-    ).with_row_index("anchor_id")
+    ).with_row_index("anchor_id"))
     queries = anchors.get_column("query")
     documents = pl.concat(
         [anchors.get_column("positive"), anchors.get_column("negatives").explode().drop_nulls()]
@@ -77,7 +99,7 @@ def plan_texts(pairs: list[pl.DataFrame], corpora: list[list[str]], sources: lis
         pl.col("negatives").list.eval(to_id(pl.element())).alias("negative_ids"),
         "task",
     )
-    return texts, anchors
+    return texts, anchors, dropped
 
 
 def shard_bounds(n_texts: int, shard_size: int) -> list[tuple[int, int]]:
@@ -100,9 +122,8 @@ def embedding_table(ids: np.ndarray, vectors: np.ndarray, dtype: str) -> pa.Tabl
     return pa.table({"text_id": pa.array(ids, type=pa.int64()), "embedding": column})
 
 
-def embed_shard(model, texts: pl.DataFrame, path: Path, settings: EmbedSettings, batch_size: int) -> int:
+def embed_shard(model, texts: pl.DataFrame, path: Path, settings: EmbedSettings, batch_size: int) -> None:
     vectors = encode(model, texts.get_column("text").to_list(), batch_size, settings.prompt)
-    # Float vectors do not compress; zstd and dictionary pages would only cost time on write and read.
+    # Float vectors and unique hashes do not compress: zstd and dictionaries would only cost time.
     write_parquet_atomic(embedding_table(texts.get_column("text_id").to_numpy(), vectors, settings.dtype), path,
-                         compression="none", use_dictionary=["text_id"])
-    return texts.height
+                         compression="none", use_dictionary=False)

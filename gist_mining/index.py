@@ -12,11 +12,12 @@ takes over.
 from __future__ import annotations
 
 import math
-import os
 from pathlib import Path
 
 import faiss
 import numpy as np
+
+from gist_mining.storage import commit, tmp_name
 
 KINDS = ("flat", "ivf", "hnsw", "auto")
 AUTO_EXACT_MAX = 300_000
@@ -53,9 +54,10 @@ def build_index(vectors: np.ndarray, kind: str, k: int, seed: int = 0) -> faiss.
 
 
 def save_index(index: faiss.Index, path: Path) -> None:
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = tmp_name(path)
     faiss.write_index(index, str(tmp))
-    os.replace(tmp, path)
+    commit(tmp, path)
 
 
 def load_index(path: Path, k: int) -> faiss.Index:

@@ -118,7 +118,8 @@ def select(anchor_ids: np.ndarray, positive_scores: np.ndarray, candidate_ids: n
     A candidate is a false negative when the guide puts it above the anchor's threshold (the shared
     margin rule) or above ``max_score``. Survivors not below ``min_score`` are ranked by score; the first
     ``rank_min`` are skipped, and from the rest ``num_negatives`` are taken (top, or seeded random),
-    counting the given negatives that the guide does not flag, which always come first.
+    counting the given negatives that the guide does not flag, which always come first (at most
+    ``num_negatives`` of them, in input order).
     """
     threshold = false_negative_threshold(positive_scores, rules.margin_strategy, rules.margin).astype(np.float32)
 
@@ -130,7 +131,8 @@ def select(anchor_ids: np.ndarray, positive_scores: np.ndarray, candidate_ids: n
     given_valid = given_ids != PAD_ID
     false_neg = valid & flagged(candidate_scores)
     given_flagged = given_valid & flagged(given_scores)
-    given_kept = given_valid & ~given_flagged
+    unflagged = given_valid & ~given_flagged
+    given_kept = unflagged & (np.cumsum(unflagged, axis=1) <= rules.num_negatives)  # the first N, input order
 
     is_given = (candidate_ids[:, :, None] == np.where(given_valid, given_ids, PAD_ID - 1)[:, None, :]).any(axis=2)
     survivors = valid & ~false_neg & ~is_given

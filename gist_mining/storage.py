@@ -1,33 +1,114 @@
-"""Atomic writes and fingerprints: a reader never finds a half-written table or manifest."""
+"""Durable, atomic writes and checksums: a reader never finds a half-written file under its real name.
+
+Every file is written under a temporary name in its own folder, flushed to disk (fsync), renamed into
+place, and the folder is synced so the rename survives a power loss. Temporary names carry the host and
+process id, so a later run can tell a dead process's leftovers (``remove_stale_temps``) from a live one's.
+"""
 
 from __future__ import annotations
 
 import hashlib
 import json
 import os
+import shutil
+import socket
 from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-
-def _tmp_name(path: Path) -> Path:
-    return path.with_name(f".{path.name}.tmp-{os.getpid()}")
+TMP_MARK = ".tmp-"
 
 
-def write_parquet_atomic(table: pa.Table, path: Path, **options) -> None:
-    """Write under a temporary name, then rename; ``options`` go to pyarrow (default: zstd)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = _tmp_name(path)
-    pq.write_table(table, tmp, **{"compression": "zstd", **options})
+def tmp_name(path: Path) -> Path:
+    return path.with_name(f".{path.name}{TMP_MARK}{socket.gethostname()}-{os.getpid()}")
+
+
+def _fsync_dir(folder: Path) -> None:
+    fd = os.open(folder, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def commit(tmp: Path, path: Path) -> None:
+    """Make ``tmp`` durable and give it its real name (a file, or a directory with every file in it)."""
+    for file in [tmp] if tmp.is_file() else sorted(p for p in tmp.rglob("*") if p.is_file()):
+        with open(file, "rb+") as fh:
+            os.fsync(fh.fileno())
     os.replace(tmp, path)
+    _fsync_dir(path.parent)
+
+
+def write_bytes_atomic(data: bytes, path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = tmp_name(path)
+    tmp.write_bytes(data)
+    commit(tmp, path)
 
 
 def write_json_atomic(obj, path: Path) -> None:
+    write_bytes_atomic((json.dumps(obj, indent=2, sort_keys=True, default=str) + "\n").encode(), path)
+
+
+def write_parquet_atomic(table: pa.Table, path: Path, **options) -> None:
+    """``options`` go to pyarrow (default: zstd)."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = _tmp_name(path)
-    tmp.write_text(json.dumps(obj, indent=2, sort_keys=True, default=str) + "\n")
-    os.replace(tmp, path)
+    tmp = tmp_name(path)
+    pq.write_table(table, tmp, **{"compression": "zstd", **options})
+    commit(tmp, path)
+
+
+class AtomicParquetWriter:
+    """Write a Parquet file batch by batch; it appears under its own name, durable, on a clean close."""
+
+    def __init__(self, path: Path, schema: pa.Schema, **options):
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.tmp = tmp_name(self.path)
+        self.writer = pq.ParquetWriter(self.tmp, schema, **{"compression": "zstd", **options})
+
+    def write(self, table: pa.Table) -> None:
+        self.writer.write_table(table)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, exc_type, *_):
+        self.writer.close()
+        if exc_type is None:
+            commit(self.tmp, self.path)
+        else:
+            self.tmp.unlink(missing_ok=True)
+
+
+def remove_stale_temps(folder: Path) -> int:
+    """Delete temporary files left in ``folder`` by dead processes of this host; returns how many."""
+    host = socket.gethostname()
+    removed = 0
+    for tmp in Path(folder).glob(f".*{TMP_MARK}*") if Path(folder).is_dir() else []:
+        owner_host, _, pid = tmp.name.rpartition(TMP_MARK)[2].rpartition("-")
+        if owner_host != host or not pid.isdigit() or _alive(int(pid)):
+            continue
+        if tmp.is_dir():
+            shutil.rmtree(tmp, ignore_errors=True)
+        else:
+            tmp.unlink(missing_ok=True)
+        removed += 1
+    return removed
+
+
+def _alive(pid: int) -> bool:
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 def read_json(path: Path):
@@ -56,26 +137,3 @@ def path_sha256(path: Path) -> str:
 
 def config_fingerprint(obj) -> str:
     return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()
-
-
-class AtomicParquetWriter:
-    """Write a Parquet file batch by batch under a temporary name; it appears under its own name on close."""
-
-    def __init__(self, path: Path, schema: pa.Schema):
-        self.path = Path(path)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        self.tmp = _tmp_name(self.path)
-        self.writer = pq.ParquetWriter(self.tmp, schema, compression="zstd")
-
-    def write(self, table: pa.Table) -> None:
-        self.writer.write_table(table)
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, exc_type, *_):
-        self.writer.close()
-        if exc_type is None:
-            os.replace(self.tmp, self.path)
-        else:
-            self.tmp.unlink(missing_ok=True)

@@ -1,8 +1,27 @@
-"""The work directory's layout and the readers every later stage uses."""
+"""The state of a work directory: every path, plan, fingerprint, completion marker and check, in one place.
+
+A work directory is a chain of steps, each made from the one before it:
+
+    inputs -embed->  texts.parquet, anchors.parquet, embeddings/   embed_plan.json -> embed_manifest.json
+           -search-> vectors/, index/, candidates/                 mask_plan.json  -> candidates_manifest.json
+           -mine-->  mined/, mined_summary.json                    mine_plan.json  -> mined_manifest.json
+           -train->  models/NAME (gist_training.json names the mined manifest it was trained from)
+
+A step is a small function over shards (datatrove style); which process does which shards is the
+executor's business (``gist_mining.cli.my_shards``). A step's plan holds its fingerprint (its settings and
+its parent's fingerprint); a shard is done when its marker ``_shard-NNNNN.done`` names that fingerprint
+and the shard's rows, bytes and SHA-256. A resumed run verifies every done shard against its marker; the
+process that finds all shards done writes the manifest; a reader checks the manifest's parent against the
+current parent and every shard against the manifest before it reads it. Whatever does not match is named
+with the command that rebuilds it, and rebuilt by that command, never read.
+"""
 
 from __future__ import annotations
 
+import fcntl
 import os
+import shutil
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -10,29 +29,233 @@ import polars as pl
 import pyarrow.parquet as pq
 
 from gist_mining.errors import UsageError
-from gist_mining.storage import read_json
+from gist_mining.storage import (commit, file_sha256, read_json, remove_stale_temps, tmp_name, write_json_atomic)
 
-TEXTS = "texts.parquet"
-ANCHORS = "anchors.parquet"
-EMBEDDINGS = "embeddings"
-EMBED_PLAN = "embed_plan.json"
-EMBED_MANIFEST = "embed_manifest.json"
+TEXTS, ANCHORS, EMBEDDINGS = "texts.parquet", "anchors.parquet", "embeddings"
+EMBED_PLAN, EMBED_MANIFEST = "embed_plan.json", "embed_manifest.json"
+VECTORS, INDEX, CANDIDATES = "vectors", "index", "candidates"
+MASK_PLAN, CANDIDATES_MANIFEST = "mask_plan.json", "candidates_manifest.json"
+MINED, MINE_PLAN, MINED_MANIFEST, SUMMARY = "mined", "mine_plan.json", "mined_manifest.json", "mined_summary.json"
+REPORT, MODELS, RESULTS = "report", "models", "results.json"
+TRAINING_RECORD = "gist_training.json"  # inside a trained model's folder
+LOCK = ".lock"
+
+# What each step owns, in chain order: removing a step removes every later one with it.
+STEPS = {
+    "embed": (EMBED_PLAN, TEXTS, ANCHORS, EMBEDDINGS, EMBED_MANIFEST),
+    "search": (MASK_PLAN, VECTORS, INDEX, CANDIDATES, CANDIDATES_MANIFEST),
+    "mine": (MINE_PLAN, MINED, MINED_MANIFEST, SUMMARY, REPORT),
+    "train": (MODELS, RESULTS),
+}
+FOLDERS = (EMBEDDINGS, VECTORS, INDEX, CANDIDATES, MINED)
+
+
+def rebuild_command(work: Path, step: str) -> str:
+    if step == "embed":
+        plan = Path(work) / EMBED_PLAN
+        return read_json(plan).get("command", "python -m pipeline.embed ...") if _readable(plan) else \
+            f"python -m pipeline.embed --work {work} --input ..."
+    return {"search": f"python -m pipeline.mask --work {work} --overwrite",
+            "mine": f"python -m pipeline.mask --work {work} --refilter"}[step]
+
+
+def _readable(path: Path) -> bool:
+    try:
+        read_json(path)
+        return True
+    except (OSError, ValueError):
+        return False
+
+
+# -- claims: whose plan a work directory holds ----------------------------------------------------------
+
+
+@contextmanager
+def locked(work: Path):
+    """One process at a time claims plans and builds shared files (shard processes start together)."""
+    Path(work).mkdir(parents=True, exist_ok=True)
+    with open(Path(work) / LOCK, "a") as fh:
+        fcntl.flock(fh, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
+
+
+def remove_steps(work: Path, first: str, last: str | None = None) -> None:
+    """Delete what steps ``first`` .. ``last`` (default: the end of the chain) own."""
+    names = list(STEPS)
+    for step in names[names.index(first): names.index(last or names[-1]) + 1]:
+        for name in STEPS[step]:
+            path = Path(work) / name
+            shutil.rmtree(path, ignore_errors=True) if path.is_dir() else path.unlink(missing_ok=True)
+
+
+def claim(work: Path, step: str, plan: dict, *, replace: bool, refusal: str) -> bool:
+    """Make ``plan`` (with its ``fingerprint``) the plan of ``step``; True when it resumes an equal plan.
+
+    No readable plan: whatever the step and later steps hold comes from an unfinished or unknown run and is
+    removed. Another plan: ``refusal`` is raised, unless ``replace``, which removes the step and every
+    later one (the old state's descendants) first. Call under ``locked(work)``.
+    """
+    path = Path(work) / STEPS[step][0]
+    old = read_json(path) if _readable(path) else None
+    if old is not None and old["fingerprint"] == plan["fingerprint"]:
+        return True
+    if old is not None and not replace:
+        raise UsageError(refusal)
+    remove_steps(work, step)
+    write_json_atomic(plan, path)
+    return False
+
+
+def changed_keys(work: Path, step: str, plan: dict, keys) -> list[str]:
+    path = Path(work) / STEPS[step][0]
+    old = read_json(path) if _readable(path) else {}
+    return [k for k in keys if old.get(k) != plan.get(k)]
+
+
+def remove_temps(work: Path) -> None:
+    for folder in (Path(work), *(Path(work) / f for f in FOLDERS)):
+        remove_stale_temps(folder)
+
+
+# -- shards and markers ---------------------------------------------------------------------------------
 
 
 def shard_name(index: int) -> str:
     return f"shard-{index:05d}.parquet"
 
 
-def done_marker(shard: Path) -> Path:
-    # A leading underscore keeps pyarrow.dataset and Spark-style readers from taking markers for data.
-    return shard.with_name(f"_{shard.stem}.done")
+def describe_file(path: Path) -> dict:
+    return {"rows": pq.read_metadata(path).num_rows, "bytes": path.stat().st_size, "sha256": file_sha256(path)}
 
 
-def embed_manifest(work: Path) -> dict:
-    path = Path(work) / EMBED_MANIFEST
-    if not path.exists():
-        raise UsageError(f"{work}: no {EMBED_MANIFEST}; run `python -m pipeline.embed` to completion first")
+def problem(path: Path, record: dict | None, verify: bool = True) -> str | None:
+    """What is wrong with ``path`` against its record (rows, bytes, sha256); None when it matches."""
+    if record is None:
+        return "no completion marker"
+    if not path.is_file():
+        return "missing"
+    if path.stat().st_size != record["bytes"]:
+        return f"truncated or changed ({path.stat().st_size} bytes, expected {record['bytes']})"
+    if verify and file_sha256(path) != record["sha256"]:
+        return "corrupt (SHA-256 differs from its completion marker)"
+    return None
+
+
+class Shards:
+    """One step's sharded output: ``folder/shard-NNNNN.parquet``, each done when its marker says so."""
+
+    def __init__(self, work: Path, folder: str, n_shards: int, fingerprint: str):
+        self.work, self.folder, self.n, self.fingerprint = Path(work), folder, n_shards, fingerprint
+
+    def path(self, i: int) -> Path:
+        return self.work / self.folder / shard_name(i)
+
+    def marker(self, i: int) -> Path:
+        # A leading underscore keeps pyarrow.dataset and Spark-style readers from taking markers for data.
+        return self.work / self.folder / f"_{shard_name(i).removesuffix('.parquet')}.done"
+
+    def record(self, i: int) -> dict | None:
+        """The marker's record when it is readable and names this step's fingerprint."""
+        marker = self.marker(i)
+        if not _readable(marker):
+            return None
+        record = read_json(marker)
+        return record if record.get("fingerprint") == self.fingerprint else None
+
+    def pending(self, indices: list[int], verify: bool = True) -> list[int]:
+        """The shards among ``indices`` to (re)do: no valid marker, or a shard that does not match it."""
+        todo = []
+        for i in indices:
+            wrong = problem(self.path(i), self.record(i), verify)
+            if wrong is not None:
+                if self.marker(i).exists() or self.path(i).exists():
+                    print(f"{self.path(i)}: {wrong}; rebuilding it", flush=True)
+                self.marker(i).unlink(missing_ok=True)
+                todo.append(i)
+        return todo
+
+    def mark_done(self, i: int) -> None:
+        """Written after the shard itself: a shard without a marker is redone, never trusted."""
+        write_json_atomic({"fingerprint": self.fingerprint, **describe_file(self.path(i))}, self.marker(i))
+
+    def complete(self) -> bool:
+        """Every shard done (markers and sizes; the bytes were verified when each was written or resumed)."""
+        return all(problem(self.path(i), self.record(i), verify=False) is None for i in range(self.n))
+
+    def finish(self, manifest: str, contents: dict) -> dict | None:
+        """The step's manifest, written once every shard is done; None while some are not."""
+        if not self.complete():
+            return None
+        records = [self.record(i) for i in range(self.n)]
+        shards = [{"file": f"{self.folder}/{shard_name(i)}", **{k: r[k] for k in ("rows", "bytes", "sha256")}}
+                  for i, r in enumerate(records)]
+        out = {**contents, "fingerprint": self.fingerprint, "shards": shards}
+        write_json_atomic(out, self.work / manifest)
+        return out
+
+
+# -- readers: every one checks the chain and the bytes --------------------------------------------------
+
+
+def _manifest(work: Path, name: str, before: str) -> dict:
+    path = Path(work) / name
+    if not _readable(path):
+        raise UsageError(f"{work}: no {name}; run `{before}` to completion first")
     return read_json(path)
+
+
+def _check_parent(work: Path, name: str, manifest: dict, parent: dict, step: str) -> dict:
+    if manifest["parent_fingerprint"] != parent["fingerprint"]:
+        raise UsageError(f"{Path(work) / name} is stale: made from {manifest['parent_fingerprint'][:12]}, but its "
+                         f"parent is now {parent['fingerprint'][:12]}; rebuild with `{rebuild_command(work, step)}`")
+    return manifest
+
+
+def embeddings(work: Path) -> dict:
+    return _manifest(work, EMBED_MANIFEST, rebuild_command(work, "embed"))
+
+
+def candidates(work: Path) -> dict:
+    manifest = _manifest(work, CANDIDATES_MANIFEST, f"python -m pipeline.mask --work {work}")
+    return _check_parent(work, CANDIDATES_MANIFEST, manifest, embeddings(work), "search")
+
+
+def mined(work: Path) -> dict:
+    manifest = _manifest(work, MINED_MANIFEST, f"python -m pipeline.mask --work {work}")
+    return _check_parent(work, MINED_MANIFEST, manifest, candidates(work), "mine")
+
+
+def verified(work: Path, manifest: dict, step: str) -> list[Path]:
+    """The manifest's shard files, each checked against the manifest (bytes and SHA-256) before it is read."""
+    files = []
+    for record in manifest["shards"]:
+        path = Path(work) / record["file"]
+        wrong = problem(path, record)
+        if wrong:
+            raise UsageError(f"{path}: {wrong}; rebuild it with `{rebuild_command(work, step)}`")
+        files.append(path)
+    return files
+
+
+def read_table(work: Path, name: str, columns: list[str] | None = None) -> pl.DataFrame:
+    """texts.parquet or anchors.parquet, checked against the embed manifest first."""
+    path = Path(work) / name
+    wrong = problem(path, embeddings(work)["tables"][name])
+    if wrong:
+        raise UsageError(f"{path}: {wrong}; rebuild it with `{rebuild_command(work, 'embed')}`")
+    return pl.read_parquet(path, columns=columns)
+
+
+def trained_from(model_dir: Path) -> str | None:
+    """The mined manifest fingerprint a trained model records (None: not a model of this project)."""
+    record = Path(model_dir) / TRAINING_RECORD
+    return read_json(record).get("mined_fingerprint") if _readable(record) else None
+
+
+# -- the guide's vectors as one matrix on disk ----------------------------------------------------------
 
 
 def read_shard(path: Path) -> tuple[np.ndarray, np.ndarray]:
@@ -44,43 +267,48 @@ def read_shard(path: Path) -> tuple[np.ndarray, np.ndarray]:
 
 def load_embeddings(work: Path) -> tuple[np.ndarray, np.ndarray]:
     """All text ids and their guide embeddings (float32, rows L2-normalised), in shard order."""
-    shards = [read_shard(Path(work) / s["file"]) for s in embed_manifest(work)["shards"]]
+    shards = [read_shard(p) for p in verified(work, embeddings(work), "embed")]
     return np.concatenate([i for i, _ in shards]), np.concatenate([v for _, v in shards])
 
 
 class VectorStore:
-    """Guide embeddings looked up by text_id, read from one float32 matrix on disk per lookup.
+    """Guide embeddings looked up by text_id, from one float32 matrix on disk built once from the shards.
 
-    Built once from the shards; a lookup maps the file only while it copies the asked rows, so memory
-    holds what a chunk needs, not the whole corpus.
+    A lookup maps the file only while it copies the asked rows, so memory holds what a chunk needs.
     """
 
     def __init__(self, work: Path):
-        manifest = embed_manifest(work)
-        folder = Path(work) / "vectors"
-        self.path = folder / f"{manifest['fingerprint'][:16]}.npy"
-        ids_path = folder / f"{manifest['fingerprint'][:16]}.ids.npy"
-        if not self.path.exists():
-            self._build(work, manifest, ids_path)
+        manifest = embeddings(work)
+        folder = Path(work) / VECTORS
+        self.path, ids_path = folder / "matrix.npy", folder / "ids.npy"
+        marker = folder / "_matrix.done"
+        record = read_json(marker) if _readable(marker) else {}
+        fresh = record.get("fingerprint") == manifest["fingerprint"] and all(
+            p.is_file() and p.stat().st_size == record.get(p.name) for p in (self.path, ids_path))
+        if not fresh:
+            self._build(work, manifest, ids_path, marker)
         ids = np.load(ids_path, allow_pickle=False)
         self.sorter = np.argsort(ids, kind="stable")
         self.sorted_ids = ids[self.sorter]
 
-    def _build(self, work: Path, manifest: dict, ids_path: Path) -> None:
+    def _build(self, work: Path, manifest: dict, ids_path: Path, marker: Path) -> None:
+        marker.unlink(missing_ok=True)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         total = sum(s["rows"] for s in manifest["shards"])
-        tmp = self.path.with_name(f".{self.path.name}.tmp-{os.getpid()}")
+        tmp = tmp_name(self.path)
         matrix = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.float32, shape=(total, manifest["dimension"]))
         ids, start = [], 0
-        for shard in manifest["shards"]:
-            shard_ids, vectors = read_shard(Path(work) / shard["file"])
-            matrix[start : start + len(shard_ids)] = vectors
+        for path in verified(work, manifest, "embed"):
+            shard_ids, vectors = read_shard(path)
+            matrix[start: start + len(shard_ids)] = vectors
             ids.append(shard_ids)
             start += len(shard_ids)
         matrix.flush()
         del matrix
         write_npy_atomic(np.concatenate(ids), ids_path)
-        os.replace(tmp, self.path)
+        commit(tmp, self.path)
+        write_json_atomic({"fingerprint": manifest["fingerprint"], "matrix.npy": self.path.stat().st_size,
+                           "ids.npy": ids_path.stat().st_size}, marker)
 
     def rows(self, ids: np.ndarray) -> np.ndarray:
         positions = np.searchsorted(self.sorted_ids, ids)
@@ -100,15 +328,7 @@ class VectorStore:
 
 
 def write_npy_atomic(array: np.ndarray, path: Path) -> None:
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    tmp = tmp_name(path)
     with open(tmp, "wb") as fh:
         np.save(fh, array, allow_pickle=False)
-    os.replace(tmp, path)
-
-
-def scan_texts(work: Path) -> pl.LazyFrame:
-    return pl.scan_parquet(Path(work) / TEXTS)
-
-
-def scan_anchors(work: Path) -> pl.LazyFrame:
-    return pl.scan_parquet(Path(work) / ANCHORS)
+    commit(tmp, path)

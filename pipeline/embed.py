@@ -12,20 +12,19 @@ input, and splits across processes with --num-shards/--shard-index.
 from __future__ import annotations
 
 import argparse
-import shutil
+import shlex
 import sys
 import time
 from pathlib import Path
 
 from tqdm import tqdm
 
-from gist_mining import cli
+from gist_mining import cli, workdir
 from gist_mining.embed import EmbedSettings, embed_shard, plan_texts, shard_bounds
-from gist_mining.errors import InputError, UsageError
+from gist_mining.errors import InputError
 from gist_mining.inputs import read_corpus, read_pairs
 from gist_mining.models import DEFAULT_GUIDE, load_model, model_fingerprint, resolve_model
-from gist_mining.storage import config_fingerprint, file_sha256, path_sha256, read_json, write_json_atomic, write_parquet_atomic
-from gist_mining.workdir import ANCHORS, EMBED_MANIFEST, EMBED_PLAN, EMBEDDINGS, TEXTS, done_marker, shard_name
+from gist_mining.storage import config_fingerprint, path_sha256, write_json_atomic, write_parquet_atomic
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -70,84 +69,74 @@ def prepare_model(args):
     return model
 
 
-def claim_work_dir(work: Path, plan: dict, overwrite: bool) -> None:
-    """Refuse a work directory holding another run; with --overwrite, clear it first."""
-    plan_path = work / EMBED_PLAN
-    if plan_path.exists():
-        old = read_json(plan_path)
-        if old["fingerprint"] == plan["fingerprint"]:
-            return
-        if not overwrite:
-            changed = [k for k in ("model", "settings", "inputs") if old.get(k) != plan.get(k)]
-            raise UsageError(
-                f"{work} holds an embed run made with a different {' and '.join(changed) or 'configuration'} "
-                f"(fingerprint {old['fingerprint'][:12]} != {plan['fingerprint'][:12]}); "
-                "pass --overwrite to start over, or use another --work"
-            )
-        for name in (EMBED_PLAN, EMBED_MANIFEST, TEXTS, ANCHORS):
-            (work / name).unlink(missing_ok=True)
-        shutil.rmtree(work / EMBEDDINGS, ignore_errors=True)
-    work.mkdir(parents=True, exist_ok=True)
+def make_plan(args, argv, model, texts, anchors, inputs: list[dict]) -> dict:
+    settings = EmbedSettings(dtype=args.dtype, precision=args.precision, shard_size=args.shard_size, prompt=args.prompt)
+    model_info = dict(model_fingerprint(model, resolve_model(args.model), prompt=args.prompt), name=args.model)
+    plan = {"model": model_info, "settings": settings.as_dict(), "inputs": inputs,
+            "command": shlex.join(["python", "-m", "pipeline.embed", *map(str, argv)])}
+    plan["fingerprint"] = config_fingerprint(
+        {"model": model_info["fingerprint"], "settings": plan["settings"], "inputs": [i["sha256"] for i in inputs]})
+    bounds = shard_bounds(texts.height, args.shard_size)
+    plan.update(
+        dimension=model_info["dimension"], dtype=args.dtype, bounds=bounds,
+        counts={"anchors": anchors.height, "texts": texts.height, "queries": int(texts["is_query"].sum()),
+                "documents": int(texts["is_document"].sum())},
+    )
+    return plan
+
+
+def write_tables(work: Path, plan: dict, texts, anchors, resumed: bool) -> None:
+    """texts.parquet and anchors.parquet, recorded in the plan; a resumed run rewrites them only if damaged."""
+    tables = {workdir.TEXTS: texts, workdir.ANCHORS: anchors}
+    recorded = plan.get("tables", {}) if resumed else {}
+    for name, frame in tables.items():
+        if workdir.problem(work / name, recorded.get(name)) is not None:
+            write_parquet_atomic(frame.to_arrow(), work / name)
+    plan["tables"] = {name: workdir.describe_file(work / name) for name in tables}
+    write_json_atomic(plan, work / workdir.EMBED_PLAN)
+
+
+def claim(work: Path, plan: dict, texts, anchors, overwrite: bool) -> None:
+    """Refuse a work directory holding another run; with --overwrite, remove it and everything made from it."""
+    with workdir.locked(work):
+        changed = workdir.changed_keys(work, "embed", plan, ("model", "settings", "inputs"))
+        refusal = (f"{work} holds an embed run made with a different {' and '.join(changed) or 'configuration'}; "
+                   "pass --overwrite to start over (it removes everything made from the old run), or use another --work")
+        resumed = workdir.claim(work, "embed", plan, replace=overwrite, refusal=refusal)
+        if resumed:
+            plan.update(tables=workdir.read_json(work / workdir.EMBED_PLAN).get("tables", {}))
+        write_tables(work, plan, texts, anchors, resumed)
+        workdir.remove_temps(work)
 
 
 def main(argv=None) -> None:
+    argv = sys.argv[1:] if argv is None else argv
     args = parse_args(argv)
     pairs, corpora, inputs = read_inputs(args)  # everything validated before anything is written
-    texts, anchors = plan_texts(pairs, corpora, [str(p) for p in args.input])
-    my = cli.my_shards(len(shard_bounds(texts.height, args.shard_size)), args.num_shards, args.shard_index)
-    settings = EmbedSettings(dtype=args.dtype, precision=args.precision, shard_size=args.shard_size, prompt=args.prompt)
+    texts, anchors, dropped = plan_texts(pairs, corpora, [str(p) for p in args.input])
     model = prepare_model(args)
-    model_info = model_fingerprint(model, resolve_model(args.model), prompt=args.prompt)
-    model_info["name"] = args.model
-    plan = {"model": model_info, "settings": settings.as_dict(), "inputs": inputs}
-    plan["fingerprint"] = config_fingerprint(
-        {"model": model_info["fingerprint"], "settings": plan["settings"], "inputs": [i["sha256"] for i in inputs]}
-    )
+    plan = make_plan(args, argv, model, texts, anchors, inputs)
     work = args.work
-    claim_work_dir(work, plan, args.overwrite)
-    bounds = shard_bounds(texts.height, args.shard_size)
-    plan.update(
-        dimension=model_info["dimension"],
-        dtype=args.dtype,
-        counts={"anchors": anchors.height, "texts": texts.height, "queries": int(texts["is_query"].sum()),
-                "documents": int(texts["is_document"].sum())},
-        shards=[{"file": f"{EMBEDDINGS}/{shard_name(i)}", "rows": b - a} for i, (a, b) in enumerate(bounds)],
-    )
-    if not (work / TEXTS).exists():
-        write_parquet_atomic(texts.to_arrow(), work / TEXTS)
-        write_parquet_atomic(anchors.to_arrow(), work / ANCHORS)
-    write_json_atomic(plan, work / EMBED_PLAN)
-
-    todo = [i for i in my if not _shard_done(work, i, plan["fingerprint"])]
-    print(f"embed: {texts.height} distinct texts from {anchors.height} anchors, {len(bounds)} shard(s); "
-          f"this process: {len(my)} shard(s), {len(my) - len(todo)} already done", file=sys.stderr)
+    claim(work, plan, texts, anchors, args.overwrite)
+    bounds = plan["bounds"]
+    shards = workdir.Shards(work, workdir.EMBEDDINGS, len(bounds), plan["fingerprint"])
+    mine = cli.my_shards(args, len(bounds), "embed")
+    todo = shards.pending(mine)
+    print(f"embed: {texts.height} distinct texts from {anchors.height} anchors ({dropped} given negatives dropped: "
+          f"equal to the query or one of its positives, or repeated); {len(mine) - len(todo)} of this process's "
+          f"shards already done", file=sys.stderr)
     started = time.perf_counter()
     for i in tqdm(todo, unit="shard", desc="embed", disable=len(todo) < 2):
         start, stop = bounds[i]
-        shard = work / EMBEDDINGS / shard_name(i)
-        embed_shard(model, texts.slice(start, stop - start), shard, settings, args.batch_size)
-        # The marker is written last: a shard without one is redone, never trusted.
-        write_json_atomic({"fingerprint": plan["fingerprint"], "rows": stop - start, "sha256": file_sha256(shard)},
-                          done_marker(shard))
-    finish_if_complete(work, plan, time.perf_counter() - started)
-
-
-def _shard_done(work: Path, index: int, fingerprint: str) -> bool:
-    marker = done_marker(work / EMBEDDINGS / shard_name(index))
-    return marker.exists() and read_json(marker)["fingerprint"] == fingerprint
-
-
-def finish_if_complete(work: Path, plan: dict, seconds: float) -> None:
-    """Whichever process finds every shard done writes the manifest later stages read."""
-    markers = [done_marker(work / s["file"]) for s in plan["shards"]]
-    if not all(m.exists() and read_json(m)["fingerprint"] == plan["fingerprint"] for m in markers):
-        missing = sum(not m.exists() for m in markers)
-        print(f"embed: {missing} shard(s) still to do by other processes or a rerun", file=sys.stderr)
-        return
-    manifest = dict(plan)
-    manifest["shards"] = [dict(s, sha256=read_json(m)["sha256"]) for s, m in zip(plan["shards"], markers)]
-    write_json_atomic(manifest, work / EMBED_MANIFEST)
-    print(f"embed: complete in {seconds:.1f}s -> {work / EMBED_MANIFEST}", file=sys.stderr)
+        embed_shard(model, texts.slice(start, stop - start), shards.path(i), EmbedSettings(**plan["settings"]),
+                    args.batch_size)
+        shards.mark_done(i)
+    manifest = shards.finish(workdir.EMBED_MANIFEST, {k: v for k, v in plan.items() if k != "bounds"})
+    if manifest is None:
+        print("embed: shards left for other processes or a rerun", file=sys.stderr)
+    else:
+        print(f"embed: complete in {time.perf_counter() - started:.1f}s -> {work / workdir.EMBED_MANIFEST}",
+              file=sys.stderr)
 
 
 if __name__ == "__main__":

@@ -16,9 +16,10 @@ from __future__ import annotations
 
 import argparse
 import json
-import shutil
+import shlex
 import sys
 import time
+from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
 import numpy as np
@@ -28,52 +29,103 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 from tqdm import tqdm
 
-from gist_mining import cli
+from gist_mining import cli, workdir
 from gist_mining.errors import UsageError
 from gist_mining.index import KINDS, build_index, load_index, resolve_kind, save_index
 from gist_mining.margins import STRATEGIES
 from gist_mining.mining import PAD_ID, MiningRules, padded, ragged, search_candidates, select
-from gist_mining.storage import AtomicParquetWriter, config_fingerprint, read_json, write_json_atomic
+from gist_mining.storage import AtomicParquetWriter, config_fingerprint, file_sha256, read_json, write_json_atomic
 from gist_mining.summary import summarize
-from gist_mining.workdir import (ANCHORS, TEXTS, VectorStore, done_marker, embed_manifest, shard_name,
-                                 write_npy_atomic)
+from gist_mining.workdir import VectorStore, write_npy_atomic
 
 CHUNK = 1024  # anchors searched and selected at a time: bounds memory whatever the number of anchors
-CANDIDATES, MINED, INDEX = "candidates", "mined", "index"
-MASK_PLAN, MINED_MANIFEST, SUMMARY = "mask_plan.json", "mined_manifest.json", "mined_summary.json"
+
+
+@dataclass(frozen=True)
+class SearchSettings:
+    """What decides candidates/: --refilter takes these from the stored candidates, never from the command."""
+
+    k: int = 100
+    index: str = "auto"
+    include_queries: bool = False
+    shard_size: int = 100_000
 
 
 def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m pipeline.mask", description=__doc__.split("\n")[0])
+    search, rules = SearchSettings(), MiningRules()
     parser.add_argument("--work", required=True, type=Path)
-    parser.add_argument("--k", type=int, default=100, help="candidates kept per anchor")
-    parser.add_argument("--index", choices=KINDS, default="auto")
-    parser.add_argument("--include-queries", action="store_true",
+    # Search settings default to None so that --refilter can tell a given one from a default.
+    parser.add_argument("--k", type=int, default=None, help=f"candidates kept per anchor (default {search.k})")
+    parser.add_argument("--index", choices=KINDS, default=None, help=f"default {search.index}")
+    parser.add_argument("--include-queries", action="store_true", default=None,
                         help="other anchors' queries are candidates too (symmetric tasks, e.g. paraphrases)")
-    parser.add_argument("--margin-strategy", choices=STRATEGIES, default="relative")
-    parser.add_argument("--margin", type=float, default=0.05)
-    parser.add_argument("--min-score", type=float, default=None, help="drop candidates below this (too easy)")
-    parser.add_argument("--max-score", type=float, default=None, help="flag candidates above this as false negatives")
-    parser.add_argument("--rank-min", type=int, default=0, help="skip this many top surviving candidates")
-    parser.add_argument("--num-negatives", type=int, default=3)
-    parser.add_argument("--sampling", choices=["top", "random"], default="top")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--shard-size", type=int, default=100_000, help="anchors per output shard")
-    parser.add_argument("--refilter", action="store_true", help="recompute mined/ from candidates/ with new rules")
-    parser.add_argument("--overwrite", action="store_true", help="discard candidates made from other inputs")
+    parser.add_argument("--shard-size", type=int, default=None, help=f"anchors per shard (default {search.shard_size})")
+    parser.add_argument("--margin-strategy", choices=STRATEGIES, default=rules.margin_strategy)
+    parser.add_argument("--margin", type=float, default=rules.margin)
+    parser.add_argument("--min-score", type=float, default=rules.min_score, help="drop candidates below this (too easy)")
+    parser.add_argument("--max-score", type=float, default=rules.max_score,
+                        help="flag candidates above this as false negatives")
+    parser.add_argument("--rank-min", type=int, default=rules.rank_min, help="skip this many top surviving candidates")
+    parser.add_argument("--num-negatives", type=int, default=rules.num_negatives)
+    parser.add_argument("--sampling", choices=["top", "random"], default=rules.sampling)
+    parser.add_argument("--seed", type=int, default=rules.seed)
+    parser.add_argument("--refilter", action="store_true",
+                        help="recompute mined/ from candidates/ under new rules; search settings come from candidates/")
+    parser.add_argument("--overwrite", action="store_true", help="search again, removing candidates/ and what follows")
     cli.shard_arguments(parser)
     return parser.parse_args(argv)
 
 
 def rules_from(args) -> MiningRules:
-    return MiningRules(margin_strategy=args.margin_strategy, margin=args.margin, min_score=args.min_score,
-                       max_score=args.max_score, rank_min=args.rank_min, num_negatives=args.num_negatives,
-                       sampling=args.sampling, seed=args.seed)
+    return MiningRules(**{f.name: getattr(args, f.name) for f in fields(MiningRules)})
+
+
+def search_plan(args, argv, embed: dict) -> dict:
+    """The search settings: the command's (defaults filled in), or with --refilter the stored ones."""
+    given = {f.name: getattr(args, f.name) for f in fields(SearchSettings) if getattr(args, f.name) is not None}
+    if args.refilter:
+        if not (args.work / workdir.MASK_PLAN).exists():
+            raise UsageError(f"{args.work}: no candidates/ to refilter; run `python -m pipeline.mask --work {args.work}` first")
+        stored = read_json(args.work / workdir.MASK_PLAN)
+        clash = [f"--{k.replace('_', '-')} {v} (candidates/ have {stored[k]})" for k, v in given.items() if stored[k] != v]
+        if clash:
+            raise UsageError(f"--refilter takes the search settings from candidates/; drop {', '.join(clash)}")
+        workdir.candidates(args.work)  # candidates/ complete and made from the current embeddings
+        return stored
+    settings = asdict(SearchSettings(**given))
+    n_pool = embed["counts"]["documents"] + (embed["counts"]["queries"] if settings["include_queries"] else 0)
+    plan = dict(settings, index=resolve_kind(settings["index"], n_pool), parent_fingerprint=embed["fingerprint"],
+                n_anchors=embed["counts"]["anchors"],
+                command=shlex.join(["python", "-m", "pipeline.mask", *map(str, argv)]))
+    plan["fingerprint"] = config_fingerprint({k: plan[k] for k in (*settings, "parent_fingerprint")})
+    return plan
+
+
+def mine_plan(search: dict, rules: MiningRules) -> dict:
+    return {"rules": rules.as_dict(), "parent_fingerprint": search["fingerprint"],
+            "fingerprint": config_fingerprint({"candidates": search["fingerprint"], "rules": rules.as_dict()})}
+
+
+def claim(work: Path, search: dict, mine: dict, args) -> None:
+    """Candidates from other embeddings or search settings, or mined/ under other rules, are never reused silently."""
+    with workdir.locked(work):
+        if not args.refilter:
+            changed = workdir.changed_keys(work, "search", search, ("parent_fingerprint", *asdict(SearchSettings())))
+            what = ", ".join("embeddings" if k == "parent_fingerprint" else k for k in changed) or "settings"
+            workdir.claim(work, "search", search, replace=args.overwrite,
+                          refusal=f"{work}: candidates/ were made with other {what}; pass --overwrite to search again "
+                                  "(it removes candidates/ and everything made from them)")
+        old_rules = read_json(work / workdir.MINE_PLAN).get("rules") if (work / workdir.MINE_PLAN).exists() else None
+        workdir.claim(work, "mine", mine, replace=args.refilter or args.overwrite,
+                      refusal=f"{work}: mined/ holds other rules ({json.dumps(old_rules)}); "
+                              "pass --refilter to recompute it from candidates/ under the new rules")
+        workdir.remove_temps(work)
 
 
 def load_anchors(work: Path) -> pl.DataFrame:
     """Anchors with the ids their search must skip: the query itself and every positive of that query."""
-    anchors = pl.read_parquet(work / ANCHORS)
+    anchors = workdir.read_table(work, workdir.ANCHORS)
     positives = anchors.group_by("query_id").agg(pl.col("positive_id").unique().alias("exclude_ids"))
     return anchors.join(positives, on="query_id", how="left").sort("anchor_id").with_columns(
         pl.concat_list(pl.col("query_id"), "exclude_ids").alias("exclude_ids")
@@ -81,26 +133,29 @@ def load_anchors(work: Path) -> pl.DataFrame:
 
 
 def candidate_pool(work: Path, include_queries: bool) -> np.ndarray:
-    texts = pl.scan_parquet(work / TEXTS)
+    texts = workdir.read_table(work, workdir.TEXTS, ["text_id", "is_query", "is_document"])
     keep = pl.col("is_document") | pl.col("is_query") if include_queries else pl.col("is_document")
-    return texts.filter(keep).select("text_id").collect().get_column("text_id").to_numpy()
+    return texts.filter(keep).get_column("text_id").to_numpy()
 
 
 def prepare_index(work: Path, store: VectorStore, plan: dict):
-    """Build the index once per candidates plan; later processes and resumed runs load it."""
-    folder = work / INDEX
+    """Built once per search plan, behind a marker; shard processes and resumed runs load it."""
+    folder = work / workdir.INDEX
     index_path, ids_path, marker = folder / "index.faiss", folder / "pool_ids.npy", folder / "_index.done"
-    if marker.exists() and read_json(marker)["fingerprint"] == plan["fingerprint"]:
-        return load_index(index_path, plan["k"]), np.load(ids_path, allow_pickle=False)
-    pool_ids = candidate_pool(work, plan["include_queries"])
-    started = time.perf_counter()
-    index = build_index(store.get(pool_ids), plan["index"], plan["k"])
-    folder.mkdir(parents=True, exist_ok=True)
-    save_index(index, index_path)
-    write_npy_atomic(pool_ids, ids_path)
-    write_json_atomic({"fingerprint": plan["fingerprint"], "kind": plan["index"], "vectors": len(pool_ids),
-                       "seconds": round(time.perf_counter() - started, 2)}, marker)
-    return index, pool_ids
+    with workdir.locked(work):
+        record = read_json(marker) if marker.exists() else {}
+        if record.get("fingerprint") != plan["fingerprint"] or any(
+                workdir.problem(p, record.get(p.name)) for p in (index_path, ids_path)):
+            pool_ids = candidate_pool(work, plan["include_queries"])
+            started = time.perf_counter()
+            index = build_index(store.get(pool_ids), plan["index"], plan["k"])
+            save_index(index, index_path)
+            write_npy_atomic(pool_ids, ids_path)
+            write_json_atomic({"fingerprint": plan["fingerprint"], "kind": plan["index"], "vectors": len(pool_ids),
+                               "seconds": round(time.perf_counter() - started, 2),
+                               **{p.name: {"bytes": p.stat().st_size, "sha256": file_sha256(p)}
+                                  for p in (index_path, ids_path)}}, marker)
+    return load_index(index_path, plan["k"]), np.load(ids_path, allow_pickle=False)
 
 
 CANDIDATE_SCHEMA = pa.schema([
@@ -160,97 +215,72 @@ def mine_chunk(candidates: pa.Table, rules: MiningRules) -> pa.Table:
     return pa.table(columns)
 
 
+def search_shards(work: Path, plan: dict, shards: workdir.Shards, todo: list[int]) -> None:
+    store = VectorStore(work)
+    index, pool_ids = prepare_index(work, store, plan)
+    # Only an approximate index needs the pool's vectors again, to score its finds exactly.
+    pool_vectors = None if plan["index"] == "flat" else store.get(pool_ids)
+    anchors, size = load_anchors(work), plan["shard_size"]
+    with tqdm(total=sum(anchors.slice(s * size, size).height for s in todo), unit="anchor", desc="search") as progress:
+        for s in todo:
+            part = anchors.slice(s * size, size)
+            with AtomicParquetWriter(shards.path(s), CANDIDATE_SCHEMA) as out:
+                for start in range(0, part.height, CHUNK):
+                    chunk = part.slice(start, CHUNK)
+                    out.write(search_chunk(chunk, store, index, pool_ids, pool_vectors, plan["k"]))
+                    progress.update(chunk.height)
+            shards.mark_done(s)
+
+
+def mine_shards(candidates: workdir.Shards, mined: workdir.Shards, todo: list[int], rules: MiningRules) -> None:
+    for s in todo:
+        wrong = workdir.problem(candidates.path(s), candidates.record(s))
+        if wrong:
+            raise UsageError(f"{candidates.path(s)}: {wrong}; rebuild it with "
+                             f"`{workdir.rebuild_command(candidates.work, 'search').removesuffix(' --overwrite')}`")
+        with AtomicParquetWriter(mined.path(s), MINED_SCHEMA) as out:
+            for batch in pq.ParquetFile(candidates.path(s)).iter_batches(batch_size=CHUNK):
+                out.write(mine_chunk(pa.Table.from_batches([batch]), rules))
+        mined.mark_done(s)
+
+
 def main(argv=None) -> None:
+    argv = sys.argv[1:] if argv is None else argv
     args = parse_args(argv)
     work = args.work
-    embed = embed_manifest(work)
+    embed = workdir.embeddings(work)
     rules = rules_from(args)
-    n_pool = embed["counts"]["documents"] + (embed["counts"]["queries"] if args.include_queries else 0)
-    plan = {"embed_fingerprint": embed["fingerprint"], "k": args.k, "index": resolve_kind(args.index, n_pool),
-            "include_queries": args.include_queries, "shard_size": args.shard_size}
-    plan["fingerprint"] = config_fingerprint(plan)
-    rules_fingerprint = config_fingerprint({"candidates": plan["fingerprint"], "rules": rules.as_dict()})
-    claim(work, plan, rules_fingerprint, args)
+    search = search_plan(args, argv, embed)
+    mine = mine_plan(search, rules)
+    claim(work, search, mine, args)
 
-    n_anchors = embed["counts"]["anchors"]
-    n_shards = -(-n_anchors // args.shard_size)
-    mine = cli.my_shards(n_shards, args.num_shards, args.shard_index)
-    search = [s for s in mine if not is_done(work / CANDIDATES / shard_name(s), plan["fingerprint"])]
+    n_shards = -(-search["n_anchors"] // search["shard_size"])
+    candidates = workdir.Shards(work, workdir.CANDIDATES, n_shards, search["fingerprint"])
+    mined = workdir.Shards(work, workdir.MINED, n_shards, mine["fingerprint"])
+    my = cli.my_shards(args, n_shards, "mask")
     started = time.perf_counter()
-    if search:
-        store = VectorStore(work)
-        index, pool_ids = prepare_index(work, store, plan)
-        # Only an approximate index needs the pool's vectors again, to score its finds exactly.
-        pool_vectors = None if plan["index"] == "flat" else store.get(pool_ids)
-        anchors = load_anchors(work)
-        with tqdm(total=sum(min(args.shard_size, n_anchors - s * args.shard_size) for s in search), unit="anchor",
-                  desc="search") as progress:
-            for s in search:
-                path = work / CANDIDATES / shard_name(s)
-                part = anchors.slice(s * args.shard_size, args.shard_size)
-                with AtomicParquetWriter(path, CANDIDATE_SCHEMA) as out:
-                    for start in range(0, part.height, CHUNK):
-                        chunk = part.slice(start, CHUNK)
-                        out.write(search_chunk(chunk, store, index, pool_ids, pool_vectors, args.k))
-                        progress.update(chunk.height)
-                write_json_atomic({"fingerprint": plan["fingerprint"]}, done_marker(path))
+    if not args.refilter:
+        search_shards(work, search, candidates, candidates.pending(my))
+        candidates.finish(workdir.CANDIDATES_MANIFEST, {k: v for k, v in search.items() if k != "fingerprint"})
     searched = time.perf_counter() - started
-    for s in mine:
-        path = work / MINED / shard_name(s)
-        if is_done(path, rules_fingerprint):
-            continue
-        source = pq.ParquetFile(work / CANDIDATES / shard_name(s))
-        with AtomicParquetWriter(path, MINED_SCHEMA) as out:
-            for batch in source.iter_batches(batch_size=CHUNK):
-                out.write(mine_chunk(pa.Table.from_batches([batch]), rules))
-        write_json_atomic({"fingerprint": rules_fingerprint}, done_marker(path))
-    finish_if_complete(work, plan, rules, rules_fingerprint, n_shards,
-                       {"search_seconds": round(searched, 2), "total_seconds": round(time.perf_counter() - started, 2)})
+    mine_shards(candidates, mined, mined.pending(my), rules)
+    timing = {"search_seconds": round(searched, 2), "total_seconds": round(time.perf_counter() - started, 2)}
+    finish(work, search, mined, rules, timing)
 
 
-def is_done(shard: Path, fingerprint: str) -> bool:
-    marker = done_marker(shard)
-    return marker.exists() and read_json(marker)["fingerprint"] == fingerprint
-
-
-def claim(work: Path, plan: dict, rules_fingerprint: str, args) -> None:
-    """Candidates from other embeddings or search settings, or mined/ under other rules, are never reused silently."""
-    plan_path = work / MASK_PLAN
-    if plan_path.exists():
-        old = read_json(plan_path)
-        if old["fingerprint"] != plan["fingerprint"]:
-            if not args.overwrite:
-                changed = [k for k in ("embed_fingerprint", "k", "index", "include_queries", "shard_size")
-                           if old.get(k) != plan.get(k)]
-                raise UsageError(f"{work}: candidates/ were made with other {', '.join(changed)}; "
-                                 "pass --overwrite to search again")
-            for name in (CANDIDATES, MINED, INDEX):
-                shutil.rmtree(work / name, ignore_errors=True)
-            for name in (MINED_MANIFEST, SUMMARY):
-                (work / name).unlink(missing_ok=True)
-        elif old.get("rules_fingerprint") not in (None, rules_fingerprint) and not (args.refilter or args.overwrite):
-            raise UsageError(f"{work}: mined/ holds other rules ({json.dumps(old.get('rules'))}); "
-                             "pass --refilter to recompute it from candidates/ under the new rules")
-    elif args.refilter:
-        raise UsageError(f"{work}: no candidates/ to refilter; run `python -m pipeline.mask` first")
-    write_json_atomic(dict(plan, rules_fingerprint=rules_fingerprint, rules=rules_from(args).as_dict()), plan_path)
-
-
-def finish_if_complete(work: Path, plan: dict, rules: MiningRules, rules_fingerprint: str, n_shards: int,
-                       timing: dict) -> None:
-    shards = [work / MINED / shard_name(s) for s in range(n_shards)]
-    if not all(is_done(s, rules_fingerprint) for s in shards):
+def finish(work: Path, search: dict, mined: workdir.Shards, rules: MiningRules, timing: dict) -> None:
+    """Whichever process finds every mined shard done writes the summary and the manifest later stages read."""
+    if not (mined.complete() and (work / workdir.CANDIDATES_MANIFEST).exists()):
         print("mask: shards left for other processes or a rerun", file=sys.stderr)
         return
-    summary = summarize(pl.scan_parquet([str(s) for s in shards]), rules.num_negatives)
-    summary.update(rules=rules.as_dict(), k=plan["k"], index=plan["index"], timing=timing)
-    write_json_atomic(summary, work / SUMMARY)
-    write_json_atomic({"fingerprint": rules_fingerprint, "candidates_fingerprint": plan["fingerprint"],
-                       "embed_fingerprint": plan["embed_fingerprint"], "rules": rules.as_dict(),
-                       "shards": [f"{MINED}/{s.name}" for s in shards]}, work / MINED_MANIFEST)
+    summary = summarize(pl.scan_parquet([str(mined.path(i)) for i in range(mined.n)]), rules.num_negatives)
+    summary.update(rules=rules.as_dict(), k=search["k"], index=search["index"], timing=timing)
+    write_json_atomic(summary, work / workdir.SUMMARY)
+    mined.finish(workdir.MINED_MANIFEST, {"parent_fingerprint": search["fingerprint"],
+                                          "embed_fingerprint": search["parent_fingerprint"], "rules": rules.as_dict()})
     print(f"mask: {summary['anchors']} anchors, {summary['negatives_per_anchor']:.2f} hard negatives and "
           f"{summary['false_negatives_per_anchor']:.2f} false negatives per anchor, "
-          f"{summary['anchors_short_of_negatives']} short of {rules.num_negatives}; details: {work / SUMMARY}",
+          f"{summary['anchors_short_of_negatives']} short of {rules.num_negatives}; details: {work / workdir.SUMMARY}",
           file=sys.stderr)
 
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import html
 import json
+import sys
 from pathlib import Path
 
 import matplotlib
@@ -22,8 +23,7 @@ matplotlib.use("Agg")  # files only, no display
 import matplotlib.pyplot as plt  # noqa: E402
 import polars as pl  # noqa: E402
 
-from gist_mining import cli  # noqa: E402
-from gist_mining.errors import UsageError  # noqa: E402
+from gist_mining import cli, workdir  # noqa: E402
 from gist_mining.storage import read_json  # noqa: E402
 
 COLORS = {"positive": "#2a9d8f", "hard negative": "#e9c46a", "false negative": "#e76f51"}
@@ -108,9 +108,21 @@ def training_curves(runs: dict[str, list[dict]], out: Path) -> str | None:
     return save(fig, out, "training.png")
 
 
+def training_runs(run_dirs: list[Path], manifest: dict) -> dict[str, list[dict]]:
+    """Each finished run's metrics; a run trained from other mined tables is left out, and said so."""
+    runs = {}
+    for folder in run_dirs:
+        if workdir.trained_from(folder) != manifest["fingerprint"]:
+            print(f"report: leaving out {folder}: not trained from the current mined tables "
+                  f"(or unfinished; see its {workdir.TRAINING_RECORD})", file=sys.stderr)
+            continue
+        runs[folder.name] = [json.loads(line) for line in (folder / "metrics.jsonl").read_text().splitlines()]
+    return runs
+
+
 def examples(work: Path, mined: pl.DataFrame, n: int, seed: int) -> str:
     """A few anchors that have both hard and false negatives, as text."""
-    text_of = dict(pl.read_parquet(work / "texts.parquet", columns=["text_id", "text"]).iter_rows())
+    text_of = dict(workdir.read_table(work, workdir.TEXTS, ["text_id", "text"]).iter_rows())
     pick = mined.filter((pl.col("false_negative_ids").list.len() > 0) & (pl.col("negative_ids").list.len() > 0))
     pick = pick.sample(min(n, pick.height), seed=seed) if pick.height else pick
     blocks = []
@@ -133,7 +145,7 @@ def examples(work: Path, mined: pl.DataFrame, n: int, seed: int) -> str:
 
 
 def results_table(work: Path) -> str:
-    path = work / "results.json"
+    path = work / workdir.RESULTS
     if not path.exists():
         return ""
     results = read_json(path)["results"]
@@ -153,17 +165,12 @@ table{border-collapse:collapse} td,th{border:1px solid #ccc;padding:.3em .8em} .
 def main(argv=None) -> None:
     args = parse_args(argv)
     work = args.work
-    manifest_path = work / "mined_manifest.json"
-    if not manifest_path.exists():
-        raise UsageError(f"{work}: no mined_manifest.json; run `python -m pipeline.mask --work {work}` first")
-    manifest = read_json(manifest_path)
-    mined = pl.read_parquet([str(work / s) for s in manifest["shards"]])
-    out = args.out or work / "report"
+    manifest = workdir.mined(work)
+    mined = pl.read_parquet(workdir.verified(work, manifest, "mine"))
+    out = args.out or work / workdir.REPORT
     out.mkdir(parents=True, exist_ok=True)
-    run_dirs = args.run or sorted(p.parent for p in (work / "models").glob("*/metrics.jsonl"))
-    runs = {d.name: [json.loads(line) for line in (d / "metrics.jsonl").read_text().splitlines()]
-            for d in run_dirs if (d / "metrics.jsonl").exists()}
-    summary = read_json(work / "mined_summary.json")
+    runs = training_runs(args.run or sorted(p.parent for p in (work / workdir.MODELS).glob("*/metrics.jsonl")), manifest)
+    summary = read_json(work / workdir.SUMMARY)
     images = [score_histograms(mined, out), per_task(mined, out), negatives_found(mined, out)]
     curves = training_curves(runs, out)
     rules = ", ".join(f"{k} {v}" for k, v in manifest["rules"].items() if v is not None)

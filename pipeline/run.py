@@ -16,7 +16,7 @@ import sys
 import time
 from pathlib import Path
 
-from gist_mining import cli
+from gist_mining import cli, workdir
 from gist_mining.models import DEFAULT_GUIDE, DEFAULT_STUDENT, load_model
 from gist_mining.storage import write_json_atomic
 
@@ -68,7 +68,7 @@ def main(argv=None) -> None:
               args.negatives_per_anchor, *device]
     models = {"base": args.student}
     for name, extra in (("plain", ["--guide-filter", "none"]), ("gist", [])):
-        out = args.work / "models" / name
+        out = args.work / workdir.MODELS / name
         seconds[f"train_{name}"] = stage(f"train ({name})", train.main, [*common, "--out", out, *extra])
         models[name] = str(out)
     started = time.perf_counter()
@@ -82,7 +82,7 @@ def main(argv=None) -> None:
         print(f"| {labels[name]:<32} | {scores['ndcg@10']:.4f}  | {scores['mrr@10']:.4f} | {scores['recall@100']:.4f}     |")
     print("seconds: " + ", ".join(f"{k} {v:.0f}" for k, v in seconds.items()) + f", total {sum(seconds.values()):.0f}")
     write_json_atomic({"results": results, "seconds": seconds, "settings": {k: str(v) for k, v in vars(args).items()}},
-                      args.work / "results.json")
+                      args.work / workdir.RESULTS)
 
 
 if __name__ == "__main__":

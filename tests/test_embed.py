@@ -45,7 +45,7 @@ def test_dedup_and_stable_ids(tmp_path):
     first.write_parquet(tmp_path / "a.parquet")
     second.write_ndjson(tmp_path / "b.jsonl")
     pairs = [read_pairs(tmp_path / "a.parquet"), read_pairs(tmp_path / "b.jsonl")]
-    texts, anchors = plan_texts(pairs, [["corpus only", "n1"]], ["a", "b"])
+    texts, anchors, dropped = plan_texts(pairs, [["corpus only", "n1"]], ["a", "b"])
 
     distinct = {"q one", "q two", "shared", "p one", "n1", "p two", "corpus only"}
     assert set(texts["text"]) == distinct and texts.height == len(distinct)
@@ -56,10 +56,11 @@ def test_dedup_and_stable_ids(tmp_path):
     assert anchors["anchor_id"].to_list() == [0, 1, 2, 3]
     assert anchors["source"].to_list() == ["a", "a", "a", "b"] and anchors["source_row"].to_list() == [1, 2, 3, 1]
     assert anchors["query_id"].to_list() == [text_id(t) for t in ["q one", "q two", "shared", "q one"]]
-    assert anchors["negative_ids"].to_list() == [[text_id("n1"), text_id("p one")], [], [text_id("q one")], []]
+    # "p one" is a positive of "q one": as a given negative of "q one" it is dropped
+    assert anchors["negative_ids"].to_list() == [[text_id("n1")], [], [text_id("q one")], []] and dropped == 1
     assert anchors["task"].to_list() == ["x", "y", "default", "default"]
     # the same content gets the same ids in another run and in another order
-    texts_again, _ = plan_texts(pairs[::-1], [["n1", "corpus only"]], ["b", "a"])
+    texts_again, _, _ = plan_texts(pairs[::-1], [["n1", "corpus only"]], ["b", "a"])
     assert texts_again.sort("text_id").equals(texts.sort("text_id"))
 
 

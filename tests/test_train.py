@@ -67,7 +67,7 @@ def test_training_lowers_the_loss_and_saves_a_loadable_model(mined_work, tiny_mo
     assert reloaded.encode(["the cat sat"]).shape == (1, 32)
     record = json.loads((out / "gist_training.json").read_text())
     mined_manifest = json.loads((mined_work / "w" / "mined_manifest.json").read_text())
-    assert record["mining_fingerprint"] == mined_manifest["fingerprint"] and record["steps"] == 32
+    assert record["mined_fingerprint"] == mined_manifest["fingerprint"] and record["steps"] == 32
     steps = [m for m in metrics(out) if "loss" in m]
     assert [m["step"] for m in steps] == list(range(1, 33)) and all(0 < m["masked_fraction"] < 1 for m in steps)
 

@@ -27,14 +27,15 @@ import torch.distributed as dist
 from tqdm import tqdm
 from transformers import get_linear_schedule_with_warmup
 
-from gist_mining import cli
+from gist_mining import cli, workdir
 from gist_mining.batches import plan_batches
 from gist_mining.errors import UsageError
 from gist_mining.loss import PAD_ID, gist_loss
 from gist_mining.margins import STRATEGIES
 from gist_mining.models import DEFAULT_STUDENT, load_model
-from gist_mining.storage import read_json, write_json_atomic
-from gist_mining.workdir import TEXTS, VectorStore
+from gist_mining.storage import (commit, read_json, remove_stale_temps, tmp_name, write_bytes_atomic,
+                                  write_json_atomic)
+from gist_mining.workdir import VectorStore
 
 # -- config: every default in one place ------------------------------------------------------------------
 
@@ -71,12 +72,10 @@ def parse_args(argv=None) -> argparse.Namespace:
 # -- data ------------------------------------------------------------------------------------------------
 
 
-def load_training_rows(work: Path, negatives: int) -> pl.DataFrame:
-    manifest_path = work / "mined_manifest.json"
-    if not manifest_path.exists():
-        raise UsageError(f"{work}: no mined_manifest.json; run `python -m pipeline.mask --work {work}` first")
-    manifest = read_json(manifest_path)
-    rows = pl.read_parquet([str(work / s) for s in manifest["shards"]]).sort("anchor_id")
+def load_training_rows(work: Path, negatives: int) -> tuple[pl.DataFrame, dict]:
+    """The mined tables, checked against the chain (embeddings -> candidates -> mined) and their checksums."""
+    manifest = workdir.mined(work)
+    rows = pl.read_parquet(workdir.verified(work, manifest, "mine")).sort("anchor_id")
     return rows.select("anchor_id", "query_id", "positive_id", "task", "false_negative_ids",
                        pl.col("negative_ids").list.head(negatives)), manifest
 
@@ -90,7 +89,7 @@ class Batches:
 
     def __init__(self, work: Path, rows: pl.DataFrame, device):
         self.device = device
-        self.text_of = dict(pl.read_parquet(work / TEXTS, columns=["text_id", "text"]).iter_rows())
+        self.text_of = dict(workdir.read_table(work, workdir.TEXTS, ["text_id", "text"]).iter_rows())
         self.query_ids = rows["query_id"].to_numpy()
         self.positive_ids = rows["positive_id"].to_numpy()
         self.negative_ids = rows["negative_ids"].to_list()
@@ -163,21 +162,48 @@ def average_gradients(model, world: int) -> None:
 # -- checkpoints -----------------------------------------------------------------------------------------
 
 
+def run_identity(args, mined_manifest: dict) -> dict:
+    """What a checkpoint must share with the run that resumes it: the mined tables and every setting that
+    changes the sequence of batches or updates."""
+    ignored = {"resume", "out", "device", "eval", "eval_steps", "save_steps", "work"}
+    return {"mined_fingerprint": mined_manifest["fingerprint"],
+            "settings": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items() if k not in ignored}}
+
+
 def save_checkpoint(out: Path, step: int, model, optimizer, scheduler, position: dict) -> None:
     final = out / "checkpoints" / f"step-{step:07d}"
-    tmp = final.with_name(f".{final.name}.tmp-{os.getpid()}")
-    shutil.rmtree(tmp, ignore_errors=True)
+    tmp = tmp_name(final)
     model.save(str(tmp))
     torch.save({"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
                 "torch_rng": torch.get_rng_state(),
                 "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []}, tmp / "trainer_state.pt")
     write_json_atomic(dict(position, step=step), tmp / "position.json")
-    os.replace(tmp, final)  # a checkpoint directory exists whole or not at all
+    commit(tmp, final)  # a checkpoint directory exists whole or not at all
 
 
-def latest_checkpoint(out: Path) -> Path | None:
-    found = sorted((out / "checkpoints").glob("step-*")) if (out / "checkpoints").exists() else []
+def latest_checkpoint(out: Path, identity: dict) -> Path | None:
+    folder = out / "checkpoints"
+    remove_stale_temps(folder)
+    found = sorted(folder.glob("step-*")) if folder.exists() else []
+    if found and read_json(found[-1] / "position.json").get("identity") != identity:
+        raise UsageError(f"{found[-1]} was saved by a run with other mined tables or settings; "
+                         "run without --resume to start over, or with the settings it was saved with")
     return found[-1] if found else None
+
+
+def start_log(out: Path, step: int) -> Path:
+    """A fresh run starts its log anew; a resumed one keeps what came up to its checkpoint. A line cut
+    short by a kill is dropped."""
+    log_path = out / "metrics.jsonl"
+    kept = []
+    for line in log_path.read_text().splitlines() if step and log_path.exists() else []:
+        try:
+            if json.loads(line)["step"] <= step:
+                kept.append(line)
+        except ValueError:
+            pass
+    write_bytes_atomic("".join(line + "\n" for line in kept).encode(), log_path)
+    return log_path
 
 
 # -- evaluation ------------------------------------------------------------------------------------------
@@ -225,7 +251,11 @@ def main(argv=None) -> None:
     steps_per_epoch = len(epoch_batches(0))
     total_steps = args.max_steps or max(1, int(args.epochs * steps_per_epoch))
 
-    checkpoint = latest_checkpoint(args.out) if args.resume else None
+    identity = run_identity(args, mined_manifest)
+    if rank == 0 and not args.resume:  # a fresh run: no checkpoint or record of an earlier run may be mistaken for its own
+        shutil.rmtree(args.out / "checkpoints", ignore_errors=True)
+        (args.out / workdir.TRAINING_RECORD).unlink(missing_ok=True)
+    checkpoint = latest_checkpoint(args.out, identity) if args.resume else None
     model = load_model(str(checkpoint or args.model), device=device, max_seq_length=args.max_seq_length)
     if args.gradient_checkpointing:
         model[0].auto_model.gradient_checkpointing_enable()
@@ -244,12 +274,8 @@ def main(argv=None) -> None:
         print(f"resuming from {checkpoint} at step {step}", file=sys.stderr)
 
     evaluator = make_evaluator(args.eval, "eval") if args.eval else None
-    log_path = args.out / "metrics.jsonl"
     args.out.mkdir(parents=True, exist_ok=True)
-    if rank == 0:  # a fresh run starts the log anew; a resumed one drops what came after its checkpoint
-        kept = [line for line in log_path.read_text().splitlines() if json.loads(line)["step"] <= step] \
-            if step and log_path.exists() else []
-        log_path.write_text("".join(line + "\n" for line in kept))
+    log_path = start_log(args.out, step) if rank == 0 else None
 
     def log(record: dict) -> None:
         if rank == 0:
@@ -301,7 +327,8 @@ def main(argv=None) -> None:
         progress.set_postfix(loss=f"{record['loss']:.4f}", masked=f"{record['masked_fraction']:.3f}")
         progress.update(1)
         if args.save_steps and step % args.save_steps == 0 and rank == 0:
-            save_checkpoint(args.out, step, model, optimizer, scheduler, {"epoch": epoch, "batch_index": batch_index})
+            save_checkpoint(args.out, step, model, optimizer, scheduler,
+                            {"epoch": epoch, "batch_index": batch_index, "identity": identity})
         if evaluator and args.eval_steps and step % args.eval_steps == 0 and step < total_steps:
             evaluate()
     progress.close()
@@ -310,11 +337,12 @@ def main(argv=None) -> None:
     if rank == 0:
         model.save(str(args.out))
         settings = {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()}
+        # Written last: its presence says the model beside it is complete.
         write_json_atomic({"settings": settings, "steps": step, "world_size": world,
-                           "mining_fingerprint": mined_manifest["fingerprint"],
+                           "mined_fingerprint": mined_manifest["fingerprint"],
                            "embed_fingerprint": mined_manifest["embed_fingerprint"],
                            "mining_rules": mined_manifest["rules"], "eval_before": before, "eval_after": after},
-                          args.out / "gist_training.json")
+                          args.out / workdir.TRAINING_RECORD)
         if after:
             print(f"eval after training:  {after}", file=sys.stderr)
     if distributed:

@@ -1,0 +1,22 @@
+# Two commands on a fresh machine: `make demo` (the main job on the bundled sample) and `make test`.
+# Both create .venv when it is missing. pip, not uv or poetry: only pip takes the local CPU torch wheel.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+
+.PHONY: demo test install
+
+demo: $(VENV)/.installed
+	$(BIN)/python -m pipeline.run
+
+test: $(VENV)/.installed
+	$(BIN)/python -m pytest -q
+
+install: $(VENV)/.installed
+
+$(VENV)/.installed: pyproject.toml requirements-guide.txt
+	test -d $(VENV) || $(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q -e ".[dev]"
+	$(BIN)/pip install -q --no-deps --require-hashes -r requirements-guide.txt
+	touch $@
