@@ -16,6 +16,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from benchmarks.common import table  # noqa: E402
+from gist_mining import workdir  # noqa: E402
 from gist_mining.storage import read_json  # noqa: E402
 from train import run as train  # noqa: E402
 
@@ -44,7 +45,7 @@ def main() -> None:
             out = args.work / "experiments" / f"{name.replace(' ', '-').replace(',', '')}-{variant}"
             train.main(["--work", str(args.work), "--out", str(out), "--max-steps", str(args.steps), "--lr", args.lr,
                         "--temperature", args.temperature, "--eval", str(args.eval), *extra, *flags])
-            record = read_json(out / "gist_training.json")
+            record = read_json(out / workdir.TRAINING_RECORD)
             scores[variant] = record["eval_after"]["ndcg@10"]
             base = record["eval_before"]["ndcg@10"]
         rows.append((name, f"{base:.4f}", f"{scores['plain']:.4f}", f"{scores['gist']:.4f}",

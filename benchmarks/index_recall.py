@@ -23,7 +23,8 @@ import polars as pl
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from benchmarks.common import ROOT, figure, table, wordnet_pairs  # noqa: E402
 from gist_mining.index import build_index  # noqa: E402
-from gist_mining.workdir import VectorStore, scan_texts  # noqa: E402
+from gist_mining import workdir  # noqa: E402
+from gist_mining.workdir import VectorStore  # noqa: E402
 from pipeline import embed  # noqa: E402
 
 
@@ -42,7 +43,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
     parser.add_argument("--k", type=int, default=100)
     args = parser.parse_args(argv)
     work = embedded_wordnet(args.model, args.queries, max(args.sizes))
-    texts = scan_texts(work).select("text_id", "is_query", "is_document").collect()
+    texts = workdir.read_table(work, workdir.TEXTS, ["text_id", "is_query", "is_document"])
     store = VectorStore(work)
     queries = store.get(texts.filter(pl.col("is_query"))["text_id"].to_numpy())
     documents = texts.filter(pl.col("is_document") & ~pl.col("is_query"))["text_id"].to_numpy()

@@ -11,12 +11,12 @@ runs/; then pipeline.mask runs on each in a fresh process and its peak RSS is re
 from __future__ import annotations
 
 import argparse
-import shutil
 import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from benchmarks.common import ROOT, figure, measured, table, wordnet_pairs  # noqa: E402
+from gist_mining import workdir  # noqa: E402
 from pipeline import embed  # noqa: E402
 
 
@@ -32,8 +32,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
         work = ROOT / "runs" / f"bench-mask-memory-{args.model}-{n}-{args.pool}"
         pairs, corpus = wordnet_pairs(work.with_name(work.name + "-input"), n, args.pool)
         embed.main(["--input", str(pairs), "--corpus", str(corpus), "--work", str(work), "--model", args.model])
-        for done in ("index", "candidates", "mined"):  # a fresh mask run each time, not a resumed one
-            shutil.rmtree(work / done, ignore_errors=True)
+        workdir.remove_steps(work, "search")  # a fresh mask run each time, not a resumed one
         runs[n] = measured(["-m", "pipeline.mask", "--work", work])
     rows = [(n, f"{r['seconds']:.1f}", r["peak_rss_mib"]) for n, r in runs.items()]
     small, large = runs[args.anchors], runs[args.anchors * args.growth]

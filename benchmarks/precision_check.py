@@ -23,6 +23,7 @@ import polars as pl
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from benchmarks.common import SAMPLE, figure, measured, table  # noqa: E402
 from gist_mining.margins import is_false_negative  # noqa: E402
+from gist_mining import workdir  # noqa: E402
 from gist_mining.workdir import VectorStore  # noqa: E402
 from pipeline import mask  # noqa: E402
 
@@ -53,7 +54,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
                                            works[precision], "--model", args.model, "--precision", precision,
                                            *device])["seconds"]
         mask.main(["--work", str(works["fp32"]), "--margin-strategy", MARGIN_STRATEGY, "--margin", str(MARGIN)])
-        pairs = (pl.read_parquet(works["fp32"] / "candidates" / "*.parquet")
+        pairs = (pl.read_parquet(workdir.verified(works["fp32"], workdir.candidates(works["fp32"]), "search"))
                  .select("anchor_id", "query_id", "positive_id", "candidate_ids").explode("candidate_ids"))
         anchors = pairs.unique("anchor_id")
         results = {}

@@ -21,13 +21,14 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from benchmarks import embed_throughput, index_recall, mask_memory, mining_vs_st, precision_check, train_step  # noqa: E402
 from benchmarks.common import ROOT, SAMPLE, table  # noqa: E402
+from gist_mining import workdir  # noqa: E402
 from pipeline import embed, mask  # noqa: E402
 
 
 def mined_sample(work: Path) -> Path:
     """The main job's first two stages, as python -m pipeline.run runs them (a finished run is reused)."""
     embed.main(["--input", str(SAMPLE / "train.parquet"), "--work", str(work)])
-    if not (work / "mined_manifest.json").exists():
+    if not (work / workdir.MINED_MANIFEST).exists():
         mask.main(["--work", str(work)])
     return work
 

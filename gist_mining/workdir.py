@@ -19,7 +19,6 @@ with the command that rebuilds it, and rebuilt by that command, never read.
 from __future__ import annotations
 
 import fcntl
-import os
 import shutil
 from contextlib import contextmanager
 from pathlib import Path
@@ -36,6 +35,7 @@ EMBED_PLAN, EMBED_MANIFEST = "embed_plan.json", "embed_manifest.json"
 VECTORS, INDEX, CANDIDATES = "vectors", "index", "candidates"
 MASK_PLAN, CANDIDATES_MANIFEST = "mask_plan.json", "candidates_manifest.json"
 MINED, MINE_PLAN, MINED_MANIFEST, SUMMARY = "mined", "mine_plan.json", "mined_manifest.json", "mined_summary.json"
+INDEX_FILE, POOL_IDS, INDEX_MARKER = f"{INDEX}/index.faiss", f"{INDEX}/pool_ids.npy", f"{INDEX}/_index.done"
 REPORT, MODELS, RESULTS = "report", "models", "results.json"
 TRAINING_RECORD = "gist_training.json"  # inside a trained model's folder
 LOCK = ".lock"

@@ -140,8 +140,7 @@ def candidate_pool(work: Path, include_queries: bool) -> np.ndarray:
 
 def prepare_index(work: Path, store: VectorStore, plan: dict):
     """Built once per search plan, behind a marker; shard processes and resumed runs load it."""
-    folder = work / workdir.INDEX
-    index_path, ids_path, marker = folder / "index.faiss", folder / "pool_ids.npy", folder / "_index.done"
+    index_path, ids_path, marker = (work / name for name in (workdir.INDEX_FILE, workdir.POOL_IDS, workdir.INDEX_MARKER))
     with workdir.locked(work):
         record = read_json(marker) if marker.exists() else {}
         if record.get("fingerprint") != plan["fingerprint"] or any(

