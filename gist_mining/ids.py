@@ -7,6 +7,9 @@ import hashlib
 import numpy as np
 
 
+PAD_ID = -1  # fills ragged id lists out to a matrix; a real id is -1 with probability 2**-64
+
+
 def text_id(text: str) -> int:
     """The first 8 bytes of BLAKE2b over the UTF-8 text, as a signed int64 (FAISS and Arrow's native id type)."""
     return int.from_bytes(hashlib.blake2b(text.encode("utf-8"), digest_size=8).digest(), "little", signed=True)

@@ -34,8 +34,6 @@ import torch.nn.functional as F
 
 from gist_mining.margins import is_false_negative
 
-PAD_ID = -1
-
 
 def _gather(tensor: torch.Tensor) -> tuple[torch.Tensor, list[int]]:
     """Concatenate every rank's rows (gradients flow back to the local rows) and say how many each had.

@@ -12,9 +12,8 @@ from dataclasses import asdict, dataclass
 import numpy as np
 import pyarrow as pa
 
+from gist_mining.ids import PAD_ID
 from gist_mining.margins import STRATEGIES, false_negative_threshold
-
-PAD_ID = -1
 
 
 @dataclass(frozen=True)

@@ -33,7 +33,8 @@ from gist_mining import cli, workdir
 from gist_mining.errors import UsageError
 from gist_mining.index import KINDS, build_index, load_index, resolve_kind, save_index
 from gist_mining.margins import STRATEGIES
-from gist_mining.mining import PAD_ID, MiningRules, padded, ragged, search_candidates, select
+from gist_mining.ids import PAD_ID
+from gist_mining.mining import MiningRules, padded, ragged, search_candidates, select
 from gist_mining.storage import AtomicParquetWriter, config_fingerprint, file_sha256, read_json, write_json_atomic
 from gist_mining.summary import summarize
 from gist_mining.workdir import VectorStore, write_npy_atomic

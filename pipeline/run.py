@@ -19,6 +19,7 @@ from pathlib import Path
 from gist_mining import cli, workdir
 from gist_mining.models import DEFAULT_GUIDE, DEFAULT_STUDENT, load_model
 from gist_mining.storage import write_json_atomic
+from train import run as train
 
 SAMPLE = Path(__file__).resolve().parents[1] / "data" / "sample"
 
@@ -31,10 +32,11 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--guide", default=DEFAULT_GUIDE)
     p.add_argument("--student", default=DEFAULT_STUDENT)
     p.add_argument("--steps", type=int, default=60, help="training steps for each fine-tuned student")
-    p.add_argument("--batch-size", type=int, default=32)
-    p.add_argument("--lr", type=float, default=2e-5)
-    p.add_argument("--temperature", type=float, default=0.05)
-    p.add_argument("--negatives-per-anchor", type=int, default=1)
+    d = train.Defaults()
+    p.add_argument("--batch-size", type=int, default=d.batch_size)
+    p.add_argument("--lr", type=float, default=d.lr)
+    p.add_argument("--temperature", type=float, default=d.temperature)
+    p.add_argument("--negatives-per-anchor", type=int, default=d.negatives_per_anchor)
     p.add_argument("--device", default=None)
     return p.parse_args(argv)
 
@@ -54,7 +56,6 @@ def evaluate(model_path: str, split: Path, device) -> dict:
 
 def main(argv=None) -> None:
     from pipeline import embed, mask
-    from train import run as train
 
     args = parse_args(argv)
     inputs = args.input or [str(SAMPLE / "train.parquet")]

@@ -12,7 +12,8 @@ from conftest import sentence
 
 from gist_mining.batches import plan_batches
 from gist_mining.ids import text_ids
-from gist_mining.loss import PAD_ID, gist_loss
+from gist_mining.ids import PAD_ID
+from gist_mining.loss import gist_loss
 
 
 def unit(*rows):

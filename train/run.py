@@ -18,6 +18,7 @@ import random
 import shutil
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -30,7 +31,8 @@ from transformers import get_linear_schedule_with_warmup
 from gist_mining import cli, workdir
 from gist_mining.batches import plan_batches
 from gist_mining.errors import UsageError
-from gist_mining.loss import PAD_ID, gist_loss
+from gist_mining.ids import PAD_ID
+from gist_mining.loss import gist_loss
 from gist_mining.margins import STRATEGIES
 from gist_mining.models import DEFAULT_STUDENT, load_model
 from gist_mining.storage import (commit, read_json, remove_stale_temps, tmp_name, write_bytes_atomic,
@@ -40,21 +42,34 @@ from gist_mining.workdir import VectorStore
 # -- config: every default in one place ------------------------------------------------------------------
 
 
+@dataclass(frozen=True)
+class Defaults:
+    """The settings the README's results were measured with; pipeline.run trains with these too."""
+
+    batch_size: int = 32
+    lr: float = 2e-5
+    temperature: float = 0.05
+    negatives_per_anchor: int = 1
+    margin_strategy: str = "absolute"  # GISTEmbed's in-batch rule: mask what the guide scores above the positive
+    margin: float = 0.0
+
+
 def parse_args(argv=None) -> argparse.Namespace:
+    d = Defaults()
     p = argparse.ArgumentParser(prog="python -m train.run", description=__doc__.split("\n")[0])
     p.add_argument("--work", required=True, type=Path, help="work directory with mined/ (pipeline.mask)")
     p.add_argument("--out", required=True, type=Path, help="where the trained sentence-transformers model goes")
     p.add_argument("--model", default=DEFAULT_STUDENT, help="student: bundled name or local directory")
-    p.add_argument("--batch-size", type=int, default=32, help="anchors per step (per process)")
+    p.add_argument("--batch-size", type=int, default=d.batch_size, help="anchors per step (per process)")
     p.add_argument("--epochs", type=float, default=1.0)
     p.add_argument("--max-steps", type=int, default=None, help="overrides --epochs")
-    p.add_argument("--lr", type=float, default=5e-6)
+    p.add_argument("--lr", type=float, default=d.lr)
     p.add_argument("--warmup-ratio", type=float, default=0.1)
     p.add_argument("--weight-decay", type=float, default=0.01)
-    p.add_argument("--temperature", type=float, default=0.01)
-    p.add_argument("--margin-strategy", choices=STRATEGIES, default="absolute")
-    p.add_argument("--margin", type=float, default=0.0)
-    p.add_argument("--negatives-per-anchor", type=int, default=1)
+    p.add_argument("--temperature", type=float, default=d.temperature)
+    p.add_argument("--margin-strategy", choices=STRATEGIES, default=d.margin_strategy, help="in-batch guide rule")
+    p.add_argument("--margin", type=float, default=d.margin)
+    p.add_argument("--negatives-per-anchor", type=int, default=d.negatives_per_anchor)
     p.add_argument("--task-batches", action="store_true", help="each batch from one task (MEDI style)")
     p.add_argument("--max-seq-length", type=int, default=None)
     p.add_argument("--bf16", action="store_true", help="bf16 autocast (CUDA)")
@@ -243,6 +258,11 @@ def main(argv=None) -> None:
     torch.manual_seed(args.seed)
 
     rows, mined_manifest = load_training_rows(args.work, args.negatives_per_anchor)
+    if rank == 0:  # the two rules stack: mining removed its false negatives, the loss masks in-batch ones
+        mined_rules = ", ".join(f"{k} {v}" for k, v in mined_manifest["rules"].items() if v is not None)
+        in_batch = (f"{args.margin_strategy} margin {args.margin}" if args.guide_filter == "precomputed"
+                    else "off (plain in-batch loss)")
+        print(f"train: mined negatives chosen under: {mined_rules}; in-batch guide filter: {in_batch}", file=sys.stderr)
     data = Batches(args.work, rows, device)
     text_sets, tasks = data.text_sets(), rows["task"].to_list()
     def epoch_batches(epoch: int) -> list[list[int]]:
