@@ -14,13 +14,13 @@ import argparse
 import sys
 import time
 from pathlib import Path
-from types import SimpleNamespace
 
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from benchmarks.common import figure, table  # noqa: E402
 from gist_mining.batches import plan_batches  # noqa: E402
+from gist_mining.loss import GISTLoss  # noqa: E402
 from gist_mining.models import load_model  # noqa: E402
 from train import run as train  # noqa: E402
 
@@ -37,28 +37,28 @@ def main(argv: list[str] | None = None) -> list[dict]:
     args = parser.parse_args(argv)
     from sentence_transformers.sentence_transformer.losses import GISTEmbedLoss, MultipleNegativesRankingLoss
 
-    rows, _ = train.load_training_rows(args.work, 1)
-    data = train.Batches(args.work, rows, args.device)
-    batches = plan_batches(data.text_sets(), rows["task"].to_list(), args.batch_size, seed=0, epoch=0)
+    data = train.TrainingData(args.work, 1, args.device)
+    batches = plan_batches(data.text_sets(), data.tasks, args.batch_size, seed=0, epoch=0)
     batches = [b for b in batches if len(b) == args.batch_size][: args.steps + 1]
     student = load_model(args.student, device=args.device)
     guide = load_model(args.guide, device=args.device)
     student.train()
     optimizer = torch.optim.AdamW(student.parameters(), lr=1e-6)  # tiny: the model barely moves between methods
-    settings = SimpleNamespace(temperature=0.01, margin_strategy="absolute", margin=0.0, guide_filter="precomputed")
-    embed = train.student_embedder(student, args.device, args.bf16)
+    loss_fn = GISTLoss(temperature=0.01, margin_strategy="absolute", margin=0.0)
     st_losses = {"GISTEmbedLoss (live guide)": GISTEmbedLoss(student, guide, temperature=0.01),
                  "MultipleNegativesRankingLoss": MultipleNegativesRankingLoss(student, scale=100.0)}
 
-    def ours(batch):
-        return train.batch_loss(embed, data.get(batch), settings)[0]
+    def ours(rows):
+        batch = data.get_batch(rows)
+        return loss_fn(batch.with_student({c: train.embed(student, batch.texts[c], args.device, args.bf16)
+                                           for c in train.COLUMNS}))[0]
 
-    def theirs(loss_fn):
-        def step(batch):
-            b = data.get(batch)
-            features = [train.to_device(student.preprocess(b[f"{c}_texts"]), args.device) for c in "qpn"]
+    def theirs(st_loss):
+        def step(rows):
+            texts = data.get_batch(rows).texts
+            features = [{k: v.to(args.device) for k, v in student.preprocess(texts[c]).items()} for c in train.COLUMNS]
             with torch.autocast("cuda", dtype=torch.bfloat16, enabled=args.bf16 and "cuda" in args.device):
-                return loss_fn(features, labels=None)
+                return st_loss(features, labels=None)
         return step
 
     methods = {"train.run (precomputed guide)": ours, **{k: theirs(v) for k, v in st_losses.items()}}

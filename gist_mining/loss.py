@@ -4,89 +4,129 @@ Solatorio, "GISTEmbed: Guided In-sample Selection of Training Negatives for Text
 Fine-tuning", arXiv 2402.16829 (2024). A guide model decides which in-batch candidates are too similar
 to an anchor to serve as its negatives. Here the guide never runs during training: its embeddings of
 every text were stored by ``pipeline.embed``, so the guide's similarity blocks are matrix products.
-
-Inputs, for B anchors with positives and M mined negatives (all M are candidates for every anchor):
-    student q (B, d), p (B, d), n (M, d)       the student's embeddings, with gradients
-    guide   gq (B, g), gp (B, g), gn (M, g)    the guide's L2-normalised embeddings
-    ids     q_ids (B,), p_ids (B,), n_ids (M,)   text ids: equal ids are the same text
-    known_false_negatives (B, F)               per anchor, ids the mining stage flagged (PAD_ID padded)
-
-With s = cosine similarity and t = temperature, anchor i's logits are the blocks
-    [ s(q_i, p) | s(q_i, n) | s(q_i, q) | s(p_i, p) ] / t,   label: column i (its own positive).
-Entry (i, c) is set to -inf when
-    guided:  guide(i, c) > threshold_i, threshold_i from guide(q_i, p_i) by the shared margin rule
-             (gist_mining.margins), the guide's blocks built like the student's;
-    known:   c's text is among anchor i's precomputed false negatives;
-    always:  c's text is anchor i's query or positive text (self-pairs, duplicates),
-except the label entry. Loss = cross-entropy over the logits. ``guided=False`` keeps only the
-"always" masks: the plain in-batch loss, for ablations.
-
-Under torch.distributed, candidates (p, n and their guide embeddings and ids) are gathered from every
-rank with gradients; each rank's anchors see the global batch and its labels are offset by its rank.
 """
 
 from __future__ import annotations
+
+from dataclasses import dataclass
 
 import torch
 import torch.distributed as dist
 import torch.distributed.nn  # noqa: F401  (all_gather with gradients)
 import torch.nn.functional as F
+from torch import nn
 
 from gist_mining.margins import is_false_negative
 
 
-def _gather(tensor: torch.Tensor) -> tuple[torch.Tensor, list[int]]:
-    """Concatenate every rank's rows (gradients flow back to the local rows) and say how many each had.
+@dataclass
+class Column:
+    """One column of a batch (queries, positives or negatives), row for row."""
 
-    Ranks may hold different numbers of rows (anchors with fewer mined negatives), so rows are padded to
-    the largest count for the collective and trimmed after.
-    """
-    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
-        return tensor, [tensor.shape[0]]
-    sizes = [torch.zeros(1, dtype=torch.long, device=tensor.device) for _ in range(dist.get_world_size())]
-    dist.all_gather(sizes, torch.tensor([tensor.shape[0]], device=tensor.device))
-    sizes = [int(s.item()) for s in sizes]
+    student: torch.Tensor  # (n, d) the student's embeddings, with gradients
+    guide: torch.Tensor  # (n, g) the guide's stored, L2-normalised embeddings
+    ids: torch.Tensor  # (n,) text ids: equal ids are the same text
+
+
+@dataclass
+class GuidedBatch:
+    """B anchors: their queries and positives (B rows each), their mined negatives (M rows, all of which
+    are candidates for every anchor), and per anchor the ids mining flagged as false negatives (B, F),
+    padded with PAD_ID."""
+
+    queries: Column
+    positives: Column
+    negatives: Column
+    known_false_negatives: torch.Tensor
+
+
+def _distributed() -> bool:
+    return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
+
+
+def _all_gather(tensor: torch.Tensor, sizes: list[int]) -> list[torch.Tensor]:
+    """Every rank's rows (rank r holds sizes[r]); gradients flow back to the local rows."""
     padded = torch.cat([tensor, tensor.new_zeros((max(sizes) - tensor.shape[0], *tensor.shape[1:]))])
     if tensor.requires_grad:
         parts = torch.distributed.nn.all_gather(padded)
     else:
         parts = [torch.empty_like(padded) for _ in sizes]
         dist.all_gather(parts, padded.contiguous())
-    return torch.cat([part[:size] for part, size in zip(parts, sizes)]), sizes
+    return [part[:size] for part, size in zip(parts, sizes)]
 
 
-def gist_loss(q, p, n, gq, gp, gn, q_ids, p_ids, n_ids, known_false_negatives=None, *, temperature=0.01,
-              margin_strategy="absolute", margin=0.0, guided=True, return_mask_fraction=False):
-    rank = dist.get_rank() if dist.is_available() and dist.is_initialized() else 0
-    batch = q.shape[0]
-    (all_q, sizes), (all_p, _), (all_n, _) = _gather(q), _gather(p), _gather(n)
-    (all_gq, _), (all_gp, _), (all_gn, _) = _gather(gq), _gather(gp), _gather(gn)
-    (all_q_ids, _), (all_p_ids, _), (all_n_ids, _) = _gather(q_ids), _gather(p_ids), _gather(n_ids)
-    labels = torch.arange(batch, device=q.device) + sum(sizes[:rank])  # this rank's positives in the gathered p
+def _gather_candidates(batch: GuidedBatch) -> tuple[Column, Column, Column, int, int]:
+    """The global batch's positives, negatives and queries; where this rank's anchors start among all
+    anchors, and how many there are. Ranks may hold different numbers of rows; four collectives in all:
+    the row counts, then the student embeddings, guide embeddings and ids of the three columns together."""
+    columns = (batch.positives, batch.negatives, batch.queries)
+    if not _distributed():
+        return (*columns, 0, batch.queries.ids.shape[0])
+    counts = torch.tensor([c.ids.shape[0] for c in columns], device=batch.queries.ids.device)
+    per_rank = [c.tolist() for c in _all_gather(counts, [3] * dist.get_world_size())]
+    gathered = {name: [part.split(n) for part, n in
+                       zip(_all_gather(torch.cat([getattr(c, name) for c in columns]), [sum(n) for n in per_rank]),
+                           per_rank)]
+                for name in ("student", "guide", "ids")}
+    out = [Column(**{name: torch.cat([by_rank[column] for by_rank in parts]) for name, parts in gathered.items()})
+           for column in range(3)]
+    return (*out, sum(n[0] for n in per_rank[: dist.get_rank()]), sum(n[0] for n in per_rank))
 
-    q, p = F.normalize(q, dim=-1), F.normalize(p, dim=-1)
-    all_q, all_p, all_n = (F.normalize(x, dim=-1) for x in (all_q, all_p, all_n))
-    own_p = all_p[labels]
-    student = torch.cat([q @ all_p.T, q @ all_n.T, q @ all_q.T, own_p @ all_p.T], dim=1)
-    candidate_ids = torch.cat([all_p_ids, all_n_ids, all_q_ids, all_p_ids])
 
-    same_text = (candidate_ids[None, :] == q_ids[:, None]) | (candidate_ids[None, :] == p_ids[:, None])
-    mask = same_text
-    if guided:
-        # Guide scores in float32 even under autocast: a bf16 score near the threshold flips mask decisions.
-        with torch.autocast(device_type=q.device.type, enabled=False):
-            gq, gp_own = gq.float(), all_gp[labels].float()
-            guide = torch.cat([gq @ all_gp.float().T, gq @ all_gn.float().T, gq @ all_gq.float().T,
-                               gp_own @ all_gp.float().T], dim=1)
-            positive_score = (gq * gp_own).sum(-1, keepdim=True)
-        mask = mask | is_false_negative(guide, positive_score, margin_strategy, margin)
-        if known_false_negatives is not None and known_false_negatives.numel():
-            # PAD_ID never equals a real text id, so padding matches nothing.
-            mask = mask | (candidate_ids[None, :, None] == known_false_negatives[:, None, :]).any(-1)
-    rows = torch.arange(batch, device=q.device)
-    mask[rows, labels] = False  # the true positive is never masked
-    logits = student.masked_fill(mask, float("-inf")) / temperature
-    loss = F.cross_entropy(logits, labels)
-    if return_mask_fraction:
-        return loss, mask.float().mean()
-    return loss
+def _in_rows(candidate_ids: torch.Tensor, known: torch.Tensor) -> torch.Tensor:
+    """(B, C): is candidate c among row b's known ids. Per-row binary search: memory B x C, not B x C x F."""
+    if known.numel() == 0:
+        return torch.zeros((known.shape[0], candidate_ids.shape[0]), dtype=torch.bool, device=candidate_ids.device)
+    known, _ = known.sort(dim=1)
+    values = candidate_ids.expand(known.shape[0], -1).contiguous()
+    at = torch.searchsorted(known, values).clamp(max=known.shape[1] - 1)
+    return known.gather(1, at) == values  # PAD_ID never equals a real text id
+
+
+class GISTLoss(nn.Module):
+    """Cross-entropy over in-batch candidates, with the ones the guide calls false negatives masked.
+
+    With s = cosine similarity and t = temperature, anchor i's logits are the blocks
+        [ s(q_i, P) | s(q_i, N) | s(q_i, Q) | s(p_i, P) ] / t,   label: its own positive in P,
+    over the global batch's positives P, negatives N and queries Q (all ranks under torch.distributed;
+    gathered with gradients). Entry (i, c) is set to -inf, except the label, when
+        guided: guide(i, c) > threshold_i, with threshold_i from guide(q_i, p_i) by the shared margin rule
+                (gist_mining.margins); the guide's score of each entry uses the same roles as the student's
+                (q-P, q-N, q-Q, p-P), so a candidate is judged against the text it is compared with;
+        known:  c's text is one of anchor i's false negatives found at mining time;
+        always: c's text is anchor i's own query or positive text (self-pairs, duplicates).
+    ``guided=False`` keeps only the "always" masks: the plain in-batch loss, for ablations.
+    Returns the loss (the global batch's mean once averaged over ranks) and this rank's masked fraction.
+    """
+
+    def __init__(self, temperature: float = 0.05, margin_strategy: str = "absolute", margin: float = 0.0,
+                 guided: bool = True):
+        super().__init__()
+        self.temperature, self.margin_strategy, self.margin, self.guided = temperature, margin_strategy, margin, guided
+
+    def forward(self, batch: GuidedBatch) -> tuple[torch.Tensor, torch.Tensor]:
+        q, p = batch.queries, batch.positives
+        all_p, all_n, all_q, start, total = _gather_candidates(batch)
+        labels = torch.arange(q.ids.shape[0], device=q.ids.device) + start
+        qs, ps = F.normalize(q.student, dim=-1), F.normalize(p.student, dim=-1)
+        P, N, Q = (F.normalize(c.student, dim=-1) for c in (all_p, all_n, all_q))
+        logits = torch.cat([qs @ P.T, qs @ N.T, qs @ Q.T, ps @ P.T], dim=1)
+        candidate_ids = torch.cat([all_p.ids, all_n.ids, all_q.ids, all_p.ids])
+        mask = (candidate_ids[None, :] == q.ids[:, None]) | (candidate_ids[None, :] == p.ids[:, None])
+        if self.guided:
+            mask |= self._guide_mask(q, p, all_p, all_n, all_q)
+            mask |= _in_rows(candidate_ids, batch.known_false_negatives)
+        mask[torch.arange(len(labels), device=mask.device), labels] = False  # the true positive never is
+        loss = F.cross_entropy(logits.masked_fill(mask, float("-inf")) / self.temperature, labels, reduction="sum")
+        # Scaled so that averaging over ranks (DDP) gives the global batch's mean, whatever each rank's share.
+        world = dist.get_world_size() if _distributed() else 1
+        return loss * world / total, mask.float().mean()
+
+    def _guide_mask(self, q: Column, p: Column, all_p: Column, all_n: Column, all_q: Column) -> torch.Tensor:
+        # Float32 even under autocast: a bf16 score near the threshold flips mask decisions.
+        with torch.autocast(device_type=q.guide.device.type, enabled=False):
+            gq, gp = q.guide.float(), p.guide.float()
+            P, N, Q = (c.guide.float() for c in (all_p, all_n, all_q))
+            guide = torch.cat([gq @ P.T, gq @ N.T, gq @ Q.T, gp @ P.T], dim=1)
+            positive_score = (gq * gp).sum(-1, keepdim=True)
+        return is_false_negative(guide, positive_score, self.margin_strategy, self.margin)

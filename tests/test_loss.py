@@ -13,7 +13,14 @@ from conftest import sentence
 from gist_mining.batches import plan_batches
 from gist_mining.ids import text_ids
 from gist_mining.ids import PAD_ID
-from gist_mining.loss import gist_loss
+from gist_mining.loss import Column, GISTLoss, GuidedBatch
+
+
+def loss_of(q, p, n, gq, gp, gn, q_ids, p_ids, n_ids, known=None, **settings):
+    """The loss and masked fraction for one batch given column by column."""
+    known = torch.full((len(q_ids), 0), PAD_ID) if known is None else known
+    batch = GuidedBatch(Column(q, gq, q_ids), Column(p, gp, p_ids), Column(n, gn, n_ids), known)
+    return GISTLoss(**settings)(batch)
 
 
 def unit(*rows):
@@ -27,8 +34,8 @@ def test_hand_built_mask():
     gq = unit([1, 0, 0], [0, 1, 0])
     gp = unit([1, 1, 0], [1, 0, 0])  # guide q.p: row 0 -> [0.71, 1.0], row 1 -> [0.71, 0.0]
     empty = torch.zeros((0, 3))
-    loss = gist_loss(q, p, empty, gq, gp, empty, torch.tensor([1, 2]), torch.tensor([3, 4]),
-                     torch.zeros(0, dtype=torch.long), temperature=1.0)
+    loss, _ = loss_of(q, p, empty, gq, gp, empty, torch.tensor([1, 2]), torch.tensor([3, 4]),
+                      torch.zeros(0, dtype=torch.long), temperature=1.0)
     s = lambda a, b: float(a.double() @ b.double())  # noqa: E731
     # row 0 (threshold 0.71): q0.p1 (1.0) masked; q0.q1 (0) kept; p0.p1 (guide 0.71, not above) kept
     row0 = torch.tensor([s(q[0], p[0]), s(q[0], q[1]), s(p[0], p[1])], dtype=torch.float64)
@@ -43,9 +50,9 @@ def test_margin_and_negative_threshold():
     gq, gp = unit([1, 0]), unit([-0.2, 0.98])  # guide's positive score is negative: -0.2
     gn = unit([-0.25, 0.97], [-0.1, 0.99])  # guide scores -0.25 and -0.1
     args = (q, p, n, gq, gp, gn, torch.tensor([1]), torch.tensor([2]), torch.tensor([3, 4]), None)
-    _, absolute = gist_loss(*args, margin_strategy="absolute", margin=0.0, return_mask_fraction=True)
-    _, relative = gist_loss(*args, margin_strategy="relative", margin=0.5, return_mask_fraction=True)
-    _, none = gist_loss(*args, guided=False, return_mask_fraction=True)
+    _, absolute = loss_of(*args, margin_strategy="absolute", margin=0.0)
+    _, relative = loss_of(*args, margin_strategy="relative", margin=0.5)
+    _, none = loss_of(*args, guided=False)
     # 5 columns [p | n n | q | p]: self q-q and p-p always masked; -0.1 is above -0.2; -0.25 only above -0.3
     assert absolute.item() == pytest.approx(3 / 5)
     assert relative.item() == pytest.approx(4 / 5)
@@ -58,8 +65,8 @@ def test_known_false_negatives_and_duplicates_are_masked():
     ids = torch.tensor([1, 2]), torch.tensor([3, 4]), torch.tensor([4, 9])  # n_0 is p_1's text
     known = torch.tensor([[9, PAD_ID], [PAD_ID, PAD_ID]])
     guide = (unit([1, 0], [0, 1]), unit([1, 0], [0, 1]), unit([0, 1], [0, 1]))
-    _, with_known = gist_loss(q, p, n, *guide, *ids, known, margin_strategy="none", return_mask_fraction=True)
-    _, without = gist_loss(q, p, n, *guide, *ids, None, margin_strategy="none", return_mask_fraction=True)
+    _, with_known = loss_of(q, p, n, *guide, *ids, known, margin_strategy="none")
+    _, without = loss_of(q, p, n, *guide, *ids, None, margin_strategy="none")
     # 2 rows x 8 columns [p p | n n | q q | p p]: self q-q, p-p (2 per row); row 1's positive text as n_0 (1)
     assert without.item() == pytest.approx(5 / 16)
     assert with_known.item() == pytest.approx(6 / 16)  # plus n_1 for anchor 0
@@ -87,8 +94,8 @@ def test_equals_sentence_transformers_gist_embed_loss(tiny_model, tiny_guide, st
     embeddings = [model(model.preprocess(texts))["sentence_embedding"] for texts in columns]
     guide_embeddings = [torch.from_numpy(guide.encode(texts, normalize_embeddings=True)) for texts in columns]
     ids = [torch.from_numpy(text_ids(texts)) for texts in columns]
-    ours = gist_loss(*embeddings, *guide_embeddings, *ids, None, temperature=0.05, margin_strategy=strategy,
-                     margin=margin)
+    ours, _ = loss_of(*embeddings, *guide_embeddings, *ids, None, temperature=0.05, margin_strategy=strategy,
+                      margin=margin)
     ours.backward()
     assert ours.item() == pytest.approx(expected.item(), rel=1e-5, abs=1e-6)
     for mine, theirs in zip((w.grad for w in model.parameters()), expected_grads):
@@ -97,45 +104,51 @@ def test_equals_sentence_transformers_gist_embed_loss(tiny_model, tiny_guide, st
             torch.testing.assert_close(mine, theirs, rtol=1e-4, atol=1e-6)
 
 
+# Unequal shares, as in a short last batch or anchors with fewer mined negatives: rank 0 holds 3 anchors
+# and 5 negatives, rank 1 holds 5 anchors and 3 negatives.
+ANCHOR_SPLIT, NEGATIVE_SPLIT = (0, 3, 8), (0, 5, 8)
+
+
 def _ddp_worker(rank: int, world: int, port: int, inputs: dict, out: dict):
     import torch.distributed as dist
 
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     dist.init_process_group("gloo", rank=rank, world_size=world)
-    b = inputs["q"].shape[0] // world
-    part = lambda x: x[rank * b : (rank + 1) * b]  # noqa: E731
-    n_per = inputs["n"].shape[0] // world
-    part_n = lambda x: x[rank * n_per : (rank + 1) * n_per]  # noqa: E731
+    part = lambda x: x[ANCHOR_SPLIT[rank]: ANCHOR_SPLIT[rank + 1]]  # noqa: E731
+    part_n = lambda x: x[NEGATIVE_SPLIT[rank]: NEGATIVE_SPLIT[rank + 1]]  # noqa: E731
     q, p, n = (part(inputs["q"]).clone().requires_grad_(), part(inputs["p"]).clone().requires_grad_(),
                part_n(inputs["n"]).clone().requires_grad_())
-    loss = gist_loss(q, p, n, part(inputs["gq"]), part(inputs["gp"]), part_n(inputs["gn"]), part(inputs["q_ids"]),
-                     part(inputs["p_ids"]), part_n(inputs["n_ids"]), None, temperature=0.05)
+    known = part(inputs["known"])
+    loss, _ = loss_of(q, p, n, part(inputs["gq"]), part(inputs["gp"]), part_n(inputs["gn"]), part(inputs["q_ids"]),
+                      part(inputs["p_ids"]), part_n(inputs["n_ids"]), known, temperature=0.05)
     loss.backward()
-    out[rank] = (loss.item(), q.grad.clone())
+    out[rank] = (loss.item(), q.grad.clone(), n.grad.clone())
     dist.destroy_process_group()
 
 
-def test_two_gloo_processes_equal_one_process_on_the_global_batch():
+def test_two_gloo_processes_with_unequal_shares_equal_one_process():
     import socket
 
     import torch.multiprocessing as mp
 
     g = torch.Generator().manual_seed(0)
     inputs = {k: F.normalize(torch.randn(8, 16, generator=g), dim=-1) for k in ("q", "p", "n", "gq", "gp", "gn")}
-    inputs.update(q_ids=torch.arange(8), p_ids=torch.arange(8) + 100, n_ids=torch.arange(8) + 200)
-    q = inputs["q"].clone().requires_grad_()
-    single = gist_loss(q, inputs["p"], inputs["n"], inputs["gq"], inputs["gp"], inputs["gn"], inputs["q_ids"],
-                       inputs["p_ids"], inputs["n_ids"], None, temperature=0.05)
+    inputs.update(q_ids=torch.arange(8), p_ids=torch.arange(8) + 100, n_ids=torch.arange(8) + 200,
+                  known=torch.tensor([[201, 205]] * 4 + [[203, PAD_ID]] * 4))
+    q, n = inputs["q"].clone().requires_grad_(), inputs["n"].clone().requires_grad_()
+    single, masked = loss_of(q, inputs["p"], n, inputs["gq"], inputs["gp"], inputs["gn"], inputs["q_ids"],
+                             inputs["p_ids"], inputs["n_ids"], inputs["known"], temperature=0.05)
     single.backward()
+    assert 0.2 < masked.item() < 0.8  # the guide and the known false negatives both have work to do
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     out = mp.Manager().dict()
     mp.spawn(_ddp_worker, args=(2, port, inputs, out), nprocs=2, join=True)
-    # each rank averages over its own anchors; DDP averages the ranks: the mean equals the global loss
+    # averaging over ranks, as DDP does, gives the global batch's loss and gradients
     assert (out[0][0] + out[1][0]) / 2 == pytest.approx(single.item(), rel=1e-5)
-    grads = torch.cat([out[0][1], out[1][1]]) / 2
-    torch.testing.assert_close(grads, q.grad, rtol=1e-4, atol=1e-6)
+    torch.testing.assert_close(torch.cat([out[0][1], out[1][1]]) / 2, q.grad, rtol=1e-4, atol=1e-6)
+    torch.testing.assert_close(torch.cat([out[0][2], out[1][2]]) / 2, n.grad, rtol=1e-4, atol=1e-6)
 
 
 def test_batch_plans_have_no_repeated_text_and_one_task_each():
@@ -161,15 +174,26 @@ def test_cuda_masks_and_loss_match_cpu():
     guide = {k: F.normalize(torch.randn(64, 768, generator=g), dim=-1) for k in ("gq", "gp", "gn")}
     ids = (torch.arange(64), torch.arange(64) + 100, torch.arange(64) + 200)
     known = torch.randint(0, 300, (64, 5), generator=g)
-    args = dict(temperature=0.02, margin_strategy="relative", margin=0.05, return_mask_fraction=True)
-    cpu_loss, cpu_mask = gist_loss(*data.values(), *guide.values(), *ids, known, **args)
+    args = dict(temperature=0.02, margin_strategy="relative", margin=0.05)
+    cpu_loss, cpu_mask = loss_of(*data.values(), *guide.values(), *ids, known, **args)
     cuda = lambda x: x.cuda()  # noqa: E731
-    gpu_loss, gpu_mask = gist_loss(*map(cuda, data.values()), *map(cuda, guide.values()), *map(cuda, ids),
-                                   known.cuda(), **args)
+    gpu_loss, gpu_mask = loss_of(*map(cuda, data.values()), *map(cuda, guide.values()), *map(cuda, ids),
+                                 known.cuda(), **args)
     assert gpu_mask.item() == cpu_mask.item()
     assert gpu_loss.item() == pytest.approx(cpu_loss.item(), rel=1e-4)
     with torch.autocast("cuda", dtype=torch.bfloat16):
-        bf16_loss, bf16_mask = gist_loss(*map(cuda, data.values()), *map(cuda, guide.values()), *map(cuda, ids),
-                                         known.cuda(), **args)
+        bf16_loss, bf16_mask = loss_of(*map(cuda, data.values()), *map(cuda, guide.values()), *map(cuda, ids),
+                                       known.cuda(), **args)
     assert bf16_mask.item() == cpu_mask.item()  # guide scores stay float32 under autocast
     assert bf16_loss.item() == pytest.approx(cpu_loss.item(), rel=0.05)
+
+
+def test_known_false_negatives_per_row_equal_brute_force():
+    from gist_mining.loss import _in_rows
+
+    g = torch.Generator().manual_seed(3)
+    known = torch.randint(0, 50, (16, 7), generator=g)
+    known[::3, 4:] = PAD_ID
+    candidates = torch.randint(0, 60, (40,), generator=g)
+    expected = (candidates[None, :, None] == known[:, None, :]).any(-1)
+    assert torch.equal(_in_rows(candidates, known), expected) and expected.any() and not expected.all()

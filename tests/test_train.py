@@ -10,7 +10,7 @@ import pytest
 import torch
 from conftest import make_pairs, run_stage
 
-from gist_mining.loss import gist_loss
+from gist_mining.loss import GISTLoss
 from gist_mining.workdir import VectorStore
 from pipeline import embed, mask
 from train import run as train
@@ -38,13 +38,10 @@ def fixed_batch_loss(model_path, work, tiny_guide) -> float:
     from sentence_transformers import SentenceTransformer
 
     model = SentenceTransformer(str(model_path), device="cpu")
-    rows, _ = train.load_training_rows(work, 1)
-    data = train.Batches(work, rows, "cpu")
-    b = data.get(list(range(16)))
+    batch = train.TrainingData(work, 1, "cpu").get_batch(list(range(16)))
     with torch.no_grad():
-        q, p, n = (model.encode(b[f"{k}_texts"], convert_to_tensor=True) for k in "qpn")
-        return gist_loss(q, p, n, b["q_guide"], b["p_guide"], b["n_guide"], b["q_ids"], b["p_ids"], b["n_ids"],
-                         b["known"], temperature=0.05).item()
+        student = {c: model.encode(batch.texts[c], convert_to_tensor=True) for c in train.COLUMNS}
+        return GISTLoss(temperature=0.05)(batch.with_student(student))[0].item()
 
 
 def metrics(out) -> list[dict]:
@@ -114,11 +111,10 @@ def test_missing_mined_tables_is_a_usage_error(tmp_path, capsys):
 
 
 def test_guide_vectors_come_from_the_store(mined_work):
-    rows, _ = train.load_training_rows(mined_work / "w", 1)
-    data = train.Batches(mined_work / "w", rows, "cpu")
-    b = data.get([0, 1])
+    data = train.TrainingData(mined_work / "w", 1, "cpu")
+    batch = data.get_batch([0, 1])
     store = VectorStore(mined_work / "w")
-    torch.testing.assert_close(b["q_guide"], torch.from_numpy(store.get(rows["query_id"].to_numpy()[:2])))
+    torch.testing.assert_close(batch.guide["queries"], torch.from_numpy(store.get(data.ids["queries"][:2])))
 
 
 def test_report_renders_and_links_only_existing_files(mined_work, tiny_model, tmp_path):
@@ -139,7 +135,8 @@ def test_report_renders_and_links_only_existing_files(mined_work, tiny_model, tm
 
 
 def test_torchrun_two_gloo_processes_equal_one_process(mined_work, tmp_path):
-    """2 ranks x 4 anchors follow the same losses as 1 process x 8: gathered candidates, averaged gradients."""
+    """2 ranks x 4 anchors follow the same losses as 1 process x 8: gathered candidates, DDP's averaged
+    gradients, with ranks holding different numbers of mined negatives."""
     import os
     import subprocess
     import sys
@@ -147,7 +144,8 @@ def test_torchrun_two_gloo_processes_equal_one_process(mined_work, tmp_path):
     from conftest import ROOT, build_tiny_model
 
     student = build_tiny_model(tmp_path / "student", seed=4, dropout=0.0)  # no dropout: the same forward either way
-    common = ["--work", mined_work / "w", "--model", student, "--max-steps", 3, "--lr", 1e-3, "--temperature", 0.05]
+    common = ["--work", mined_work / "w", "--model", student, "--max-steps", 3, "--lr", 1e-3, "--temperature", 0.05,
+              "--negatives-per-anchor", 2]
     assert run_stage(train, *common, "--batch-size", 8, "--out", tmp_path / "one") == 0
     env = dict(os.environ, HF_HUB_OFFLINE="1", PYTHONPATH=str(ROOT), OMP_NUM_THREADS="1")
     proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-port",
@@ -156,6 +154,7 @@ def test_torchrun_two_gloo_processes_equal_one_process(mined_work, tmp_path):
     assert proc.returncode == 0, proc.stderr[-6000:]
     one, two = metrics(tmp_path / "one"), metrics(tmp_path / "two")
     assert [m["anchors"] for m in one] == [8, 8, 8] and [m["anchors"] for m in two] == [4, 4, 4]
+    assert any(2 * b["negatives"] != a["negatives"] for a, b in zip(one, two))  # rank 0's share differs from rank 1's
     for a, b in zip(one, two):
         assert b["loss"] == pytest.approx(a["loss"], rel=1e-4)
         assert b["masked_fraction"] == pytest.approx(a["masked_fraction"], abs=1e-3)
