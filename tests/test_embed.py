@@ -205,7 +205,6 @@ def test_killed_run_resumes_to_the_same_result(tmp_path, tiny_model):
     whole, cut = read_outputs(tmp_path / "whole"), read_outputs(tmp_path / "cut")
     np.testing.assert_array_equal(whole[0], cut[0])
     np.testing.assert_allclose(whole[1], cut[1], atol=1e-6)
-    assert not list(shards.glob(".*tmp*"))
 
 
 def test_tables_open_with_polars_pyarrow_and_datasets(tmp_path, tiny_model):
