@@ -11,9 +11,28 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from gist_mining.ids import PAD_ID
 from gist_mining.margins import STRATEGIES, false_negative_threshold
+
+
+CANDIDATE_SCHEMA = pa.schema([
+    ("anchor_id", pa.int64()), ("query_id", pa.int64()), ("positive_id", pa.int64()), ("task", pa.string()),
+    ("positive_score", pa.float32()), ("candidate_ids", pa.list_(pa.int64())),
+    ("candidate_scores", pa.list_(pa.float32())), ("given_negative_ids", pa.list_(pa.int64())),
+    ("given_negative_scores", pa.list_(pa.float32())),
+])
+
+
+MINED_SCHEMA = pa.schema([
+    ("anchor_id", pa.int64()), ("query_id", pa.int64()), ("positive_id", pa.int64()), ("task", pa.string()),
+    ("positive_score", pa.float32()), ("threshold", pa.float32()), ("negative_ids", pa.list_(pa.int64())),
+    ("negative_scores", pa.list_(pa.float32())), ("negative_ranks", pa.list_(pa.int32())),
+    ("false_negative_ids", pa.list_(pa.int64())), ("false_negative_scores", pa.list_(pa.float32())),
+    ("given_negative_flagged", pa.list_(pa.bool_())), ("given_negative_ids", pa.list_(pa.int64())),
+    ("n_candidates", pa.int32()),
+])
 
 
 @dataclass(frozen=True)
@@ -109,7 +128,25 @@ def random_keys(seed: int, anchor_ids: np.ndarray, candidate_ids: np.ndarray) ->
         return _mix64(x ^ candidate_ids.astype(np.uint64))
 
 
-def select(anchor_ids: np.ndarray, positive_scores: np.ndarray, candidate_ids: np.ndarray,
+def select(candidates: pa.Table, rules: MiningRules) -> pa.Table:
+    """A chunk of ``candidates/`` (CANDIDATE_SCHEMA) to its rows of ``mined/`` (MINED_SCHEMA) under ``rules``."""
+    chosen = choose(
+        anchor_ids=candidates["anchor_id"].to_numpy(),
+        positive_scores=candidates["positive_score"].to_numpy(),
+        candidate_ids=padded(candidates["candidate_ids"], PAD_ID, np.int64),
+        candidate_scores=padded(candidates["candidate_scores"], -np.inf, np.float32),
+        given_ids=padded(candidates["given_negative_ids"], PAD_ID, np.int64),
+        given_scores=padded(candidates["given_negative_scores"], -np.inf, np.float32),
+        rules=rules,
+    )
+    kept = ("anchor_id", "query_id", "positive_id", "task", "positive_score", "given_negative_ids")
+    return pa.Table.from_pydict(
+        {**{name: candidates[name] for name in kept}, **chosen,
+         "n_candidates": pc.list_value_length(candidates["candidate_ids"]).cast(pa.int32())},
+        schema=MINED_SCHEMA)
+
+
+def choose(anchor_ids: np.ndarray, positive_scores: np.ndarray, candidate_ids: np.ndarray,
            candidate_scores: np.ndarray, given_ids: np.ndarray, given_scores: np.ndarray,
            rules: MiningRules) -> dict[str, pa.Array]:
     """Hard negatives, false negatives and given-negative flags for a chunk of anchors.

@@ -25,7 +25,6 @@ from pathlib import Path
 import numpy as np
 import polars as pl
 import pyarrow as pa
-import pyarrow.compute as pc
 import pyarrow.parquet as pq
 from tqdm import tqdm
 
@@ -34,7 +33,8 @@ from gist_mining.errors import UsageError
 from gist_mining.index import KINDS, build_index, load_index, resolve_kind, save_index
 from gist_mining.margins import STRATEGIES
 from gist_mining.ids import PAD_ID
-from gist_mining.mining import MiningRules, padded, ragged, search_candidates, select
+from gist_mining.mining import (CANDIDATE_SCHEMA, MINED_SCHEMA, MiningRules, padded, ragged, search_candidates,
+                                 select)
 from gist_mining.storage import AtomicParquetWriter, config_fingerprint, file_sha256, read_json, write_json_atomic
 from gist_mining.summary import summarize
 from gist_mining.workdir import VectorStore, write_npy_atomic
@@ -158,24 +158,6 @@ def prepare_index(work: Path, store: VectorStore, plan: dict):
     return load_index(index_path, plan["k"]), np.load(ids_path, allow_pickle=False)
 
 
-CANDIDATE_SCHEMA = pa.schema([
-    ("anchor_id", pa.int64()), ("query_id", pa.int64()), ("positive_id", pa.int64()), ("task", pa.string()),
-    ("positive_score", pa.float32()), ("candidate_ids", pa.list_(pa.int64())),
-    ("candidate_scores", pa.list_(pa.float32())), ("given_negative_ids", pa.list_(pa.int64())),
-    ("given_negative_scores", pa.list_(pa.float32())),
-])
-
-
-MINED_SCHEMA = pa.schema([
-    ("anchor_id", pa.int64()), ("query_id", pa.int64()), ("positive_id", pa.int64()), ("task", pa.string()),
-    ("positive_score", pa.float32()), ("threshold", pa.float32()), ("negative_ids", pa.list_(pa.int64())),
-    ("negative_scores", pa.list_(pa.float32())), ("negative_ranks", pa.list_(pa.int32())),
-    ("false_negative_ids", pa.list_(pa.int64())), ("false_negative_scores", pa.list_(pa.float32())),
-    ("given_negative_flagged", pa.list_(pa.bool_())), ("given_negative_ids", pa.list_(pa.int64())),
-    ("n_candidates", pa.int32()),
-])
-
-
 def search_chunk(anchors: pl.DataFrame, store: VectorStore, index, pool_ids, pool_vectors, k: int) -> pa.Table:
     queries = store.get(anchors["query_id"].to_numpy())
     positive_scores = np.einsum("nd,nd->n", queries, store.get(anchors["positive_id"].to_numpy()))
@@ -195,24 +177,6 @@ def search_chunk(anchors: pl.DataFrame, store: VectorStore, index, pool_ids, poo
         "given_negative_ids": anchors["negative_ids"].to_arrow(),
         "given_negative_scores": ragged(given_scores, given != PAD_ID, pa.float32()),
     }, schema=CANDIDATE_SCHEMA)
-
-
-def mine_chunk(candidates: pa.Table, rules: MiningRules) -> pa.Table:
-    given = padded(candidates["given_negative_ids"], PAD_ID, np.int64)
-    chosen = select(
-        anchor_ids=candidates["anchor_id"].to_numpy(),
-        positive_scores=candidates["positive_score"].to_numpy(),
-        candidate_ids=padded(candidates["candidate_ids"], PAD_ID, np.int64),
-        candidate_scores=padded(candidates["candidate_scores"], -np.inf, np.float32),
-        given_ids=given,
-        given_scores=padded(candidates["given_negative_scores"], -np.inf, np.float32),
-        rules=rules,
-    )
-    columns = {name: candidates[name] for name in ("anchor_id", "query_id", "positive_id", "task", "positive_score")}
-    columns.update(chosen)
-    columns["given_negative_ids"] = candidates["given_negative_ids"]
-    columns["n_candidates"] = pc.list_value_length(candidates["candidate_ids"]).cast(pa.int32())
-    return pa.table(columns)
 
 
 def search_shards(work: Path, plan: dict, shards: workdir.Shards, todo: list[int]) -> None:
@@ -240,7 +204,7 @@ def mine_shards(candidates: workdir.Shards, mined: workdir.Shards, todo: list[in
                              f"`{workdir.rebuild_command(candidates.work, 'search').removesuffix(' --overwrite')}`")
         with AtomicParquetWriter(mined.path(s), MINED_SCHEMA) as out:
             for batch in pq.ParquetFile(candidates.path(s)).iter_batches(batch_size=CHUNK):
-                out.write(mine_chunk(pa.Table.from_batches([batch]), rules))
+                out.write(select(pa.Table.from_batches([batch]), rules))
         mined.mark_done(s)
 
 

@@ -8,7 +8,7 @@ import torch
 
 from gist_mining.margins import false_negative_threshold, is_false_negative
 from gist_mining.ids import PAD_ID
-from gist_mining.mining import MiningRules, select
+from gist_mining.mining import MiningRules, choose
 
 NO_GIVEN = np.zeros((1, 0), dtype=np.int64), np.zeros((1, 0), dtype=np.float32)
 
@@ -16,7 +16,7 @@ NO_GIVEN = np.zeros((1, 0), dtype=np.int64), np.zeros((1, 0), dtype=np.float32)
 def run(scores, positive, rules, given=NO_GIVEN, ids=None, anchor=0):
     scores = np.array([scores], dtype=np.float32)
     ids = np.array([ids if ids is not None else list(range(100, 100 + scores.shape[1]))], dtype=np.int64)
-    out = select(np.array([anchor]), np.array([positive], dtype=np.float32), ids, scores, given[0], given[1], rules)
+    out = choose(np.array([anchor]), np.array([positive], dtype=np.float32), ids, scores, given[0], given[1], rules)
     return {k: v.to_pylist()[0] for k, v in out.items()}
 
 
@@ -86,13 +86,13 @@ def test_random_sampling_is_seeded_and_independent_of_chunking():
     anchors, positives = np.arange(6) * 7, np.full(6, 0.8, dtype=np.float32)
     empty = np.zeros((6, 0), dtype=np.int64), np.zeros((6, 0), dtype=np.float32)
     rules = MiningRules(num_negatives=5, sampling="random", seed=3)
-    whole = select(anchors, positives, ids, scores, *empty, rules)["negative_ids"].to_pylist()
-    again = select(anchors, positives, ids, scores, *empty, rules)["negative_ids"].to_pylist()
-    reversed_ = select(anchors[::-1], positives, ids[::-1], scores[::-1], *empty, rules)["negative_ids"].to_pylist()
-    other = select(anchors, positives, ids, scores, *empty, MiningRules(num_negatives=5, sampling="random", seed=4))
+    whole = choose(anchors, positives, ids, scores, *empty, rules)["negative_ids"].to_pylist()
+    again = choose(anchors, positives, ids, scores, *empty, rules)["negative_ids"].to_pylist()
+    reversed_ = choose(anchors[::-1], positives, ids[::-1], scores[::-1], *empty, rules)["negative_ids"].to_pylist()
+    other = choose(anchors, positives, ids, scores, *empty, MiningRules(num_negatives=5, sampling="random", seed=4))
     assert whole == again == reversed_[::-1]
     assert whole != other["negative_ids"].to_pylist()
-    top = select(anchors, positives, ids, scores, *empty, MiningRules(num_negatives=5))["negative_ids"].to_pylist()
+    top = choose(anchors, positives, ids, scores, *empty, MiningRules(num_negatives=5))["negative_ids"].to_pylist()
     assert whole != top
     for row, chosen in enumerate(whole):
         assert len(chosen) == 5 and set(chosen) <= set(ids[row])
