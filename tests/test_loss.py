@@ -10,7 +10,6 @@ import torch
 import torch.nn.functional as F
 from conftest import sentence
 
-from gist_mining.batches import plan_batches
 from gist_mining.ids import text_ids
 from gist_mining.ids import PAD_ID
 from gist_mining.loss import Column, GISTLoss, GuidedBatch
@@ -149,22 +148,6 @@ def test_two_gloo_processes_with_unequal_shares_equal_one_process():
     assert (out[0][0] + out[1][0]) / 2 == pytest.approx(single.item(), rel=1e-5)
     torch.testing.assert_close(torch.cat([out[0][1], out[1][1]]) / 2, q.grad, rtol=1e-4, atol=1e-6)
     torch.testing.assert_close(torch.cat([out[0][2], out[1][2]]) / 2, n.grad, rtol=1e-4, atol=1e-6)
-
-
-def test_batch_plans_have_no_repeated_text_and_one_task_each():
-    rng = random.Random(0)
-    texts = [{rng.randrange(60), 1000 + rng.randrange(40)} for _ in range(300)]
-    tasks = [rng.choice("xyz") for _ in range(300)]
-    for task_batches in (False, True):
-        plan = plan_batches(texts, tasks, 16, seed=1, epoch=0, task_batches=task_batches)
-        assert sorted(r for b in plan for r in b) == list(range(300))
-        for batch in plan:
-            seen = [t for r in batch for t in texts[r]]
-            assert len(seen) == len(set(seen)) and len(batch) <= 16
-            if task_batches:
-                assert len({tasks[r] for r in batch}) == 1
-        assert plan == plan_batches(texts, tasks, 16, seed=1, epoch=0, task_batches=task_batches)
-        assert plan != plan_batches(texts, tasks, 16, seed=1, epoch=1, task_batches=task_batches)
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")

@@ -72,6 +72,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--margin", type=float, default=d.margin)
     p.add_argument("--negatives-per-anchor", type=int, default=d.negatives_per_anchor)
     p.add_argument("--task-batches", action="store_true", help="each batch from one task (MEDI style)")
+    p.add_argument("--min-batch-size", type=int, default=1, help="smaller batches wait for a later epoch")
     p.add_argument("--max-seq-length", type=int, default=None)
     p.add_argument("--bf16", action="store_true", help="bf16 autocast (CUDA)")
     p.add_argument("--gradient-checkpointing", action="store_true")
@@ -135,9 +136,13 @@ class TrainingData:
                      ids=as_tensor, known=torch.from_numpy(known).to(self.device))
 
 
-def epoch_batches(data: TrainingData, args, world: int, epoch: int) -> list[list[int]]:
-    batches = plan_batches(data.text_sets(), data.tasks, args.batch_size * world, args.seed, epoch, args.task_batches)
-    return [b for b in batches if len(b) >= world]  # every rank needs an anchor
+def epoch_batches(data: TrainingData, args, world: int, epoch: int, rank: int = 0) -> list[list[int]]:
+    batches, waiting = plan_batches(data.text_sets(), data.tasks, args.batch_size * world, args.seed, epoch,
+                                    args.task_batches, min_batch_size=max(args.min_batch_size, world))  # a row per rank
+    if waiting and rank == 0:
+        print(f"train: epoch {epoch}: {waiting} of {len(data.tasks)} rows wait for a later epoch (a text they share "
+              f"would repeat in a batch, or their batch is under --min-batch-size)", file=sys.stderr)
+    return batches
 
 
 # -- the step --------------------------------------------------------------------------------------------
@@ -306,13 +311,13 @@ def main(argv=None) -> None:
     ddp = DDP(model, static_graph=True) if world > 1 else model
 
     model.train()
-    batches = epoch_batches(data, args, world, epoch)
+    batches = epoch_batches(data, args, world, epoch, rank)
     progress = tqdm(total=total_steps, initial=step, desc="train", disable=rank != 0)
     started = time.perf_counter()
     while step < total_steps:
         if batch_index >= len(batches):
             epoch, batch_index = epoch + 1, 0
-            batches = epoch_batches(data, args, world, epoch)
+            batches = epoch_batches(data, args, world, epoch, rank)
         rows = batches[batch_index][rank::world]  # ranks' shares differ by one at most
         batch_index, step = batch_index + 1, step + 1
         batch = data.get_batch(rows)
