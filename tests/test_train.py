@@ -158,3 +158,45 @@ def test_torchrun_two_gloo_processes_equal_one_process(mined_work, tmp_path):
     for a, b in zip(one, two):
         assert b["loss"] == pytest.approx(a["loss"], rel=1e-4)
         assert b["masked_fraction"] == pytest.approx(a["masked_fraction"], abs=1e-3)
+
+
+@pytest.mark.parametrize("strategy, margin", [("absolute", 0.0), ("absolute", 0.1), ("relative", 0.05)])
+def test_grad_cache_equals_the_uncached_loss_and_gradients(mined_work, tmp_path, strategy, margin):
+    """With dropout on: the cached step must replay each mini-batch's dropout, so its gradients equal those of
+    one graph over the same mini-batches; and with dropout off they equal the plain single forward's."""
+    from types import SimpleNamespace
+
+    from conftest import build_tiny_model
+
+    from gist_mining.models import load_model
+
+    data = train.TrainingData(mined_work / "w", 2, "cpu")
+    batch = data.get_batch(list(range(12)))
+    assert batch.known.ne(-1).any()  # known false negatives take part
+    texts = [t for c in train.COLUMNS for t in batch.texts[c]]
+    sizes = [len(batch.texts[c]) for c in train.COLUMNS]
+    loss_fn = GISTLoss(0.05, strategy, margin)
+    for dropout in (0.1, 0.0):
+        model = load_model(str(build_tiny_model(tmp_path / f"m{dropout}", seed=5, dropout=dropout)), device="cpu")
+        model.train()
+
+        def grads_of(step) -> tuple[float, list[torch.Tensor]]:
+            model.zero_grad()
+            torch.manual_seed(11)
+            loss = step()
+            return loss, [p.grad.clone() for p in model.parameters() if p.grad is not None]
+
+        def one_graph():
+            chunks = [train.embed(model, texts[s: s + 5], "cpu", False) for s in range(0, len(texts), 5)]
+            whole = torch.cat(chunks) if dropout else train.embed(model, texts, "cpu", False)
+            loss = loss_fn(batch.with_student(dict(zip(train.COLUMNS, whole.split(sizes)))))[0]
+            loss.backward()
+            return loss.item()
+
+        args = SimpleNamespace(mini_batch_size=5, bf16=False)
+        expected = grads_of(one_graph)
+        cached = grads_of(lambda: train.cached_backward(model, loss_fn, batch, texts, sizes, args, "cpu")[0].item())
+        assert cached[0] == pytest.approx(expected[0], rel=1e-5)
+        assert len(cached[1]) == len(expected[1]) > 10
+        for mine, theirs in zip(cached[1], expected[1]):
+            torch.testing.assert_close(mine, theirs, rtol=1e-4, atol=1e-6)

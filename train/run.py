@@ -12,6 +12,7 @@ negatives, then takes cross-entropy. Checkpoints hold everything needed for --re
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import random
@@ -76,6 +77,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--max-seq-length", type=int, default=None)
     p.add_argument("--bf16", action="store_true", help="bf16 autocast (CUDA)")
     p.add_argument("--gradient-checkpointing", action="store_true")
+    p.add_argument("--mini-batch-size", type=int, default=0,
+                   help="GradCache: texts per forward pass; the batch's loss is exact, memory that of a mini-batch")
     p.add_argument("--guide-filter", choices=["precomputed", "none"], default="precomputed")
     p.add_argument("--eval", type=Path, default=None, help="retrieval split: queries, corpus, qrels .parquet")
     p.add_argument("--eval-steps", type=int, default=0, help="evaluate every N steps (0: before and after only)")
@@ -163,14 +166,53 @@ def train_step(model, loss_fn: GISTLoss, batch: Batch, optimizer, scheduler, arg
     # One forward for the three columns: what DDP expects, and measured no slower on CPU than one per column
     # despite the padding (MiniLM, batch 32 of the sample: 3.7-4.2 s against 4.3-6.1 s per step).
     texts = [text for c in COLUMNS for text in batch.texts[c]]
-    rows = embed(model, texts, device, args.bf16).split([len(batch.texts[c]) for c in COLUMNS])
-    loss, masked = loss_fn(batch.with_student(dict(zip(COLUMNS, rows))))
-    loss.backward()
+    sizes = [len(batch.texts[c]) for c in COLUMNS]
+    if args.mini_batch_size and len(texts) > args.mini_batch_size:
+        loss, masked = cached_backward(model, loss_fn, batch, texts, sizes, args, device)
+    else:
+        rows = embed(model, texts, device, args.bf16).split(sizes)
+        loss, masked = loss_fn(batch.with_student(dict(zip(COLUMNS, rows))))
+        loss.backward()
     torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
     optimizer.step()
     scheduler.step()
     optimizer.zero_grad(set_to_none=True)
     return loss.detach(), masked
+
+
+def cached_backward(model, loss_fn: GISTLoss, batch: Batch, texts: list[str], sizes: list[int], args, device):
+    """GradCache (Gao et al. 2021, arXiv 2101.06983): the whole batch's loss and gradients with the memory of
+    one mini-batch. Embed the texts mini-batch by mini-batch without gradients, take the loss's gradient
+    with respect to those embeddings, then embed each mini-batch again, with the same dropout, and push
+    its part of that gradient through it. Gradients are synchronised across ranks once, on the last."""
+    size, states, cached = args.mini_batch_size, [], []
+    with torch.no_grad():
+        for start in range(0, len(texts), size):
+            states.append(_rng_state(device))
+            cached.append(embed(model, texts[start: start + size], device, args.bf16))
+    student = torch.cat(cached).requires_grad_()
+    loss, masked = loss_fn(batch.with_student(dict(zip(COLUMNS, student.split(sizes)))))
+    loss.backward()
+    for i, (start, grad) in enumerate(zip(range(0, len(texts), size), student.grad.split(size))):
+        last = i == len(states) - 1
+        with _no_sync(model, not last), torch.random.fork_rng(devices=[device] if "cuda" in str(device) else []):
+            _set_rng_state(states[i], device)
+            embed(model, texts[start: start + size], device, args.bf16).backward(grad)
+    return loss.detach(), masked
+
+
+def _no_sync(model, skip: bool):
+    return model.no_sync() if skip and isinstance(model, DDP) else contextlib.nullcontext()
+
+
+def _rng_state(device) -> tuple:
+    return torch.get_rng_state(), torch.cuda.get_rng_state(device) if "cuda" in str(device) else None
+
+
+def _set_rng_state(state: tuple, device) -> None:
+    torch.set_rng_state(state[0])
+    if state[1] is not None:
+        torch.cuda.set_rng_state(state[1], device)
 
 
 # -- checkpoints -----------------------------------------------------------------------------------------
