@@ -138,6 +138,7 @@ def test_torchrun_two_gloo_processes_equal_one_process(mined_work, tmp_path):
     """2 ranks x 4 anchors follow the same losses as 1 process x 8: gathered candidates, DDP's averaged
     gradients, with ranks holding different numbers of mined negatives."""
     import os
+    import socket
     import subprocess
     import sys
 
@@ -148,15 +149,21 @@ def test_torchrun_two_gloo_processes_equal_one_process(mined_work, tmp_path):
               "--negatives-per-anchor", 2]
     assert run_stage(train, *common, "--batch-size", 8, "--out", tmp_path / "one") == 0
     env = dict(os.environ, HF_HUB_OFFLINE="1", PYTHONPATH=str(ROOT), OMP_NUM_THREADS="1")
-    proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-port",
-                           "29517", "-m", "train.run", *map(str, common), "--batch-size", "4", "--out",
-                           str(tmp_path / "two")], cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
-    assert proc.returncode == 0, proc.stderr[-6000:]
-    one, two = metrics(tmp_path / "one"), metrics(tmp_path / "two")
+    # two ranks, and two ranks with GradCache mini-batches (no_sync on all but the last backward)
+    for out, extra in (("two", []), ("two-cached", ["--mini-batch-size", "3"])):
+        with socket.socket() as free:  # a port nobody holds, so that runs beside this one cannot collide
+            free.bind(("127.0.0.1", 0))
+            port = str(free.getsockname()[1])
+        proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-port",
+                               port, "-m", "train.run", *map(str, common), "--batch-size", "4", "--out",
+                               str(tmp_path / out), *extra], cwd=ROOT, env=env, capture_output=True, text=True,
+                              timeout=300)
+        assert proc.returncode == 0, proc.stderr[-6000:]
+    one, two, cached = metrics(tmp_path / "one"), metrics(tmp_path / "two"), metrics(tmp_path / "two-cached")
     assert [m["anchors"] for m in one] == [8, 8, 8] and [m["anchors"] for m in two] == [4, 4, 4]
     assert any(2 * b["negatives"] != a["negatives"] for a, b in zip(one, two))  # rank 0's share differs from rank 1's
-    for a, b in zip(one, two):
-        assert b["loss"] == pytest.approx(a["loss"], rel=1e-4)
+    for a, b, c in zip(one, two, cached):
+        assert b["loss"] == pytest.approx(a["loss"], rel=1e-4) and c["loss"] == pytest.approx(a["loss"], rel=1e-4)
         assert b["masked_fraction"] == pytest.approx(a["masked_fraction"], abs=1e-3)
 
 

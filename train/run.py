@@ -189,7 +189,7 @@ def cached_backward(model, loss_fn: GISTLoss, batch: Batch, texts: list[str], si
     with torch.no_grad():
         for start in range(0, len(texts), size):
             states.append(_rng_state(device))
-            cached.append(embed(model, texts[start: start + size], device, args.bf16))
+            cached.append(embed(unwrap(model), texts[start: start + size], device, args.bf16))  # DDP: no hooks
     student = torch.cat(cached).requires_grad_()
     loss, masked = loss_fn(batch.with_student(dict(zip(COLUMNS, student.split(sizes)))))
     loss.backward()
@@ -349,8 +349,9 @@ def main(argv=None) -> None:
     evaluator = make_evaluator(args.eval, "eval") if args.eval else None
     before = evaluate(model, evaluator, log, step, rank) if evaluator and step == 0 else None
     loss_fn = GISTLoss(args.temperature, args.margin_strategy, args.margin, guided=args.guide_filter == "precomputed")
-    # Averages gradients over ranks during backward; static_graph: the transformer's pooler is never used.
-    ddp = DDP(model, static_graph=True) if world > 1 else model
+    # Averages gradients over ranks during backward. find_unused_parameters: the transformer's pooler is never
+    # used (static_graph would do, but not with GradCache's no_sync mini-batches: it hangs on gloo).
+    ddp = DDP(model, find_unused_parameters=True) if world > 1 else model
 
     model.train()
     batches = epoch_batches(data, args, world, epoch, rank)
