@@ -114,7 +114,7 @@ def test_guide_vectors_come_from_the_store(mined_work):
     data = train.TrainingData(mined_work / "w", 1, "cpu")
     batch = data.get_batch([0, 1])
     store = VectorStore(mined_work / "w")
-    torch.testing.assert_close(batch.guide["queries"], torch.from_numpy(store.get(data.ids["queries"][:2])))
+    torch.testing.assert_close(batch.guide["queries"], torch.from_numpy(store.get(data.ids["queries"][:2])).half())
 
 
 def test_report_renders_and_links_only_existing_files(mined_work, tiny_model, tmp_path):
