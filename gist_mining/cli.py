@@ -9,8 +9,8 @@ from gist_mining.errors import InputError, UsageError
 
 
 def run(main) -> None:
-    # No Hub here: loading must come from local files, and a stray lookup should fail fast, not hang.
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    # HF_HUB_OFFLINE is left to the user: bundled and local models never ask the Hub, and a Hugging Face id
+    # asks it (with a timeout) only when the variable is unset.
     os.environ.setdefault("TRANSFORMERS_NO_ADVISORY_WARNINGS", "1")
     try:
         main()
@@ -21,6 +21,14 @@ def run(main) -> None:
     except UsageError as err:
         print(f"error: {err}", file=sys.stderr)
         sys.exit(2)
+
+
+def model_arguments(parser) -> None:
+    """What load_model takes besides the name: how a Hugging Face id is fetched and whether its code may run."""
+    parser.add_argument("--revision", default=None,
+                        help="branch, tag or commit of a Hugging Face model id (default: main)")
+    parser.add_argument("--trust-remote-code", action="store_true",
+                        help="let a model that ships its own Python code run it as it loads (off by default)")
 
 
 def shard_arguments(parser) -> None:

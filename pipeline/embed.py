@@ -32,7 +32,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--input", action="append", required=True, help="pairs file (repeatable)")
     parser.add_argument("--corpus", action="append", default=[], help="extra texts, column 'text' (repeatable)")
     parser.add_argument("--work", required=True, type=Path, help="work directory")
-    parser.add_argument("--model", default=DEFAULT_GUIDE, help="guide model: bundled name or local directory")
+    parser.add_argument("--model", default=DEFAULT_GUIDE, help="guide model: bundled name, local directory or HF id")
+    cli.model_arguments(parser)
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--device", default=None, help="cpu, cuda, cuda:1, mps (default: best available)")
     parser.add_argument("--precision", choices=["fp32", "fp16", "bf16"], default="fp32", help="forward-pass dtype")
@@ -63,7 +64,8 @@ def read_inputs(args) -> tuple[list, list, list[dict]]:
 def prepare_model(args):
     import torch
 
-    model = load_model(args.model, device=args.device, max_seq_length=args.max_seq_length)
+    model = load_model(args.model, device=args.device, max_seq_length=args.max_seq_length, revision=args.revision,
+                       trust_remote_code=args.trust_remote_code)
     if args.precision != "fp32":
         model.to({"fp16": torch.float16, "bf16": torch.bfloat16}[args.precision])
     return model
@@ -71,7 +73,7 @@ def prepare_model(args):
 
 def make_plan(args, argv, model, texts, anchors, inputs: list[dict]) -> dict:
     settings = EmbedSettings(dtype=args.dtype, precision=args.precision, shard_size=args.shard_size, prompt=args.prompt)
-    model_info = dict(model_fingerprint(model, resolve_model(args.model), prompt=args.prompt), name=args.model)
+    model_info = dict(model_fingerprint(model, resolve_model(args.model, args.revision), prompt=args.prompt), name=args.model)
     plan = {"model": model_info, "settings": settings.as_dict(), "inputs": inputs,
             "command": shlex.join(["python", "-m", "pipeline.embed", *map(str, argv)])}
     plan["fingerprint"] = config_fingerprint(

@@ -153,7 +153,7 @@ def test_unknown_model_names_what_works(tmp_path, capsys):
     make_pairs(3).write_parquet(tmp_path / "pairs.parquet")
     assert run_embed("--input", tmp_path / "pairs.parquet", "--work", tmp_path / "w", "--model", "bge-large") == 2
     err = capsys.readouterr().err
-    assert "unknown model 'bge-large'" in err and "all-mpnet-base-v2" in err and "local" in err
+    assert "model 'bge-large': no such directory, not a bundled name" in err and "all-mpnet-base-v2" in err
 
 
 def test_stale_inputs_refused_then_overwritten(tmp_path, tiny_model, tiny_guide, capsys):

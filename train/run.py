@@ -61,7 +61,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python -m train.run", description=__doc__.split("\n")[0])
     p.add_argument("--work", required=True, type=Path, help="work directory with mined/ (pipeline.mask)")
     p.add_argument("--out", required=True, type=Path, help="where the trained sentence-transformers model goes")
-    p.add_argument("--model", default=DEFAULT_STUDENT, help="student: bundled name or local directory")
+    p.add_argument("--model", default=DEFAULT_STUDENT, help="student: bundled name, local directory or HF id")
+    cli.model_arguments(p)
     p.add_argument("--batch-size", type=int, default=d.batch_size, help="anchors per step (per process)")
     p.add_argument("--epochs", type=float, default=1.0)
     p.add_argument("--max-steps", type=int, default=None, help="overrides --epochs")
@@ -255,7 +256,8 @@ def start(args, data: TrainingData, total_steps: int, device, rank: int):
         shutil.rmtree(args.out / "checkpoints", ignore_errors=True)
         (args.out / workdir.TRAINING_RECORD).unlink(missing_ok=True)
     checkpoint = latest_checkpoint(args.out, identity) if args.resume else None
-    model = load_model(str(checkpoint or args.model), device=device, max_seq_length=args.max_seq_length)
+    model = load_model(str(checkpoint or args.model), device=device, max_seq_length=args.max_seq_length,
+                       revision=None if checkpoint else args.revision, trust_remote_code=args.trust_remote_code)
     if args.gradient_checkpointing:
         model[0].auto_model.gradient_checkpointing_enable()
     optimizer = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=args.weight_decay)
