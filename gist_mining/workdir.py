@@ -169,9 +169,12 @@ class Shards:
         """The shards among ``indices`` to (re)do: no valid marker, or a shard that does not match it."""
         todo = []
         for i in indices:
+            marker = self.marker(i)
             wrong = problem(self.path(i), self.record(i), verify)
             if wrong is not None:
-                if self.marker(i).exists() or self.path(i).exists():
+                if marker.exists() and not _readable(marker):
+                    print(f"{marker}: unreadable (truncated?); rebuilding {self.path(i).name}", flush=True)
+                elif marker.exists() or self.path(i).exists():
                     print(f"{self.path(i)}: {wrong}; rebuilding it", flush=True)
                 self.marker(i).unlink(missing_ok=True)
                 todo.append(i)

@@ -231,7 +231,7 @@ def run_identity(args, mined_manifest: dict) -> dict:
 def save_checkpoint(out: Path, step: int, model, optimizer, scheduler, position: dict) -> None:
     final = out / "checkpoints" / f"step-{step:07d}"
     tmp = tmp_name(final)
-    model.save(str(tmp))
+    save_files(model, tmp)
     torch.save({"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
                 "torch_rng": torch.get_rng_state(),
                 "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []}, tmp / "trainer_state.pt")
@@ -256,8 +256,10 @@ def start(args, data: TrainingData, total_steps: int, device, rank: int):
         shutil.rmtree(args.out / "checkpoints", ignore_errors=True)
         (args.out / workdir.TRAINING_RECORD).unlink(missing_ok=True)
     checkpoint = latest_checkpoint(args.out, identity) if args.resume else None
-    model = load_model(str(checkpoint or args.model), device=device, max_seq_length=args.max_seq_length,
-                       revision=None if checkpoint else args.revision, trust_remote_code=args.trust_remote_code)
+    model = load_model(args.model, device=device, max_seq_length=args.max_seq_length, revision=args.revision,
+                       trust_remote_code=args.trust_remote_code)
+    if checkpoint is not None:  # its weights only: a tokenizer re-read from a save would be saved differently
+        model.load_state_dict(load_model(str(checkpoint), device=device).state_dict())
     if args.gradient_checkpointing:
         model[0].auto_model.gradient_checkpointing_enable()
     optimizer = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=args.weight_decay)
@@ -404,8 +406,18 @@ def say_rules(args, manifest: dict) -> None:
     print(f"train: mined negatives chosen under: {mined_rules}; in-batch guide filter: {in_batch}", file=sys.stderr)
 
 
+def save_files(model, path: Path) -> None:
+    """A fast tokenizer keeps its last call's padding and truncation, and saves them in tokenizer.json: reset
+    them, so that what is saved does not depend on whether a batch was tokenized first (a resumed run)."""
+    backend = getattr(getattr(model[0], "tokenizer", None), "_tokenizer", None)
+    if backend is not None:
+        backend.no_padding()
+        backend.no_truncation()
+    model.save(str(path))
+
+
 def save_model(args, model, manifest: dict, step: int, world: int, before, after) -> None:
-    model.save(str(args.out))
+    save_files(model, args.out)
     settings = {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()}
     # Written last: its presence says the model beside it is complete.
     write_json_atomic({"settings": settings, "steps": step, "world_size": world,
