@@ -55,9 +55,7 @@ def score_histograms(mined: pl.DataFrame, out: Path) -> str:
         if len(values):
             ax.hist(values, bins=60, range=(-0.2, 1.0), alpha=0.55, density=True, color=COLORS[label],
                     label=f"{label} ({len(values):,})")
-    ax.set_xlabel("guide score (cosine)")
-    ax.set_ylabel("density")
-    ax.set_title("Guide scores")
+    ax.set(xlabel="guide score (cosine)", ylabel="density", title="Guide scores")
     ax.legend()
     return save(fig, out, "scores.png")
 
@@ -73,8 +71,7 @@ def per_task(mined: pl.DataFrame, out: Path) -> str:
     ax.bar([i + 0.2 for i in x], stats["hard negatives"], width=0.4, color=COLORS["hard negative"],
            label="hard negatives")
     ax.set_xticks(list(x), stats["task"].to_list())
-    ax.set_ylabel("per anchor (mean)")
-    ax.set_title("False and hard negatives per anchor, by task")
+    ax.set(ylabel="per anchor (mean)", title="False and hard negatives per anchor, by task")
     ax.legend()
     return save(fig, out, "per_task.png")
 
@@ -83,9 +80,7 @@ def negatives_found(mined: pl.DataFrame, out: Path) -> str:
     counts = mined["negative_ids"].list.len().value_counts().sort("negative_ids")
     fig, ax = plt.subplots(figsize=(7, 3.0))
     ax.bar(counts["negative_ids"].to_list(), counts["count"].to_list(), color=COLORS["hard negative"])
-    ax.set_xlabel("hard negatives found")
-    ax.set_ylabel("anchors")
-    ax.set_title("Hard negatives found per anchor")
+    ax.set(xlabel="hard negatives found", ylabel="anchors", title="Hard negatives found per anchor")
     return save(fig, out, "negatives_found.png")
 
 
@@ -102,8 +97,7 @@ def training_curves(runs: dict[str, list[dict]], out: Path) -> str | None:
             evals = [r for r in records if "eval_ndcg@10" in r]
             axes[2].plot([r["step"] for r in evals], [r["eval_ndcg@10"] for r in evals], "o-", label=name)
     for ax, title in zip(axes, ("training loss", "masked fraction of logits", "eval NDCG@10")):
-        ax.set_title(title)
-        ax.set_xlabel("step")
+        ax.set(title=title, xlabel="step")
         ax.legend()
     return save(fig, out, "training.png")
 
