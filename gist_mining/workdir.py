@@ -99,7 +99,7 @@ def claim(work: Path, step: str, plan: dict, *, replace: bool, refusal: str) -> 
     later one (the old state's descendants) first. Call under ``locked(work)``.
     """
     path = Path(work) / STEPS[step][0]
-    old = read_json(path) if _readable(path) else None
+    old = read_plan(work, step)
     if old is not None and old["fingerprint"] == plan["fingerprint"]:
         return True
     if old is not None and not replace:
@@ -109,9 +109,14 @@ def claim(work: Path, step: str, plan: dict, *, replace: bool, refusal: str) -> 
     return False
 
 
-def changed_keys(work: Path, step: str, plan: dict, keys) -> list[str]:
+def read_plan(work: Path, step: str) -> dict | None:
+    """The step's plan, or None when there is none or it cannot be read (a run killed while claiming)."""
     path = Path(work) / STEPS[step][0]
-    old = read_json(path) if _readable(path) else {}
+    return read_json(path) if _readable(path) else None
+
+
+def changed_keys(work: Path, step: str, plan: dict, keys) -> list[str]:
+    old = read_plan(work, step) or {}
     return [k for k in keys if old.get(k) != plan.get(k)]
 
 

@@ -106,7 +106,7 @@ def claim(work: Path, plan: dict, texts, anchors, overwrite: bool) -> None:
                    "pass --overwrite to start over (it removes everything made from the old run), or use another --work")
         resumed = workdir.claim(work, "embed", plan, replace=overwrite, refusal=refusal)
         if resumed:
-            plan.update(tables=workdir.read_json(work / workdir.EMBED_PLAN).get("tables", {}))
+            plan.update(tables=workdir.read_plan(work, "embed").get("tables", {}))
         write_tables(work, plan, texts, anchors, resumed)
         workdir.remove_temps(work)
 

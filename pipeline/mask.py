@@ -86,9 +86,9 @@ def search_plan(args, argv, embed: dict) -> dict:
     """The search settings: the command's (defaults filled in), or with --refilter the stored ones."""
     given = {f.name: getattr(args, f.name) for f in fields(SearchSettings) if getattr(args, f.name) is not None}
     if args.refilter:
-        if not (args.work / workdir.MASK_PLAN).exists():
+        stored = workdir.read_plan(args.work, "search")
+        if stored is None:
             raise UsageError(f"{args.work}: no candidates/ to refilter; run `python -m pipeline.mask --work {args.work}` first")
-        stored = read_json(args.work / workdir.MASK_PLAN)
         clash = [f"--{k.replace('_', '-')} {v} (candidates/ have {stored[k]})" for k, v in given.items() if stored[k] != v]
         if clash:
             raise UsageError(f"--refilter takes the search settings from candidates/; drop {', '.join(clash)}")
@@ -117,7 +117,7 @@ def claim(work: Path, search: dict, mine: dict, args) -> None:
             workdir.claim(work, "search", search, replace=args.overwrite,
                           refusal=f"{work}: candidates/ were made with other {what}; pass --overwrite to search again "
                                   "(it removes candidates/ and everything made from them)")
-        old_rules = read_json(work / workdir.MINE_PLAN).get("rules") if (work / workdir.MINE_PLAN).exists() else None
+        old_rules = (workdir.read_plan(work, "mine") or {}).get("rules")
         workdir.claim(work, "mine", mine, replace=args.refilter or args.overwrite,
                       refusal=f"{work}: mined/ holds other rules ({json.dumps(old_rules)}); "
                               "pass --refilter to recompute it from candidates/ under the new rules")
