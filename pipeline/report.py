@@ -110,7 +110,7 @@ def training_runs(run_dirs: list[Path], manifest: dict) -> dict[str, list[dict]]
             print(f"report: leaving out {folder}: not trained from the current mined tables "
                   f"(or unfinished; see its {workdir.TRAINING_RECORD})", file=sys.stderr)
             continue
-        runs[folder.name] = [json.loads(line) for line in (folder / "metrics.jsonl").read_text().splitlines()]
+        runs[folder.name] = [json.loads(line) for line in (folder / workdir.METRICS).read_text().splitlines()]
     return runs
 
 
@@ -163,7 +163,7 @@ def main(argv=None) -> None:
     mined = pl.read_parquet(workdir.verified(work, manifest, "mine"))
     out = args.out or work / workdir.REPORT
     out.mkdir(parents=True, exist_ok=True)
-    runs = training_runs(args.run or sorted(p.parent for p in (work / workdir.MODELS).glob("*/metrics.jsonl")), manifest)
+    runs = training_runs(args.run or sorted(p.parent for p in (work / workdir.MODELS).glob(f"*/{workdir.METRICS}")), manifest)
     summary = read_json(work / workdir.SUMMARY)
     images = [score_histograms(mined, out), per_task(mined, out), negatives_found(mined, out)]
     curves = training_curves(runs, out)

@@ -229,21 +229,21 @@ def run_identity(args, mined_manifest: dict) -> dict:
 
 
 def save_checkpoint(out: Path, step: int, model, optimizer, scheduler, position: dict) -> None:
-    final = out / "checkpoints" / f"step-{step:07d}"
+    final = out / workdir.CHECKPOINTS / workdir.checkpoint_name(step)
     tmp = tmp_name(final)
     save_files(model, tmp)
     torch.save({"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
                 "torch_rng": torch.get_rng_state(),
-                "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []}, tmp / "trainer_state.pt")
-    write_json_atomic(dict(position, step=step), tmp / "position.json")
+                "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []}, tmp / workdir.TRAINER_STATE)
+    write_json_atomic(dict(position, step=step), tmp / workdir.POSITION)
     commit(tmp, final)  # a checkpoint directory exists whole or not at all
 
 
 def latest_checkpoint(out: Path, identity: dict) -> Path | None:
-    folder = out / "checkpoints"
+    folder = out / workdir.CHECKPOINTS
     remove_stale_temps(folder)
-    found = sorted(folder.glob("step-*")) if folder.exists() else []
-    if found and read_json(found[-1] / "position.json").get("identity") != identity:
+    found = sorted(folder.glob(workdir.CHECKPOINT_GLOB)) if folder.exists() else []
+    if found and read_json(found[-1] / workdir.POSITION).get("identity") != identity:
         raise UsageError(f"{found[-1]} was saved by a run with other mined tables or settings; "
                          "run without --resume to start over, or with the settings it was saved with")
     return found[-1] if found else None
@@ -253,7 +253,7 @@ def start(args, data: TrainingData, total_steps: int, device, rank: int):
     """The student, optimizer and schedule, fresh or from the newest checkpoint; and where the run stands."""
     identity = run_identity(args, data.manifest)
     if rank == 0 and not args.resume:  # a fresh run: no checkpoint or record of an earlier run may pass for its own
-        shutil.rmtree(args.out / "checkpoints", ignore_errors=True)
+        shutil.rmtree(args.out / workdir.CHECKPOINTS, ignore_errors=True)
         (args.out / workdir.TRAINING_RECORD).unlink(missing_ok=True)
     checkpoint = latest_checkpoint(args.out, identity) if args.resume else None
     model = load_model(args.model, device=device, max_seq_length=args.max_seq_length, revision=args.revision,
@@ -266,13 +266,13 @@ def start(args, data: TrainingData, total_steps: int, device, rank: int):
     scheduler = get_linear_schedule_with_warmup(optimizer, int(args.warmup_ratio * total_steps), total_steps)
     if checkpoint is None:
         return model, optimizer, scheduler, {"step": 0, "epoch": 0, "batch_index": 0}
-    state = torch.load(checkpoint / "trainer_state.pt", weights_only=True)
+    state = torch.load(checkpoint / workdir.TRAINER_STATE, weights_only=True)
     optimizer.load_state_dict(state["optimizer"])
     scheduler.load_state_dict(state["scheduler"])
     torch.set_rng_state(state["torch_rng"])
     if state["cuda_rng"]:
         torch.cuda.set_rng_state_all(state["cuda_rng"])
-    position = read_json(checkpoint / "position.json")
+    position = read_json(checkpoint / workdir.POSITION)
     print(f"resuming from {checkpoint} at step {position['step']}", file=sys.stderr)
     return model, optimizer, scheduler, position
 
@@ -282,7 +282,7 @@ class Log:
     resumed one keeps what came up to its checkpoint, less a line cut short by a kill."""
 
     def __init__(self, out: Path, step: int, rank: int):
-        self.path = out / "metrics.jsonl" if rank == 0 else None
+        self.path = out / workdir.METRICS if rank == 0 else None
         if self.path is None:
             return
         kept = []
