@@ -221,3 +221,24 @@ def test_tables_open_with_polars_pyarrow_and_datasets(tmp_path, tiny_model):
         n_hf = len(datasets.load_dataset("parquet", data_files=str(work / files), split="train",
                                          cache_dir=str(tmp_path / "hf")))
         assert n_polars == n_arrow == n_hf > 0
+
+
+def test_torchrun_ranks_with_num_shards_auto_equal_one_process(tmp_path, tiny_model):
+    import os
+    import socket
+
+    make_pairs(60).write_parquet(tmp_path / "pairs.parquet")
+    common = ["--input", tmp_path / "pairs.parquet", "--model", tiny_model, "--shard-size", 20]
+    assert run_embed(*common, "--work", tmp_path / "one") == 0
+    with socket.socket() as free:
+        free.bind(("127.0.0.1", 0))
+        port = str(free.getsockname()[1])
+    proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-port", port,
+                           "-m", "pipeline.embed", *map(str, common), "--work", str(tmp_path / "two"),
+                           "--num-shards", "auto"], cwd=ROOT, capture_output=True, text=True, timeout=300,
+                          env=dict(os.environ, PYTHONPATH=str(ROOT), OMP_NUM_THREADS="1"))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "process 1 of 2 does" in proc.stderr and "process 0 of 2 does" in proc.stderr
+    one, two = read_outputs(tmp_path / "one"), read_outputs(tmp_path / "two")
+    np.testing.assert_array_equal(one[0], two[0])
+    np.testing.assert_allclose(one[1], two[1], atol=1e-6)
