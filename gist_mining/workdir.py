@@ -38,6 +38,8 @@ MINED, MINE_PLAN, MINED_MANIFEST, SUMMARY = "mined", "mine_plan.json", "mined_ma
 INDEX_FILE, POOL_IDS, INDEX_MARKER = f"{INDEX}/index.faiss", f"{INDEX}/pool_ids.npy", f"{INDEX}/_index.done"
 REPORT, MODELS, RESULTS = "report", "models", "results.json"
 TRAINING_RECORD = "gist_training.json"  # inside a trained model's folder
+# Known false negatives of the pairs (an input, like them; gist_mining.fn_quality), and their plot in the report.
+TRUTH, FN_FRONTIER = "fn_truth.parquet", f"{REPORT}/fn_frontier.png"
 LOCK = ".lock"
 
 # What each step owns, in chain order: removing a step removes every later one with it.
