@@ -101,7 +101,7 @@ def main(argv=None) -> None:
     plain = measure(model, make_batch(args.mini, args.device, rng), 3 * args.mini, args.device, args.steps)
     cached = measure(model, make_batch(args.big, args.device, rng), args.mini, args.device, args.steps)
     print(f"device {args.device}; MiniLM-shaped student; memory above the model and its gradients")
-    print(f"| step | anchors | peak MiB | ms per anchor |\n| --- | --- | --- | --- |")
+    print("| step | anchors | peak MiB | ms per anchor |\n| --- | --- | --- | --- |")
     print(f"| plain | {args.mini} | {plain[0]:.0f} | {1000 * plain[1]:.2f} |")
     print(f"| GradCache, mini-batches of {args.mini} texts | {args.big} | {cached[0]:.0f} | {1000 * cached[1]:.2f} |")
     print(f"memory ratio {cached[0] / plain[0]:.2f} (target <= 1.2); time per anchor ratio "

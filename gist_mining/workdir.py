@@ -37,16 +37,12 @@ MASK_PLAN, CANDIDATES_MANIFEST = "mask_plan.json", "candidates_manifest.json"
 MINED, MINE_PLAN, MINED_MANIFEST, SUMMARY = "mined", "mine_plan.json", "mined_manifest.json", "mined_summary.json"
 INDEX_FILE, POOL_IDS, INDEX_MARKER = f"{INDEX}/index.faiss", f"{INDEX}/pool_ids.npy", f"{INDEX}/_index.done"
 REPORT, MODELS, RESULTS = "report", "models", "results.json"
+# Known false negatives of the pairs (an input, like them; gist_mining.fn_quality), and their plot in the report.
+TRUTH, FN_FRONTIER = "fn_truth.parquet", f"{REPORT}/fn_frontier.png"
 # Inside a trained model's folder (train.run --out):
 TRAINING_RECORD, METRICS, CHECKPOINTS = "gist_training.json", "metrics.jsonl", "checkpoints"
 POSITION, TRAINER_STATE = "position.json", "trainer_state.pt"  # inside each checkpoint
-
-
 CHECKPOINT_GLOB = "step-*"
-
-
-def checkpoint_name(step: int) -> str:
-    return f"step-{step:07d}"  # zero-padded: names sort by step
 LOCK = ".lock"
 
 # What each step owns, in chain order: removing a step removes every later one with it.
@@ -57,6 +53,10 @@ STEPS = {
     "train": (MODELS, RESULTS),
 }
 FOLDERS = (EMBEDDINGS, VECTORS, INDEX, CANDIDATES, MINED)
+
+
+def checkpoint_name(step: int) -> str:
+    return f"step-{step:07d}"  # zero-padded: names sort by step
 
 
 def rebuild_command(work: Path, step: str) -> str:

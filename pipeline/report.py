@@ -4,7 +4,9 @@
 
 Plots (PNG beside the page): guide-score histograms of positives, kept hard negatives and false
 negatives; false negatives per anchor by task; hard negatives found per anchor; for every training run
-under DIR/models/ (or given with --run), the loss, the masked fraction and eval NDCG@10 over steps.
+under DIR/models/ (or given with --run), the loss, the masked fraction and eval NDCG@10 over steps; when
+the pairs have known false negatives (--truth PATH, or WORK/fn_truth.parquet: data/build_fn_truth.py),
+contamination against negatives per anchor for this run's rules and gist_mining.fn_quality's sweep.
 Then a few anchors as text with their positive, hard negatives and false negatives, and the held-out
 table from pipeline.run when there is one.
 """
@@ -23,7 +25,8 @@ matplotlib.use("Agg")  # files only, no display
 import matplotlib.pyplot as plt  # noqa: E402
 import polars as pl  # noqa: E402
 
-from gist_mining import cli, workdir  # noqa: E402
+from gist_mining import cli, fn_quality, workdir  # noqa: E402
+from gist_mining.mining import MiningRules  # noqa: E402
 from gist_mining.storage import read_json  # noqa: E402
 
 COLORS = {"positive": "#2a9d8f", "hard negative": "#e9c46a", "false negative": "#e76f51"}
@@ -36,6 +39,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--run", type=Path, action="append", default=[], help="a train.run --out folder (repeatable)")
     p.add_argument("--examples", type=int, default=6)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--truth", type=Path, default=None,
+                   help=f"known false negatives of the pairs (data/build_fn_truth.py); default WORK/{workdir.TRUTH} if present")
     return p.parse_args(argv)
 
 
@@ -82,6 +87,53 @@ def negatives_found(mined: pl.DataFrame, out: Path) -> str:
     ax.bar(counts["negative_ids"].to_list(), counts["count"].to_list(), color=COLORS["hard negative"])
     ax.set(xlabel="hard negatives found", ylabel="anchors", title="Hard negatives found per anchor")
     return save(fig, out, "negatives_found.png")
+
+
+def fn_frontier(results: pl.DataFrame, path: Path, highlight: str | None = None) -> str:
+    """Contamination against hard negatives per anchor, one numbered point per rule coloured by hardness,
+    the Pareto frontier ringed and joined. ``results``: gist_mining.fn_quality.rates by rule. Saved to ``path``.
+    """
+    shown = results.filter(pl.col("contamination").is_not_nan())
+    frontier = fn_quality.pareto_frontier(shown)
+    fig, ax = plt.subplots(figsize=(11, 5.2))
+    fig.subplots_adjust(left=0.07, right=0.8, bottom=0.11, top=0.92)
+    dots = ax.scatter(shown["contamination"], shown["negatives_per_anchor"], c=shown["hardness"], cmap="viridis",
+                      s=30, zorder=2)
+    ax.step(frontier["contamination"], frontier["negatives_per_anchor"], where="post", color="#c0392b", lw=1, zorder=1)
+    ax.scatter(frontier["contamination"], frontier["negatives_per_anchor"], s=150, facecolors="none",
+               edgecolors="#c0392b", label="Pareto frontier", zorder=3)
+    fig.colorbar(dots, ax=ax, label="hardness: mean (negative - positive) guide score", pad=0.02)
+    if highlight is not None:
+        mine = shown.filter(pl.col("rule") == highlight)
+        ax.scatter(mine["contamination"], mine["negatives_per_anchor"], marker="x", s=90,
+                   color=COLORS["false negative"], label=highlight, zorder=4)
+    # Numbers on the points and the names beside the plot: rule names overlap where rules agree.
+    for i, row in enumerate(shown.iter_rows(named=True), 1):
+        ax.annotate(str(i), (row["contamination"], row["negatives_per_anchor"]), xytext=(3, 4),
+                    textcoords="offset points", fontsize=7, weight="bold" if row["rule"] == highlight else "normal")
+    names = "\n".join(f"{i:>2}  {rule}" for i, rule in enumerate(shown["rule"], 1))
+    fig.text(0.81, 0.92, names, va="top", fontsize=7.5, family="monospace")
+    ax.set_xlabel("contamination: chosen negatives that are known false negatives (a lower bound)")
+    ax.set_ylabel("hard negatives per anchor")
+    ax.set_title("Mining rules against known false negatives")
+    ax.legend(loc="lower right", fontsize=8)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path.name
+
+
+def fn_section(work: Path, truth: Path, rules: dict, out: Path) -> str:
+    """The frontier plot and table for the sweep plus this run's rules, when the pairs have known false negatives."""
+    sweep = {"this run": MiningRules(**rules), **fn_quality.default_sweep(rules["num_negatives"])}
+    results = fn_quality.rates(fn_quality.sweep(fn_quality.candidate_chunks(work), fn_quality.read_truth(truth), sweep),
+                               ["rule"])
+    image = fn_frontier(results, out / Path(workdir.FN_FRONTIER).name, highlight="this run")
+    rows = "".join("<tr>" + "".join(f"<td>{html.escape(v)}</td>" for v in row) + "</tr>"
+                   for row in fn_quality.formatted(results, ["rule", *fn_quality.METRICS]))
+    header = "".join(f"<th>{name}</th>" for name in ("rule", *fn_quality.METRICS))
+    return (f"<h2>False negatives against ground truth</h2><p>{html.escape(str(truth))}: "
+            f"{results['anchors'][0]:,} anchors with known false negatives; definitions in gist_mining/fn_quality.py."
+            f"</p><img src=\"{image}\" alt=\"contamination frontier\"><table><tr>{header}</tr>{rows}</table>")
 
 
 def training_curves(runs: dict[str, list[dict]], out: Path) -> str | None:
@@ -167,6 +219,8 @@ def main(argv=None) -> None:
     summary = read_json(work / workdir.SUMMARY)
     images = [score_histograms(mined, out), per_task(mined, out), negatives_found(mined, out)]
     curves = training_curves(runs, out)
+    truth = fn_quality.truth_path(work, args.truth)
+    fn_html = fn_section(work, truth, manifest["rules"], out) if truth else ""
     rules = ", ".join(f"{k} {v}" for k, v in manifest["rules"].items() if v is not None)
     page = f"""<!doctype html><html><head><meta charset=utf-8><title>gist-mining report: {html.escape(str(work))}</title>
 <style>{STYLE}</style></head><body>
@@ -179,6 +233,7 @@ Rules: {html.escape(rules)}.</p>
 <h2>What the guide saw</h2>
 <img src="{images[0]}" alt="guide score histograms">
 <div class=grid><img src="{images[1]}" alt="negatives per task"><img src="{images[2]}" alt="negatives found"></div>
+{fn_html}
 {f'<h2>Training</h2><img src="{curves}" alt="training curves">' if curves else ''}
 <h2>Examples</h2>
 {examples(work, mined, args.examples, args.seed)}
