@@ -10,6 +10,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 
 import numpy as np
+import polars as pl
 import pyarrow as pa
 import pyarrow.compute as pc
 
@@ -31,7 +32,7 @@ MINED_SCHEMA = pa.schema([
     ("negative_scores", pa.list_(pa.float32())), ("negative_ranks", pa.list_(pa.int32())),
     ("false_negative_ids", pa.list_(pa.int64())), ("false_negative_scores", pa.list_(pa.float32())),
     ("given_negative_flagged", pa.list_(pa.bool_())), ("given_negative_ids", pa.list_(pa.int64())),
-    ("n_candidates", pa.int32()),
+    ("n_candidates", pa.int32()), ("candidates_above_positive", pa.int32()),
 ])
 
 
@@ -142,8 +143,22 @@ def select(candidates: pa.Table, rules: MiningRules) -> pa.Table:
     kept = ("anchor_id", "query_id", "positive_id", "task", "positive_score", "given_negative_ids")
     return pa.Table.from_pydict(
         {**{name: candidates[name] for name in kept}, **chosen,
-         "n_candidates": pc.list_value_length(candidates["candidate_ids"]).cast(pa.int32())},
+         "n_candidates": pc.list_value_length(candidates["candidate_ids"]).cast(pa.int32()),
+         "candidates_above_positive": pa.array(_above_positive(candidates), type=pa.int32())},
         schema=MINED_SCHEMA)
+
+
+def _above_positive(candidates: pa.Table) -> np.ndarray:
+    """Per anchor, how many of its candidates the guide scores above its labelled positive."""
+    scores = padded(candidates["candidate_scores"], -np.inf, np.float32)
+    return (scores > candidates["positive_score"].to_numpy()[:, None]).sum(axis=1)
+
+
+def is_unjudged(above_positive: pl.Expr, n_candidates: pl.Expr) -> pl.Expr:
+    """An anchor the guide cannot judge: it scores the labelled positive below most of the candidates, so a
+    margin rule calls nearly all of them false negatives (the guide disagrees with the label, or the
+    positive is phrased unlike anything it matches)."""
+    return above_positive * 2 > n_candidates
 
 
 def choose(anchor_ids: np.ndarray, positive_scores: np.ndarray, candidate_ids: np.ndarray,

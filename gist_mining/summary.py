@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import polars as pl
 
+from gist_mining.mining import is_unjudged
+
 QUANTILES = (0.05, 0.25, 0.5, 0.75, 0.95)
 
 
@@ -24,6 +26,7 @@ def summarize(mined: pl.LazyFrame, num_negatives: int) -> dict:
         pl.col("negative_ids").list.len().alias("negatives"),
         pl.col("false_negative_ids").list.len().alias("false_negatives"),
         pl.col("given_negative_flagged").list.sum().alias("given_flagged"),
+        is_unjudged(pl.col("candidates_above_positive"), pl.col("n_candidates")).alias("unjudged"),
     )
     totals = counts.select(
         pl.len().alias("anchors"),
@@ -32,12 +35,14 @@ def summarize(mined: pl.LazyFrame, num_negatives: int) -> dict:
         pl.col("false_negatives").mean().alias("false_negatives_per_anchor"),
         (pl.col("negatives") < num_negatives).sum().alias("anchors_short_of_negatives"),
         pl.col("given_flagged").sum().alias("given_negatives_flagged"),
+        pl.col("unjudged").sum().alias("anchors_the_guide_cannot_judge"),
     ).collect().row(0, named=True)
     per_task = (
         counts.group_by("task")
         .agg(pl.len().alias("anchors"), pl.col("false_negatives").mean().alias("false_negatives_per_anchor"),
              pl.col("negatives").mean().alias("negatives_per_anchor"),
-             (pl.col("negatives") < num_negatives).sum().alias("anchors_short_of_negatives"))
+             (pl.col("negatives") < num_negatives).sum().alias("anchors_short_of_negatives"),
+             pl.col("unjudged").sum().alias("anchors_the_guide_cannot_judge"))
         .sort("task")
         .collect()
     )

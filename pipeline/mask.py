@@ -244,7 +244,8 @@ def finish(work: Path, search: dict, mined: workdir.Shards, rules: MiningRules, 
                                           "embed_fingerprint": search["parent_fingerprint"], "rules": rules.as_dict()})
     print(f"mask: {summary['anchors']} anchors, {summary['negatives_per_anchor']:.2f} hard negatives and "
           f"{summary['false_negatives_per_anchor']:.2f} false negatives per anchor, "
-          f"{summary['anchors_short_of_negatives']} short of {rules.num_negatives}; details: {work / workdir.SUMMARY}",
+          f"{summary['anchors_short_of_negatives']} short of {rules.num_negatives}, "
+          f"{summary['anchors_the_guide_cannot_judge']} the guide cannot judge; details: {work / workdir.SUMMARY}",
           file=sys.stderr)
 
 

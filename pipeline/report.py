@@ -229,6 +229,9 @@ def main(argv=None) -> None:
 {summary['negatives_per_anchor']:.2f} hard negatives and {summary['false_negatives_per_anchor']:.2f} false negatives
 per anchor; {summary['anchors_short_of_negatives']:,} anchors short of {manifest['rules']['num_negatives']}.
 Rules: {html.escape(rules)}.</p>
+<p>Anchors the guide cannot judge (it scores the labelled positive below most of the candidates, so a margin
+rule flags nearly all of them): {summary['anchors_the_guide_cannot_judge']:,}; by task:
+{html.escape(", ".join(f"{t} {v['anchors_the_guide_cannot_judge']:,} of {v['anchors']:,}" for t, v in summary['per_task'].items()))}.</p>
 {results_table(work)}
 <h2>What the guide saw</h2>
 <img src="{images[0]}" alt="guide score histograms">

@@ -98,3 +98,28 @@ def test_random_sampling_is_seeded_and_independent_of_chunking():
         assert len(chosen) == 5 and set(chosen) <= set(ids[row])
         order = [list(ids[row]).index(c) for c in chosen]
         assert order == sorted(order)  # kept in score order
+
+
+def test_anchors_the_guide_cannot_judge_are_counted_per_task():
+    """Candidates above the positive come from the stored scores; an anchor is unjudged when most are."""
+    import polars as pl
+    import pyarrow as pa
+
+    from gist_mining.mining import CANDIDATE_SCHEMA, select
+    from gist_mining.summary import summarize
+
+    scores = [[0.9, 0.8, 0.7, 0.1], [0.9, 0.2, 0.1], [0.5, 0.4]]
+    candidates = pa.Table.from_pydict({
+        "anchor_id": [0, 1, 2], "query_id": [10, 11, 12], "positive_id": [20, 21, 22], "task": ["a", "a", "b"],
+        "positive_score": [0.75, 0.5, 0.45], "candidate_ids": [[30 + i for i in range(len(s))] for s in scores],
+        "candidate_scores": scores, "given_negative_ids": [[], [], []], "given_negative_scores": [[], [], []],
+    }, schema=CANDIDATE_SCHEMA)
+    mined = select(candidates, MiningRules())
+    assert mined["candidates_above_positive"].to_pylist() == [2, 1, 1]
+    summary = summarize(pl.from_arrow(mined).lazy(), 3)
+    # 2 of 4 is not most; 1 of 3 is not; 1 of 2 is not: none. Lower anchor 0's positive: 3 of 4 are above it
+    assert summary["anchors_the_guide_cannot_judge"] == 0
+    lower = candidates.set_column(4, "positive_score", pa.array([0.6, 0.5, 0.3], type=pa.float32()))
+    summary = summarize(pl.from_arrow(select(lower, MiningRules())).lazy(), 3)
+    assert summary["anchors_the_guide_cannot_judge"] == 2
+    assert {t: v["anchors_the_guide_cannot_judge"] for t, v in summary["per_task"].items()} == {"a": 1, "b": 1}
