@@ -50,6 +50,8 @@ def default_sweep(num_negatives: int = 3) -> dict[str, MiningRules]:
         **{f"relative 0.05, min-score {f}": rule("relative", 0.05, min_score=f) for f in (0.3, 0.4)},
         **{f"rank-min {r}": rule(rank_min=r) for r in (3, 10, 30)},
         **{f"relative 0.05, rank-min {r}": rule("relative", 0.05, rank_min=r) for r in (3, 10)},
+        **{f"relative 0.05, rank-min 3, unjudged rank-min {r}": rule("relative", 0.05, rank_min=3, unjudged_rank_min=r)
+           for r in (3, 10)},
         "relative 0.05, random": rule("relative", 0.05, sampling="random"),
     }
 

@@ -10,7 +10,6 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 
 import numpy as np
-import polars as pl
 import pyarrow as pa
 import pyarrow.compute as pc
 
@@ -46,14 +45,17 @@ class MiningRules:
     num_negatives: int = 3
     sampling: str = "top"
     seed: int = 0
+    # For anchors the guide cannot judge (is_unjudged): None keeps the margin rule, which flags nearly all of
+    # their candidates; R turns it off for them and takes their negatives after their first R candidates.
+    unjudged_rank_min: int | None = None
 
     def __post_init__(self):
         if self.margin_strategy not in STRATEGIES:
             raise ValueError(f"margin strategy must be one of {', '.join(STRATEGIES)}")
         if self.sampling not in ("top", "random"):
             raise ValueError("sampling must be 'top' or 'random'")
-        if self.rank_min < 0 or self.num_negatives < 0:
-            raise ValueError("rank_min and num_negatives must be >= 0")
+        if self.rank_min < 0 or self.num_negatives < 0 or (self.unjudged_rank_min or 0) < 0:
+            raise ValueError("rank_min, unjudged_rank_min and num_negatives must be >= 0")
 
     def as_dict(self) -> dict:
         return asdict(self)
@@ -154,11 +156,24 @@ def _above_positive(candidates: pa.Table) -> np.ndarray:
     return (scores > candidates["positive_score"].to_numpy()[:, None]).sum(axis=1)
 
 
-def is_unjudged(above_positive: pl.Expr, n_candidates: pl.Expr) -> pl.Expr:
+def is_unjudged(above_positive, n_candidates):
     """An anchor the guide cannot judge: it scores the labelled positive below most of the candidates, so a
     margin rule calls nearly all of them false negatives (the guide disagrees with the label, or the
-    positive is phrased unlike anything it matches)."""
+    positive is phrased unlike anything it matches). Polars expressions or numpy arrays."""
     return above_positive * 2 > n_candidates
+
+
+def _per_anchor_rule(positive_scores: np.ndarray, candidate_scores: np.ndarray, valid: np.ndarray,
+                     rules: MiningRules) -> tuple[np.ndarray, np.ndarray]:
+    """Each anchor's false-negative threshold and how many surviving candidates it skips."""
+    threshold = false_negative_threshold(positive_scores, rules.margin_strategy, rules.margin).astype(np.float32)
+    rank_min = np.full(len(positive_scores), rules.rank_min)
+    if rules.unjudged_rank_min is not None:
+        above = (valid & (candidate_scores > positive_scores[:, None])).sum(axis=1)
+        unjudged = is_unjudged(above, valid.sum(axis=1))
+        threshold[unjudged] = np.inf
+        rank_min[unjudged] = rules.unjudged_rank_min
+    return threshold, rank_min[:, None]
 
 
 def choose(anchor_ids: np.ndarray, positive_scores: np.ndarray, candidate_ids: np.ndarray,
@@ -170,15 +185,16 @@ def choose(anchor_ids: np.ndarray, positive_scores: np.ndarray, candidate_ids: n
     margin rule) or above ``max_score``. Survivors not below ``min_score`` are ranked by score; the first
     ``rank_min`` are skipped, and from the rest ``num_negatives`` are taken (top, or seeded random),
     counting the given negatives that the guide does not flag, which always come first (at most
-    ``num_negatives`` of them, in input order).
+    ``num_negatives`` of them, in input order). ``unjudged_rank_min`` changes both for anchors the guide
+    cannot judge.
     """
-    threshold = false_negative_threshold(positive_scores, rules.margin_strategy, rules.margin).astype(np.float32)
+    valid = candidate_ids != PAD_ID
+    threshold, rank_min = _per_anchor_rule(positive_scores, candidate_scores, valid, rules)
 
     def flagged(scores):
         over = scores > threshold[:, None]
         return over | (scores > rules.max_score) if rules.max_score is not None else over
 
-    valid = candidate_ids != PAD_ID
     given_valid = given_ids != PAD_ID
     false_neg = valid & flagged(candidate_scores)
     given_flagged = given_valid & flagged(given_scores)
@@ -189,7 +205,7 @@ def choose(anchor_ids: np.ndarray, positive_scores: np.ndarray, candidate_ids: n
     survivors = valid & ~false_neg & ~is_given
     if rules.min_score is not None:
         survivors &= candidate_scores >= rules.min_score
-    eligible = survivors & (np.cumsum(survivors, axis=1) > rules.rank_min)
+    eligible = survivors & (np.cumsum(survivors, axis=1) > rank_min)
     wanted = np.maximum(rules.num_negatives - given_kept.sum(axis=1), 0)[:, None]
     if rules.sampling == "top":
         chosen = eligible & (np.cumsum(eligible, axis=1) <= wanted)

@@ -68,6 +68,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--max-score", type=float, default=rules.max_score,
                         help="flag candidates above this as false negatives")
     parser.add_argument("--rank-min", type=int, default=rules.rank_min, help="skip this many top surviving candidates")
+    parser.add_argument("--unjudged-rank-min", type=int, default=rules.unjudged_rank_min,
+                        help="anchors the guide cannot judge (positive below most candidates): no margin rule, "
+                             "skip this many top candidates instead (default: the margin rule for all)")
     parser.add_argument("--num-negatives", type=int, default=rules.num_negatives)
     parser.add_argument("--sampling", choices=["top", "random"], default=rules.sampling)
     parser.add_argument("--seed", type=int, default=rules.seed)

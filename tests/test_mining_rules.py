@@ -123,3 +123,15 @@ def test_anchors_the_guide_cannot_judge_are_counted_per_task():
     summary = summarize(pl.from_arrow(select(lower, MiningRules())).lazy(), 3)
     assert summary["anchors_the_guide_cannot_judge"] == 2
     assert {t: v["anchors_the_guide_cannot_judge"] for t, v in summary["per_task"].items()} == {"a": 1, "b": 1}
+
+
+def test_unjudged_anchors_take_negatives_by_rank_without_the_margin():
+    # positive 0.3: 3 of 4 candidates above it, so the guide cannot judge this anchor
+    scores, positive = [0.9, 0.8, 0.5, 0.1], 0.3
+    margin = run(scores, positive, MiningRules(num_negatives=2))
+    assert margin["negative_ids"] == [103] and margin["false_negative_ids"] == [100, 101, 102]
+    ranked = run(scores, positive, MiningRules(num_negatives=2, unjudged_rank_min=1))
+    assert ranked["negative_ids"] == [101, 102] and ranked["false_negative_ids"] == []
+    # an anchor the guide can judge keeps the margin rule
+    judged = run(scores, 0.85, MiningRules(num_negatives=2, unjudged_rank_min=1))
+    assert judged["false_negative_ids"] == [100] and judged["negative_ids"] == [101, 102]
