@@ -60,10 +60,8 @@ def checkpoint_name(step: int) -> str:
 
 
 def rebuild_command(work: Path, step: str) -> str:
-    if step == "embed":
-        plan = Path(work) / EMBED_PLAN
-        return read_json(plan).get("command", "python -m pipeline.embed ...") if _readable(plan) else \
-            f"python -m pipeline.embed --work {work} --input ..."
+    if step == "embed":  # the command that made the plan, with its inputs
+        return (read_plan(work, "embed") or {}).get("command", f"python -m pipeline.embed --work {work} --input ...")
     return {"search": f"python -m pipeline.mask --work {work} --overwrite",
             "mine": f"python -m pipeline.mask --work {work} --refilter"}[step]
 
