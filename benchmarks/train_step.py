@@ -48,10 +48,11 @@ def main(argv: list[str] | None = None) -> list[dict]:
     st_losses = {"GISTEmbedLoss (live guide)": GISTEmbedLoss(student, guide, temperature=0.01),
                  "MultipleNegativesRankingLoss": MultipleNegativesRankingLoss(student, scale=100.0)}
 
-    def ours(rows):
+    def ours(rows):  # as train.train_step does it: one forward pass over the three columns
         batch = data.get_batch(rows)
-        return loss_fn(batch.with_student({c: train.embed(student, batch.texts[c], args.device, args.bf16)
-                                           for c in train.COLUMNS}))[0]
+        texts = [t for c in train.COLUMNS for t in batch.texts[c]]
+        embeddings = train.embed(student, texts, args.device, args.bf16).split([len(batch.texts[c]) for c in train.COLUMNS])
+        return loss_fn(batch.with_student(dict(zip(train.COLUMNS, embeddings))))[0]
 
     def theirs(st_loss):
         def step(rows):
