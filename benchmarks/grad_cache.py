@@ -4,7 +4,7 @@
 
 A student with all-MiniLM-L6-v2's architecture (6 layers, 384 wide; random weights, which change no
 timing or memory) and stored 768-d guide vectors; each anchor has a query, a positive and one negative
-of 24-48 words. Reported: a plain step at B = --mini anchors (one forward over the 3B texts) and a
+of 24-48 words. Reported: a plain step at B = --mini anchors (one forward pass per column) and a
 GradCache step at B = --big anchors in forward passes of --mini texts, each as peak memory
 (torch.cuda.max_memory_allocated on CUDA; on CPU, the growth of the process's peak RSS) and seconds per
 anchor. Targets: memory at --big within 1.2x of the plain step at --mini; time per anchor within 1.3x.
@@ -75,8 +75,8 @@ def measure(model, batch: train.Batch, mini: int, device, steps: int) -> tuple[f
         if mini < len(texts):
             train.cached_backward(model, loss_fn, batch, texts, sizes, args, device)
         else:
-            rows = train.embed(model, texts, device, False).split(sizes)
-            loss_fn(batch.with_student(dict(zip(train.COLUMNS, rows))))[0].backward()
+            student = {c: train.embed(model, batch.texts[c], device, False) for c in train.COLUMNS}
+            loss_fn(batch.with_student(student))[0].backward()
         if "cuda" in device:
             torch.cuda.synchronize()
         model.zero_grad(set_to_none=False)

@@ -48,16 +48,16 @@ def main(argv: list[str] | None = None) -> list[dict]:
     st_losses = {"GISTEmbedLoss (live guide)": GISTEmbedLoss(student, guide, temperature=0.01),
                  "MultipleNegativesRankingLoss": MultipleNegativesRankingLoss(student, scale=100.0)}
 
-    def ours(rows):  # as train.train_step does it: one forward pass over the three columns
+    def ours(rows):  # as train.train_step does it: one forward pass per column
         batch = data.get_batch(rows)
-        texts = [t for c in train.COLUMNS for t in batch.texts[c]]
-        embeddings = train.embed(student, texts, args.device, args.bf16).split([len(batch.texts[c]) for c in train.COLUMNS])
-        return loss_fn(batch.with_student(dict(zip(train.COLUMNS, embeddings))))[0]
+        return loss_fn(batch.with_student({c: train.embed(student, batch.texts[c], args.device, args.bf16)
+                                           for c in train.COLUMNS}))[0]
 
     def theirs(st_loss):
         def step(rows):
             texts = data.get_batch(rows).texts
-            features = [{k: v.to(args.device) for k, v in student.preprocess(texts[c]).items()} for c in train.COLUMNS]
+            features = [{k: v.to(args.device) if hasattr(v, "to") else v for k, v in student.preprocess(texts[c]).items()}
+                        for c in train.COLUMNS]
             with torch.autocast("cuda", dtype=torch.bfloat16, enabled=args.bf16 and "cuda" in args.device):
                 return st_loss(features, labels=None)
         return step

@@ -135,7 +135,7 @@ def test_report_renders_and_links_only_existing_files(mined_work, tiny_model, tm
 
 
 def test_torchrun_two_gloo_processes_equal_one_process(mined_work, tmp_path):
-    """2 ranks x 4 anchors follow the same losses as 1 process x 8: gathered candidates, DDP's averaged
+    """2 ranks x 4 anchors follow the same losses as 1 process x 8: gathered candidates, averaged
     gradients, with ranks holding different numbers of mined negatives."""
     import os
     import socket

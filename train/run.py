@@ -12,7 +12,6 @@ negatives, then takes cross-entropy. Checkpoints hold everything needed for --re
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import os
 import random
@@ -26,7 +25,6 @@ import numpy as np
 import polars as pl
 import torch
 import torch.distributed as dist
-from torch.nn.parallel import DistributedDataParallel as DDP
 from tqdm import tqdm
 from transformers import get_linear_schedule_with_warmup
 
@@ -155,26 +153,27 @@ def epoch_batches(data: TrainingData, args, world: int, epoch: int, rank: int = 
 
 def embed(model, texts: list[str], device, bf16: bool) -> torch.Tensor:
     """The student's sentence embeddings (float32), with gradients; bf16 autocast on CUDA if asked."""
-    features = {k: v.to(device) if hasattr(v, "to") else v for k, v in unwrap(model).preprocess(texts).items()}
+    if not texts:  # a rank whose anchors have no mined negatives; requires grad so that its gather joins backward
+        return torch.zeros((0, model.get_embedding_dimension()), device=device, requires_grad=True)
+    features = {k: v.to(device) if hasattr(v, "to") else v for k, v in model.preprocess(texts).items()}
     with torch.autocast("cuda", dtype=torch.bfloat16, enabled=bf16 and "cuda" in str(device)):
         return model(features)["sentence_embedding"].float()
 
 
-def unwrap(model):
-    return model.module if isinstance(model, DDP) else model
-
-
-def train_step(model, loss_fn: GISTLoss, batch: Batch, optimizer, scheduler, args, device) -> tuple:
-    # One forward for the three columns: what DDP expects, and measured no slower on CPU than one per column
-    # despite the padding (MiniLM, batch 32 of the sample: 3.7-4.2 s against 4.3-6.1 s per step).
+def train_step(model, loss_fn: GISTLoss, batch: Batch, optimizer, scheduler, args, device, world: int) -> tuple:
     texts = [text for c in COLUMNS for text in batch.texts[c]]
     sizes = [len(batch.texts[c]) for c in COLUMNS]
     if args.mini_batch_size and len(texts) > args.mini_batch_size:
         loss, masked = cached_backward(model, loss_fn, batch, texts, sizes, args, device)
     else:
-        rows = embed(model, texts, device, args.bf16).split(sizes)
-        loss, masked = loss_fn(batch.with_student(dict(zip(COLUMNS, rows))))
+        # One forward pass per column: queries are short and documents long, so one pass over all three
+        # pads every query to the longest document; measured 1.8x slower (MiniLM, batch 32 of the sample,
+        # CPU: 2.46 s against 1.34 s a step).
+        student = {c: embed(model, batch.texts[c], device, args.bf16) for c in COLUMNS}
+        loss, masked = loss_fn(batch.with_student(student))
         loss.backward()
+    if world > 1:
+        average_gradients(model, world)
     torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
     optimizer.step()
     scheduler.step()
@@ -186,25 +185,32 @@ def cached_backward(model, loss_fn: GISTLoss, batch: Batch, texts: list[str], si
     """GradCache (Gao et al. 2021, arXiv 2101.06983): the whole batch's loss and gradients with the memory of
     one mini-batch. Embed the texts mini-batch by mini-batch without gradients, take the loss's gradient
     with respect to those embeddings, then embed each mini-batch again, with the same dropout, and push
-    its part of that gradient through it. Gradients are synchronised across ranks once, on the last."""
+    its part of that gradient through it. Gradients are averaged across ranks once, after the last."""
     size, states, cached = args.mini_batch_size, [], []
     with torch.no_grad():
         for start in range(0, len(texts), size):
             states.append(_rng_state(device))
-            cached.append(embed(unwrap(model), texts[start: start + size], device, args.bf16))  # DDP: no hooks
+            cached.append(embed(model, texts[start: start + size], device, args.bf16))
     student = torch.cat(cached).requires_grad_()
     loss, masked = loss_fn(batch.with_student(dict(zip(COLUMNS, student.split(sizes)))))
     loss.backward()
     for i, (start, grad) in enumerate(zip(range(0, len(texts), size), student.grad.split(size))):
-        last = i == len(states) - 1
-        with _no_sync(model, not last), torch.random.fork_rng(devices=[device] if "cuda" in str(device) else []):
+        with torch.random.fork_rng(devices=[device] if "cuda" in str(device) else []):
             _set_rng_state(states[i], device)
             embed(model, texts[start: start + size], device, args.bf16).backward(grad)
     return loss.detach(), masked
 
 
-def _no_sync(model, skip: bool):
-    return model.no_sync() if skip and isinstance(model, DDP) else contextlib.nullcontext()
+def average_gradients(model, world: int) -> None:
+    """All-reduce the gradients in one flat buffer. Instead of DDP's wrapper, which wants one forward pass per
+    backward and the same passes on every rank, while a step here runs one per column (see train_step),
+    GradCache one per mini-batch, and a rank whose anchors have no mined negatives one fewer."""
+    grads = [p.grad for p in model.parameters() if p.grad is not None]
+    flat = torch.cat([g.reshape(-1) for g in grads])
+    dist.all_reduce(flat)
+    flat /= world
+    for g, part in zip(grads, torch.split(flat, [g.numel() for g in grads])):
+        g.copy_(part.view_as(g))
 
 
 def _rng_state(device) -> tuple:
@@ -354,9 +360,6 @@ def main(argv=None) -> None:
     evaluator = make_evaluator(args.eval, "eval") if args.eval else None
     before = evaluate(model, evaluator, log, step, rank) if evaluator and step == 0 else None
     loss_fn = GISTLoss(args.temperature, args.margin_strategy, args.margin, guided=args.guide_filter == "precomputed")
-    # Averages gradients over ranks during backward. find_unused_parameters: the transformer's pooler is never
-    # used (static_graph would do, but not with GradCache's no_sync mini-batches: it hangs on gloo).
-    ddp = DDP(model, find_unused_parameters=True) if world > 1 else model
 
     model.train()
     batches = epoch_batches(data, args, world, epoch, rank)
@@ -369,7 +372,7 @@ def main(argv=None) -> None:
         rows = batches[batch_index][rank::world]  # ranks' shares differ by one at most
         batch_index, step = batch_index + 1, step + 1
         batch = data.get_batch(rows)
-        loss, masked = train_step(ddp, loss_fn, batch, optimizer, scheduler, args, device)
+        loss, masked = train_step(model, loss_fn, batch, optimizer, scheduler, args, device, world)
         loss, masked = global_mean(loss, masked, world)
         log.write({"step": step, "epoch": epoch, "loss": loss, "masked_fraction": round(masked, 4),
                    "anchors": len(rows), "negatives": len(batch.texts["negatives"]),
