@@ -182,7 +182,7 @@ def load_model(name_or_path: str, device: str | None = None, max_seq_length: int
     try:
         model = SentenceTransformer(str(path), device=device, trust_remote_code=trust_remote_code,
                                     local_files_only=snapshot_commit(path) is None)
-    except ValueError as err:  # transformers' refusal is a ValueError asking for trust_remote_code=True
+    except ValueError as err:  # transformers refuses remote code with a ValueError that names trust_remote_code
         if trust_remote_code or "trust_remote_code" not in str(err):
             raise
         raise UsageError(f"model {name_or_path!r} ships its own Python code, which would run as it loads; "
