@@ -353,7 +353,7 @@ def main(argv=None) -> None:
     data = TrainingData(args.work, args.negatives_per_anchor, device)
     if rank == 0:
         say_rules(args, data.manifest)
-    total_steps = args.max_steps or max(1, int(args.epochs * len(epoch_batches(data, args, world, 0))))
+    total_steps = args.max_steps or max(1, int(args.epochs * len(epoch_batches(data, args, world, 0, rank))))
     model, optimizer, scheduler, position = start(args, data, total_steps, device, rank)
     step, epoch, batch_index = position["step"], position["epoch"], position["batch_index"]
     log = Log(args.out, step, rank)
