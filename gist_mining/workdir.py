@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import fcntl
 import shutil
+import sys
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -185,9 +186,9 @@ class Shards:
             wrong = problem(self.path(i), self.record(i), verify)
             if wrong is not None:
                 if marker.exists() and not _readable(marker):
-                    print(f"{marker}: unreadable (truncated?); rebuilding {self.path(i).name}", flush=True)
+                    print(f"{marker}: unreadable (truncated?); rebuilding {self.path(i).name}", file=sys.stderr)
                 elif marker.exists() or self.path(i).exists():
-                    print(f"{self.path(i)}: {wrong}; rebuilding it", flush=True)
+                    print(f"{self.path(i)}: {wrong}; rebuilding it", file=sys.stderr)
                 self.marker(i).unlink(missing_ok=True)
                 todo.append(i)
         return todo

@@ -127,11 +127,10 @@ def main(argv=None) -> None:
     print(f"embed: {texts.height} distinct texts from {anchors.height} anchors ({dropped} given negatives dropped: "
           f"equal to the query or one of its positives, or repeated); {len(mine) - len(todo)} of this process's "
           f"shards already done", file=sys.stderr)
-    started = time.perf_counter()
+    settings, started = EmbedSettings(**plan["settings"]), time.perf_counter()
     for i in tqdm(todo, unit="shard", desc="embed", disable=len(todo) < 2):
         start, stop = bounds[i]
-        embed_shard(model, texts.slice(start, stop - start), shards.path(i), EmbedSettings(**plan["settings"]),
-                    args.batch_size)
+        embed_shard(model, texts.slice(start, stop - start), shards.path(i), settings, args.batch_size)
         shards.mark_done(i)
     manifest = shards.finish(workdir.EMBED_MANIFEST, {k: v for k, v in plan.items() if k != "bounds"})
     if manifest is None:

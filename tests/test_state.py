@@ -109,7 +109,7 @@ def test_damaged_shards_and_markers_are_named_and_rebuilt(root, tiny_guide, caps
     assert run_stage(mask, "--work", work, "--k", 12, "--shard-size", 25) == 2
     assert f"{shards[0]}: corrupt" in capsys.readouterr().err
     assert run_stage(embed, *embed_args(root, tiny_guide)) == 0
-    out = capsys.readouterr().out
+    out = capsys.readouterr().err
     assert f"{shards[0]}: corrupt" in out and f"{shards[1]}: missing" in out and f"{marker}: unreadable" in out
     assert {p.name: p.read_bytes() for p in shards} == reference
 

@@ -122,9 +122,8 @@ class TrainingData:
         self.guide_ids = np.unique(np.concatenate([*self.ids.values(), [i for n in self.negatives for i in n]]))
         self.guide = torch.from_numpy(VectorStore(work).get(self.guide_ids)).to(device, torch.float16)
         self.device = device
-
-    def text_sets(self) -> list[set[int]]:
-        return [{q, p, *n} for q, p, n in zip(*(v.tolist() for v in self.ids.values()), self.negatives)]
+        # Each row's texts, for the batch planner; built once, as every epoch plans from them.
+        self.text_sets = [{q, p, *n} for q, p, n in zip(*(v.tolist() for v in self.ids.values()), self.negatives)]
 
     def get_batch(self, rows: list[int]) -> Batch:
         ids = {column: values[rows] for column, values in self.ids.items()}
@@ -140,7 +139,7 @@ class TrainingData:
 
 
 def epoch_batches(data: TrainingData, args, world: int, epoch: int, rank: int = 0) -> list[list[int]]:
-    batches, waiting = plan_batches(data.text_sets(), data.tasks, args.batch_size * world, args.seed, epoch,
+    batches, waiting = plan_batches(data.text_sets, data.tasks, args.batch_size * world, args.seed, epoch,
                                     args.task_batches, min_batch_size=max(args.min_batch_size, world))  # a row per rank
     if waiting and rank == 0:
         print(f"train: epoch {epoch}: {waiting} of {len(data.tasks)} rows wait for a later epoch (a text they share "
@@ -353,7 +352,8 @@ def main(argv=None) -> None:
     data = TrainingData(args.work, args.negatives_per_anchor, device)
     if rank == 0:
         say_rules(args, data.manifest)
-    total_steps = args.max_steps or max(1, int(args.epochs * len(epoch_batches(data, args, world, 0, rank))))
+    batches = epoch_batches(data, args, world, 0, rank)  # its length sets the schedule
+    total_steps = args.max_steps or max(1, int(args.epochs * len(batches)))
     model, optimizer, scheduler, position = start(args, data, total_steps, device, rank)
     step, epoch, batch_index = position["step"], position["epoch"], position["batch_index"]
     log = Log(args.out, step, rank)
@@ -362,7 +362,8 @@ def main(argv=None) -> None:
     loss_fn = GISTLoss(args.temperature, args.margin_strategy, args.margin, guided=args.guide_filter == "precomputed")
 
     model.train()
-    batches = epoch_batches(data, args, world, epoch, rank)
+    if epoch:  # a resumed run continues in a later epoch
+        batches = epoch_batches(data, args, world, epoch, rank)
     progress = tqdm(total=total_steps, initial=step, desc="train", disable=rank != 0)
     started = time.perf_counter()
     while step < total_steps:
