@@ -29,7 +29,7 @@ import polars as pl
 import pyarrow.parquet as pq
 
 from gist_mining.errors import UsageError
-from gist_mining.storage import (commit, file_sha256, read_json, remove_stale_temps, tmp_name, write_json_atomic)
+from gist_mining.storage import commit, file_sha256, read_json, remove_stale_temps, tmp_name, write_json_atomic
 
 TEXTS, ANCHORS, EMBEDDINGS = "texts.parquet", "anchors.parquet", "embeddings"
 EMBED_PLAN, EMBED_MANIFEST = "embed_plan.json", "embed_manifest.json"
@@ -67,12 +67,12 @@ def rebuild_command(work: Path, step: str) -> str:
             "mine": f"python -m pipeline.mask --work {work} --refilter"}[step]
 
 
-def _readable(path: Path) -> bool:
+def read_record(path: Path) -> dict | None:
+    """A JSON plan, marker or manifest; None when it is missing or cannot be read (cut short by a kill)."""
     try:
-        read_json(path)
-        return True
+        return read_json(path)
     except (OSError, ValueError):
-        return False
+        return None
 
 
 # -- claims: whose plan a work directory holds ----------------------------------------------------------
@@ -120,7 +120,7 @@ def claim(work: Path, step: str, plan: dict, *, replace: bool, refusal: str) -> 
 def read_plan(work: Path, step: str) -> dict | None:
     """The step's plan, or None when there is none or it cannot be read (a run killed while claiming)."""
     path = Path(work) / STEPS[step][0]
-    return read_json(path) if _readable(path) else None
+    return read_record(path)
 
 
 def changed_keys(work: Path, step: str, plan: dict, keys) -> list[str]:
@@ -172,11 +172,8 @@ class Shards:
 
     def record(self, i: int) -> dict | None:
         """The marker's record when it is readable and names this step's fingerprint."""
-        marker = self.marker(i)
-        if not _readable(marker):
-            return None
-        record = read_json(marker)
-        return record if record.get("fingerprint") == self.fingerprint else None
+        record = read_record(self.marker(i))
+        return record if record is not None and record.get("fingerprint") == self.fingerprint else None
 
     def pending(self, indices: list[int], verify: bool = True) -> list[int]:
         """The shards among ``indices`` to (re)do: no valid marker, or a shard that does not match it."""
@@ -185,7 +182,7 @@ class Shards:
             marker = self.marker(i)
             wrong = problem(self.path(i), self.record(i), verify)
             if wrong is not None:
-                if marker.exists() and not _readable(marker):
+                if marker.exists() and read_record(marker) is None:
                     print(f"{marker}: unreadable (truncated?); rebuilding {self.path(i).name}", file=sys.stderr)
                 elif marker.exists() or self.path(i).exists():
                     print(f"{self.path(i)}: {wrong}; rebuilding it", file=sys.stderr)
@@ -217,10 +214,10 @@ class Shards:
 
 
 def _manifest(work: Path, name: str, before: str) -> dict:
-    path = Path(work) / name
-    if not _readable(path):
+    manifest = read_record(Path(work) / name)
+    if manifest is None:
         raise UsageError(f"{work}: no {name}; run `{before}` to completion first")
-    return read_json(path)
+    return manifest
 
 
 def _check_parent(work: Path, name: str, manifest: dict, parent: dict, step: str) -> dict:
@@ -268,7 +265,7 @@ def read_table(work: Path, name: str, columns: list[str] | None = None) -> pl.Da
 def trained_from(model_dir: Path) -> str | None:
     """The mined manifest fingerprint a trained model records (None: not a model of this project)."""
     record = Path(model_dir) / TRAINING_RECORD
-    return read_json(record).get("mined_fingerprint") if _readable(record) else None
+    return (read_record(record) or {}).get("mined_fingerprint")
 
 
 # -- the guide's vectors as one matrix on disk ----------------------------------------------------------
@@ -298,7 +295,7 @@ class VectorStore:
         folder = Path(work) / VECTORS
         self.path, ids_path = folder / "matrix.npy", folder / "ids.npy"
         marker = folder / "_matrix.done"
-        record = read_json(marker) if _readable(marker) else {}
+        record = read_record(marker) or {}
         fresh = record.get("fingerprint") == manifest["fingerprint"] and all(
             p.is_file() and p.stat().st_size == record.get(p.name) for p in (self.path, ids_path))
         if not fresh:

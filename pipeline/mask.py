@@ -35,7 +35,7 @@ from gist_mining.margins import STRATEGIES
 from gist_mining.ids import PAD_ID
 from gist_mining.mining import (CANDIDATE_SCHEMA, MINED_SCHEMA, MiningRules, padded, ragged, search_candidates,
                                  select)
-from gist_mining.storage import AtomicParquetWriter, config_fingerprint, file_sha256, read_json, write_json_atomic
+from gist_mining.storage import AtomicParquetWriter, config_fingerprint, file_sha256, write_json_atomic
 from gist_mining.summary import summarize
 from gist_mining.workdir import VectorStore, write_npy_atomic
 
@@ -146,7 +146,7 @@ def prepare_index(work: Path, store: VectorStore, plan: dict):
     """Built once per search plan, behind a marker; shard processes and resumed runs load it."""
     index_path, ids_path, marker = (work / name for name in (workdir.INDEX_FILE, workdir.POOL_IDS, workdir.INDEX_MARKER))
     with workdir.locked(work):
-        record = read_json(marker) if marker.exists() else {}
+        record = workdir.read_record(marker) or {}
         if record.get("fingerprint") != plan["fingerprint"] or any(
                 workdir.problem(p, record.get(p.name)) for p in (index_path, ids_path)):
             pool_ids = candidate_pool(work, plan["include_queries"])
