@@ -1,15 +1,19 @@
-"""Embed stage throughput against a bare SentenceTransformer.encode over the same texts (target >= 0.95x).
+"""Embed stage throughput against the bare forward pass of the same backend over the same texts (target >= 0.95x).
 
-    python benchmarks/embed_throughput.py --model all-mpnet-base-v2 --n 2000
+    python benchmarks/embed_throughput.py --model all-mpnet-base-v2 --n 2000 [--backend onnx|torch] [--profile]
 
-The stage is timed whole (reading and validating input, model load, weight hashing, dedup, writing
-shards and manifest); the bare encode only encodes, with the model already loaded. Each side runs
-twice, alternating, and the faster of its two runs counts.
+The stage is timed whole (reading and validating input, model load, weight hashing, dedup, the ONNX
+session, writing shards and manifest); the bare pass only encodes, with the model (and for onnx the
+session, over the cached export) already loaded: SentenceTransformer.encode for torch, the ONNX encoder's
+own loop for onnx. Each side runs twice, alternating, and the faster of its two runs counts. With
+--profile, one more stage run under cProfile prints where its time goes.
 """
 
 from __future__ import annotations
 
 import argparse
+import cProfile
+import pstats
 import sys
 import tempfile
 import time
@@ -19,8 +23,53 @@ import polars as pl
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from benchmarks.common import SAMPLE, figure, sample_texts, table  # noqa: E402
-from gist_mining.models import load_model  # noqa: E402
+from gist_mining import onnx_backend  # noqa: E402
+from gist_mining.models import load_model, resolve_model  # noqa: E402
 from pipeline import embed  # noqa: E402
+
+# The stage's parts, by the functions that do them (cumulative time; the forward pass includes tokenization).
+PARTS = {
+    "forward pass (ONNX Runtime or torch, with tokenization)": ["onnx_backend.py:*(encode)", "embed.py:*(encode)"],
+    "reading and validating input": ["embed.py:*(read_inputs)"],
+    "dedup and text ids": ["embed.py:*(plan_texts)"],
+    "model load": ["embed.py:*(prepare_model)"],
+    "ONNX session (export cached)": ["onnx_backend.py:*(load)"],
+    "model fingerprint (hashing)": ["models.py:*(model_fingerprint)"],
+    "writing texts, anchors, plan": ["embed.py:*(claim)"],
+    "writing embedding shards": ["storage.py:*(write_parquet_atomic)"],
+    "manifest (hashing shards, writing)": ["workdir.py:*(finish)"],
+}
+
+
+def profile(stage_argv: list[str]) -> list[tuple]:
+    """The stage's parts as shares of its time, from one run under cProfile."""
+    profiler = cProfile.Profile()
+    started = time.perf_counter()
+    profiler.runcall(embed.main, stage_argv)
+    total = time.perf_counter() - started
+    stats = pstats.Stats(profiler).stats  # {(file, line, name): (cc, nc, tottime, cumtime, callers)}
+
+    def seconds(pattern: str) -> float:
+        file, name = pattern.split(":*")
+        return max((v[3] for (f, _, n), v in stats.items() if f.endswith("/" + file) and f"({n})" == name), default=0.0)
+
+    rows = [(part, f"{max(map(seconds, patterns)):.2f}", f"{100 * max(map(seconds, patterns)) / total:.1f}%")
+            for part, patterns in PARTS.items()]
+    return rows + [("whole stage", f"{total:.2f}", "100%")]
+
+
+def bare_encoder(args):
+    """The backend's own encode over texts, with everything it needs loaded: (callable, device)."""
+    model = load_model(args.model, device=args.device)
+    if args.precision != "fp32":
+        import torch
+
+        model.to({"fp16": torch.float16, "bf16": torch.bfloat16}[args.precision])
+    if args.backend == "onnx":
+        encoder = onnx_backend.load(model, resolve_model(args.model))
+        return lambda texts: onnx_backend.encode(encoder, texts, args.batch_size, None), "cpu (ONNX Runtime)"
+    return lambda texts: model.encode(texts, batch_size=args.batch_size, normalize_embeddings=True,
+                                      show_progress_bar=False), model.device
 
 
 def main(argv: list[str] | None = None) -> list[dict]:
@@ -31,35 +80,38 @@ def main(argv: list[str] | None = None) -> list[dict]:
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--device", default=None)
     parser.add_argument("--precision", default="fp32", choices=["fp32", "fp16", "bf16"])
+    parser.add_argument("--backend", default="onnx", choices=["onnx", "torch"])
+    parser.add_argument("--profile", action="store_true", help="also profile one stage run (cProfile)")
     args = parser.parse_args(argv)
     texts = sample_texts(args.sample)[: args.n]
     half = len(texts) // 2
     with tempfile.TemporaryDirectory() as tmp:
         pairs = Path(tmp) / "pairs.parquet"
         pl.DataFrame({"query": texts[:half], "positive": texts[half : 2 * half]}).write_parquet(pairs)
-        model = load_model(args.model, device=args.device)
-        if args.precision != "fp32":
-            import torch
-
-            model.to({"fp16": torch.float16, "bf16": torch.bfloat16}[args.precision])
         texts = texts[: 2 * half]
-        model.encode(texts[:256], batch_size=args.batch_size)  # warm-up
+        encode, device = bare_encoder(args)
+        encode(texts[:256])  # warm-up
+        stage_argv = lambda work: ["--input", str(pairs), "--work", str(work), "--model", args.model,  # noqa: E731
+                                   "--batch-size", str(args.batch_size), "--precision", args.precision,
+                                   "--backend", args.backend] + (["--device", args.device] if args.device else [])
         bare, stage = [], []
         for attempt in range(2):
             started = time.perf_counter()
-            model.encode(texts, batch_size=args.batch_size, normalize_embeddings=True, show_progress_bar=False)
+            encode(texts)
             bare.append(time.perf_counter() - started)
             started = time.perf_counter()
-            embed.main(["--input", str(pairs), "--work", f"{tmp}/work{attempt}", "--model", args.model,
-                        "--batch-size", str(args.batch_size), "--precision", args.precision]
-                       + (["--device", args.device] if args.device else []))
+            embed.main(stage_argv(f"{tmp}/work{attempt}"))
             stage.append(time.perf_counter() - started)
-    rows = [("bare SentenceTransformer.encode", f"{min(bare):.1f}", f"{len(texts) / min(bare):.1f}"),
-            ("pipeline.embed (whole stage)", f"{min(stage):.1f}", f"{len(texts) / min(stage):.1f}")]
-    print(f"\n{args.model}, {len(texts)} texts, batch {args.batch_size}, {args.precision}, device {model.device}")
+        parts = profile(stage_argv(f"{tmp}/profiled")) if args.profile else []
+    rows = [(f"bare forward pass ({args.backend})", f"{min(bare):.1f}", f"{len(texts) / min(bare):.1f}"),
+            (f"pipeline.embed --backend {args.backend} (whole stage)", f"{min(stage):.1f}", f"{len(texts) / min(stage):.1f}")]
+    print(f"\n{args.model}, {len(texts)} texts, batch {args.batch_size}, {args.precision}, device {device}")
     print(table(rows, ("", "seconds", "texts/s")))
-    print(f"throughput ratio (stage / bare): {min(bare) / min(stage):.3f}  (target >= 0.95)")
-    return [figure(f"embed stage / bare encode throughput, {args.precision}", min(bare) / min(stage), ">= 0.95")]
+    if parts:
+        print(table(parts, ("stage part (cProfile, cumulative)", "seconds", "share")))
+    print(f"throughput ratio (stage / bare, {args.backend}): {min(bare) / min(stage):.3f}  (target >= 0.95)")
+    return [figure(f"embed stage / bare {args.backend} forward throughput, {args.precision}", min(bare) / min(stage),
+                   ">= 0.95")]
 
 
 if __name__ == "__main__":
