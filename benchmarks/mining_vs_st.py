@@ -1,12 +1,16 @@
 """End-to-end mining against sentence-transformers' mine_hard_negatives, and the re-filter speed-up.
 
     python benchmarks/mining_vs_st.py --pairs data/sample/train.parquet --corpus data/sample/corpus.parquet
+    python benchmarks/mining_vs_st.py --whole-sample --model all-MiniLM-L6-v2 --compare-backends   # 13 683 texts
 
 Both sides start from the same pairs file and guide, each in a fresh process, with the same rules
 (relative margin 0.05, 3 negatives, top sampling, FAISS search): ours is pipeline.embed then
 pipeline.mask; theirs is util.mine_hard_negatives(use_faiss=True). Wall time and peak RSS are per
 process (ours: the sum of both stages' times, the larger of their peaks). Then a re-filter with new
-rules (pipeline.mask --refilter) is timed against the fresh mining run it replaces.
+rules (pipeline.mask --refilter) is timed against the fresh mining run it replaces. --whole-sample takes
+the bundled sample's train pairs with every other sample text as corpus; --compare-backends also mines with
+the other embed backend and compares stored vectors and mined tables. The ONNX export is made (once per
+model, cached) before anything is timed.
 """
 
 from __future__ import annotations
@@ -17,7 +21,10 @@ import tempfile
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from benchmarks.common import figure, measured, table  # noqa: E402
+import numpy as np  # noqa: E402
+import polars as pl  # noqa: E402
+
+from benchmarks.common import SAMPLE, figure, measured, table  # noqa: E402
 
 ST_SCRIPT = '''
 import sys, polars as pl
@@ -33,6 +40,28 @@ print("mined rows", len(mined), file=sys.stderr)
 '''
 
 
+def whole_sample(out: Path) -> tuple[str, str]:
+    """The sample's train pairs, and every other sample text (extra corpus, val and test corpora) as corpus."""
+    corpus = pl.concat([pl.read_parquet(SAMPLE / "corpus.parquet")["text"]]
+                       + [pl.read_parquet(SAMPLE / split / "corpus.parquet")["text"] for split in ("val", "test")])
+    pl.DataFrame({"text": corpus.unique(maintain_order=True)}).write_parquet(out / "corpus.parquet")
+    return str(SAMPLE / "train.parquet"), str(out / "corpus.parquet")
+
+
+def compare(work: Path, other: Path) -> str:
+    """Stored vectors and mined tables of two work directories made with different backends."""
+    from gist_mining.workdir import load_embeddings
+
+    (ids_a, a), (ids_b, b) = load_embeddings(work), load_embeddings(other)
+    largest = float(np.abs(a[np.argsort(ids_a)] - b[np.argsort(ids_b)]).max())
+    mined = [pl.read_parquet(w / "mined" / "*.parquet").sort("anchor_id") for w in (work, other)]
+    decisions = ["negative_ids", "false_negative_ids", "given_negative_flagged"]
+    differ = mined[0].select("anchor_id", *decisions).join(mined[1].select("anchor_id", *decisions), on="anchor_id")
+    differ = differ.filter(pl.any_horizontal(pl.col(c) != pl.col(f"{c}_right") for c in decisions))
+    return (f"stored embeddings, largest difference between backends: {largest:.2e} (target <= 1e-4); "
+            f"anchors whose mined negatives or false negatives differ: {differ.height} of {mined[0].height}")
+
+
 def main(argv: list[str] | None = None) -> list[dict]:
     parser = argparse.ArgumentParser()
     parser.add_argument("--pairs", default="data/sample/train.parquet")
@@ -41,13 +70,22 @@ def main(argv: list[str] | None = None) -> list[dict]:
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--device", default=None)
     parser.add_argument("--precision", default="fp32")
+    parser.add_argument("--backend", default="auto", choices=["auto", "torch", "onnx"])
+    parser.add_argument("--whole-sample", action="store_true", help="every sample text (13 683): train pairs + corpora")
+    parser.add_argument("--compare-backends", action="store_true", help="also mine with torch; compare (onnx backend)")
     args = parser.parse_args(argv)
     device = ["--device", args.device] if args.device else []
     with tempfile.TemporaryDirectory() as tmp:
+        if args.whole_sample:
+            args.pairs, args.corpus = whole_sample(Path(tmp))
         work = Path(tmp) / "work"
         corpus = ["--corpus", args.corpus] if args.corpus else []
-        embed = measured(["-m", "pipeline.embed", "--input", args.pairs, *corpus, "--work", work, "--model",
-                          args.model, "--batch-size", args.batch_size, "--precision", args.precision, *device])
+        embed_argv = ["-m", "pipeline.embed", "--input", args.pairs, *corpus, "--model", args.model,
+                      "--batch-size", args.batch_size, "--precision", args.precision, *device]
+        if args.backend != "torch":  # the export, once per model, before anything is timed
+            measured([*embed_argv, "--work", Path(tmp) / "export", "--backend", args.backend, "--shard-size", 1,
+                      "--num-shards", 1_000_000_000, "--shard-index", 999_999_999])
+        embed = measured([*embed_argv, "--work", work, "--backend", args.backend])
         mask = measured(["-m", "pipeline.mask", "--work", work, "--margin-strategy", "relative", "--margin", 0.05,
                          "--num-negatives", 3, "--sampling", "top"])
         refilter = measured(["-m", "pipeline.mask", "--work", work, "--refilter", "--margin-strategy", "absolute",
@@ -55,6 +93,13 @@ def main(argv: list[str] | None = None) -> list[dict]:
         script = Path(tmp) / "st_mine.py"
         script.write_text(ST_SCRIPT)
         theirs = measured([script, args.pairs, args.corpus or "-", args.model, args.device or "-", args.batch_size])
+        agreement = None
+        if args.compare_backends:
+            measured([*embed_argv, "--work", Path(tmp) / "torch", "--backend", "torch"])
+            measured(["-m", "pipeline.mask", "--work", Path(tmp) / "torch", "--margin-strategy", "relative",
+                      "--margin", 0.05, "--num-negatives", 3, "--sampling", "top"])
+            agreement = compare(work, Path(tmp) / "torch")
+        n_texts = pl.read_parquet(work / "texts.parquet").height
     ours_seconds = embed["seconds"] + mask["seconds"]
     ours_rss = max(embed["peak_rss_mib"], mask["peak_rss_mib"])
     rows = [
@@ -64,12 +109,15 @@ def main(argv: list[str] | None = None) -> list[dict]:
         ("ST mine_hard_negatives", f"{theirs['seconds']:.1f}", theirs["peak_rss_mib"]),
         ("pipeline.mask --refilter", f"{refilter['seconds']:.1f}", refilter["peak_rss_mib"]),
     ]
-    print(f"\n{args.pairs} (+ {args.corpus or 'no extra corpus'}), guide {args.model}, {args.precision}")
+    print(f"\n{args.pairs} (+ {args.corpus or 'no extra corpus'}): {n_texts} distinct texts, guide {args.model}, "
+          f"{args.precision}, backend {args.backend}")
     print(table(rows, ("run", "seconds", "peak RSS MiB")))
     print(f"wall time ratio ours / ST: {ours_seconds / theirs['seconds']:.3f}  (target <= 0.5)")
     print(f"peak RSS ratio ours / ST:  {ours_rss / theirs['peak_rss_mib']:.3f}  (target <= 1.0)")
     print(f"re-filter speed-up vs fresh embed+mask: {ours_seconds / refilter['seconds']:.1f}x  (target >= 50x); "
           f"vs mask alone: {mask['seconds'] / refilter['seconds']:.1f}x (process start included in each)")
+    if agreement:
+        print(agreement)
     return [figure("mining wall time, ours / ST mine_hard_negatives", ours_seconds / theirs["seconds"], "<= 0.5"),
             figure("mining peak RSS, ours / ST mine_hard_negatives", ours_rss / theirs["peak_rss_mib"], "<= 1.0"),
             figure("re-filter speed-up vs fresh embed + mask", ours_seconds / refilter["seconds"], ">= 50", "x")]
