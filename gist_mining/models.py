@@ -222,9 +222,10 @@ def _hash_files(root: Path, files: list[Path], memo: dict | None = None) -> str:
     return digest.hexdigest()
 
 
-def model_fingerprint(model, path: Path, prompt: str | None = None) -> dict:
-    """Everything that decides the embeddings: the files (weights, tokenizer, configs and prompts on disk), the
-    revision, the forward pass's dtype, and the loaded model's max_seq_length, pooling, prompts and dimension."""
+def model_fingerprint(model, path: Path) -> dict:
+    """Everything in the model that decides the embeddings: the files (weights, tokenizer, configs and prompts on
+    disk), the revision, the forward pass's dtype, and the loaded model's max_seq_length, pooling, prompts and
+    dimension. The prompts a run applies per role are the embed stage's settings (``role_prompts``)."""
     files = _model_files(path)
     if not files["weights"]:
         raise UsageError(f"{path}: no weight files found")
@@ -245,8 +246,29 @@ def model_fingerprint(model, path: Path, prompt: str | None = None) -> dict:
         "model_normalizes": any(type(m).__name__ == "Normalize" for m in model),
         "prompts": model.prompts,
         "default_prompt_name": model.default_prompt_name,
-        "prompt": prompt,
         "dimension": model.get_embedding_dimension(),
     }
     settings["fingerprint"] = hashlib.sha256(json.dumps(settings, sort_keys=True, default=str).encode()).hexdigest()
     return settings
+
+
+# The prompt names sentence-transformers' encode_query and encode_document fall back to, in order.
+ROLE_PROMPT_NAMES = {"query": ("query",), "document": ("document", "passage", "corpus")}
+
+
+def role_prompts(model, args) -> dict[str, str]:
+    """The text prepended to each role's inputs: ``--ROLE-prompt``, else the model's prompt named
+    ``--ROLE-prompt-name``, else ``--prompt`` (both roles), else what ``encode_query`` / ``encode_document``
+    apply by default (the model's own ``query`` prompt; its ``document``, ``passage`` or ``corpus`` one), else
+    none (""). An unknown name is a usage error naming the model's prompts."""
+    prompts = {}
+    for role, defaults in ROLE_PROMPT_NAMES.items():
+        literal, name = getattr(args, f"{role}_prompt"), getattr(args, f"{role}_prompt_name")
+        if name is not None and name not in model.prompts:
+            raise UsageError(f"--{role}-prompt-name {name!r}: the model has no prompt of that name "
+                             f"(its prompts: {', '.join(model.prompts) or 'none'})")
+        if literal is None and name is None:
+            literal = args.prompt
+            name = None if literal is not None else next((n for n in defaults if n in model.prompts), None)
+        prompts[role] = literal if literal is not None else model.prompts.get(name, "") if name else ""
+    return prompts

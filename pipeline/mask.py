@@ -161,8 +161,10 @@ def prepare_index(work: Path, store: VectorStore, plan: dict):
     return load_index(index_path, plan["k"]), np.load(ids_path, allow_pickle=False)
 
 
-def search_chunk(anchors: pl.DataFrame, store: VectorStore, index, pool_ids, pool_vectors, k: int) -> pa.Table:
-    queries = store.get(anchors["query_id"].to_numpy())
+def search_chunk(anchors: pl.DataFrame, store: VectorStore, query_store: VectorStore, index, pool_ids, pool_vectors,
+                 k: int) -> pa.Table:
+    """Every score is query role (the anchor's query) x document role (positive, given negatives, the pool)."""
+    queries = query_store.get(anchors["query_id"].to_numpy())
     positive_scores = np.einsum("nd,nd->n", queries, store.get(anchors["positive_id"].to_numpy()))
     given = padded(anchors["negative_ids"].to_arrow(), PAD_ID, np.int64)
     given_vectors = store.get(given[given != PAD_ID]) if given.size else np.zeros((0, queries.shape[1]), np.float32)
@@ -183,8 +185,8 @@ def search_chunk(anchors: pl.DataFrame, store: VectorStore, index, pool_ids, poo
 
 
 def search_shards(work: Path, plan: dict, shards: workdir.Shards, todo: list[int]) -> None:
-    store = VectorStore(work)
-    index, pool_ids = prepare_index(work, store, plan)
+    store, query_store = VectorStore(work), VectorStore(work, "query")
+    index, pool_ids = prepare_index(work, store, plan)  # the pool in the document role, queries included
     # Only an approximate index needs the pool's vectors again, to score its finds exactly.
     pool_vectors = None if plan["index"] == "flat" else store.get(pool_ids)
     anchors, size = load_anchors(work), plan["shard_size"]
@@ -194,7 +196,7 @@ def search_shards(work: Path, plan: dict, shards: workdir.Shards, todo: list[int
             with AtomicParquetWriter(shards.path(s), CANDIDATE_SCHEMA) as out:
                 for start in range(0, part.height, CHUNK):
                     chunk = part.slice(start, CHUNK)
-                    out.write(search_chunk(chunk, store, index, pool_ids, pool_vectors, plan["k"]))
+                    out.write(search_chunk(chunk, store, query_store, index, pool_ids, pool_vectors, plan["k"]))
                     progress.update(chunk.height)
             shards.mark_done(s)
 
