@@ -194,15 +194,17 @@ def test_grad_cache_equals_the_uncached_loss_and_gradients(mined_work, tmp_path,
             return loss, [p.grad.clone() for p in model.parameters() if p.grad is not None]
 
         def one_graph():
-            chunks = [train.embed(model, texts[s: s + 5], "cpu", False) for s in range(0, len(texts), 5)]
-            whole = torch.cat(chunks) if dropout else train.embed(model, texts, "cpu", False)
+            # the cached step's mini-batches: 5 texts at a time within each column (the model has no prompts)
+            chunks = [train.embed(model, batch.texts[c][s: s + 5], "cpu", False, "")
+                      for c in train.COLUMNS for s in range(0, len(batch.texts[c]), 5)]
+            whole = torch.cat(chunks) if dropout else train.embed(model, texts, "cpu", False, "")
             loss = loss_fn(batch.with_student(dict(zip(train.COLUMNS, whole.split(sizes)))))[0]
             loss.backward()
             return loss.item()
 
         args = SimpleNamespace(mini_batch_size=5, bf16=False)
         expected = grads_of(one_graph)
-        cached = grads_of(lambda: train.cached_backward(model, loss_fn, batch, texts, sizes, args, "cpu")[0].item())
+        cached = grads_of(lambda: train.cached_backward(model, loss_fn, batch, args, "cpu")[0].item())
         assert cached[0] == pytest.approx(expected[0], rel=1e-5)
         assert len(cached[1]) == len(expected[1]) > 10
         for mine, theirs in zip(cached[1], expected[1]):
