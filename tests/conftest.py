@@ -67,6 +67,17 @@ def make_pairs(n: int, seed: int = 0, tasks=("a", "b")) -> pl.DataFrame:
     return pl.DataFrame(rows)
 
 
+def eval_split(root: Path, pairs: pl.DataFrame) -> Path:
+    """A retrieval split (queries, corpus, qrels) where each pair's positive answers its query."""
+    n, folder = pairs.height, root / "eval"
+    folder.mkdir()
+    pl.DataFrame({"query_id": [f"q{i}" for i in range(n)], "text": pairs["query"]}).write_parquet(folder / "queries.parquet")
+    pl.DataFrame({"doc_id": [f"d{i}" for i in range(n)], "text": pairs["positive"]}).write_parquet(folder / "corpus.parquet")
+    pl.DataFrame({"query_id": [f"q{i}" for i in range(n)], "doc_id": [f"d{i}" for i in range(n)],
+                  "score": [1] * n}).write_parquet(folder / "qrels.parquet")
+    return folder
+
+
 def run_module(module: str, *args, check=True, **kwargs) -> subprocess.CompletedProcess:
     env = dict(os.environ, HF_HUB_OFFLINE="1", PYTHONPATH=str(ROOT))
     result = subprocess.run([sys.executable, "-m", module, *map(str, args)], capture_output=True, text=True,

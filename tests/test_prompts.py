@@ -11,7 +11,7 @@ import polars as pl
 import pyarrow.parquet as pq
 import pytest
 import torch
-from conftest import build_tiny_model, make_pairs, run_stage
+from conftest import build_tiny_model, eval_split, make_pairs, run_stage
 
 from gist_mining import workdir
 from gist_mining.loss import GISTLoss
@@ -154,18 +154,6 @@ def test_guide_blocks_use_each_columns_role(roles):
         vectors = by_id(work, role)
         expected = np.stack([vectors[i] for i in batch.ids[column].tolist()])
         torch.testing.assert_close(batch.guide[column], torch.from_numpy(expected).half())
-
-
-def eval_split(root, pairs: pl.DataFrame):
-    (root / "eval").mkdir()
-    n = pairs.height
-    pl.DataFrame({"query_id": [f"q{i}" for i in range(n)], "text": pairs["query"]}).write_parquet(
-        root / "eval" / "queries.parquet")
-    pl.DataFrame({"doc_id": [f"d{i}" for i in range(n)], "text": pairs["positive"]}).write_parquet(
-        root / "eval" / "corpus.parquet")
-    pl.DataFrame({"query_id": [f"q{i}" for i in range(n)], "doc_id": [f"d{i}" for i in range(n)],
-                  "score": [1] * n}).write_parquet(root / "eval" / "qrels.parquet")
-    return root / "eval"
 
 
 @pytest.mark.parametrize("mini_batch", [0, 5])  # whole columns, and GradCache's mini-batches within each column

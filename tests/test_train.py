@@ -8,7 +8,7 @@ import shutil
 import polars as pl
 import pytest
 import torch
-from conftest import make_pairs, run_stage
+from conftest import eval_split, make_pairs, run_stage
 
 from gist_mining.loss import GISTLoss
 from gist_mining.workdir import VectorStore
@@ -22,15 +22,7 @@ def mined_work(tmp_path_factory, tiny_guide):
     make_pairs(64, seed=2).write_parquet(root / "pairs.parquet")
     assert run_stage(embed, "--input", root / "pairs.parquet", "--work", root / "w", "--model", tiny_guide) == 0
     assert run_stage(mask, "--work", root / "w", "--k", 20, "--num-negatives", 2) == 0
-    # a small retrieval split from the same kind of text
-    pairs = pl.read_parquet(root / "pairs.parquet").head(20)
-    (root / "eval").mkdir()
-    pl.DataFrame({"query_id": [f"q{i}" for i in range(20)], "text": pairs["query"]}).write_parquet(
-        root / "eval" / "queries.parquet")
-    pl.DataFrame({"doc_id": [f"d{i}" for i in range(20)], "text": pairs["positive"]}).write_parquet(
-        root / "eval" / "corpus.parquet")
-    pl.DataFrame({"query_id": [f"q{i}" for i in range(20)], "doc_id": [f"d{i}" for i in range(20)],
-                  "score": [1] * 20}).write_parquet(root / "eval" / "qrels.parquet")
+    eval_split(root, pl.read_parquet(root / "pairs.parquet").head(20))  # a small retrieval split, the same kind of text
     return root
 
 
