@@ -47,7 +47,7 @@ def add_arguments(parser) -> None:
     settings = RescoreSettings()
     group = parser.add_argument_group("cross-encoder rescoring (--revision and --trust-remote-code apply to its model)")
     group.add_argument("--rescore-model", default=settings.model,
-                       help="a CrossEncoder (bundled name, local directory or Hugging Face id) that scores every "
+                       help="a CrossEncoder (local directory or Hugging Face id) that scores every "
                             "(query, candidate), (query, positive) and (query, given negative) pair")
     group.add_argument("--rescore-batch-size", type=int, default=settings.batch_size)
     group.add_argument("--rescore-device", default=settings.device, help="cpu, cuda, ... (default: best available)")
