@@ -82,12 +82,14 @@ class Rescorer:
     """The loaded CrossEncoder, its record for the search plan, and the verified texts it reads pairs from."""
 
     def __init__(self, work: Path, args):
+        if args.rescore_batch_size < 1:
+            raise UsageError(f"--rescore-batch-size must be at least 1, not {args.rescore_batch_size}")
         self.model = load_cross_encoder(args.rescore_model, args.rescore_device, args.revision, args.trust_remote_code)
         path = resolve_model(args.rescore_model, args.revision)
         self.record = dict(cross_encoder_fingerprint(self.model, path), name=args.rescore_model,
                            scores="sigmoid(logit)")
         self.batch_size, self.texts, self.seconds = args.rescore_batch_size, workdir.verified_table(work, workdir.TEXTS), 0.0
-        self.progress = tqdm(desc="rescore", unit="pair", total=0)
+        self.progress: tqdm | None = None  # opened when the first chunk is scored
 
     @classmethod
     def from_args(cls, work: Path, args) -> Rescorer | None:
@@ -101,6 +103,8 @@ class Rescorer:
         started = time.perf_counter()
         pairs, inverse = np.unique(np.stack([queries, others], axis=1), axis=0, return_inverse=True)
         text = texts_of(self.texts, np.unique(pairs))
+        if self.progress is None:
+            self.progress = tqdm(desc="rescore", unit="pair", total=0)
         self.progress.total += len(pairs)
         scores = np.empty(len(pairs), dtype=np.float32)
         step = self.batch_size * 32  # the bar moves every 32 batches
