@@ -186,7 +186,7 @@ def test_a_killed_run_resumes_and_shard_processes_agree(embedded, rescored, cros
     assert candidates(split).equals(candidates(rescored)) and mined(split).equals(mined(rescored))
 
 
-def test_another_rescore_model_makes_candidates_stale(embedded, cross_encoders, tiny_guide, tmp_path, capsys):
+def test_another_rescore_model_makes_candidates_stale(embedded, cross_encoders, tmp_path, capsys):
     work, model = copy(embedded, tmp_path), tmp_path / "model"
     shutil.copytree(cross_encoders[0], model)
     assert run_stage(mask, "--work", work, *SEARCH, "--rescore-model", model) == 0
@@ -205,6 +205,18 @@ def test_another_rescore_model_makes_candidates_stale(embedded, cross_encoders, 
     again = candidates(work)
     assert again["candidate_ids"].equals(first["candidate_ids"])
     assert not np.allclose(again["rescore_positive_score"], first["rescore_positive_score"], atol=1e-3)
-    # an embedding model would load with a random scoring head: refused
-    assert run_stage(mask, "--work", work, *SEARCH, "--rescore-model", tiny_guide, "--overwrite") == 2
-    assert "not a cross-encoder" in capsys.readouterr().err
+
+
+def test_models_that_cannot_rescore_are_refused(embedded, cross_encoders, tiny_guide, tmp_path, capsys):
+    """One line and exit status 2, before anything is written."""
+    work = copy(embedded, tmp_path)
+    refused = {"not a cross-encoder": ("--rescore-model", tiny_guide),  # CrossEncoder would add a random head
+               "gives 2 scores per pair": ("--rescore-model", build_tiny_cross_encoder(tmp_path / "two", num_labels=2)),
+               "--rescore-batch-size must be at least 1": ("--rescore-model", cross_encoders[0],
+                                                           "--rescore-batch-size", 0)}
+    for why, args in refused.items():
+        capsys.readouterr()
+        assert run_stage(mask, "--work", work, *SEARCH, *args) == 2
+        err = [line for line in capsys.readouterr().err.splitlines() if line.startswith("error:")]
+        assert len(err) == 1 and why in err[0], err
+        assert not (work / "candidates").exists()
