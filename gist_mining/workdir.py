@@ -255,13 +255,18 @@ def verified(work: Path, manifest: dict, step: str) -> list[Path]:
     return files
 
 
-def read_table(work: Path, name: str, columns: list[str] | None = None) -> pl.DataFrame:
-    """texts.parquet or anchors.parquet, checked against the embed manifest first."""
+def verified_table(work: Path, name: str) -> Path:
+    """The path of texts.parquet or anchors.parquet, checked against the embed manifest."""
     path = Path(work) / name
     wrong = problem(path, embeddings(work)["tables"][name])
     if wrong:
         raise UsageError(f"{path}: {wrong}; rebuild it with `{rebuild_command(work, 'embed')}`")
-    return pl.read_parquet(path, columns=columns)
+    return path
+
+
+def read_table(work: Path, name: str, columns: list[str] | None = None) -> pl.DataFrame:
+    """texts.parquet or anchors.parquet, checked against the embed manifest first."""
+    return pl.read_parquet(verified_table(work, name), columns=columns)
 
 
 def trained_from(model_dir: Path) -> str | None:

@@ -1,4 +1,5 @@
-"""Shared fixtures: a tiny random BERT sentence-transformer built on the fly (no downloads) and small inputs."""
+"""Shared fixtures: a tiny random BERT sentence-transformer and cross-encoder built on the fly (no downloads) and
+small inputs."""
 
 from __future__ import annotations
 
@@ -42,6 +43,23 @@ def build_tiny_model(path: Path, seed: int = 0, dropout: float = 0.1) -> Path:
                                 device="cpu")
     model.save(str(path / "st"))
     return path / "st"
+
+
+def build_tiny_cross_encoder(path: Path, seed: int = 0, num_labels: int = 1) -> Path:
+    """A tiny random CrossEncoder saved with the Identity activation, as the ms-marco ones are."""
+    import torch
+    from sentence_transformers import CrossEncoder
+    from transformers import BertConfig, BertForSequenceClassification, BertTokenizerFast
+
+    torch.manual_seed(seed)
+    vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"] + WORDS
+    config = BertConfig(vocab_size=len(vocab), hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+                        intermediate_size=64, max_position_embeddings=128, num_labels=num_labels,
+                        initializer_range=0.3)
+    BertForSequenceClassification(config).save_pretrained(path / "raw")
+    BertTokenizerFast(vocab={w: i for i, w in enumerate(vocab)}).save_pretrained(path / "raw")
+    CrossEncoder(str(path / "raw"), device="cpu", activation_fn=torch.nn.Identity()).save(str(path / "ce"))
+    return path / "ce"
 
 
 @pytest.fixture(scope="session")
