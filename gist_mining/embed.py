@@ -31,14 +31,18 @@ class EmbedSettings:
 QUERY_COLUMN = "query_embedding"
 
 
+def two_roles(settings: dict) -> bool:
+    """Whether the embed settings' query prompt differs from the document prompt (each role then has vectors)."""
+    return settings.get("query_prompt", "") != settings.get("document_prompt", "")
+
+
 def role_column(settings: dict, role: str) -> str:
     """The embedding shards' column holding a role's vectors. ``embedding`` holds every text in the document
     role (the only role when the two prompts are equal: each text embedded once); when the query prompt
     differs, ``query_embedding`` holds the queries in the query role (null for texts that are not queries).
     Every text has a document-role vector, so that ``pipeline.mask --include-queries`` can search queries as
     documents."""
-    two_roles = settings.get("query_prompt", "") != settings.get("document_prompt", "")
-    return QUERY_COLUMN if role == "query" and two_roles else "embedding"
+    return QUERY_COLUMN if role == "query" and two_roles(settings) else "embedding"
 
 
 def clean_given_negatives(anchors: pl.DataFrame) -> tuple[pl.DataFrame, int]:
@@ -138,12 +142,12 @@ def vector_column(vectors: np.ndarray, dtype: str, valid: np.ndarray | None = No
 
 
 def embed_shard(model, texts: pl.DataFrame, path: Path, settings: EmbedSettings, batch_size: int) -> None:
-    two_roles = role_column(settings.as_dict(), "query") == QUERY_COLUMN
+    both = two_roles(settings.as_dict())
     vectors = encode(model, texts.get_column("text").to_list(), batch_size, settings.document_prompt,
-                     "document" if two_roles else None)
+                     "document" if both else None)
     table = pa.table({"text_id": pa.array(texts.get_column("text_id").to_numpy(), type=pa.int64()),
                       "embedding": vector_column(vectors, settings.dtype)})
-    if two_roles:
+    if both:
         is_query = texts.get_column("is_query").to_numpy()
         queries = np.zeros_like(vectors)
         queries[is_query] = encode(model, texts.filter("is_query").get_column("text").to_list(), batch_size,

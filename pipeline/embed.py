@@ -21,7 +21,7 @@ from pathlib import Path
 from tqdm import tqdm
 
 from gist_mining import cli, workdir
-from gist_mining.embed import EmbedSettings, embed_shard, plan_texts, shard_bounds
+from gist_mining.embed import EmbedSettings, embed_shard, plan_texts, shard_bounds, two_roles
 from gist_mining.errors import InputError
 from gist_mining.inputs import read_corpus, read_pairs
 from gist_mining.models import DEFAULT_GUIDE, load_model, model_fingerprint, resolve_model, role_prompts
@@ -131,7 +131,7 @@ def main(argv=None) -> None:
           f"equal to the query or one of its positives, or repeated); {len(mine) - len(todo)} of this process's "
           f"shards already done", file=sys.stderr)
     settings, started = EmbedSettings(**plan["settings"]), time.perf_counter()
-    if settings.query_prompt != settings.document_prompt:
+    if two_roles(plan["settings"]):
         print(f"embed: query prompt {settings.query_prompt!r}, document prompt {settings.document_prompt!r}: "
               "every text in the document role, the queries in the query role too", file=sys.stderr)
     for i in tqdm(todo, unit="shard", desc="embed", disable=len(todo) < 2):
