@@ -46,7 +46,7 @@ class Unavailable(Exception):
     """Why the ONNX backend cannot serve this model or run, in one line."""
 
 
-def unsupported(model, prompt: str | None, precision: str) -> str | None:
+def unsupported(model, prompts: list[str], precision: str) -> str | None:
     """Why this model or run cannot use the ONNX backend, or None when it can be exported."""
     kinds = [type(module).__name__ for module in model]
     if kinds not in (["Transformer", "Pooling"], ["Transformer", "Pooling", "Normalize"]):
@@ -54,7 +54,7 @@ def unsupported(model, prompt: str | None, precision: str) -> str | None:
     mode = model[1].pooling_mode
     if mode not in POOLING_MODES:
         return f"pooling {mode!r} is not one of {', '.join(POOLING_MODES)}"
-    if prompt and not model[1].include_prompt:
+    if any(prompts) and not model[1].include_prompt:
         return "its pooling leaves the prompt's tokens out, which the graph cannot know"
     if precision != "fp32" or model.device.type != "cpu":
         return f"it runs on CPU in fp32 (this run: {model.device.type}, {precision})"
@@ -106,8 +106,9 @@ class OnnxEncoder:
         return vectors / np.maximum(np.linalg.norm(vectors, axis=1, keepdims=True), 1e-12)
 
 
-def encode(encoder: OnnxEncoder, texts: list[str], batch_size: int, prompt: str | None) -> np.ndarray:
-    """``gist_mining.embed.encode`` for the ONNX backend: L2-normalised float32 vectors in the order of texts."""
+def encode(encoder: OnnxEncoder, texts: list[str], batch_size: int, prompt: str | None, task: str | None = None) -> np.ndarray:
+    """``gist_mining.embed.encode`` for the ONNX backend: L2-normalised float32 vectors in the order of texts. ``task``
+    routes a Router module, which the ONNX backend never serves (``unsupported``), so it changes nothing here."""
     return encoder.encode(texts, batch_size, prompt)
 
 
@@ -179,7 +180,7 @@ def load(model, model_dir: Path, token_budget: int = TOKEN_BUDGET) -> OnnxEncode
     return OnnxEncoder(model, target / GRAPH_FILE, token_budget)
 
 
-def choose(requested: str, model, model_dir: Path, prompt: str | None, precision: str,
+def choose(requested: str, model, model_dir: Path, prompts: list[str], precision: str,
            token_budget: int = TOKEN_BUDGET) -> tuple[str, object]:
     """The backend a run uses and what encodes for it: ("onnx", OnnxEncoder) or ("torch", the model).
 
@@ -188,7 +189,7 @@ def choose(requested: str, model, model_dir: Path, prompt: str | None, precision
     if requested == "torch":
         return "torch", model
     try:
-        reason = unsupported(model, prompt, precision)
+        reason = unsupported(model, prompts, precision)
         if reason is not None:
             raise Unavailable(f"the ONNX backend cannot serve this model: {reason}")
         return "onnx", load(model, model_dir, token_budget)

@@ -41,7 +41,7 @@ def variant(tiny_model: Path, out: Path, mode: str, normalize: bool) -> Path:
 def test_vectors_equal_sentence_transformers(tiny_model, tmp_path, mode, normalize):
     path = variant(tiny_model, tmp_path / "model", mode, normalize)
     model = load_model(str(path), device="cpu")
-    backend, encoder = onnx_backend.choose("auto", model, path, None, "fp32", token_budget=200)
+    backend, encoder = onnx_backend.choose("auto", model, path, [], "fp32", token_budget=200)
     assert backend == "onnx"
     for prompt in (None, "query: "):
         expected = model.encode(TEXTS, batch_size=4, normalize_embeddings=True, prompt=prompt)
@@ -72,13 +72,13 @@ def test_export_is_cached_and_atomic(tiny_model, own_cache, monkeypatch, capsys)
     model = load_model(str(tiny_model), device="cpu")
     monkeypatch.setattr(torch.onnx, "export", failing)
     with pytest.raises(UsageError, match="torch.onnx.export failed: RuntimeError: interrupted"):
-        onnx_backend.choose("onnx", model, tiny_model, None, "fp32")
+        onnx_backend.choose("onnx", model, tiny_model, [], "fp32")
     assert list((own_cache / "onnx").iterdir()) == []  # nothing half-written is left, not even the temporary folder
     monkeypatch.setattr(torch.onnx, "export", counting)
-    assert onnx_backend.choose("auto", model, tiny_model, None, "fp32")[0] == "onnx"
+    assert onnx_backend.choose("auto", model, tiny_model, [], "fp32")[0] == "onnx"
     assert "exported the model to ONNX once" in capsys.readouterr().err
     again = load_model(str(tiny_model), device="cpu")
-    backend, encoder = onnx_backend.choose("auto", again, tiny_model, None, "fp32")
+    backend, encoder = onnx_backend.choose("auto", again, tiny_model, [], "fp32")
     assert backend == "onnx" and calls == ["fail", "export"]  # the second load reuses the export
     assert "exported" not in capsys.readouterr().err
     (folder,) = (own_cache / "onnx").iterdir()
@@ -102,8 +102,8 @@ def test_mismatch_refused_in_one_line(tiny_model, own_cache, monkeypatch, capsys
     monkeypatch.setattr(onnx_backend, "check", lambda want, got: real_check(want, got + 1e-3))
     model = load_model(str(tiny_model), device="cpu")
     with pytest.raises(UsageError, match=r"^--backend onnx: the ONNX export differs from the torch forward pass by 1.0"):
-        onnx_backend.choose("onnx", model, tiny_model, None, "fp32")
-    assert onnx_backend.choose("auto", model, tiny_model, None, "fp32") == ("torch", model)
+        onnx_backend.choose("onnx", model, tiny_model, [], "fp32")
+    assert onnx_backend.choose("auto", model, tiny_model, [], "fp32") == ("torch", model)
     (said,) = [line for line in capsys.readouterr().err.splitlines() if line.startswith("embed:")]
     assert said.startswith("embed: backend torch (the ONNX export differs from the torch forward pass by 1.00e-03")
     assert list((own_cache / "onnx").iterdir()) == []
@@ -115,19 +115,19 @@ def test_auto_falls_back_to_torch(tiny_model, monkeypatch, capsys):
     from sentence_transformers.sentence_transformer.modules import Dense
 
     model = load_model(str(tiny_model), device="cpu")
-    assert onnx_backend.choose("auto", model, tiny_model, None, "bf16")[0] == "torch"
+    assert onnx_backend.choose("auto", model, tiny_model, [], "bf16")[0] == "torch"
     assert "runs on CPU in fp32 (this run: cpu, bf16)" in capsys.readouterr().err
     real_version = metadata.version
     monkeypatch.setattr(metadata, "version", lambda name: (_ for _ in ()).throw(metadata.PackageNotFoundError(name))
                         if name == "onnxruntime" else real_version(name))
-    assert onnx_backend.choose("auto", model, tiny_model, None, "fp32") == ("torch", model)
+    assert onnx_backend.choose("auto", model, tiny_model, [], "fp32") == ("torch", model)
     assert "onnxruntime is not installed" in capsys.readouterr().err
     monkeypatch.undo()
     model.append(Dense(32, 8))
-    assert onnx_backend.choose("auto", model, tiny_model, None, "fp32") == ("torch", model)
+    assert onnx_backend.choose("auto", model, tiny_model, [], "fp32") == ("torch", model)
     assert "module stack Transformer -> Pooling -> Normalize -> Dense" in capsys.readouterr().err
     with pytest.raises(UsageError, match="--backend onnx: the ONNX backend cannot serve this model"):
-        onnx_backend.choose("onnx", model, tiny_model, None, "fp32")
+        onnx_backend.choose("onnx", model, tiny_model, [], "fp32")
 
 
 def test_token_batches():
