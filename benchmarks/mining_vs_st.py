@@ -86,18 +86,18 @@ def main(argv: list[str] | None = None) -> list[dict]:
             measured([*embed_argv, "--work", Path(tmp) / "export", "--backend", args.backend, "--shard-size", 1,
                       "--num-shards", 1_000_000_000, "--shard-index", 999_999_999])
         embed = measured([*embed_argv, "--work", work, "--backend", args.backend])
-        mask = measured(["-m", "pipeline.mask", "--work", work, "--margin-strategy", "relative", "--margin", 0.05,
-                         "--num-negatives", 3, "--sampling", "top"])
-        refilter = measured(["-m", "pipeline.mask", "--work", work, "--refilter", "--margin-strategy", "absolute",
-                             "--margin", 0.1, "--num-negatives", 5])
+        mask_rules = ["--margin-strategy", "relative", "--margin", 0.05, "--num-negatives", 3, "--sampling", "top"]
+        refilter_rules = ["--refilter", "--margin-strategy", "absolute", "--margin", 0.1, "--num-negatives", 5]
+        mask = measured(["-m", "pipeline.mask", "--work", work, *mask_rules])
+        refilter = measured(["-m", "pipeline.mask", "--work", work, *refilter_rules])
         script = Path(tmp) / "st_mine.py"
         script.write_text(ST_SCRIPT)
         theirs = measured([script, args.pairs, args.corpus or "-", args.model, args.device or "-", args.batch_size])
         agreement = None
         if args.compare_backends:
             measured([*embed_argv, "--work", Path(tmp) / "torch", "--backend", "torch"])
-            measured(["-m", "pipeline.mask", "--work", Path(tmp) / "torch", "--margin-strategy", "relative",
-                      "--margin", 0.05, "--num-negatives", 3, "--sampling", "top"])
+            for rules in (mask_rules, refilter_rules):  # the same rules as ours, so mined/ holds the re-filtered table
+                measured(["-m", "pipeline.mask", "--work", Path(tmp) / "torch", *rules])
             agreement = compare(work, Path(tmp) / "torch")
         n_texts = pl.read_parquet(work / "texts.parquet").height
     ours_seconds = embed["seconds"] + mask["seconds"]
