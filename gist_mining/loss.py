@@ -126,6 +126,15 @@ class GISTLoss(nn.Module):
         self.control = control
 
     def forward(self, batch: GuidedBatch) -> tuple[torch.Tensor, torch.Tensor]:
+        logits, mask, labels, total = self.masked_logits(batch)
+        loss = F.cross_entropy(logits.masked_fill(mask, float("-inf")) / self.temperature, labels, reduction="sum")
+        # Scaled so that averaging over ranks (DDP) gives the global batch's mean, whatever each rank's share.
+        world = dist.get_world_size() if _distributed() else 1
+        return loss * world / total, mask.float().mean()
+
+    def masked_logits(self, batch: GuidedBatch) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, int]:
+        """This rank's anchors' cosine logits over the candidates (before the temperature), the mask, the
+        labels, and the global batch's number of anchors."""
         q, p = batch.queries, batch.positives
         all_p, all_n, all_q, start, total = _gather_candidates(batch)
         labels = torch.arange(q.ids.shape[0], device=q.ids.device) + start
@@ -141,11 +150,7 @@ class GISTLoss(nn.Module):
             if batch.unjudged is not None:
                 guided &= ~batch.unjudged[:, None]
             mask |= guided if self.control is None else same_count(guided, ~mask & ~is_label, logits, self.control)
-        mask &= ~is_label
-        loss = F.cross_entropy(logits.masked_fill(mask, float("-inf")) / self.temperature, labels, reduction="sum")
-        # Scaled so that averaging over ranks (DDP) gives the global batch's mean, whatever each rank's share.
-        world = dist.get_world_size() if _distributed() else 1
-        return loss * world / total, mask.float().mean()
+        return logits, mask & ~is_label, labels, total
 
     def _guide_mask(self, q: Column, p: Column, all_p: Column, all_n: Column, all_q: Column) -> torch.Tensor:
         # Float32 even under autocast: a bf16 score near the threshold flips mask decisions.
