@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -122,8 +123,12 @@ def embedding_table(ids: np.ndarray, vectors: np.ndarray, dtype: str) -> pa.Tabl
     return pa.table({"text_id": pa.array(ids, type=pa.int64()), "embedding": column})
 
 
-def embed_shard(model, texts: pl.DataFrame, path: Path, settings: EmbedSettings, batch_size: int) -> None:
-    vectors = encode(model, texts.get_column("text").to_list(), batch_size, settings.prompt)
+def embed_shard(model, texts: pl.DataFrame, path: Path, settings: EmbedSettings, batch_size: int, cache=None) -> None:
+    """With a cache (``embed_cache.EmbeddingCache``), only the texts it does not hold go through the model."""
+    strings = texts.get_column("text").to_list()
+    compute = functools.partial(encode, model, batch_size=batch_size, prompt=settings.prompt)
+    vectors = compute(strings) if cache is None else cache.vectors(
+        texts.get_column("text_id").to_numpy(), strings, settings.prompt, compute)
     # Float vectors and unique hashes do not compress: zstd and dictionaries would only cost time.
     write_parquet_atomic(embedding_table(texts.get_column("text_id").to_numpy(), vectors, settings.dtype), path,
                          compression="none", use_dictionary=False)

@@ -273,7 +273,11 @@ def trained_from(model_dir: Path) -> str | None:
 
 def read_shard(path: Path) -> tuple[np.ndarray, np.ndarray]:
     """One embedding shard's text ids and vectors as float32."""
-    table = pq.read_table(path)
+    return shard_arrays(pq.read_table(path))
+
+
+def shard_arrays(table) -> tuple[np.ndarray, np.ndarray]:
+    """An embedding table's (text_id, embedding) columns as arrays, the vectors as float32."""
     flat = table.column("embedding").combine_chunks().flatten().to_numpy(zero_copy_only=False)
     return table.column("text_id").to_numpy(), flat.reshape(len(table), -1).astype(np.float32, copy=False)
 

@@ -44,6 +44,14 @@ def build_tiny_model(path: Path, seed: int = 0, dropout: float = 0.1) -> Path:
     return path / "st"
 
 
+@pytest.fixture(scope="session", autouse=True)
+def private_cache(tmp_path_factory) -> Path:
+    """Everything the suite caches (weight hashes, embeddings) goes to a temporary folder, never the user's."""
+    path = tmp_path_factory.mktemp("gist-mining-cache")
+    os.environ["GIST_MINING_CACHE"] = str(path)
+    return path
+
+
 @pytest.fixture(scope="session")
 def tiny_model(tmp_path_factory) -> Path:
     return build_tiny_model(tmp_path_factory.mktemp("tiny"))
