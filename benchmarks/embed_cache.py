@@ -29,7 +29,8 @@ from gist_mining.workdir import load_embeddings  # noqa: E402
 
 def mine(pairs: Path, work: Path, cache: Path, args) -> dict:
     embed = measured(["-m", "pipeline.embed", "--input", pairs, "--work", work, "--model", args.model,
-                      "--batch-size", args.batch_size, "--cache-dir", cache])
+                      "--batch-size", args.batch_size, "--cache-dir", cache,
+                      *(["--device", args.device] if args.device else [])])
     mask = measured(["-m", "pipeline.mask", "--work", work])
     return {"embed": embed["seconds"], "mask": mask["seconds"], "total": embed["seconds"] + mask["seconds"]}
 
@@ -47,6 +48,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
     parser.add_argument("--pairs", type=int, default=2640, help="pairs in the fresh run (the sample has 2907: 2640 + 10%%)")
     parser.add_argument("--model", default=DEFAULT_GUIDE)
     parser.add_argument("--batch-size", type=int, default=64)
+    parser.add_argument("--device", default=None)
     args = parser.parse_args(argv)
     sample = pl.read_parquet(SAMPLE / "train.parquet").sample(fraction=1.0, shuffle=True, seed=0)
     n_new = round(args.pairs * 1.1)

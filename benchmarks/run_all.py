@@ -49,7 +49,7 @@ def main() -> None:
         runs = [
             lambda: embed_throughput.main(["--n", "1000", *device]),
             lambda: mining_vs_st.main(["--pairs", str(pairs), "--corpus", str(SAMPLE / "corpus.parquet"), *device]),
-            lambda: embed_cache.main([]),
+            lambda: embed_cache.main(device),
             lambda: precision_check.main(["--n", "300", "--corpus-n", "300", *device]),
             lambda: train_step.main(["--work", str(work), *device, *(["--bf16"] if on_gpu else [])]),
             lambda: index_recall.main(["--sizes", "10000", "30000", "--queries", "500"]),

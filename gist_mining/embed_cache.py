@@ -72,9 +72,9 @@ class EmbeddingCache:
     def vectors(self, ids: np.ndarray, texts: list[str], prompt: str | None,
                 compute: Callable[[list[str]], np.ndarray]) -> np.ndarray:
         """Every text's vector (float32): cached ones read, the others computed in input order and added."""
-        folder = self.folder(prompt)
+        folder, ids = self.folder(prompt), np.asarray(ids, dtype=np.int64)
         out = np.empty((len(ids), self.model["dimension"]), dtype=np.float32)
-        found = self._read_into(folder, np.asarray(ids, dtype=np.int64), out)
+        found = self._read_into(folder, ids, out)
         missing = np.flatnonzero(~found)
         if len(missing):
             out[missing] = compute([texts[i] for i in missing])
