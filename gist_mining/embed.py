@@ -128,7 +128,7 @@ def embed_shard(model, texts: pl.DataFrame, path: Path, settings: EmbedSettings,
     strings = texts.get_column("text").to_list()
     compute = functools.partial(encode, model, batch_size=batch_size, prompt=settings.prompt)
     vectors = compute(strings) if cache is None else cache.vectors(
-        texts.get_column("text_id").to_numpy(), strings, settings.prompt, compute)
+        texts.get_column("text_id").to_numpy(), strings, compute, settings.prompt)
     # Float vectors and unique hashes do not compress: zstd and dictionaries would only cost time.
     write_parquet_atomic(embedding_table(texts.get_column("text_id").to_numpy(), vectors, settings.dtype), path,
                          compression="none", use_dictionary=False)

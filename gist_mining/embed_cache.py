@@ -5,7 +5,8 @@ Layout under the cache root (default ``$GIST_MINING_CACHE/embeddings``, else
 
     <key>/key.json           what the key stands for: the model fingerprint (weights, tokenizer, configs,
                              revision, forward-pass dtype, max_seq_length, pooling, prompts, dimension), the
-                             prompt text actually used, the backend, the model's name (for people)
+                             prompt text actually used, the task encode routes on (None today), the
+                             backend, the model's name (for people)
     <key>/<sha256>.parquet   text_id i64, embedding fixed_size_list[float32, dim]; named by the SHA-256 of its bytes
 
 ``<key>`` hashes everything that changes a vector, so an entry can never serve another model, prompt,
@@ -32,7 +33,6 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from gist_mining.embed import embedding_table
 from gist_mining.models import cache_dir
 from gist_mining.storage import config_fingerprint, read_json, remove_stale_temps, write_bytes_atomic, write_json_atomic
 from gist_mining.workdir import shard_arrays
@@ -45,11 +45,11 @@ def default_root() -> Path:
     return cache_dir() / "embeddings"
 
 
-def prompt_used(model_info: dict, prompt: str | None) -> str | None:
-    """The text sentence-transformers prepends: the prompt given, else the model's default prompt, if any."""
+def prompt_used(model_info: dict, prompt: str | None) -> str:
+    """The text sentence-transformers prepends: the prompt given, else the model's default prompt, else none ("")."""
     if prompt is not None:
         return prompt
-    return (model_info.get("prompts") or {}).get(model_info.get("default_prompt_name"))
+    return (model_info.get("prompts") or {}).get(model_info.get("default_prompt_name")) or ""
 
 
 class EmbeddingCache:
@@ -63,22 +63,23 @@ class EmbeddingCache:
         self.hits = self.misses = 0
         self._file_ids: dict[Path, np.ndarray | None] = {}  # verified files' text ids, read once per process
 
-    def key(self, prompt: str | None) -> dict:
-        return {"format": FORMAT, "model": self.model, "prompt": prompt_used(self.model, prompt), "backend": self.backend}
+    def key(self, prompt: str | None, task: str | None = None) -> dict:
+        """``task``: what encode routes on besides the prompt (a Router module's query or document), if anything."""
+        return {"format": FORMAT, "model": self.model, "prompt": prompt_used(self.model, prompt), "task": task,
+                "backend": self.backend}
 
-    def folder(self, prompt: str | None) -> Path:
-        return self.root / config_fingerprint(self.key(prompt))[:32]
-
-    def vectors(self, ids: np.ndarray, texts: list[str], prompt: str | None,
-                compute: Callable[[list[str]], np.ndarray]) -> np.ndarray:
-        """Every text's vector (float32): cached ones read, the others computed in input order and added."""
-        folder, ids = self.folder(prompt), np.asarray(ids, dtype=np.int64)
+    def vectors(self, ids: np.ndarray, texts: list[str], compute: Callable[[list[str]], np.ndarray],
+                prompt: str | None, task: str | None = None) -> np.ndarray:
+        """Every text's vector (float32): cached ones read, the others computed (``compute``: the model's
+        encode with this prompt and task) in input order and added."""
+        key, ids = self.key(prompt, task), np.asarray(ids, dtype=np.int64)
+        folder = self.root / config_fingerprint(key)[:32]
         out = np.empty((len(ids), self.model["dimension"]), dtype=np.float32)
         found = self._read_into(folder, ids, out)
         missing = np.flatnonzero(~found)
         if len(missing):
             out[missing] = compute([texts[i] for i in missing])
-            self._add(folder, prompt, ids[missing], out[missing])
+            self._add(folder, key, ids[missing], out[missing])
         self.hits, self.misses = self.hits + int(found.sum()), self.misses + len(missing)
         return out
 
@@ -106,13 +107,15 @@ class EmbeddingCache:
             _touch(path)
         return found
 
-    def _add(self, folder: Path, prompt: str | None, ids: np.ndarray, vectors: np.ndarray) -> None:
+    def _add(self, folder: Path, key: dict, ids: np.ndarray, vectors: np.ndarray) -> None:
         """One new file; a cache that cannot be written (read-only, full) costs this run nothing but a warning."""
+        column = pa.FixedSizeListArray.from_arrays(pa.array(vectors.reshape(-1), type=pa.float32()), vectors.shape[1])
         sink = pa.BufferOutputStream()
-        pq.write_table(embedding_table(ids, vectors, "float32"), sink, compression="none", use_dictionary=False)
+        pq.write_table(pa.table({"text_id": pa.array(ids, type=pa.int64()), "embedding": column}), sink,
+                       compression="none", use_dictionary=False)
         data = sink.getvalue().to_pybytes()
         try:
-            write_json_atomic({**self.key(prompt), "name": self.name}, folder / KEY_FILE)
+            write_json_atomic({**key, "name": self.name}, folder / KEY_FILE)
             write_bytes_atomic(data, folder / f"{hashlib.sha256(data).hexdigest()}.parquet")
         except OSError as err:
             print(f"embed cache: cannot add to {folder} ({err}); continuing without", file=sys.stderr)
