@@ -5,8 +5,8 @@ Layout under the cache root (default ``$GIST_MINING_CACHE/embeddings``, else
 
     <key>/key.json           what the key stands for: the model fingerprint (weights, tokenizer, configs,
                              revision, forward-pass dtype, max_seq_length, pooling, prompts, dimension), the
-                             prompt text actually used, the task encode routes on (None today), the
-                             backend, the model's name (for people)
+                             prompt text actually used, the task encode routes on (document or query
+                             with two roles), the backend, the model's name (for people)
     <key>/<sha256>.parquet   text_id i64, embedding fixed_size_list[float32, dim]; named by the SHA-256 of its bytes
 
 ``<key>`` hashes everything that changes a vector, so an entry can never serve another model, prompt,

@@ -4,7 +4,8 @@
 
 Writes into the work directory: texts.parquet (text_id, text, is_query, is_document, n_chars),
 anchors.parquet (anchor_id, source, source_row, query_id, positive_id, negative_ids, task),
-embeddings/shard-*.parquet (text_id, embedding) and embed_manifest.json once every shard is done.
+embeddings/shard-*.parquet (text_id, embedding; with a query prompt unlike the document prompt, also
+query_embedding: see gist_mining.embed.role_column) and embed_manifest.json once every shard is done.
 Texts held by the embedding cache (--cache-dir, shared by work directories; --no-cache) are read from it,
 not recomputed, and what is computed is added to it. Resumable (completed shards are kept), refuses a work
 directory made from another model, setting or input, and splits across processes with
@@ -22,11 +23,11 @@ from pathlib import Path
 from tqdm import tqdm
 
 from gist_mining import cli, workdir
-from gist_mining.embed import EmbedSettings, embed_shard, plan_texts, shard_bounds
+from gist_mining.embed import EmbedSettings, embed_shard, plan_texts, shard_bounds, two_roles
 from gist_mining.embed_cache import EmbeddingCache, default_root
 from gist_mining.errors import InputError
 from gist_mining.inputs import read_corpus, read_pairs
-from gist_mining.models import DEFAULT_GUIDE, load_model, model_fingerprint, resolve_model
+from gist_mining.models import DEFAULT_GUIDE, load_model, model_fingerprint, resolve_model, role_prompts
 from gist_mining.storage import config_fingerprint, path_sha256, write_json_atomic, write_parquet_atomic
 
 
@@ -42,7 +43,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--precision", choices=["fp32", "fp16", "bf16"], default="fp32", help="forward-pass dtype")
     parser.add_argument("--dtype", choices=["float32", "float16"], default="float32", help="stored embedding dtype")
     parser.add_argument("--max-seq-length", type=int, default=None)
-    parser.add_argument("--prompt", default=None, help="text prepended to every input (models trained with one)")
+    cli.prompt_arguments(parser)
     parser.add_argument("--shard-size", type=int, default=50_000, help="texts per embedding shard")
     parser.add_argument("--overwrite", action="store_true", help="discard a work directory made differently")
     parser.add_argument("--cache-dir", type=Path, default=None,
@@ -79,8 +80,10 @@ def prepare_model(args):
 
 
 def make_plan(args, argv, model, texts, anchors, inputs: list[dict]) -> dict:
-    settings = EmbedSettings(dtype=args.dtype, precision=args.precision, shard_size=args.shard_size, prompt=args.prompt)
-    model_info = dict(model_fingerprint(model, resolve_model(args.model, args.revision), prompt=args.prompt), name=args.model)
+    prompts = role_prompts(model, args)
+    settings = EmbedSettings(dtype=args.dtype, precision=args.precision, shard_size=args.shard_size,
+                             query_prompt=prompts["query"], document_prompt=prompts["document"])
+    model_info = dict(model_fingerprint(model, resolve_model(args.model, args.revision)), name=args.model)
     plan = {"model": model_info, "settings": settings.as_dict(), "inputs": inputs,
             "command": shlex.join(["python", "-m", "pipeline.embed", *map(str, argv)])}
     plan["fingerprint"] = config_fingerprint(
@@ -135,13 +138,16 @@ def main(argv=None) -> None:
           f"equal to the query or one of its positives, or repeated); {len(mine) - len(todo)} of this process's "
           f"shards already done", file=sys.stderr)
     settings, started = EmbedSettings(**plan["settings"]), time.perf_counter()
+    if two_roles(plan["settings"]):
+        print(f"embed: query prompt {settings.query_prompt!r}, document prompt {settings.document_prompt!r}: "
+              "every text in the document role, the queries in the query role too", file=sys.stderr)
     cache = None if args.no_cache else EmbeddingCache(args.cache_dir or default_root(), plan["model"], backend="torch")
     for i in tqdm(todo, unit="shard", desc="embed", disable=len(todo) < 2):
         start, stop = bounds[i]
         embed_shard(model, texts.slice(start, stop - start), shards.path(i), settings, args.batch_size, cache)
         shards.mark_done(i)
     if cache is not None and todo:
-        print(f"embed: cache {cache.root}: {cache.hits} texts read, {cache.misses} computed and added", file=sys.stderr)
+        print(f"embed: cache {cache.root}: {cache.hits} vectors read, {cache.misses} computed and added", file=sys.stderr)
     manifest = shards.finish(workdir.EMBED_MANIFEST, {k: v for k, v in plan.items() if k != "bounds"})
     if manifest is None:
         print("embed: shards left for other processes or a rerun", file=sys.stderr)

@@ -82,6 +82,19 @@ def test_warm_cache_writes_the_shards_a_run_without_cache_writes(tmp_path, tiny_
     assert shard_bytes(tmp_path / "warm16") == shard_bytes(tmp_path / "plain16")
 
 
+def test_two_roles_are_cached_apart(tmp_path, tiny_model, pairs, encoded):
+    """A query prompt unlike the document prompt: every text in the document role, queries in the query role too."""
+    cache, roles = ["--cache-dir", tmp_path / "cache"], ["--query-prompt", "query: "]
+    old = pairs[0]
+    embed_run(tmp_path, "plain", "old.parquet", tiny_model, "--no-cache", *roles)
+    embed_run(tmp_path, "cold", "old.parquet", tiny_model, *cache, *roles)
+    assert sum(encoded) == 2 * (len(distinct_texts(old)) + len(set(old["query"])))
+    embed_run(tmp_path, "warm", "old.parquet", tiny_model, *cache, *roles)
+    assert sum(encoded) == 2 * (len(distinct_texts(old)) + len(set(old["query"])))  # nothing encoded
+    assert shard_bytes(tmp_path / "warm") == shard_bytes(tmp_path / "plain")
+    assert len(list((tmp_path / "cache").iterdir())) == 2  # the document role's key and the query role's
+
+
 def test_ten_percent_new_pairs_encode_only_the_new_texts(tmp_path, tiny_model, pairs, encoded, capsys):
     cache = ["--cache-dir", tmp_path / "cache"]
     embed_run(tmp_path, "old", "old.parquet", tiny_model, *cache)
@@ -90,7 +103,7 @@ def test_ten_percent_new_pairs_encode_only_the_new_texts(tmp_path, tiny_model, p
     new_texts = distinct_texts(pairs[1]) - distinct_texts(pairs[0])
     assert 0 < sum(encoded) == len(new_texts)
     hits = len(distinct_texts(pairs[1])) - len(new_texts)
-    assert f"{hits} texts read, {len(new_texts)} computed and added" in capsys.readouterr().err
+    assert f"{hits} vectors read, {len(new_texts)} computed and added" in capsys.readouterr().err
     embed_run(tmp_path, "plain", "new.parquet", tiny_model, "--no-cache")
     ids, vectors = shard_vectors(tmp_path / "new")
     plain_ids, plain = shard_vectors(tmp_path / "plain")
