@@ -253,13 +253,18 @@ def verified(work: Path, manifest: dict, step: str) -> list[Path]:
     return files
 
 
-def read_table(work: Path, name: str, columns: list[str] | None = None) -> pl.DataFrame:
-    """texts.parquet or anchors.parquet, checked against the embed manifest first."""
+def checked_table(work: Path, name: str) -> Path:
+    """The path of texts.parquet or anchors.parquet, checked against the embed manifest (to read in parts)."""
     path = Path(work) / name
     wrong = problem(path, embeddings(work)["tables"][name])
     if wrong:
         raise UsageError(f"{path}: {wrong}; rebuild it with `{rebuild_command(work, 'embed')}`")
-    return pl.read_parquet(path, columns=columns)
+    return path
+
+
+def read_table(work: Path, name: str, columns: list[str] | None = None) -> pl.DataFrame:
+    """texts.parquet or anchors.parquet, checked against the embed manifest first."""
+    return pl.read_parquet(checked_table(work, name), columns=columns)
 
 
 def trained_from(model_dir: Path) -> str | None:
@@ -271,11 +276,11 @@ def trained_from(model_dir: Path) -> str | None:
 # -- the guide's vectors as one matrix on disk ----------------------------------------------------------
 
 
-def read_shard(path: Path) -> tuple[np.ndarray, np.ndarray]:
-    """One embedding shard's text ids and vectors as float32."""
+def read_shard(path: Path, dtype=np.float32) -> tuple[np.ndarray, np.ndarray]:
+    """One embedding shard's text ids and vectors (as ``dtype``; None: as stored)."""
     table = pq.read_table(path)
     flat = table.column("embedding").combine_chunks().flatten().to_numpy(zero_copy_only=False)
-    return table.column("text_id").to_numpy(), flat.reshape(len(table), -1).astype(np.float32, copy=False)
+    return table.column("text_id").to_numpy(), flat.reshape(len(table), -1).astype(dtype or flat.dtype, copy=False)
 
 
 def load_embeddings(work: Path) -> tuple[np.ndarray, np.ndarray]:
@@ -285,9 +290,11 @@ def load_embeddings(work: Path) -> tuple[np.ndarray, np.ndarray]:
 
 
 class VectorStore:
-    """Guide embeddings looked up by text_id, from one float32 matrix on disk built once from the shards.
+    """Guide embeddings looked up by text_id, from one matrix on disk built once from the shards.
 
-    A lookup maps the file only while it copies the asked rows, so memory holds what a chunk needs.
+    The matrix keeps the shards' dtype (float16 with ``pipeline.embed --dtype float16``: half the disk and
+    page cache); lookups return float32. A lookup maps the file only while it copies the asked rows, and
+    mapped pages count in a process's RSS only while mapped, so memory holds what a chunk needs, never the pool.
     """
 
     def __init__(self, work: Path):
@@ -303,21 +310,22 @@ class VectorStore:
         ids = np.load(ids_path, allow_pickle=False)
         self.sorter = np.argsort(ids, kind="stable")
         self.sorted_ids = ids[self.sorter]
+        self.dimension = manifest["dimension"]
 
     def _build(self, work: Path, manifest: dict, ids_path: Path, marker: Path) -> None:
         marker.unlink(missing_ok=True)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         total = sum(s["rows"] for s in manifest["shards"])
-        tmp = tmp_name(self.path)
-        matrix = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.float32, shape=(total, manifest["dimension"]))
-        ids, start = [], 0
-        for path in verified(work, manifest, "embed"):
-            shard_ids, vectors = read_shard(path)
-            matrix[start: start + len(shard_ids)] = vectors
-            ids.append(shard_ids)
-            start += len(shard_ids)
-        matrix.flush()
-        del matrix
+        tmp, dtype = tmp_name(self.path), np.dtype(manifest["dtype"])
+        ids = []
+        # Written through the file, not a memory map: a map's written pages would count in RSS until it closes.
+        with open(tmp, "wb") as fh:
+            np.lib.format.write_array_header_1_0(fh, {"descr": np.lib.format.dtype_to_descr(dtype),
+                                                      "fortran_order": False, "shape": (total, manifest["dimension"])})
+            for path in verified(work, manifest, "embed"):
+                shard_ids, vectors = read_shard(path, dtype=dtype)
+                fh.write(np.ascontiguousarray(vectors).data)
+                ids.append(shard_ids)
         write_npy_atomic(np.concatenate(ids), ids_path)
         commit(tmp, self.path)
         write_json_atomic({"fingerprint": manifest["fingerprint"], "matrix.npy": self.path.stat().st_size,
@@ -331,13 +339,32 @@ class VectorStore:
         return self.sorter[positions]
 
     def get(self, ids: np.ndarray) -> np.ndarray:
-        rows = self.rows(np.asarray(ids, dtype=np.int64))
+        ids = np.asarray(ids, dtype=np.int64)
+        rows = self.rows(ids.reshape(-1))
         matrix = np.load(self.path, mmap_mode="r")
         order = np.argsort(rows, kind="stable")
         out = np.empty((len(rows), matrix.shape[1]), dtype=np.float32)
         out[order] = matrix[rows[order]]
         del matrix
-        return out
+        return out.reshape(*ids.shape, self.dimension)
+
+    def view(self, ids: np.ndarray) -> "StoredRows":
+        return StoredRows(self, ids)
+
+
+class StoredRows:
+    """The vectors of ``ids`` (in that order), indexed like an (n, d) array but read from the store on demand:
+    ``rows[5:10]``, ``rows[index_positions]`` (any shape) give float32 copies of just those rows."""
+
+    def __init__(self, store: VectorStore, ids: np.ndarray):
+        self.store, self.ids = store, ids
+        self.shape = (len(ids), store.dimension)
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def __getitem__(self, positions) -> np.ndarray:
+        return self.store.get(self.ids[positions])
 
 
 def write_npy_atomic(array: np.ndarray, path: Path) -> None:
