@@ -40,7 +40,7 @@ STAGE_BYTES_PER_VECTOR = 4 * 8
 
 def bytes_per_vector(kind: str, dim: int) -> int:
     """The index's memory per vector, as FAISS lays it out (checked against serialised sizes by the tests)."""
-    links = HNSW_M * 2 * 4 + 8  # level-0 neighbours (2M int32), plus the upper levels and offsets on average
+    links = HNSW_M * 2 * 4 + 16  # level-0 neighbours (2M int32); upper levels, level and offset, on average
     return {"flat": 4 * dim, "ivf": 4 * dim + 8, "hnsw": 4 * dim + links, "hnswsq": dim + links,
             "ivfpq": max(1, dim // PQ_DIMS_PER_BYTE) + 8}[kind]
 
