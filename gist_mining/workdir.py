@@ -19,6 +19,7 @@ with the command that rebuilds it, and rebuilt by that command, never read.
 from __future__ import annotations
 
 import fcntl
+import os
 import shutil
 import sys
 from contextlib import contextmanager
@@ -293,8 +294,8 @@ class VectorStore:
     """Guide embeddings looked up by text_id, from one matrix on disk built once from the shards.
 
     The matrix keeps the shards' dtype (float16 with ``pipeline.embed --dtype float16``: half the disk and
-    page cache); lookups return float32. A lookup maps the file only while it copies the asked rows, and
-    mapped pages count in a process's RSS only while mapped, so memory holds what a chunk needs, never the pool.
+    page cache); lookups return float32. Lookups read just the asked rows from the file, so memory holds what
+    a chunk needs, never the pool.
     """
 
     def __init__(self, work: Path):
@@ -310,7 +311,10 @@ class VectorStore:
         ids = np.load(ids_path, allow_pickle=False)
         self.sorter = np.argsort(ids, kind="stable")
         self.sorted_ids = ids[self.sorter]
-        self.dimension = manifest["dimension"]
+        with open(self.path, "rb") as fh:
+            np.lib.format.read_magic(fh)
+            shape, _, self.dtype = np.lib.format.read_array_header_1_0(fh)
+            self.offset, self.dimension = fh.tell(), shape[1]
 
     def _build(self, work: Path, manifest: dict, ids_path: Path, marker: Path) -> None:
         marker.unlink(missing_ok=True)
@@ -340,13 +344,25 @@ class VectorStore:
 
     def get(self, ids: np.ndarray) -> np.ndarray:
         ids = np.asarray(ids, dtype=np.int64)
-        rows = self.rows(ids.reshape(-1))
-        matrix = np.load(self.path, mmap_mode="r")
-        order = np.argsort(rows, kind="stable")
-        out = np.empty((len(rows), matrix.shape[1]), dtype=np.float32)
-        out[order] = matrix[rows[order]]
-        del matrix
-        return out.reshape(*ids.shape, self.dimension)
+        rows, where = np.unique(self.rows(ids.reshape(-1)), return_inverse=True)
+        return self._read(rows)[where].astype(np.float32).reshape(*ids.shape, self.dimension)
+
+    def _read(self, rows: np.ndarray) -> np.ndarray:
+        """Sorted distinct rows, one read per run of consecutive rows. Read, not memory-mapped: mapped pages
+        count in RSS, and the kernel maps cached neighbours of each touched page too (fault-around), so
+        scattered rows of a mapped 8 GB matrix would soon hold all of it."""
+        out = np.empty((len(rows), self.dimension), dtype=self.dtype)
+        buffer, size = memoryview(out).cast("B"), self.dimension * self.dtype.itemsize
+        starts = np.flatnonzero(np.diff(rows, prepend=-2) != 1)
+        with open(self.path, "rb", buffering=0) as fh:
+            for start, stop in zip(starts.tolist(), [*starts[1:].tolist(), len(rows)]):
+                done, offset = start * size, self.offset + int(rows[start]) * size - start * size
+                while done < stop * size:  # a read may return less than asked (Linux: at most ~2 GB)
+                    got = os.preadv(fh.fileno(), [buffer[done: stop * size]], offset + done)
+                    if got == 0:
+                        raise UsageError(f"{self.path}: shorter than its header says; delete it to rebuild it")
+                    done += got
+        return out
 
     def view(self, ids: np.ndarray) -> "StoredRows":
         return StoredRows(self, ids)
