@@ -11,6 +11,7 @@ import numpy as np
 import polars as pl
 import pytest
 from conftest import ROOT, run_stage
+from test_mask import candidates
 
 from gist_mining.errors import UsageError
 from gist_mining.ids import PAD_ID
@@ -36,10 +37,6 @@ def synthetic(tmp_path_factory):
 def work(synthetic, tmp_path):
     shutil.copytree(synthetic, tmp_path / "w")
     return tmp_path / "w"
-
-
-def candidates(work) -> pl.DataFrame:
-    return pl.read_parquet(work / "candidates" / "*.parquet").sort("anchor_id")
 
 
 def test_synthetic_pool_is_an_embed_work_directory_and_flat_search_is_exact(work):
