@@ -64,7 +64,6 @@ def peak(device) -> float:
 def measure(model, batch: train.Batch, mini: int, device, steps: int) -> tuple[float, float]:
     """Peak memory (MiB) above the model's own, and seconds per anchor, over ``steps`` timed steps."""
     loss_fn, args = GISTLoss(temperature=0.05), SimpleNamespace(mini_batch_size=mini, bf16=False)
-    texts = [t for c in train.COLUMNS for t in batch.texts[c]]
     sizes = [len(batch.texts[c]) for c in train.COLUMNS]
     if "cuda" in device:
         torch.cuda.empty_cache()
@@ -72,10 +71,11 @@ def measure(model, batch: train.Batch, mini: int, device, steps: int) -> tuple[f
     before, seconds = peak(device), []
     for step in range(steps + 1):  # the first step warms up
         started = time.perf_counter()
-        if mini < len(texts):
-            train.cached_backward(model, loss_fn, batch, texts, sizes, args, device)
+        if mini < sum(sizes):
+            train.cached_backward(model, loss_fn, batch, args, device)
         else:
-            student = {c: train.embed(model, batch.texts[c], device, False) for c in train.COLUMNS}
+            student = {c: train.embed(model, batch.texts[c], device, False, model.prompts[train.ROLES[c]])
+                       for c in train.COLUMNS}
             loss_fn(batch.with_student(student))[0].backward()
         if "cuda" in device:
             torch.cuda.synchronize()

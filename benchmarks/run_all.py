@@ -19,7 +19,8 @@ import polars as pl
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from benchmarks import embed_throughput, index_recall, mask_memory, mining_vs_st, precision_check, train_step  # noqa: E402
+from benchmarks import (embed_throughput, index_recall, mask_memory, mining_vs_st, precision_check,  # noqa: E402
+                        rescore_cost, train_step)
 from benchmarks.common import ROOT, SAMPLE, table  # noqa: E402
 from gist_mining import workdir  # noqa: E402
 from pipeline import embed, mask  # noqa: E402
@@ -53,6 +54,7 @@ def main() -> None:
             lambda: train_step.main(["--work", str(work), *device, *(["--bf16"] if on_gpu else [])]),
             lambda: index_recall.main(["--sizes", "10000", "30000", "--queries", "500"]),
             lambda: mask_memory.main(["--anchors", "1500", "--growth", "10", "--pool", "10000"]),
+            lambda: rescore_cost.main(device),
         ]
         for run in runs:
             figures += run()

@@ -31,6 +31,16 @@ def model_arguments(parser) -> None:
                         help="let a model that ships its own Python code run it as it loads (off by default)")
 
 
+def prompt_arguments(parser) -> None:
+    """Text prepended to queries and to documents (resolved by gist_mining.models.role_prompts)."""
+    parser.add_argument("--prompt", default=None, help="text prepended to queries and documents alike")
+    for role in ("query", "document"):
+        group = parser.add_mutually_exclusive_group()
+        group.add_argument(f"--{role}-prompt", default=None, help=f"text prepended to every {role} (overrides --prompt)")
+        group.add_argument(f"--{role}-prompt-name", default=None,
+                           help=f"the model's own prompt of this name (its config's prompts) for {role}s")
+
+
 def shard_arguments(parser) -> None:
     parser.add_argument("--num-shards", default="1",
                         help="processes sharing this run (a job array, ranks); 'auto': torchrun's WORLD_SIZE and RANK")

@@ -21,10 +21,28 @@ class EmbedSettings:
     dtype: str = "float32"
     precision: str = "fp32"
     shard_size: int = 50_000
-    prompt: str | None = None
+    query_prompt: str = ""
+    document_prompt: str = ""
 
     def as_dict(self) -> dict:
         return asdict(self)
+
+
+QUERY_COLUMN = "query_embedding"
+
+
+def two_roles(settings: dict) -> bool:
+    """Whether the embed settings' query prompt differs from the document prompt (each role then has vectors)."""
+    return settings.get("query_prompt", "") != settings.get("document_prompt", "")
+
+
+def role_column(settings: dict, role: str) -> str:
+    """The embedding shards' column holding a role's vectors. ``embedding`` holds every text in the document
+    role (the only role when the two prompts are equal: each text embedded once); when the query prompt
+    differs, ``query_embedding`` holds the queries in the query role (null for texts that are not queries).
+    Every text has a document-role vector, so that ``pipeline.mask --include-queries`` can search queries as
+    documents."""
+    return QUERY_COLUMN if role == "query" and two_roles(settings) else "embedding"
 
 
 def clean_given_negatives(anchors: pl.DataFrame) -> tuple[pl.DataFrame, int]:
@@ -106,24 +124,34 @@ def shard_bounds(n_texts: int, shard_size: int) -> list[tuple[int, int]]:
     return [(start, min(start + shard_size, n_texts)) for start in range(0, n_texts, shard_size)]
 
 
-def encode(model, texts: list[str], batch_size: int, prompt: str | None) -> np.ndarray:
-    """One encode call per shard: it sorts the shard by length itself, and its progress bar counts batches."""
+def encode(model, texts: list[str], batch_size: int, prompt: str, task: str | None = None) -> np.ndarray:
+    """One encode call per shard: it sorts the shard by length itself, and its progress bar counts batches.
+    ``task`` is what encode_query / encode_document pass (it routes a model with a Router module)."""
     if not texts:
         return np.zeros((0, model.get_embedding_dimension()), dtype=np.float32)
     return model.encode(texts, batch_size=batch_size, normalize_embeddings=True, convert_to_numpy=True,
-                        show_progress_bar=True, prompt=prompt)
+                        show_progress_bar=True, prompt=prompt, **({"task": task} if task else {}))
 
 
-def embedding_table(ids: np.ndarray, vectors: np.ndarray, dtype: str) -> pa.Table:
+def vector_column(vectors: np.ndarray, dtype: str, valid: np.ndarray | None = None) -> pa.Array:
+    """A fixed_size_list column of the vectors; rows where ``valid`` is False are null."""
     arrow_type = pa.float16() if dtype == "float16" else pa.float32()
     vectors = vectors.astype(np.float16 if dtype == "float16" else np.float32)
     values = pa.array(vectors.reshape(-1), type=arrow_type)
-    column = pa.FixedSizeListArray.from_arrays(values, vectors.shape[1])
-    return pa.table({"text_id": pa.array(ids, type=pa.int64()), "embedding": column})
+    return pa.FixedSizeListArray.from_arrays(values, vectors.shape[1], mask=None if valid is None else pa.array(~valid))
 
 
 def embed_shard(model, texts: pl.DataFrame, path: Path, settings: EmbedSettings, batch_size: int) -> None:
-    vectors = encode(model, texts.get_column("text").to_list(), batch_size, settings.prompt)
+    both = two_roles(settings.as_dict())
+    vectors = encode(model, texts.get_column("text").to_list(), batch_size, settings.document_prompt,
+                     "document" if both else None)
+    table = pa.table({"text_id": pa.array(texts.get_column("text_id").to_numpy(), type=pa.int64()),
+                      "embedding": vector_column(vectors, settings.dtype)})
+    if both:
+        is_query = texts.get_column("is_query").to_numpy()
+        queries = np.zeros_like(vectors)
+        queries[is_query] = encode(model, texts.filter("is_query").get_column("text").to_list(), batch_size,
+                                   settings.query_prompt, "query")
+        table = table.append_column(QUERY_COLUMN, vector_column(queries, settings.dtype, is_query))
     # Float vectors and unique hashes do not compress: zstd and dictionaries would only cost time.
-    write_parquet_atomic(embedding_table(texts.get_column("text_id").to_numpy(), vectors, settings.dtype), path,
-                         compression="none", use_dictionary=False)
+    write_parquet_atomic(table, path, compression="none", use_dictionary=False)

@@ -91,10 +91,19 @@ class GISTLoss(nn.Module):
     over the global batch's positives P, negatives N and queries Q (all ranks under torch.distributed;
     gathered with gradients). Entry (i, c) is set to -inf, except the label, when
         guided: guide(i, c) > threshold_i, with threshold_i from guide(q_i, p_i) by the shared margin rule
-                (gist_mining.margins); the guide's score of each entry uses the same roles as the student's
+                (gist_mining.margins); the guide's score of each entry pairs the same texts as the student's
                 (q-P, q-N, q-Q, p-P), so a candidate is judged against the text it is compared with;
         known:  c's text is one of anchor i's false negatives found at mining time;
         always: c's text is anchor i's own query or positive text (self-pairs, duplicates).
+    Roles (models with a query prompt unlike the document prompt embed a text differently as each): every
+    column's vectors, the student's and the guide's, are in its role, queries in the query role, positives and
+    negatives in the document role (the student applies its prompts per column; the guide's vectors are
+    looked up in that role). So each block scores the pair in the roles the student sees it in:
+        q-P, q-N  query x document: retrieval, the pair the guide scored at mining time (and threshold_i);
+        q-Q       query x query: the student compares two queries, both with the query prompt; the guide's
+                  same-role score is its symmetric similarity, which says whether q_j restates q_i;
+        p-P       document x document: two passages, both with the document prompt, likewise.
+    A document-role vector for the queries would score them as passages, which they are not in this batch.
     ``guided=False`` keeps only the "always" masks: the plain in-batch loss, for ablations.
     Returns the loss (the global batch's mean once averaged over ranks) and this rank's masked fraction.
     """

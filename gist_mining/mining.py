@@ -1,8 +1,10 @@
-"""Positive-aware hard-negative selection over stored guide scores, vectorised over a chunk of anchors.
+"""Positive-aware hard-negative selection over stored scores, vectorised over a chunk of anchors.
 
 Per anchor: the k nearest document-side texts by the guide (its own query text and every positive of
-that query excluded), each with its exact guide score. ``select`` turns them into hard negatives and
-false negatives under ``MiningRules``; it reads only the candidates, so new rules never need a new search.
+that query excluded), each with its exact guide score, and optionally a cross-encoder's score of each
+(query, text) pair (``gist_mining.rescore``). ``select`` turns them into hard negatives and false negatives
+under ``MiningRules``, from the guide's scores or the cross-encoder's (``MiningRules.score``); it reads only
+the candidates, so new rules never need a new search.
 """
 
 from __future__ import annotations
@@ -17,12 +19,22 @@ from gist_mining.ids import PAD_ID
 from gist_mining.margins import STRATEGIES, false_negative_threshold
 
 
-CANDIDATE_SCHEMA = pa.schema([
+# What the search writes: per anchor, its k candidates and given negatives with the guide's scores.
+SEARCHED_SCHEMA = pa.schema([
     ("anchor_id", pa.int64()), ("query_id", pa.int64()), ("positive_id", pa.int64()), ("task", pa.string()),
     ("positive_score", pa.float32()), ("candidate_ids", pa.list_(pa.int64())),
     ("candidate_scores", pa.list_(pa.float32())), ("given_negative_ids", pa.list_(pa.int64())),
     ("given_negative_scores", pa.list_(pa.float32())),
 ])
+# A cross-encoder's scores of the same pairs (gist_mining.rescore), in the same order; null without one.
+RESCORE_SCHEMA = pa.schema([
+    ("rescore_positive_score", pa.float32()), ("rescore_candidate_scores", pa.list_(pa.float32())),
+    ("rescore_given_negative_scores", pa.list_(pa.float32())),
+])
+CANDIDATE_SCHEMA = pa.schema([*SEARCHED_SCHEMA, *RESCORE_SCHEMA])
+# The columns each MiningRules.score reads: positive, candidates, given negatives.
+SCORES = {"guide": ("positive_score", "candidate_scores", "given_negative_scores"),
+          "rescore": tuple(RESCORE_SCHEMA.names)}
 
 
 MINED_SCHEMA = pa.schema([
@@ -48,12 +60,16 @@ class MiningRules:
     # For anchors the guide cannot judge (is_unjudged): None keeps the margin rule, which flags nearly all of
     # their candidates; R turns it off for them and takes their negatives after their first R candidates.
     unjudged_rank_min: int | None = None
+    # Whose scores the rules read: the guide's, or the cross-encoder's (which also re-ranks the candidates).
+    score: str = "guide"
 
     def __post_init__(self):
         if self.margin_strategy not in STRATEGIES:
             raise ValueError(f"margin strategy must be one of {', '.join(STRATEGIES)}")
         if self.sampling not in ("top", "random"):
             raise ValueError("sampling must be 'top' or 'random'")
+        if self.score not in SCORES:
+            raise ValueError(f"score must be one of {', '.join(SCORES)}")
         if self.rank_min < 0 or self.num_negatives < 0 or (self.unjudged_rank_min or 0) < 0:
             raise ValueError("rank_min, unjudged_rank_min and num_negatives must be >= 0")
 
@@ -131,28 +147,30 @@ def random_keys(seed: int, anchor_ids: np.ndarray, candidate_ids: np.ndarray) ->
 
 
 def select(candidates: pa.Table, rules: MiningRules) -> pa.Table:
-    """A chunk of ``candidates/`` (CANDIDATE_SCHEMA) to its rows of ``mined/`` (MINED_SCHEMA) under ``rules``."""
+    """A chunk of ``candidates/`` (CANDIDATE_SCHEMA) to its rows of ``mined/`` (MINED_SCHEMA) under ``rules``.
+
+    The candidates are ranked by the score the rules read (the guide's order already; a cross-encoder's
+    re-ranks them, ties kept in the guide's order), and ``positive_score`` and every score written are that score.
+    """
+    positive, candidate, given = SCORES[rules.score]
+    if candidates[positive].null_count:
+        raise ValueError(f"the candidates hold no {positive} (searched without --rescore-model)")
+    ids = padded(candidates["candidate_ids"], PAD_ID, np.int64)
+    scores = padded(candidates[candidate], -np.inf, np.float32)
+    order = np.argsort(-scores, axis=1, kind="stable")
+    ids, scores = np.take_along_axis(ids, order, axis=1), np.take_along_axis(scores, order, axis=1)
+    positive_scores = candidates[positive].to_numpy()
     chosen = choose(
-        anchor_ids=candidates["anchor_id"].to_numpy(),
-        positive_scores=candidates["positive_score"].to_numpy(),
-        candidate_ids=padded(candidates["candidate_ids"], PAD_ID, np.int64),
-        candidate_scores=padded(candidates["candidate_scores"], -np.inf, np.float32),
-        given_ids=padded(candidates["given_negative_ids"], PAD_ID, np.int64),
-        given_scores=padded(candidates["given_negative_scores"], -np.inf, np.float32),
-        rules=rules,
+        anchor_ids=candidates["anchor_id"].to_numpy(), positive_scores=positive_scores, candidate_ids=ids,
+        candidate_scores=scores, given_ids=padded(candidates["given_negative_ids"], PAD_ID, np.int64),
+        given_scores=padded(candidates[given], -np.inf, np.float32), rules=rules,
     )
-    kept = ("anchor_id", "query_id", "positive_id", "task", "positive_score", "given_negative_ids")
+    kept = ("anchor_id", "query_id", "positive_id", "task", "given_negative_ids")
     return pa.Table.from_pydict(
-        {**{name: candidates[name] for name in kept}, **chosen,
+        {**{name: candidates[name] for name in kept}, "positive_score": candidates[positive], **chosen,
          "n_candidates": pc.list_value_length(candidates["candidate_ids"]).cast(pa.int32()),
-         "candidates_above_positive": pa.array(_above_positive(candidates), type=pa.int32())},
+         "candidates_above_positive": pa.array((scores > positive_scores[:, None]).sum(axis=1), type=pa.int32())},
         schema=MINED_SCHEMA)
-
-
-def _above_positive(candidates: pa.Table) -> np.ndarray:
-    """Per anchor, how many of its candidates the guide scores above its labelled positive."""
-    scores = padded(candidates["candidate_scores"], -np.inf, np.float32)
-    return (scores > candidates["positive_score"].to_numpy()[:, None]).sum(axis=1)
 
 
 def is_unjudged(above_positive, n_candidates):

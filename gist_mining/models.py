@@ -176,20 +176,43 @@ def load_model(name_or_path: str, device: str | None = None, max_seq_length: int
                revision: str | None = None, trust_remote_code: bool = False):
     from sentence_transformers import SentenceTransformer
 
+    model = _load(SentenceTransformer, name_or_path, resolve_model(name_or_path, revision), device, trust_remote_code)
+    if max_seq_length:
+        model.max_seq_length = max_seq_length
+    return model
+
+
+def load_cross_encoder(name_or_path: str, device: str | None = None, revision: str | None = None,
+                       trust_remote_code: bool = False):
+    """A sentence-transformers CrossEncoder with one score per pair; an embedding model or a bare encoder is
+    refused, since CrossEncoder would load it with a freshly initialised (random) classification head."""
+    from sentence_transformers import CrossEncoder
+
     path = resolve_model(name_or_path, revision)
+    modules = read_json(path / "modules.json") if (path / "modules.json").exists() else []
+    architectures = (read_json(path / "config.json") if (path / "config.json").exists() else {}).get("architectures")
+    if any(m.get("type", "").endswith("Pooling") for m in modules) or (
+            not modules and architectures and not any(a.endswith("ForSequenceClassification") for a in architectures)):
+        raise UsageError(f"model {name_or_path!r} is not a cross-encoder (no scoring head: "
+                         f"{'an embedding model' if modules else ', '.join(architectures)}); pass a CrossEncoder model")
+    model = _load(CrossEncoder, name_or_path, path, device, trust_remote_code)
+    if model.num_labels != 1:
+        raise UsageError(f"model {name_or_path!r} gives {model.num_labels} scores per pair; rescoring needs a "
+                         "cross-encoder with one (num_labels 1)")
+    return model
+
+
+def _load(cls, name_or_path: str, path: Path, device: str | None, trust_remote_code: bool):
     # A bundled or local model never asks the Hub, not even for its model card on save; a Hub model may, for
     # code its config names in another repo (unless HF_HUB_OFFLINE is set).
     try:
-        model = SentenceTransformer(str(path), device=device, trust_remote_code=trust_remote_code,
-                                    local_files_only=snapshot_commit(path) is None)
+        return cls(str(path), device=device, trust_remote_code=trust_remote_code,
+                   local_files_only=snapshot_commit(path) is None)
     except ValueError as err:  # transformers refuses remote code with a ValueError that names trust_remote_code
         if trust_remote_code or "trust_remote_code" not in str(err):
             raise
         raise UsageError(f"model {name_or_path!r} ships its own Python code, which would run as it loads; "
                          "pass --trust-remote-code if you trust it") from None
-    if max_seq_length:
-        model.max_seq_length = max_seq_length
-    return model
 
 
 def _model_files(path: Path) -> dict[str, list[Path]]:
@@ -222,9 +245,8 @@ def _hash_files(root: Path, files: list[Path], memo: dict | None = None) -> str:
     return digest.hexdigest()
 
 
-def model_fingerprint(model, path: Path, prompt: str | None = None) -> dict:
-    """Everything that decides the embeddings: the files (weights, tokenizer, configs and prompts on disk), the
-    revision, the forward pass's dtype, and the loaded model's max_seq_length, pooling, prompts and dimension."""
+def _files_fingerprint(path: Path) -> dict:
+    """Hashes of the model's weights, tokenizer files and configs, and the Hub commit of a cached snapshot."""
     files = _model_files(path)
     if not files["weights"]:
         raise UsageError(f"{path}: no weight files found")
@@ -233,11 +255,25 @@ def model_fingerprint(model, path: Path, prompt: str | None = None) -> dict:
     memo = read_json(memo_path) if memo_path.exists() else {}
     weights = _hash_files(path, files["weights"], memo)
     write_json_atomic(memo, memo_path)
-    settings = {
+    return {
         "weights_sha256": weights,
         "tokenizer_sha256": _hash_files(path, files["tokenizer"]),
         "config_sha256": _hash_files(path, files["config"]),
         "revision": snapshot_commit(path),
+    }
+
+
+def _with_fingerprint(settings: dict) -> dict:
+    settings["fingerprint"] = hashlib.sha256(json.dumps(settings, sort_keys=True, default=str).encode()).hexdigest()
+    return settings
+
+
+def model_fingerprint(model, path: Path) -> dict:
+    """Everything in the model that decides the embeddings: the files (weights, tokenizer, configs and prompts on
+    disk), the revision, the forward pass's dtype, and the loaded model's max_seq_length, pooling, prompts and
+    dimension. The prompts a run applies per role are the embed stage's settings (``role_prompts``)."""
+    return _with_fingerprint({
+        **_files_fingerprint(path),
         "precision": str(next(model.parameters()).dtype),
         "max_seq_length": model.max_seq_length,
         "pooling": [m.get_config_dict() for m in model if type(m).__name__ == "Pooling"],
@@ -245,8 +281,39 @@ def model_fingerprint(model, path: Path, prompt: str | None = None) -> dict:
         "model_normalizes": any(type(m).__name__ == "Normalize" for m in model),
         "prompts": model.prompts,
         "default_prompt_name": model.default_prompt_name,
-        "prompt": prompt,
         "dimension": model.get_embedding_dimension(),
-    }
-    settings["fingerprint"] = hashlib.sha256(json.dumps(settings, sort_keys=True, default=str).encode()).hexdigest()
-    return settings
+    })
+
+
+def cross_encoder_fingerprint(model, path: Path) -> dict:
+    """Everything that decides a CrossEncoder's scores: its files, revision, dtype, max length, modules and prompts."""
+    return _with_fingerprint({
+        **_files_fingerprint(path),
+        "precision": str(next(model.parameters()).dtype),
+        "max_seq_length": model.max_seq_length,
+        "modules": [type(m).__name__ for m in model],
+        "prompts": model.prompts,
+        "default_prompt_name": model.default_prompt_name,
+    })
+
+
+# The prompt names sentence-transformers' encode_query and encode_document fall back to, in order.
+ROLE_PROMPT_NAMES = {"query": ("query",), "document": ("document", "passage", "corpus")}
+
+
+def role_prompts(model, args) -> dict[str, str]:
+    """The text prepended to each role's inputs: ``--ROLE-prompt``, else the model's prompt named
+    ``--ROLE-prompt-name``, else ``--prompt`` (both roles), else what ``encode_query`` / ``encode_document``
+    apply by default (the model's own ``query`` prompt; its ``document``, ``passage`` or ``corpus`` one), else
+    none (""). An unknown name is a usage error naming the model's prompts."""
+    prompts = {}
+    for role, defaults in ROLE_PROMPT_NAMES.items():
+        literal, name = getattr(args, f"{role}_prompt"), getattr(args, f"{role}_prompt_name")
+        if name is not None and name not in model.prompts:
+            raise UsageError(f"--{role}-prompt-name {name!r}: the model has no prompt of that name "
+                             f"(its prompts: {', '.join(model.prompts) or 'none'})")
+        if literal is None and name is None:
+            literal = args.prompt
+            name = None if literal is not None else next((n for n in defaults if n in model.prompts), None)
+        prompts[role] = literal if literal is not None else model.prompts.get(name, "") if name else ""
+    return prompts

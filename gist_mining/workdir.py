@@ -27,8 +27,10 @@ from pathlib import Path
 
 import numpy as np
 import polars as pl
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+from gist_mining.embed import QUERY_COLUMN, role_column
 from gist_mining.errors import UsageError
 from gist_mining.storage import commit, file_sha256, read_json, remove_stale_temps, tmp_name, write_json_atomic
 
@@ -254,8 +256,8 @@ def verified(work: Path, manifest: dict, step: str) -> list[Path]:
     return files
 
 
-def checked_table(work: Path, name: str) -> Path:
-    """The path of texts.parquet or anchors.parquet, checked against the embed manifest (to read in parts)."""
+def verified_table(work: Path, name: str) -> Path:
+    """The path of texts.parquet or anchors.parquet, checked against the embed manifest."""
     path = Path(work) / name
     wrong = problem(path, embeddings(work)["tables"][name])
     if wrong:
@@ -265,7 +267,7 @@ def checked_table(work: Path, name: str) -> Path:
 
 def read_table(work: Path, name: str, columns: list[str] | None = None) -> pl.DataFrame:
     """texts.parquet or anchors.parquet, checked against the embed manifest first."""
-    return pl.read_parquet(checked_table(work, name), columns=columns)
+    return pl.read_parquet(verified_table(work, name), columns=columns)
 
 
 def trained_from(model_dir: Path) -> str | None:
@@ -277,32 +279,40 @@ def trained_from(model_dir: Path) -> str | None:
 # -- the guide's vectors as one matrix on disk ----------------------------------------------------------
 
 
-def read_shard(path: Path, dtype=np.float32) -> tuple[np.ndarray, np.ndarray]:
-    """One embedding shard's text ids and vectors (as ``dtype``; None: as stored)."""
-    table = pq.read_table(path)
-    flat = table.column("embedding").combine_chunks().flatten().to_numpy(zero_copy_only=False)
+def read_shard(path: Path, column: str = "embedding", dtype=np.float32) -> tuple[np.ndarray, np.ndarray]:
+    """One embedding shard's text ids and vectors in ``column`` (as ``dtype``; None: as stored), less its null rows."""
+    table = pq.read_table(path, columns=["text_id", column])
+    if table.column(column).null_count:
+        table = table.filter(pc.is_valid(table.column(column)))
+    flat = table.column(column).combine_chunks().flatten().to_numpy(zero_copy_only=False)
     return table.column("text_id").to_numpy(), flat.reshape(len(table), -1).astype(dtype or flat.dtype, copy=False)
 
 
-def load_embeddings(work: Path) -> tuple[np.ndarray, np.ndarray]:
-    """All text ids and their guide embeddings (float32, rows L2-normalised), in shard order."""
-    shards = [read_shard(p) for p in verified(work, embeddings(work), "embed")]
+def load_embeddings(work: Path, role: str = "document") -> tuple[np.ndarray, np.ndarray]:
+    """All text ids and their guide embeddings in ``role`` (float32, rows L2-normalised), in shard order: every
+    text in the document role, the queries in the query role."""
+    manifest = embeddings(work)
+    column = role_column(manifest["settings"], role)
+    shards = [read_shard(p, column) for p in verified(work, manifest, "embed")]
     return np.concatenate([i for i, _ in shards]), np.concatenate([v for _, v in shards])
 
 
 class VectorStore:
-    """Guide embeddings looked up by text_id, from one matrix on disk built once from the shards.
+    """Guide embeddings in one role ("query" or "document") looked up by text_id, from one matrix on disk
+    built once from the shards; when the two roles' prompts are equal, both roles read the same matrix.
 
     The matrix keeps the shards' dtype (float16 with ``pipeline.embed --dtype float16``: half the disk and
     page cache); lookups return float32. Lookups read just the asked rows from the file, so memory holds what
     a chunk needs, never the pool.
     """
 
-    def __init__(self, work: Path):
+    def __init__(self, work: Path, role: str = "document"):
         manifest = embeddings(work)
+        self.column = role_column(manifest["settings"], role)
+        prefix = "" if self.column == "embedding" else "query_"
         folder = Path(work) / VECTORS
-        self.path, ids_path = folder / "matrix.npy", folder / "ids.npy"
-        marker = folder / "_matrix.done"
+        self.path, ids_path = folder / f"{prefix}matrix.npy", folder / f"{prefix}ids.npy"
+        marker = folder / f"_{prefix}matrix.done"
         record = read_record(marker) or {}
         fresh = record.get("fingerprint") == manifest["fingerprint"] and all(
             p.is_file() and p.stat().st_size == record.get(p.name) for p in (self.path, ids_path))
@@ -319,7 +329,8 @@ class VectorStore:
     def _build(self, work: Path, manifest: dict, ids_path: Path, marker: Path) -> None:
         marker.unlink(missing_ok=True)
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        total = sum(s["rows"] for s in manifest["shards"])
+        total = (manifest["counts"]["queries"] if self.column == QUERY_COLUMN
+                 else sum(s["rows"] for s in manifest["shards"]))
         tmp, dtype = tmp_name(self.path), np.dtype(manifest["dtype"])
         ids = []
         # Written through the file, not a memory map: a map's written pages would count in RSS until it closes.
@@ -327,13 +338,13 @@ class VectorStore:
             np.lib.format.write_array_header_1_0(fh, {"descr": np.lib.format.dtype_to_descr(dtype),
                                                       "fortran_order": False, "shape": (total, manifest["dimension"])})
             for path in verified(work, manifest, "embed"):
-                shard_ids, vectors = read_shard(path, dtype=dtype)
+                shard_ids, vectors = read_shard(path, self.column, dtype)
                 fh.write(np.ascontiguousarray(vectors).data)
                 ids.append(shard_ids)
         write_npy_atomic(np.concatenate(ids), ids_path)
         commit(tmp, self.path)
-        write_json_atomic({"fingerprint": manifest["fingerprint"], "matrix.npy": self.path.stat().st_size,
-                           "ids.npy": ids_path.stat().st_size}, marker)
+        write_json_atomic({"fingerprint": manifest["fingerprint"], self.path.name: self.path.stat().st_size,
+                           ids_path.name: ids_path.stat().st_size}, marker)
 
     def rows(self, ids: np.ndarray) -> np.ndarray:
         positions = np.searchsorted(self.sorted_ids, ids)

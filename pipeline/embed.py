@@ -4,7 +4,8 @@
 
 Writes into the work directory: texts.parquet (text_id, text, is_query, is_document, n_chars),
 anchors.parquet (anchor_id, source, source_row, query_id, positive_id, negative_ids, task),
-embeddings/shard-*.parquet (text_id, embedding) and embed_manifest.json once every shard is done.
+embeddings/shard-*.parquet (text_id, embedding; with a query prompt unlike the document prompt, also
+query_embedding: see gist_mining.embed.role_column) and embed_manifest.json once every shard is done.
 Resumable (completed shards are kept), refuses a work directory made from another model, setting or
 input, and splits across processes with --num-shards/--shard-index.
 """
@@ -20,10 +21,10 @@ from pathlib import Path
 from tqdm import tqdm
 
 from gist_mining import cli, workdir
-from gist_mining.embed import EmbedSettings, embed_shard, plan_texts, shard_bounds
+from gist_mining.embed import EmbedSettings, embed_shard, plan_texts, shard_bounds, two_roles
 from gist_mining.errors import InputError
 from gist_mining.inputs import read_corpus, read_pairs
-from gist_mining.models import DEFAULT_GUIDE, load_model, model_fingerprint, resolve_model
+from gist_mining.models import DEFAULT_GUIDE, load_model, model_fingerprint, resolve_model, role_prompts
 from gist_mining.storage import config_fingerprint, path_sha256, write_json_atomic, write_parquet_atomic
 
 
@@ -39,7 +40,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--precision", choices=["fp32", "fp16", "bf16"], default="fp32", help="forward-pass dtype")
     parser.add_argument("--dtype", choices=["float32", "float16"], default="float32", help="stored embedding dtype")
     parser.add_argument("--max-seq-length", type=int, default=None)
-    parser.add_argument("--prompt", default=None, help="text prepended to every input (models trained with one)")
+    cli.prompt_arguments(parser)
     parser.add_argument("--shard-size", type=int, default=50_000, help="texts per embedding shard")
     parser.add_argument("--overwrite", action="store_true", help="discard a work directory made differently")
     cli.shard_arguments(parser)
@@ -72,8 +73,10 @@ def prepare_model(args):
 
 
 def make_plan(args, argv, model, texts, anchors, inputs: list[dict]) -> dict:
-    settings = EmbedSettings(dtype=args.dtype, precision=args.precision, shard_size=args.shard_size, prompt=args.prompt)
-    model_info = dict(model_fingerprint(model, resolve_model(args.model, args.revision), prompt=args.prompt), name=args.model)
+    prompts = role_prompts(model, args)
+    settings = EmbedSettings(dtype=args.dtype, precision=args.precision, shard_size=args.shard_size,
+                             query_prompt=prompts["query"], document_prompt=prompts["document"])
+    model_info = dict(model_fingerprint(model, resolve_model(args.model, args.revision)), name=args.model)
     return plan_for(model_info, settings, inputs, shlex.join(["python", "-m", "pipeline.embed", *map(str, argv)]),
                     texts, anchors)
 
@@ -131,6 +134,10 @@ def main(argv=None) -> None:
     print(f"embed: {texts.height} distinct texts from {anchors.height} anchors ({dropped} given negatives dropped: "
           f"equal to the query or one of its positives, or repeated); {len(mine) - len(todo)} of this process's "
           f"shards already done", file=sys.stderr)
+    if two_roles(plan["settings"]):
+        print(f"embed: query prompt {plan['settings']['query_prompt']!r}, document prompt "
+              f"{plan['settings']['document_prompt']!r}: every text in the document role, the queries in the query "
+              "role too", file=sys.stderr)
     embed_shards(shards, plan, texts, model, todo, args.batch_size)
 
 

@@ -2,11 +2,13 @@
 
     python -m pipeline.mask --work runs/sample
     python -m pipeline.mask --work runs/sample --refilter --margin-strategy absolute --margin 0.1
+    python -m pipeline.mask --work runs/sample --rescore-model cross-encoder/ms-marco-MiniLM-L6-v2 --score rescore
 
 Reads the embed stage's work directory and writes:
   index/            the FAISS index over the candidate pool and its pool ids
   candidates/       per anchor: k nearest candidate text_ids with exact guide scores, positive score and
-                    given negatives with scores; everything a later rule needs without a new search
+                    given negatives with scores (and a cross-encoder's scores of the same pairs, with
+                    --rescore-model); everything a later rule needs without a new search
   mined/            per anchor: hard negatives, false negatives, flags on given negatives, all with scores
   mined_summary.json
 --refilter recomputes mined/ from candidates/ under new rules, without embeddings or search.
@@ -28,13 +30,13 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from tqdm import tqdm
 
-from gist_mining import cli, workdir
+from gist_mining import cli, rescore, workdir
 from gist_mining.errors import UsageError
 from gist_mining.index import KINDS, build_index, load_index, parse_bytes, resolve_kind, save_index, search_depth
 from gist_mining.margins import STRATEGIES
 from gist_mining.ids import PAD_ID
-from gist_mining.mining import (CANDIDATE_SCHEMA, MINED_SCHEMA, MiningRules, padded, ragged, search_candidates,
-                                 select)
+from gist_mining.mining import (CANDIDATE_SCHEMA, MINED_SCHEMA, SCORES, SEARCHED_SCHEMA, MiningRules, padded, ragged,
+                                 search_candidates, select)
 from gist_mining.storage import AtomicParquetWriter, config_fingerprint, file_sha256, write_json_atomic
 from gist_mining.summary import summarize
 from gist_mining.workdir import VectorStore, write_npy_atomic
@@ -82,10 +84,13 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--num-negatives", type=int, default=rules.num_negatives)
     parser.add_argument("--sampling", choices=["top", "random"], default=rules.sampling)
     parser.add_argument("--seed", type=int, default=rules.seed)
+    parser.add_argument("--score", choices=SCORES, default=rules.score,
+                        help="scores the rules read: the guide's, or --rescore-model's (which re-ranks the candidates)")
     parser.add_argument("--refilter", action="store_true",
                         help="recompute mined/ from candidates/ under new rules; search settings come from candidates/")
     parser.add_argument("--overwrite", action="store_true", help="search again, removing candidates/ and what follows")
     cli.shard_arguments(parser)
+    rescore.add_arguments(parser)
     return parser.parse_args(argv)
 
 
@@ -93,7 +98,7 @@ def rules_from(args) -> MiningRules:
     return MiningRules(**{f.name: getattr(args, f.name) for f in fields(MiningRules)})
 
 
-def search_plan(args, argv, embed: dict) -> dict:
+def search_plan(args, argv, embed: dict, rescorer: rescore.Rescorer | None) -> dict:
     """The search settings: the command's (defaults filled in), or with --refilter the stored ones."""
     given = {f.name: getattr(args, f.name) for f in fields(SearchSettings) if getattr(args, f.name) is not None}
     if args.refilter:
@@ -101,6 +106,7 @@ def search_plan(args, argv, embed: dict) -> dict:
         if stored is None:
             raise UsageError(f"{args.work}: no candidates/ to refilter; run `python -m pipeline.mask --work {args.work}` first")
         clash = [f"--{k.replace('_', '-')} {v} (candidates/ have {stored[k]})" for k, v in given.items() if stored[k] != v]
+        clash += rescore.refilter_clash(args, stored)
         if clash:
             raise UsageError(f"--refilter takes the search settings from candidates/; drop {', '.join(clash)}")
         workdir.candidates(args.work)  # candidates/ complete and made from the current embeddings
@@ -109,9 +115,9 @@ def search_plan(args, argv, embed: dict) -> dict:
     n_pool = embed["counts"]["documents"] + (embed["counts"]["queries"] if settings["include_queries"] else 0)
     kind = resolve_kind(settings["index"], n_pool, embed["dimension"], parse_bytes(settings["memory_budget"]))
     plan = dict(settings, index=kind, parent_fingerprint=embed["fingerprint"],
-                n_anchors=embed["counts"]["anchors"],
+                n_anchors=embed["counts"]["anchors"], rescore=rescorer.record if rescorer else None,
                 command=shlex.join(["python", "-m", "pipeline.mask", *map(str, argv)]))
-    plan["fingerprint"] = config_fingerprint({k: plan[k] for k in (*settings, "parent_fingerprint")})
+    plan["fingerprint"] = config_fingerprint({k: plan[k] for k in (*settings, "parent_fingerprint", "rescore")})
     return plan
 
 
@@ -124,8 +130,10 @@ def claim(work: Path, search: dict, mine: dict, args) -> None:
     """Candidates from other embeddings or search settings, or mined/ under other rules, are never reused silently."""
     with workdir.locked(work):
         if not args.refilter:
-            changed = workdir.changed_keys(work, "search", search, ("parent_fingerprint", *asdict(SearchSettings())))
-            what = ", ".join("embeddings" if k == "parent_fingerprint" else k for k in changed) or "settings"
+            changed = workdir.changed_keys(work, "search", search,
+                                           ("parent_fingerprint", *asdict(SearchSettings()), "rescore"))
+            names = {"parent_fingerprint": "embeddings", "rescore": "rescore model"}
+            what = ", ".join(names.get(k, k) for k in changed) or "settings"
             workdir.claim(work, "search", search, replace=args.overwrite,
                           refusal=f"{work}: candidates/ were made with other {what}; pass --overwrite to search again "
                                   "(it removes candidates/ and everything made from them)")
@@ -138,7 +146,7 @@ def claim(work: Path, search: dict, mine: dict, args) -> None:
 
 def anchor_exclusions(work: Path) -> tuple[Path, pl.DataFrame]:
     """anchors.parquet (checked) and, per query, the ids its search must skip: itself and all its positives."""
-    path = workdir.checked_table(work, workdir.ANCHORS)
+    path = workdir.verified_table(work, workdir.ANCHORS)
     pairs = pl.read_parquet(path, columns=["query_id", "positive_id"])
     positives = pairs.group_by("query_id").agg(pl.col("positive_id").unique().alias("positives"))
     return path, positives.select("query_id", pl.concat_list("query_id", "positives").alias("exclude_ids"))
@@ -177,9 +185,11 @@ def prepare_index(work: Path, store: VectorStore, plan: dict):
     return load_index(index_path, plan["k"]), np.load(ids_path, allow_pickle=False)
 
 
-def search_chunk(anchors: pl.DataFrame, store: VectorStore, index, pool_ids, pool_vectors, k: int) -> pa.Table:
-    """``pool_vectors``: None when the index's scores are exact, else the pool's stored rows to rescore from."""
-    queries = store.get(anchors["query_id"].to_numpy())
+def search_chunk(anchors: pl.DataFrame, store: VectorStore, query_store: VectorStore, index, pool_ids, pool_vectors,
+                 k: int) -> pa.Table:
+    """Every score is query role (the anchor's query) x document role (positive, given negatives, the pool).
+    ``pool_vectors``: None when the index's scores are exact, else the pool's stored rows to rescore from."""
+    queries = query_store.get(anchors["query_id"].to_numpy())
     positive_scores = np.einsum("nd,nd->n", queries, store.get(anchors["positive_id"].to_numpy()))
     given = padded(anchors["negative_ids"].to_arrow(), PAD_ID, np.int64)
     given_vectors = store.get(given[given != PAD_ID]) if given.size else np.zeros((0, queries.shape[1]), np.float32)
@@ -196,16 +206,17 @@ def search_chunk(anchors: pl.DataFrame, store: VectorStore, index, pool_ids, poo
         "candidate_scores": ragged(scores, ids != PAD_ID, pa.float32()),
         "given_negative_ids": anchors["negative_ids"].to_arrow(),
         "given_negative_scores": ragged(given_scores, given != PAD_ID, pa.float32()),
-    }, schema=CANDIDATE_SCHEMA)
+    }, schema=SEARCHED_SCHEMA)
 
 
 def chunk_size(k: int, depth: int, dim: int) -> int:
     return max(1, min(CHUNK, CHUNK_BYTES // (depth * k * dim * 4)))
 
 
-def search_shards(work: Path, plan: dict, shards: workdir.Shards, todo: list[int]) -> None:
-    store = VectorStore(work)
-    index, pool_ids = prepare_index(work, store, plan)
+def search_shards(work: Path, plan: dict, shards: workdir.Shards, todo: list[int],
+                  rescorer: rescore.Rescorer | None) -> None:
+    store, query_store = VectorStore(work), VectorStore(work, "query")
+    index, pool_ids = prepare_index(work, store, plan)  # the pool in the document role, queries included
     # Only an approximate index needs the pool's vectors again, read row by row, to score its finds exactly.
     pool_vectors = None if plan["index"] == "flat" else store.view(pool_ids)
     path, exclusions = anchor_exclusions(work)
@@ -217,7 +228,8 @@ def search_shards(work: Path, plan: dict, shards: workdir.Shards, todo: list[int
             with AtomicParquetWriter(shards.path(s), CANDIDATE_SCHEMA) as out:
                 for start in range(0, part.height, step):
                     chunk = part.slice(start, step)
-                    out.write(search_chunk(chunk, store, index, pool_ids, pool_vectors, plan["k"]))
+                    searched = search_chunk(chunk, store, query_store, index, pool_ids, pool_vectors, plan["k"])
+                    out.write(rescore.with_rescores(searched, rescorer))
                     progress.update(chunk.height)
             shards.mark_done(s)
 
@@ -240,7 +252,9 @@ def main(argv=None) -> None:
     work = args.work
     embed = workdir.embeddings(work)
     rules = rules_from(args)
-    search = search_plan(args, argv, embed)
+    rescorer = rescore.Rescorer.from_args(work, args)
+    search = search_plan(args, argv, embed, rescorer)
+    rescore.require_scores(rules, search, work)
     mine = mine_plan(search, rules)
     claim(work, search, mine, args)
 
@@ -250,11 +264,12 @@ def main(argv=None) -> None:
     my = cli.my_shards(args, n_shards, "mask")
     started = time.perf_counter()
     if not args.refilter:
-        search_shards(work, search, candidates, candidates.pending(my))
+        search_shards(work, search, candidates, candidates.pending(my), rescorer)
         candidates.finish(workdir.CANDIDATES_MANIFEST, {k: v for k, v in search.items() if k != "fingerprint"})
     searched = time.perf_counter() - started
     mine_shards(candidates, mined, mined.pending(my), rules)
-    timing = {"search_seconds": round(searched, 2), "total_seconds": round(time.perf_counter() - started, 2)}
+    timing = {"search_seconds": round(searched, 2), "total_seconds": round(time.perf_counter() - started, 2),
+              **({"rescore_seconds": round(rescorer.seconds, 2)} if rescorer else {})}
     finish(work, search, mined, rules, timing)
 
 
@@ -264,11 +279,12 @@ def finish(work: Path, search: dict, mined: workdir.Shards, rules: MiningRules, 
         print("mask: shards left for other processes or a rerun", file=sys.stderr)
         return
     summary = summarize(pl.scan_parquet([str(mined.path(i)) for i in range(mined.n)]), rules.num_negatives)
-    summary.update(rules=rules.as_dict(), k=search["k"], index=search["index"], timing=timing)
+    scored_by = {"score": rules.score, "rescore_model": (search.get("rescore") or {}).get("name")}
+    summary.update(rules=rules.as_dict(), k=search["k"], index=search["index"], timing=timing, **scored_by)
     write_json_atomic(summary, work / workdir.SUMMARY)
-    mined.finish(workdir.MINED_MANIFEST, {"parent_fingerprint": search["fingerprint"],
+    mined.finish(workdir.MINED_MANIFEST, {"parent_fingerprint": search["fingerprint"], **scored_by,
                                           "embed_fingerprint": search["parent_fingerprint"], "rules": rules.as_dict()})
-    print(f"mask: {summary['anchors']} anchors, {summary['negatives_per_anchor']:.2f} hard negatives and "
+    print(f"mask: {summary['anchors']} anchors, {rules.score} scores, {summary['negatives_per_anchor']:.2f} hard negatives and "
           f"{summary['false_negatives_per_anchor']:.2f} false negatives per anchor, "
           f"{summary['anchors_short_of_negatives']} short of {rules.num_negatives}, "
           f"{summary['anchors_the_guide_cannot_judge']} the guide cannot judge; details: {work / workdir.SUMMARY}",

@@ -2,11 +2,12 @@
 
     python -m pipeline.report --work runs/sample            # -> runs/sample/report/index.html
 
-Plots (PNG beside the page): guide-score histograms of positives, kept hard negatives and false
-negatives; false negatives per anchor by task; hard negatives found per anchor; for every training run
-under DIR/models/ (or given with --run), the loss, the masked fraction and eval NDCG@10 over steps; when
-the pairs have known false negatives (--truth PATH, or WORK/fn_truth.parquet: data/build_fn_truth.py),
-contamination against negatives per anchor for this run's rules and gist_mining.fn_quality's sweep.
+Plots (PNG beside the page): histograms of the scores the rules read (the guide's, or a cross-encoder's
+with --score rescore) of positives, kept hard negatives and false negatives; false negatives per anchor by
+task; hard negatives found per anchor; for every training run under DIR/models/ (or given with --run), the
+loss, the masked fraction and eval NDCG@10 over steps; when the pairs have known false negatives (--truth
+PATH, or WORK/fn_truth.parquet: data/build_fn_truth.py), contamination against negatives per anchor for
+this run's rules and gist_mining.fn_quality's sweep.
 Then a few anchors as text with their positive, hard negatives and false negatives, and the held-out
 table from pipeline.run when there is one.
 """
@@ -51,7 +52,8 @@ def save(fig, out: Path, name: str) -> str:
     return name
 
 
-def score_histograms(mined: pl.DataFrame, out: Path) -> str:
+def score_histograms(mined: pl.DataFrame, out: Path, score: str) -> str:
+    """Histograms of the scores the rules read (MiningRules.score): the guide's cosines or a cross-encoder's."""
     fig, ax = plt.subplots(figsize=(7, 3.6))
     series = {"positive": mined["positive_score"], "hard negative": mined["negative_scores"].explode(),
               "false negative": mined["false_negative_scores"].explode()}
@@ -60,7 +62,8 @@ def score_histograms(mined: pl.DataFrame, out: Path) -> str:
         if len(values):
             ax.hist(values, bins=60, range=(-0.2, 1.0), alpha=0.55, density=True, color=COLORS[label],
                     label=f"{label} ({len(values):,})")
-    ax.set(xlabel="guide score (cosine)", ylabel="density", title="Guide scores")
+    ax.set(xlabel={"guide": "guide score (cosine)", "rescore": "cross-encoder score, sigmoid(logit)"}[score],
+           ylabel="density", title="Guide scores" if score == "guide" else "Cross-encoder scores")
     ax.legend()
     return save(fig, out, "scores.png")
 
@@ -217,7 +220,7 @@ def main(argv=None) -> None:
     out.mkdir(parents=True, exist_ok=True)
     runs = training_runs(args.run or sorted(p.parent for p in (work / workdir.MODELS).glob(f"*/{workdir.METRICS}")), manifest)
     summary = read_json(work / workdir.SUMMARY)
-    images = [score_histograms(mined, out), per_task(mined, out), negatives_found(mined, out)]
+    images = [score_histograms(mined, out, manifest["rules"]["score"]), per_task(mined, out), negatives_found(mined, out)]
     curves = training_curves(runs, out)
     truth = fn_quality.truth_path(work, args.truth)
     fn_html = fn_section(work, truth, manifest["rules"], out) if truth else ""

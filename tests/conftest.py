@@ -1,4 +1,5 @@
-"""Shared fixtures: a tiny random BERT sentence-transformer built on the fly (no downloads) and small inputs."""
+"""Shared fixtures: a tiny random BERT sentence-transformer and cross-encoder built on the fly (no downloads) and
+small inputs."""
 
 from __future__ import annotations
 
@@ -44,6 +45,23 @@ def build_tiny_model(path: Path, seed: int = 0, dropout: float = 0.1) -> Path:
     return path / "st"
 
 
+def build_tiny_cross_encoder(path: Path, seed: int = 0, num_labels: int = 1) -> Path:
+    """A tiny random CrossEncoder saved with the Identity activation, as the ms-marco ones are."""
+    import torch
+    from sentence_transformers import CrossEncoder
+    from transformers import BertConfig, BertForSequenceClassification, BertTokenizerFast
+
+    torch.manual_seed(seed)
+    vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"] + WORDS
+    config = BertConfig(vocab_size=len(vocab), hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+                        intermediate_size=64, max_position_embeddings=128, num_labels=num_labels,
+                        initializer_range=0.3)
+    BertForSequenceClassification(config).save_pretrained(path / "raw")
+    BertTokenizerFast(vocab={w: i for i, w in enumerate(vocab)}).save_pretrained(path / "raw")
+    CrossEncoder(str(path / "raw"), device="cpu", activation_fn=torch.nn.Identity()).save(str(path / "ce"))
+    return path / "ce"
+
+
 @pytest.fixture(scope="session")
 def tiny_model(tmp_path_factory) -> Path:
     return build_tiny_model(tmp_path_factory.mktemp("tiny"))
@@ -65,6 +83,17 @@ def make_pairs(n: int, seed: int = 0, tasks=("a", "b")) -> pl.DataFrame:
         rows.append({"query": sentence(rng), "positive": sentence(rng), "negative": [sentence(rng)] if i % 3 else [],
                      "task": tasks[i % len(tasks)]})
     return pl.DataFrame(rows)
+
+
+def eval_split(root: Path, pairs: pl.DataFrame) -> Path:
+    """A retrieval split (queries, corpus, qrels) where each pair's positive answers its query."""
+    n, folder = pairs.height, root / "eval"
+    folder.mkdir()
+    pl.DataFrame({"query_id": [f"q{i}" for i in range(n)], "text": pairs["query"]}).write_parquet(folder / "queries.parquet")
+    pl.DataFrame({"doc_id": [f"d{i}" for i in range(n)], "text": pairs["positive"]}).write_parquet(folder / "corpus.parquet")
+    pl.DataFrame({"query_id": [f"q{i}" for i in range(n)], "doc_id": [f"d{i}" for i in range(n)],
+                  "score": [1] * n}).write_parquet(folder / "qrels.parquet")
+    return folder
 
 
 def run_module(module: str, *args, check=True, **kwargs) -> subprocess.CompletedProcess:

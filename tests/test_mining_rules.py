@@ -105,7 +105,7 @@ def test_anchors_the_guide_cannot_judge_are_counted_per_task():
     import polars as pl
     import pyarrow as pa
 
-    from gist_mining.mining import CANDIDATE_SCHEMA, select
+    from gist_mining.mining import CANDIDATE_SCHEMA, SCORES, select
     from gist_mining.summary import summarize
 
     scores = [[0.9, 0.8, 0.7, 0.1], [0.9, 0.2, 0.1], [0.5, 0.4]]
@@ -113,6 +113,7 @@ def test_anchors_the_guide_cannot_judge_are_counted_per_task():
         "anchor_id": [0, 1, 2], "query_id": [10, 11, 12], "positive_id": [20, 21, 22], "task": ["a", "a", "b"],
         "positive_score": [0.75, 0.5, 0.45], "candidate_ids": [[30 + i for i in range(len(s))] for s in scores],
         "candidate_scores": scores, "given_negative_ids": [[], [], []], "given_negative_scores": [[], [], []],
+        **{name: [None] * 3 for name in SCORES["rescore"]},
     }, schema=CANDIDATE_SCHEMA)
     mined = select(candidates, MiningRules())
     assert mined["candidates_above_positive"].to_pylist() == [2, 1, 1]

@@ -8,7 +8,7 @@ import shutil
 import polars as pl
 import pytest
 import torch
-from conftest import make_pairs, run_stage
+from conftest import eval_split, make_pairs, run_stage
 
 from gist_mining.loss import GISTLoss
 from gist_mining.workdir import VectorStore
@@ -22,15 +22,7 @@ def mined_work(tmp_path_factory, tiny_guide):
     make_pairs(64, seed=2).write_parquet(root / "pairs.parquet")
     assert run_stage(embed, "--input", root / "pairs.parquet", "--work", root / "w", "--model", tiny_guide) == 0
     assert run_stage(mask, "--work", root / "w", "--k", 20, "--num-negatives", 2) == 0
-    # a small retrieval split from the same kind of text
-    pairs = pl.read_parquet(root / "pairs.parquet").head(20)
-    (root / "eval").mkdir()
-    pl.DataFrame({"query_id": [f"q{i}" for i in range(20)], "text": pairs["query"]}).write_parquet(
-        root / "eval" / "queries.parquet")
-    pl.DataFrame({"doc_id": [f"d{i}" for i in range(20)], "text": pairs["positive"]}).write_parquet(
-        root / "eval" / "corpus.parquet")
-    pl.DataFrame({"query_id": [f"q{i}" for i in range(20)], "doc_id": [f"d{i}" for i in range(20)],
-                  "score": [1] * 20}).write_parquet(root / "eval" / "qrels.parquet")
+    eval_split(root, pl.read_parquet(root / "pairs.parquet").head(20))  # a small retrieval split, the same kind of text
     return root
 
 
@@ -194,15 +186,17 @@ def test_grad_cache_equals_the_uncached_loss_and_gradients(mined_work, tmp_path,
             return loss, [p.grad.clone() for p in model.parameters() if p.grad is not None]
 
         def one_graph():
-            chunks = [train.embed(model, texts[s: s + 5], "cpu", False) for s in range(0, len(texts), 5)]
-            whole = torch.cat(chunks) if dropout else train.embed(model, texts, "cpu", False)
+            # the cached step's mini-batches: 5 texts at a time within each column (the model has no prompts)
+            chunks = [train.embed(model, batch.texts[c][s: s + 5], "cpu", False, "")
+                      for c in train.COLUMNS for s in range(0, len(batch.texts[c]), 5)]
+            whole = torch.cat(chunks) if dropout else train.embed(model, texts, "cpu", False, "")
             loss = loss_fn(batch.with_student(dict(zip(train.COLUMNS, whole.split(sizes)))))[0]
             loss.backward()
             return loss.item()
 
         args = SimpleNamespace(mini_batch_size=5, bf16=False)
         expected = grads_of(one_graph)
-        cached = grads_of(lambda: train.cached_backward(model, loss_fn, batch, texts, sizes, args, "cpu")[0].item())
+        cached = grads_of(lambda: train.cached_backward(model, loss_fn, batch, args, "cpu")[0].item())
         assert cached[0] == pytest.approx(expected[0], rel=1e-5)
         assert len(cached[1]) == len(expected[1]) > 10
         for mine, theirs in zip(cached[1], expected[1]):

@@ -34,7 +34,7 @@ from gist_mining.errors import UsageError
 from gist_mining.ids import PAD_ID
 from gist_mining.loss import Column, GISTLoss, GuidedBatch
 from gist_mining.margins import STRATEGIES
-from gist_mining.models import DEFAULT_STUDENT, load_model
+from gist_mining.models import DEFAULT_STUDENT, load_model, role_prompts
 from gist_mining.storage import (commit, read_json, remove_stale_temps, tmp_name, write_bytes_atomic,
                                   write_json_atomic)
 from gist_mining.workdir import VectorStore
@@ -61,6 +61,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--out", required=True, type=Path, help="where the trained sentence-transformers model goes")
     p.add_argument("--model", default=DEFAULT_STUDENT, help="student: bundled name, local directory or HF id")
     cli.model_arguments(p)
+    cli.prompt_arguments(p)  # the student's; the guide's roles are the embed stage's
     p.add_argument("--batch-size", type=int, default=d.batch_size, help="anchors per step (per process)")
     p.add_argument("--epochs", type=float, default=1.0)
     p.add_argument("--max-steps", type=int, default=None, help="overrides --epochs")
@@ -91,6 +92,7 @@ def parse_args(argv=None) -> argparse.Namespace:
 # -- data ------------------------------------------------------------------------------------------------
 
 COLUMNS = ("queries", "positives", "negatives")
+ROLES = {"queries": "query", "positives": "document", "negatives": "document"}  # each column's role
 
 
 @dataclass
@@ -107,9 +109,10 @@ class Batch:
 
 
 class TrainingData:
-    """The mined rows, their texts, and the guide vectors of every text they use, moved to the training
-    device once, so a step's guide blocks are an index lookup there. The vectors are held in float16 (half
-    the memory: 10M texts x 768 take 15 GB, not 30); the loss computes their scores in float32."""
+    """The mined rows, their texts, and the guide vectors of every text they use, in the role it has (queries
+    in the query role, positives and negatives in the document role), moved to the training device once, so
+    a step's guide blocks are an index lookup there. The vectors are held in float16 (half the memory: 10M
+    texts x 768 take 15 GB, not 30); the loss computes their scores in float32."""
 
     def __init__(self, work: Path, negatives: int, device):
         self.manifest = workdir.mined(work)  # checks the chain embeddings -> candidates -> mined
@@ -119,8 +122,11 @@ class TrainingData:
         self.negatives = rows["negative_ids"].list.head(negatives).to_list()
         self.false_negatives = rows["false_negative_ids"].to_list()
         self.text_of = dict(workdir.read_table(work, workdir.TEXTS, ["text_id", "text"]).iter_rows())
-        self.guide_ids = np.unique(np.concatenate([*self.ids.values(), [i for n in self.negatives for i in n]]))
-        self.guide = torch.from_numpy(VectorStore(work).get(self.guide_ids)).to(device, torch.float16)
+        uses = {"query": [self.ids["queries"]],
+                "document": [self.ids["positives"], np.array([i for n in self.negatives for i in n], dtype=np.int64)]}
+        self.guide_ids = {role: np.unique(np.concatenate(ids)) for role, ids in uses.items()}
+        self.guide = {role: torch.from_numpy(VectorStore(work, role).get(ids)).to(device, torch.float16)
+                      for role, ids in self.guide_ids.items()}
         self.device = device
         # Each row's texts, for the batch planner; built once, as every epoch plans from them.
         self.text_sets = [{q, p, *n} for q, p, n in zip(*(v.tolist() for v in self.ids.values()), self.negatives)]
@@ -133,8 +139,8 @@ class TrainingData:
             known[row, : len(self.false_negatives[r])] = self.false_negatives[r]
         as_tensor = {c: torch.from_numpy(v).to(self.device) for c, v in ids.items()}
         return Batch(texts={c: [self.text_of[i] for i in v.tolist()] for c, v in ids.items()},
-                     guide={c: self.guide[torch.from_numpy(np.searchsorted(self.guide_ids, v)).to(self.device)]
-                            for c, v in ids.items()},
+                     guide={c: self.guide[ROLES[c]][torch.from_numpy(np.searchsorted(self.guide_ids[ROLES[c]], v))
+                                                    .to(self.device)] for c, v in ids.items()},
                      ids=as_tensor, known=torch.from_numpy(known).to(self.device))
 
 
@@ -150,25 +156,24 @@ def epoch_batches(data: TrainingData, args, world: int, epoch: int, rank: int = 
 # -- the step --------------------------------------------------------------------------------------------
 
 
-def embed(model, texts: list[str], device, bf16: bool) -> torch.Tensor:
-    """The student's sentence embeddings (float32), with gradients; bf16 autocast on CUDA if asked."""
+def embed(model, texts: list[str], device, bf16: bool, prompt: str) -> torch.Tensor:
+    """The student's sentence embeddings (float32) of prompt + text, with gradients; bf16 autocast on CUDA if
+    asked. The prompt goes through preprocess, as encode does (pooling may leave its tokens out)."""
     if not texts:  # a rank whose anchors have no mined negatives; requires grad so that its gather joins backward
         return torch.zeros((0, model.get_embedding_dimension()), device=device, requires_grad=True)
-    features = {k: v.to(device) if hasattr(v, "to") else v for k, v in model.preprocess(texts).items()}
+    features = {k: v.to(device) if hasattr(v, "to") else v for k, v in model.preprocess(texts, prompt=prompt).items()}
     with torch.autocast("cuda", dtype=torch.bfloat16, enabled=bf16 and "cuda" in str(device)):
         return model(features)["sentence_embedding"].float()
 
 
 def train_step(model, loss_fn: GISTLoss, batch: Batch, optimizer, scheduler, args, device, world: int) -> tuple:
-    texts = [text for c in COLUMNS for text in batch.texts[c]]
-    sizes = [len(batch.texts[c]) for c in COLUMNS]
-    if args.mini_batch_size and len(texts) > args.mini_batch_size:
-        loss, masked = cached_backward(model, loss_fn, batch, texts, sizes, args, device)
+    if args.mini_batch_size and sum(map(len, batch.texts.values())) > args.mini_batch_size:
+        loss, masked = cached_backward(model, loss_fn, batch, args, device)
     else:
         # One forward pass per column: queries are short and documents long, so one pass over all three
         # pads every query to the longest document; measured 1.8x slower (MiniLM, batch 32 of the sample,
         # CPU: 2.46 s against 1.34 s a step).
-        student = {c: embed(model, batch.texts[c], device, args.bf16) for c in COLUMNS}
+        student = {c: embed(model, batch.texts[c], device, args.bf16, model.prompts[ROLES[c]]) for c in COLUMNS}
         loss, masked = loss_fn(batch.with_student(student))
         loss.backward()
     if world > 1:
@@ -180,23 +185,25 @@ def train_step(model, loss_fn: GISTLoss, batch: Batch, optimizer, scheduler, arg
     return loss.detach(), masked
 
 
-def cached_backward(model, loss_fn: GISTLoss, batch: Batch, texts: list[str], sizes: list[int], args, device):
+def cached_backward(model, loss_fn: GISTLoss, batch: Batch, args, device):
     """GradCache (Gao et al. 2021, arXiv 2101.06983): the whole batch's loss and gradients with the memory of
-    one mini-batch. Embed the texts mini-batch by mini-batch without gradients, take the loss's gradient
-    with respect to those embeddings, then embed each mini-batch again, with the same dropout, and push
-    its part of that gradient through it. Gradients are averaged across ranks once, after the last."""
+    one mini-batch. Embed each column mini-batch by mini-batch (a column's texts share its role's prompt)
+    without gradients, take the loss's gradient with respect to those embeddings, then embed each mini-batch
+    again, with the same dropout, and push its part of that gradient through it. Gradients are averaged
+    across ranks once, after the last."""
     size, states, cached = args.mini_batch_size, [], []
+    pieces = [(c, batch.texts[c][start: start + size]) for c in COLUMNS for start in range(0, len(batch.texts[c]), size)]
     with torch.no_grad():
-        for start in range(0, len(texts), size):
+        for c, texts in pieces:
             states.append(_rng_state(device))
-            cached.append(embed(model, texts[start: start + size], device, args.bf16))
+            cached.append(embed(model, texts, device, args.bf16, model.prompts[ROLES[c]]))
     student = torch.cat(cached).requires_grad_()
-    loss, masked = loss_fn(batch.with_student(dict(zip(COLUMNS, student.split(sizes)))))
+    loss, masked = loss_fn(batch.with_student(dict(zip(COLUMNS, student.split([len(batch.texts[c]) for c in COLUMNS])))))
     loss.backward()
-    for i, (start, grad) in enumerate(zip(range(0, len(texts), size), student.grad.split(size))):
+    for (c, texts), state, grad in zip(pieces, states, student.grad.split([len(t) for _, t in pieces])):
         with torch.random.fork_rng(devices=[device] if "cuda" in str(device) else []):
-            _set_rng_state(states[i], device)
-            embed(model, texts[start: start + size], device, args.bf16).backward(grad)
+            _set_rng_state(state, device)
+            embed(model, texts, device, args.bf16, model.prompts[ROLES[c]]).backward(grad)
     return loss.detach(), masked
 
 
@@ -265,6 +272,9 @@ def start(args, data: TrainingData, total_steps: int, device, rank: int):
                        trust_remote_code=args.trust_remote_code)
     if checkpoint is not None:  # its weights only: a tokenizer re-read from a save would be saved differently
         model.load_state_dict(load_model(str(checkpoint), device=device).state_dict())
+    # The student's prompts per role, used in its forward passes and saved in its config, so that
+    # encode_query and encode_document apply them.
+    model.prompts.update(role_prompts(model, args))
     if args.gradient_checkpointing:
         model[0].auto_model.gradient_checkpointing_enable()
     optimizer = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=args.weight_decay)
@@ -308,7 +318,8 @@ class Log:
 # -- evaluation ------------------------------------------------------------------------------------------
 
 
-def make_evaluator(folder: Path, name: str):
+def make_evaluator(folder: Path, name: str, prompts: dict | None = None):
+    """Retrieval on a split; ``prompts`` per role ("query", "document"), else the model's own (encode_query's)."""
     from sentence_transformers.sentence_transformer.evaluation import InformationRetrievalEvaluator
 
     queries = pl.read_parquet(folder / "queries.parquet")
@@ -320,6 +331,7 @@ def make_evaluator(folder: Path, name: str):
         relevant_docs={q: set(d) for q, d in qrels.iter_rows()},
         name=name, mrr_at_k=[10], ndcg_at_k=[10], accuracy_at_k=[1, 10], precision_recall_at_k=[10, 100],
         map_at_k=[100], show_progress_bar=False, batch_size=128,
+        **({"query_prompt": prompts["query"], "corpus_prompt": prompts["document"]} if prompts else {}),
     )
 
 
@@ -357,7 +369,7 @@ def main(argv=None) -> None:
     model, optimizer, scheduler, position = start(args, data, total_steps, device, rank)
     step, epoch, batch_index = position["step"], position["epoch"], position["batch_index"]
     log = Log(args.out, step, rank)
-    evaluator = make_evaluator(args.eval, "eval") if args.eval else None
+    evaluator = make_evaluator(args.eval, "eval", model.prompts) if args.eval else None
     before = evaluate(model, evaluator, log, step, rank) if evaluator and step == 0 else None
     loss_fn = GISTLoss(args.temperature, args.margin_strategy, args.margin, guided=args.guide_filter == "precomputed")
 
