@@ -19,8 +19,8 @@ import polars as pl
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from benchmarks import (embed_throughput, index_recall, mask_memory, mining_vs_st, precision_check,  # noqa: E402
-                        rescore_cost, train_step)
+from benchmarks import (embed_cache, embed_throughput, index_recall, mask_memory, mining_vs_st,  # noqa: E402
+                        precision_check, rescore_cost, train_step)
 from benchmarks.common import ROOT, SAMPLE, table  # noqa: E402
 from gist_mining import workdir  # noqa: E402
 from pipeline import embed, mask  # noqa: E402
@@ -50,6 +50,7 @@ def main() -> None:
         runs = [
             lambda: embed_throughput.main(["--n", "1000", *device]),
             lambda: mining_vs_st.main(["--pairs", str(pairs), "--corpus", str(SAMPLE / "corpus.parquet"), *device]),
+            lambda: embed_cache.main(device),
             lambda: precision_check.main(["--n", "300", "--corpus-n", "300", *device]),
             lambda: train_step.main(["--work", str(work), *device, *(["--bf16"] if on_gpu else [])]),
             lambda: index_recall.main(["--sizes", "10000", "30000", "--queries", "500"]),

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -141,17 +142,23 @@ def vector_column(vectors: np.ndarray, dtype: str, valid: np.ndarray | None = No
     return pa.FixedSizeListArray.from_arrays(values, vectors.shape[1], mask=None if valid is None else pa.array(~valid))
 
 
-def embed_shard(model, texts: pl.DataFrame, path: Path, settings: EmbedSettings, batch_size: int) -> None:
+def embed_shard(model, texts: pl.DataFrame, path: Path, settings: EmbedSettings, batch_size: int, cache=None) -> None:
+    """With a cache (``embed_cache.EmbeddingCache``), only the texts it does not hold go through the model."""
     both = two_roles(settings.as_dict())
-    vectors = encode(model, texts.get_column("text").to_list(), batch_size, settings.document_prompt,
-                     "document" if both else None)
+
+    def embedded(rows: pl.DataFrame, prompt: str, task: str | None) -> np.ndarray:
+        strings = rows.get_column("text").to_list()
+        compute = functools.partial(encode, model, batch_size=batch_size, prompt=prompt, task=task)
+        return compute(strings) if cache is None else cache.vectors(
+            rows.get_column("text_id").to_numpy(), strings, compute, prompt, task)
+
+    vectors = embedded(texts, settings.document_prompt, "document" if both else None)
     table = pa.table({"text_id": pa.array(texts.get_column("text_id").to_numpy(), type=pa.int64()),
                       "embedding": vector_column(vectors, settings.dtype)})
     if both:
         is_query = texts.get_column("is_query").to_numpy()
         queries = np.zeros_like(vectors)
-        queries[is_query] = encode(model, texts.filter("is_query").get_column("text").to_list(), batch_size,
-                                   settings.query_prompt, "query")
+        queries[is_query] = embedded(texts.filter("is_query"), settings.query_prompt, "query")
         table = table.append_column(QUERY_COLUMN, vector_column(queries, settings.dtype, is_query))
     # Float vectors and unique hashes do not compress: zstd and dictionaries would only cost time.
     write_parquet_atomic(table, path, compression="none", use_dictionary=False)

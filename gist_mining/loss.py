@@ -32,12 +32,14 @@ class Column:
 class GuidedBatch:
     """B anchors: their queries and positives (B rows each), their mined negatives (M rows, all of which
     are candidates for every anchor), and per anchor the ids mining flagged as false negatives (B, F),
-    padded with PAD_ID."""
+    padded with PAD_ID; optionally (B,) which anchors the guide cannot judge, when mining took them out of
+    the margin rule (MiningRules.unjudged_rank_min): the in-batch rule leaves them out too."""
 
     queries: Column
     positives: Column
     negatives: Column
     known_false_negatives: torch.Tensor
+    unjudged: torch.Tensor | None = None
 
 
 def _distributed() -> bool:
@@ -83,6 +85,19 @@ def _in_rows(candidate_ids: torch.Tensor, known: torch.Tensor) -> torch.Tensor:
     return known.gather(1, at) == values  # PAD_ID never equals a real text id
 
 
+CONTROLS = (None, "random", "hardest")
+
+
+def same_count(chosen: torch.Tensor, eligible: torch.Tensor, logits: torch.Tensor, how: str) -> torch.Tensor:
+    """Per row, as many ``eligible`` entries as ``chosen`` holds there: drawn at random (torch's generator,
+    so seeded by torch.manual_seed), or the ones with the highest ``logits`` (the student's hardest)."""
+    count = (chosen & eligible).sum(dim=1, keepdim=True)
+    score = torch.rand(logits.shape, device=logits.device) if how == "random" else logits.detach().float()
+    order = score.masked_fill(~eligible, float("-inf")).argsort(dim=1, descending=True, stable=True)
+    rank = torch.empty_like(order).scatter_(1, order, torch.arange(order.shape[1], device=order.device).expand_as(order))
+    return eligible & (rank < count)
+
+
 class GISTLoss(nn.Module):
     """Cross-entropy over in-batch candidates, with the ones the guide calls false negatives masked.
 
@@ -104,16 +119,31 @@ class GISTLoss(nn.Module):
                   same-role score is its symmetric similarity, which says whether q_j restates q_i;
         p-P       document x document: two passages, both with the document prompt, likewise.
     A document-role vector for the queries would score them as passages, which they are not in this batch.
-    ``guided=False`` keeps only the "always" masks: the plain in-batch loss, for ablations.
+    ``guided=False`` keeps only the "always" masks: the plain in-batch loss, for ablations. ``control`` keeps
+    the guide's count per anchor row but moves the masks (controls that attribute a gain to the guide's choice):
+    "random" masks as many entries, drawn from torch's seeded generator; "hardest" the student's highest.
+    Anchors in ``batch.unjudged`` get only the "always" masks.
     Returns the loss (the global batch's mean once averaged over ranks) and this rank's masked fraction.
     """
 
     def __init__(self, temperature: float = 0.05, margin_strategy: str = "absolute", margin: float = 0.0,
-                 guided: bool = True):
+                 guided: bool = True, control: str | None = None):
         super().__init__()
+        if control not in CONTROLS:
+            raise ValueError(f"control must be one of {CONTROLS}")
         self.temperature, self.margin_strategy, self.margin, self.guided = temperature, margin_strategy, margin, guided
+        self.control = control
 
     def forward(self, batch: GuidedBatch) -> tuple[torch.Tensor, torch.Tensor]:
+        logits, mask, labels, total = self.masked_logits(batch)
+        loss = F.cross_entropy(logits.masked_fill(mask, float("-inf")) / self.temperature, labels, reduction="sum")
+        # Scaled so that averaging over ranks (DDP) gives the global batch's mean, whatever each rank's share.
+        world = dist.get_world_size() if _distributed() else 1
+        return loss * world / total, mask.float().mean()
+
+    def masked_logits(self, batch: GuidedBatch) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, int]:
+        """This rank's anchors' cosine logits over the candidates (before the temperature), the mask, the
+        labels, and the global batch's number of anchors."""
         q, p = batch.queries, batch.positives
         all_p, all_n, all_q, start, total = _gather_candidates(batch)
         labels = torch.arange(q.ids.shape[0], device=q.ids.device) + start
@@ -122,14 +152,14 @@ class GISTLoss(nn.Module):
         logits = torch.cat([qs @ P.T, qs @ N.T, qs @ Q.T, ps @ P.T], dim=1)
         candidate_ids = torch.cat([all_p.ids, all_n.ids, all_q.ids, all_p.ids])
         mask = (candidate_ids[None, :] == q.ids[:, None]) | (candidate_ids[None, :] == p.ids[:, None])
+        is_label = torch.zeros_like(mask)
+        is_label[torch.arange(len(labels), device=mask.device), labels] = True  # the true positive is never masked
         if self.guided:
-            mask |= self._guide_mask(q, p, all_p, all_n, all_q)
-            mask |= _in_rows(candidate_ids, batch.known_false_negatives)
-        mask[torch.arange(len(labels), device=mask.device), labels] = False  # the true positive never is
-        loss = F.cross_entropy(logits.masked_fill(mask, float("-inf")) / self.temperature, labels, reduction="sum")
-        # Scaled so that averaging over ranks (DDP) gives the global batch's mean, whatever each rank's share.
-        world = dist.get_world_size() if _distributed() else 1
-        return loss * world / total, mask.float().mean()
+            guided = self._guide_mask(q, p, all_p, all_n, all_q) | _in_rows(candidate_ids, batch.known_false_negatives)
+            if batch.unjudged is not None:
+                guided &= ~batch.unjudged[:, None]
+            mask |= guided if self.control is None else same_count(guided, ~mask & ~is_label, logits, self.control)
+        return logits, mask & ~is_label, labels, total
 
     def _guide_mask(self, q: Column, p: Column, all_p: Column, all_n: Column, all_q: Column) -> torch.Tensor:
         # Float32 even under autocast: a bf16 score near the threshold flips mask decisions.

@@ -284,6 +284,11 @@ def read_shard(path: Path, column: str = "embedding", dtype=np.float32) -> tuple
     table = pq.read_table(path, columns=["text_id", column])
     if table.column(column).null_count:
         table = table.filter(pc.is_valid(table.column(column)))
+    return shard_arrays(table, column)
+
+
+def shard_arrays(table, column: str = "embedding") -> tuple[np.ndarray, np.ndarray]:
+    """An embedding table's text ids and vectors in ``column`` (no null rows) as arrays, the vectors as float32."""
     flat = table.column(column).combine_chunks().flatten().to_numpy(zero_copy_only=False)
     return table.column("text_id").to_numpy(), flat.reshape(len(table), -1).astype(dtype or flat.dtype, copy=False)
 

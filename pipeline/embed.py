@@ -6,8 +6,10 @@ Writes into the work directory: texts.parquet (text_id, text, is_query, is_docum
 anchors.parquet (anchor_id, source, source_row, query_id, positive_id, negative_ids, task),
 embeddings/shard-*.parquet (text_id, embedding; with a query prompt unlike the document prompt, also
 query_embedding: see gist_mining.embed.role_column) and embed_manifest.json once every shard is done.
-Resumable (completed shards are kept), refuses a work directory made from another model, setting or
-input, and splits across processes with --num-shards/--shard-index.
+Texts held by the embedding cache (--cache-dir, shared by work directories; --no-cache) are read from it,
+not recomputed, and what is computed is added to it. Resumable (completed shards are kept), refuses a work
+directory made from another model, setting or input, and splits across processes with
+--num-shards/--shard-index.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from tqdm import tqdm
 
 from gist_mining import cli, workdir
 from gist_mining.embed import EmbedSettings, embed_shard, plan_texts, shard_bounds, two_roles
+from gist_mining.embed_cache import EmbeddingCache, default_root
 from gist_mining.errors import InputError
 from gist_mining.inputs import read_corpus, read_pairs
 from gist_mining.models import DEFAULT_GUIDE, load_model, model_fingerprint, resolve_model, role_prompts
@@ -43,6 +46,10 @@ def parse_args(argv=None) -> argparse.Namespace:
     cli.prompt_arguments(parser)
     parser.add_argument("--shard-size", type=int, default=50_000, help="texts per embedding shard")
     parser.add_argument("--overwrite", action="store_true", help="discard a work directory made differently")
+    parser.add_argument("--cache-dir", type=Path, default=None,
+                        help="embedding cache shared by work directories (default: $GIST_MINING_CACHE/embeddings, "
+                             "else ~/.cache/gist-mining/embeddings)")
+    parser.add_argument("--no-cache", action="store_true", help="neither read nor add to the embedding cache")
     cli.shard_arguments(parser)
     return parser.parse_args(argv)
 
@@ -138,16 +145,21 @@ def main(argv=None) -> None:
         print(f"embed: query prompt {plan['settings']['query_prompt']!r}, document prompt "
               f"{plan['settings']['document_prompt']!r}: every text in the document role, the queries in the query "
               "role too", file=sys.stderr)
-    embed_shards(shards, plan, texts, model, todo, args.batch_size)
+    cache = None if args.no_cache else EmbeddingCache(args.cache_dir or default_root(), plan["model"], backend="torch")
+    embed_shards(shards, plan, texts, model, todo, args.batch_size, cache)
 
 
-def embed_shards(shards: workdir.Shards, plan: dict, texts, model, todo: list[int], batch_size: int) -> dict | None:
-    """Embed shards ``todo`` of the plan with ``model``; the manifest once every shard is done (None before)."""
+def embed_shards(shards: workdir.Shards, plan: dict, texts, model, todo: list[int], batch_size: int,
+                 cache=None) -> dict | None:
+    """Embed shards ``todo`` of the plan with ``model`` (through ``cache``, an EmbeddingCache, if given); the
+    manifest once every shard is done (None before)."""
     bounds, settings, started = plan["bounds"], EmbedSettings(**plan["settings"]), time.perf_counter()
     for i in tqdm(todo, unit="shard", desc="embed", disable=len(todo) < 2):
         start, stop = bounds[i]
-        embed_shard(model, texts.slice(start, stop - start), shards.path(i), settings, batch_size)
+        embed_shard(model, texts.slice(start, stop - start), shards.path(i), settings, batch_size, cache)
         shards.mark_done(i)
+    if cache is not None and todo:
+        print(f"embed: cache {cache.root}: {cache.hits} vectors read, {cache.misses} computed and added", file=sys.stderr)
     manifest = shards.finish(workdir.EMBED_MANIFEST, {k: v for k, v in plan.items() if k != "bounds"})
     if manifest is None:
         print("embed: shards left for other processes or a rerun", file=sys.stderr)

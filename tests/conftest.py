@@ -45,6 +45,14 @@ def build_tiny_model(path: Path, seed: int = 0, dropout: float = 0.1) -> Path:
     return path / "st"
 
 
+@pytest.fixture(scope="session", autouse=True)
+def private_cache(tmp_path_factory) -> Path:
+    """Everything the suite caches (weight hashes, embeddings) goes to a temporary folder, never the user's."""
+    path = tmp_path_factory.mktemp("gist-mining-cache")
+    os.environ["GIST_MINING_CACHE"] = str(path)
+    return path
+
+
 def build_tiny_cross_encoder(path: Path, seed: int = 0, num_labels: int = 1) -> Path:
     """A tiny random CrossEncoder saved with the Identity activation, as the ms-marco ones are."""
     import torch

@@ -187,7 +187,8 @@ def test_two_shard_processes_equal_one(tmp_path, tiny_model):
 
 def test_killed_run_resumes_to_the_same_result(tmp_path, tiny_model):
     make_pairs(150).write_parquet(tmp_path / "pairs.parquet")
-    common = ["--input", tmp_path / "pairs.parquet", "--model", tiny_model, "--shard-size", 10]
+    # without the cache: the second run would read what the first computed, too fast to be killed midway
+    common = ["--input", tmp_path / "pairs.parquet", "--model", tiny_model, "--shard-size", 10, "--no-cache"]
     assert run_embed(*common, "--work", tmp_path / "whole") == 0
     # batch size 1 makes the run slow enough to kill between its first and last shard
     proc = subprocess.Popen([sys.executable, "-m", "pipeline.embed", *map(str, common), "--work", str(tmp_path / "cut"),

@@ -34,10 +34,15 @@ from gist_mining.errors import UsageError
 from gist_mining.ids import PAD_ID
 from gist_mining.loss import Column, GISTLoss, GuidedBatch
 from gist_mining.margins import STRATEGIES
+from gist_mining.mining import is_unjudged
 from gist_mining.models import DEFAULT_STUDENT, load_model, role_prompts
 from gist_mining.storage import (commit, read_json, remove_stale_temps, tmp_name, write_bytes_atomic,
                                   write_json_atomic)
 from gist_mining.workdir import VectorStore
+
+# The trainer's --guide-filter choices and the loss they make: (guided, control) of GISTLoss.
+GUIDE_FILTERS = {"precomputed": (True, None), "none": (False, None), "random": (True, "random"),
+                 "hardest": (True, "hardest")}
 
 # -- config: every default in one place ------------------------------------------------------------------
 
@@ -79,7 +84,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--gradient-checkpointing", action="store_true")
     p.add_argument("--mini-batch-size", type=int, default=0,
                    help="GradCache: texts per forward pass; the batch's loss is exact, memory that of a mini-batch")
-    p.add_argument("--guide-filter", choices=["precomputed", "none"], default="precomputed")
+    p.add_argument("--guide-filter", choices=list(GUIDE_FILTERS), default="precomputed",
+                   help="in-batch masks: the guide's (precomputed vectors), none (plain loss), or controls that mask "
+                        "as many logits per anchor as the guide would, at random (seeded) or the student's hardest")
     p.add_argument("--eval", type=Path, default=None, help="retrieval split: queries, corpus, qrels .parquet")
     p.add_argument("--eval-steps", type=int, default=0, help="evaluate every N steps (0: before and after only)")
     p.add_argument("--save-steps", type=int, default=0, help="checkpoint every N steps (0: never)")
@@ -103,9 +110,11 @@ class Batch:
     guide: dict[str, torch.Tensor]
     ids: dict[str, torch.Tensor]
     known: torch.Tensor
+    unjudged: torch.Tensor | None
 
     def with_student(self, student: dict[str, torch.Tensor]) -> GuidedBatch:
-        return GuidedBatch(*(Column(student[c], self.guide[c], self.ids[c]) for c in COLUMNS), self.known)
+        return GuidedBatch(*(Column(student[c], self.guide[c], self.ids[c]) for c in COLUMNS), self.known,
+                           self.unjudged)
 
 
 class TrainingData:
@@ -121,6 +130,9 @@ class TrainingData:
         self.ids = {"queries": rows["query_id"].to_numpy(), "positives": rows["positive_id"].to_numpy()}
         self.negatives = rows["negative_ids"].list.head(negatives).to_list()
         self.false_negatives = rows["false_negative_ids"].to_list()
+        # Mining took the anchors the guide cannot judge out of its margin rule: so does the in-batch rule.
+        self.unjudged = (is_unjudged(rows["candidates_above_positive"], rows["n_candidates"]).to_numpy()
+                         if self.manifest["rules"].get("unjudged_rank_min") is not None else None)
         self.text_of = dict(workdir.read_table(work, workdir.TEXTS, ["text_id", "text"]).iter_rows())
         uses = {"query": [self.ids["queries"]],
                 "document": [self.ids["positives"], np.array([i for n in self.negatives for i in n], dtype=np.int64)]}
@@ -141,7 +153,8 @@ class TrainingData:
         return Batch(texts={c: [self.text_of[i] for i in v.tolist()] for c, v in ids.items()},
                      guide={c: self.guide[ROLES[c]][torch.from_numpy(np.searchsorted(self.guide_ids[ROLES[c]], v))
                                                     .to(self.device)] for c, v in ids.items()},
-                     ids=as_tensor, known=torch.from_numpy(known).to(self.device))
+                     ids=as_tensor, known=torch.from_numpy(known).to(self.device),
+                     unjudged=None if self.unjudged is None else torch.from_numpy(self.unjudged[rows]).to(self.device))
 
 
 def epoch_batches(data: TrainingData, args, world: int, epoch: int, rank: int = 0) -> list[list[int]]:
@@ -371,7 +384,8 @@ def main(argv=None) -> None:
     log = Log(args.out, step, rank)
     evaluator = make_evaluator(args.eval, "eval", model.prompts) if args.eval else None
     before = evaluate(model, evaluator, log, step, rank) if evaluator and step == 0 else None
-    loss_fn = GISTLoss(args.temperature, args.margin_strategy, args.margin, guided=args.guide_filter == "precomputed")
+    guided, control = GUIDE_FILTERS[args.guide_filter]
+    loss_fn = GISTLoss(args.temperature, args.margin_strategy, args.margin, guided=guided, control=control)
 
     model.train()
     if epoch:  # a resumed run continues in a later epoch
@@ -417,8 +431,11 @@ def global_mean(loss: torch.Tensor, masked: torch.Tensor, world: int) -> tuple[f
 def say_rules(args, manifest: dict) -> None:
     """The two rules stack: mining removed its false negatives, the loss masks in-batch ones."""
     mined_rules = ", ".join(f"{k} {v}" for k, v in manifest["rules"].items() if v is not None)
-    in_batch = (f"{args.margin_strategy} margin {args.margin}" if args.guide_filter == "precomputed"
-                else "off (plain in-batch loss)")
+    in_batch = {"precomputed": f"{args.margin_strategy} margin {args.margin}", "none": "off (plain in-batch loss)",
+                "random": "control: as many logits as the guide masks, at random",
+                "hardest": "control: as many logits as the guide masks, the student's highest"}[args.guide_filter]
+    if manifest["rules"].get("unjudged_rank_min") is not None and args.guide_filter != "none":
+        in_batch += " (not for anchors the guide cannot judge, as in mining)"
     print(f"train: mined negatives chosen under: {mined_rules}; in-batch guide filter: {in_batch}", file=sys.stderr)
 
 

@@ -1,0 +1,59 @@
+"""The embedding cache shared by work directories: what it holds, and pruning it.
+
+    python -m pipeline.cache info [--cache-dir D]
+    python -m pipeline.cache prune [--cache-dir D] (--all | --older-than DAYS | --model NAME_OR_KEY)
+
+info lists each key (model, prompt, precision, max_seq_length, backend) with its files, entries and size.
+prune removes every file, the files not used (written or read) for DAYS days, or one model's files (the
+name it was run with, e.g. all-mpnet-base-v2 or a path, or a key folder's prefix).
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+from pathlib import Path
+
+from gist_mining import cli
+from gist_mining.embed_cache import default_root, describe, folders, prune
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="python -m pipeline.cache", description=__doc__.split("\n")[0])
+    commands = parser.add_subparsers(dest="command", required=True)
+    info = commands.add_parser("info", help="keys, files, entries and size")
+    cut = commands.add_parser("prune", help="remove cache files")
+    for sub in (info, cut):
+        sub.add_argument("--cache-dir", type=Path, default=None,
+                         help="default: $GIST_MINING_CACHE/embeddings, else ~/.cache/gist-mining/embeddings")
+    which = cut.add_mutually_exclusive_group(required=True)
+    which.add_argument("--all", action="store_true", help="every file")
+    which.add_argument("--older-than", type=float, metavar="DAYS", help="files not written or read for DAYS days")
+    which.add_argument("--model", metavar="NAME_OR_KEY", help="one model's files (its name, or a key prefix)")
+    return parser.parse_args(argv)
+
+
+def show(root: Path) -> None:
+    rows = [describe(folder) for folder in folders(root)]
+    print(f"{root}: {len(rows)} keys, {sum(r['files'] for r in rows)} files, {sum(r['entries'] for r in rows)} "
+          f"entries, {sum(r['bytes'] for r in rows) / 2**20:.1f} MiB")
+    for r in rows:
+        used = time.strftime("%Y-%m-%d %H:%M", time.localtime(r["last_used"])) if r["last_used"] else "-"
+        unreadable = f", {r['unreadable']} unreadable" if r["unreadable"] else ""
+        print(f"  {r['key'][:12]}  {r['name']}  prompt={r['prompt']!r}  {r['precision']}  max_seq_length="
+              f"{r['max_seq_length']}  {r['backend']}: {r['files']} files, {r['entries']} entries{unreadable}, "
+              f"{r['bytes'] / 2**20:.1f} MiB, last used {used}")
+
+
+def main(argv=None) -> None:
+    args = parse_args(argv)
+    root = args.cache_dir or default_root()
+    if args.command == "info":
+        show(root)
+        return
+    files, size = prune(root, everything=args.all, older_than_days=args.older_than, model=args.model)
+    print(f"{root}: removed {files} files, {size / 2**20:.1f} MiB")
+
+
+if __name__ == "__main__":
+    cli.run(main)
