@@ -284,11 +284,12 @@ def read_shard(path: Path, column: str = "embedding", dtype=np.float32) -> tuple
     table = pq.read_table(path, columns=["text_id", column])
     if table.column(column).null_count:
         table = table.filter(pc.is_valid(table.column(column)))
-    return shard_arrays(table, column)
+    return shard_arrays(table, column, dtype)
 
 
-def shard_arrays(table, column: str = "embedding") -> tuple[np.ndarray, np.ndarray]:
-    """An embedding table's text ids and vectors in ``column`` (no null rows) as arrays, the vectors as float32."""
+def shard_arrays(table, column: str = "embedding", dtype=np.float32) -> tuple[np.ndarray, np.ndarray]:
+    """An embedding table's text ids and vectors in ``column`` (no null rows) as arrays, the vectors as ``dtype``
+    (None: as stored)."""
     flat = table.column(column).combine_chunks().flatten().to_numpy(zero_copy_only=False)
     return table.column("text_id").to_numpy(), flat.reshape(len(table), -1).astype(dtype or flat.dtype, copy=False)
 
