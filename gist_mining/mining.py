@@ -104,29 +104,28 @@ def ragged(matrix: np.ndarray, keep: np.ndarray, arrow_type) -> pa.ListArray:
 
 
 def search_candidates(index, query_vectors: np.ndarray, exclude: np.ndarray, pool_ids: np.ndarray,
-                      pool_vectors: np.ndarray | None, k: int) -> tuple[np.ndarray, np.ndarray]:
+                      pool_vectors, k: int, depth: int = 1) -> tuple[np.ndarray, np.ndarray]:
     """Top-k pool texts per query, none of its ``exclude`` ids (n, e; PAD_ID-padded), scored exactly.
 
     An exact index's distances are the inner products of the stored vectors already; for an approximate
-    one, pass ``pool_vectors`` and the scores are recomputed from them.
+    one, pass ``pool_vectors`` (an array, or rows read on demand: ``workdir.StoredRows``) and the scores of
+    the ``depth`` x k nearest by the index are recomputed from them before the best k are kept.
     Returns ids (n, k) padded with PAD_ID and scores (n, k) padded with -inf, sorted by score descending.
     """
-    n = len(query_vectors)
-    search_k = min(k + exclude.shape[1], len(pool_ids))
+    search_k = min(depth * k + exclude.shape[1], len(pool_ids))
     distances, rows = index.search(np.ascontiguousarray(query_vectors, dtype=np.float32), search_k)
     ids = np.where(rows >= 0, pool_ids[np.maximum(rows, 0)], PAD_ID)
     keep = (rows >= 0) & ~(ids[:, :, None] == exclude[:, None, :]).any(axis=2)
-    first = np.argsort(~keep, axis=1, kind="stable")[:, :k]  # kept entries first, in search order
-    rows = np.take_along_axis(rows, first, axis=1)
-    keep = np.take_along_axis(keep, first, axis=1)
+    first = np.argsort(~keep, axis=1, kind="stable")[:, :depth * k]  # kept entries first, in search order
+    rows, keep, ids = (np.take_along_axis(m, first, axis=1) for m in (rows, keep, ids))
     if pool_vectors is None:
         scores = np.take_along_axis(distances, first, axis=1)
     else:
         scores = np.einsum("nd,nkd->nk", query_vectors, pool_vectors[np.maximum(rows, 0)], dtype=np.float32)
     scores = np.where(keep, scores, -np.inf).astype(np.float32)
-    ids = np.where(keep, pool_ids[np.maximum(rows, 0)], PAD_ID)
-    order = np.argsort(-scores, axis=1, kind="stable")
-    return np.take_along_axis(ids, order, axis=1), np.take_along_axis(scores, order, axis=1).reshape(n, -1)
+    order = np.argsort(-scores, axis=1, kind="stable")[:, :k]
+    return np.where(np.take_along_axis(keep, order, axis=1), np.take_along_axis(ids, order, axis=1), PAD_ID), \
+        np.take_along_axis(scores, order, axis=1)
 
 
 # -- selection ---------------------------------------------------------------------------------------

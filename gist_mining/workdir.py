@@ -19,6 +19,7 @@ with the command that rebuilds it, and rebuilt by that command, never read.
 from __future__ import annotations
 
 import fcntl
+import os
 import shutil
 import sys
 from contextlib import contextmanager
@@ -278,18 +279,19 @@ def trained_from(model_dir: Path) -> str | None:
 # -- the guide's vectors as one matrix on disk ----------------------------------------------------------
 
 
-def read_shard(path: Path, column: str = "embedding") -> tuple[np.ndarray, np.ndarray]:
-    """One embedding shard's text ids and vectors (float32) in ``column``, less its null rows."""
+def read_shard(path: Path, column: str = "embedding", dtype=np.float32) -> tuple[np.ndarray, np.ndarray]:
+    """One embedding shard's text ids and vectors in ``column`` (as ``dtype``; None: as stored), less its null rows."""
     table = pq.read_table(path, columns=["text_id", column])
     if table.column(column).null_count:
         table = table.filter(pc.is_valid(table.column(column)))
-    return shard_arrays(table, column)
+    return shard_arrays(table, column, dtype)
 
 
-def shard_arrays(table, column: str = "embedding") -> tuple[np.ndarray, np.ndarray]:
-    """An embedding table's text ids and vectors in ``column`` (no null rows) as arrays, the vectors as float32."""
+def shard_arrays(table, column: str = "embedding", dtype=np.float32) -> tuple[np.ndarray, np.ndarray]:
+    """An embedding table's text ids and vectors in ``column`` (no null rows) as arrays, the vectors as ``dtype``
+    (None: as stored)."""
     flat = table.column(column).combine_chunks().flatten().to_numpy(zero_copy_only=False)
-    return table.column("text_id").to_numpy(), flat.reshape(len(table), -1).astype(np.float32, copy=False)
+    return table.column("text_id").to_numpy(), flat.reshape(len(table), -1).astype(dtype or flat.dtype, copy=False)
 
 
 def load_embeddings(work: Path, role: str = "document") -> tuple[np.ndarray, np.ndarray]:
@@ -302,10 +304,12 @@ def load_embeddings(work: Path, role: str = "document") -> tuple[np.ndarray, np.
 
 
 class VectorStore:
-    """Guide embeddings in one role ("query" or "document") looked up by text_id, from one float32 matrix on
-    disk built once from the shards; when the two roles' prompts are equal, both roles read the same matrix.
+    """Guide embeddings in one role ("query" or "document") looked up by text_id, from one matrix on disk
+    built once from the shards; when the two roles' prompts are equal, both roles read the same matrix.
 
-    A lookup maps the file only while it copies the asked rows, so memory holds what a chunk needs.
+    The matrix keeps the shards' dtype (float16 with ``pipeline.embed --dtype float16``: half the disk and
+    page cache); lookups return float32. Lookups read just the asked rows from the file, so memory holds what
+    a chunk needs, never the pool.
     """
 
     def __init__(self, work: Path, role: str = "document"):
@@ -323,22 +327,26 @@ class VectorStore:
         ids = np.load(ids_path, allow_pickle=False)
         self.sorter = np.argsort(ids, kind="stable")
         self.sorted_ids = ids[self.sorter]
+        with open(self.path, "rb") as fh:
+            np.lib.format.read_magic(fh)
+            shape, _, self.dtype = np.lib.format.read_array_header_1_0(fh)
+            self.offset, self.dimension = fh.tell(), shape[1]
 
     def _build(self, work: Path, manifest: dict, ids_path: Path, marker: Path) -> None:
         marker.unlink(missing_ok=True)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         total = (manifest["counts"]["queries"] if self.column == QUERY_COLUMN
                  else sum(s["rows"] for s in manifest["shards"]))
-        tmp = tmp_name(self.path)
-        matrix = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.float32, shape=(total, manifest["dimension"]))
-        ids, start = [], 0
-        for path in verified(work, manifest, "embed"):
-            shard_ids, vectors = read_shard(path, self.column)
-            matrix[start: start + len(shard_ids)] = vectors
-            ids.append(shard_ids)
-            start += len(shard_ids)
-        matrix.flush()
-        del matrix
+        tmp, dtype = tmp_name(self.path), np.dtype(manifest["dtype"])
+        ids = []
+        # Written through the file, not a memory map: a map's written pages would count in RSS until it closes.
+        with open(tmp, "wb") as fh:
+            np.lib.format.write_array_header_1_0(fh, {"descr": np.lib.format.dtype_to_descr(dtype),
+                                                      "fortran_order": False, "shape": (total, manifest["dimension"])})
+            for path in verified(work, manifest, "embed"):
+                shard_ids, vectors = read_shard(path, self.column, dtype)
+                fh.write(np.ascontiguousarray(vectors).data)
+                ids.append(shard_ids)
         write_npy_atomic(np.concatenate(ids), ids_path)
         commit(tmp, self.path)
         write_json_atomic({"fingerprint": manifest["fingerprint"], self.path.name: self.path.stat().st_size,
@@ -352,13 +360,44 @@ class VectorStore:
         return self.sorter[positions]
 
     def get(self, ids: np.ndarray) -> np.ndarray:
-        rows = self.rows(np.asarray(ids, dtype=np.int64))
-        matrix = np.load(self.path, mmap_mode="r")
-        order = np.argsort(rows, kind="stable")
-        out = np.empty((len(rows), matrix.shape[1]), dtype=np.float32)
-        out[order] = matrix[rows[order]]
-        del matrix
+        ids = np.asarray(ids, dtype=np.int64)
+        rows, where = np.unique(self.rows(ids.reshape(-1)), return_inverse=True)
+        return self._read(rows)[where].astype(np.float32).reshape(*ids.shape, self.dimension)
+
+    def _read(self, rows: np.ndarray) -> np.ndarray:
+        """Sorted distinct rows, one read per run of consecutive rows. Read, not memory-mapped: mapped pages
+        count in RSS, and the kernel maps cached neighbours of each touched page too (fault-around), so
+        scattered rows of a mapped 8 GB matrix would soon hold all of it."""
+        out = np.empty((len(rows), self.dimension), dtype=self.dtype)
+        buffer, size = memoryview(out).cast("B"), self.dimension * self.dtype.itemsize
+        starts = np.flatnonzero(np.diff(rows, prepend=-2) != 1)
+        with open(self.path, "rb", buffering=0) as fh:
+            for start, stop in zip(starts.tolist(), [*starts[1:].tolist(), len(rows)]):
+                done, offset = start * size, self.offset + int(rows[start]) * size - start * size
+                while done < stop * size:  # a read may return less than asked (Linux: at most ~2 GB)
+                    got = os.preadv(fh.fileno(), [buffer[done: stop * size]], offset + done)
+                    if got == 0:
+                        raise UsageError(f"{self.path}: shorter than its header says; delete it to rebuild it")
+                    done += got
         return out
+
+    def view(self, ids: np.ndarray) -> "StoredRows":
+        return StoredRows(self, ids)
+
+
+class StoredRows:
+    """The vectors of ``ids`` (in that order), indexed like an (n, d) array but read from the store on demand:
+    ``rows[5:10]``, ``rows[index_positions]`` (any shape) give float32 copies of just those rows."""
+
+    def __init__(self, store: VectorStore, ids: np.ndarray):
+        self.store, self.ids = store, ids
+        self.shape = (len(ids), store.dimension)
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def __getitem__(self, positions) -> np.ndarray:
+        return self.store.get(self.ids[positions])
 
 
 def write_npy_atomic(array: np.ndarray, path: Path) -> None:

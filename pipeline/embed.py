@@ -87,13 +87,17 @@ def make_plan(args, argv, model, prompts: dict[str, str], backend: str, texts, a
     settings = EmbedSettings(dtype=args.dtype, precision=args.precision, shard_size=args.shard_size,
                              query_prompt=prompts["query"], document_prompt=prompts["document"], backend=backend)
     model_info = dict(model_fingerprint(model, resolve_model(args.model, args.revision)), name=args.model)
-    plan = {"model": model_info, "settings": settings.as_dict(), "inputs": inputs,
-            "command": shlex.join(["python", "-m", "pipeline.embed", *map(str, argv)])}
+    return plan_for(model_info, settings, inputs, shlex.join(["python", "-m", "pipeline.embed", *map(str, argv)]),
+                    texts, anchors)
+
+
+def plan_for(model_info: dict, settings: EmbedSettings, inputs: list[dict], command: str, texts, anchors) -> dict:
+    """The embed plan of a guide (``model_info``: its fingerprint and dimension) over planned texts and anchors."""
+    plan = {"model": model_info, "settings": settings.as_dict(), "inputs": inputs, "command": command}
     plan["fingerprint"] = config_fingerprint(
         {"model": model_info["fingerprint"], "settings": plan["settings"], "inputs": [i["sha256"] for i in inputs]})
-    bounds = shard_bounds(texts.height, args.shard_size)
     plan.update(
-        dimension=model_info["dimension"], dtype=args.dtype, bounds=bounds,
+        dimension=model_info["dimension"], dtype=settings.dtype, bounds=shard_bounds(texts.height, settings.shard_size),
         counts={"anchors": anchors.height, "texts": texts.height, "queries": int(texts["is_query"].sum()),
                 "documents": int(texts["is_document"].sum())},
     )
@@ -143,15 +147,23 @@ def main(argv=None) -> None:
     print(f"embed: {texts.height} distinct texts from {anchors.height} anchors ({dropped} given negatives dropped: "
           f"equal to the query or one of its positives, or repeated); {len(mine) - len(todo)} of this process's "
           f"shards already done", file=sys.stderr)
-    settings, started = EmbedSettings(**plan["settings"]), time.perf_counter()
     if two_roles(plan["settings"]):
-        print(f"embed: query prompt {settings.query_prompt!r}, document prompt {settings.document_prompt!r}: "
-              "every text in the document role, the queries in the query role too", file=sys.stderr)
+        print(f"embed: query prompt {plan['settings']['query_prompt']!r}, document prompt "
+              f"{plan['settings']['document_prompt']!r}: every text in the document role, the queries in the query "
+              "role too", file=sys.stderr)
     cache = None if args.no_cache else EmbeddingCache(args.cache_dir or default_root(), plan["model"],
-                                                      backend=settings.backend)
+                                                      backend=plan["settings"]["backend"])
+    embed_shards(shards, plan, texts, encoder, todo, args.batch_size, cache)
+
+
+def embed_shards(shards: workdir.Shards, plan: dict, texts, model, todo: list[int], batch_size: int,
+                 cache=None) -> dict | None:
+    """Embed shards ``todo`` of the plan with ``model`` (or its OnnxEncoder; through ``cache``, an EmbeddingCache, if given); the
+    manifest once every shard is done (None before)."""
+    bounds, settings, started = plan["bounds"], EmbedSettings(**plan["settings"]), time.perf_counter()
     for i in tqdm(todo, unit="shard", desc="embed", disable=len(todo) < 2):
         start, stop = bounds[i]
-        embed_shard(encoder, texts.slice(start, stop - start), shards.path(i), settings, args.batch_size, cache)
+        embed_shard(model, texts.slice(start, stop - start), shards.path(i), settings, batch_size, cache)
         shards.mark_done(i)
     if cache is not None and todo:
         print(f"embed: cache {cache.root}: {cache.hits} vectors read, {cache.misses} computed and added", file=sys.stderr)
@@ -159,8 +171,9 @@ def main(argv=None) -> None:
     if manifest is None:
         print("embed: shards left for other processes or a rerun", file=sys.stderr)
     else:
-        print(f"embed: complete in {time.perf_counter() - started:.1f}s -> {work / workdir.EMBED_MANIFEST}",
+        print(f"embed: complete in {time.perf_counter() - started:.1f}s -> {shards.work / workdir.EMBED_MANIFEST}",
               file=sys.stderr)
+    return manifest
 
 
 if __name__ == "__main__":

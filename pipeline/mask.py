@@ -32,7 +32,7 @@ from tqdm import tqdm
 
 from gist_mining import cli, rescore, workdir
 from gist_mining.errors import UsageError
-from gist_mining.index import KINDS, build_index, load_index, resolve_kind, save_index
+from gist_mining.index import KINDS, build_index, load_index, parse_bytes, resolve_kind, save_index, search_depth
 from gist_mining.margins import STRATEGIES
 from gist_mining.ids import PAD_ID
 from gist_mining.mining import (CANDIDATE_SCHEMA, MINED_SCHEMA, SCORES, SEARCHED_SCHEMA, MiningRules, padded, ragged,
@@ -42,6 +42,9 @@ from gist_mining.summary import summarize
 from gist_mining.workdir import VectorStore, write_npy_atomic
 
 CHUNK = 1024  # anchors searched and selected at a time: bounds memory whatever the number of anchors
+# A search chunk's working set: its candidates' vectors (float32) read from the store and rescored. Fewer
+# anchors per chunk when k, the index's search depth or the dimension is large; results do not depend on it.
+CHUNK_BYTES = 256 << 20
 
 
 @dataclass(frozen=True)
@@ -50,6 +53,7 @@ class SearchSettings:
 
     k: int = 100
     index: str = "auto"
+    memory_budget: str = "8G"  # what --index auto may spend (gist_mining.index.resolve_kind)
     include_queries: bool = False
     shard_size: int = 100_000
 
@@ -60,7 +64,11 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--work", required=True, type=Path)
     # Search settings default to None so that --refilter can tell a given one from a default.
     parser.add_argument("--k", type=int, default=None, help=f"candidates kept per anchor (default {search.k})")
-    parser.add_argument("--index", choices=KINDS, default=None, help=f"default {search.index}")
+    parser.add_argument("--index", choices=KINDS, default=None,
+                        help=f"default {search.index}: exact while it fits the memory budget, then HNSW, HNSW over "
+                             "8-bit vectors, IVF-PQ; approximate finds are always rescored from the stored vectors")
+    parser.add_argument("--memory-budget", default=None,
+                        help=f"memory --index auto may plan for, e.g. 8G or 512M (default {search.memory_budget})")
     parser.add_argument("--include-queries", action="store_true", default=None,
                         help="other anchors' queries are candidates too (symmetric tasks, e.g. paraphrases)")
     parser.add_argument("--shard-size", type=int, default=None, help=f"anchors per shard (default {search.shard_size})")
@@ -105,7 +113,8 @@ def search_plan(args, argv, embed: dict, rescorer: rescore.Rescorer | None) -> d
         return stored
     settings = asdict(SearchSettings(**given))
     n_pool = embed["counts"]["documents"] + (embed["counts"]["queries"] if settings["include_queries"] else 0)
-    plan = dict(settings, index=resolve_kind(settings["index"], n_pool), parent_fingerprint=embed["fingerprint"],
+    kind = resolve_kind(settings["index"], n_pool, embed["dimension"], parse_bytes(settings["memory_budget"]))
+    plan = dict(settings, index=kind, parent_fingerprint=embed["fingerprint"],
                 n_anchors=embed["counts"]["anchors"], rescore=rescorer.record if rescorer else None,
                 command=shlex.join(["python", "-m", "pipeline.mask", *map(str, argv)]))
     plan["fingerprint"] = config_fingerprint({k: plan[k] for k in (*settings, "parent_fingerprint", "rescore")})
@@ -135,13 +144,19 @@ def claim(work: Path, search: dict, mine: dict, args) -> None:
         workdir.remove_temps(work)
 
 
-def load_anchors(work: Path) -> pl.DataFrame:
-    """Anchors with the ids their search must skip: the query itself and every positive of that query."""
-    anchors = workdir.read_table(work, workdir.ANCHORS)
-    positives = anchors.group_by("query_id").agg(pl.col("positive_id").unique().alias("exclude_ids"))
-    return anchors.join(positives, on="query_id", how="left").sort("anchor_id").with_columns(
-        pl.concat_list(pl.col("query_id"), "exclude_ids").alias("exclude_ids")
-    )
+def anchor_exclusions(work: Path) -> tuple[Path, pl.DataFrame]:
+    """anchors.parquet (checked) and, per query, the ids its search must skip: itself and all its positives."""
+    path = workdir.verified_table(work, workdir.ANCHORS)
+    pairs = pl.read_parquet(path, columns=["query_id", "positive_id"])
+    positives = pairs.group_by("query_id").agg(pl.col("positive_id").unique().alias("positives"))
+    return path, positives.select("query_id", pl.concat_list("query_id", "positives").alias("exclude_ids"))
+
+
+def read_anchors(path: Path, exclusions: pl.DataFrame, start: int, length: int) -> pl.DataFrame:
+    """Anchors start .. start + length (anchor_id is the row number: pipeline.embed writes them in order)
+    with their exclusions, read without the rest."""
+    part = pl.scan_parquet(path).slice(start, length).collect()
+    return part.join(exclusions, on="query_id", how="left", maintain_order="left")
 
 
 def candidate_pool(work: Path, include_queries: bool) -> np.ndarray:
@@ -159,8 +174,9 @@ def prepare_index(work: Path, store: VectorStore, plan: dict):
                 workdir.problem(p, record.get(p.name)) for p in (index_path, ids_path)):
             pool_ids = candidate_pool(work, plan["include_queries"])
             started = time.perf_counter()
-            index = build_index(store.get(pool_ids), plan["index"], plan["k"])
+            index = build_index(store.view(pool_ids), plan["index"], plan["k"])
             save_index(index, index_path)
+            del index  # the copy loaded below is the one searched
             write_npy_atomic(pool_ids, ids_path)
             write_json_atomic({"fingerprint": plan["fingerprint"], "kind": plan["index"], "vectors": len(pool_ids),
                                "seconds": round(time.perf_counter() - started, 2),
@@ -171,7 +187,8 @@ def prepare_index(work: Path, store: VectorStore, plan: dict):
 
 def search_chunk(anchors: pl.DataFrame, store: VectorStore, query_store: VectorStore, index, pool_ids, pool_vectors,
                  k: int) -> pa.Table:
-    """Every score is query role (the anchor's query) x document role (positive, given negatives, the pool)."""
+    """Every score is query role (the anchor's query) x document role (positive, given negatives, the pool).
+    ``pool_vectors``: None when the index's scores are exact, else the pool's stored rows to rescore from."""
     queries = query_store.get(anchors["query_id"].to_numpy())
     positive_scores = np.einsum("nd,nd->n", queries, store.get(anchors["positive_id"].to_numpy()))
     given = padded(anchors["negative_ids"].to_arrow(), PAD_ID, np.int64)
@@ -180,7 +197,7 @@ def search_chunk(anchors: pl.DataFrame, store: VectorStore, query_store: VectorS
     given_scores[given != PAD_ID] = np.einsum("nd,nd->n", np.repeat(queries, (given != PAD_ID).sum(1), axis=0),
                                              given_vectors)
     exclude = padded(anchors["exclude_ids"].to_arrow(), PAD_ID, np.int64)
-    ids, scores = search_candidates(index, queries, exclude, pool_ids, pool_vectors, k)
+    ids, scores = search_candidates(index, queries, exclude, pool_ids, pool_vectors, k, search_depth(index))
     return pa.table({
         "anchor_id": anchors["anchor_id"].to_arrow(), "query_id": anchors["query_id"].to_arrow(),
         "positive_id": anchors["positive_id"].to_arrow(), "task": anchors["task"].to_arrow(),
@@ -192,19 +209,25 @@ def search_chunk(anchors: pl.DataFrame, store: VectorStore, query_store: VectorS
     }, schema=SEARCHED_SCHEMA)
 
 
+def chunk_size(k: int, depth: int, dim: int) -> int:
+    return max(1, min(CHUNK, CHUNK_BYTES // (depth * k * dim * 4)))
+
+
 def search_shards(work: Path, plan: dict, shards: workdir.Shards, todo: list[int],
                   rescorer: rescore.Rescorer | None) -> None:
     store, query_store = VectorStore(work), VectorStore(work, "query")
     index, pool_ids = prepare_index(work, store, plan)  # the pool in the document role, queries included
-    # Only an approximate index needs the pool's vectors again, to score its finds exactly.
-    pool_vectors = None if plan["index"] == "flat" else store.get(pool_ids)
-    anchors, size = load_anchors(work), plan["shard_size"]
-    with tqdm(total=sum(anchors.slice(s * size, size).height for s in todo), unit="anchor", desc="search") as progress:
+    # Only an approximate index needs the pool's vectors again, read row by row, to score its finds exactly.
+    pool_vectors = None if plan["index"] == "flat" else store.view(pool_ids)
+    path, exclusions = anchor_exclusions(work)
+    size, step = plan["shard_size"], chunk_size(plan["k"], search_depth(index), store.dimension)
+    total = sum(min(size, plan["n_anchors"] - s * size) for s in todo)
+    with tqdm(total=total, unit="anchor", desc="search") as progress:
         for s in todo:
-            part = anchors.slice(s * size, size)
+            part = read_anchors(path, exclusions, s * size, size)  # one shard's anchors at a time
             with AtomicParquetWriter(shards.path(s), CANDIDATE_SCHEMA) as out:
-                for start in range(0, part.height, CHUNK):
-                    chunk = part.slice(start, CHUNK)
+                for start in range(0, part.height, step):
+                    chunk = part.slice(start, step)
                     searched = search_chunk(chunk, store, query_store, index, pool_ids, pool_vectors, plan["k"])
                     out.write(rescore.with_rescores(searched, rescorer))
                     progress.update(chunk.height)

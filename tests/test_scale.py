@@ -1,0 +1,115 @@
+"""The mask stage's memory path: a synthetic work directory, exact search against brute force, chunked reads
+equal to the in-RAM path, and the index chosen by the memory budget."""
+
+from __future__ import annotations
+
+import shutil
+import sys
+
+import faiss
+import numpy as np
+import polars as pl
+import pytest
+from conftest import ROOT, run_stage
+from test_mask import candidates
+
+from gist_mining.errors import UsageError
+from gist_mining.ids import PAD_ID
+from gist_mining.index import (STAGE_BYTES_PER_VECTOR, build_index, bytes_per_vector, load_index, parse_bytes,
+                               resolve_kind, search_depth)
+from gist_mining.mining import padded, search_candidates
+from gist_mining.workdir import load_embeddings
+from pipeline import mask
+
+sys.path.insert(0, str(ROOT))
+from benchmarks import synthetic_pool  # noqa: E402
+
+POOL, ANCHORS, DIM = 4000, 150, 16
+
+
+@pytest.fixture(scope="module")
+def synthetic(tmp_path_factory):
+    return synthetic_pool.main(["--work", str(tmp_path_factory.mktemp("synthetic") / "w"), "--pool", str(POOL),
+                                "--anchors", str(ANCHORS), "--dim", str(DIM), "--shard-size", "1000"])
+
+
+@pytest.fixture
+def work(synthetic, tmp_path):
+    shutil.copytree(synthetic, tmp_path / "w")
+    return tmp_path / "w"
+
+
+def test_synthetic_pool_is_an_embed_work_directory_and_flat_search_is_exact(work):
+    assert run_stage(mask, "--work", work, "--k", 20, "--index", "flat") == 0
+    ids, vectors = load_embeddings(work)  # the shards as written, float16 widened to float32
+    assert len(ids) == POOL + ANCHORS and np.allclose(np.linalg.norm(vectors, axis=1), 1, atol=1e-2)
+    texts = pl.read_parquet(work / "texts.parquet")
+    by_id = dict(zip(ids.tolist(), vectors))
+    pool = texts.filter("is_document")["text_id"].to_numpy()
+    pool_vectors = np.stack([by_id[i] for i in pool])
+    found = candidates(work)
+    assert found.height == ANCHORS
+    for row in found.iter_rows(named=True):
+        scores = pool_vectors @ by_id[row["query_id"]]
+        order = [i for i in np.argsort(-scores, kind="stable") if pool[i] not in (row["query_id"], row["positive_id"])]
+        assert row["candidate_ids"] == pool[order[:20]].tolist()
+        np.testing.assert_allclose(row["candidate_scores"], scores[order[:20]], atol=1e-5)
+    text_of = dict(texts.select("text_id", "text").iter_rows())
+    # the synthetic queries sit near their positive: most rank it above every candidate
+    assert (found["positive_score"] > found["candidate_scores"].list.first()).mean() > 0.5
+    assert all(text_of[q].replace("query", "doc") == text_of[p] for q, p in found.select("query_id", "positive_id").iter_rows())
+
+
+def test_chunked_reads_equal_the_in_memory_path(work, monkeypatch):
+    """Anchors read one shard at a time, searched a few at a time, candidates rescored from rows read off disk:
+    the same ids and scores as one search over all anchors with the whole pool in RAM."""
+    monkeypatch.setattr(mask, "CHUNK_BYTES", 7 * 3 * 20 * DIM * 4)  # 7 anchors per chunk at depth 3
+    assert run_stage(mask, "--work", work, "--k", 20, "--index", "auto", "--memory-budget", "500K",
+                     "--shard-size", 40) == 0
+    assert pl.read_json(work / "mask_plan.json")["index"].item() == "ivfpq"
+    index = load_index(work / "index" / "index.faiss", 20)
+    assert search_depth(index) == 3
+    pool_ids = np.load(work / "index" / "pool_ids.npy")
+    ids, vectors = load_embeddings(work)
+    by_id = dict(zip(ids.tolist(), vectors))
+    anchors = pl.read_parquet(work / "anchors.parquet").sort("anchor_id")
+    queries = np.stack([by_id[i] for i in anchors["query_id"]])
+    exclude = padded(anchors.select(pl.concat_list("query_id", "positive_id"))["query_id"].to_arrow(), PAD_ID, np.int64)
+    expected_ids, expected_scores = search_candidates(index, queries, exclude, pool_ids,
+                                                      np.stack([by_id[i] for i in pool_ids]), 20, 3)
+    found = candidates(work)
+    assert found["candidate_ids"].to_list() == [[i for i in row if i != PAD_ID] for row in expected_ids.tolist()]
+    np.testing.assert_allclose(padded(found["candidate_scores"].to_arrow(), -np.inf, np.float32), expected_scores,
+                               atol=1e-6)
+
+
+@pytest.mark.parametrize("kind", ["flat", "ivf", "hnsw", "hnswsq", "ivfpq"])
+def test_index_memory_per_vector_matches_faiss(kind):
+    """The estimate auto plans with, against what FAISS serialises per added vector (fixed parts cancel)."""
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(20_000, 64)).astype(np.float32)
+    x /= np.linalg.norm(x, axis=1, keepdims=True)
+    index = build_index(x[:10_000], kind, 10)
+    before = len(faiss.serialize_index(index))
+    index.add(x[10_000:])
+    measured = (len(faiss.serialize_index(index)) - before) / 10_000
+    assert bytes_per_vector(kind, 64) == pytest.approx(measured, rel=0.1)
+
+
+def test_auto_index_follows_the_memory_budget():
+    n, dim = 10_000_000, 384
+
+    def cost(kind):
+        return (bytes_per_vector(kind, dim) + STAGE_BYTES_PER_VECTOR) * n
+
+    assert parse_bytes("8G") == 8 << 30 and parse_bytes("512MiB") == 512 << 20 and parse_bytes("1000") == 1000
+    assert resolve_kind("auto", n, dim, 2 * cost("hnsw")) == "hnsw"
+    assert resolve_kind("auto", n, dim, 2 * cost("hnsw") - 1) == "hnswsq"
+    assert resolve_kind("auto", n, dim, parse_bytes("8G")) == "ivfpq"  # HNSW over 8-bit vectors: 6.4 GB
+    assert resolve_kind("auto", 200_000, dim, parse_bytes("8G")) == "flat"
+    assert resolve_kind("auto", 200_000, dim, 2 * cost("flat") * 200_000 // n - 1) == "hnswsq"
+    assert resolve_kind("hnsw", n, dim, 1) == "hnsw"  # an explicit kind is taken as given
+    with pytest.raises(UsageError, match="at least"):
+        resolve_kind("auto", n, dim, 2 * cost("ivfpq") - 1)
+    with pytest.raises(UsageError, match="--memory-budget"):
+        parse_bytes("lots")
