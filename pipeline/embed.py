@@ -158,8 +158,8 @@ def main(argv=None) -> None:
 
 def embed_shards(shards: workdir.Shards, plan: dict, texts, model, todo: list[int], batch_size: int,
                  cache=None) -> dict | None:
-    """Embed shards ``todo`` of the plan with ``model`` (or its OnnxEncoder; through ``cache``, an EmbeddingCache, if given); the
-    manifest once every shard is done (None before)."""
+    """Embed shards ``todo`` of the plan with ``model`` (or its OnnxEncoder; through ``cache``, an EmbeddingCache,
+    if given); the manifest once every shard is done (None before)."""
     bounds, settings, started = plan["bounds"], EmbedSettings(**plan["settings"]), time.perf_counter()
     for i in tqdm(todo, unit="shard", desc="embed", disable=len(todo) < 2):
         start, stop = bounds[i]
