@@ -198,12 +198,13 @@ def train_step(model, loss_fn: GISTLoss, batch: Batch, optimizer, scheduler, arg
     return loss.detach(), masked
 
 
-def cached_backward(model, loss_fn: GISTLoss, batch: Batch, args, device):
+def cached_backward(model, loss_fn: GISTLoss, batch: Batch, args, device, rows: int | None = None):
     """GradCache (Gao et al. 2021, arXiv 2101.06983): the whole batch's loss and gradients with the memory of
     one mini-batch. Embed each column mini-batch by mini-batch (a column's texts share its role's prompt)
-    without gradients, take the loss's gradient with respect to those embeddings, then embed each mini-batch
-    again, with the same dropout, and push its part of that gradient through it. Gradients are averaged
-    across ranks once, after the last."""
+    without gradients, take the loss's gradient with respect to those embeddings ``rows`` anchors at a time
+    (default: the mini-batch size; GISTLoss.backward_by_rows), then embed each mini-batch again, with the
+    same dropout, and push its part of that gradient through it. Gradients are averaged across ranks once,
+    after the last."""
     size, states, cached = args.mini_batch_size, [], []
     pieces = [(c, batch.texts[c][start: start + size]) for c in COLUMNS for start in range(0, len(batch.texts[c]), size)]
     with torch.no_grad():
@@ -211,13 +212,13 @@ def cached_backward(model, loss_fn: GISTLoss, batch: Batch, args, device):
             states.append(_rng_state(device))
             cached.append(embed(model, texts, device, args.bf16, model.prompts[ROLES[c]]))
     student = torch.cat(cached).requires_grad_()
-    loss, masked = loss_fn(batch.with_student(dict(zip(COLUMNS, student.split([len(batch.texts[c]) for c in COLUMNS])))))
-    loss.backward()
+    columns = dict(zip(COLUMNS, student.split([len(batch.texts[c]) for c in COLUMNS])))
+    loss, masked = loss_fn.backward_by_rows(batch.with_student(columns), rows or size)
     for (c, texts), state, grad in zip(pieces, states, student.grad.split([len(t) for _, t in pieces])):
         with torch.random.fork_rng(devices=[device] if "cuda" in str(device) else []):
             _set_rng_state(state, device)
             embed(model, texts, device, args.bf16, model.prompts[ROLES[c]]).backward(grad)
-    return loss.detach(), masked
+    return loss, masked
 
 
 def average_gradients(model, world: int) -> None:
