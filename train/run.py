@@ -173,7 +173,7 @@ class TrainingData:
                      unjudged=None if self.unjudged is None else torch.from_numpy(self.unjudged[rows]).to(self.device))
 
 
-def on_device(store: VectorStore, ids: np.ndarray, device, chunk: int = 1 << 18) -> torch.Tensor:
+def on_device(store: VectorStore, ids: np.ndarray, device, chunk: int = 1 << 15) -> torch.Tensor:
     """The stored vectors of ``ids`` on the device in float16, read a chunk at a time (the store returns float32:
     all at once, that copy would be twice the result)."""
     out = torch.empty((len(ids), store.dimension), dtype=torch.float16, device=device)
