@@ -46,22 +46,25 @@ def sample(pid: int, index_file: Path) -> dict[str, int] | None:
     return {**{k: v // 1024 for k, v in total.items()}, **{f"index {k}": v // 1024 for k, v in index.items()}}
 
 
-def run_mask(work: Path, common: list[str], shards: list[list[str]]) -> list[dict[str, int]]:
-    """Start one mask process per entry of ``shards`` together; each one's peak of every field (MiB)."""
+def run_mask(work: Path, common: list[str], shards: list[list[str]]) -> tuple[list[dict[str, int]], int]:
+    """Start one mask process per entry of ``shards`` together; each one's peak of every field (MiB), and the
+    largest sum of their index maps' PSS taken at one instant while all of them map it."""
     index_file = (work / workdir.INDEX_FILE).resolve()
     procs = [subprocess.Popen([sys.executable, "-m", "pipeline.mask", "--work", str(work), *common, *extra],
                               cwd=ROOT, stderr=subprocess.PIPE, text=True) for extra in shards]
-    peaks = [dict.fromkeys(FIELDS, 0) for _ in procs]
+    peaks, together = [dict.fromkeys(FIELDS, 0) for _ in procs], 0
     while any(p.poll() is None for p in procs):
-        for proc, peak in zip(procs, peaks):
-            now = sample(proc.pid, index_file) if proc.poll() is None else None
+        now = [sample(proc.pid, index_file) if proc.poll() is None else None for proc in procs]
+        for peak, sampled in zip(peaks, now):
             for key in FIELDS:
-                peak[key] = max(peak[key], (now or {}).get(key, 0))
+                peak[key] = max(peak[key], (sampled or {}).get(key, 0))
+        if all(sampled and sampled["index Rss"] for sampled in now):
+            together = max(together, sum(sampled["index Pss"] for sampled in now))
         time.sleep(0.2)
     for proc in procs:
         if proc.returncode != 0:
             raise SystemExit(f"pipeline.mask failed:\n{proc.stderr.read()[-3000:]}")
-    return peaks
+    return peaks, together
 
 
 def main(argv: list[str] | None = None) -> list[dict]:
@@ -77,8 +80,8 @@ def main(argv: list[str] | None = None) -> list[dict]:
                          "--dim", str(args.dim)])
     shutil.copytree(one, two)
     common = ["--index", args.index, "--shard-size", str(max(1, args.anchors // 10))]
-    alone = run_mask(one, common, [[]])
-    pair = run_mask(two, common, [["--num-shards", "2", "--shard-index", str(i)] for i in (0, 1)])
+    alone, _ = run_mask(one, common, [[]])
+    pair, together = run_mask(two, common, [["--num-shards", "2", "--shard-index", str(i)] for i in (0, 1)])
     index_mib = (two / workdir.INDEX_FILE).stat().st_size / 2**20
     shutil.rmtree(one)
     shutil.rmtree(two)
@@ -88,8 +91,8 @@ def main(argv: list[str] | None = None) -> list[dict]:
           f"index file {index_mib:.0f} MiB; peaks in MiB, sampled every 0.2 s")
     print(table(rows, ("process", "peak RSS", "peak PSS", "peak anonymous", "peak RSS of the index map",
                        "peak PSS of the index map")))
-    shared = sum(p["index Pss"] for p in pair) / index_mib
-    print(f"the index map's PSS in the two shard processes together / the index file: {shared:.2f} "
+    shared = together / index_mib
+    print(f"while both shard processes map the index, their index PSS summed / the index file: {shared:.2f} "
           "(1.00: one copy between them; 2.00 if each held its own)")
     return [figure("two shard processes' index PSS / index size", shared, "~1: one shared copy")]
 
