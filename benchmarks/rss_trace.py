@@ -55,6 +55,7 @@ def main() -> None:
     thread = threading.Thread(target=sampler, args=(threading.get_ident(), steps, stop, started), daemon=True)
     thread.start()
     sys.argv = [args[1], *args[2:]]
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # this checkout's packages, not an installed copy
     try:
         runpy.run_module(args[1], run_name="__main__", alter_sys=True)
     except SystemExit as err:

@@ -92,6 +92,10 @@ class OnnxEncoder:
         options.inter_op_num_threads = 1
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         self.session = ort.InferenceSession(str(graph), options, providers=["CPUExecutionProvider"])
+        # The last batch of an encode call hands the arena's free memory back, so that what follows (writing the
+        # shard) does not stack on top of the activations of the longest batch, which come first.
+        self.release = ort.RunOptions()
+        self.release.add_run_config_entry("memory.enable_memory_arena_shrinkage", "cpu:0")
         self.inputs = [node.name for node in self.session.get_inputs()]
         self.model, self.token_budget = model, token_budget
         self.dimension = model.get_embedding_dimension()
@@ -105,10 +109,12 @@ class OnnxEncoder:
     def encode(self, texts: list[str], batch_size: int, prompt: str | None) -> np.ndarray:
         vectors = np.empty((len(texts), self.dimension), dtype=np.float32)
         batches = token_batches(self.token_lengths(texts, prompt), batch_size, self.token_budget)
-        for rows in tqdm(batches, desc="Batches", disable=len(batches) < 2):
+        for n, rows in enumerate(tqdm(batches, desc="Batches", disable=len(batches) < 2)):
             features = self.model.preprocess([texts[i] for i in rows], prompt=prompt)
-            vectors[rows] = self.session.run(None, {name: features[name].numpy() for name in self.inputs})[0]
-        return vectors / np.maximum(np.linalg.norm(vectors, axis=1, keepdims=True), 1e-12)
+            vectors[rows] = self.session.run(None, {name: features[name].numpy() for name in self.inputs},
+                                             self.release if n == len(batches) - 1 else None)[0]
+        vectors /= np.maximum(np.linalg.norm(vectors, axis=1, keepdims=True), 1e-12)
+        return vectors
 
 
 def encode(encoder: OnnxEncoder, texts: list[str], batch_size: int, prompt: str | None, task: str | None = None) -> np.ndarray:
