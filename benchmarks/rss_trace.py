@@ -16,14 +16,10 @@ import time
 import traceback
 from pathlib import Path
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # this checkout's packages, not an installed copy
+from benchmarks.peak_rss import status_mib  # noqa: E402
+
 STEP_MIB = 25
-
-
-def rss_mib(field: str = "VmRSS") -> float:
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith(field + ":"):
-            return int(line.split()[1]) / 1024
-    raise SystemExit(f"no {field} in /proc/self/status: this needs Linux")
 
 
 def where(frame) -> str:
@@ -38,7 +34,7 @@ def where(frame) -> str:
 def sampler(main_id: int, steps: list, stop: threading.Event, started: float) -> None:
     high = 0.0
     while not stop.wait(0.02):
-        now = rss_mib()
+        now = status_mib("VmRSS")
         if now > high + STEP_MIB:
             high = now
             frame = sys._current_frames().get(main_id)
@@ -55,7 +51,6 @@ def main() -> None:
     thread = threading.Thread(target=sampler, args=(threading.get_ident(), steps, stop, started), daemon=True)
     thread.start()
     sys.argv = [args[1], *args[2:]]
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # this checkout's packages, not an installed copy
     try:
         runpy.run_module(args[1], run_name="__main__", alter_sys=True)
     except SystemExit as err:
@@ -66,7 +61,7 @@ def main() -> None:
         thread.join()
     for seconds, mib, frames in steps:
         print(f"{seconds:7.1f}s {mib:7.0f} MiB  {frames}", file=sys.stderr)
-    print(f"peak (VmHWM) {rss_mib('VmHWM'):.0f} MiB, at exit {rss_mib():.0f} MiB", file=sys.stderr)
+    print(f"peak (VmHWM) {status_mib():.0f} MiB, at exit {status_mib('VmRSS'):.0f} MiB", file=sys.stderr)
 
 
 if __name__ == "__main__":
