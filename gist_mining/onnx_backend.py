@@ -125,9 +125,9 @@ def encode(encoder: OnnxEncoder, texts: list[str], batch_size: int, prompt: str 
 
 def token_batches(lengths: np.ndarray, batch_size: int, token_budget: int) -> list[np.ndarray]:
     """Row indices, longest texts first, cut into batches of at most ``batch_size`` rows whose padded size
-    (rows x the batch's longest text L) stays within ``token_budget``, and within ``token_budget x L /
-    ATTENTION_LENGTH`` when L is longer than ``ATTENTION_LENGTH`` (the attention scores grow with rows x L^2);
-    a text longer than the budget goes alone."""
+    (rows x the batch's longest text L) stays within ``token_budget``, and within ``token_budget x
+    ATTENTION_LENGTH / L`` when L is longer than ``ATTENTION_LENGTH`` (the attention scores grow with rows x
+    L^2); a text longer than the budget goes alone."""
     order = np.argsort(-lengths, kind="stable")
     batches, start = [], 0
     while start < len(order):
