@@ -141,7 +141,7 @@ def encode(model, texts: list[str], batch_size: int, prompt: str, task: str | No
 def vector_column(vectors: np.ndarray, dtype: str, valid: np.ndarray | None = None) -> pa.Array:
     """A fixed_size_list column of the vectors; rows where ``valid`` is False are null."""
     arrow_type = pa.float16() if dtype == "float16" else pa.float32()
-    vectors = vectors.astype(np.float16 if dtype == "float16" else np.float32)
+    vectors = vectors.astype(np.float16 if dtype == "float16" else np.float32, copy=False)
     values = pa.array(vectors.reshape(-1), type=arrow_type)
     return pa.FixedSizeListArray.from_arrays(values, vectors.shape[1], mask=None if valid is None else pa.array(~valid))
 

@@ -138,8 +138,6 @@ def main(argv=None) -> None:
     backend, encoder = onnx_backend.choose(args.backend, model, resolve_model(args.model, args.revision),
                                            list(prompts.values()), args.precision, args.token_budget)
     plan = make_plan(args, argv, model, prompts, backend, texts, anchors, inputs)
-    if backend == "onnx":  # ONNX Runtime holds its own copy of the weights; the model stays for its tokenizer
-        model.to("meta")
     work = args.work
     claim(work, plan, texts, anchors, args.overwrite)
     bounds = plan["bounds"]
