@@ -1,6 +1,6 @@
 """Two mask shard processes on one machine share one memory-mapped index: their memory, sampled while they run.
 
-    flock /tmp/gist-bench.lock python benchmarks/shared_index.py --pool 300000 --anchors 10000 --index flat
+    flock /tmp/gist-bench.lock python benchmarks/shared_index.py --pool 300000 --anchors 4000 --index flat
 
 A synthetic work directory (benchmarks/synthetic_pool.py) is masked twice: by one process, and by two shard
 processes started together (`--num-shards 2 --shard-index i`; one builds the index, the other waits for its
