@@ -1,6 +1,6 @@
 """pipeline.mask on synthetic pools of growing size: peak RSS, wall time and recall@k against exact search.
 
-    flock /tmp/gist-bench.lock python benchmarks/mask_scale.py --sizes 1000000 3000000 10000000 --anchors 100000
+    flock /tmp/gist-bench.lock python benchmarks/mask_scale.py --sizes 10000000 1000000 3000000 --anchors 100000
 
 For each pool size a work directory is written by benchmarks/synthetic_pool.py (float16 vectors, as
 `pipeline.embed --dtype float16` writes them) under --root, pipeline.mask runs on it in a fresh process
@@ -13,6 +13,7 @@ texts, against the smallest size's, shows whether the stage stays linear in the 
 from __future__ import annotations
 
 import argparse
+import json
 import shutil
 import sys
 from pathlib import Path
@@ -68,26 +69,32 @@ def main(argv: list[str] | None = None) -> list[dict]:
     parser.add_argument("--sample", type=int, default=500, help="anchors whose recall is measured")
     parser.add_argument("--root", type=Path, default=Path("/tmp"))
     args = parser.parse_args(argv)
-    rows, results = [], []
-    for size in args.sizes:
+    results = []
+    header = ("pool", "index", "auto would pick", "write s", "peak RSS GiB", "mask s", "index build s",
+              "s per 1M / smallest's", f"recall@{args.k}")
+
+    def rows(smallest: dict | None) -> list[tuple]:
+        """The table; the wall time per million texts against the smallest pool's (blank before the end)."""
+        return [(r["size"], args.index, r["auto"], f"{r['write']:.0f}", f"{r['rss'] / 1024:.2f}", f"{r['seconds']:.0f}",
+                 f"{r['built']:.0f}", f"{r['seconds'] / r['size'] / (smallest['seconds'] / smallest['size']):.2f}"
+                 if smallest else "", f"{r['recall']:.3f}") for r in results]
+
+    for size in args.sizes:  # any order: the largest first gets its figure soonest
         work = args.root / f"scale-{size}"
         made = measured(["benchmarks/synthetic_pool.py", "--work", work, "--pool", size, "--anchors", args.anchors,
                          "--dim", args.dim])
         run = measured(["-m", "pipeline.mask", "--work", work, "--index", args.index, "--k", args.k,
                         "--memory-budget", args.memory_budget])
         rec = recall(work, args.sample, args.k)
+        built = json.loads((work / workdir.INDEX_MARKER).read_text())["seconds"]
         shutil.rmtree(work)
-        auto = resolve_kind("auto", size, args.dim, parse_bytes(args.memory_budget))
-        results.append(dict(size=size, seconds=run["seconds"], rss=run["peak_rss_mib"], recall=rec))
-        per_million = run["seconds"] / (size / 1e6) / (results[0]["seconds"] / (results[0]["size"] / 1e6))
-        rows.append((size, args.index, auto, f"{made['seconds']:.0f}", f"{run['peak_rss_mib'] / 1024:.2f}",
-                     f"{run['seconds']:.0f}", f"{per_million:.2f}", f"{rec:.3f}"))
-        print(table(rows[-1:], ("pool", "index", "auto would pick", "write s", "peak RSS GiB", "mask s",
-                                "s per 1M / smallest's", f"recall@{args.k}")), flush=True)
+        results.append(dict(size=size, seconds=run["seconds"], rss=run["peak_rss_mib"], recall=rec, built=built,
+                            write=made["seconds"], auto=resolve_kind("auto", size, args.dim, parse_bytes(args.memory_budget))))
+        print(table(rows(None)[-1:], header), flush=True)
     print(f"\npipeline.mask, synthetic clustered {args.dim}-d float16 vectors, {args.anchors} anchors, k = {args.k}, "
           f"--memory-budget {args.memory_budget}; recall on {args.sample} anchors against exact search")
-    print(table(rows, ("pool", "index", "auto would pick", "write s", "peak RSS GiB", "mask s",
-                       "s per 1M / smallest's", f"recall@{args.k}")))
+    results.sort(key=lambda r: r["size"])
+    print(table(rows(results[0]), header))
     largest = results[-1]
     return [figure(f"mask peak RSS at {largest['size']} x {args.dim}", largest["rss"] / 1024, "<= 8", "GiB"),
             figure(f"mask recall@{args.k} at {largest['size']}", largest["recall"])]

@@ -33,6 +33,8 @@ RESCORE_DEPTH = 3  # quantised scores rank roughly: ask for 3k, rescore exactly,
 # The PQ codebooks (256 codes per sub-vector) want >= 39 x 256 points.
 TRAIN_SAMPLE = {"ivf": lambda index: 256 * index.nlist, "ivfpq": lambda index: max(64 * index.nlist, 39 * 256),
                 "hnswsq": lambda index: 1 << 18}
+# IVF-PQ routes vectors to its lists through HNSW over the list centroids, not a flat scan: at 3162 lists
+# (10M vectors) assigning a vector costs a third, and 99% land in the same list.
 ADD_BATCH = 65_536  # vectors read from the store and added at a time
 # What the stage holds besides the index, per pool vector: pool ids, and the store's ids, order and sorted ids.
 STAGE_BYTES_PER_VECTOR = 4 * 8
@@ -87,7 +89,7 @@ def empty_index(kind: str, n: int, dim: int) -> faiss.Index:
     if kind == "ivfpq":
         nbits = 8 if n >= 39 * 256 else 4  # a codebook of 2^nbits centroids, trained on >= 39 points each
         nlist = max(1, min(int(math.sqrt(n)), n // 39))
-        index = faiss.index_factory(dim, f"IVF{nlist},PQ{max(1, dim // PQ_DIMS_PER_BYTE)}x{nbits}",
+        index = faiss.index_factory(dim, f"IVF{nlist}_HNSW{HNSW_M},PQ{max(1, dim // PQ_DIMS_PER_BYTE)}x{nbits}",
                                     faiss.METRIC_INNER_PRODUCT)
         index.do_polysemous_training = False  # Hamming filtering is never used; its training costs minutes
         return index
@@ -105,7 +107,23 @@ def set_search_parameters(index: faiss.Index, k: int) -> faiss.Index:
     ivf = faiss.try_extract_index_ivf(index)
     if ivf is not None:
         ivf.nprobe = min(ivf.nlist, 32)
+        quantizer = faiss.downcast_index(ivf.quantizer)
+        if hasattr(quantizer, "hnsw"):  # the lists to probe come from an HNSW search: a beam of 2 x nprobe
+            quantizer.hnsw.efSearch = 2 * ivf.nprobe
     return index
+
+
+def train_lists(ivf: faiss.IndexIVF, x: np.ndarray) -> None:
+    """IVF-PQ's lists: k-means with faiss's IVF settings, then the centroids into its HNSW quantizer on one
+    thread, as a graph built on several depends on their timing (3162 centroids: ~1 s)."""
+    clustering = faiss.Clustering(ivf.d, ivf.nlist, ivf.cp)
+    clustering.train(x, faiss.IndexFlat(ivf.d, ivf.metric_type))
+    threads = faiss.omp_get_max_threads()
+    faiss.omp_set_num_threads(1)
+    try:
+        ivf.quantizer.add(faiss.vector_to_array(clustering.centroids).reshape(ivf.nlist, ivf.d))
+    finally:
+        faiss.omp_set_num_threads(threads)
 
 
 def build_index(vectors, kind: str, k: int, seed: int = 0) -> faiss.Index:
@@ -114,7 +132,10 @@ def build_index(vectors, kind: str, k: int, seed: int = 0) -> faiss.Index:
     index = empty_index(kind, n, dim)
     if not index.is_trained:
         sample = np.sort(np.random.default_rng(seed).choice(n, size=min(n, TRAIN_SAMPLE[kind](index)), replace=False))
-        index.train(np.ascontiguousarray(vectors[sample], dtype=np.float32))
+        x = np.ascontiguousarray(vectors[sample], dtype=np.float32)
+        if kind == "ivfpq":
+            train_lists(faiss.extract_index_ivf(index), x)  # then index.train only trains the PQ codebooks
+        index.train(x)
     for start in range(0, n, ADD_BATCH):
         index.add(np.ascontiguousarray(vectors[start: min(start + ADD_BATCH, n)], dtype=np.float32))
     return set_search_parameters(index, k)
@@ -128,4 +149,8 @@ def save_index(index: faiss.Index, path: Path) -> None:
 
 
 def load_index(path: Path, k: int) -> faiss.Index:
-    return set_search_parameters(faiss.read_index(str(path)), k)
+    """Memory-mapped, not copied: shard processes on one machine share the file's pages (the page cache)
+    instead of each holding the index. IO_FLAG_MMAP_IFC maps the codes, graphs and inverted lists of every
+    kind in KINDS (faiss 1.15; IO_FLAG_MMAP maps only IVF lists). The file is replaced by rename, never
+    rewritten in place, so a mapping stays valid."""
+    return set_search_parameters(faiss.read_index(str(path), faiss.IO_FLAG_MMAP_IFC), k)

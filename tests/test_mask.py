@@ -149,16 +149,6 @@ def test_approximate_indexes_on_a_pool_where_they_miss(kind):
     assert (np.diff(scores, axis=1) <= 0).all()  # best first
 
 
-def test_shard_processes_together_equal_one(work, tmp_path):
-    shutil.copytree(work, tmp_path / "split")
-    assert run_stage(mask, "--work", work, "--k", 10, "--shard-size", 30) == 0
-    for index in (0, 1):
-        assert run_stage(mask, "--work", tmp_path / "split", "--k", 10, "--shard-size", 30, "--num-shards", 2,
-                         "--shard-index", index) == 0
-    assert (tmp_path / "split" / "mined_summary.json").exists()
-    assert mined(work).equals(mined(tmp_path / "split"))
-
-
 def test_agrees_with_sentence_transformers_mine_hard_negatives(tmp_path, tiny_guide):
     """Same model, data and rules (relative margin 0.05, top sampling) give the same negatives.
 

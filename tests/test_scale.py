@@ -4,19 +4,21 @@ equal to the in-RAM path, and the index chosen by the memory budget."""
 from __future__ import annotations
 
 import shutil
+import subprocess
 import sys
+from pathlib import Path
 
 import faiss
 import numpy as np
 import polars as pl
 import pytest
 from conftest import ROOT, run_stage
-from test_mask import candidates
+from test_mask import candidates, mined
 
 from gist_mining.errors import UsageError
 from gist_mining.ids import PAD_ID
 from gist_mining.index import (STAGE_BYTES_PER_VECTOR, build_index, bytes_per_vector, load_index, parse_bytes,
-                               resolve_kind, search_depth)
+                               resolve_kind, save_index, search_depth)
 from gist_mining.mining import padded, search_candidates
 from gist_mining.workdir import load_embeddings
 from pipeline import mask
@@ -84,8 +86,9 @@ def test_chunked_reads_equal_the_in_memory_path(work, monkeypatch):
 
 
 @pytest.mark.parametrize("kind", ["flat", "ivf", "hnsw", "hnswsq", "ivfpq"])
-def test_index_memory_per_vector_matches_faiss(kind):
-    """The estimate auto plans with, against what FAISS serialises per added vector (fixed parts cancel)."""
+def test_index_memory_per_vector_matches_faiss_and_loads_mapped(kind, tmp_path):
+    """The estimate auto plans with, against what FAISS serialises per added vector (fixed parts cancel);
+    and the saved index is loaded as a memory map of its file that searches as the built one."""
     rng = np.random.default_rng(0)
     x = rng.normal(size=(20_000, 64)).astype(np.float32)
     x /= np.linalg.norm(x, axis=1, keepdims=True)
@@ -94,6 +97,26 @@ def test_index_memory_per_vector_matches_faiss(kind):
     index.add(x[10_000:])
     measured = (len(faiss.serialize_index(index)) - before) / 10_000
     assert bytes_per_vector(kind, 64) == pytest.approx(measured, rel=0.1)
+    save_index(index, tmp_path / "index.faiss")
+    loaded = load_index(tmp_path / "index.faiss", 10)
+    assert str(tmp_path / "index.faiss") in Path("/proc/self/maps").read_text()
+    for got, want in zip(loaded.search(x[:200], 30), index.search(x[:200], 30)):
+        np.testing.assert_array_equal(got, want)
+
+
+@pytest.mark.parametrize("kind", ["flat", "ivfpq"])
+def test_two_shard_processes_at_once_equal_one(work, tmp_path, kind):
+    """Started together, two shard processes build the index once (the other waits and loads the same file)
+    and write the same candidates and mined tables as one process."""
+    shutil.copytree(work, tmp_path / "split")
+    common = ["--k", 10, "--shard-size", 40, "--index", kind]
+    assert run_stage(mask, "--work", work, *common) == 0
+    procs = [subprocess.Popen([sys.executable, "-m", "pipeline.mask", "--work", str(tmp_path / "split"),
+                               *map(str, common), "--num-shards", "2", "--shard-index", str(i)],
+                              cwd=ROOT, stderr=subprocess.PIPE, text=True) for i in (0, 1)]
+    assert [p.wait(timeout=300) for p in procs] == [0, 0], [p.stderr.read()[-2000:] for p in procs]
+    assert (tmp_path / "split" / "mined_summary.json").exists()
+    assert candidates(work).equals(candidates(tmp_path / "split")) and mined(work).equals(mined(tmp_path / "split"))
 
 
 def test_auto_index_follows_the_memory_budget():
