@@ -30,7 +30,6 @@ import polars as pl
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from gist_mining.embed import QUERY_COLUMN, role_column
 from gist_mining.errors import UsageError
 from gist_mining.storage import commit, file_sha256, read_json, remove_stale_temps, tmp_name, write_json_atomic
 
@@ -277,6 +276,24 @@ def trained_from(model_dir: Path) -> str | None:
 
 
 # -- the guide's vectors as one matrix on disk ----------------------------------------------------------
+
+
+# The embedding shards' vector columns: see role_column.
+QUERY_COLUMN = "query_embedding"
+
+
+def two_roles(settings: dict) -> bool:
+    """Whether the embed settings' query prompt differs from the document prompt (each role then has vectors)."""
+    return settings.get("query_prompt", "") != settings.get("document_prompt", "")
+
+
+def role_column(settings: dict, role: str) -> str:
+    """The embedding shards' column holding a role's vectors. ``embedding`` holds every text in the document
+    role (the only role when the two prompts are equal: each text embedded once); when the query prompt
+    differs, ``query_embedding`` holds the queries in the query role (null for texts that are not queries).
+    Every text has a document-role vector, so that ``pipeline.mask --include-queries`` can search queries as
+    documents."""
+    return QUERY_COLUMN if role == "query" and two_roles(settings) else "embedding"
 
 
 def read_shard(path: Path, column: str = "embedding", dtype=np.float32) -> tuple[np.ndarray, np.ndarray]:
