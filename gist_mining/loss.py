@@ -126,8 +126,8 @@ class GISTLoss(nn.Module):
     Returns the loss (the global batch's mean once averaged over ranks) and this rank's masked fraction.
     """
 
-    def __init__(self, temperature: float = 0.05, margin_strategy: str = "absolute", margin: float = 0.0,
-                 guided: bool = True, control: str | None = None):
+    def __init__(self, temperature: float, margin_strategy: str, margin: float, guided: bool = True,
+                 control: str | None = None):  # the trainer's defaults: train.run.Defaults
         super().__init__()
         if control not in CONTROLS:
             raise ValueError(f"control must be one of {CONTROLS}")

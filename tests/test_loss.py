@@ -8,18 +8,18 @@ import random
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import sentence
+from conftest import gist_loss, sentence
 
 from gist_mining.ids import text_ids
 from gist_mining.ids import PAD_ID
-from gist_mining.loss import Column, GISTLoss, GuidedBatch
+from gist_mining.loss import Column, GuidedBatch
 
 
 def loss_of(q, p, n, gq, gp, gn, q_ids, p_ids, n_ids, known=None, **settings):
     """The loss and masked fraction for one batch given column by column."""
     known = torch.full((len(q_ids), 0), PAD_ID) if known is None else known
     batch = GuidedBatch(Column(q, gq, q_ids), Column(p, gp, p_ids), Column(n, gn, n_ids), known)
-    return GISTLoss(**settings)(batch)
+    return gist_loss(**settings)(batch)
 
 
 def unit(*rows):
