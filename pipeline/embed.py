@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import argparse
 import functools
-import shlex
 import sys
 import time
 from dataclasses import asdict, dataclass
@@ -203,8 +202,7 @@ def make_plan(args, argv, model, prompts: dict[str, str], backend: str, texts, a
     settings = EmbedSettings(dtype=args.dtype, precision=args.precision, shard_size=args.shard_size,
                              query_prompt=prompts["query"], document_prompt=prompts["document"], backend=backend)
     model_info = dict(model_fingerprint(model, resolve_model(args.model, args.revision)), name=args.model)
-    return plan_for(model_info, settings, inputs, shlex.join(["python", "-m", "pipeline.embed", *map(str, argv)]),
-                    texts, anchors)
+    return plan_for(model_info, settings, inputs, cli.command("pipeline.embed", argv), texts, anchors)
 
 
 def plan_for(model_info: dict, settings: EmbedSettings, inputs: list[dict], command: str, texts, anchors) -> dict:
@@ -309,7 +307,6 @@ def embed_shards(shards: workdir.Shards, plan: dict, texts, model, todo: list[in
 
 
 def main(argv=None) -> None:
-    argv = sys.argv[1:] if argv is None else argv
     args = parse_args(argv)
     pairs, corpora, inputs = read_inputs(args)  # everything validated before anything is written
     texts, anchors, dropped = plan_texts(pairs, corpora, [str(p) for p in args.input])
@@ -324,10 +321,10 @@ def main(argv=None) -> None:
     claim(work, plan, texts, anchors, args.overwrite)
     bounds = plan["bounds"]
     shards = workdir.Shards(work, workdir.EMBEDDINGS, len(bounds), plan["fingerprint"])
-    mine = cli.my_shards(args, len(bounds), "embed")
-    todo = shards.pending(mine)
+    assigned = cli.my_shards(args, len(bounds), "embed")
+    todo = shards.pending(assigned)
     print(f"embed: {texts.height} distinct texts from {anchors.height} anchors ({dropped} given negatives dropped: "
-          f"equal to the query or one of its positives, or repeated); {len(mine) - len(todo)} of this process's "
+          f"equal to the query or one of its positives, or repeated); {len(assigned) - len(todo)} of this process's "
           f"shards already done", file=sys.stderr)
     if two_roles(plan["settings"]):
         print(f"embed: query prompt {plan['settings']['query_prompt']!r}, document prompt "

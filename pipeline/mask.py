@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import shlex
 import sys
 import time
 from dataclasses import asdict, dataclass, fields
@@ -116,7 +115,7 @@ def search_plan(args, argv, embed: dict, rescorer: rescore.Rescorer | None) -> d
     kind = resolve_kind(settings["index"], n_pool, embed["dimension"], parse_bytes(settings["memory_budget"]))
     plan = dict(settings, index=kind, parent_fingerprint=embed["fingerprint"],
                 n_anchors=embed["counts"]["anchors"], rescore=rescorer.record if rescorer else None,
-                command=shlex.join(["python", "-m", "pipeline.mask", *map(str, argv)]))
+                command=cli.command("pipeline.mask", argv))
     plan["fingerprint"] = config_fingerprint({k: plan[k] for k in (*settings, "parent_fingerprint", "rescore")})
     return plan
 
@@ -247,11 +246,10 @@ def mine_shards(candidates: workdir.Shards, mined: workdir.Shards, todo: list[in
 
 
 def main(argv=None) -> None:
-    argv = sys.argv[1:] if argv is None else argv
     args = parse_args(argv)
+    rules = rules_from(args)
     work = args.work
     embed = workdir.embeddings(work)
-    rules = rules_from(args)
     rescorer = rescore.Rescorer.from_args(work, args)
     search = search_plan(args, argv, embed, rescorer)
     rescore.require_scores(rules, search, work)
