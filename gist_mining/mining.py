@@ -78,6 +78,9 @@ class MiningRules:
 
 
 # -- ragged lists <-> padded matrices ---------------------------------------------------------------
+# A chunk of anchors crosses each step once each way: the search and select() read its list columns into
+# padded matrices (padded), work on those, and write list columns built against the schema (ragged).
+# The rescorer (gist_mining.rescore) works on the lists themselves.
 
 
 def padded(lists: pa.Array, fill, dtype) -> np.ndarray:
