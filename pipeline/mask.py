@@ -125,7 +125,7 @@ def mine_plan(search: dict, rules: MiningRules) -> dict:
             "fingerprint": config_fingerprint({"candidates": search["fingerprint"], "rules": rules.as_dict()})}
 
 
-def claim(work: Path, search: dict, mine: dict, args) -> None:
+def claim(work: Path, search: dict, mining: dict, args) -> None:
     """Candidates from other embeddings or search settings, or mined/ under other rules, are never reused silently."""
     with workdir.locked(work):
         if not args.refilter:
@@ -137,7 +137,7 @@ def claim(work: Path, search: dict, mine: dict, args) -> None:
                           refusal=f"{work}: candidates/ were made with other {what}; pass --overwrite to search again "
                                   "(it removes candidates/ and everything made from them)")
         old_rules = (workdir.read_plan(work, "mine") or {}).get("rules")
-        workdir.claim(work, "mine", mine, replace=args.refilter or args.overwrite,
+        workdir.claim(work, "mine", mining, replace=args.refilter or args.overwrite,
                       refusal=f"{work}: mined/ holds other rules ({json.dumps(old_rules)}); "
                               "pass --refilter to recompute it from candidates/ under the new rules")
         workdir.remove_temps(work)
@@ -253,12 +253,12 @@ def main(argv=None) -> None:
     rescorer = rescore.Rescorer.from_args(work, args)
     search = search_plan(args, argv, embed, rescorer)
     rescore.require_scores(rules, search, work)
-    mine = mine_plan(search, rules)
-    claim(work, search, mine, args)
+    mining = mine_plan(search, rules)
+    claim(work, search, mining, args)
 
     n_shards = -(-search["n_anchors"] // search["shard_size"])
     candidates = workdir.Shards(work, workdir.CANDIDATES, n_shards, search["fingerprint"])
-    mined = workdir.Shards(work, workdir.MINED, n_shards, mine["fingerprint"])
+    mined = workdir.Shards(work, workdir.MINED, n_shards, mining["fingerprint"])
     my = cli.my_shards(args, n_shards, "mask")
     started = time.perf_counter()
     if not args.refilter:

@@ -107,8 +107,8 @@ def fn_frontier(results: pl.DataFrame, path: Path, highlight: str | None = None)
                edgecolors="#c0392b", label="Pareto frontier", zorder=3)
     fig.colorbar(dots, ax=ax, label="hardness: mean (negative - positive) guide score", pad=0.02)
     if highlight is not None:
-        mine = shown.filter(pl.col("rule") == highlight)
-        ax.scatter(mine["contamination"], mine["negatives_per_anchor"], marker="x", s=90,
+        own = shown.filter(pl.col("rule") == highlight)  # the work directory's own rule
+        ax.scatter(own["contamination"], own["negatives_per_anchor"], marker="x", s=90,
                    color=COLORS["false negative"], label=highlight, zorder=4)
     # Numbers on the points and the names beside the plot: rule names overlap where rules agree.
     for i, row in enumerate(shown.iter_rows(named=True), 1):
