@@ -13,9 +13,10 @@ directory made from another model, setting or input, and splits across processes
 
 Read top to bottom: the settings and command line, planning the texts (one row per distinct text, the
 anchors as text ids), the plan and claim on the work directory, then the shards. How a vector is computed
-stays outside this file: ``embed_shard`` hands texts to one function, the torch ``encode`` below or
-``onnx_backend.encode`` (the encoder ``onnx_backend.choose`` picked), optionally through
-``EmbeddingCache.vectors``, and gets L2-normalised float32 rows back in the same order.
+stays outside this file (gist_mining/models.py, onnx_backend.py, embed_cache.py): the shards reach it through
+one function, ``encoder_for``: rows of texts, a prompt and a task in, L2-normalised float32 vectors out, in
+order (torch's ``encode`` below or ``onnx_backend.encode``, as ``onnx_backend.choose`` picked, optionally
+through ``EmbeddingCache.vectors``).
 """
 
 from __future__ import annotations
@@ -262,18 +263,26 @@ def vector_column(vectors: np.ndarray, dtype: str, valid: np.ndarray | None = No
     return pa.FixedSizeListArray.from_arrays(values, vectors.shape[1], mask=None if valid is None else pa.array(~valid))
 
 
-def embed_shard(model, texts: pl.DataFrame, path: Path, settings: EmbedSettings, batch_size: int, cache=None) -> None:
-    """With a cache (``embed_cache.EmbeddingCache``), only the texts it does not hold go through the model.
-    ``model``: the SentenceTransformer, or with the onnx backend its ``onnx_backend.OnnxEncoder``."""
-    both = two_roles(settings.as_dict())
+def encoder_for(model, settings: EmbedSettings, batch_size: int, cache=None):
+    """The stage's one door to the encoders: a function from rows of texts (``text_id``, ``text``), a prompt and
+    a task to their L2-normalised float32 vectors, in order. ``model``: the SentenceTransformer, or with the
+    onnx backend its ``onnx_backend.OnnxEncoder``; with a cache (``embed_cache.EmbeddingCache``), only the
+    texts it does not hold go through the model."""
+    encode_with = onnx_backend.encode if settings.backend == "onnx" else encode
 
     def embedded(rows: pl.DataFrame, prompt: str, task: str | None) -> np.ndarray:
         strings = rows.get_column("text").to_list()
-        compute = functools.partial(onnx_backend.encode if settings.backend == "onnx" else encode, model,
-                                    batch_size=batch_size, prompt=prompt, task=task)
+        compute = functools.partial(encode_with, model, batch_size=batch_size, prompt=prompt, task=task)
         return compute(strings) if cache is None else cache.vectors(
             rows.get_column("text_id").to_numpy(), strings, compute, prompt, task)
 
+    return embedded
+
+
+def embed_shard(embedded, texts: pl.DataFrame, path: Path, settings: EmbedSettings) -> None:
+    """One shard's vectors from ``embedded`` (``encoder_for``): every text in the document role, and when the
+    query prompt differs, the queries in the query role too."""
+    both = two_roles(settings.as_dict())
     vectors = embedded(texts, settings.document_prompt, "document" if both else None)
     table = pa.table({"text_id": pa.array(texts.get_column("text_id").to_numpy(), type=pa.int64()),
                       "embedding": vector_column(vectors, settings.dtype)})
@@ -291,9 +300,10 @@ def embed_shards(shards: workdir.Shards, plan: dict, texts, model, todo: list[in
     """Embed shards ``todo`` of the plan with ``model`` (or its OnnxEncoder; through ``cache``, an EmbeddingCache,
     if given); the manifest once every shard is done (None before)."""
     bounds, settings, started = plan["bounds"], EmbedSettings(**plan["settings"]), time.perf_counter()
+    embedded = encoder_for(model, settings, batch_size, cache)
     for i in tqdm(todo, unit="shard", desc="embed", disable=len(todo) < 2):
         start, stop = bounds[i]
-        embed_shard(model, texts.slice(start, stop - start), shards.path(i), settings, batch_size, cache)
+        embed_shard(embedded, texts.slice(start, stop - start), shards.path(i), settings)
         shards.mark_done(i)
     if cache is not None and todo:
         print(f"embed: cache {cache.root}: {cache.hits} vectors read, {cache.misses} computed and added", file=sys.stderr)
