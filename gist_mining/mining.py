@@ -4,7 +4,7 @@ Per anchor: the k nearest document-side texts by the guide (its own query text a
 that query excluded), each with its exact guide score, and optionally a cross-encoder's score of each
 (query, text) pair (``gist_mining.rescore``). ``select`` turns them into hard negatives and false negatives
 under ``MiningRules``, from the guide's scores or the cross-encoder's (``MiningRules.score``); it reads only
-the candidates, so new rules never need a new search.
+the candidates, so new rules never need a new search. The margin rule here is also the trainer's in-batch one.
 """
 
 from __future__ import annotations
@@ -16,7 +16,37 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from gist_mining.ids import PAD_ID
-from gist_mining.margins import STRATEGIES, false_negative_threshold
+
+
+# -- the margin rule ----------------------------------------------------------------------------------
+# The positive-aware false-negative test, shared by selection here (numpy) and the trainer's in-batch filter
+# (gist_mining.loss, torch). For an anchor whose guide score with its own positive is p, a candidate scoring
+# s is a false negative when
+#
+#     absolute:  s > p - M
+#     relative:  s > p - |p| * M      (|p| keeps the threshold below p when p is negative)
+#     none:      never
+#
+# GISTEmbed (Solatorio 2024, arXiv 2402.16829) uses absolute with M = 0; NV-Retriever's TopK-PercPos is
+# relative (M = 0.05 keeps negatives below 95% of the positive score).
+
+STRATEGIES = ("absolute", "relative", "none")
+
+
+def false_negative_threshold(positive_score, strategy: str, margin: float):
+    """Scores strictly above this are false negatives; works on floats, numpy arrays and torch tensors."""
+    if strategy == "absolute":
+        return positive_score - margin
+    if strategy == "relative":
+        return positive_score - abs(positive_score) * margin
+    if strategy == "none":
+        return positive_score * 0 + float("inf")
+    raise ValueError(f"unknown margin strategy {strategy!r}; use one of {', '.join(STRATEGIES)}")
+
+
+def is_false_negative(scores, positive_score, strategy: str, margin: float):
+    """Elementwise: is each candidate's guide score above its anchor's threshold (broadcasts)."""
+    return scores > false_negative_threshold(positive_score, strategy, margin)
 
 
 # What the search writes: per anchor, its k candidates and given negatives with the guide's scores.
