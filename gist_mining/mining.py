@@ -15,7 +15,6 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from gist_mining.ids import PAD_ID
 
 
 # -- the margin rule ----------------------------------------------------------------------------------
@@ -111,6 +110,8 @@ class MiningRules:
 # A chunk of anchors crosses each step once each way: the search and select() read its list columns into
 # padded matrices (padded), work on those, and write list columns built against the schema (ragged).
 # The rescorer (gist_mining.rescore) works on the lists themselves.
+
+PAD_ID = -1  # fills ragged id lists out to a matrix; a real id is -1 with probability 2**-64
 
 
 def padded(lists: pa.Array, fill, dtype) -> np.ndarray:

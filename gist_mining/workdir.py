@@ -14,11 +14,14 @@ and the shard's rows, bytes and SHA-256. A resumed run verifies every done shard
 process that finds all shards done writes the manifest; a reader checks the manifest's parent against the
 current parent and every shard against the manifest before it reads it. Whatever does not match is named
 with the command that rebuilds it, and rebuilt by that command, never read.
+
+Every table of the chain names a text by its ``text_id``: a fingerprint of its content (``text_id`` below).
 """
 
 from __future__ import annotations
 
 import fcntl
+import hashlib
 import os
 import shutil
 import sys
@@ -75,6 +78,18 @@ def read_record(path: Path) -> dict | None:
         return read_json(path)
     except (OSError, ValueError):
         return None
+
+
+# -- text ids: stable 64-bit ids derived from content (the same text gets the same id in every run) --------
+
+
+def text_id(text: str) -> int:
+    """The first 8 bytes of BLAKE2b over the UTF-8 text, as a signed int64 (FAISS and Arrow's native id type)."""
+    return int.from_bytes(hashlib.blake2b(text.encode("utf-8"), digest_size=8).digest(), "little", signed=True)
+
+
+def text_ids(texts) -> np.ndarray:
+    return np.fromiter((text_id(t) for t in texts), dtype=np.int64, count=len(texts))
 
 
 # -- claims: whose plan a work directory holds ----------------------------------------------------------

@@ -36,7 +36,6 @@ from tqdm import tqdm
 from gist_mining import cli, onnx_backend, workdir
 from gist_mining.embed_cache import EmbeddingCache, default_root
 from gist_mining.errors import InputError
-from gist_mining.ids import text_ids
 from gist_mining.inputs import read_corpus, read_pairs
 from gist_mining.models import DEFAULT_GUIDE, load_model, model_fingerprint, resolve_model, role_prompts
 from gist_mining.storage import config_fingerprint, path_sha256, write_json_atomic, write_parquet_atomic
@@ -158,7 +157,7 @@ def plan_texts(pairs: list[pl.DataFrame], corpora: list[list[str]], sources: lis
         .group_by("text")
         .agg(pl.col("is_query").any(), pl.col("is_document").any())
     )
-    ids = text_ids(texts.get_column("text").to_list())
+    ids = workdir.text_ids(texts.get_column("text").to_list())
     if len(np.unique(ids)) != len(ids):
         raise InputError(["two distinct texts share a 64-bit text_id; please report this input"])
     texts = (

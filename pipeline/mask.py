@@ -32,9 +32,8 @@ from tqdm import tqdm
 from gist_mining import cli, rescore, workdir
 from gist_mining.errors import UsageError
 from gist_mining.index import KINDS, build_index, load_index, parse_bytes, resolve_kind, save_index, search_depth
-from gist_mining.ids import PAD_ID
-from gist_mining.mining import (CANDIDATE_SCHEMA, MINED_SCHEMA, SCORES, SEARCHED_SCHEMA, STRATEGIES, MiningRules, padded,
-                                 ragged, search_candidates, select)
+from gist_mining.mining import (CANDIDATE_SCHEMA, MINED_SCHEMA, SCORES, SEARCHED_SCHEMA, STRATEGIES, PAD_ID, MiningRules,
+                                 padded, ragged, search_candidates, select)
 from gist_mining.storage import AtomicParquetWriter, config_fingerprint, file_sha256, write_json_atomic
 from gist_mining.summary import summarize
 from gist_mining.workdir import VectorStore, write_npy_atomic

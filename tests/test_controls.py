@@ -10,8 +10,8 @@ import torch.nn.functional as F
 from conftest import gist_loss, run_stage
 from test_train import COMMON, metrics, mined_work  # noqa: F401  (the module's mined work directory fixture)
 
-from gist_mining.ids import PAD_ID
 from gist_mining.loss import Column, GuidedBatch, same_count
+from gist_mining.mining import PAD_ID
 from pipeline import mask
 from train import run as train
 

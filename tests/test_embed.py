@@ -14,9 +14,8 @@ import pytest
 from conftest import ROOT, make_pairs, run_module
 
 from gist_mining import cli
-from gist_mining.ids import text_id
 from gist_mining.inputs import read_pairs
-from gist_mining.workdir import EMBED_MANIFEST, load_embeddings
+from gist_mining.workdir import EMBED_MANIFEST, load_embeddings, text_id
 from pipeline import embed
 
 

@@ -10,9 +10,9 @@ import torch
 import torch.nn.functional as F
 from conftest import gist_loss, sentence
 
-from gist_mining.ids import text_ids
-from gist_mining.ids import PAD_ID
 from gist_mining.loss import Column, GuidedBatch
+from gist_mining.mining import PAD_ID
+from gist_mining.workdir import text_ids
 
 
 def loss_of(q, p, n, gq, gp, gn, q_ids, p_ids, n_ids, known=None, **settings):

@@ -33,9 +33,8 @@ from transformers import get_linear_schedule_with_warmup
 
 from gist_mining import cli, workdir
 from gist_mining.errors import UsageError
-from gist_mining.ids import PAD_ID
 from gist_mining.loss import Column, GISTLoss, GuidedBatch
-from gist_mining.mining import STRATEGIES, is_unjudged
+from gist_mining.mining import PAD_ID, STRATEGIES, is_unjudged
 from gist_mining.models import DEFAULT_STUDENT, load_model, role_prompts
 from gist_mining.storage import (commit, read_json, remove_stale_temps, tmp_name, write_bytes_atomic,
                                   write_json_atomic)
