@@ -344,6 +344,5 @@ def main(argv=None) -> None:
     embed_shards(shards, plan, texts, encoder, todo, args.batch_size, cache)
 
 
-
 if __name__ == "__main__":
     cli.run(main)
