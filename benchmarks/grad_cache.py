@@ -63,7 +63,8 @@ def peak(device) -> float:
 
 def measure(model, batch: train.Batch, mini: int, device, steps: int) -> tuple[float, float]:
     """Peak memory (MiB) above the model's own, and seconds per anchor, over ``steps`` timed steps."""
-    loss_fn, args = GISTLoss(0.05, train.Defaults.margin_strategy, train.Defaults.margin), SimpleNamespace(mini_batch_size=mini, bf16=False)
+    loss_fn = GISTLoss(0.05, train.Defaults.margin_strategy, train.Defaults.margin)
+    args = SimpleNamespace(mini_batch_size=mini, bf16=False)
     sizes = [len(batch.texts[c]) for c in train.COLUMNS]
     if "cuda" in device:
         torch.cuda.empty_cache()
