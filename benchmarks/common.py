@@ -24,7 +24,7 @@ def sample_texts(sample: Path = SAMPLE) -> list[str]:
 
 
 def measured(argv: list[str]) -> dict:
-    """Run a Python module or script in a fresh process; its wall seconds and peak RSS (MiB)."""
+    """Run a Python module or script in a fresh process; its wall seconds, peak RSS (MiB) and standard output."""
     started = time.perf_counter()
     env = dict(os.environ, HF_HUB_OFFLINE="1",
                PYTHONPATH=os.pathsep.join(p for p in (str(ROOT), os.environ.get("PYTHONPATH")) if p))
@@ -33,7 +33,7 @@ def measured(argv: list[str]) -> dict:
     if proc.returncode != 0:
         raise SystemExit(f"{' '.join(map(str, argv))} failed:\n{proc.stderr[-3000:]}")
     report = json.loads(proc.stdout.strip().splitlines()[-1])
-    return {"seconds": time.perf_counter() - started, "peak_rss_mib": report["peak_rss_mib"]}
+    return {"seconds": time.perf_counter() - started, "peak_rss_mib": report["peak_rss_mib"], "stdout": proc.stdout}
 
 
 def table(rows: list[tuple], header: tuple) -> str:

@@ -136,19 +136,61 @@ class GISTLoss(nn.Module):
 
     def forward(self, batch: GuidedBatch) -> tuple[torch.Tensor, torch.Tensor]:
         logits, mask, labels, total = self.masked_logits(batch)
+        return self._cross_entropy(logits, mask, labels, total), mask.float().mean()
+
+    def backward_by_rows(self, batch: GuidedBatch, rows: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """forward's loss and masked fraction, with the loss's gradient pushed back through the batch's student
+        embeddings as ``loss.backward()`` would, computed ``rows`` anchors at a time: no matrix of all anchors
+        by all candidates (student scores, guide scores, mask) is ever whole, only ``rows`` x C of each (for
+        GradCache, whose loss over B >> M anchors would otherwise outweigh a forward pass of M texts). The
+        candidates are gathered and normalised once, and their gradients go back through both in one backward
+        call, so ranks may run different numbers of chunks. The "random" control draws per chunk (on CPU the
+        same numbers as one draw; on CUDA other numbers from the same distribution)."""
+        *columns, start, total = _gather_candidates(batch)
+        units = [F.normalize(c.student, dim=-1) for c in columns]
+        # Cut from the graph, so that each chunk's backward stops at these leaves; the candidates' guide vectors
+        # in float32 once (each chunk would convert them all again).
+        candidates = [Column(u.detach().requires_grad_(), c.guide.float(), c.ids) for u, c in zip(units, columns)]
+        anchors = [Column(c.student.detach().requires_grad_(), c.guide, c.ids) for c in (batch.queries, batch.positives)]
+        n, width = batch.queries.ids.shape[0], 1
+        loss = masked = torch.zeros((), device=batch.queries.student.device)
+        for first in range(0, n, rows):
+            part = slice(first, first + rows)
+            chunk = GuidedBatch(*(Column(c.student[part], c.guide[part], c.ids[part]) for c in anchors),
+                                batch.negatives, batch.known_false_negatives[part],
+                                None if batch.unjudged is None else batch.unjudged[part])
+            logits, mask, labels, _ = self._unit_logits(chunk, candidates, start + first, total)
+            chunk_loss = self._cross_entropy(logits, mask, labels, total)
+            chunk_loss.backward()
+            loss, masked, width = loss + chunk_loss.detach(), masked + mask.sum(), mask.shape[1]
+        leaves = [c.student for c in (*anchors, *candidates)]
+        grads = [torch.zeros_like(leaf) if leaf.grad is None else leaf.grad for leaf in leaves]
+        # Through the normalisation and the gather once: one collective, whatever the number of chunks.
+        torch.autograd.backward([batch.queries.student, batch.positives.student, *units], grads)
+        return loss, masked / max(n * width, 1)
+
+    def _cross_entropy(self, logits: torch.Tensor, mask: torch.Tensor, labels: torch.Tensor, total: int) -> torch.Tensor:
         loss = F.cross_entropy(logits.masked_fill(mask, float("-inf")) / self.temperature, labels, reduction="sum")
         # Scaled so that averaging over ranks (DDP) gives the global batch's mean, whatever each rank's share.
         world = dist.get_world_size() if _distributed() else 1
-        return loss * world / total, mask.float().mean()
+        return loss * world / total
 
     def masked_logits(self, batch: GuidedBatch) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, int]:
         """This rank's anchors' cosine logits over the candidates (before the temperature), the mask, the
         labels, and the global batch's number of anchors."""
+        *columns, start, total = _gather_candidates(batch)
+        return self._unit_logits(batch, [Column(F.normalize(c.student, dim=-1), c.guide, c.ids) for c in columns],
+                                 start, total)
+
+    def _unit_logits(self, batch: GuidedBatch, candidates: list[Column], start: int, total: int
+                     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, int]:
+        """masked_logits from the gathered candidates (positives, negatives, queries), their student embeddings
+        L2-normalised already, and where this batch's anchors start among the ``total``."""
         q, p = batch.queries, batch.positives
-        all_p, all_n, all_q, start, total = _gather_candidates(batch)
+        all_p, all_n, all_q = candidates
         labels = torch.arange(q.ids.shape[0], device=q.ids.device) + start
         qs, ps = F.normalize(q.student, dim=-1), F.normalize(p.student, dim=-1)
-        P, N, Q = (F.normalize(c.student, dim=-1) for c in (all_p, all_n, all_q))
+        P, N, Q = (c.student for c in candidates)
         logits = torch.cat([qs @ P.T, qs @ N.T, qs @ Q.T, ps @ P.T], dim=1)
         candidate_ids = torch.cat([all_p.ids, all_n.ids, all_q.ids, all_p.ids])
         mask = (candidate_ids[None, :] == q.ids[:, None]) | (candidate_ids[None, :] == p.ids[:, None])

@@ -284,6 +284,17 @@ def read_table(work: Path, name: str, columns: list[str] | None = None) -> pl.Da
     return pl.read_parquet(verified_table(work, name), columns=columns)
 
 
+def read_texts(work: Path, ids: np.ndarray) -> pl.DataFrame:
+    """text_id and text of the distinct ``ids``, sorted by text_id, from texts.parquet (checked against the embed
+    manifest first); the table is streamed through the filter, so memory holds the asked texts, not the pool."""
+    found = (pl.scan_parquet(verified_table(work, TEXTS)).select("text_id", "text")
+             .filter(pl.col("text_id").is_in(pl.Series(ids))).sort("text_id").collect(engine="streaming"))
+    if len(found) != len(ids):
+        raise UsageError(f"{Path(work) / TEXTS}: {len(ids) - len(found)} text ids of the mined tables are missing; "
+                         f"rebuild it with `{rebuild_command(work, 'embed')}`")
+    return found
+
+
 def trained_from(model_dir: Path) -> str | None:
     """The mined manifest fingerprint a trained model records (None: not a model of this project)."""
     record = Path(model_dir) / TRAINING_RECORD

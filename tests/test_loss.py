@@ -15,11 +15,13 @@ from gist_mining.mining import PAD_ID
 from gist_mining.workdir import text_ids
 
 
-def loss_of(q, p, n, gq, gp, gn, q_ids, p_ids, n_ids, known=None, **settings):
-    """The loss and masked fraction for one batch given column by column."""
+def loss_of(q, p, n, gq, gp, gn, q_ids, p_ids, n_ids, known=None, unjudged=None, rows=None, **settings):
+    """The loss and masked fraction for one batch given column by column; with ``rows``, from
+    GISTLoss.backward_by_rows in chunks of that many anchors (gradients already pushed back)."""
     known = torch.full((len(q_ids), 0), PAD_ID) if known is None else known
-    batch = GuidedBatch(Column(q, gq, q_ids), Column(p, gp, p_ids), Column(n, gn, n_ids), known)
-    return gist_loss(**settings)(batch)
+    batch = GuidedBatch(Column(q, gq, q_ids), Column(p, gp, p_ids), Column(n, gn, n_ids), known, unjudged)
+    loss = gist_loss(**settings)
+    return loss(batch) if rows is None else loss.backward_by_rows(batch, rows)
 
 
 def unit(*rows):
@@ -103,8 +105,46 @@ def test_equals_sentence_transformers_gist_embed_loss(tiny_model, tiny_guide, st
             torch.testing.assert_close(mine, theirs, rtol=1e-4, atol=1e-6)
 
 
+def random_inputs(seed: int = 0) -> dict:
+    """8 anchors and 8 negatives: known false negatives, anchors the guide cannot judge, and a negative that is
+    another anchor's positive text (a duplicate, always masked)."""
+    g = torch.Generator().manual_seed(seed)
+    inputs = {k: F.normalize(torch.randn(8, 16, generator=g), dim=-1) for k in ("q", "p", "n", "gq", "gp", "gn")}
+    inputs.update(q_ids=torch.arange(8), p_ids=torch.arange(8) + 100, n_ids=torch.arange(8) + 200,
+                  known=torch.tensor([[201, 205]] * 4 + [[203, PAD_ID]] * 4),
+                  unjudged=torch.tensor([False, False, True, False, False, False, True, False]))
+    inputs["n_ids"][6] = 102
+    return inputs
+
+
+def with_grads(inputs: dict, rows: int | None = None, **settings) -> tuple[float, float, list[torch.Tensor]]:
+    """The loss, masked fraction and gradients of the student columns q, p, n, one pass or by rows."""
+    leaves = [inputs[k].clone().requires_grad_() for k in ("q", "p", "n")]
+    loss, masked = loss_of(*leaves, *(inputs[k] for k in ("gq", "gp", "gn", "q_ids", "p_ids", "n_ids", "known")),
+                           unjudged=inputs["unjudged"], rows=rows, **settings)
+    if rows is None:
+        loss.backward()
+    return loss.item(), masked.item(), [leaf.grad for leaf in leaves]
+
+
+@pytest.mark.parametrize("settings", [dict(margin_strategy="absolute", margin=0.0), dict(margin_strategy="absolute", margin=0.1),
+                                      dict(margin_strategy="relative", margin=0.05), dict(control="hardest"),
+                                      dict(guided=False)])
+def test_loss_by_rows_equals_one_pass(settings):
+    """GradCache's memory-bounded loss: chunks of anchors give the loss, masks and gradients of one pass."""
+    inputs = random_inputs()
+    for unjudged in (inputs["unjudged"], None):
+        inputs["unjudged"] = unjudged
+        loss, masked, grads = with_grads(inputs, temperature=0.05, **settings)
+        for rows in (1, 3, 8):
+            by_rows = with_grads(inputs, rows, temperature=0.05, **settings)
+            assert by_rows[0] == pytest.approx(loss, rel=1e-5) and by_rows[1] == pytest.approx(masked, abs=1e-6)
+            for mine, theirs in zip(by_rows[2], grads):
+                torch.testing.assert_close(mine, theirs, rtol=1e-4, atol=1e-6)
+
+
 # Unequal shares, as in a short last batch or anchors with fewer mined negatives: rank 0 holds 3 anchors
-# and 5 negatives, rank 1 holds 5 anchors and 3 negatives.
+# and 5 negatives, rank 1 holds 5 anchors and 3 negatives; by rows of 2 anchors, 2 chunks against 3.
 ANCHOR_SPLIT, NEGATIVE_SPLIT = (0, 3, 8), (0, 5, 8)
 
 
@@ -113,15 +153,10 @@ def _ddp_worker(rank: int, world: int, port: int, inputs: dict, out: dict):
 
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     dist.init_process_group("gloo", rank=rank, world_size=world)
-    part = lambda x: x[ANCHOR_SPLIT[rank]: ANCHOR_SPLIT[rank + 1]]  # noqa: E731
-    part_n = lambda x: x[NEGATIVE_SPLIT[rank]: NEGATIVE_SPLIT[rank + 1]]  # noqa: E731
-    q, p, n = (part(inputs["q"]).clone().requires_grad_(), part(inputs["p"]).clone().requires_grad_(),
-               part_n(inputs["n"]).clone().requires_grad_())
-    known = part(inputs["known"])
-    loss, _ = loss_of(q, p, n, part(inputs["gq"]), part(inputs["gp"]), part_n(inputs["gn"]), part(inputs["q_ids"]),
-                      part(inputs["p_ids"]), part_n(inputs["n_ids"]), known, temperature=0.05)
-    loss.backward()
-    out[rank] = (loss.item(), q.grad.clone(), n.grad.clone())
+    share = {k: v[NEGATIVE_SPLIT[rank]: NEGATIVE_SPLIT[rank + 1]] if k in ("n", "gn", "n_ids")
+             else v[ANCHOR_SPLIT[rank]: ANCHOR_SPLIT[rank + 1]] for k, v in inputs.items()}
+    out[rank] = with_grads(share, temperature=0.05)
+    out[rank, "by rows"] = with_grads(share, 2, temperature=0.05)
     dist.destroy_process_group()
 
 
@@ -130,24 +165,20 @@ def test_two_gloo_processes_with_unequal_shares_equal_one_process():
 
     import torch.multiprocessing as mp
 
-    g = torch.Generator().manual_seed(0)
-    inputs = {k: F.normalize(torch.randn(8, 16, generator=g), dim=-1) for k in ("q", "p", "n", "gq", "gp", "gn")}
-    inputs.update(q_ids=torch.arange(8), p_ids=torch.arange(8) + 100, n_ids=torch.arange(8) + 200,
-                  known=torch.tensor([[201, 205]] * 4 + [[203, PAD_ID]] * 4))
-    q, n = inputs["q"].clone().requires_grad_(), inputs["n"].clone().requires_grad_()
-    single, masked = loss_of(q, inputs["p"], n, inputs["gq"], inputs["gp"], inputs["gn"], inputs["q_ids"],
-                             inputs["p_ids"], inputs["n_ids"], inputs["known"], temperature=0.05)
-    single.backward()
-    assert 0.2 < masked.item() < 0.8  # the guide and the known false negatives both have work to do
+    inputs = random_inputs()
+    single, masked, grads = with_grads(inputs, temperature=0.05)
+    assert 0.2 < masked < 0.8  # the guide and the known false negatives both have work to do
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     out = mp.Manager().dict()
     mp.spawn(_ddp_worker, args=(2, port, inputs, out), nprocs=2, join=True)
-    # averaging over ranks, as DDP does, gives the global batch's loss and gradients
-    assert (out[0][0] + out[1][0]) / 2 == pytest.approx(single.item(), rel=1e-5)
-    torch.testing.assert_close(torch.cat([out[0][1], out[1][1]]) / 2, q.grad, rtol=1e-4, atol=1e-6)
-    torch.testing.assert_close(torch.cat([out[0][2], out[1][2]]) / 2, n.grad, rtol=1e-4, atol=1e-6)
+    # averaging over ranks, as DDP does, gives the global batch's loss and gradients; so does each rank by rows
+    for by_rows in ((), ("by rows",)):
+        ranks = [out[(rank, *by_rows) if by_rows else rank] for rank in (0, 1)]
+        assert (ranks[0][0] + ranks[1][0]) / 2 == pytest.approx(single, rel=1e-5)
+        for column, expected in enumerate(grads):
+            torch.testing.assert_close(torch.cat([r[2][column] for r in ranks]) / 2, expected, rtol=1e-4, atol=1e-6)
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import shutil
 
+import numpy as np
 import polars as pl
 import pytest
 import torch
@@ -102,11 +103,26 @@ def test_missing_mined_tables_is_a_usage_error(tmp_path, capsys):
     assert "no mined_manifest.json" in capsys.readouterr().err
 
 
-def test_guide_vectors_come_from_the_store(mined_work):
-    data = train.TrainingData(mined_work / "w", 1, "cpu")
-    batch = data.get_batch([0, 1])
-    store = VectorStore(mined_work / "w")
-    torch.testing.assert_close(batch.guide["queries"], torch.from_numpy(store.get(data.ids["queries"][:2])).half())
+def test_batches_come_from_the_mined_table_texts_and_store(mined_work):
+    """Texts, negatives, known false negatives and guide vectors of a batch equal a plain read of the tables."""
+    work = mined_work / "w"
+    data = train.TrainingData(work, 2, "cpu")
+    table = pl.read_parquet(work / "mined" / "*.parquet").sort("anchor_id")
+    with_negatives = np.flatnonzero(table["negative_ids"].list.len().to_numpy()).tolist()
+    rows = [with_negatives[2], 0, with_negatives[0], with_negatives[1] + 1, with_negatives[1]]
+    mined = table[rows]
+    text_of = dict(pl.read_parquet(work / "texts.parquet").select("text_id", "text").iter_rows())
+    negatives = [i for n in mined["negative_ids"].to_list() for i in n[:2]]
+    batch = data.get_batch(rows)
+    assert batch.texts == {"queries": [text_of[i] for i in mined["query_id"]],
+                           "positives": [text_of[i] for i in mined["positive_id"]],
+                           "negatives": [text_of[i] for i in negatives]}
+    assert batch.ids["negatives"].tolist() == negatives and len(negatives) >= 3
+    known = [[i for i in row if i != -1] for row in batch.known.tolist()]
+    assert known == mined["false_negative_ids"].to_list() and any(known)
+    store = VectorStore(work)
+    torch.testing.assert_close(batch.guide["queries"], torch.from_numpy(store.get(mined["query_id"].to_numpy())).half())
+    torch.testing.assert_close(batch.guide["negatives"], torch.from_numpy(store.get(np.array(negatives))).half())
 
 
 def test_report_renders_and_links_only_existing_files(mined_work, tiny_model, tmp_path):

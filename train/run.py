@@ -117,44 +117,69 @@ class Batch:
                            self.unjudged)
 
 
+class Ragged:
+    """A list of ids per row, as two numpy arrays: every row's ids end to end, and where each row starts."""
+
+    def __init__(self, lists: pl.Series):
+        self.starts = np.concatenate([[0], np.cumsum(lists.list.len().to_numpy())]).astype(np.int64)
+        self.values = lists.explode().drop_nulls().to_numpy().astype(np.int64)  # an empty list explodes to a null
+
+    def row(self, r: int) -> np.ndarray:
+        return self.values[self.starts[r]: self.starts[r + 1]]
+
+    def padded(self, rows: list[int], pad: int) -> np.ndarray:
+        """(len(rows), longest) with each row's ids first, then ``pad``."""
+        out = np.full((len(rows), max([int(self.starts[r + 1] - self.starts[r]) for r in rows] + [1])), pad, np.int64)
+        for i, r in enumerate(rows):
+            out[i, : self.starts[r + 1] - self.starts[r]] = self.row(r)
+        return out
+
+
 class TrainingData:
     """The mined rows, their texts, and the guide vectors of every text they use, in the role it has (queries
     in the query role, positives and negatives in the document role), moved to the training device once, so
-    a step's guide blocks are an index lookup there. The vectors are held in float16 (half the memory: 10M
-    texts x 768 take 15 GB, not 30); the loss computes their scores in float32."""
+    a step's guide blocks are an index lookup there. Only what the rows use is read, whatever the pool's size:
+    the vectors in float16 (half the memory of float32; the loss computes their scores in float32), the texts
+    as one Arrow column sorted by id (Python strings are made per batch), the id lists as numpy arrays."""
 
     def __init__(self, work: Path, negatives: int, device):
         self.manifest = workdir.mined(work)  # checks the chain embeddings -> candidates -> mined
         rows = pl.read_parquet(workdir.verified(work, self.manifest, "mine")).sort("anchor_id")
         self.tasks = rows["task"].to_list()
         self.ids = {"queries": rows["query_id"].to_numpy(), "positives": rows["positive_id"].to_numpy()}
-        self.negatives = rows["negative_ids"].list.head(negatives).to_list()
-        self.false_negatives = rows["false_negative_ids"].to_list()
+        self.negatives = Ragged(rows["negative_ids"].list.head(negatives))
+        self.false_negatives = Ragged(rows["false_negative_ids"])
         # Mining took the anchors the guide cannot judge out of its margin rule: so does the in-batch rule.
         self.unjudged = (is_unjudged(rows["candidates_above_positive"], rows["n_candidates"]).to_numpy()
                          if self.manifest["rules"].get("unjudged_rank_min") is not None else None)
-        self.text_of = dict(workdir.read_table(work, workdir.TEXTS, ["text_id", "text"]).iter_rows())
-        uses = {"query": [self.ids["queries"]],
-                "document": [self.ids["positives"], np.array([i for n in self.negatives for i in n], dtype=np.int64)]}
-        self.guide_ids = {role: np.unique(np.concatenate(ids)) for role, ids in uses.items()}
-        self.guide = {role: torch.from_numpy(VectorStore(work, role).get(ids)).to(device, torch.float16)
-                      for role, ids in self.guide_ids.items()}
+        self.guide_ids = {"query": np.unique(self.ids["queries"]),
+                          "document": np.unique(np.concatenate([self.ids["positives"], self.negatives.values]))}
+        texts = workdir.read_texts(work, np.union1d(*self.guide_ids.values()))
+        self.text_ids, self.texts = texts["text_id"].to_numpy(), texts["text"]
+        self.guide = {role: on_device(VectorStore(work, role), ids, device) for role, ids in self.guide_ids.items()}
         self.device = device
         # Each row's texts, for the batch planner; built once, as every epoch plans from them.
-        self.text_sets = [{q, p, *n} for q, p, n in zip(*(v.tolist() for v in self.ids.values()), self.negatives)]
+        self.text_sets = [{q, p, *self.negatives.row(r).tolist()}
+                          for r, (q, p) in enumerate(zip(*(v.tolist() for v in self.ids.values())))]
 
     def get_batch(self, rows: list[int]) -> Batch:
         ids = {column: values[rows] for column, values in self.ids.items()}
-        ids["negatives"] = np.array([i for r in rows for i in self.negatives[r]], dtype=np.int64)
-        known = np.full((len(rows), max([len(self.false_negatives[r]) for r in rows] + [1])), PAD_ID, dtype=np.int64)
-        for row, r in enumerate(rows):
-            known[row, : len(self.false_negatives[r])] = self.false_negatives[r]
+        ids["negatives"] = np.concatenate([self.negatives.row(r) for r in rows] + [np.empty(0, np.int64)])
         as_tensor = {c: torch.from_numpy(v).to(self.device) for c, v in ids.items()}
-        return Batch(texts={c: [self.text_of[i] for i in v.tolist()] for c, v in ids.items()},
+        return Batch(texts={c: self.texts.gather(np.searchsorted(self.text_ids, v)).to_list() for c, v in ids.items()},
                      guide={c: self.guide[ROLES[c]][torch.from_numpy(np.searchsorted(self.guide_ids[ROLES[c]], v))
                                                     .to(self.device)] for c, v in ids.items()},
-                     ids=as_tensor, known=torch.from_numpy(known).to(self.device),
+                     ids=as_tensor, known=torch.from_numpy(self.false_negatives.padded(rows, PAD_ID)).to(self.device),
                      unjudged=None if self.unjudged is None else torch.from_numpy(self.unjudged[rows]).to(self.device))
+
+
+def on_device(store: VectorStore, ids: np.ndarray, device, chunk: int = 1 << 15) -> torch.Tensor:
+    """The stored vectors of ``ids`` on the device in float16, read a chunk at a time (the store returns float32:
+    all at once, that copy would be twice the result)."""
+    out = torch.empty((len(ids), store.dimension), dtype=torch.float16, device=device)
+    for start in range(0, len(ids), chunk):
+        out[start: start + chunk] = torch.from_numpy(store.get(ids[start: start + chunk]))
+    return out
 
 
 # -- batch plans ---------------------------------------------------------------------------------------
@@ -264,12 +289,13 @@ def train_step(model, loss_fn: GISTLoss, batch: Batch, optimizer, scheduler, arg
     return loss.detach(), masked
 
 
-def cached_backward(model, loss_fn: GISTLoss, batch: Batch, args, device):
+def cached_backward(model, loss_fn: GISTLoss, batch: Batch, args, device, rows: int | None = None):
     """GradCache (Gao et al. 2021, arXiv 2101.06983): the whole batch's loss and gradients with the memory of
     one mini-batch. Embed each column mini-batch by mini-batch (a column's texts share its role's prompt)
-    without gradients, take the loss's gradient with respect to those embeddings, then embed each mini-batch
-    again, with the same dropout, and push its part of that gradient through it. Gradients are averaged
-    across ranks once, after the last."""
+    without gradients, take the loss's gradient with respect to those embeddings ``rows`` anchors at a time
+    (default: the mini-batch size; GISTLoss.backward_by_rows), then embed each mini-batch again, with the
+    same dropout, and push its part of that gradient through it. Gradients are averaged across ranks once,
+    after the last."""
     size, states, cached = args.mini_batch_size, [], []
     pieces = [(c, batch.texts[c][start: start + size]) for c in COLUMNS for start in range(0, len(batch.texts[c]), size)]
     with torch.no_grad():
@@ -277,13 +303,13 @@ def cached_backward(model, loss_fn: GISTLoss, batch: Batch, args, device):
             states.append(_rng_state(device))
             cached.append(embed(model, texts, device, args.bf16, model.prompts[ROLES[c]]))
     student = torch.cat(cached).requires_grad_()
-    loss, masked = loss_fn(batch.with_student(dict(zip(COLUMNS, student.split([len(batch.texts[c]) for c in COLUMNS])))))
-    loss.backward()
+    columns = dict(zip(COLUMNS, student.split([len(batch.texts[c]) for c in COLUMNS])))
+    loss, masked = loss_fn.backward_by_rows(batch.with_student(columns), rows or size)
     for (c, texts), state, grad in zip(pieces, states, student.grad.split([len(t) for _, t in pieces])):
         with torch.random.fork_rng(devices=[device] if "cuda" in str(device) else []):
             _set_rng_state(state, device)
             embed(model, texts, device, args.bf16, model.prompts[ROLES[c]]).backward(grad)
-    return loss.detach(), masked
+    return loss, masked
 
 
 def average_gradients(model, world: int) -> None:
