@@ -31,9 +31,9 @@ from tqdm import tqdm
 
 from gist_mining import cli, rescore, workdir
 from gist_mining.errors import UsageError
-from gist_mining.index import KINDS, build_index, load_index, parse_bytes, resolve_kind, save_index, search_depth
-from gist_mining.mining import (CANDIDATE_SCHEMA, MINED_SCHEMA, SCORES, SEARCHED_SCHEMA, STRATEGIES, PAD_ID, MiningRules,
-                                 padded, ragged, search_candidates, select)
+from gist_mining.mining import (CANDIDATE_SCHEMA, KINDS, MINED_SCHEMA, PAD_ID, SCORES, SEARCHED_SCHEMA, STRATEGIES,
+                                 MiningRules, build_index, load_index, padded, parse_bytes, ragged, resolve_kind,
+                                 save_index, search_candidates, search_depth, select)
 from gist_mining.storage import AtomicParquetWriter, config_fingerprint, file_sha256, write_json_atomic
 from gist_mining.summary import summarize
 from gist_mining.workdir import VectorStore, write_npy_atomic
@@ -50,7 +50,7 @@ class SearchSettings:
 
     k: int = 100
     index: str = "auto"
-    memory_budget: str = "8G"  # what --index auto may spend (gist_mining.index.resolve_kind)
+    memory_budget: str = "8G"  # what --index auto may spend (gist_mining.mining.resolve_kind)
     include_queries: bool = False
     shard_size: int = 100_000
 
