@@ -10,7 +10,7 @@ process (ours: the sum of both stages' times, the larger of their peaks). Then a
 rules (pipeline.mask --refilter) is timed against the fresh mining run it replaces. --whole-sample takes
 the bundled sample's train pairs with every other sample text as corpus; --compare-backends also mines with
 the other embed backend and compares stored vectors and mined tables. The ONNX export is made (once per
-model, cached) before anything is timed.
+model, cached) before anything is timed; the embedding cache starts empty.
 """
 
 from __future__ import annotations
@@ -38,6 +38,8 @@ mined = mine_hard_negatives(Dataset.from_polars(pairs), model, corpus=corpus, re
                             sampling_strategy="top", use_faiss=True, batch_size=int(sys.argv[5]), verbose=False)
 print("mined rows", len(mined), file=sys.stderr)
 '''
+# the rules both sides mine with (mine_hard_negatives' arguments in ST_SCRIPT)
+MASK_RULES = ["--margin-strategy", "relative", "--margin", 0.05, "--num-negatives", 3, "--sampling", "top"]
 
 
 def whole_sample(out: Path) -> tuple[str, str]:
@@ -58,7 +60,7 @@ def compare(work: Path, other: Path) -> str:
     decisions = ["negative_ids", "false_negative_ids", "given_negative_flagged"]
     differ = mined[0].select("anchor_id", *decisions).join(mined[1].select("anchor_id", *decisions), on="anchor_id")
     differ = differ.filter(pl.any_horizontal(pl.col(c) != pl.col(f"{c}_right") for c in decisions))
-    return (f"stored embeddings, largest difference between backends: {largest:.2e} (target <= 1e-4); "
+    return (f"stored embeddings, largest difference between the two runs: {largest:.2e} (target <= 1e-4); "
             f"anchors whose mined negatives or false negatives differ: {differ.height} of {mined[0].height}")
 
 
@@ -80,15 +82,16 @@ def main(argv: list[str] | None = None) -> list[dict]:
             args.pairs, args.corpus = whole_sample(Path(tmp))
         work = Path(tmp) / "work"
         corpus = ["--corpus", args.corpus] if args.corpus else []
+        # a fresh embedding cache: vectors cached by an earlier run would spare our side the forward pass
         embed_argv = ["-m", "pipeline.embed", "--input", args.pairs, *corpus, "--model", args.model,
-                      "--batch-size", args.batch_size, "--precision", args.precision, *device]
+                      "--batch-size", args.batch_size, "--precision", args.precision, *device,
+                      "--cache-dir", Path(tmp) / "embedding-cache"]
         if args.backend != "torch":  # the export, once per model, before anything is timed
             measured([*embed_argv, "--work", Path(tmp) / "export", "--backend", args.backend, "--shard-size", 1,
                       "--num-shards", 1_000_000_000, "--shard-index", 999_999_999])
         embed = measured([*embed_argv, "--work", work, "--backend", args.backend])
-        mask_rules = ["--margin-strategy", "relative", "--margin", 0.05, "--num-negatives", 3, "--sampling", "top"]
         refilter_rules = ["--refilter", "--margin-strategy", "absolute", "--margin", 0.1, "--num-negatives", 5]
-        mask = measured(["-m", "pipeline.mask", "--work", work, *mask_rules])
+        mask = measured(["-m", "pipeline.mask", "--work", work, *MASK_RULES])
         refilter = measured(["-m", "pipeline.mask", "--work", work, *refilter_rules])
         script = Path(tmp) / "st_mine.py"
         script.write_text(ST_SCRIPT)
@@ -96,7 +99,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
         agreement = None
         if args.compare_backends:
             measured([*embed_argv, "--work", Path(tmp) / "torch", "--backend", "torch"])
-            for rules in (mask_rules, refilter_rules):  # the same rules as ours, so mined/ holds the re-filtered table
+            for rules in (MASK_RULES, refilter_rules):  # the same rules as ours, so mined/ holds the re-filtered table
                 measured(["-m", "pipeline.mask", "--work", Path(tmp) / "torch", *rules])
             agreement = compare(work, Path(tmp) / "torch")
         n_texts = pl.read_parquet(work / "texts.parquet").height

@@ -10,11 +10,12 @@ import sys
 from pathlib import Path
 
 
-def peak_rss_mib() -> float:
+def status_mib(field: str = "VmHWM") -> float:
+    """A memory figure of this process from /proc/self/status (VmHWM: peak RSS; VmRSS: now), in MiB."""
     for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith("VmHWM:"):
+        if line.startswith(field + ":"):
             return round(int(line.split()[1]) / 1024, 1)
-    raise SystemExit("no VmHWM in /proc/self/status: peak RSS needs Linux")
+    raise SystemExit(f"no {field} in /proc/self/status: peak RSS needs Linux")
 
 
 if __name__ == "__main__":
@@ -25,4 +26,4 @@ if __name__ == "__main__":
     else:
         sys.argv = args
         runpy.run_path(args[0], run_name="__main__")
-    print(json.dumps({"peak_rss_mib": peak_rss_mib()}))
+    print(json.dumps({"peak_rss_mib": status_mib()}))

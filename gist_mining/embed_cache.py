@@ -113,7 +113,7 @@ class EmbeddingCache:
         sink = pa.BufferOutputStream()
         pq.write_table(pa.table({"text_id": pa.array(ids, type=pa.int64()), "embedding": column}), sink,
                        compression="none", use_dictionary=False)
-        data = sink.getvalue().to_pybytes()
+        data = sink.getvalue()  # Arrow's buffer itself: a copy as bytes would add the shard's size to the peak
         try:
             write_json_atomic({**key, "name": self.name}, folder / KEY_FILE)
             write_bytes_atomic(data, folder / f"{hashlib.sha256(data).hexdigest()}.parquet")

@@ -6,7 +6,8 @@ batch and sequence axes; tokenization stays sentence-transformers' own (``model.
 backends see the same token ids. The export is written once into the user cache under a key made of the
 model's fingerprint and the exporter's version, built in a temporary folder and renamed into place
 (``models.build_once``), and used only if its vectors agree with ``SentenceTransformer.encode`` within
-``TOLERANCE`` on ``CHECK_TEXTS``.
+``TOLERANCE`` on ``CHECK_TEXTS``. The weights are stored beside the graph (``DATA_FILE``), which ONNX Runtime
+maps into memory instead of parsing a copy of them out of the graph and copying them again into tensors.
 """
 
 from __future__ import annotations
@@ -27,11 +28,15 @@ from gist_mining.models import build_once, cache_dir, model_fingerprint
 
 BACKENDS = ("auto", "torch", "onnx")
 TOLERANCE = 1e-4  # largest absolute difference from the torch path, per vector component, that an export may show
-TOKEN_BUDGET = 16_384  # a batch's padded tokens (rows x its longest text) stay within this, besides --batch-size
+TOKEN_BUDGET = 2048  # a batch's padded tokens (rows x its longest text) stay within this, besides --batch-size
+# Beyond this many tokens a row's attention scores (heads x L^2) outgrow its feed-forward activations (L x 4 x
+# hidden; equal at L = 4 x hidden / heads, 256 for mpnet and BERT-base), so longer batches are cut by L^2 too.
+ATTENTION_LENGTH = 256
 OPSET = 17
 POOLING_MODES = ("mean", "cls", "lasttoken")
 GRAPH_INPUTS = ("input_ids", "attention_mask", "token_type_ids")
-GRAPH_FILE, RECORD_FILE = "model.onnx", "export.json"
+GRAPH_FILE, DATA_FILE, RECORD_FILE = "model.onnx", "model.onnx.data", "export.json"
+EXPORT_FORMAT = 2  # 2: weights in DATA_FILE (1: inside the graph, parsed and copied at every load)
 CHECK_TEXTS = [
     "a", "The bank raised its interest rates.", "the river bank was muddy after the rain",
     "def read(path): return open(path).read()", "provide with a new lining", "azotic, nitric, nitrous",
@@ -87,6 +92,10 @@ class OnnxEncoder:
         options.inter_op_num_threads = 1
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         self.session = ort.InferenceSession(str(graph), options, providers=["CPUExecutionProvider"])
+        # The last batch of an encode call hands the arena's free memory back, so that what follows (writing the
+        # shard) does not stack on top of the activations of the longest batch, which come first.
+        self.release = ort.RunOptions()
+        self.release.add_run_config_entry("memory.enable_memory_arena_shrinkage", "cpu:0")
         self.inputs = [node.name for node in self.session.get_inputs()]
         self.model, self.token_budget = model, token_budget
         self.dimension = model.get_embedding_dimension()
@@ -100,10 +109,12 @@ class OnnxEncoder:
     def encode(self, texts: list[str], batch_size: int, prompt: str | None) -> np.ndarray:
         vectors = np.empty((len(texts), self.dimension), dtype=np.float32)
         batches = token_batches(self.token_lengths(texts, prompt), batch_size, self.token_budget)
-        for rows in tqdm(batches, desc="Batches", disable=len(batches) < 2):
+        for n, rows in enumerate(tqdm(batches, desc="Batches", disable=len(batches) < 2)):
             features = self.model.preprocess([texts[i] for i in rows], prompt=prompt)
-            vectors[rows] = self.session.run(None, {name: features[name].numpy() for name in self.inputs})[0]
-        return vectors / np.maximum(np.linalg.norm(vectors, axis=1, keepdims=True), 1e-12)
+            vectors[rows] = self.session.run(None, {name: features[name].numpy() for name in self.inputs},
+                                             self.release if n == len(batches) - 1 else None)[0]
+        vectors /= np.maximum(np.linalg.norm(vectors, axis=1, keepdims=True), 1e-12)
+        return vectors
 
 
 def encode(encoder: OnnxEncoder, texts: list[str], batch_size: int, prompt: str | None, task: str | None = None) -> np.ndarray:
@@ -114,11 +125,14 @@ def encode(encoder: OnnxEncoder, texts: list[str], batch_size: int, prompt: str 
 
 def token_batches(lengths: np.ndarray, batch_size: int, token_budget: int) -> list[np.ndarray]:
     """Row indices, longest texts first, cut into batches of at most ``batch_size`` rows whose padded size
-    (rows x the batch's longest text) stays within ``token_budget``; a text longer than the budget goes alone."""
+    (rows x the batch's longest text L) stays within ``token_budget``, and within ``token_budget x
+    ATTENTION_LENGTH / L`` when L is longer than ``ATTENTION_LENGTH`` (the attention scores grow with rows x
+    L^2); a text longer than the budget goes alone."""
     order = np.argsort(-lengths, kind="stable")
     batches, start = [], 0
     while start < len(order):
-        rows = max(1, min(batch_size, token_budget // max(int(lengths[order[start]]), 1)))
+        longest = max(int(lengths[order[start]]), 1)
+        rows = max(1, min(batch_size, token_budget * ATTENTION_LENGTH // (longest * max(longest, ATTENTION_LENGTH))))
         batches.append(order[start:start + rows])
         start += rows
     return batches
@@ -129,12 +143,14 @@ def export_key(model, model_dir: Path) -> str:
     import torch
 
     info = {k: v for k, v in model_fingerprint(model, model_dir).items() if k not in ("prompt", "fingerprint")}
-    info.update(torch=torch.__version__, opset=OPSET)
+    info.update(torch=torch.__version__, opset=OPSET, format=EXPORT_FORMAT)
     return hashlib.sha256(json.dumps(info, sort_keys=True, default=str).encode()).hexdigest()[:24]
 
 
 def export(model, folder: Path) -> Path:
-    """Trace the model's modules into ``folder/model.onnx`` and check it; ``folder/export.json`` records the check."""
+    """Trace the model's modules into ``folder/model.onnx`` (weights in ``folder/model.onnx.data``) and check it;
+    ``folder/export.json`` records the check."""
+    import onnx
     import torch
 
     features = model.preprocess(CHECK_TEXTS)
@@ -153,9 +169,12 @@ def export(model, folder: Path) -> Path:
     started = time.perf_counter()
     with warnings.catch_warnings(), torch.no_grad():
         warnings.simplefilter("ignore")  # the legacy exporter's deprecation notice and tracer warnings
-        torch.onnx.export(Graph().eval(), tuple(features[name] for name in names), str(folder / GRAPH_FILE),
+        torch.onnx.export(Graph().eval(), tuple(features[name] for name in names), str(folder / "traced.onnx"),
                           dynamo=False, input_names=names, output_names=["sentence_embedding"],
                           dynamic_axes={**axes, "sentence_embedding": {0: "batch"}}, opset_version=OPSET)
+    onnx.save_model(onnx.load(str(folder / "traced.onnx")), str(folder / GRAPH_FILE), save_as_external_data=True,
+                    all_tensors_to_one_file=True, location=DATA_FILE, size_threshold=1024)
+    (folder / "traced.onnx").unlink()
     expected = model.encode(CHECK_TEXTS, batch_size=4, normalize_embeddings=True, convert_to_numpy=True)
     difference = check(expected, OnnxEncoder(model, folder / GRAPH_FILE, token_budget=256).encode(CHECK_TEXTS, 4, None))
     (folder / RECORD_FILE).write_text(json.dumps({"max_difference": difference, "texts": len(CHECK_TEXTS),
@@ -185,6 +204,8 @@ def choose(requested: str, model, model_dir: Path, prompts: list[str], precision
     """The backend a run uses and what encodes for it: ("onnx", OnnxEncoder) or ("torch", the model).
 
     ``auto`` takes ONNX whenever it is available and says why not otherwise; ``onnx`` refuses when it is not.
+    With ONNX, the model's weights go to the ``meta`` device (the session holds its own copy; the model stays
+    for its tokenizer, configuration and fingerprint).
     """
     if requested == "torch":
         return "torch", model
@@ -192,7 +213,9 @@ def choose(requested: str, model, model_dir: Path, prompts: list[str], precision
         reason = unsupported(model, prompts, precision)
         if reason is not None:
             raise Unavailable(f"the ONNX backend cannot serve this model: {reason}")
-        return "onnx", load(model, model_dir, token_budget)
+        encoder = load(model, model_dir, token_budget)
+        model.to("meta")
+        return "onnx", encoder
     except Unavailable as err:
         if requested == "onnx":
             raise UsageError(f"--backend onnx: {err}") from None

@@ -257,7 +257,7 @@ def encode(model, texts: list[str], batch_size: int, prompt: str, task: str | No
 def vector_column(vectors: np.ndarray, dtype: str, valid: np.ndarray | None = None) -> pa.Array:
     """A fixed_size_list column of the vectors; rows where ``valid`` is False are null."""
     arrow_type = pa.float16() if dtype == "float16" else pa.float32()
-    vectors = vectors.astype(np.float16 if dtype == "float16" else np.float32)
+    vectors = vectors.astype(np.float16 if dtype == "float16" else np.float32, copy=False)
     values = pa.array(vectors.reshape(-1), type=arrow_type)
     return pa.FixedSizeListArray.from_arrays(values, vectors.shape[1], mask=None if valid is None else pa.array(~valid))
 
@@ -324,8 +324,6 @@ def main(argv=None) -> None:
     backend, encoder = onnx_backend.choose(args.backend, model, resolve_model(args.model, args.revision),
                                            list(prompts.values()), args.precision, args.token_budget)
     plan = make_plan(args, argv, model, prompts, backend, texts, anchors, inputs)
-    if backend == "onnx":  # ONNX Runtime holds its own copy of the weights; the model stays for its tokenizer
-        model.to("meta")
     work = args.work
     claim(work, plan, texts, anchors, args.overwrite)
     bounds = plan["bounds"]

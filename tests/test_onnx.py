@@ -41,16 +41,20 @@ def variant(tiny_model: Path, out: Path, mode: str, normalize: bool) -> Path:
 def test_vectors_equal_sentence_transformers(tiny_model, tmp_path, mode, normalize):
     path = variant(tiny_model, tmp_path / "model", mode, normalize)
     model = load_model(str(path), device="cpu")
+    expected = {prompt: model.encode(TEXTS, batch_size=4, normalize_embeddings=True, prompt=prompt)
+                for prompt in (None, "query: ")}
+    unnormalised = model.encode(TEXTS, batch_size=len(TEXTS))
     backend, encoder = onnx_backend.choose("auto", model, path, [], "fp32", token_budget=200)
     assert backend == "onnx"
+    # the torch weights are released (the session holds its own copy); the model still tokenizes
+    assert {parameter.device.type for parameter in model.parameters()} == {"meta"}
     for prompt in (None, "query: "):
-        expected = model.encode(TEXTS, batch_size=4, normalize_embeddings=True, prompt=prompt)
         got = onnx_backend.encode(encoder, TEXTS, 5, prompt)  # other batches than encode's: same vectors
-        np.testing.assert_allclose(got, expected, atol=1e-4, rtol=0)
+        np.testing.assert_allclose(got, expected[prompt], atol=1e-4, rtol=0)
     # the graph itself is the model's pooling (and Normalize, when it has one): compare before the stage normalises
     features = model.preprocess(TEXTS)
     raw = encoder.session.run(None, {name: features[name].numpy() for name in encoder.inputs})[0]
-    np.testing.assert_allclose(raw, model.encode(TEXTS, batch_size=len(TEXTS)), atol=1e-4, rtol=0)
+    np.testing.assert_allclose(raw, unnormalised, atol=1e-4, rtol=0)
     assert np.allclose(np.linalg.norm(raw, axis=1), 1.0, atol=1e-5) == normalize
 
 
@@ -78,14 +82,19 @@ def test_export_is_cached_and_atomic(tiny_model, own_cache, monkeypatch, capsys)
     assert onnx_backend.choose("auto", model, tiny_model, [], "fp32")[0] == "onnx"
     assert "exported the model to ONNX once" in capsys.readouterr().err
     again = load_model(str(tiny_model), device="cpu")
+    expected = again.encode(TEXTS, normalize_embeddings=True)
     backend, encoder = onnx_backend.choose("auto", again, tiny_model, [], "fp32")
     assert backend == "onnx" and calls == ["fail", "export"]  # the second load reuses the export
     assert "exported" not in capsys.readouterr().err
     (folder,) = (own_cache / "onnx").iterdir()
     record = json.loads((folder / onnx_backend.RECORD_FILE).read_text())
     assert record["max_difference"] <= onnx_backend.TOLERANCE and record["texts"] == len(onnx_backend.CHECK_TEXTS)
-    np.testing.assert_allclose(onnx_backend.encode(encoder, TEXTS, 8, None), again.encode(TEXTS, normalize_embeddings=True),
-                               atol=1e-4)
+    np.testing.assert_allclose(onnx_backend.encode(encoder, TEXTS, 8, None), expected, atol=1e-4)
+    # the weights live beside the graph (mapped by ONNX Runtime), not inside it: every float of the model is there
+    weights = sum(parameter.numel() for parameter in load_model(str(tiny_model), device="cpu").parameters()) * 4
+    assert sorted(p.name for p in folder.iterdir()) == sorted([onnx_backend.GRAPH_FILE, onnx_backend.DATA_FILE,
+                                                                onnx_backend.RECORD_FILE])
+    assert (folder / onnx_backend.DATA_FILE).stat().st_size >= 0.9 * weights > (folder / onnx_backend.GRAPH_FILE).stat().st_size
 
 
 def test_mismatch_refused_in_one_line(tiny_model, own_cache, monkeypatch, capsys):
@@ -140,6 +149,11 @@ def test_token_batches():
     for rows in batches:
         assert len(rows) <= 16 and (len(rows) == 1 or len(rows) * lengths[rows].max() <= 1000)
     assert [len(b) for b in onnx_backend.token_batches(np.array([5000, 3, 3]), 16, 1000)] == [1, 2]
+    # past ATTENTION_LENGTH tokens the attention scores (rows x L^2) are capped too: rows x L^2 <= budget x 256
+    long = np.full(64, 512)
+    batches = onnx_backend.token_batches(long, batch_size=64, token_budget=8192)
+    assert [len(b) for b in batches] == [8] * 8 and 8 * 512 ** 2 <= 8192 * onnx_backend.ATTENTION_LENGTH
+    assert [len(b) for b in onnx_backend.token_batches(np.full(64, 128), 64, 8192)] == [64]  # L <= 256: tokens only
 
 
 def test_backends_mine_the_same_table(tiny_guide, tmp_path):
