@@ -82,7 +82,7 @@ def main() -> None:
     ensure_candidates(args)
     shutil.copy(args.data / "truth.parquet", args.work / workdir.TRUTH)
     started = time.perf_counter()
-    tallies = fn_quality.sweep(fn_quality.candidate_chunks(args.work),
+    tallies = fn_quality.sweep(fn_quality.candidate_chunks(args.work, mask.CHUNK),
                                fn_quality.read_truth(args.work / workdir.TRUTH), fn_quality.default_sweep(args.num_negatives))
     overall = fn_quality.rates(tallies, ["rule"])
     print(f"{len(overall)} rules re-applied to {overall['anchors'][0]} anchors in {time.perf_counter() - started:.1f} s; "

@@ -80,7 +80,8 @@ def reset_peak(device) -> float:
 
 def measure(model, batch: train.Batch, mini: int, device, steps: int, rows: int | None = None) -> tuple[float, float]:
     """Peak memory (MiB) above the model's own, and seconds per anchor, over ``steps`` timed steps."""
-    loss_fn, args = GISTLoss(temperature=0.05), SimpleNamespace(mini_batch_size=mini, bf16=False)
+    loss_fn = GISTLoss(0.05, train.Defaults.margin_strategy, train.Defaults.margin)
+    args = SimpleNamespace(mini_batch_size=mini, bf16=False)
     sizes = [len(batch.texts[c]) for c in train.COLUMNS]
     before, seconds = reset_peak(device), []
     for step in range(steps + 1):  # the first step warms up
@@ -107,7 +108,7 @@ def measure_loss(n: int, rows: int, device) -> tuple[float, float]:
     student = {c: torch.randn(n, 384, device=device, requires_grad=True) for c in train.COLUMNS}
     before = reset_peak(device)
     started = time.perf_counter()
-    GISTLoss(temperature=0.05).backward_by_rows(batch.with_student(student), rows)
+    GISTLoss(0.05, train.Defaults.margin_strategy, train.Defaults.margin).backward_by_rows(batch.with_student(student), rows)
     if "cuda" in device:
         torch.cuda.synchronize()
     return peak(device) - before, (time.perf_counter() - started) / n

@@ -140,8 +140,9 @@ def firing(name: str, work: Path, args) -> dict:
     for rows in plan[: args.steps]:
         batch = data.get_batch(rows)
         guided = batch.with_student({c: batch.guide[c].float() for c in train.COLUMNS})
-        _, plain_mask, labels, _ = GISTLoss(guided=False).masked_logits(guided)
-        _, guide_mask, _, _ = GISTLoss().masked_logits(guided)
+        d = train.Defaults()
+        _, plain_mask, labels, _ = GISTLoss(d.temperature, d.margin_strategy, d.margin, guided=False).masked_logits(guided)
+        _, guide_mask, _, _ = GISTLoss(d.temperature, d.margin_strategy, d.margin).masked_logits(guided)
         eligible = ~plain_mask
         eligible[torch.arange(len(labels)), labels] = False
         fired = guide_mask & eligible

@@ -7,7 +7,7 @@ embedded by pipeline.embed (all-MiniLM-L6-v2 by default: an mpnet pass over 100k
 2 CPU cores, and recall depends on how the vectors spread, which two sentence encoders share far more
 than either shares with random data). The work directory is kept under runs/ and reused on the next run.
 For each pool size: build seconds, queries per second and recall@k (share of the exact top k found) of
-flat (the reference), IVF and HNSW as gist_mining.index builds them. This is what AUTO_EXACT_MAX rests on.
+flat (the reference), IVF and HNSW as gist_mining.mining builds them. This is what AUTO_EXACT_MAX rests on.
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ import polars as pl
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from benchmarks.common import ROOT, figure, table, wordnet_pairs  # noqa: E402
-from gist_mining.index import build_index  # noqa: E402
+from gist_mining.mining import build_index  # noqa: E402
 from gist_mining import workdir  # noqa: E402
 from gist_mining.workdir import VectorStore  # noqa: E402
 from pipeline import embed  # noqa: E402

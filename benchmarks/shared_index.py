@@ -4,7 +4,7 @@
 
 A synthetic work directory (benchmarks/synthetic_pool.py) is masked twice: by one process, and by two shard
 processes started together (`--num-shards 2 --shard-index i`; one builds the index, the other waits for its
-marker, both load it with `gist_mining.index.load_index`, a memory map). Every 0.2 s each process's resident
+marker, both load it with `gist_mining.mining.load_index`, a memory map). Every 0.2 s each process's resident
 memory is read from /proc: RSS split into anonymous memory (its own) and file pages (the mapped index,
 shared through the page cache), and PSS, which charges a page shared by two processes half to each. If each
 process held its own copy of the index, the two processes' PSS would add up to two indexes; mapped, to one.

@@ -5,7 +5,7 @@
 Texts are "doc N" (the pool: N < --pool) and "query N" (N < --anchors). Anchor N asks query N, whose
 positive is doc N; every third anchor also gives doc (anchors + N) as a negative. Documents lie around
 pool / 1000 random centres (cosine ~0.5 between two documents of a centre), and query N around doc N
-(cosine ~0.86). The texts and anchors are planned by gist_mining.embed.plan_texts, the plan made by
+(cosine ~0.86). The texts and anchors are planned by pipeline.embed.plan_texts, the plan made by
 pipeline.embed.plan_for, and the shards, markers and manifest written by pipeline.embed.embed_shards
 with a stand-in guide whose ``encode`` returns these vectors, so the directory is exactly what
 pipeline.embed writes (float16 vectors) and `python -m pipeline.mask --work DIR` runs on it unchanged.
@@ -23,9 +23,8 @@ import polars as pl
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from gist_mining import workdir  # noqa: E402
-from gist_mining.embed import EmbedSettings, plan_texts  # noqa: E402
 from gist_mining.storage import config_fingerprint  # noqa: E402
-from pipeline.embed import claim, embed_shards, plan_for  # noqa: E402
+from pipeline.embed import EmbedSettings, claim, embed_shards, plan_for, plan_texts  # noqa: E402
 
 DOCUMENT_SPREAD, QUERY_SPREAD = 1.0, 0.6  # noise norm relative to the unit centre (document) or positive (query)
 

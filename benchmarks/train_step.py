@@ -19,7 +19,6 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from benchmarks.common import figure, table  # noqa: E402
-from gist_mining.batches import plan_batches  # noqa: E402
 from gist_mining.loss import GISTLoss  # noqa: E402
 from gist_mining.models import load_model  # noqa: E402
 from train import run as train  # noqa: E402
@@ -38,7 +37,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
     from sentence_transformers.sentence_transformer.losses import GISTEmbedLoss, MultipleNegativesRankingLoss
 
     data = train.TrainingData(args.work, 1, args.device)
-    batches, _ = plan_batches(data.text_sets, data.tasks, args.batch_size, seed=0, epoch=0)
+    batches, _ = train.plan_batches(data.text_sets, data.tasks, args.batch_size, seed=0, epoch=0)
     batches = [b for b in batches if len(b) == args.batch_size][: args.steps + 1]
     student = load_model(args.student, device=args.device)
     guide = load_model(args.guide, device=args.device)

@@ -29,7 +29,7 @@ sense gloss of every chosen lemma goes into the corpus, so each known false nega
 
   pairs.parquet   query, positive, task ("wordnet-lemma"); one pair per lemma, usable as --input
   corpus.parquet  text: every gloss, usable as --corpus
-  truth.parquet   query, positive, query_id, positive_id (gist_mining.ids.text_id of the texts), and
+  truth.parquet   query, positive, query_id, positive_id (gist_mining.workdir.text_id of the texts), and
                   false_negative_ids: the text ids of the known false negatives, all in the corpus
   LICENSE-WordNet.txt
 """
@@ -48,7 +48,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))  # build_sample, beside
 sys.path.insert(1, str(Path(__file__).resolve().parents[1]))  # gist_mining
 from build_sample import WORDNET_NOTICE, read_synsets  # noqa: E402
 
-from gist_mining.ids import text_id  # noqa: E402
+from gist_mining.workdir import text_id  # noqa: E402
 
 TASK = "wordnet-lemma"
 

@@ -65,12 +65,18 @@ def split_of(source: str, seed: int) -> str:
     return "test" if bucket < 13 else "val" if bucket < 20 else "train"
 
 
-def train_pairs(by_section: dict[str, list[dict]], per_section: int, rng: random.Random) -> tuple[list, list]:
-    """Per section, disjoint packages paired as (query, positive); the rest of the descriptions go to the corpus."""
-    rows, rest = [], []
+def shuffled(by_section: dict[str, list[dict]], rng: random.Random):
+    """Each section and a seeded shuffle of its descriptions (a copy), in section order."""
     for section in SECTIONS:
         items = by_section[section][:]
         rng.shuffle(items)
+        yield section, items
+
+
+def train_pairs(by_section: dict[str, list[dict]], per_section: int, rng: random.Random) -> tuple[list, list]:
+    """Per section, disjoint packages paired as (query, positive); the rest of the descriptions go to the corpus."""
+    rows, rest = [], []
+    for section, items in shuffled(by_section, rng):
         n = min(per_section, len(items) // 2)
         rows += [{"query": a["text"], "positive": b["text"], "task": TASK, "section": section}
                  for a, b in zip(items[:n], items[n: 2 * n])]
@@ -83,9 +89,7 @@ def write_retrieval(by_section: dict[str, list[dict]], n_queries: int, n_docs: i
                     out: Path) -> None:
     """Per section, n_queries held-out descriptions as queries and n_docs others as the relevant documents."""
     queries, docs = [], []
-    for section in SECTIONS:
-        items = by_section[section][:]
-        rng.shuffle(items)
+    for section, items in shuffled(by_section, rng):
         queries += [(item["text"], section) for item in items[:n_queries]]
         docs += [(item["text"], section) for item in items[n_queries: n_queries + n_docs]]
     out.mkdir(parents=True, exist_ok=True)
@@ -102,10 +106,10 @@ def write_retrieval(by_section: dict[str, list[dict]], n_queries: int, n_docs: i
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--out", type=Path, default=Path(__file__).parent / "sections")
-    parser.add_argument("--pairs-per-section", type=int, default=100)
-    parser.add_argument("--extra-corpus", type=int, default=1000)
-    parser.add_argument("--seed", type=int, default=7)
+    parser.add_argument("--out", type=Path, default=Path(__file__).parent / "sections", help="output folder")
+    parser.add_argument("--pairs-per-section", type=int, default=100, help="train pairs per section (at most)")
+    parser.add_argument("--extra-corpus", type=int, default=1000, help="train-split descriptions in corpus.parquet")
+    parser.add_argument("--seed", type=int, default=7, help="seeds the split by source package and the sampling")
     args = parser.parse_args()
     rng = random.Random(args.seed)
     splits: dict[str, dict[str, list[dict]]] = defaultdict(lambda: defaultdict(list))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shlex
 import sys
 
 from gist_mining.errors import InputError, UsageError
@@ -21,6 +22,12 @@ def run(main) -> None:
     except UsageError as err:
         print(f"error: {err}", file=sys.stderr)
         sys.exit(2)
+
+
+def command(module: str, argv: list | None) -> str:
+    """The command line that ran a stage (``argv`` None: this process's), kept in its plan: a stale work
+    directory names the command that rebuilds it."""
+    return shlex.join(["python", "-m", module, *map(str, sys.argv[1:] if argv is None else argv)])
 
 
 def model_arguments(parser) -> None:

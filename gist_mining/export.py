@@ -33,7 +33,7 @@ from gist_mining.errors import UsageError
 from gist_mining.storage import commit, tmp_name, write_parquet_atomic
 
 FORMATS = ("triplet", "n-tuple", "n-tuple-scores", "labeled-pair", "labeled-list")
-SHORT = ("drop", "keep")
+SHORT = ("drop", "keep")  # what becomes of anchors short of N negatives; the first is the default
 OUTPUTS = {".parquet": "parquet", ".jsonl": "jsonl", "": "datasets"}
 MINED_COLUMNS = ["anchor_id", "query_id", "positive_id", "positive_score", "negative_ids", "negative_scores"]
 
@@ -46,7 +46,7 @@ class Export:
     short: int  # anchors with fewer than num_negatives negatives, dropped or kept as asked
 
 
-def to_dataset(work: Path, format: str = "triplet", num_negatives: int | None = None, short: str = "drop"):
+def to_dataset(work: Path, format: str = "triplet", num_negatives: int | None = None, short: str = SHORT[0]):
     """The mined negatives as a ``datasets.Dataset`` in ``format``; it feeds ``SentenceTransformerTrainer`` as is.
 
     ``num_negatives`` defaults to the mining run's; fewer takes each anchor's first ones.
@@ -56,7 +56,7 @@ def to_dataset(work: Path, format: str = "triplet", num_negatives: int | None = 
     return Dataset(build(work, format, num_negatives, short).table)
 
 
-def build(work: Path, format: str, num_negatives: int | None = None, short: str = "drop") -> Export:
+def build(work: Path, format: str, num_negatives: int | None = None, short: str = SHORT[0]) -> Export:
     """The export as an Arrow table with sentence-transformers' types, and what was left out."""
     if format not in FORMATS:
         raise UsageError(f"--format must be one of {', '.join(FORMATS)}, not {format!r}")

@@ -38,7 +38,7 @@ SUMS = ("anchors", "negatives", "known_chosen", "reached", "flagged", "flagged_r
 METRICS = ("contamination", "recall", "negatives_per_anchor", "anchors_short", "hardness", "flagged_per_anchor")
 
 
-def default_sweep(num_negatives: int = 3) -> dict[str, MiningRules]:
+def default_sweep(num_negatives: int) -> dict[str, MiningRules]:
     """The rules compared: naive top-k, positive-aware margins, score caps and floors, rank skips."""
     def rule(strategy="none", margin=0.0, **kw):
         return MiningRules(strategy, margin, num_negatives=num_negatives, **kw)
@@ -74,8 +74,8 @@ def truth_path(work: Path, given: Path | None) -> Path | None:
     return given if given is not None else (own if own.is_file() else None)
 
 
-def candidate_chunks(work: Path, size: int = 1024) -> Iterator[pa.Table]:
-    """candidates/ in chunks of anchors, each shard checked against its manifest first."""
+def candidate_chunks(work: Path, size: int) -> Iterator[pa.Table]:
+    """candidates/ in chunks of ``size`` anchors (pipeline.mask.CHUNK), each shard checked against its manifest first."""
     for path in workdir.verified(work, workdir.candidates(work), "search"):
         for batch in pq.ParquetFile(path).iter_batches(batch_size=size):
             yield pa.Table.from_batches([batch])

@@ -16,7 +16,7 @@ import torch.distributed.nn  # noqa: F401  (all_gather with gradients)
 import torch.nn.functional as F
 from torch import nn
 
-from gist_mining.margins import is_false_negative
+from gist_mining.mining import is_false_negative
 
 
 @dataclass
@@ -106,7 +106,7 @@ class GISTLoss(nn.Module):
     over the global batch's positives P, negatives N and queries Q (all ranks under torch.distributed;
     gathered with gradients). Entry (i, c) is set to -inf, except the label, when
         guided: guide(i, c) > threshold_i, with threshold_i from guide(q_i, p_i) by the shared margin rule
-                (gist_mining.margins); the guide's score of each entry pairs the same texts as the student's
+                (gist_mining.mining); the guide's score of each entry pairs the same texts as the student's
                 (q-P, q-N, q-Q, p-P), so a candidate is judged against the text it is compared with;
         known:  c's text is one of anchor i's false negatives found at mining time;
         always: c's text is anchor i's own query or positive text (self-pairs, duplicates).
@@ -126,8 +126,8 @@ class GISTLoss(nn.Module):
     Returns the loss (the global batch's mean once averaged over ranks) and this rank's masked fraction.
     """
 
-    def __init__(self, temperature: float = 0.05, margin_strategy: str = "absolute", margin: float = 0.0,
-                 guided: bool = True, control: str | None = None):
+    def __init__(self, temperature: float, margin_strategy: str, margin: float, guided: bool = True,
+                 control: str | None = None):  # the trainer's defaults: train.run.Defaults
         super().__init__()
         if control not in CONTROLS:
             raise ValueError(f"control must be one of {CONTROLS}")

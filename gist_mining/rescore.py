@@ -24,13 +24,13 @@ from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 from tqdm import tqdm
 
 from gist_mining import cli, workdir
 from gist_mining.errors import UsageError
-from gist_mining.ids import PAD_ID
-from gist_mining.mining import RESCORE_SCHEMA, MiningRules, padded, ragged
+from gist_mining.mining import RESCORE_SCHEMA, MiningRules
 from gist_mining.models import cross_encoder_fingerprint, load_cross_encoder, resolve_model
 
 TEXT_BATCH = 65_536  # rows of texts.parquet read at a time while looking up a chunk's texts
@@ -118,22 +118,17 @@ class Rescorer:
         return scores[inverse.reshape(-1)]
 
     def columns(self, table: pa.Table) -> list[pa.Array]:
-        """RESCORE_SCHEMA's columns for a chunk of searched candidates (SEARCHED_SCHEMA)."""
+        """RESCORE_SCHEMA's columns for a chunk of searched candidates (SEARCHED_SCHEMA), in the chunk's own list
+        layout: the pairs of the flattened id lists are scored, and the scores take the id lists' offsets."""
         queries = table["query_id"].to_numpy()
-        candidates = padded(table["candidate_ids"], PAD_ID, np.int64)
-        given = padded(table["given_negative_ids"], PAD_ID, np.int64)
-        others = [table["positive_id"].to_numpy(), candidates[candidates != PAD_ID], given[given != PAD_ID]]
-        repeated = [queries, np.repeat(queries, (candidates != PAD_ID).sum(axis=1)),
-                    np.repeat(queries, (given != PAD_ID).sum(axis=1))]
+        lists = [table[name].combine_chunks() for name in ("candidate_ids", "given_negative_ids")]
+        others = [table["positive_id"].to_numpy(), *(ids.flatten().to_numpy() for ids in lists)]
+        repeated = [queries, *(np.repeat(queries, pc.list_value_length(ids).to_numpy()) for ids in lists)]
         positive, found, listed = np.split(self.score_pairs(np.concatenate(repeated), np.concatenate(others)),
                                            np.cumsum([len(o) for o in others])[:-1])
-
-        def as_lists(ids: np.ndarray, values: np.ndarray) -> pa.ListArray:
-            matrix = np.zeros(ids.shape, dtype=np.float32)
-            matrix[ids != PAD_ID] = values
-            return ragged(matrix, ids != PAD_ID, pa.float32())
-
-        return [pa.array(positive, type=pa.float32()), as_lists(candidates, found), as_lists(given, listed)]
+        return [pa.array(positive, type=pa.float32()),
+                *(pa.ListArray.from_arrays(pc.subtract(ids.offsets, ids.offsets[0]), pa.array(scores, pa.float32()))
+                  for ids, scores in zip(lists, (found, listed)))]
 
 
 def with_rescores(table: pa.Table, rescorer: Rescorer | None) -> pa.Table:

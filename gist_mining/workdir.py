@@ -14,11 +14,14 @@ and the shard's rows, bytes and SHA-256. A resumed run verifies every done shard
 process that finds all shards done writes the manifest; a reader checks the manifest's parent against the
 current parent and every shard against the manifest before it reads it. Whatever does not match is named
 with the command that rebuilds it, and rebuilt by that command, never read.
+
+Every table of the chain names a text by its ``text_id``: a fingerprint of its content (``text_id`` below).
 """
 
 from __future__ import annotations
 
 import fcntl
+import hashlib
 import os
 import shutil
 import sys
@@ -30,7 +33,6 @@ import polars as pl
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from gist_mining.embed import QUERY_COLUMN, role_column
 from gist_mining.errors import UsageError
 from gist_mining.storage import commit, file_sha256, read_json, remove_stale_temps, tmp_name, write_json_atomic
 
@@ -76,6 +78,18 @@ def read_record(path: Path) -> dict | None:
         return read_json(path)
     except (OSError, ValueError):
         return None
+
+
+# -- text ids: stable 64-bit ids derived from content (the same text gets the same id in every run) --------
+
+
+def text_id(text: str) -> int:
+    """The first 8 bytes of BLAKE2b over the UTF-8 text, as a signed int64 (FAISS and Arrow's native id type)."""
+    return int.from_bytes(hashlib.blake2b(text.encode("utf-8"), digest_size=8).digest(), "little", signed=True)
+
+
+def text_ids(texts) -> np.ndarray:
+    return np.fromiter((text_id(t) for t in texts), dtype=np.int64, count=len(texts))
 
 
 # -- claims: whose plan a work directory holds ----------------------------------------------------------
@@ -288,6 +302,24 @@ def trained_from(model_dir: Path) -> str | None:
 
 
 # -- the guide's vectors as one matrix on disk ----------------------------------------------------------
+
+
+# The embedding shards' vector columns: see role_column.
+QUERY_COLUMN = "query_embedding"
+
+
+def two_roles(settings: dict) -> bool:
+    """Whether the embed settings' query prompt differs from the document prompt (each role then has vectors)."""
+    return settings.get("query_prompt", "") != settings.get("document_prompt", "")
+
+
+def role_column(settings: dict, role: str) -> str:
+    """The embedding shards' column holding a role's vectors. ``embedding`` holds every text in the document
+    role (the only role when the two prompts are equal: each text embedded once); when the query prompt
+    differs, ``query_embedding`` holds the queries in the query role (null for texts that are not queries).
+    Every text has a document-role vector, so that ``pipeline.mask --include-queries`` can search queries as
+    documents."""
+    return QUERY_COLUMN if role == "query" and two_roles(settings) else "embedding"
 
 
 def read_shard(path: Path, column: str = "embedding", dtype=np.float32) -> tuple[np.ndarray, np.ndarray]:

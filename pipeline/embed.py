@@ -5,30 +5,58 @@
 Writes into the work directory: texts.parquet (text_id, text, is_query, is_document, n_chars),
 anchors.parquet (anchor_id, source, source_row, query_id, positive_id, negative_ids, task),
 embeddings/shard-*.parquet (text_id, embedding; with a query prompt unlike the document prompt, also
-query_embedding: see gist_mining.embed.role_column) and embed_manifest.json once every shard is done.
+query_embedding: see gist_mining.workdir.role_column) and embed_manifest.json once every shard is done.
 Texts held by the embedding cache (--cache-dir, shared by work directories; --no-cache) are read from it,
 not recomputed, and what is computed is added to it. Resumable (completed shards are kept), refuses a work
 directory made from another model, setting or input, and splits across processes with
 --num-shards/--shard-index.
+
+Read top to bottom: the settings and command line, planning the texts (one row per distinct text, the
+anchors as text ids), the plan and claim on the work directory, then the shards. How a vector is computed
+stays outside this file (gist_mining/models.py, onnx_backend.py, embed_cache.py): the shards reach it through
+one function, ``encoder_for``: rows of texts, a prompt and a task in, L2-normalised float32 vectors out, in
+order (torch's ``encode`` below or ``onnx_backend.encode``, as ``onnx_backend.choose`` picked, optionally
+through ``EmbeddingCache.vectors``).
 """
 
 from __future__ import annotations
 
 import argparse
-import shlex
+import functools
 import sys
 import time
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
+import numpy as np
+import polars as pl
+import pyarrow as pa
 from tqdm import tqdm
 
 from gist_mining import cli, onnx_backend, workdir
-from gist_mining.embed import EmbedSettings, embed_shard, plan_texts, shard_bounds, two_roles
 from gist_mining.embed_cache import EmbeddingCache, default_root
 from gist_mining.errors import InputError
 from gist_mining.inputs import read_corpus, read_pairs
 from gist_mining.models import DEFAULT_GUIDE, load_model, model_fingerprint, resolve_model, role_prompts
 from gist_mining.storage import config_fingerprint, path_sha256, write_json_atomic, write_parquet_atomic
+from gist_mining.workdir import QUERY_COLUMN, two_roles
+
+
+@dataclass(frozen=True)
+class EmbedSettings:
+    """Everything besides the model and the inputs that changes what the embed stage writes."""
+
+    dtype: str = "float32"
+    precision: str = "fp32"
+    shard_size: int = 50_000
+    query_prompt: str = ""
+    document_prompt: str = ""
+    # auto: onnx on CPU when onnxruntime is installed and the model exports (gist_mining.onnx_backend), else torch.
+    # The plan stores the backend used: the two agree within 1e-4 but not bit for bit (about 1e-7).
+    backend: str = "auto"
+
+    def as_dict(self) -> dict:
+        return asdict(self)
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -44,11 +72,13 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--token-budget", type=int, default=onnx_backend.TOKEN_BUDGET,
                         help="onnx: a batch's padded tokens (rows x longest text) stay within this, besides --batch-size")
     parser.add_argument("--device", default=None, help="cpu, cuda, cuda:1, mps (default: best available)")
-    parser.add_argument("--precision", choices=["fp32", "fp16", "bf16"], default="fp32", help="forward-pass dtype")
-    parser.add_argument("--dtype", choices=["float32", "float16"], default="float32", help="stored embedding dtype")
+    parser.add_argument("--precision", choices=["fp32", "fp16", "bf16"], default=EmbedSettings.precision,
+                        help="forward-pass dtype")
+    parser.add_argument("--dtype", choices=["float32", "float16"], default=EmbedSettings.dtype,
+                        help="stored embedding dtype")
     parser.add_argument("--max-seq-length", type=int, default=None)
     cli.prompt_arguments(parser)
-    parser.add_argument("--shard-size", type=int, default=50_000, help="texts per embedding shard")
+    parser.add_argument("--shard-size", type=int, default=EmbedSettings.shard_size, help="texts per embedding shard")
     parser.add_argument("--overwrite", action="store_true", help="discard a work directory made differently")
     parser.add_argument("--cache-dir", type=Path, default=None,
                         help="embedding cache shared by work directories (default: $GIST_MINING_CACHE/embeddings, "
@@ -73,6 +103,91 @@ def read_inputs(args) -> tuple[list, list, list[dict]]:
     return pairs, corpora, records
 
 
+# -- plan: every distinct text once, with a content id; the anchors as ids ------------------------------
+
+
+def clean_given_negatives(anchors: pl.DataFrame) -> tuple[pl.DataFrame, int]:
+    """Given negatives minus the anchor's own query and every positive of that query, each kept once, in order.
+
+    A text given as a negative of a query that another row gives as its positive is a contradiction in the
+    input; kept, it would train the model away from a labelled positive. Returns the anchors and how many
+    given negatives were dropped.
+    """
+    positives = anchors.group_by("query").agg(pl.col("positive").alias("positives_of_query"))
+    given = anchors.select("anchor_id", "query", "negatives").explode("negatives").drop_nulls("negatives")
+    kept = (
+        given.join(positives, on="query", how="left", maintain_order="left")
+        .filter((pl.col("negatives") != pl.col("query")) & ~pl.col("positives_of_query").list.contains(pl.col("negatives")))
+        .unique(subset=["anchor_id", "negatives"], keep="first", maintain_order=True)
+        .group_by("anchor_id", maintain_order=True)
+        .agg("negatives")
+    )
+    cleaned = anchors.drop("negatives").join(kept, on="anchor_id", how="left", maintain_order="left").with_columns(
+        pl.col("negatives").fill_null(pl.lit([], dtype=pl.List(pl.String))))
+    return cleaned.select(anchors.columns), given.height - int(cleaned["negatives"].list.len().sum())
+
+
+def plan_texts(pairs: list[pl.DataFrame], corpora: list[list[str]], sources: list[str]) -> tuple[pl.DataFrame, pl.DataFrame, int]:
+    """Deduplicate every text across inputs and give it a content id.
+
+    Returns the text table (``text_id``, ``text``, ``is_query``, ``is_document``, ``n_chars``) sorted by
+    length so that shards hold texts of similar length, the anchors table (one row per input row) and the
+    number of given negatives dropped by ``clean_given_negatives``.
+    """
+    anchors, dropped = clean_given_negatives(pl.concat(
+        [
+            frame.with_columns(
+                pl.lit(source).alias("source"), pl.int_range(1, frame.height + 1, dtype=pl.Int64).alias("source_row")
+            )
+            for frame, source in zip(pairs, sources)
+        ]
+    ).with_row_index("anchor_id"))
+    queries = anchors.get_column("query")
+    documents = pl.concat(
+        [anchors.get_column("positive"), anchors.get_column("negatives").explode().drop_nulls()]
+        + [pl.Series("text", corpus, dtype=pl.String) for corpus in corpora]
+    )
+    texts = (
+        pl.concat(
+            [
+                pl.DataFrame({"text": queries, "is_query": True, "is_document": False}),
+                pl.DataFrame({"text": documents, "is_query": False, "is_document": True}),
+            ]
+        )
+        .group_by("text")
+        .agg(pl.col("is_query").any(), pl.col("is_document").any())
+    )
+    ids = workdir.text_ids(texts.get_column("text").to_list())
+    if len(np.unique(ids)) != len(ids):
+        raise InputError(["two distinct texts share a 64-bit text_id; please report this input"])
+    texts = (
+        texts.with_columns(pl.Series("text_id", ids), pl.col("text").str.len_chars().alias("n_chars"))
+        .select("text_id", "text", "is_query", "is_document", "n_chars")
+        .sort("n_chars", "text_id")
+    )
+
+    def to_id(expr: pl.Expr) -> pl.Expr:
+        return expr.replace_strict(texts.get_column("text"), texts.get_column("text_id"), return_dtype=pl.Int64)
+
+    anchors = anchors.select(
+        pl.col("anchor_id").cast(pl.Int64),
+        "source",
+        "source_row",
+        to_id(pl.col("query")).alias("query_id"),
+        to_id(pl.col("positive")).alias("positive_id"),
+        pl.col("negatives").list.eval(to_id(pl.element())).alias("negative_ids"),
+        "task",
+    )
+    return texts, anchors, dropped
+
+
+def shard_bounds(n_texts: int, shard_size: int) -> list[tuple[int, int]]:
+    return [(start, min(start + shard_size, n_texts)) for start in range(0, n_texts, shard_size)]
+
+
+# -- the plan: guide, settings and inputs; claiming the work directory -------------------------------
+
+
 def prepare_model(args):
     import torch
 
@@ -87,8 +202,7 @@ def make_plan(args, argv, model, prompts: dict[str, str], backend: str, texts, a
     settings = EmbedSettings(dtype=args.dtype, precision=args.precision, shard_size=args.shard_size,
                              query_prompt=prompts["query"], document_prompt=prompts["document"], backend=backend)
     model_info = dict(model_fingerprint(model, resolve_model(args.model, args.revision)), name=args.model)
-    return plan_for(model_info, settings, inputs, shlex.join(["python", "-m", "pipeline.embed", *map(str, argv)]),
-                    texts, anchors)
+    return plan_for(model_info, settings, inputs, cli.command("pipeline.embed", argv), texts, anchors)
 
 
 def plan_for(model_info: dict, settings: EmbedSettings, inputs: list[dict], command: str, texts, anchors) -> dict:
@@ -128,8 +242,80 @@ def claim(work: Path, plan: dict, texts, anchors, overwrite: bool) -> None:
         workdir.remove_temps(work)
 
 
+# -- embed: one shard at a time, through the encoder (torch or ONNX) and the cache ------------------------
+
+
+def encode(model, texts: list[str], batch_size: int, prompt: str, task: str | None = None) -> np.ndarray:
+    """One encode call per shard: it sorts the shard by length itself, and its progress bar counts batches.
+    ``task`` is what encode_query / encode_document pass (it routes a model with a Router module)."""
+    if not texts:
+        return np.zeros((0, model.get_embedding_dimension()), dtype=np.float32)
+    return model.encode(texts, batch_size=batch_size, normalize_embeddings=True, convert_to_numpy=True,
+                        show_progress_bar=True, prompt=prompt, **({"task": task} if task else {}))
+
+
+def vector_column(vectors: np.ndarray, dtype: str, valid: np.ndarray | None = None) -> pa.Array:
+    """A fixed_size_list column of the vectors; rows where ``valid`` is False are null."""
+    arrow_type = pa.float16() if dtype == "float16" else pa.float32()
+    vectors = vectors.astype(np.float16 if dtype == "float16" else np.float32, copy=False)
+    values = pa.array(vectors.reshape(-1), type=arrow_type)
+    return pa.FixedSizeListArray.from_arrays(values, vectors.shape[1], mask=None if valid is None else pa.array(~valid))
+
+
+def encoder_for(model, settings: EmbedSettings, batch_size: int, cache=None):
+    """The stage's one door to the encoders: a function from rows of texts (``text_id``, ``text``), a prompt and
+    a task to their L2-normalised float32 vectors, in order. ``model``: the SentenceTransformer, or with the
+    onnx backend its ``onnx_backend.OnnxEncoder``; with a cache (``embed_cache.EmbeddingCache``), only the
+    texts it does not hold go through the model."""
+    encode_with = onnx_backend.encode if settings.backend == "onnx" else encode
+
+    def embedded(rows: pl.DataFrame, prompt: str, task: str | None) -> np.ndarray:
+        strings = rows.get_column("text").to_list()
+        compute = functools.partial(encode_with, model, batch_size=batch_size, prompt=prompt, task=task)
+        return compute(strings) if cache is None else cache.vectors(
+            rows.get_column("text_id").to_numpy(), strings, compute, prompt, task)
+
+    return embedded
+
+
+def embed_shard(embedded, texts: pl.DataFrame, path: Path, settings: EmbedSettings) -> None:
+    """One shard's vectors from ``embedded`` (``encoder_for``): every text in the document role, and when the
+    query prompt differs, the queries in the query role too."""
+    both = two_roles(settings.as_dict())
+    vectors = embedded(texts, settings.document_prompt, "document" if both else None)
+    table = pa.table({"text_id": pa.array(texts.get_column("text_id").to_numpy(), type=pa.int64()),
+                      "embedding": vector_column(vectors, settings.dtype)})
+    if both:
+        is_query = texts.get_column("is_query").to_numpy()
+        queries = np.zeros_like(vectors)
+        queries[is_query] = embedded(texts.filter("is_query"), settings.query_prompt, "query")
+        table = table.append_column(QUERY_COLUMN, vector_column(queries, settings.dtype, is_query))
+    # Float vectors and unique hashes do not compress: zstd and dictionaries would only cost time.
+    write_parquet_atomic(table, path, compression="none", use_dictionary=False)
+
+
+def embed_shards(shards: workdir.Shards, plan: dict, texts, model, todo: list[int], batch_size: int,
+                 cache=None) -> dict | None:
+    """Embed shards ``todo`` of the plan with ``model`` (or its OnnxEncoder; through ``cache``, an EmbeddingCache,
+    if given); the manifest once every shard is done (None before)."""
+    bounds, settings, started = plan["bounds"], EmbedSettings(**plan["settings"]), time.perf_counter()
+    embedded = encoder_for(model, settings, batch_size, cache)
+    for i in tqdm(todo, unit="shard", desc="embed", disable=len(todo) < 2):
+        start, stop = bounds[i]
+        embed_shard(embedded, texts.slice(start, stop - start), shards.path(i), settings)
+        shards.mark_done(i)
+    if cache is not None and todo:
+        print(f"embed: cache {cache.root}: {cache.hits} vectors read, {cache.misses} computed and added", file=sys.stderr)
+    manifest = shards.finish(workdir.EMBED_MANIFEST, {k: v for k, v in plan.items() if k != "bounds"})
+    if manifest is None:
+        print("embed: shards left for other processes or a rerun", file=sys.stderr)
+    else:
+        print(f"embed: complete in {time.perf_counter() - started:.1f}s -> {shards.work / workdir.EMBED_MANIFEST}",
+              file=sys.stderr)
+    return manifest
+
+
 def main(argv=None) -> None:
-    argv = sys.argv[1:] if argv is None else argv
     args = parse_args(argv)
     pairs, corpora, inputs = read_inputs(args)  # everything validated before anything is written
     texts, anchors, dropped = plan_texts(pairs, corpora, [str(p) for p in args.input])
@@ -142,10 +328,10 @@ def main(argv=None) -> None:
     claim(work, plan, texts, anchors, args.overwrite)
     bounds = plan["bounds"]
     shards = workdir.Shards(work, workdir.EMBEDDINGS, len(bounds), plan["fingerprint"])
-    mine = cli.my_shards(args, len(bounds), "embed")
-    todo = shards.pending(mine)
+    assigned = cli.my_shards(args, len(bounds), "embed")
+    todo = shards.pending(assigned)
     print(f"embed: {texts.height} distinct texts from {anchors.height} anchors ({dropped} given negatives dropped: "
-          f"equal to the query or one of its positives, or repeated); {len(mine) - len(todo)} of this process's "
+          f"equal to the query or one of its positives, or repeated); {len(assigned) - len(todo)} of this process's "
           f"shards already done", file=sys.stderr)
     if two_roles(plan["settings"]):
         print(f"embed: query prompt {plan['settings']['query_prompt']!r}, document prompt "
@@ -154,26 +340,6 @@ def main(argv=None) -> None:
     cache = None if args.no_cache else EmbeddingCache(args.cache_dir or default_root(), plan["model"],
                                                       backend=plan["settings"]["backend"])
     embed_shards(shards, plan, texts, encoder, todo, args.batch_size, cache)
-
-
-def embed_shards(shards: workdir.Shards, plan: dict, texts, model, todo: list[int], batch_size: int,
-                 cache=None) -> dict | None:
-    """Embed shards ``todo`` of the plan with ``model`` (or its OnnxEncoder; through ``cache``, an EmbeddingCache,
-    if given); the manifest once every shard is done (None before)."""
-    bounds, settings, started = plan["bounds"], EmbedSettings(**plan["settings"]), time.perf_counter()
-    for i in tqdm(todo, unit="shard", desc="embed", disable=len(todo) < 2):
-        start, stop = bounds[i]
-        embed_shard(model, texts.slice(start, stop - start), shards.path(i), settings, batch_size, cache)
-        shards.mark_done(i)
-    if cache is not None and todo:
-        print(f"embed: cache {cache.root}: {cache.hits} vectors read, {cache.misses} computed and added", file=sys.stderr)
-    manifest = shards.finish(workdir.EMBED_MANIFEST, {k: v for k, v in plan.items() if k != "bounds"})
-    if manifest is None:
-        print("embed: shards left for other processes or a rerun", file=sys.stderr)
-    else:
-        print(f"embed: complete in {time.perf_counter() - started:.1f}s -> {shards.work / workdir.EMBED_MANIFEST}",
-              file=sys.stderr)
-    return manifest
 
 
 if __name__ == "__main__":

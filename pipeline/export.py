@@ -14,7 +14,7 @@ import sys
 from pathlib import Path
 
 from gist_mining import cli
-from gist_mining.export import FORMATS, build, output_kind, save
+from gist_mining.export import FORMATS, SHORT, build, output_kind, save
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -26,7 +26,7 @@ def parse_args(argv=None) -> argparse.Namespace:
                         help="FILE.parquet, FILE.jsonl, or a path without a suffix: a datasets folder (save_to_disk)")
     parser.add_argument("--num-negatives", type=int, default=None, metavar="N",
                         help="N negatives per anchor, each anchor's first N (default and most: the mining run's)")
-    parser.add_argument("--short", default="drop", metavar="{drop,keep}",
+    parser.add_argument("--short", default=SHORT[0], metavar="{drop,keep}",
                         help="anchors with fewer than N negatives: drop (default) leaves them out; keep exports them "
                              "with those they have, as sentence-transformers does for triplet, labeled-pair and "
                              "labeled-list (n-tuple formats need N per row: drop only)")

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import shlex
 import sys
 import time
 from dataclasses import asdict, dataclass, fields
@@ -32,11 +31,9 @@ from tqdm import tqdm
 
 from gist_mining import cli, rescore, workdir
 from gist_mining.errors import UsageError
-from gist_mining.index import KINDS, build_index, load_index, parse_bytes, resolve_kind, save_index, search_depth
-from gist_mining.margins import STRATEGIES
-from gist_mining.ids import PAD_ID
-from gist_mining.mining import (CANDIDATE_SCHEMA, MINED_SCHEMA, SCORES, SEARCHED_SCHEMA, MiningRules, padded, ragged,
-                                 search_candidates, select)
+from gist_mining.mining import (CANDIDATE_SCHEMA, KINDS, MINED_SCHEMA, PAD_ID, SCORES, SEARCHED_SCHEMA, STRATEGIES,
+                                 MiningRules, build_index, load_index, padded, parse_bytes, ragged, resolve_kind,
+                                 save_index, search_candidates, search_depth, select)
 from gist_mining.storage import AtomicParquetWriter, config_fingerprint, file_sha256, write_json_atomic
 from gist_mining.summary import summarize
 from gist_mining.workdir import VectorStore, write_npy_atomic
@@ -53,7 +50,7 @@ class SearchSettings:
 
     k: int = 100
     index: str = "auto"
-    memory_budget: str = "8G"  # what --index auto may spend (gist_mining.index.resolve_kind)
+    memory_budget: str = "8G"  # what --index auto may spend (gist_mining.mining.resolve_kind)
     include_queries: bool = False
     shard_size: int = 100_000
 
@@ -116,7 +113,7 @@ def search_plan(args, argv, embed: dict, rescorer: rescore.Rescorer | None) -> d
     kind = resolve_kind(settings["index"], n_pool, embed["dimension"], parse_bytes(settings["memory_budget"]))
     plan = dict(settings, index=kind, parent_fingerprint=embed["fingerprint"],
                 n_anchors=embed["counts"]["anchors"], rescore=rescorer.record if rescorer else None,
-                command=shlex.join(["python", "-m", "pipeline.mask", *map(str, argv)]))
+                command=cli.command("pipeline.mask", argv))
     plan["fingerprint"] = config_fingerprint({k: plan[k] for k in (*settings, "parent_fingerprint", "rescore")})
     return plan
 
@@ -126,7 +123,7 @@ def mine_plan(search: dict, rules: MiningRules) -> dict:
             "fingerprint": config_fingerprint({"candidates": search["fingerprint"], "rules": rules.as_dict()})}
 
 
-def claim(work: Path, search: dict, mine: dict, args) -> None:
+def claim(work: Path, search: dict, mining: dict, args) -> None:
     """Candidates from other embeddings or search settings, or mined/ under other rules, are never reused silently."""
     with workdir.locked(work):
         if not args.refilter:
@@ -138,7 +135,7 @@ def claim(work: Path, search: dict, mine: dict, args) -> None:
                           refusal=f"{work}: candidates/ were made with other {what}; pass --overwrite to search again "
                                   "(it removes candidates/ and everything made from them)")
         old_rules = (workdir.read_plan(work, "mine") or {}).get("rules")
-        workdir.claim(work, "mine", mine, replace=args.refilter or args.overwrite,
+        workdir.claim(work, "mine", mining, replace=args.refilter or args.overwrite,
                       refusal=f"{work}: mined/ holds other rules ({json.dumps(old_rules)}); "
                               "pass --refilter to recompute it from candidates/ under the new rules")
         workdir.remove_temps(work)
@@ -247,20 +244,19 @@ def mine_shards(candidates: workdir.Shards, mined: workdir.Shards, todo: list[in
 
 
 def main(argv=None) -> None:
-    argv = sys.argv[1:] if argv is None else argv
     args = parse_args(argv)
+    rules = rules_from(args)
     work = args.work
     embed = workdir.embeddings(work)
-    rules = rules_from(args)
     rescorer = rescore.Rescorer.from_args(work, args)
     search = search_plan(args, argv, embed, rescorer)
     rescore.require_scores(rules, search, work)
-    mine = mine_plan(search, rules)
-    claim(work, search, mine, args)
+    mining = mine_plan(search, rules)
+    claim(work, search, mining, args)
 
     n_shards = -(-search["n_anchors"] // search["shard_size"])
     candidates = workdir.Shards(work, workdir.CANDIDATES, n_shards, search["fingerprint"])
-    mined = workdir.Shards(work, workdir.MINED, n_shards, mine["fingerprint"])
+    mined = workdir.Shards(work, workdir.MINED, n_shards, mining["fingerprint"])
     my = cli.my_shards(args, n_shards, "mask")
     started = time.perf_counter()
     if not args.refilter:

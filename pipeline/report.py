@@ -29,6 +29,7 @@ import polars as pl  # noqa: E402
 from gist_mining import cli, fn_quality, workdir  # noqa: E402
 from gist_mining.mining import MiningRules  # noqa: E402
 from gist_mining.storage import read_json  # noqa: E402
+from pipeline.mask import CHUNK  # noqa: E402
 
 COLORS = {"positive": "#2a9d8f", "hard negative": "#e9c46a", "false negative": "#e76f51"}
 
@@ -107,8 +108,8 @@ def fn_frontier(results: pl.DataFrame, path: Path, highlight: str | None = None)
                edgecolors="#c0392b", label="Pareto frontier", zorder=3)
     fig.colorbar(dots, ax=ax, label="hardness: mean (negative - positive) guide score", pad=0.02)
     if highlight is not None:
-        mine = shown.filter(pl.col("rule") == highlight)
-        ax.scatter(mine["contamination"], mine["negatives_per_anchor"], marker="x", s=90,
+        own = shown.filter(pl.col("rule") == highlight)  # the work directory's own rule
+        ax.scatter(own["contamination"], own["negatives_per_anchor"], marker="x", s=90,
                    color=COLORS["false negative"], label=highlight, zorder=4)
     # Numbers on the points and the names beside the plot: rule names overlap where rules agree.
     for i, row in enumerate(shown.iter_rows(named=True), 1):
@@ -128,7 +129,7 @@ def fn_frontier(results: pl.DataFrame, path: Path, highlight: str | None = None)
 def fn_section(work: Path, truth: Path, rules: dict, out: Path) -> str:
     """The frontier plot and table for the sweep plus this run's rules, when the pairs have known false negatives."""
     sweep = {"this run": MiningRules(**rules), **fn_quality.default_sweep(rules["num_negatives"])}
-    results = fn_quality.rates(fn_quality.sweep(fn_quality.candidate_chunks(work), fn_quality.read_truth(truth), sweep),
+    results = fn_quality.rates(fn_quality.sweep(fn_quality.candidate_chunks(work, CHUNK), fn_quality.read_truth(truth), sweep),
                                ["rule"])
     image = fn_frontier(results, out / Path(workdir.FN_FRONTIER).name, highlight="this run")
     rows = "".join("<tr>" + "".join(f"<td>{html.escape(v)}</td>" for v in row) + "</tr>"

@@ -113,6 +113,16 @@ def run_module(module: str, *args, check=True, **kwargs) -> subprocess.Completed
     return result
 
 
+def gist_loss(**settings):
+    """GISTLoss with the trainer's defaults (train.run.Defaults) for the settings not given."""
+    from gist_mining.loss import GISTLoss
+    from train.run import Defaults
+
+    d = Defaults()
+    return GISTLoss(**{"temperature": d.temperature, "margin_strategy": d.margin_strategy, "margin": d.margin,
+                       **settings})
+
+
 def run_stage(module, *args) -> int:
     """A stage's main in this process, as its command line would run it: the exit status."""
     from gist_mining import cli

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import random
 
-from gist_mining.batches import plan_batches
+from train.run import plan_batches
 
 
 def check_plan(texts, tasks, batch_size, plan, waiting, task_batches=False):

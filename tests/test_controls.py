@@ -7,11 +7,11 @@ import polars as pl
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import run_stage
+from conftest import gist_loss, run_stage
 from test_train import COMMON, metrics, mined_work  # noqa: F401  (the module's mined work directory fixture)
 
-from gist_mining.ids import PAD_ID
-from gist_mining.loss import Column, GISTLoss, GuidedBatch, same_count
+from gist_mining.loss import Column, GuidedBatch, same_count
+from gist_mining.mining import PAD_ID
 from pipeline import mask
 from train import run as train
 
@@ -85,19 +85,19 @@ def oracle_hardest(batch: GuidedBatch, temperature: float) -> float:
 
 def test_controls_in_the_loss_mask_as_much_as_the_guide():
     batch = batch_of(3)
-    _, guided = GISTLoss(temperature=0.1)(batch)
+    _, guided = gist_loss(temperature=0.1)(batch)
     torch.manual_seed(0)
-    _, random_fraction = GISTLoss(temperature=0.1, control="random")(batch)
-    hardest_loss, hardest_fraction = GISTLoss(temperature=0.1, control="hardest")(batch)
+    _, random_fraction = gist_loss(temperature=0.1, control="random")(batch)
+    hardest_loss, hardest_fraction = gist_loss(temperature=0.1, control="hardest")(batch)
     assert random_fraction.item() == guided.item() == hardest_fraction.item() > 2 / 22
     assert hardest_loss.item() == pytest.approx(oracle_hardest(batch, 0.1), rel=1e-5)
 
 
 def test_unjudged_anchors_get_only_the_self_pair_masks():
-    plain = GISTLoss(guided=False)(batch_of(4))
-    all_out = GISTLoss()(batch_of(4, unjudged=torch.ones(6, dtype=torch.bool)))
-    none_out = GISTLoss()(batch_of(4, unjudged=torch.zeros(6, dtype=torch.bool)))
-    default = GISTLoss()(batch_of(4))
+    plain = gist_loss(guided=False)(batch_of(4))
+    all_out = gist_loss()(batch_of(4, unjudged=torch.ones(6, dtype=torch.bool)))
+    none_out = gist_loss()(batch_of(4, unjudged=torch.zeros(6, dtype=torch.bool)))
+    default = gist_loss()(batch_of(4))
     assert [x.item() for x in all_out] == [x.item() for x in plain]
     assert [x.item() for x in none_out] == [x.item() for x in default]
     assert default[1].item() > plain[1].item()

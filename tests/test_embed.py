@@ -14,10 +14,8 @@ import pytest
 from conftest import ROOT, make_pairs, run_module
 
 from gist_mining import cli
-from gist_mining.embed import plan_texts
-from gist_mining.ids import text_id
 from gist_mining.inputs import read_pairs
-from gist_mining.workdir import EMBED_MANIFEST, load_embeddings
+from gist_mining.workdir import EMBED_MANIFEST, load_embeddings, text_id
 from pipeline import embed
 
 
@@ -45,7 +43,7 @@ def test_dedup_and_stable_ids(tmp_path):
     first.write_parquet(tmp_path / "a.parquet")
     second.write_ndjson(tmp_path / "b.jsonl")
     pairs = [read_pairs(tmp_path / "a.parquet"), read_pairs(tmp_path / "b.jsonl")]
-    texts, anchors, dropped = plan_texts(pairs, [["corpus only", "n1"]], ["a", "b"])
+    texts, anchors, dropped = embed.plan_texts(pairs, [["corpus only", "n1"]], ["a", "b"])
 
     distinct = {"q one", "q two", "shared", "p one", "n1", "p two", "corpus only"}
     assert set(texts["text"]) == distinct and texts.height == len(distinct)
@@ -60,7 +58,7 @@ def test_dedup_and_stable_ids(tmp_path):
     assert anchors["negative_ids"].to_list() == [[text_id("n1")], [], [text_id("q one")], []] and dropped == 1
     assert anchors["task"].to_list() == ["x", "y", "default", "default"]
     # the same content gets the same ids in another run and in another order
-    texts_again, _, _ = plan_texts(pairs[::-1], [["n1", "corpus only"]], ["b", "a"])
+    texts_again, _, _ = embed.plan_texts(pairs[::-1], [["n1", "corpus only"]], ["b", "a"])
     assert texts_again.sort("text_id").equals(texts.sort("text_id"))
 
 

@@ -13,8 +13,8 @@ from conftest import ROOT, make_pairs, run_stage
 
 from gist_mining import fn_quality, workdir
 from gist_mining.errors import UsageError
-from gist_mining.ids import text_id, text_ids
 from gist_mining.mining import CANDIDATE_SCHEMA, MiningRules
+from gist_mining.workdir import text_id, text_ids
 from pipeline import embed, mask, report
 
 TRUTH = pl.DataFrame({"query_id": [10, 11], "positive_id": [20, 21], "false_negative_ids": [[101, 103, 999], [202]]})

@@ -8,11 +8,11 @@ import random
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import sentence
+from conftest import gist_loss, sentence
 
-from gist_mining.ids import text_ids
-from gist_mining.ids import PAD_ID
-from gist_mining.loss import Column, GISTLoss, GuidedBatch
+from gist_mining.loss import Column, GuidedBatch
+from gist_mining.mining import PAD_ID
+from gist_mining.workdir import text_ids
 
 
 def loss_of(q, p, n, gq, gp, gn, q_ids, p_ids, n_ids, known=None, unjudged=None, rows=None, **settings):
@@ -20,7 +20,8 @@ def loss_of(q, p, n, gq, gp, gn, q_ids, p_ids, n_ids, known=None, unjudged=None,
     GISTLoss.backward_by_rows in chunks of that many anchors (gradients already pushed back)."""
     known = torch.full((len(q_ids), 0), PAD_ID) if known is None else known
     batch = GuidedBatch(Column(q, gq, q_ids), Column(p, gp, p_ids), Column(n, gn, n_ids), known, unjudged)
-    return GISTLoss(**settings)(batch) if rows is None else GISTLoss(**settings).backward_by_rows(batch, rows)
+    loss = gist_loss(**settings)
+    return loss(batch) if rows is None else loss.backward_by_rows(batch, rows)
 
 
 def unit(*rows):

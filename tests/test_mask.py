@@ -10,9 +10,7 @@ import polars as pl
 import pytest
 from conftest import make_pairs, run_stage
 
-from gist_mining.ids import PAD_ID
-from gist_mining.index import build_index
-from gist_mining.mining import search_candidates
+from gist_mining.mining import PAD_ID, build_index, search_candidates
 from gist_mining.workdir import load_embeddings
 from pipeline import embed, mask
 

@@ -6,9 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from gist_mining.margins import false_negative_threshold, is_false_negative
-from gist_mining.ids import PAD_ID
-from gist_mining.mining import MiningRules, choose
+from gist_mining.mining import PAD_ID, MiningRules, choose, false_negative_threshold, is_false_negative
 
 NO_GIVEN = np.zeros((1, 0), dtype=np.int64), np.zeros((1, 0), dtype=np.float32)
 

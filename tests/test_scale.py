@@ -16,10 +16,8 @@ from conftest import ROOT, run_stage
 from test_mask import candidates, mined
 
 from gist_mining.errors import UsageError
-from gist_mining.ids import PAD_ID
-from gist_mining.index import (STAGE_BYTES_PER_VECTOR, build_index, bytes_per_vector, load_index, parse_bytes,
-                               resolve_kind, save_index, search_depth)
-from gist_mining.mining import padded, search_candidates
+from gist_mining.mining import (PAD_ID, STAGE_BYTES_PER_VECTOR, build_index, bytes_per_vector, load_index, padded,
+                                parse_bytes, resolve_kind, save_index, search_candidates, search_depth)
 from gist_mining.workdir import load_embeddings
 from pipeline import mask
 

@@ -13,8 +13,8 @@ import pytest
 from conftest import make_pairs, run_stage
 
 from gist_mining import workdir
-from gist_mining.ids import text_id
 from gist_mining.storage import tmp_name
+from gist_mining.workdir import text_id
 from pipeline import embed, mask, report
 from train import run as train
 

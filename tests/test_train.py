@@ -9,7 +9,7 @@ import numpy as np
 import polars as pl
 import pytest
 import torch
-from conftest import eval_split, make_pairs, run_stage
+from conftest import eval_split, gist_loss, make_pairs, run_stage
 
 from gist_mining.loss import GISTLoss
 from gist_mining.workdir import VectorStore
@@ -34,7 +34,7 @@ def fixed_batch_loss(model_path, work, tiny_guide) -> float:
     batch = train.TrainingData(work, 1, "cpu").get_batch(list(range(16)))
     with torch.no_grad():
         student = {c: model.encode(batch.texts[c], convert_to_tensor=True) for c in train.COLUMNS}
-        return GISTLoss(temperature=0.05)(batch.with_student(student))[0].item()
+        return gist_loss(temperature=0.05)(batch.with_student(student))[0].item()
 
 
 def metrics(out) -> list[dict]:
