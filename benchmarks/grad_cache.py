@@ -89,7 +89,7 @@ def measure(model, batch: train.Batch, mini: int, device, steps: int, rows: int 
         if mini < sum(sizes):
             train.cached_backward(model, loss_fn, batch, args, device, rows)
         else:
-            student = {c: train.embed(model, batch.texts[c], device, False, model.prompts[train.ROLES[c]])
+            student = {c: train.student_forward(model, batch.texts[c], device, False, model.prompts[train.ROLES[c]])
                        for c in train.COLUMNS}
             loss_fn(batch.with_student(student))[0].backward()
         if "cuda" in device:

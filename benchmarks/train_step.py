@@ -49,7 +49,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
 
     def ours(rows):  # as train.train_step does it: one forward pass per column
         batch = data.get_batch(rows)
-        return loss_fn(batch.with_student({c: train.embed(student, batch.texts[c], args.device, args.bf16,
+        return loss_fn(batch.with_student({c: train.student_forward(student, batch.texts[c], args.device, args.bf16,
                                                           student.prompts[train.ROLES[c]]) for c in train.COLUMNS}))[0]
 
     def theirs(st_loss):

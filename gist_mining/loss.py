@@ -23,8 +23,8 @@ from gist_mining.mining import is_false_negative
 class Column:
     """One column of a batch (queries, positives or negatives), row for row."""
 
-    student: torch.Tensor  # (n, d) the student's embeddings, with gradients
-    guide: torch.Tensor  # (n, g) the guide's stored, L2-normalised embeddings
+    student_vectors: torch.Tensor  # (n, d) the student's embeddings, with gradients
+    guide_vectors: torch.Tensor  # (n, g) the guide's stored, L2-normalised embeddings
     ids: torch.Tensor  # (n,) text ids: equal ids are the same text
 
 
@@ -69,7 +69,7 @@ def _gather_candidates(batch: GuidedBatch) -> tuple[Column, Column, Column, int,
     gathered = {name: [part.split(n) for part, n in
                        zip(_all_gather(torch.cat([getattr(c, name) for c in columns]), [sum(n) for n in per_rank]),
                            per_rank)]
-                for name in ("student", "guide", "ids")}
+                for name in ("student_vectors", "guide_vectors", "ids")}
     out = [Column(**{name: torch.cat([by_rank[column] for by_rank in parts]) for name, parts in gathered.items()})
            for column in range(3)]
     return (*out, sum(n[0] for n in per_rank[: dist.get_rank()]), sum(n[0] for n in per_rank))
@@ -147,26 +147,26 @@ class GISTLoss(nn.Module):
         call, so ranks may run different numbers of chunks. The "random" control draws per chunk (on CPU the
         same numbers as one draw; on CUDA other numbers from the same distribution)."""
         *columns, start, total = _gather_candidates(batch)
-        units = [F.normalize(c.student, dim=-1) for c in columns]
+        units = [F.normalize(c.student_vectors, dim=-1) for c in columns]
         # Cut from the graph, so that each chunk's backward stops at these leaves; the candidates' guide vectors
         # in float32 once (each chunk would convert them all again).
-        candidates = [Column(u.detach().requires_grad_(), c.guide.float(), c.ids) for u, c in zip(units, columns)]
-        anchors = [Column(c.student.detach().requires_grad_(), c.guide, c.ids) for c in (batch.queries, batch.positives)]
+        candidates = [Column(u.detach().requires_grad_(), c.guide_vectors.float(), c.ids) for u, c in zip(units, columns)]
+        anchors = [Column(c.student_vectors.detach().requires_grad_(), c.guide_vectors, c.ids) for c in (batch.queries, batch.positives)]
         n, width = batch.queries.ids.shape[0], 1
-        loss = masked = torch.zeros((), device=batch.queries.student.device)
+        loss = masked = torch.zeros((), device=batch.queries.student_vectors.device)
         for first in range(0, n, rows):
             part = slice(first, first + rows)
-            chunk = GuidedBatch(*(Column(c.student[part], c.guide[part], c.ids[part]) for c in anchors),
+            chunk = GuidedBatch(*(Column(c.student_vectors[part], c.guide_vectors[part], c.ids[part]) for c in anchors),
                                 batch.negatives, batch.known_false_negatives[part],
                                 None if batch.unjudged is None else batch.unjudged[part])
             logits, mask, labels, _ = self._unit_logits(chunk, candidates, start + first, total)
             chunk_loss = self._cross_entropy(logits, mask, labels, total)
             chunk_loss.backward()
             loss, masked, width = loss + chunk_loss.detach(), masked + mask.sum(), mask.shape[1]
-        leaves = [c.student for c in (*anchors, *candidates)]
+        leaves = [c.student_vectors for c in (*anchors, *candidates)]
         grads = [torch.zeros_like(leaf) if leaf.grad is None else leaf.grad for leaf in leaves]
         # Through the normalisation and the gather once: one collective, whatever the number of chunks.
-        torch.autograd.backward([batch.queries.student, batch.positives.student, *units], grads)
+        torch.autograd.backward([batch.queries.student_vectors, batch.positives.student_vectors, *units], grads)
         return loss, masked / max(n * width, 1)
 
     def _cross_entropy(self, logits: torch.Tensor, mask: torch.Tensor, labels: torch.Tensor, total: int) -> torch.Tensor:
@@ -179,7 +179,7 @@ class GISTLoss(nn.Module):
         """This rank's anchors' cosine logits over the candidates (before the temperature), the mask, the
         labels, and the global batch's number of anchors."""
         *columns, start, total = _gather_candidates(batch)
-        return self._unit_logits(batch, [Column(F.normalize(c.student, dim=-1), c.guide, c.ids) for c in columns],
+        return self._unit_logits(batch, [Column(F.normalize(c.student_vectors, dim=-1), c.guide_vectors, c.ids) for c in columns],
                                  start, total)
 
     def _unit_logits(self, batch: GuidedBatch, candidates: list[Column], start: int, total: int
@@ -189,8 +189,8 @@ class GISTLoss(nn.Module):
         q, p = batch.queries, batch.positives
         all_p, all_n, all_q = candidates
         labels = torch.arange(q.ids.shape[0], device=q.ids.device) + start
-        qs, ps = F.normalize(q.student, dim=-1), F.normalize(p.student, dim=-1)
-        P, N, Q = (c.student for c in candidates)
+        qs, ps = F.normalize(q.student_vectors, dim=-1), F.normalize(p.student_vectors, dim=-1)
+        P, N, Q = (c.student_vectors for c in candidates)
         logits = torch.cat([qs @ P.T, qs @ N.T, qs @ Q.T, ps @ P.T], dim=1)
         candidate_ids = torch.cat([all_p.ids, all_n.ids, all_q.ids, all_p.ids])
         mask = (candidate_ids[None, :] == q.ids[:, None]) | (candidate_ids[None, :] == p.ids[:, None])
@@ -205,9 +205,9 @@ class GISTLoss(nn.Module):
 
     def _guide_mask(self, q: Column, p: Column, all_p: Column, all_n: Column, all_q: Column) -> torch.Tensor:
         # Float32 even under autocast: a bf16 score near the threshold flips mask decisions.
-        with torch.autocast(device_type=q.guide.device.type, enabled=False):
-            gq, gp = q.guide.float(), p.guide.float()
-            P, N, Q = (c.guide.float() for c in (all_p, all_n, all_q))
+        with torch.autocast(device_type=q.guide_vectors.device.type, enabled=False):
+            gq, gp = q.guide_vectors.float(), p.guide_vectors.float()
+            P, N, Q = (c.guide_vectors.float() for c in (all_p, all_n, all_q))
             guide = torch.cat([gq @ P.T, gq @ N.T, gq @ Q.T, gp @ P.T], dim=1)
             positive_score = (gq * gp).sum(-1, keepdim=True)
         return is_false_negative(guide, positive_score, self.margin_strategy, self.margin)

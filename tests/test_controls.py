@@ -63,8 +63,8 @@ def batch_of(seed: int, b: int = 6, m: int = 4, unjudged=None) -> GuidedBatch:
 
 def oracle_hardest(batch: GuidedBatch, temperature: float) -> float:
     """The loss with, per anchor, as many of its highest-scored eligible logits masked as the guide masks."""
-    q, p, n = (c.student.double().numpy() for c in (batch.queries, batch.positives, batch.negatives))
-    gq, gp, gn = (c.guide.double().numpy() for c in (batch.queries, batch.positives, batch.negatives))
+    q, p, n = (c.student_vectors.double().numpy() for c in (batch.queries, batch.positives, batch.negatives))
+    gq, gp, gn = (c.guide_vectors.double().numpy() for c in (batch.queries, batch.positives, batch.negatives))
     ids = np.concatenate([batch.positives.ids, batch.negatives.ids, batch.queries.ids, batch.positives.ids])
     logits = np.concatenate([q @ p.T, q @ n.T, q @ q.T, p @ p.T], axis=1)
     guide = np.concatenate([gq @ gp.T, gq @ gn.T, gq @ gq.T, gp @ gp.T], axis=1)

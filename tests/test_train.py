@@ -203,9 +203,9 @@ def test_grad_cache_equals_the_uncached_loss_and_gradients(mined_work, tmp_path,
 
         def one_graph():
             # the cached step's mini-batches: 5 texts at a time within each column (the model has no prompts)
-            chunks = [train.embed(model, batch.texts[c][s: s + 5], "cpu", False, "")
+            chunks = [train.student_forward(model, batch.texts[c][s: s + 5], "cpu", False, "")
                       for c in train.COLUMNS for s in range(0, len(batch.texts[c]), 5)]
-            whole = torch.cat(chunks) if dropout else train.embed(model, texts, "cpu", False, "")
+            whole = torch.cat(chunks) if dropout else train.student_forward(model, texts, "cpu", False, "")
             loss = loss_fn(batch.with_student(dict(zip(train.COLUMNS, whole.split(sizes)))))[0]
             loss.backward()
             return loss.item()

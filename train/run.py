@@ -260,7 +260,7 @@ def epoch_batches(data: TrainingData, args, world: int, epoch: int, rank: int = 
 # -- the step --------------------------------------------------------------------------------------------
 
 
-def embed(model, texts: list[str], device, bf16: bool, prompt: str) -> torch.Tensor:
+def student_forward(model, texts: list[str], device, bf16: bool, prompt: str) -> torch.Tensor:
     """The student's sentence embeddings (float32) of prompt + text, with gradients; bf16 autocast on CUDA if
     asked. The prompt goes through preprocess, as encode does (pooling may leave its tokens out)."""
     if not texts:  # a rank whose anchors have no mined negatives; requires grad so that its gather joins backward
@@ -277,7 +277,7 @@ def train_step(model, loss_fn: GISTLoss, batch: Batch, optimizer, scheduler, arg
         # One forward pass per column: queries are short and documents long, so one pass over all three
         # pads every query to the longest document; measured 1.8x slower (MiniLM, batch 32 of the sample,
         # CPU: 2.46 s against 1.34 s a step).
-        student = {c: embed(model, batch.texts[c], device, args.bf16, model.prompts[ROLES[c]]) for c in COLUMNS}
+        student = {c: student_forward(model, batch.texts[c], device, args.bf16, model.prompts[ROLES[c]]) for c in COLUMNS}
         loss, masked = loss_fn(batch.with_student(student))
         loss.backward()
     if world > 1:
@@ -301,14 +301,14 @@ def cached_backward(model, loss_fn: GISTLoss, batch: Batch, args, device, rows: 
     with torch.no_grad():
         for c, texts in pieces:
             states.append(_rng_state(device))
-            cached.append(embed(model, texts, device, args.bf16, model.prompts[ROLES[c]]))
+            cached.append(student_forward(model, texts, device, args.bf16, model.prompts[ROLES[c]]))
     student = torch.cat(cached).requires_grad_()
     columns = dict(zip(COLUMNS, student.split([len(batch.texts[c]) for c in COLUMNS])))
     loss, masked = loss_fn.backward_by_rows(batch.with_student(columns), rows or size)
     for (c, texts), state, grad in zip(pieces, states, student.grad.split([len(t) for _, t in pieces])):
         with torch.random.fork_rng(devices=[device] if "cuda" in str(device) else []):
             _set_rng_state(state, device)
-            embed(model, texts, device, args.bf16, model.prompts[ROLES[c]]).backward(grad)
+            student_forward(model, texts, device, args.bf16, model.prompts[ROLES[c]]).backward(grad)
     return loss, masked
 
 
