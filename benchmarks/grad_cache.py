@@ -78,9 +78,13 @@ def reset_peak(device) -> float:
     return peak(device)
 
 
+def default_loss() -> GISTLoss:
+    return GISTLoss(train.Defaults.temperature, train.Defaults.margin_strategy, train.Defaults.margin)
+
+
 def measure(model, batch: train.Batch, mini: int, device, steps: int, rows: int | None = None) -> tuple[float, float]:
     """Peak memory (MiB) above the model's own, and seconds per anchor, over ``steps`` timed steps."""
-    loss_fn = GISTLoss(0.05, train.Defaults.margin_strategy, train.Defaults.margin)
+    loss_fn = default_loss()
     args = SimpleNamespace(mini_batch_size=mini, bf16=False)
     sizes = [len(batch.texts[c]) for c in train.COLUMNS]
     before, seconds = reset_peak(device), []
@@ -108,7 +112,7 @@ def measure_loss(n: int, rows: int, device) -> tuple[float, float]:
     student = {c: torch.randn(n, 384, device=device, requires_grad=True) for c in train.COLUMNS}
     before = reset_peak(device)
     started = time.perf_counter()
-    GISTLoss(0.05, train.Defaults.margin_strategy, train.Defaults.margin).backward_by_rows(batch.with_student(student), rows)
+    default_loss().backward_by_rows(batch.with_student(student), rows)
     if "cuda" in device:
         torch.cuda.synchronize()
     return peak(device) - before, (time.perf_counter() - started) / n

@@ -159,7 +159,7 @@ class GISTLoss(nn.Module):
             chunk = GuidedBatch(*(Column(c.student_vectors[part], c.guide_vectors[part], c.ids[part]) for c in anchors),
                                 batch.negatives, batch.known_false_negatives[part],
                                 None if batch.unjudged is None else batch.unjudged[part])
-            logits, mask, labels, _ = self._unit_logits(chunk, candidates, start + first, total)
+            logits, mask, labels = self._unit_logits(chunk, candidates, start + first)
             chunk_loss = self._cross_entropy(logits, mask, labels, total)
             chunk_loss.backward()
             loss, masked, width = loss + chunk_loss.detach(), masked + mask.sum(), mask.shape[1]
@@ -179,13 +179,13 @@ class GISTLoss(nn.Module):
         """This rank's anchors' cosine logits over the candidates (before the temperature), the mask, the
         labels, and the global batch's number of anchors."""
         *columns, start, total = _gather_candidates(batch)
-        return self._unit_logits(batch, [Column(F.normalize(c.student_vectors, dim=-1), c.guide_vectors, c.ids) for c in columns],
-                                 start, total)
+        units = [Column(F.normalize(c.student_vectors, dim=-1), c.guide_vectors, c.ids) for c in columns]
+        return (*self._unit_logits(batch, units, start), total)
 
-    def _unit_logits(self, batch: GuidedBatch, candidates: list[Column], start: int, total: int
-                     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, int]:
-        """masked_logits from the gathered candidates (positives, negatives, queries), their student embeddings
-        L2-normalised already, and where this batch's anchors start among the ``total``."""
+    def _unit_logits(self, batch: GuidedBatch, candidates: list[Column], start: int
+                     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """masked_logits' logits, mask and labels from the gathered candidates (positives, negatives, queries),
+        their student embeddings L2-normalised already, and where this batch's anchors start among all."""
         q, p = batch.queries, batch.positives
         all_p, all_n, all_q = candidates
         labels = torch.arange(q.ids.shape[0], device=q.ids.device) + start
@@ -201,7 +201,7 @@ class GISTLoss(nn.Module):
             if batch.unjudged is not None:
                 guided &= ~batch.unjudged[:, None]
             mask |= guided if self.control is None else same_count(guided, ~mask & ~is_label, logits, self.control)
-        return logits, mask & ~is_label, labels, total
+        return logits, mask & ~is_label, labels
 
     def _guide_mask(self, q: Column, p: Column, all_p: Column, all_n: Column, all_q: Column) -> torch.Tensor:
         # Float32 even under autocast: a bf16 score near the threshold flips mask decisions.

@@ -23,7 +23,6 @@ from gist_mining.errors import UsageError
 from gist_mining.storage import commit, tmp_name
 
 
-
 # -- the margin rule ----------------------------------------------------------------------------------
 # The positive-aware false-negative test, shared by selection here (numpy) and the trainer's in-batch filter
 # (gist_mining.loss, torch). For an anchor whose guide score with its own positive is p, a candidate scoring

@@ -34,7 +34,7 @@ from transformers import get_linear_schedule_with_warmup
 from gist_mining import cli, workdir
 from gist_mining.errors import UsageError
 from gist_mining.loss import Column, GISTLoss, GuidedBatch
-from gist_mining.mining import PAD_ID, STRATEGIES, is_unjudged
+from gist_mining.mining import PAD_ID, STRATEGIES, is_unjudged, padded
 from gist_mining.models import DEFAULT_STUDENT, load_model, role_prompts
 from gist_mining.storage import (commit, read_json, remove_stale_temps, tmp_name, write_bytes_atomic,
                                   write_json_atomic)
@@ -127,13 +127,6 @@ class Ragged:
     def row(self, r: int) -> np.ndarray:
         return self.values[self.starts[r]: self.starts[r + 1]]
 
-    def padded(self, rows: list[int], pad: int) -> np.ndarray:
-        """(len(rows), longest) with each row's ids first, then ``pad``."""
-        out = np.full((len(rows), max([int(self.starts[r + 1] - self.starts[r]) for r in rows] + [1])), pad, np.int64)
-        for i, r in enumerate(rows):
-            out[i, : self.starts[r + 1] - self.starts[r]] = self.row(r)
-        return out
-
 
 class TrainingData:
     """The mined rows, their texts, and the guide vectors of every text they use, in the role it has (queries
@@ -148,7 +141,7 @@ class TrainingData:
         self.tasks = rows["task"].to_list()
         self.ids = {"queries": rows["query_id"].to_numpy(), "positives": rows["positive_id"].to_numpy()}
         self.negatives = Ragged(rows["negative_ids"].list.head(negatives))
-        self.false_negatives = Ragged(rows["false_negative_ids"])
+        self.false_negatives = rows["false_negative_ids"].to_arrow()
         # Mining took the anchors the guide cannot judge out of its margin rule: so does the in-batch rule.
         self.unjudged = (is_unjudged(rows["candidates_above_positive"], rows["n_candidates"]).to_numpy()
                          if self.manifest["rules"].get("unjudged_rank_min") is not None else None)
@@ -169,7 +162,8 @@ class TrainingData:
         return Batch(texts={c: self.texts.gather(np.searchsorted(self.text_ids, v)).to_list() for c, v in ids.items()},
                      guide={c: self.guide[ROLES[c]][torch.from_numpy(np.searchsorted(self.guide_ids[ROLES[c]], v))
                                                     .to(self.device)] for c, v in ids.items()},
-                     ids=as_tensor, known=torch.from_numpy(self.false_negatives.padded(rows, PAD_ID)).to(self.device),
+                     ids=as_tensor,
+                     known=torch.from_numpy(padded(self.false_negatives.take(rows), PAD_ID, np.int64)).to(self.device),
                      unjudged=None if self.unjudged is None else torch.from_numpy(self.unjudged[rows]).to(self.device))
 
 
