@@ -151,7 +151,8 @@ class GISTLoss(nn.Module):
         # Cut from the graph, so that each chunk's backward stops at these leaves; the candidates' guide vectors
         # in float32 once (each chunk would convert them all again).
         candidates = [Column(u.detach().requires_grad_(), c.guide_vectors.float(), c.ids) for u, c in zip(units, columns)]
-        anchors = [Column(c.student_vectors.detach().requires_grad_(), c.guide_vectors, c.ids) for c in (batch.queries, batch.positives)]
+        anchors = [Column(c.student_vectors.detach().requires_grad_(), c.guide_vectors, c.ids)
+                   for c in (batch.queries, batch.positives)]
         n, width = batch.queries.ids.shape[0], 1
         loss = masked = torch.zeros((), device=batch.queries.student_vectors.device)
         for first in range(0, n, rows):
