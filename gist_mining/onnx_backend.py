@@ -12,11 +12,15 @@ maps into memory instead of parsing a copy of them out of the graph and copying 
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
+import os
+import shutil
 import sys
 import time
 import warnings
+from concurrent.futures import ThreadPoolExecutor
 from importlib import metadata
 from pathlib import Path
 
@@ -25,6 +29,7 @@ from tqdm import tqdm
 
 from gist_mining.errors import UsageError
 from gist_mining.models import build_once, cache_dir, model_fingerprint
+from gist_mining.storage import read_json
 
 BACKENDS = ("auto", "torch", "onnx")
 TOLERANCE = 1e-4  # largest absolute difference from the torch path, per vector component, that an export may show
@@ -91,14 +96,25 @@ class OnnxEncoder:
         options.intra_op_num_threads = torch.get_num_threads()  # every core torch would use; ORT's default is fewer
         options.inter_op_num_threads = 1
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        self.session = ort.InferenceSession(str(graph), options, providers=["CPUExecutionProvider"])
+        # Built on a thread of its own (ONNX Runtime lets go of the GIL), since prepacking a base model's weights
+        # takes ~0.3 s that the stage's planning, fingerprinting and tokenizing meanwhile cover.
+        builder = ThreadPoolExecutor(1)
+        self.building = builder.submit(ort.InferenceSession, str(graph), options, providers=["CPUExecutionProvider"])
+        builder.shutdown(wait=False)
         # The last batch of an encode call hands the arena's free memory back, so that what follows (writing the
         # shard) does not stack on top of the activations of the longest batch, which come first.
         self.release = ort.RunOptions()
         self.release.add_run_config_entry("memory.enable_memory_arena_shrinkage", "cpu:0")
-        self.inputs = [node.name for node in self.session.get_inputs()]
         self.model, self.token_budget = model, token_budget
         self.dimension = model.get_embedding_dimension()
+
+    @functools.cached_property
+    def session(self):
+        return self.building.result()
+
+    @functools.cached_property
+    def inputs(self) -> list[str]:
+        return [node.name for node in self.session.get_inputs()]
 
     def token_lengths(self, texts: list[str], prompt: str | None) -> np.ndarray:
         prompted = [prompt + text for text in texts] if prompt else texts
@@ -147,9 +163,9 @@ def export_key(model, model_dir: Path) -> str:
     return hashlib.sha256(json.dumps(info, sort_keys=True, default=str).encode()).hexdigest()[:24]
 
 
-def export(model, folder: Path) -> Path:
+def export(model, model_dir: Path, name: str, folder: Path) -> Path:
     """Trace the model's modules into ``folder/model.onnx`` (weights in ``folder/model.onnx.data``) and check it;
-    ``folder/export.json`` records the check."""
+    ``folder/export.json`` records the check, the format, the model's folder and the name it was asked for by."""
     import onnx
     import torch
 
@@ -178,16 +194,17 @@ def export(model, folder: Path) -> Path:
     expected = model.encode(CHECK_TEXTS, batch_size=4, normalize_embeddings=True, convert_to_numpy=True)
     difference = check(expected, OnnxEncoder(model, folder / GRAPH_FILE, token_budget=256).encode(CHECK_TEXTS, 4, None))
     (folder / RECORD_FILE).write_text(json.dumps({"max_difference": difference, "texts": len(CHECK_TEXTS),
-                                                  "seconds": round(time.perf_counter() - started, 1)}))
+                                                  "seconds": round(time.perf_counter() - started, 1),
+                                                  "format": EXPORT_FORMAT, "model": str(model_dir), "name": name}))
     return folder
 
 
-def load(model, model_dir: Path, token_budget: int = TOKEN_BUDGET) -> OnnxEncoder:
+def load(model, model_dir: Path, token_budget: int = TOKEN_BUDGET, name: str | None = None) -> OnnxEncoder:
     """The model's ONNX encoder, exported and checked the first time (Unavailable when it fails the check)."""
-    target = cache_dir() / "onnx" / export_key(model, model_dir)
+    target = exports_root() / export_key(model, model_dir)
     fresh = not (target / RECORD_FILE).exists()
     try:
-        build_once(target, lambda tmp: export(model, tmp / "out"), RECORD_FILE)
+        build_once(target, lambda tmp: export(model, model_dir, name or str(model_dir), tmp / "out"), RECORD_FILE)
     except Unavailable:
         raise
     except Exception as err:  # the tracer's failures are many and version-dependent
@@ -196,16 +213,61 @@ def load(model, model_dir: Path, token_budget: int = TOKEN_BUDGET) -> OnnxEncode
         record = json.loads((target / RECORD_FILE).read_text())
         print(f"embed: exported the model to ONNX once, in {record['seconds']}s, into {target}; largest difference "
               f"from torch {record['max_difference']:.1e} on {record['texts']} check texts", file=sys.stderr)
+    os.utime(target / RECORD_FILE)  # the record's mtime is the export's last use, for pipeline.cache prune --older-than
     return OnnxEncoder(model, target / GRAPH_FILE, token_budget)
 
 
+# -- the exports in the user cache: listed and pruned by pipeline.cache -----------------------------------
+
+
+def exports_root() -> Path:
+    return cache_dir() / "onnx"
+
+
+def describe_exports() -> list[dict]:
+    """Every finished export: key, the model folder it came from, format, bytes, last use (None if unknown), and
+    whether this version can use it (an export of another format never matches a key again)."""
+    rows = []
+    for folder in sorted(exports_root().glob("[!.]*")):  # dot folders: builds in progress (models.build_once)
+        record = read_json(folder / RECORD_FILE) if (folder / RECORD_FILE).is_file() else {}
+        # Records written before they named their format: format 2 is the one with the weights beside the graph.
+        form = record.get("format", 2 if (folder / DATA_FILE).exists() else 1)
+        rows.append({"key": folder.name, "name": record.get("name"), "model": record.get("model"), "format": form,
+                     "usable": form == EXPORT_FORMAT,
+                     "bytes": sum(f.stat().st_size for f in folder.rglob("*") if f.is_file()),
+                     "last_used": (folder / RECORD_FILE).stat().st_mtime if record else None})
+    return rows
+
+
+def names_model(row: dict, name: str) -> bool:
+    """Whether ``name`` (as given to --model: the name a run used, the model's folder, or a key prefix) is this
+    export's."""
+    return row["key"].startswith(name) or name == row["name"] or (
+        row["model"] is not None and str(Path(name).expanduser().resolve()) == row["model"])
+
+
+def prune_exports(*, everything: bool = False, older_than_days: float | None = None,
+                  model: str | None = None) -> tuple[int, int]:
+    """Remove exports: all, those unused for ``older_than_days``, or a model's; those of another format always
+    (no key can reach them). Returns (exports, bytes) removed."""
+    cutoff = time.time() - older_than_days * 86400 if older_than_days is not None else None
+    removed = [0, 0]
+    for row in describe_exports():
+        stale = cutoff is not None and (row["last_used"] is None or row["last_used"] < cutoff)
+        if everything or not row["usable"] or stale or (model is not None and names_model(row, model)):
+            shutil.rmtree(exports_root() / row["key"], ignore_errors=True)
+            removed[0], removed[1] = removed[0] + 1, removed[1] + row["bytes"]
+    return removed[0], removed[1]
+
+
 def choose(requested: str, model, model_dir: Path, prompts: list[str], precision: str,
-           token_budget: int = TOKEN_BUDGET) -> tuple[str, object]:
+           token_budget: int = TOKEN_BUDGET, name: str | None = None) -> tuple[str, object]:
     """The backend a run uses and what encodes for it: ("onnx", OnnxEncoder) or ("torch", the model).
 
     ``auto`` takes ONNX whenever it is available and says why not otherwise; ``onnx`` refuses when it is not.
     With ONNX, the model's weights go to the ``meta`` device (the session holds its own copy; the model stays
-    for its tokenizer, configuration and fingerprint).
+    for its tokenizer, configuration and fingerprint). ``name``: what the user called the model, for
+    ``pipeline.cache``.
     """
     if requested == "torch":
         return "torch", model
@@ -213,7 +275,7 @@ def choose(requested: str, model, model_dir: Path, prompts: list[str], precision
         reason = unsupported(model, prompts, precision)
         if reason is not None:
             raise Unavailable(f"the ONNX backend cannot serve this model: {reason}")
-        encoder = load(model, model_dir, token_budget)
+        encoder = load(model, model_dir, token_budget, name)
         model.to("meta")
         return "onnx", encoder
     except Unavailable as err:

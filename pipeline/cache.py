@@ -3,9 +3,12 @@
     python -m pipeline.cache info [--cache-dir D]
     python -m pipeline.cache prune [--cache-dir D] (--all | --older-than DAYS | --model NAME_OR_KEY)
 
-info lists each key (model, prompt, precision, max_seq_length, backend) with its files, entries and size.
-prune removes every file, the files not used (written or read) for DAYS days, or one model's files (the
-name it was run with, e.g. all-mpnet-base-v2 or a path, or a key folder's prefix).
+info lists each key (model, prompt, precision, max_seq_length, backend) with its files, entries and size,
+then the guides' ONNX exports (gist_mining.onnx_backend, under $GIST_MINING_CACHE/onnx, else
+~/.cache/gist-mining/onnx). prune removes every file, the files not used (written or read) for DAYS days,
+or one model's files (the name it was run with, e.g. all-mpnet-base-v2 or a path, or a key folder's
+prefix), and the same of the ONNX exports; exports an older version of this tool made, which no run can
+use again, go with any prune.
 """
 
 from __future__ import annotations
@@ -14,7 +17,7 @@ import argparse
 import time
 from pathlib import Path
 
-from gist_mining import cli
+from gist_mining import cli, onnx_backend
 from gist_mining.embed_cache import default_root, describe, folders, prune
 
 
@@ -29,8 +32,12 @@ def parse_args(argv=None) -> argparse.Namespace:
     which = cut.add_mutually_exclusive_group(required=True)
     which.add_argument("--all", action="store_true", help="every file")
     which.add_argument("--older-than", type=float, metavar="DAYS", help="files not written or read for DAYS days")
-    which.add_argument("--model", metavar="NAME_OR_KEY", help="one model's files (its name, or a key prefix)")
+    which.add_argument("--model", metavar="NAME_OR_KEY", help="one model's files and exports (its name, or a key prefix)")
     return parser.parse_args(argv)
+
+
+def when(seconds: float | None) -> str:
+    return time.strftime("%Y-%m-%d %H:%M", time.localtime(seconds)) if seconds else "-"
 
 
 def show(root: Path) -> None:
@@ -38,11 +45,16 @@ def show(root: Path) -> None:
     print(f"{root}: {len(rows)} keys, {sum(r['files'] for r in rows)} files, {sum(r['entries'] for r in rows)} "
           f"entries, {sum(r['bytes'] for r in rows) / 2**20:.1f} MiB")
     for r in rows:
-        used = time.strftime("%Y-%m-%d %H:%M", time.localtime(r["last_used"])) if r["last_used"] else "-"
         unreadable = f", {r['unreadable']} unreadable" if r["unreadable"] else ""
         print(f"  {r['key'][:12]}  {r['name']}  prompt={r['prompt']!r}  {r['precision']}  max_seq_length="
               f"{r['max_seq_length']}  {r['backend']}: {r['files']} files, {r['entries']} entries{unreadable}, "
-              f"{r['bytes'] / 2**20:.1f} MiB, last used {used}")
+              f"{r['bytes'] / 2**20:.1f} MiB, last used {when(r['last_used'])}")
+    exports = onnx_backend.describe_exports()
+    print(f"{onnx_backend.exports_root()}: {len(exports)} ONNX exports, {sum(r['bytes'] for r in exports) / 2**20:.1f} MiB")
+    for r in exports:
+        unusable = "" if r["usable"] else f", format {r['format']}: no run uses it, any prune removes it"
+        print(f"  {r['key'][:12]}  {r['name'] or r['model'] or '?'}: {r['bytes'] / 2**20:.1f} MiB, last used "
+              f"{when(r['last_used'])}{unusable}")
 
 
 def main(argv=None) -> None:
@@ -51,8 +63,11 @@ def main(argv=None) -> None:
     if args.command == "info":
         show(root)
         return
-    files, size = prune(root, everything=args.all, older_than_days=args.older_than, model=args.model)
+    which = dict(everything=args.all, older_than_days=args.older_than, model=args.model)
+    files, size = prune(root, **which)
     print(f"{root}: removed {files} files, {size / 2**20:.1f} MiB")
+    exports, size = onnx_backend.prune_exports(**which)
+    print(f"{onnx_backend.exports_root()}: removed {exports} ONNX exports, {size / 2**20:.1f} MiB")
 
 
 if __name__ == "__main__":

@@ -322,7 +322,7 @@ def main(argv=None) -> None:
     model = prepare_model(args)
     prompts = role_prompts(model, args)
     backend, encoder = onnx_backend.choose(args.backend, model, resolve_model(args.model, args.revision),
-                                           list(prompts.values()), args.precision, args.token_budget)
+                                           list(prompts.values()), args.precision, args.token_budget, args.model)
     plan = make_plan(args, argv, model, prompts, backend, texts, anchors, inputs)
     work = args.work
     claim(work, plan, texts, anchors, args.overwrite)

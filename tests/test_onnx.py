@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import json
+import os
 import random
+import time
 from pathlib import Path
 
 import numpy as np
@@ -95,6 +97,40 @@ def test_export_is_cached_and_atomic(tiny_model, own_cache, monkeypatch, capsys)
     assert sorted(p.name for p in folder.iterdir()) == sorted([onnx_backend.GRAPH_FILE, onnx_backend.DATA_FILE,
                                                                 onnx_backend.RECORD_FILE])
     assert (folder / onnx_backend.DATA_FILE).stat().st_size >= 0.9 * weights > (folder / onnx_backend.GRAPH_FILE).stat().st_size
+
+
+def test_exports_are_listed_and_pruned(tiny_model, own_cache, tmp_path, capsys):
+    """pipeline.cache sees the exports: by the name a run used, by last use (a load counts), and an export of an
+    older format (weights inside the graph, no format in its record) goes with any prune: no key reaches it."""
+    from pipeline import cache as cache_cli
+
+    other = variant(tiny_model, tmp_path / "cls", "cls", True)
+    onnx_backend.choose("auto", load_model(str(tiny_model), device="cpu"), tiny_model, [], "fp32", name="tiny")
+    onnx_backend.choose("auto", load_model(str(other), device="cpu"), other, [], "fp32")
+    mine, others = sorted(onnx_backend.exports_root().iterdir(), key=lambda f: str(other) in (f / "export.json").read_text())
+    legacy = onnx_backend.exports_root() / "0ld"
+    legacy.mkdir()
+    (legacy / onnx_backend.GRAPH_FILE).write_bytes((mine / onnx_backend.GRAPH_FILE).read_bytes())
+    (legacy / onnx_backend.RECORD_FILE).write_text(json.dumps({"max_difference": 1e-7, "texts": 12, "seconds": 1.0}))
+    cache = ["--cache-dir", own_cache / "embeddings"]
+    capsys.readouterr()
+    assert run_stage(cache_cli, "info", *cache) == 0
+    out = capsys.readouterr().out
+    assert "3 ONNX exports" in out and f"{mine.name[:12]}  tiny:" in out and f"{others.name[:12]}  {other}:" in out
+    assert [line for line in out.splitlines() if "no run uses it" in line] == [next(
+        line for line in out.splitlines() if line.strip().startswith("0ld"))]
+
+    past = time.time() - 3 * 86400
+    for folder in (mine, others):
+        os.utime(folder / onnx_backend.RECORD_FILE, (past, past))
+    onnx_backend.choose("auto", load_model(str(tiny_model), device="cpu"), tiny_model, [], "fp32")  # a use
+    assert run_stage(cache_cli, "prune", *cache, "--older-than", 2) == 0
+    assert "removed 2 ONNX exports" in capsys.readouterr().out
+    assert sorted(onnx_backend.exports_root().iterdir()) == [mine]
+    assert run_stage(cache_cli, "prune", *cache, "--model", "not-this-one") == 0
+    assert mine.exists()
+    assert run_stage(cache_cli, "prune", *cache, "--model", "tiny") == 0
+    assert "removed 1 ONNX exports" in capsys.readouterr().out and list(onnx_backend.exports_root().iterdir()) == []
 
 
 def test_mismatch_refused_in_one_line(tiny_model, own_cache, monkeypatch, capsys):
