@@ -5,7 +5,8 @@
 The stage is timed whole (reading and validating input, model load, weight hashing, dedup, the ONNX
 session, writing shards and manifest); the bare pass only encodes, with the model (and for onnx the
 session, over the cached export) already loaded: SentenceTransformer.encode for torch, the ONNX encoder's
-own loop for onnx. Each side runs twice, alternating, and the faster of its two runs counts. With
+own loop for onnx. Each side runs --repeats times, alternating, and its fastest run counts (this machine's
+speed moves by a few percent between minutes). With
 --profile, one more stage run under cProfile prints where its time goes. Every stage run starts from an empty
 embedding cache.
 """
@@ -106,6 +107,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
     parser.add_argument("--device", default=None)
     parser.add_argument("--precision", default="fp32", choices=["fp32", "fp16", "bf16"])
     parser.add_argument("--backend", default="onnx", choices=["onnx", "torch"])
+    parser.add_argument("--repeats", type=int, default=3, help="runs of each side, alternating; the fastest counts")
     parser.add_argument("--profile", action="store_true", help="also profile one stage run (cProfile)")
     args = parser.parse_args(argv)
     texts = sample_texts(args.sample)[: args.n]
@@ -123,7 +125,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
                                    "--batch-size", str(args.batch_size), "--precision", args.precision,
                                    "--backend", args.backend] + (["--device", args.device] if args.device else [])
         bare, stage = [], []
-        for attempt in range(2):
+        for attempt in range(args.repeats):
             started = time.perf_counter()
             encode(texts)
             bare.append(time.perf_counter() - started)

@@ -12,6 +12,7 @@ maps into memory instead of parsing a copy of them out of the graph and copying 
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import hashlib
 import json
@@ -213,7 +214,8 @@ def load(model, model_dir: Path, token_budget: int = TOKEN_BUDGET, name: str | N
         record = json.loads((target / RECORD_FILE).read_text())
         print(f"embed: exported the model to ONNX once, in {record['seconds']}s, into {target}; largest difference "
               f"from torch {record['max_difference']:.1e} on {record['texts']} check texts", file=sys.stderr)
-    os.utime(target / RECORD_FILE)  # the record's mtime is the export's last use, for pipeline.cache prune --older-than
+    with contextlib.suppress(OSError):  # a cache shared read-only still serves
+        os.utime(target / RECORD_FILE)  # the record's mtime is the export's last use, for prune --older-than
     return OnnxEncoder(model, target / GRAPH_FILE, token_budget)
 
 
@@ -229,7 +231,10 @@ def describe_exports() -> list[dict]:
     whether this version can use it (an export of another format never matches a key again)."""
     rows = []
     for folder in sorted(exports_root().glob("[!.]*")):  # dot folders: builds in progress (models.build_once)
-        record = read_json(folder / RECORD_FILE) if (folder / RECORD_FILE).is_file() else {}
+        try:
+            record = read_json(folder / RECORD_FILE)
+        except (OSError, ValueError):  # missing or damaged: listed, and pruned only as unused or by key
+            record = {}
         # Records written before they named their format: format 2 is the one with the weights beside the graph.
         form = record.get("format", 2 if (folder / DATA_FILE).exists() else 1)
         rows.append({"key": folder.name, "name": record.get("name"), "model": record.get("model"), "format": form,
