@@ -37,7 +37,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
     from sentence_transformers.sentence_transformer.losses import GISTEmbedLoss, MultipleNegativesRankingLoss
 
     data = train.TrainingData(args.work, 1, args.device)
-    batches, _ = train.plan_batches(data.text_sets, data.tasks, args.batch_size, seed=0, epoch=0)
+    batches, _ = train.plan_batches(data.row_texts, data.tasks, args.batch_size, seed=0, epoch=0)
     batches = [b for b in batches if len(b) == args.batch_size][: args.steps + 1]
     student = load_model(args.student, device=args.device)
     guide = load_model(args.guide, device=args.device)

@@ -4,7 +4,17 @@ from __future__ import annotations
 
 import random
 
-from train.run import plan_batches
+import numpy as np
+import polars as pl
+
+from train.run import RowTexts
+from train.run import plan_batches as plan_from
+
+
+def plan_batches(texts: list[set[int]], *args, **kwargs):
+    """The planner over rows given as sets of any ints (it takes them as RowTexts)."""
+    universe = np.unique([t for row in texts for t in row])
+    return plan_from(RowTexts(pl.Series([sorted(row) for row in texts]), universe), *args, **kwargs)
 
 
 def check_plan(texts, tasks, batch_size, plan, waiting, task_batches=False):
