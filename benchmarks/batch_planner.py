@@ -4,8 +4,8 @@
 
 Rows of a query, a positive and --negatives negatives drawn from a pool of 11 texts per row (seeded; the first
 negative repeats the query in a tenth of the rows, as a duplicate text within a row does). The reference holds
-each row's texts as a Python set and the planner's last batch per text in a dict (train.run before
-2026-11-24); ours holds them as RowTexts (each text's position among the sorted ids, int32, end to end) and
+each row's texts as a Python set and the planner's last batch per text in a dict (train.run at
+commit 419a786); ours holds them as RowTexts (each text's position among the sorted ids, int32, end to end) and
 Python arrays. Each side runs in a fresh process: the rows and their sorted ids are made, the peak RSS is reset
 there (Linux's clear_refs, after the heap's free pages go back), then the side builds its rows once and
 plans one epoch; its memory is the peak above that start. Both plans must be equal.

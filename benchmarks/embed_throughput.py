@@ -35,7 +35,7 @@ PARTS = {
     "reading and validating input": ["embed.py:*(read_inputs)"],
     "dedup and text ids": ["embed.py:*(plan_texts)"],
     "model load": ["embed.py:*(prepare_model)"],
-    "ONNX session (export cached)": ["onnx_backend.py:*(load)"],
+    "ONNX export lookup (the session builds on its own thread)": ["onnx_backend.py:*(load)"],
     "model fingerprint (hashing)": ["models.py:*(model_fingerprint)"],
     "writing texts, anchors, plan": ["embed.py:*(claim)"],
     "writing embedding shards": ["storage.py:*(write_parquet_atomic)"],
@@ -107,7 +107,8 @@ def main(argv: list[str] | None = None) -> list[dict]:
     parser.add_argument("--device", default=None)
     parser.add_argument("--precision", default="fp32", choices=["fp32", "fp16", "bf16"])
     parser.add_argument("--backend", default="onnx", choices=["onnx", "torch"])
-    parser.add_argument("--repeats", type=int, default=3, help="runs of each side, alternating; the fastest counts")
+    parser.add_argument("--repeats", type=int, choices=range(1, 11), default=3, metavar="1..10",
+                        help="runs of each side, alternating; the fastest counts")
     parser.add_argument("--profile", action="store_true", help="also profile one stage run (cProfile)")
     args = parser.parse_args(argv)
     texts = sample_texts(args.sample)[: args.n]

@@ -38,6 +38,7 @@ from gist_mining.storage import config_fingerprint, read_json, remove_stale_temp
 from gist_mining.workdir import shard_arrays
 
 KEY_FILE = "key.json"
+KEY_PREFIX = 6  # the shortest key prefix prune --model takes: a short model name ("e5") is not read as a key
 FORMAT = 1  # bump when the file layout changes: old entries then simply stop matching
 
 
@@ -166,6 +167,10 @@ def describe(folder: Path) -> dict:
             "last_used": max((p.stat().st_mtime for p in files), default=None)}
 
 
+def is_key_prefix(name: str, key: str) -> bool:
+    return len(name) >= KEY_PREFIX and key.startswith(name)
+
+
 def prune(root: Path, *, everything: bool = False, older_than_days: float | None = None,
           model: str | None = None) -> tuple[int, int]:
     """Remove cache files: all, those unused for ``older_than_days``, or a model's (its name or key prefix).
@@ -175,7 +180,7 @@ def prune(root: Path, *, everything: bool = False, older_than_days: float | None
     for folder in folders(root):
         remove_stale_temps(folder)
         info = describe(folder)
-        if model is not None and model not in (info["name"], folder.name) and not folder.name.startswith(model):
+        if model is not None and model != info["name"] and not is_key_prefix(model, folder.name):
             continue
         for path in folder.glob("*.parquet"):
             size, mtime = path.stat().st_size, path.stat().st_mtime

@@ -77,8 +77,11 @@ def build_once(target: Path, build, marker: str) -> Path:
         try:
             os.rename(built, target)
         except OSError:
-            if not (target / marker).exists():  # another process did not win the race either
-                raise
+            if (target / marker).exists():  # another process won the race
+                return target
+            # A folder without its marker was damaged after it was built (a build renames it in whole): replace it.
+            shutil.rmtree(target)
+            os.rename(built, target)
     return target
 
 

@@ -28,6 +28,7 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
+from gist_mining.embed_cache import is_key_prefix
 from gist_mining.errors import UsageError
 from gist_mining.models import build_once, cache_dir, model_fingerprint
 from gist_mining.storage import read_json
@@ -102,6 +103,7 @@ class OnnxEncoder:
         builder = ThreadPoolExecutor(1)
         self.building = builder.submit(ort.InferenceSession, str(graph), options, providers=["CPUExecutionProvider"])
         builder.shutdown(wait=False)
+        self.graph = graph
         # The last batch of an encode call hands the arena's free memory back, so that what follows (writing the
         # shard) does not stack on top of the activations of the longest batch, which come first.
         self.release = ort.RunOptions()
@@ -111,7 +113,12 @@ class OnnxEncoder:
 
     @functools.cached_property
     def session(self):
-        return self.building.result()
+        try:
+            return self.building.result()
+        except Exception as err:  # a damaged export (its files changed since the check), or an onnxruntime that refuses it
+            raise UsageError(f"ONNX Runtime cannot load the export {self.graph.parent}: {type(err).__name__}: "
+                             f"{str(err).splitlines()[0][:200]}; remove it with `python -m pipeline.cache prune --model "
+                             f"{self.graph.parent.name}` (the next run exports again) or pass --backend torch") from None
 
     @functools.cached_property
     def inputs(self) -> list[str]:
@@ -227,42 +234,47 @@ def exports_root() -> Path:
 
 
 def describe_exports() -> list[dict]:
-    """Every finished export: key, the model folder it came from, format, bytes, last use (None if unknown), and
-    whether this version can use it (an export of another format never matches a key again)."""
+    """Every export folder: key, the model folder and name of the run that exported it, format, bytes, last use,
+    and whether it is outdated: of an older format (no run of this version or a later one reaches it) or without
+    its record (damaged: the next run of its model exports again in its place)."""
     rows = []
     for folder in sorted(exports_root().glob("[!.]*")):  # dot folders: builds in progress (models.build_once)
+        record_file = folder / RECORD_FILE
         try:
-            record = read_json(folder / RECORD_FILE)
-        except (OSError, ValueError):  # missing or damaged: listed, and pruned only as unused or by key
+            record = read_json(record_file)
+        except (OSError, ValueError):  # missing, or damaged (a run still uses it: it only looks for the file)
             record = {}
         # Records written before they named their format: format 2 is the one with the weights beside the graph.
         form = record.get("format", 2 if (folder / DATA_FILE).exists() else 1)
         rows.append({"key": folder.name, "name": record.get("name"), "model": record.get("model"), "format": form,
-                     "usable": form == EXPORT_FORMAT,
+                     "outdated": form < EXPORT_FORMAT or not record_file.exists(),
                      "bytes": sum(f.stat().st_size for f in folder.rglob("*") if f.is_file()),
-                     "last_used": (folder / RECORD_FILE).stat().st_mtime if record else None})
+                     "last_used": record_file.stat().st_mtime if record_file.exists() else None})
     return rows
 
 
 def names_model(row: dict, name: str) -> bool:
-    """Whether ``name`` (as given to --model: the name a run used, the model's folder, or a key prefix) is this
-    export's."""
-    return row["key"].startswith(name) or name == row["name"] or (
+    """Whether ``name`` (as given to --model: the name of the run that exported it, the model's folder, or a key
+    prefix of KEY_PREFIX characters or more) is this export's."""
+    return name == row["name"] or is_key_prefix(name, row["key"]) or (
         row["model"] is not None and str(Path(name).expanduser().resolve()) == row["model"])
 
 
 def prune_exports(*, everything: bool = False, older_than_days: float | None = None,
-                  model: str | None = None) -> tuple[int, int]:
-    """Remove exports: all, those unused for ``older_than_days``, or a model's; those of another format always
-    (no key can reach them). Returns (exports, bytes) removed."""
+                  model: str | None = None) -> tuple[int, int, int]:
+    """Remove exports: all, those unused for ``older_than_days``, or a model's; outdated ones always. Returns
+    (exports, bytes) removed and how many could not be (a read-only cache)."""
     cutoff = time.time() - older_than_days * 86400 if older_than_days is not None else None
-    removed = [0, 0]
+    removed, size, failed = 0, 0, 0
     for row in describe_exports():
         stale = cutoff is not None and (row["last_used"] is None or row["last_used"] < cutoff)
-        if everything or not row["usable"] or stale or (model is not None and names_model(row, model)):
+        if everything or row["outdated"] or stale or (model is not None and names_model(row, model)):
             shutil.rmtree(exports_root() / row["key"], ignore_errors=True)
-            removed[0], removed[1] = removed[0] + 1, removed[1] + row["bytes"]
-    return removed[0], removed[1]
+            if (exports_root() / row["key"]).exists():
+                failed += 1
+            else:
+                removed, size = removed + 1, size + row["bytes"]
+    return removed, size, failed
 
 
 def choose(requested: str, model, model_dir: Path, prompts: list[str], precision: str,

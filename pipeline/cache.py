@@ -7,8 +7,8 @@ info lists each key (model, prompt, precision, max_seq_length, backend) with its
 then the guides' ONNX exports (gist_mining.onnx_backend, under $GIST_MINING_CACHE/onnx, else
 ~/.cache/gist-mining/onnx). prune removes every file, the files not used (written or read) for DAYS days,
 or one model's files (the name it was run with, e.g. all-mpnet-base-v2 or a path, or a key folder's
-prefix), and the same of the ONNX exports; exports an older version of this tool made, which no run can
-use again, go with any prune.
+prefix), and without --cache-dir the same of the ONNX exports; outdated exports (of an older format, which
+no run reaches again, or without their record) go with any such prune.
 """
 
 from __future__ import annotations
@@ -32,7 +32,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     which = cut.add_mutually_exclusive_group(required=True)
     which.add_argument("--all", action="store_true", help="every file")
     which.add_argument("--older-than", type=float, metavar="DAYS", help="files not written or read for DAYS days")
-    which.add_argument("--model", metavar="NAME_OR_KEY", help="one model's files and exports (its name, or a key prefix)")
+    which.add_argument("--model", metavar="NAME_OR_KEY", help="one model's files and exports (its name, or a key prefix of 6 characters or more)")
     return parser.parse_args(argv)
 
 
@@ -52,9 +52,9 @@ def show(root: Path) -> None:
     exports = onnx_backend.describe_exports()
     print(f"{onnx_backend.exports_root()}: {len(exports)} ONNX exports, {sum(r['bytes'] for r in exports) / 2**20:.1f} MiB")
     for r in exports:
-        unusable = "" if r["usable"] else f", format {r['format']}: no run uses it, any prune removes it"
+        outdated = f", outdated (format {r['format']}): any prune removes it" if r["outdated"] else ""
         print(f"  {r['key'][:12]}  {r['name'] or r['model'] or '?'}: {r['bytes'] / 2**20:.1f} MiB, last used "
-              f"{when(r['last_used'])}{unusable}")
+              f"{when(r['last_used'])}{outdated}")
 
 
 def main(argv=None) -> None:
@@ -66,8 +66,12 @@ def main(argv=None) -> None:
     which = dict(everything=args.all, older_than_days=args.older_than, model=args.model)
     files, size = prune(root, **which)
     print(f"{root}: removed {files} files, {size / 2**20:.1f} MiB")
-    exports, size = onnx_backend.prune_exports(**which)
-    print(f"{onnx_backend.exports_root()}: removed {exports} ONNX exports, {size / 2**20:.1f} MiB")
+    if args.cache_dir is not None:  # names one embedding cache; the exports live beside the default one
+        print(f"{onnx_backend.exports_root()}: ONNX exports left as they are (prune without --cache-dir for them)")
+        return
+    exports, size, failed = onnx_backend.prune_exports(**which)
+    print(f"{onnx_backend.exports_root()}: removed {exports} ONNX exports, {size / 2**20:.1f} MiB"
+          + (f"; {failed} could not be removed (permissions?)" if failed else ""))
 
 
 if __name__ == "__main__":

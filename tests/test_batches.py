@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import random
+import sys
 
 import numpy as np
 import polars as pl
+from conftest import ROOT
 
 from train.run import RowTexts
 from train.run import plan_batches as plan_from
@@ -54,3 +56,19 @@ def test_batches_under_the_minimum_wait():
     texts = [{i} for i in range(70)]
     plan, waiting = plan_batches(texts, ["t"] * 70, 32, seed=0, epoch=0, min_batch_size=8)
     assert [len(b) for b in plan] == [32, 32] and waiting == 6
+
+
+def test_same_plans_as_the_set_based_planner_it_replaced():
+    """Against the planner before RowTexts (a set per row, a dict per text; kept in benchmarks/batch_planner.py):
+    rows whose texts repeat within the row and across rows, so that some rows wait."""
+    sys.path.insert(0, str(ROOT))
+    from benchmarks.batch_planner import reference_plan
+
+    rng = random.Random(3)
+    rows = [[rng.randrange(200) for _ in range(5)] for _ in range(3000)]  # a text in ~75 rows, 47 batches
+    for row in rows[::7]:
+        row[3] = row[0]  # a negative that is the row's own query
+    universe = np.unique([t for row in rows for t in row])
+    for seed in (0, 1):
+        plan, waiting = plan_from(RowTexts(pl.Series(rows), universe), ["t"] * len(rows), 64, seed=seed, epoch=0)
+        assert plan == reference_plan([set(row) for row in rows], 64, seed) and waiting > 0

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import random
+import shutil
 import time
 from pathlib import Path
 
@@ -101,7 +102,7 @@ def test_export_is_cached_and_atomic(tiny_model, own_cache, monkeypatch, capsys)
 
 def test_exports_are_listed_and_pruned(tiny_model, own_cache, tmp_path, capsys):
     """pipeline.cache sees the exports: by the name a run used, by last use (a load counts), and an export of an
-    older format (weights inside the graph, no format in its record) goes with any prune: no key reaches it."""
+    older format (weights inside the graph, no format in its record) or without its record goes with any prune."""
     from pipeline import cache as cache_cli
 
     other = variant(tiny_model, tmp_path / "cls", "cls", True)
@@ -112,25 +113,58 @@ def test_exports_are_listed_and_pruned(tiny_model, own_cache, tmp_path, capsys):
     legacy.mkdir()
     (legacy / onnx_backend.GRAPH_FILE).write_bytes((mine / onnx_backend.GRAPH_FILE).read_bytes())
     (legacy / onnx_backend.RECORD_FILE).write_text(json.dumps({"max_difference": 1e-7, "texts": 12, "seconds": 1.0}))
-    cache = ["--cache-dir", own_cache / "embeddings"]
+    unrecorded = onnx_backend.exports_root() / "b0rken"  # an export's files without its record: no run can use it
+    shutil.copytree(mine, unrecorded)
+    (unrecorded / onnx_backend.RECORD_FILE).unlink()
     capsys.readouterr()
-    assert run_stage(cache_cli, "info", *cache) == 0
+    assert run_stage(cache_cli, "info") == 0
     out = capsys.readouterr().out
-    assert "3 ONNX exports" in out and f"{mine.name[:12]}  tiny:" in out and f"{others.name[:12]}  {other}:" in out
-    assert [line for line in out.splitlines() if "no run uses it" in line] == [next(
-        line for line in out.splitlines() if line.strip().startswith("0ld"))]
+    assert "4 ONNX exports" in out and f"{mine.name[:12]}  tiny:" in out and f"{others.name[:12]}  {other}:" in out
+    assert [line.split()[0] for line in out.splitlines() if "outdated" in line] == ["0ld", "b0rken"]
+    assert run_stage(cache_cli, "prune", "--cache-dir", own_cache / "embeddings", "--all") == 0  # another cache
+    assert "left as they are" in capsys.readouterr().out and legacy.exists()
 
     past = time.time() - 3 * 86400
     for folder in (mine, others):
         os.utime(folder / onnx_backend.RECORD_FILE, (past, past))
     onnx_backend.choose("auto", load_model(str(tiny_model), device="cpu"), tiny_model, [], "fp32")  # a use
-    assert run_stage(cache_cli, "prune", *cache, "--older-than", 2) == 0
-    assert "removed 2 ONNX exports" in capsys.readouterr().out
+    assert run_stage(cache_cli, "prune", "--older-than", 2) == 0
+    assert "removed 3 ONNX exports" in capsys.readouterr().out
     assert sorted(onnx_backend.exports_root().iterdir()) == [mine]
-    assert run_stage(cache_cli, "prune", *cache, "--model", "not-this-one") == 0
-    assert mine.exists()
-    assert run_stage(cache_cli, "prune", *cache, "--model", "tiny") == 0
+    for not_mine in ("not-this-one", mine.name[:5]):  # a key prefix counts from 6 characters
+        assert run_stage(cache_cli, "prune", "--model", not_mine) == 0
+        assert mine.exists()
+    assert run_stage(cache_cli, "prune", "--model", "tiny") == 0
     assert "removed 1 ONNX exports" in capsys.readouterr().out and list(onnx_backend.exports_root().iterdir()) == []
+
+
+def test_a_damaged_export_is_refused_in_one_line_and_pruned(tiny_model, own_cache, capsys):
+    """An export whose weights file was cut short after its check: one line naming it and how to drop it (the
+    session is built on its own thread, so this comes at the first batch), then prune by key and export again."""
+    from pipeline import cache as cache_cli
+
+    model = load_model(str(tiny_model), device="cpu")
+    expected = model.encode(TEXTS, normalize_embeddings=True)
+    onnx_backend.choose("auto", model, tiny_model, [], "fp32")
+    (folder,) = onnx_backend.exports_root().iterdir()
+    data = folder / onnx_backend.DATA_FILE
+    data.write_bytes(data.read_bytes()[: data.stat().st_size // 2])
+    backend, encoder = onnx_backend.choose("auto", load_model(str(tiny_model), device="cpu"), tiny_model, [], "fp32")
+    with pytest.raises(UsageError, match=f"cannot load the export {folder}.*prune --model {folder.name}"):
+        onnx_backend.encode(encoder, TEXTS, 4, None)
+    assert run_stage(cache_cli, "prune", "--model", folder.name) == 0 and not folder.exists()
+    backend, encoder = onnx_backend.choose("auto", load_model(str(tiny_model), device="cpu"), tiny_model, [], "fp32")
+    np.testing.assert_allclose(onnx_backend.encode(encoder, TEXTS, 4, None), expected, atol=1e-4)
+
+
+def test_an_export_without_its_record_is_made_again(tiny_model, own_cache, capsys):
+    onnx_backend.choose("auto", load_model(str(tiny_model), device="cpu"), tiny_model, [], "fp32")
+    (folder,) = onnx_backend.exports_root().iterdir()
+    (folder / onnx_backend.RECORD_FILE).unlink()
+    capsys.readouterr()
+    assert onnx_backend.choose("auto", load_model(str(tiny_model), device="cpu"), tiny_model, [], "fp32")[0] == "onnx"
+    assert "exported the model to ONNX once" in capsys.readouterr().err
+    assert (folder / onnx_backend.RECORD_FILE).exists() and list(onnx_backend.exports_root().iterdir()) == [folder]
 
 
 def test_mismatch_refused_in_one_line(tiny_model, own_cache, monkeypatch, capsys):
