@@ -32,7 +32,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     which = cut.add_mutually_exclusive_group(required=True)
     which.add_argument("--all", action="store_true", help="every file")
     which.add_argument("--older-than", type=float, metavar="DAYS", help="files not written or read for DAYS days")
-    which.add_argument("--model", metavar="NAME_OR_KEY", help="one model's files and exports (its name, or a key prefix of 6 characters or more)")
+    which.add_argument("--model", metavar="NAME_OR_KEY",
+                       help="one model's files and exports (its name, or a key prefix of 6 characters or more)")
     return parser.parse_args(argv)
 
 
