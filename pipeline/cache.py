@@ -54,8 +54,8 @@ def show(root: Path) -> None:
     print(f"{onnx_backend.exports_root()}: {len(exports)} ONNX exports, {sum(r['bytes'] for r in exports) / 2**20:.1f} MiB")
     for r in exports:
         outdated = f", outdated (format {r['format']}): any prune removes it" if r["outdated"] else ""
-        print(f"  {r['key'][:12]}  {r['name'] or r['model'] or '?'}: {r['bytes'] / 2**20:.1f} MiB, last used "
-              f"{when(r['last_used'])}{outdated}")
+        model = r["name"] or r["model"] or "(model not recorded)"
+        print(f"  {r['key'][:12]}  {model}: {r['bytes'] / 2**20:.1f} MiB, last used {when(r['last_used'])}{outdated}")
 
 
 def main(argv=None) -> None:
