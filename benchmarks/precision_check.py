@@ -7,7 +7,8 @@ precision (text ids are content hashes, so the two work directories line up). Th
 mined (relative margin 0.05, k = 100); then every anchor's positive and candidates are scored with both
 sets of vectors, and the shared rule (gist_mining.mining.is_false_negative) decides false negative or not under each.
 Printed: wall time of each embed run, the largest and mean score difference, and the decisions that
-change. bf16 is only faster on hardware with bf16 units (GPUs; CPUs with AMX or AVX512-BF16).
+change. bf16 is only faster on hardware with bf16 matrix units (GPUs; CPUs with AMX: the development machine
+has AVX512-BF16 without AMX, and is slower in bf16).
 """
 
 from __future__ import annotations
