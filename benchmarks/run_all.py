@@ -54,7 +54,7 @@ def main() -> None:
             lambda: precision_check.main(["--n", "300", "--corpus-n", "300", *device]),
             lambda: train_step.main(["--work", str(work), *device, *(["--bf16"] if on_gpu else [])]),
             lambda: index_recall.main(["--sizes", "10000", "30000", "--queries", "500"]),
-            lambda: mask_memory.main(["--anchors", "1500", "--growth", "10", "--pool", "10000"]),
+            lambda: mask_memory.main(["--anchors", "1500", "--growth", "10", "--pool", "20000"]),  # 15k pairs
             lambda: rescore_cost.main(device),
         ]
         for run in runs:
