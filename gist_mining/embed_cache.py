@@ -171,11 +171,16 @@ def is_key_prefix(name: str, key: str) -> bool:
     return len(name) >= KEY_PREFIX and key.startswith(name)
 
 
+def unused_before(older_than_days: float | None) -> float | None:
+    """The time before which a last use makes a file (or an export) unused for ``older_than_days``; None: no age."""
+    return time.time() - older_than_days * 86400 if older_than_days is not None else None
+
+
 def prune(root: Path, *, everything: bool = False, older_than_days: float | None = None,
           model: str | None = None) -> tuple[int, int]:
     """Remove cache files: all, those unused for ``older_than_days``, or a model's (its name or key prefix).
     Returns (files, bytes) removed; key folders left empty go too."""
-    cutoff = time.time() - older_than_days * 86400 if older_than_days is not None else None
+    cutoff = unused_before(older_than_days)
     removed = [0, 0]
     for folder in folders(root):
         remove_stale_temps(folder)

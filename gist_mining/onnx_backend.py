@@ -28,7 +28,7 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from gist_mining.embed_cache import is_key_prefix
+from gist_mining.embed_cache import is_key_prefix, unused_before
 from gist_mining.errors import UsageError
 from gist_mining.models import build_once, cache_dir, model_fingerprint
 from gist_mining.storage import read_json
@@ -218,7 +218,7 @@ def load(model, model_dir: Path, token_budget: int = TOKEN_BUDGET, name: str | N
     except Exception as err:  # the tracer's failures are many and version-dependent
         raise Unavailable(f"torch.onnx.export failed: {type(err).__name__}: {str(err).splitlines()[0][:200]}") from None
     if fresh:
-        record = json.loads((target / RECORD_FILE).read_text())
+        record = read_json(target / RECORD_FILE)
         print(f"embed: exported the model to ONNX once, in {record['seconds']}s, into {target}; largest difference "
               f"from torch {record['max_difference']:.1e} on {record['texts']} check texts", file=sys.stderr)
     with contextlib.suppress(OSError):  # a cache shared read-only still serves
@@ -264,7 +264,7 @@ def prune_exports(*, everything: bool = False, older_than_days: float | None = N
                   model: str | None = None) -> tuple[int, int, int]:
     """Remove exports: all, those unused for ``older_than_days``, or a model's; outdated ones always. Returns
     (exports, bytes) removed and how many could not be (a read-only cache)."""
-    cutoff = time.time() - older_than_days * 86400 if older_than_days is not None else None
+    cutoff = unused_before(older_than_days)
     removed, size, failed = 0, 0, 0
     for row in describe_exports():
         stale = cutoff is not None and (row["last_used"] is None or row["last_used"] < cutoff)
