@@ -23,6 +23,7 @@ directories share entries. A file's mtime is its last use (written or read), for
 from __future__ import annotations
 
 import hashlib
+import io
 import os
 import sys
 import time
@@ -30,6 +31,7 @@ from pathlib import Path
 from typing import Callable
 
 import numpy as np
+import polars as pl
 import pyarrow as pa
 import pyarrow.parquet as pq
 
@@ -90,8 +92,8 @@ class EmbeddingCache:
             if found.all():
                 break
             if path not in self._file_ids:
-                table = _verified(path)
-                self._file_ids[path] = None if table is None else table.column("text_id").to_numpy()
+                table = _verified(path, ["text_id"])
+                self._file_ids[path] = None if table is None else table["text_id"].to_numpy()
             file_ids = self._file_ids[path]
             if file_ids is None or not np.isin(ids[~found], file_ids).any():
                 continue
@@ -122,8 +124,9 @@ class EmbeddingCache:
             print(f"embed cache: cannot add to {folder} ({err}); continuing without", file=sys.stderr)
 
 
-def _verified(path: Path) -> pa.Table | None:
-    """The file's table when its bytes hash to its name; a corrupt file is removed (None), a vanished one too."""
+def _verified(path: Path, columns: list[str] | None = None) -> pl.DataFrame | None:
+    """The file's table (``columns`` of it) when its bytes hash to its name; a corrupt file is removed (None), a
+    vanished one too."""
     try:
         data = path.read_bytes()
     except FileNotFoundError:  # pruned meanwhile
@@ -133,7 +136,7 @@ def _verified(path: Path) -> pa.Table | None:
               file=sys.stderr)
         path.unlink(missing_ok=True)
         return None
-    return pq.read_table(pa.BufferReader(data))
+    return pl.read_parquet(io.BytesIO(data), columns=columns)
 
 
 def _touch(path: Path) -> None:

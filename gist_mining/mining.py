@@ -315,6 +315,29 @@ def search_candidates(index, query_vectors: np.ndarray, exclude: np.ndarray, poo
         np.take_along_axis(scores, order, axis=1)
 
 
+@dataclass(frozen=True)
+class PoolSearch:
+    """``search_candidates`` over one index of pool texts: ``pool_vectors`` is None when its scores are exact."""
+
+    index: faiss.Index
+    pool_ids: np.ndarray
+    pool_vectors: object
+    k: int
+
+    def __call__(self, query_vectors: np.ndarray, exclude: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        return search_candidates(self.index, query_vectors, exclude, self.pool_ids, self.pool_vectors, self.k,
+                                 search_depth(self.index))
+
+
+def merge_candidates(lists: list[tuple[np.ndarray, np.ndarray]], k: int) -> tuple[np.ndarray, np.ndarray]:
+    """The best k of several candidate lists per row, as ``search_candidates`` returns them: (ids, scores) pairs
+    of n rows each, padded with PAD_ID and -inf, no id in two lists. Ties keep the order of ``lists``."""
+    ids = np.concatenate([i for i, _ in lists], axis=1)
+    scores = np.concatenate([s for _, s in lists], axis=1)
+    order = np.argsort(-scores, axis=1, kind="stable")[:, :k]
+    return np.take_along_axis(ids, order, axis=1), np.take_along_axis(scores, order, axis=1)
+
+
 # -- selection ---------------------------------------------------------------------------------------
 
 

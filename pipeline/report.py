@@ -226,6 +226,8 @@ def main(argv=None) -> None:
     truth = fn_quality.truth_path(work, args.truth)
     fn_html = fn_section(work, truth, manifest["rules"], out) if truth else ""
     rules = ", ".join(f"{k} {v}" for k, v in manifest["rules"].items() if v is not None)
+    unjudged = ", ".join(f"{task} {v['anchors_the_guide_cannot_judge']:,} of {v['anchors']:,}"
+                         for task, v in summary["per_task"].items())
     page = f"""<!doctype html><html><head><meta charset=utf-8><title>gist-mining report: {html.escape(str(work))}</title>
 <style>{STYLE}</style></head><body>
 <h1>gist-mining report</h1>
@@ -235,7 +237,7 @@ per anchor; {summary['anchors_short_of_negatives']:,} anchors short of {manifest
 Rules: {html.escape(rules)}.</p>
 <p>Anchors the guide cannot judge (it scores the labelled positive below most of the candidates, so a margin
 rule flags nearly all of them): {summary['anchors_the_guide_cannot_judge']:,}; by task:
-{html.escape(", ".join(f"{t} {v['anchors_the_guide_cannot_judge']:,} of {v['anchors']:,}" for t, v in summary['per_task'].items()))}.</p>
+{html.escape(unjudged)}.</p>
 {results_table(work)}
 <h2>What the guide saw</h2>
 <img src="{images[0]}" alt="guide score histograms">

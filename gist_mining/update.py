@@ -1,0 +1,110 @@
+"""Mining again after the input grew: an earlier work directory's candidates, kept where they still hold.
+
+    python -m pipeline.mask --work runs/v2 --update-from runs/v1
+
+An anchor's candidates are the k best texts of the pool less its exclusions (its query and every positive of
+that query). Texts that join the pool can only push texts out of that list, so the new list is the best k of
+the old list and of the new texts. An anchor of the earlier run keeps its list, searched again only against
+the texts new to the pool, when its query has the same vector and the same exclusions in both runs and no
+text of its list left the pool (else the text after its k-th would belong in it). A text whose vector differs
+between the runs counts as left and as new. Every other anchor is searched in full. With an exact index the
+lists equal a full search's (the order of exactly tied scores aside); with an approximate one they are the
+earlier approximate lists with every new text ranked exactly.
+
+The earlier run must share the guide (model fingerprint, prompts, precision, dtype, backend: what makes a
+vector) and the search settings that make a list (k, index, include_queries). Its candidates are read through
+its manifest, every shard checked, like any other reader's.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import polars as pl
+
+from gist_mining import workdir
+from gist_mining.errors import UsageError
+from gist_mining.mining import ADD_BATCH, AUTO_EXACT_MAX, PAD_ID, PoolSearch, build_index, merge_candidates, padded
+from gist_mining.workdir import VectorStore
+
+GUIDE = ("dtype", "precision", "query_prompt", "document_prompt", "backend")  # embed settings that change a vector
+LISTS = ("k", "index", "include_queries")  # search settings that change a list
+
+
+def sorted_exclusions(frame: pl.DataFrame) -> pl.DataFrame:
+    return frame.select("query_id", pl.col("exclude_ids").list.sort()).unique("query_id")
+
+
+def checked_files(earlier: Path, work: Path, plan: dict) -> list[Path]:
+    """The candidate shards of ``earlier``, checked, when they can serve the search ``plan`` of ``work``."""
+    if Path(earlier).resolve() == Path(work).resolve():
+        raise UsageError(f"--update-from {earlier}: that is --work itself; name the earlier work directory")
+    manifest = workdir.candidates(earlier)
+    embed, earlier_embed = workdir.embeddings(work), workdir.embeddings(earlier)
+    differ = [name for name in GUIDE if embed["settings"][name] != earlier_embed["settings"][name]]
+    differ += ["guide model"] * (embed["model"]["fingerprint"] != earlier_embed["model"]["fingerprint"])
+    differ += [f"--{name.replace('_', '-')}" for name in LISTS if manifest[name] != plan[name]]
+    if differ:
+        raise UsageError(f"--update-from {earlier}: its candidates were made with another {', '.join(differ)}; "
+                         "mine without --update-from")
+    return workdir.verified(earlier, manifest, "search")
+
+
+class EarlierCandidates:
+    """The candidates of ``earlier`` (its ``checked_files``) for the search of ``work`` under ``plan``."""
+
+    def __init__(self, earlier: Path, files: list[Path], work: Path, plan: dict, store: VectorStore):
+        self.earlier, self.files, self.k = Path(earlier), files, plan["k"]
+        self.store, self.query_store = VectorStore(self.earlier), VectorStore(self.earlier, "query")
+        new_pool = workdir.candidate_pool(work, plan["include_queries"])
+        old_pool = workdir.candidate_pool(self.earlier, plan["include_queries"])
+        kept = self._same_vectors(np.intersect1d(new_pool, old_pool), store)
+        self.new_texts = new_pool[~np.isin(new_pool, kept)]
+        self.gone = np.setdiff1d(old_pool, kept)
+        self.exclusions = sorted_exclusions(workdir.anchor_exclusions(self.earlier)[1])
+        # The new texts are few: searched exactly, unless they are as many as --index auto leaves exact search for.
+        kind = "flat" if len(self.new_texts) <= AUTO_EXACT_MAX else plan["index"]
+        self.search_new = PoolSearch(build_index(store.view(self.new_texts), kind, self.k), self.new_texts,
+                                     None if kind == "flat" else store.view(self.new_texts), self.k) \
+            if len(self.new_texts) else None
+        self.lists = pl.DataFrame()
+        self.reused = self.searched = 0
+
+    def _same_vectors(self, ids: np.ndarray, store: VectorStore) -> np.ndarray:
+        """The ``ids`` whose document vector is the same, bit for bit, in both work directories."""
+        same = np.zeros(len(ids), dtype=bool)
+        for start in range(0, len(ids), ADD_BATCH):
+            part = ids[start: start + ADD_BATCH]
+            same[start: start + len(part)] = (store.get(part) == self.store.get(part)).all(axis=1)
+        return ids[same]
+
+    def load(self, anchors: pl.DataFrame) -> None:
+        """The earlier lists of one shard's queries (``anchors`` with ``exclude_ids``) that can still hold."""
+        wanted = sorted_exclusions(anchors)
+        lists = (pl.scan_parquet(self.files).select("query_id", "candidate_ids", "candidate_scores")
+                 .filter(pl.col("query_id").is_in(wanted["query_id"])).unique("query_id").collect())
+        gone = pl.Series(self.gone)
+        self.lists = (lists.join(wanted, on="query_id").join(self.exclusions, on="query_id", suffix="_earlier")
+                      .filter(pl.col("exclude_ids") == pl.col("exclude_ids_earlier"),
+                              ~pl.col("candidate_ids").list.eval(pl.element().is_in(gone)).list.any())
+                      .select("query_id", "candidate_ids", "candidate_scores"))
+
+    def find(self, query_ids: np.ndarray, queries: np.ndarray, exclude: np.ndarray,
+             search_all: PoolSearch) -> tuple[np.ndarray, np.ndarray]:
+        """``search_all``'s answer for a chunk of anchors, from their earlier lists where those hold."""
+        rows = pl.DataFrame({"query_id": query_ids}).join(self.lists, on="query_id", how="left", maintain_order="left")
+        has_list = np.flatnonzero(rows["candidate_ids"].is_not_null().to_numpy())
+        reuse = has_list[(self.query_store.get(query_ids[has_list]) == queries[has_list]).all(axis=1)]
+        full = np.setdiff1d(np.arange(len(query_ids)), reuse)
+        ids, scores = np.full((len(query_ids), self.k), PAD_ID), np.full((len(query_ids), self.k), -np.inf, np.float32)
+        parts = [(full, search_all(queries[full], exclude[full]))] if len(full) else []
+        if len(reuse):
+            kept = [(padded(rows[name][reuse].to_arrow(), fill, dtype))
+                    for name, fill, dtype in (("candidate_ids", PAD_ID, np.int64), ("candidate_scores", -np.inf, np.float32))]
+            found = [self.search_new(queries[reuse], exclude[reuse])] if self.search_new else []
+            parts.append((reuse, merge_candidates([tuple(kept), *found], self.k)))
+        for where, (part_ids, part_scores) in parts:
+            ids[where, :part_ids.shape[1]], scores[where, :part_scores.shape[1]] = part_ids, part_scores
+        self.reused, self.searched = self.reused + len(reuse), self.searched + len(full)
+        return ids, scores
