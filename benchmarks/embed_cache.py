@@ -51,15 +51,20 @@ def same_vectors(first: Path, second: Path) -> float:
     return float(np.abs(a[a_at] - b[b_at]).max())
 
 
-def searched_in_full(updated: Path, copy: Path) -> float:
-    """The mask stage's wall seconds on a copy of ``updated`` without --update-from; stops if the candidates differ."""
+def searched_in_full(updated: Path, copy: Path) -> tuple[float, str]:
+    """The mask stage's wall seconds on a copy of ``updated`` without --update-from, and how its candidates compare
+    with ``updated``'s; stops if they differ beyond the order of near ties."""
     shutil.copytree(updated, copy)
     remove_steps(copy, "search")
     seconds = measured(["-m", "pipeline.mask", "--work", copy])["seconds"]
     a, b = (pl.read_parquet(w / "candidates" / "*.parquet").sort("anchor_id") for w in (updated, copy))
-    if not a["candidate_ids"].equals(b["candidate_ids"]):
+    same_sets = (a["candidate_ids"].list.sort() == b["candidate_ids"].list.sort()).all()
+    largest = (a["candidate_scores"].explode() - b["candidate_scores"].explode()).abs().max()
+    if not same_sets or largest > 1e-6:
         raise SystemExit("the candidates of mask --update-from differ from a full search's")
-    return seconds
+    reordered = (a["candidate_ids"] != b["candidate_ids"]).sum()
+    return seconds, f"same candidates per anchor, scores within {largest:.0e}; {reordered} anchors list two near-tied " \
+        "candidates the other way round (a matrix product's rounding differs with its shape)"
 
 
 def main(argv: list[str] | None = None) -> list[dict]:
@@ -86,7 +91,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
         warm = mine(tmp / "new.parquet", tmp / "warm", cache, args, "--update-from", tmp / "fresh")
         texts = [pl.read_parquet(tmp / w / "texts.parquet").height for w in ("fresh", "warm")]
         difference = same_vectors(tmp / "fresh", tmp / "warm")
-        full_mask = searched_in_full(tmp / "warm", tmp / "warm-full")
+        full_mask, agreement = searched_in_full(tmp / "warm", tmp / "warm-full")
     ratio = warm["total"] / fresh["total"]
     full_ratio = (warm["embed"] + full_mask) / fresh["total"]
     rows = [(f"fresh: {args.pairs} pairs, {texts[0]} texts, empty cache", *(f"{fresh[k]:.1f}" for k in fresh)),
@@ -96,7 +101,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
     print(table(rows, ("run", "embed s", "mask s", "total s")))
     print(f"cached vectors vs the fresh run's: max difference {difference:.1e} (0 means bit-identical)")
     print(f"the mask stage searching every anchor in full instead of --update-from: {full_mask:.1f} s, "
-          f"ratio {full_ratio:.3f}; the candidates of both are the same (checked)")
+          f"ratio {full_ratio:.3f}; {agreement}")
     print(f"wall time ratio, +10% pairs with a warm cache and mask --update-from / fresh run: {ratio:.3f}  "
           "(target <= 0.15)")
     return [figure("mining again after +10% pairs, warm cache / fresh run", ratio, "<= 0.15")]
