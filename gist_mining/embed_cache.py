@@ -23,7 +23,6 @@ directories share entries. A file's mtime is its last use (written or read), for
 from __future__ import annotations
 
 import hashlib
-import io
 import os
 import sys
 import time
@@ -91,17 +90,20 @@ class EmbeddingCache:
         for path in sorted(folder.glob("*.parquet")) if folder.is_dir() else []:
             if found.all():
                 break
+            data = None
             if path not in self._file_ids:
-                table = _verified(path, ["text_id"])
-                self._file_ids[path] = None if table is None else table["text_id"].to_numpy()
+                data = _verified(path)
+                self._file_ids[path] = None if data is None else pl.read_parquet(data, columns=["text_id"])[
+                    "text_id"].to_numpy()
             file_ids = self._file_ids[path]
             if file_ids is None or not np.isin(ids[~found], file_ids).any():
                 continue
-            table = _verified(path)  # the bytes parsed are the bytes hashed, even if the file changed meanwhile
-            if table is None:
-                self._file_ids[path] = None
-                continue
-            file_ids, vectors = shard_arrays(table)
+            if data is None:  # seen by an earlier call: read and hashed again (the file may have changed meanwhile)
+                data = _verified(path)
+                if data is None:
+                    self._file_ids[path] = None
+                    continue
+            file_ids, vectors = shard_arrays(pl.read_parquet(data))
             order = np.argsort(file_ids)
             at = np.minimum(np.searchsorted(file_ids, ids, sorter=order), len(file_ids) - 1)
             take = ~found & (file_ids[order[at]] == ids)
@@ -124,9 +126,8 @@ class EmbeddingCache:
             print(f"embed cache: cannot add to {folder} ({err}); continuing without", file=sys.stderr)
 
 
-def _verified(path: Path, columns: list[str] | None = None) -> pl.DataFrame | None:
-    """The file's table (``columns`` of it) when its bytes hash to its name; a corrupt file is removed (None), a
-    vanished one too."""
+def _verified(path: Path) -> bytes | None:
+    """The file's bytes when they hash to its name; a corrupt file is removed (None), a vanished one too."""
     try:
         data = path.read_bytes()
     except FileNotFoundError:  # pruned meanwhile
@@ -136,7 +137,7 @@ def _verified(path: Path, columns: list[str] | None = None) -> pl.DataFrame | No
               file=sys.stderr)
         path.unlink(missing_ok=True)
         return None
-    return pl.read_parquet(io.BytesIO(data), columns=columns)
+    return data
 
 
 def _touch(path: Path) -> None:
