@@ -2,8 +2,8 @@
 
     python benchmarks/run_all.py [--device cuda] [--out benchmarks/latest.json]
 
-Needs the bundled sample mined in runs/sample, as the main job leaves it (made here when missing). Each script can also be run alone at other sizes; see
-its docstring.
+Needs the bundled sample mined in runs/sample, as the main job leaves it (made here when missing). Each script
+can also be run alone at other sizes; see its docstring.
 """
 
 from __future__ import annotations

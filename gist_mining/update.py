@@ -52,10 +52,11 @@ def checked_files(earlier: Path, work: Path, plan: dict) -> list[Path]:
 
 
 class EarlierCandidates:
-    """The candidates of ``earlier`` (its ``checked_files``) for the search of ``work`` under ``plan``."""
+    """The candidates of ``plan["update_from"]`` (its ``checked_files``) for the search of ``work`` under ``plan``;
+    ``search_all`` searches the whole pool of ``work`` for the anchors whose earlier lists do not hold."""
 
-    def __init__(self, earlier: Path, files: list[Path], work: Path, plan: dict, store: VectorStore):
-        self.earlier, self.files, self.k = Path(earlier), files, plan["k"]
+    def __init__(self, files: list[Path], work: Path, plan: dict, store: VectorStore, search_all: PoolSearch):
+        self.earlier, self.files, self.k, self.search_all = Path(plan["update_from"]), files, plan["k"], search_all
         self.store, self.query_store = VectorStore(self.earlier), VectorStore(self.earlier, "query")
         new_pool = workdir.candidate_pool(work, plan["include_queries"])
         old_pool = workdir.candidate_pool(self.earlier, plan["include_queries"])
@@ -63,13 +64,15 @@ class EarlierCandidates:
         self.new_texts = new_pool[~np.isin(new_pool, kept)]
         self.gone = np.setdiff1d(old_pool, kept)
         self.exclusions = sorted_exclusions(workdir.anchor_exclusions(self.earlier)[1])
-        # The new texts are few: searched exactly, unless they are as many as --index auto leaves exact search for.
-        kind = "flat" if len(self.new_texts) <= AUTO_EXACT_MAX else plan["index"]
-        self.search_new = PoolSearch(build_index(store.view(self.new_texts), kind, self.k), self.new_texts,
-                                     None if kind == "flat" else store.view(self.new_texts), self.k) \
-            if len(self.new_texts) else None
+        self.search_new = self._index_new_texts(store, plan["index"]) if len(self.new_texts) else None
         self.lists = pl.DataFrame()
         self.reused = self.searched = 0
+
+    def _index_new_texts(self, store: VectorStore, kind: str) -> PoolSearch:
+        """The new texts are few: searched exactly, unless they are as many as --index auto leaves exact search for."""
+        kind = "flat" if len(self.new_texts) <= AUTO_EXACT_MAX else kind
+        vectors = store.view(self.new_texts)
+        return PoolSearch(build_index(vectors, kind, self.k), self.new_texts, None if kind == "flat" else vectors, self.k)
 
     def _same_vectors(self, ids: np.ndarray, store: VectorStore) -> np.ndarray:
         """The ``ids`` whose document vector is the same, bit for bit, in both work directories."""
@@ -90,20 +93,19 @@ class EarlierCandidates:
                               ~pl.col("candidate_ids").list.eval(pl.element().is_in(gone)).list.any())
                       .select("query_id", "candidate_ids", "candidate_scores"))
 
-    def find(self, query_ids: np.ndarray, queries: np.ndarray, exclude: np.ndarray,
-             search_all: PoolSearch) -> tuple[np.ndarray, np.ndarray]:
-        """``search_all``'s answer for a chunk of anchors, from their earlier lists where those hold."""
+    def find(self, query_ids: np.ndarray, queries: np.ndarray, exclude: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """A full search's answer for a chunk of anchors, from their earlier lists where those hold."""
         rows = pl.DataFrame({"query_id": query_ids}).join(self.lists, on="query_id", how="left", maintain_order="left")
         has_list = np.flatnonzero(rows["candidate_ids"].is_not_null().to_numpy())
         reuse = has_list[(self.query_store.get(query_ids[has_list]) == queries[has_list]).all(axis=1)]
         full = np.setdiff1d(np.arange(len(query_ids)), reuse)
         ids, scores = np.full((len(query_ids), self.k), PAD_ID), np.full((len(query_ids), self.k), -np.inf, np.float32)
-        parts = [(full, search_all(queries[full], exclude[full]))] if len(full) else []
+        parts = [(full, self.search_all(queries[full], exclude[full]))] if len(full) else []
         if len(reuse):
-            kept = [(padded(rows[name][reuse].to_arrow(), fill, dtype))
-                    for name, fill, dtype in (("candidate_ids", PAD_ID, np.int64), ("candidate_scores", -np.inf, np.float32))]
-            found = [self.search_new(queries[reuse], exclude[reuse])] if self.search_new else []
-            parts.append((reuse, merge_candidates([tuple(kept), *found], self.k)))
+            lists = [(padded(rows["candidate_ids"][reuse].to_arrow(), PAD_ID, np.int64),
+                      padded(rows["candidate_scores"][reuse].to_arrow(), -np.inf, np.float32))]
+            lists += [self.search_new(queries[reuse], exclude[reuse])] if self.search_new else []
+            parts.append((reuse, merge_candidates(lists, self.k)))
         for where, (part_ids, part_scores) in parts:
             ids[where, :part_ids.shape[1]], scores[where, :part_scores.shape[1]] = part_ids, part_scores
         self.reused, self.searched = self.reused + len(reuse), self.searched + len(full)

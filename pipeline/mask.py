@@ -23,7 +23,6 @@ import argparse
 import json
 import sys
 import time
-from functools import partial
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
@@ -121,7 +120,8 @@ def search_plan(args, argv, embed: dict, rescorer: rescore.Rescorer | None) -> d
     kind = resolve_kind(settings["index"], n_pool, embed["dimension"], parse_bytes(settings["memory_budget"]))
     plan = dict(settings, index=kind, parent_fingerprint=embed["fingerprint"],
                 n_anchors=embed["counts"]["anchors"], rescore=rescorer.record if rescorer else None,
-                update_from=str(args.update_from) if args.update_from else None, command=cli.command("pipeline.mask", argv))
+                update_from=str(args.update_from) if args.update_from else None,
+                command=cli.command("pipeline.mask", argv))
     plan["fingerprint"] = config_fingerprint({k: plan[k] for k in (*settings, "parent_fingerprint", "rescore")})
     return plan
 
@@ -209,8 +209,8 @@ def search_shards(work: Path, plan: dict, shards: workdir.Shards, todo: list[int
     index, pool_ids = prepare_index(work, store, plan)  # the pool in the document role, queries included
     # Only an approximate index needs the pool's vectors again, read row by row, to score its finds exactly.
     search_all = PoolSearch(index, pool_ids, None if plan["index"] == "flat" else store.view(pool_ids), plan["k"])
-    earlier = update.EarlierCandidates(plan["update_from"], earlier_files, work, plan, store) if earlier_files and todo else None
-    find = partial(earlier.find, search_all=search_all) if earlier else lambda _, queries, exclude: search_all(queries, exclude)
+    earlier = update.EarlierCandidates(earlier_files, work, plan, store, search_all) if earlier_files and todo else None
+    find = earlier.find if earlier else lambda _query_ids, queries, exclude: search_all(queries, exclude)
     path, exclusions = workdir.anchor_exclusions(work)
     size, step = plan["shard_size"], chunk_size(plan["k"], search_depth(index), store.dimension)
     total = sum(min(size, plan["n_anchors"] - s * size) for s in todo)
