@@ -9,7 +9,7 @@ the texts new to the pool, when its query has the same vector and the same exclu
 text of its list left the pool (else the text after its k-th would belong in it). A text whose vector differs
 between the runs counts as left and as new. Every other anchor is searched in full. With an exact index the
 lists equal a full search's (the order of exactly tied scores aside); with an approximate one they are the
-earlier approximate lists with every new text ranked exactly.
+earlier approximate lists merged with the new texts' (searched exactly while they are few, EXACT_NEW_TEXTS).
 
 The earlier run must share the guide (model fingerprint, prompts, precision, dtype, backend: what makes a
 vector) and the search settings that make a list (k, index, include_queries). Its candidates are read through
@@ -20,16 +20,22 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import faiss
 import numpy as np
 import polars as pl
 
 from gist_mining import workdir
 from gist_mining.errors import UsageError
-from gist_mining.mining import ADD_BATCH, AUTO_EXACT_MAX, PAD_ID, PoolSearch, build_index, merge_candidates, padded
+from gist_mining.mining import (ADD_BATCH, PAD_ID, PoolSearch, build_index, merge_candidates, padded,
+                                 set_search_parameters)
 from gist_mining.workdir import VectorStore
 
 GUIDE = ("dtype", "precision", "query_prompt", "document_prompt", "backend")  # embed settings that change a vector
 LISTS = ("k", "index", "include_queries")  # search settings that change a list
+# Below this many new texts they are searched exactly whatever the pool's index: an exact search of them then
+# reads fewer vectors per query than an HNSW search (efSearch x M), and IVF-PQ could not train its codebooks
+# (39 x 256 points).
+EXACT_NEW_TEXTS = 39 * 256
 
 
 def sorted_exclusions(frame: pl.DataFrame) -> pl.DataFrame:
@@ -44,7 +50,8 @@ def checked_files(earlier: Path, work: Path, plan: dict) -> list[Path]:
     embed, earlier_embed = workdir.embeddings(work), workdir.embeddings(earlier)
     differ = [name for name in GUIDE if embed["settings"][name] != earlier_embed["settings"][name]]
     differ += ["guide model"] * (embed["model"]["fingerprint"] != earlier_embed["model"]["fingerprint"])
-    differ += [f"--{name.replace('_', '-')}" for name in LISTS if manifest[name] != plan[name]]
+    differ += [f"--{name.replace('_', '-')} ({manifest[name]} there, {plan[name]} here)" for name in LISTS
+               if manifest[name] != plan[name]]
     if differ:
         raise UsageError(f"--update-from {earlier}: its candidates were made with another {', '.join(differ)}; "
                          "mine without --update-from")
@@ -52,11 +59,10 @@ def checked_files(earlier: Path, work: Path, plan: dict) -> list[Path]:
 
 
 class EarlierCandidates:
-    """The candidates of ``plan["update_from"]`` (its ``checked_files``) for the search of ``work`` under ``plan``;
-    ``search_all`` searches the whole pool of ``work`` for the anchors whose earlier lists do not hold."""
+    """The candidates of ``plan["update_from"]`` (its ``checked_files``) for the search of ``work`` under ``plan``."""
 
-    def __init__(self, files: list[Path], work: Path, plan: dict, store: VectorStore, search_all: PoolSearch):
-        self.earlier, self.files, self.k, self.search_all = Path(plan["update_from"]), files, plan["k"], search_all
+    def __init__(self, files: list[Path], work: Path, plan: dict, store: VectorStore):
+        self.earlier, self.files, self.k, self.kind = Path(plan["update_from"]), files, plan["k"], plan["index"]
         self.store, self.query_store = VectorStore(self.earlier), VectorStore(self.earlier, "query")
         new_pool = workdir.candidate_pool(work, plan["include_queries"])
         old_pool = workdir.candidate_pool(self.earlier, plan["include_queries"])
@@ -65,12 +71,14 @@ class EarlierCandidates:
         self.gone = np.setdiff1d(old_pool, kept)
         self.exclusions = sorted_exclusions(workdir.anchor_exclusions(self.earlier)[1])
         self.search_new = self._index_new_texts(store, plan["index"]) if len(self.new_texts) else None
+        self.search_fingerprint = workdir.candidates(self.earlier)["fingerprint"]  # what its index marker names
         self.lists = pl.DataFrame()
         self.reused = self.searched = 0
 
     def _index_new_texts(self, store: VectorStore, kind: str) -> PoolSearch:
-        """The new texts are few: searched exactly, unless they are as many as --index auto leaves exact search for."""
-        kind = "flat" if len(self.new_texts) <= AUTO_EXACT_MAX else kind
+        """The new texts in an index of the pool's kind, so that an earlier anchor's search of them never costs more
+        than a full search; exact below EXACT_NEW_TEXTS."""
+        kind = "flat" if len(self.new_texts) < EXACT_NEW_TEXTS else kind
         vectors = store.view(self.new_texts)
         return PoolSearch(build_index(vectors, kind, self.k), self.new_texts, None if kind == "flat" else vectors, self.k)
 
@@ -93,14 +101,30 @@ class EarlierCandidates:
                               ~pl.col("candidate_ids").list.eval(pl.element().is_in(gone)).list.any())
                       .select("query_id", "candidate_ids", "candidate_scores"))
 
-    def find(self, query_ids: np.ndarray, queries: np.ndarray, exclude: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """A full search's answer for a chunk of anchors, from their earlier lists where those hold."""
+    def extended_index(self, store: VectorStore) -> tuple[faiss.Index, np.ndarray] | None:
+        """The earlier run's index (checked against its marker) and pool ids, with the new texts added, when no text
+        left its pool (an index cannot drop one) and it is approximate (a flat index is a copy of the vectors)."""
+        index_path, ids_path, marker = (self.earlier / name for name in (workdir.INDEX_FILE, workdir.POOL_IDS,
+                                                                          workdir.INDEX_MARKER))
+        record = workdir.read_record(marker) or {}
+        if len(self.gone) or self.kind == "flat" or record.get("fingerprint") != self.search_fingerprint or any(
+                workdir.problem(p, record.get(p.name)) for p in (index_path, ids_path)):
+            return None
+        index = faiss.read_index(str(index_path))  # a copy, not a mapping: it is added to
+        vectors = store.view(self.new_texts)
+        for start in range(0, len(vectors), ADD_BATCH):
+            index.add(vectors[start: start + ADD_BATCH])
+        return set_search_parameters(index, self.k), np.concatenate([np.load(ids_path, allow_pickle=False), self.new_texts])
+
+    def find(self, query_ids: np.ndarray, queries: np.ndarray, exclude: np.ndarray,
+             search_all: PoolSearch) -> tuple[np.ndarray, np.ndarray]:
+        """``search_all``'s answer for a chunk of anchors, from their earlier lists where those hold."""
         rows = pl.DataFrame({"query_id": query_ids}).join(self.lists, on="query_id", how="left", maintain_order="left")
         has_list = np.flatnonzero(rows["candidate_ids"].is_not_null().to_numpy())
         reuse = has_list[(self.query_store.get(query_ids[has_list]) == queries[has_list]).all(axis=1)]
         full = np.setdiff1d(np.arange(len(query_ids)), reuse)
         ids, scores = np.full((len(query_ids), self.k), PAD_ID), np.full((len(query_ids), self.k), -np.inf, np.float32)
-        parts = [(full, self.search_all(queries[full], exclude[full]))] if len(full) else []
+        parts = [(full, search_all(queries[full], exclude[full]))] if len(full) else []
         if len(reuse):
             lists = [(padded(rows["candidate_ids"][reuse].to_arrow(), PAD_ID, np.int64),
                       padded(rows["candidate_scores"][reuse].to_arrow(), -np.inf, np.float32))]

@@ -24,6 +24,7 @@ import json
 import sys
 import time
 from dataclasses import asdict, dataclass, fields
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -156,21 +157,27 @@ def read_anchors(path: Path, exclusions: pl.DataFrame, start: int, length: int) 
     return part.join(exclusions, on="query_id", how="left", maintain_order="left")
 
 
-def prepare_index(work: Path, store: VectorStore, plan: dict):
-    """Built once per search plan, behind a marker; shard processes and resumed runs load it."""
+def prepare_index(work: Path, store: VectorStore, plan: dict, earlier: update.EarlierCandidates | None):
+    """Built once per search plan, behind a marker (from the earlier run's index where it can be: ``earlier``);
+    shard processes and resumed runs load it."""
     index_path, ids_path, marker = (work / name for name in (workdir.INDEX_FILE, workdir.POOL_IDS, workdir.INDEX_MARKER))
     with workdir.locked(work):
         record = workdir.read_record(marker) or {}
         if record.get("fingerprint") != plan["fingerprint"] or any(
                 workdir.problem(p, record.get(p.name)) for p in (index_path, ids_path)):
-            pool_ids = workdir.candidate_pool(work, plan["include_queries"])
             started = time.perf_counter()
-            index = build_index(store.view(pool_ids), plan["index"], plan["k"])
+            extended = earlier.extended_index(store) if earlier else None
+            if extended is None:
+                pool_ids = workdir.candidate_pool(work, plan["include_queries"])
+                index = build_index(store.view(pool_ids), plan["index"], plan["k"])
+            else:
+                index, pool_ids = extended
             save_index(index, index_path)
             del index  # the copy loaded below is the one searched
             write_npy_atomic(pool_ids, ids_path)
             write_json_atomic({"fingerprint": plan["fingerprint"], "kind": plan["index"], "vectors": len(pool_ids),
                                "seconds": round(time.perf_counter() - started, 2),
+                               "extended_from": str(earlier.earlier) if extended else None,
                                **{p.name: {"bytes": p.stat().st_size, "sha256": file_sha256(p)}
                                   for p in (index_path, ids_path)}}, marker)
     return load_index(index_path, plan["k"]), np.load(ids_path, allow_pickle=False)
@@ -206,11 +213,12 @@ def chunk_size(k: int, depth: int, dim: int) -> int:
 def search_shards(work: Path, plan: dict, shards: workdir.Shards, todo: list[int],
                   rescorer: rescore.Rescorer | None, earlier_files: list[Path] | None) -> None:
     store, query_store = VectorStore(work), VectorStore(work, "query")
-    index, pool_ids = prepare_index(work, store, plan)  # the pool in the document role, queries included
+    earlier = update.EarlierCandidates(earlier_files, work, plan, store) if earlier_files and todo else None
+    index, pool_ids = prepare_index(work, store, plan, earlier)  # the pool in the document role, queries included
     # Only an approximate index needs the pool's vectors again, read row by row, to score its finds exactly.
     search_all = PoolSearch(index, pool_ids, None if plan["index"] == "flat" else store.view(pool_ids), plan["k"])
-    earlier = update.EarlierCandidates(earlier_files, work, plan, store, search_all) if earlier_files and todo else None
-    find = earlier.find if earlier else lambda _query_ids, queries, exclude: search_all(queries, exclude)
+    find = partial(earlier.find, search_all=search_all) if earlier else \
+        lambda _query_ids, queries, exclude: search_all(queries, exclude)
     path, exclusions = workdir.anchor_exclusions(work)
     size, step = plan["shard_size"], chunk_size(plan["k"], search_depth(index), store.dimension)
     total = sum(min(size, plan["n_anchors"] - s * size) for s in todo)

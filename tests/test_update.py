@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import re
 import shutil
 from pathlib import Path
@@ -90,12 +91,18 @@ def test_update_equals_a_full_search(dirs, index, capsys):
     # the new pairs, and the earlier anchors that lost a candidate or changed exclusions, are searched in full
     assert kept + searched == n_anchors and kept > n_anchors / 3 and searched > 25
     assert_same_candidates(later, fresh)
+    # No text left the pool: an approximate index is the earlier one with the new texts added (a flat one is built).
+    marker = json.loads((later / workdir.INDEX_MARKER).read_text())
+    assert marker["extended_from"] == (str(earlier) if index == "hnsw" else None)
+    assert marker["vectors"] == len(workdir.candidate_pool(later, False))
 
 
-def test_a_text_whose_vector_differs_counts_as_left_and_new(dirs, capsys, monkeypatch):
+@pytest.mark.parametrize("index", ["flat", "hnsw"])
+def test_a_text_whose_vector_differs_counts_as_left_and_new(dirs, index, capsys, monkeypatch):
     earlier, later, fresh = dirs
-    assert run_stage(mask, "--work", earlier, "--k", K) == 0
-    assert run_stage(mask, "--work", later, "--update-from", earlier, "--k", K) == 0
+    settings = ["--k", K, "--index", index]
+    assert run_stage(mask, "--work", earlier, *settings) == 0
+    assert run_stage(mask, "--work", later, "--update-from", earlier, *settings) == 0
     kept_before, _ = counts(capsys.readouterr().err)
     # The earlier run mined again, reading three pool texts its lists hold (the least listed ones) and five of
     # its queries that the later input keeps differently.
@@ -112,12 +119,13 @@ def test_a_text_whose_vector_differs_counts_as_left_and_new(dirs, capsys, monkey
     monkeypatch.setattr(VectorStore, "get", earlier_differs)
     for work in (earlier, later):
         workdir.remove_steps(work, "search")
-    assert run_stage(mask, "--work", earlier, "--k", K) == 0
-    assert run_stage(mask, "--work", fresh, "--k", K) == 0
-    assert run_stage(mask, "--work", later, "--update-from", earlier, "--k", K) == 0
+    assert run_stage(mask, "--work", earlier, *settings) == 0
+    assert run_stage(mask, "--work", fresh, *settings) == 0
+    assert run_stage(mask, "--work", later, "--update-from", earlier, *settings) == 0
     kept, _ = counts(capsys.readouterr().err)
     assert kept < kept_before
     assert_same_candidates(later, fresh)
+    assert json.loads((later / workdir.INDEX_MARKER).read_text())["extended_from"] is None  # texts left the pool
 
 
 def test_what_would_make_other_lists_is_refused(dirs, runs, tiny_model, capsys):
