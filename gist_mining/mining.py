@@ -147,11 +147,11 @@ def ragged(matrix: np.ndarray, keep: np.ndarray, arrow_type) -> pa.ListArray:
 # most half the memory budget; past that, HNSW over 8-bit scalar-quantised vectors, then IVF-PQ (bytes per
 # vector in ``bytes_per_vector``). The other half of the budget holds the stage's id arrays and a chunk's
 # working set. Measured by benchmarks/index_recall.py (WordNet glosses, 384-d, 2000 queries, k = 100, 2 CPU
-# cores): at 100k vectors exact search runs 1192 queries/s and HNSW 1419 with recall@100 0.947 (IVF, nprobe
-# 32: 0.784), so below a few hundred thousand vectors approximation buys little speed and loses 5% of the true
-# neighbours. At 300k exact search still answers ~400 queries/s, while the guide embeds ~30 texts/s on the
-# same cores: the search is a small share of the mining cost. Above that, exact search grows as anchors x pool
-# and HNSW takes over. Whatever the index, the mask stage scores every candidate from the stored vectors;
+# cores, 2026-11-25): at 100k vectors exact search runs 3467 queries/s and HNSW 3361 with recall@100 0.952
+# (IVF, nprobe 32: 0.784), so below a few hundred thousand vectors approximation buys no speed and loses 5% of
+# the true neighbours. At 300k exact search answers about a third of that (it reads the whole pool per query),
+# while mpnet embeds ~130 texts/s on the same cores: the search is a small share of the mining cost. Above
+# that, exact search grows as anchors x pool and HNSW takes over. Whatever the index, the mask stage scores every candidate from the stored vectors;
 # quantised indexes are asked for RESCORE_DEPTH x k candidates, which are rescored exactly and cut to k.
 
 KINDS = ("flat", "ivf", "hnsw", "hnswsq", "ivfpq", "auto")
