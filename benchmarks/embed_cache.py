@@ -80,6 +80,9 @@ def main(argv: list[str] | None = None) -> list[dict]:
     n_new = round(args.pairs * 1.1)
     with tempfile.TemporaryDirectory() as scratch:
         tmp = args.keep or Path(scratch)
+        tmp.mkdir(parents=True, exist_ok=True)
+        if any(tmp.iterdir()):  # a cache filled before would make the fresh run a warm one
+            raise SystemExit(f"--keep {tmp}: not empty")
         cache = tmp / "cache"
         source = wordnet_pairs(tmp, n_new, n_corpus=n_new)[0] if args.wordnet else SAMPLE / "train.parquet"
         sample = pl.read_parquet(source).sample(fraction=1.0, shuffle=True, seed=0)

@@ -151,8 +151,9 @@ def ragged(matrix: np.ndarray, keep: np.ndarray, arrow_type) -> pa.ListArray:
 # (IVF, nprobe 32: 0.784), so below a few hundred thousand vectors approximation buys no speed and loses 5% of
 # the true neighbours. At 300k exact search answers about a third of that (it reads the whole pool per query),
 # while mpnet embeds ~130 texts/s on the same cores: the search is a small share of the mining cost. Above
-# that, exact search grows as anchors x pool and HNSW takes over. Whatever the index, the mask stage scores every candidate from the stored vectors;
-# quantised indexes are asked for RESCORE_DEPTH x k candidates, which are rescored exactly and cut to k.
+# that, exact search grows as anchors x pool and HNSW takes over. Whatever the index, the mask stage scores
+# every candidate from the stored vectors; quantised indexes are asked for RESCORE_DEPTH x k candidates, which
+# are rescored exactly and cut to k.
 
 KINDS = ("flat", "ivf", "hnsw", "hnswsq", "ivfpq", "auto")
 AUTO_EXACT_MAX = 300_000

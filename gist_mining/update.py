@@ -42,16 +42,21 @@ def sorted_exclusions(frame: pl.DataFrame) -> pl.DataFrame:
     return frame.select("query_id", pl.col("exclude_ids").list.sort()).unique("query_id")
 
 
-def checked_files(earlier: Path, work: Path, plan: dict) -> list[Path]:
-    """The candidate shards of ``earlier``, checked, when they can serve the search ``plan`` of ``work``."""
+def earlier_search(earlier: Path, work: Path) -> str:
+    """The fingerprint of the earlier run's search: part of the new search plan's (the lists depend on it)."""
     if Path(earlier).resolve() == Path(work).resolve():
         raise UsageError(f"--update-from {earlier}: that is --work itself; name the earlier work directory")
+    return workdir.candidates(earlier)["fingerprint"]
+
+
+def checked_files(earlier: Path, work: Path, plan: dict) -> list[Path]:
+    """The candidate shards of ``earlier``, checked, when they can serve the search ``plan`` of ``work``."""
     manifest = workdir.candidates(earlier)
     embed, earlier_embed = workdir.embeddings(work), workdir.embeddings(earlier)
-    differ = [name for name in GUIDE if embed["settings"][name] != earlier_embed["settings"][name]]
+    differ = [name for name in GUIDE if embed["settings"].get(name) != earlier_embed["settings"].get(name)]
     differ += ["guide model"] * (embed["model"]["fingerprint"] != earlier_embed["model"]["fingerprint"])
-    differ += [f"--{name.replace('_', '-')} ({manifest[name]} there, {plan[name]} here)" for name in LISTS
-               if manifest[name] != plan[name]]
+    differ += [f"--{name.replace('_', '-')} ({manifest.get(name)} there, {plan[name]} here)" for name in LISTS
+               if manifest.get(name) != plan[name]]
     if differ:
         raise UsageError(f"--update-from {earlier}: its candidates were made with another {', '.join(differ)}; "
                          "mine without --update-from")
@@ -59,11 +64,16 @@ def checked_files(earlier: Path, work: Path, plan: dict) -> list[Path]:
 
 
 class EarlierCandidates:
-    """The candidates of ``plan["update_from"]`` (its ``checked_files``) for the search of ``work`` under ``plan``."""
+    """The candidates of the earlier run ``plan["update_from"]`` names (its ``checked_files``) for the search of
+    ``work`` under ``plan``."""
 
     def __init__(self, files: list[Path], work: Path, plan: dict, store: VectorStore):
-        self.earlier, self.files, self.k, self.kind = Path(plan["update_from"]), files, plan["k"], plan["index"]
-        self.store, self.query_store = VectorStore(self.earlier), VectorStore(self.earlier, "query")
+        self.earlier, self.files, self.k, self.kind = Path(plan["update_from"]["work"]), files, plan["k"], plan["index"]
+        try:
+            self.store, self.query_store = VectorStore(self.earlier), VectorStore(self.earlier, "query")
+        except OSError as err:  # its vectors/ matrix deleted, in a directory this user cannot write
+            raise UsageError(f"--update-from {self.earlier}: cannot rebuild {self.earlier / workdir.VECTORS} "
+                             f"({err.strerror}); make it writable, or copy it and name the copy") from None
         new_pool = workdir.candidate_pool(work, plan["include_queries"])
         old_pool = workdir.candidate_pool(self.earlier, plan["include_queries"])
         kept = self._same_vectors(np.intersect1d(new_pool, old_pool), store)
@@ -71,7 +81,7 @@ class EarlierCandidates:
         self.gone = np.setdiff1d(old_pool, kept)
         self.exclusions = sorted_exclusions(workdir.anchor_exclusions(self.earlier)[1])
         self.search_new = self._index_new_texts(store, plan["index"]) if len(self.new_texts) else None
-        self.search_fingerprint = workdir.candidates(self.earlier)["fingerprint"]  # what its index marker names
+        self.search_fingerprint = plan["update_from"]["fingerprint"]  # what its index marker names
         self.lists = pl.DataFrame()
         self.reused = self.searched = 0
 
@@ -94,11 +104,12 @@ class EarlierCandidates:
         """The earlier lists of one shard's queries (``anchors`` with ``exclude_ids``) that can still hold."""
         wanted = sorted_exclusions(anchors)
         lists = (pl.scan_parquet(self.files).select("query_id", "candidate_ids", "candidate_scores")
-                 .filter(pl.col("query_id").is_in(wanted["query_id"])).unique("query_id").collect())
-        gone = pl.Series(self.gone)
+                 .join(wanted.lazy().select("query_id"), on="query_id", how="semi").unique("query_id").collect())
+        holding_gone = (lists.select("query_id", "candidate_ids").explode("candidate_ids")
+                        .join(pl.DataFrame({"candidate_ids": self.gone}), on="candidate_ids", how="semi"))
         self.lists = (lists.join(wanted, on="query_id").join(self.exclusions, on="query_id", suffix="_earlier")
-                      .filter(pl.col("exclude_ids") == pl.col("exclude_ids_earlier"),
-                              ~pl.col("candidate_ids").list.eval(pl.element().is_in(gone)).list.any())
+                      .filter(pl.col("exclude_ids") == pl.col("exclude_ids_earlier"))
+                      .join(holding_gone, on="query_id", how="anti")
                       .select("query_id", "candidate_ids", "candidate_scores"))
 
     def extended_index(self, store: VectorStore) -> tuple[faiss.Index, np.ndarray] | None:

@@ -121,9 +121,12 @@ def search_plan(args, argv, embed: dict, rescorer: rescore.Rescorer | None) -> d
     kind = resolve_kind(settings["index"], n_pool, embed["dimension"], parse_bytes(settings["memory_budget"]))
     plan = dict(settings, index=kind, parent_fingerprint=embed["fingerprint"],
                 n_anchors=embed["counts"]["anchors"], rescore=rescorer.record if rescorer else None,
-                update_from=str(args.update_from) if args.update_from else None,
-                command=cli.command("pipeline.mask", argv))
-    plan["fingerprint"] = config_fingerprint({k: plan[k] for k in (*settings, "parent_fingerprint", "rescore")})
+                update_from={"work": str(args.update_from), "fingerprint": update.earlier_search(args.update_from, args.work)}
+                if args.update_from else None, command=cli.command("pipeline.mask", argv))
+    made_by = {k: plan[k] for k in (*settings, "parent_fingerprint", "rescore")}
+    if args.update_from:  # the earlier run's search, not its path (approximate lists and an extended index depend on it)
+        made_by["earlier_search"] = plan["update_from"]["fingerprint"]
+    plan["fingerprint"] = config_fingerprint(made_by)
     return plan
 
 
@@ -137,8 +140,8 @@ def claim(work: Path, search: dict, mining: dict, args) -> None:
     with workdir.locked(work):
         if not args.refilter:
             changed = workdir.changed_keys(work, "search", search,
-                                           ("parent_fingerprint", *asdict(SearchSettings()), "rescore"))
-            names = {"parent_fingerprint": "embeddings", "rescore": "rescore model"}
+                                           ("parent_fingerprint", *asdict(SearchSettings()), "rescore", "update_from"))
+            names = {"parent_fingerprint": "embeddings", "rescore": "rescore model", "update_from": "--update-from"}
             what = ", ".join(names.get(k, k) for k in changed) or "settings"
             workdir.claim(work, "search", search, replace=args.overwrite,
                           refusal=f"{work}: candidates/ were made with other {what}; pass --overwrite to search again "

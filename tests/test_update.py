@@ -78,10 +78,10 @@ def assert_same_candidates(updated, fresh):
     assert mined(updated)["negative_ids"].equals(mined(fresh)["negative_ids"])
 
 
-@pytest.mark.parametrize("index", ["flat", "hnsw"])
-def test_update_equals_a_full_search(dirs, index, capsys):
+@pytest.mark.parametrize("index, more", [("flat", []), ("hnsw", []), ("flat", ["--include-queries"])])
+def test_update_equals_a_full_search(dirs, index, more, capsys):
     earlier, later, fresh = dirs
-    settings = ["--k", K, "--index", index, "--shard-size", 30]
+    settings = ["--k", K, "--index", index, "--shard-size", 30, *more]
     assert run_stage(mask, "--work", earlier, *settings) == 0
     assert run_stage(mask, "--work", fresh, *settings) == 0
     capsys.readouterr()
@@ -94,7 +94,10 @@ def test_update_equals_a_full_search(dirs, index, capsys):
     # No text left the pool: an approximate index is the earlier one with the new texts added (a flat one is built).
     marker = json.loads((later / workdir.INDEX_MARKER).read_text())
     assert marker["extended_from"] == (str(earlier) if index == "hnsw" else None)
-    assert marker["vectors"] == len(workdir.candidate_pool(later, False))
+    assert marker["vectors"] == len(workdir.candidate_pool(later, bool(more)))
+    # The plan's fingerprint holds the earlier search: the same settings without --update-from are another plan.
+    assert run_stage(mask, "--work", later, *settings) == 2
+    assert "other --update-from" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize("index", ["flat", "hnsw"])
