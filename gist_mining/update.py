@@ -13,25 +13,34 @@ earlier approximate lists merged with the new texts' (searched exactly while the
 
 The earlier run must share the guide (model fingerprint, prompts, precision, dtype, backend: what makes a
 vector) and the search settings that make a list (k, index, include_queries). Its candidates are read through
-its manifest, every shard checked, like any other reader's.
+its manifest, every shard checked, like any other reader's, and split once by this run's shards.
 """
 
 from __future__ import annotations
 
+import shutil
+from contextlib import ExitStack
 from pathlib import Path
 
 import faiss
 import numpy as np
 import polars as pl
+import pyarrow as pa
+import pyarrow.parquet as pq
 
 from gist_mining import workdir
 from gist_mining.errors import UsageError
 from gist_mining.mining import (ADD_BATCH, PAD_ID, PoolSearch, build_index, merge_candidates, padded,
                                  set_search_parameters)
+from gist_mining.storage import AtomicParquetWriter, write_json_atomic
 from gist_mining.workdir import VectorStore
 
 GUIDE = ("dtype", "precision", "query_prompt", "document_prompt", "backend")  # embed settings that change a vector
 LISTS = ("k", "index", "include_queries")  # search settings that change a list
+LIST_COLUMNS = ("query_id", "candidate_ids", "candidate_scores")  # what an earlier list is
+LIST_SCHEMA = {"query_id": pl.Int64, "candidate_ids": pl.List(pl.Int64), "candidate_scores": pl.List(pl.Float32)}
+OPEN_FILES = 256  # shards written per pass over the earlier candidates: open files stay few
+SPLIT_BATCH = 8192  # earlier lists read at a time while splitting (~10 MB at k = 100)
 # Below this many new texts they are searched exactly whatever the pool's index: an exact search of them then
 # reads fewer vectors per query than an HNSW search (efSearch x M), and IVF-PQ could not train its codebooks
 # (39 x 256 points).
@@ -82,7 +91,7 @@ class EarlierCandidates:
         self.exclusions = sorted_exclusions(workdir.anchor_exclusions(self.earlier)[1])
         self.search_new = self._index_new_texts(store, plan["index"]) if len(self.new_texts) else None
         self.search_fingerprint = plan["update_from"]["fingerprint"]  # what its index marker names
-        self.lists = pl.DataFrame()
+        self.lists = pl.DataFrame(schema=LIST_SCHEMA)
         self.reused = self.searched = 0
 
     def _index_new_texts(self, store: VectorStore, kind: str) -> PoolSearch:
@@ -100,17 +109,49 @@ class EarlierCandidates:
             same[start: start + len(part)] = (store.get(part) == self.store.get(part)).all(axis=1)
         return ids[same]
 
-    def load(self, anchors: pl.DataFrame) -> None:
+    def split_by_shard(self, work: Path, plan: dict) -> None:
+        """The earlier lists each shard of this run asks for, in a file of its own (``workdir.EARLIER``), so that a
+        shard reads its lists, not all of them: one pass over the earlier candidates per OPEN_FILES shards. Made
+        once per plan, behind a marker, like the index."""
+        folder, marker = work / workdir.EARLIER, work / workdir.EARLIER_MARKER
+        with workdir.locked(work):
+            record = workdir.read_record(marker) or {}
+            if record.get("fingerprint") == plan["fingerprint"] and not any(
+                    workdir.problem(folder / name, file) for name, file in record["files"].items()):
+                return
+            shutil.rmtree(folder, ignore_errors=True)
+            anchors = workdir.read_table(work, workdir.ANCHORS, ["anchor_id", "query_id"])
+            need = anchors.select("query_id", (pl.col("anchor_id") // plan["shard_size"]).alias("shard")).unique()
+            schema = pa.schema([pq.read_schema(self.files[0]).field(name) for name in LIST_COLUMNS])
+            for first in range(0, -(-plan["n_anchors"] // plan["shard_size"]), OPEN_FILES):
+                self._write_shards(need.filter(pl.col("shard").is_between(first, first + OPEN_FILES - 1)), folder, schema)
+            write_json_atomic({"fingerprint": plan["fingerprint"], "files": {
+                path.name: workdir.describe_file(path) for path in folder.glob("*.parquet")}}, marker)
+        pa.default_memory_pool().release_unused()  # the split's buffers, which Arrow's allocator would keep
+
+    def _write_shards(self, need: pl.DataFrame, folder: Path, schema: pa.Schema) -> None:
+        """Every earlier list whose query ``need`` names, into the file of each shard it names."""
+        with ExitStack() as files:
+            writers = {}
+            for path in self.files:
+                for batch in pq.ParquetFile(path).iter_batches(batch_size=SPLIT_BATCH, columns=list(LIST_COLUMNS)):
+                    for (shard,), rows in pl.from_arrow(batch).join(need, on="query_id").group_by("shard"):
+                        if shard not in writers:
+                            writers[shard] = files.enter_context(
+                                AtomicParquetWriter(folder / workdir.shard_name(shard), schema))
+                        writers[shard].write(rows.select(LIST_COLUMNS).to_arrow().cast(schema))
+
+    def load(self, anchors: pl.DataFrame, shard: int, work: Path) -> None:
         """The earlier lists of one shard's queries (``anchors`` with ``exclude_ids``) that can still hold."""
-        wanted = sorted_exclusions(anchors)
-        lists = (pl.scan_parquet(self.files).select("query_id", "candidate_ids", "candidate_scores")
-                 .join(wanted.lazy().select("query_id"), on="query_id", how="semi").unique("query_id").collect())
+        path = work / workdir.EARLIER / workdir.shard_name(shard)
+        lists = pl.read_parquet(path).unique("query_id") if path.exists() else pl.DataFrame(schema=LIST_SCHEMA)
         holding_gone = (lists.select("query_id", "candidate_ids").explode("candidate_ids")
                         .join(pl.DataFrame({"candidate_ids": self.gone}), on="candidate_ids", how="semi"))
-        self.lists = (lists.join(wanted, on="query_id").join(self.exclusions, on="query_id", suffix="_earlier")
+        self.lists = (lists.join(sorted_exclusions(anchors), on="query_id")
+                      .join(self.exclusions, on="query_id", suffix="_earlier")
                       .filter(pl.col("exclude_ids") == pl.col("exclude_ids_earlier"))
                       .join(holding_gone, on="query_id", how="anti")
-                      .select("query_id", "candidate_ids", "candidate_scores"))
+                      .select(LIST_COLUMNS))
 
     def extended_index(self, store: VectorStore) -> tuple[faiss.Index, np.ndarray] | None:
         """The earlier run's index (checked against its marker) and pool ids, with the new texts added, when no text

@@ -41,6 +41,8 @@ VECTORS, INDEX, CANDIDATES = "vectors", "index", "candidates"
 MASK_PLAN, CANDIDATES_MANIFEST = "mask_plan.json", "candidates_manifest.json"
 MINED, MINE_PLAN, MINED_MANIFEST, SUMMARY = "mined", "mine_plan.json", "mined_manifest.json", "mined_summary.json"
 INDEX_FILE, POOL_IDS, INDEX_MARKER = f"{INDEX}/index.faiss", f"{INDEX}/pool_ids.npy", f"{INDEX}/_index.done"
+# pipeline.mask --update-from: the earlier run's lists that each shard asks for, one file per shard (gist_mining.update)
+EARLIER, EARLIER_MARKER = f"{INDEX}/earlier", f"{INDEX}/_earlier.done"
 REPORT, MODELS, RESULTS = "report", "models", "results.json"
 # Known false negatives of the pairs (an input, like them; gist_mining.fn_quality), and their plot in the report.
 TRUTH, FN_FRONTIER = "fn_truth.parquet", f"{REPORT}/fn_frontier.png"

@@ -217,6 +217,8 @@ def search_shards(work: Path, plan: dict, shards: workdir.Shards, todo: list[int
                   rescorer: rescore.Rescorer | None, earlier_files: list[Path] | None) -> None:
     store, query_store = VectorStore(work), VectorStore(work, "query")
     earlier = update.EarlierCandidates(earlier_files, work, plan, store) if earlier_files and todo else None
+    if earlier:
+        earlier.split_by_shard(work, plan)
     index, pool_ids = prepare_index(work, store, plan, earlier)  # the pool in the document role, queries included
     # Only an approximate index needs the pool's vectors again, read row by row, to score its finds exactly.
     search_all = PoolSearch(index, pool_ids, None if plan["index"] == "flat" else store.view(pool_ids), plan["k"])
@@ -229,7 +231,7 @@ def search_shards(work: Path, plan: dict, shards: workdir.Shards, todo: list[int
         for s in todo:
             part = read_anchors(path, exclusions, s * size, size)  # one shard's anchors at a time
             if earlier:
-                earlier.load(part)
+                earlier.load(part, s, work)
             with AtomicParquetWriter(shards.path(s), CANDIDATE_SCHEMA) as out:
                 for start in range(0, part.height, step):
                     chunk = part.slice(start, step)

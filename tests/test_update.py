@@ -95,6 +95,12 @@ def test_update_equals_a_full_search(dirs, index, more, capsys):
     marker = json.loads((later / workdir.INDEX_MARKER).read_text())
     assert marker["extended_from"] == (str(earlier) if index == "hnsw" else None)
     assert marker["vectors"] == len(workdir.candidate_pool(later, bool(more)))
+    # Each shard read only the earlier lists of its own queries, split out in one pass.
+    anchors = pl.read_parquet(later / "anchors.parquet").with_columns(shard=pl.col("anchor_id") // 30)
+    for path in (later / workdir.EARLIER).glob("*.parquet"):
+        shard = int(path.stem.removeprefix("shard-"))
+        assert set(pl.read_parquet(path)["query_id"]) <= set(anchors.filter(shard=shard)["query_id"])
+    assert len(list((later / workdir.EARLIER).glob("*.parquet"))) == anchors["shard"].n_unique()
     # The plan's fingerprint holds the earlier search: the same settings without --update-from are another plan.
     assert run_stage(mask, "--work", later, *settings) == 2
     assert "other --update-from" in capsys.readouterr().err
