@@ -119,6 +119,7 @@ class EarlierCandidates:
             if record.get("fingerprint") == plan["fingerprint"] and not any(
                     workdir.problem(folder / name, file) for name, file in record["files"].items()):
                 return
+            marker.unlink(missing_ok=True)
             shutil.rmtree(folder, ignore_errors=True)
             anchors = workdir.read_table(work, workdir.ANCHORS, ["anchor_id", "query_id"])
             need = anchors.select("query_id", (pl.col("anchor_id") // plan["shard_size"]).alias("shard")).unique()
