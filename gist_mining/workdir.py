@@ -345,8 +345,8 @@ def read_shard(path: Path, column: str = "embedding", dtype=np.float32) -> tuple
 
 def shard_arrays(frame: pl.DataFrame, column: str = "embedding", dtype=np.float32) -> tuple[np.ndarray, np.ndarray]:
     """An embedding table's text ids and vectors in ``column`` (less its null rows) as arrays, the vectors as
-    ``dtype``. Read with Polars: its Parquet reader decodes a fixed-size list column 3.6x
-    faster than pyarrow's (40k x 768 floats: 0.49 s vs 1.76 s) and hands the vectors over as one matrix."""
+    ``dtype``. Read with Polars: its Parquet reader decodes a fixed-size list column 3.6x faster than pyarrow's
+    (40k x 768 floats: 0.49 s vs 1.76 s) and hands the vectors over as one matrix."""
     frame = frame.filter(pl.col(column).is_not_null())
     vectors = frame[column].to_numpy()
     return frame["text_id"].to_numpy(), vectors.astype(dtype, copy=False)
