@@ -268,9 +268,14 @@ def build_index(vectors, kind: str, k: int, seed: int = 0) -> faiss.Index:
         if kind == "ivfpq":
             train_lists(faiss.extract_index_ivf(index), x)  # then index.train only trains the PQ codebooks
         index.train(x)
-    for start in range(0, n, ADD_BATCH):
-        index.add(np.ascontiguousarray(vectors[start: min(start + ADD_BATCH, n)], dtype=np.float32))
+    add_vectors(index, vectors)
     return set_search_parameters(index, k)
+
+
+def add_vectors(index: faiss.Index, vectors) -> None:
+    """``vectors`` (an array, or rows read on demand) into a trained index, ADD_BATCH at a time."""
+    for start in range(0, len(vectors), ADD_BATCH):
+        index.add(np.ascontiguousarray(vectors[start: start + ADD_BATCH], dtype=np.float32))
 
 
 def save_index(index: faiss.Index, path: Path) -> None:

@@ -30,8 +30,8 @@ import pyarrow.parquet as pq
 
 from gist_mining import workdir
 from gist_mining.errors import UsageError
-from gist_mining.mining import (ADD_BATCH, PAD_ID, PoolSearch, build_index, merge_candidates, padded,
-                                 set_search_parameters)
+from gist_mining.mining import (ADD_BATCH, PAD_ID, PoolSearch, add_vectors, build_index, merge_candidates,
+                                 padded, set_search_parameters)
 from gist_mining.storage import AtomicParquetWriter, write_json_atomic
 from gist_mining.workdir import VectorStore
 
@@ -157,16 +157,11 @@ class EarlierCandidates:
     def extended_index(self, store: VectorStore) -> tuple[faiss.Index, np.ndarray] | None:
         """The earlier run's index (checked against its marker) and pool ids, with the new texts added, when no text
         left its pool (an index cannot drop one) and it is approximate (a flat index is a copy of the vectors)."""
-        index_path, ids_path, marker = (self.earlier / name for name in (workdir.INDEX_FILE, workdir.POOL_IDS,
-                                                                          workdir.INDEX_MARKER))
-        record = workdir.read_record(marker) or {}
-        if len(self.gone) or self.kind == "flat" or record.get("fingerprint") != self.search_fingerprint or any(
-                workdir.problem(p, record.get(p.name)) for p in (index_path, ids_path)):
+        if len(self.gone) or self.kind == "flat" or not workdir.index_ready(self.earlier, self.search_fingerprint):
             return None
+        index_path, ids_path, _ = workdir.index_files(self.earlier)
         index = faiss.read_index(str(index_path))  # a copy, not a mapping: it is added to
-        vectors = store.view(self.new_texts)
-        for start in range(0, len(vectors), ADD_BATCH):
-            index.add(vectors[start: start + ADD_BATCH])
+        add_vectors(index, store.view(self.new_texts))
         return set_search_parameters(index, self.k), np.concatenate([np.load(ids_path, allow_pickle=False), self.new_texts])
 
     def find(self, query_ids: np.ndarray, queries: np.ndarray, exclude: np.ndarray,

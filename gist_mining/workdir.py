@@ -73,6 +73,20 @@ def rebuild_command(work: Path, step: str) -> str:
             "mine": f"python -m pipeline.mask --work {work} --refilter"}[step]
 
 
+def index_files(work: Path) -> tuple[Path, Path, Path]:
+    """The search's index, its pool ids and its marker."""
+    return Path(work) / INDEX_FILE, Path(work) / POOL_IDS, Path(work) / INDEX_MARKER
+
+
+def index_ready(work: Path, fingerprint: str) -> bool:
+    """The index of ``work`` is there for the search plan ``fingerprint``: its marker names the plan, and the index
+    and pool ids match the marker."""
+    index_path, ids_path, marker = index_files(work)
+    record = read_record(marker) or {}
+    return record.get("fingerprint") == fingerprint and not any(
+        problem(p, record.get(p.name)) for p in (index_path, ids_path))
+
+
 def read_record(path: Path) -> dict | None:
     """A JSON plan, marker or manifest; None when it is missing or cannot be read (cut short by a kill)."""
     try:

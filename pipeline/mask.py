@@ -163,11 +163,9 @@ def read_anchors(path: Path, exclusions: pl.DataFrame, start: int, length: int) 
 def prepare_index(work: Path, store: VectorStore, plan: dict, earlier: update.EarlierCandidates | None):
     """Built once per search plan, behind a marker (from the earlier run's index where it can be: ``earlier``);
     shard processes and resumed runs load it."""
-    index_path, ids_path, marker = (work / name for name in (workdir.INDEX_FILE, workdir.POOL_IDS, workdir.INDEX_MARKER))
+    index_path, ids_path, marker = workdir.index_files(work)
     with workdir.locked(work):
-        record = workdir.read_record(marker) or {}
-        if record.get("fingerprint") != plan["fingerprint"] or any(
-                workdir.problem(p, record.get(p.name)) for p in (index_path, ids_path)):
+        if not workdir.index_ready(work, plan["fingerprint"]):
             started = time.perf_counter()
             extended = earlier.extended_index(store) if earlier else None
             if extended is None:
