@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from mkdocs.structure.files import File, Files
+from mkdocs.structure.files import File, Files, InclusionLevel
 
 REFERENCE = "reference/"
 RESULTS = Path(__file__).resolve().parents[1] / "benchmarks" / "results"
@@ -33,5 +33,7 @@ def on_files(files: Files, config) -> Files:
             module = path.removeprefix(REFERENCE).removesuffix(".md")
             files.append(File.generated(config, path, content=f"# `{module}`\n\n::: {module}\n"))
     for result in sorted(RESULTS.iterdir()):
-        files.append(File.generated(config, f"results/{result.name}", abs_src_path=str(result)))
+        # Linked from the pages, not listed in the nav: a result file is not a chapter of its own.
+        files.append(File.generated(config, f"results/{result.name}", abs_src_path=str(result),
+                                    inclusion=InclusionLevel.NOT_IN_NAV))
     return files
