@@ -66,6 +66,12 @@ def test_strict_build_fails_on_a_broken_link_or_reference(tmp_path, page, errors
     assert all(error in result.stderr for error in errors), result.stderr[-3000:]
 
 
+def test_readme_links_point_at_files_that_exist():  # the site's links are mkdocs's to check; the README's are not
+    targets = re.findall(r"\]\(([^)#]+)[^)]*\)", (ROOT / "README.md").read_text())
+    local = [target for target in targets if "://" not in target]
+    assert local and [target for target in local if not (ROOT / target).exists()] == []
+
+
 def readme_quickstart() -> tuple[list[str], str]:
     """The quick start's shell commands and its Python block, as the README shows them."""
     readme = (ROOT / "README.md").read_text()
