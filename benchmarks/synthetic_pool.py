@@ -6,7 +6,7 @@ Texts are "doc N" (the pool: N < --pool) and "query N" (N < --anchors). Anchor N
 positive is doc N; every third anchor also gives doc (anchors + N) as a negative. Documents lie around
 pool / 1000 random centres (cosine ~0.5 between two documents of a centre), and query N around doc N
 (cosine ~0.86). The texts and anchors are planned by pipeline.embed.plan_texts, the plan made by
-pipeline.embed.plan_for, and the shards, markers and manifest written by pipeline.embed.embed_shards
+pipeline.embed.plan_for, and the shards, markers and manifest written by pipeline.embed.EmbedStep
 with a stand-in guide whose ``encode`` returns these vectors, so the directory is exactly what
 pipeline.embed writes (float16 vectors) and `python -m pipeline.mask --work DIR` runs on it unchanged.
 """
@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import shlex
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -24,7 +25,8 @@ import polars as pl
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from gist_mining import workdir  # noqa: E402
 from gist_mining.storage import config_fingerprint  # noqa: E402
-from pipeline.embed import EmbedSettings, claim, embed_shards, plan_for, plan_texts  # noqa: E402
+from gist_mining.executor import ExecutorSettings, run_step  # noqa: E402
+from pipeline.embed import EmbedSettings, EmbedStep, ModelSettings, claim, finish, plan_for, plan_texts  # noqa: E402
 
 DOCUMENT_SPREAD, QUERY_SPREAD = 1.0, 0.6  # noise norm relative to the unit centre (document) or positive (query)
 
@@ -81,6 +83,7 @@ def main(argv: list[str] | None = None) -> Path:
     args = parser.parse_args(argv)
     if not 0 < args.anchors <= args.pool:
         parser.error("--anchors must be in 1 .. --pool")
+    started = time.perf_counter()
     pairs, corpus = pairs_and_corpus(args.pool, args.anchors)
     texts, anchors, _ = plan_texts([pairs], [corpus], ["synthetic"])
     del pairs, corpus
@@ -93,7 +96,8 @@ def main(argv: list[str] | None = None) -> Path:
     claim(args.work, plan, texts, anchors, overwrite=True)
     shards = workdir.Shards(args.work, workdir.EMBEDDINGS, len(plan["bounds"]), plan["fingerprint"])
     guide = SyntheticGuide(args.pool, args.anchors, args.dim, args.seed)
-    embed_shards(shards, plan, texts, guide, shards.pending(list(range(shards.n))), batch_size=0)
+    run_step(EmbedStep(shards, plan, ModelSettings("synthetic"), batch_size=0, loaded=guide), ExecutorSettings())
+    finish(shards, plan, started)
     return args.work
 
 

@@ -8,7 +8,7 @@ A work directory is a chain of steps, each made from the one before it:
            -train->  models/NAME (gist_training.json names the mined manifest it was trained from)
 
 A step is a small function over shards (datatrove style); which process does which shards is the
-executor's business (``gist_mining.cli.my_shards``). A step's plan holds its fingerprint (its settings and
+executor's business (``gist_mining.executor``). A step's plan holds its fingerprint (its settings and
 its parent's fingerprint); a shard is done when its marker ``_shard-NNNNN.done`` names that fingerprint
 and the shard's rows, bytes and SHA-256. A resumed run verifies every done shard against its marker; the
 process that finds all shards done writes the manifest; a reader checks the manifest's parent against the

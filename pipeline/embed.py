@@ -25,19 +25,20 @@ import argparse
 import functools
 import sys
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
 import polars as pl
 import pyarrow as pa
-from tqdm import tqdm
 
 from gist_mining import cli, onnx_backend, workdir
 from gist_mining.embed_cache import EmbeddingCache, default_root
-from gist_mining.errors import InputError
+from gist_mining.errors import InputError, UsageError
+from gist_mining.executor import ExecutorSettings, run_step
 from gist_mining.inputs import read_corpus, read_pairs
 from gist_mining.models import DEFAULT_GUIDE, load_model, model_fingerprint, resolve_model, role_prompts
+from gist_mining.settings import add_options, from_args
 from gist_mining.storage import config_fingerprint, path_sha256, write_json_atomic, write_parquet_atomic
 from gist_mining.workdir import QUERY_COLUMN, two_roles
 
@@ -84,7 +85,7 @@ def parse_args(argv=None) -> argparse.Namespace:
                         help="embedding cache shared by work directories (default: $GIST_MINING_CACHE/embeddings, "
                              "else ~/.cache/gist-mining/embeddings)")
     parser.add_argument("--no-cache", action="store_true", help="neither read nor add to the embedding cache")
-    cli.shard_arguments(parser)
+    add_options(parser.add_argument_group("executor"), ExecutorSettings)
     return parser.parse_args(argv)
 
 
@@ -188,13 +189,24 @@ def shard_bounds(n_texts: int, shard_size: int) -> list[tuple[int, int]]:
 # -- the plan: guide, settings and inputs; claiming the work directory -------------------------------
 
 
-def prepare_model(args):
+@dataclass(frozen=True)
+class ModelSettings:
+    """Which model to load and how (``gist_mining.models.load_model``)."""
+
+    name: str = DEFAULT_GUIDE
+    revision: str | None = None
+    trust_remote_code: bool = False
+    device: str | None = None
+    max_seq_length: int | None = None
+
+
+def prepare_model(settings: ModelSettings, precision: str):
     import torch
 
-    model = load_model(args.model, device=args.device, max_seq_length=args.max_seq_length, revision=args.revision,
-                       trust_remote_code=args.trust_remote_code)
-    if args.precision != "fp32":
-        model.to({"fp16": torch.float16, "bf16": torch.bfloat16}[args.precision])
+    model = load_model(settings.name, device=settings.device, max_seq_length=settings.max_seq_length,
+                       revision=settings.revision, trust_remote_code=settings.trust_remote_code)
+    if precision != "fp32":
+        model.to({"fp16": torch.float16, "bf16": torch.bfloat16}[precision])
     return model
 
 
@@ -294,18 +306,59 @@ def embed_shard(embedded, texts: pl.DataFrame, path: Path, settings: EmbedSettin
     write_parquet_atomic(table, path, compression="none", use_dictionary=False)
 
 
-def embed_shards(shards: workdir.Shards, plan: dict, texts, model, todo: list[int], batch_size: int,
-                 cache=None) -> dict | None:
-    """Embed shards ``todo`` of the plan with ``model`` (or its OnnxEncoder; through ``cache``, an EmbeddingCache,
-    if given); the manifest once every shard is done (None before)."""
-    bounds, settings, started = plan["bounds"], EmbedSettings(**plan["settings"]), time.perf_counter()
-    embedded = encoder_for(model, settings, batch_size, cache)
-    for i in tqdm(todo, unit="shard", desc="embed", disable=len(todo) < 2):
-        start, stop = bounds[i]
-        embed_shard(embedded, texts.slice(start, stop - start), shards.path(i), settings)
-        shards.mark_done(i)
-    if cache is not None and todo:
-        print(f"embed: cache {cache.root}: {cache.hits} vectors read, {cache.misses} computed and added", file=sys.stderr)
+@dataclass
+class EmbedStep:
+    """The embed stage's step (``gist_mining.executor.ShardStep``): shard i holds the texts ``plan["bounds"][i]``
+    of texts.parquet, embedded by the plan's guide. ``loaded``: the driver's own encoder, reused by a local
+    executor; it is never pickled, so a remote worker loads the guide itself (``open``)."""
+
+    shards: workdir.Shards
+    plan: dict
+    model: ModelSettings
+    batch_size: int
+    token_budget: int = onnx_backend.TOKEN_BUDGET
+    cache_dir: Path | None = None  # None: no embedding cache
+    loaded: object = field(default=None, repr=False, compare=False)
+    name: str = "embed"
+
+    def __getstate__(self) -> dict:
+        return {**self.__dict__, "loaded": None}
+
+    def open(self) -> EmbedWorker:
+        settings = EmbedSettings(**self.plan["settings"])
+        encoder = self.loaded
+        if encoder is None:
+            model = prepare_model(self.model, settings.precision)
+            _, encoder = onnx_backend.choose(settings.backend, model, resolve_model(self.model.name, self.model.revision),
+                                             [settings.query_prompt, settings.document_prompt], settings.precision,
+                                             self.token_budget, self.model.name)
+        cache = None if self.cache_dir is None else EmbeddingCache(self.cache_dir, self.plan["model"],
+                                                                   backend=settings.backend)
+        texts = workdir.problem(self.shards.work / workdir.TEXTS, self.plan["tables"][workdir.TEXTS])
+        if texts is not None:
+            raise UsageError(f"{self.shards.work / workdir.TEXTS}: {texts}; rerun `{self.plan['command']}`")
+        return EmbedWorker(encoder_for(encoder, settings, self.batch_size, cache), settings, cache)
+
+    def run(self, worker: EmbedWorker, i: int) -> None:
+        start, stop = self.plan["bounds"][i]
+        texts = pl.scan_parquet(self.shards.work / workdir.TEXTS).slice(start, stop - start).collect()
+        embed_shard(worker.embedded, texts, self.shards.path(i), worker.settings)
+
+    def close(self, worker: EmbedWorker) -> None:
+        if worker.cache is not None:
+            print(f"embed: cache {worker.cache.root}: {worker.cache.hits} vectors read, {worker.cache.misses} computed "
+                  "and added", file=sys.stderr)
+
+
+@dataclass
+class EmbedWorker:
+    embedded: object  # encoder_for's function
+    settings: EmbedSettings
+    cache: EmbeddingCache | None
+
+
+def finish(shards: workdir.Shards, plan: dict, started: float) -> dict | None:
+    """The manifest once every shard is done (None before)."""
     manifest = shards.finish(workdir.EMBED_MANIFEST, {k: v for k, v in plan.items() if k != "bounds"})
     if manifest is None:
         print("embed: shards left for other processes or a rerun", file=sys.stderr)
@@ -317,29 +370,29 @@ def embed_shards(shards: workdir.Shards, plan: dict, texts, model, todo: list[in
 
 def main(argv=None) -> None:
     args = parse_args(argv)
+    started = time.perf_counter()
     pairs, corpora, inputs = read_inputs(args)  # everything validated before anything is written
     texts, anchors, dropped = plan_texts(pairs, corpora, [str(p) for p in args.input])
-    model = prepare_model(args)
+    model_settings = from_args(ModelSettings, args, name=args.model)
+    model = prepare_model(model_settings, args.precision)
     prompts = role_prompts(model, args)
     backend, encoder = onnx_backend.choose(args.backend, model, resolve_model(args.model, args.revision),
                                            list(prompts.values()), args.precision, args.token_budget, args.model)
     plan = make_plan(args, argv, model, prompts, backend, texts, anchors, inputs)
     work = args.work
     claim(work, plan, texts, anchors, args.overwrite)
-    bounds = plan["bounds"]
-    shards = workdir.Shards(work, workdir.EMBEDDINGS, len(bounds), plan["fingerprint"])
-    assigned = cli.my_shards(args, len(bounds), "embed")
-    todo = shards.pending(assigned)
+    shards = workdir.Shards(work, workdir.EMBEDDINGS, len(plan["bounds"]), plan["fingerprint"])
     print(f"embed: {texts.height} distinct texts from {anchors.height} anchors ({dropped} given negatives dropped: "
-          f"equal to the query or one of its positives, or repeated); {len(assigned) - len(todo)} of this process's "
-          f"shards already done", file=sys.stderr)
+          "equal to the query or one of its positives, or repeated)", file=sys.stderr)
     if two_roles(plan["settings"]):
         print(f"embed: query prompt {plan['settings']['query_prompt']!r}, document prompt "
               f"{plan['settings']['document_prompt']!r}: every text in the document role, the queries in the query "
               "role too", file=sys.stderr)
-    cache = None if args.no_cache else EmbeddingCache(args.cache_dir or default_root(), plan["model"],
-                                                      backend=plan["settings"]["backend"])
-    embed_shards(shards, plan, texts, encoder, todo, args.batch_size, cache)
+    del texts, anchors, pairs  # the shards read texts.parquet
+    step = EmbedStep(shards, plan, model_settings, args.batch_size, args.token_budget,
+                     None if args.no_cache else args.cache_dir or default_root(), loaded=encoder)
+    run_step(step, from_args(ExecutorSettings, args))
+    finish(shards, plan, started)
 
 
 if __name__ == "__main__":

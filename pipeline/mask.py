@@ -23,7 +23,7 @@ import argparse
 import json
 import sys
 import time
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, field, fields
 from functools import partial
 from pathlib import Path
 
@@ -35,9 +35,11 @@ from tqdm import tqdm
 
 from gist_mining import cli, rescore, update, workdir
 from gist_mining.errors import UsageError
+from gist_mining.executor import ExecutorSettings, run_step
 from gist_mining.mining import (CANDIDATE_SCHEMA, KINDS, MINED_SCHEMA, PAD_ID, SCORES, SEARCHED_SCHEMA, STRATEGIES,
                                  MiningRules, PoolSearch, build_index, load_index, padded, parse_bytes, ragged,
                                  resolve_kind, save_index, search_depth, select)
+from gist_mining.settings import add_options, from_args
 from gist_mining.storage import AtomicParquetWriter, config_fingerprint, file_sha256, write_json_atomic
 from gist_mining.summary import summarize
 from gist_mining.workdir import VectorStore, write_npy_atomic
@@ -94,8 +96,8 @@ def parse_args(argv=None) -> argparse.Namespace:
                         help="an earlier work directory mined with the same guide, k and index, e.g. before pairs were "
                              "added: its anchors keep their candidates, searched only against texts new to the pool "
                              "(exact index: equal to a full search); see gist_mining.update")
-    cli.shard_arguments(parser)
     rescore.add_arguments(parser)
+    add_options(parser.add_argument_group("executor"), ExecutorSettings)
     return parser.parse_args(argv)
 
 
@@ -111,7 +113,7 @@ def search_plan(args, argv, embed: dict, rescorer: rescore.Rescorer | None) -> d
         if stored is None:
             raise UsageError(f"{args.work}: no candidates/ to refilter; run `python -m pipeline.mask --work {args.work}` first")
         clash = [f"--{k.replace('_', '-')} {v} (candidates/ have {stored[k]})" for k, v in given.items() if stored[k] != v]
-        clash += rescore.refilter_clash(args, stored) + ["--update-from (it searches)"] * bool(args.update_from)
+        clash += rescore.refilter_clash(from_args(rescore.RescoreSettings, args), stored) + ["--update-from (it searches)"] * bool(args.update_from)
         if clash:
             raise UsageError(f"--refilter takes the search settings from candidates/; drop {', '.join(clash)}")
         workdir.candidates(args.work)  # candidates/ complete and made from the current embeddings
@@ -211,47 +213,95 @@ def chunk_size(k: int, depth: int, dim: int) -> int:
     return max(1, min(CHUNK, CHUNK_BYTES // (depth * k * dim * 4)))
 
 
-def search_shards(work: Path, plan: dict, shards: workdir.Shards, todo: list[int],
-                  rescorer: rescore.Rescorer | None, earlier_files: list[Path] | None) -> None:
-    store, query_store = VectorStore(work), VectorStore(work, "query")
-    earlier = update.EarlierCandidates(earlier_files, work, plan, store) if earlier_files and todo else None
-    if earlier:
-        earlier.split_by_shard(work, plan)
-    index, pool_ids = prepare_index(work, store, plan, earlier)  # the pool in the document role, queries included
-    # Only an approximate index needs the pool's vectors again, read row by row, to score its finds exactly.
-    search_all = PoolSearch(index, pool_ids, None if plan["index"] == "flat" else store.view(pool_ids), plan["k"])
-    find = partial(earlier.find, search_all=search_all) if earlier else \
-        lambda _query_ids, queries, exclude: search_all(queries, exclude)
-    path, exclusions = workdir.anchor_exclusions(work)
-    size, step = plan["shard_size"], chunk_size(plan["k"], search_depth(index), store.dimension)
-    total = sum(min(size, plan["n_anchors"] - s * size) for s in todo)
-    with tqdm(total=total, unit="anchor", desc="search") as progress:
-        for s in todo:
-            part = read_anchors(path, exclusions, s * size, size)  # one shard's anchors at a time
-            if earlier:
-                earlier.load(part, s, work)
-            with AtomicParquetWriter(shards.path(s), CANDIDATE_SCHEMA) as out:
-                for start in range(0, part.height, step):
-                    chunk = part.slice(start, step)
-                    searched = search_chunk(chunk, store, query_store, find)
-                    out.write(rescore.with_rescores(searched, rescorer))
-                    progress.update(chunk.height)
-            shards.mark_done(s)
-    if earlier:
-        print(f"mask: {earlier.reused} anchors kept their candidates from {earlier.earlier}, searched against the "
-              f"{len(earlier.new_texts)} texts new to the pool; {earlier.searched} searched in full", file=sys.stderr)
+@dataclass
+class SearchStep:
+    """The search step (``gist_mining.executor.ShardStep``): candidates/ shard s holds anchors
+    s * shard_size .. (s + 1) * shard_size, searched against the index of the plan's pool (built once, behind its
+    marker, by whichever worker opens first). ``loaded_rescorer``: the driver's cross-encoder, reused by a local
+    executor and never pickled."""
+
+    shards: workdir.Shards
+    plan: dict
+    rescore: rescore.RescoreSettings | None = None  # None: the candidates carry no cross-encoder scores
+    earlier_files: list[Path] | None = None  # --update-from: the earlier run's checked candidates
+    loaded_rescorer: rescore.Rescorer | None = field(default=None, repr=False, compare=False)
+    name: str = "search"
+
+    def __getstate__(self) -> dict:
+        return {**self.__dict__, "loaded_rescorer": None}
+
+    def open(self) -> SearchWorker:
+        work, plan = self.shards.work, self.plan
+        store, query_store = VectorStore(work), VectorStore(work, "query")
+        earlier = update.EarlierCandidates(self.earlier_files, work, plan, store) if self.earlier_files else None
+        if earlier:
+            earlier.split_by_shard(work, plan)
+        index, pool_ids = prepare_index(work, store, plan, earlier)  # the pool in the document role, queries included
+        # Only an approximate index needs the pool's vectors again, read row by row, to score its finds exactly.
+        search_all = PoolSearch(index, pool_ids, None if plan["index"] == "flat" else store.view(pool_ids), plan["k"])
+        find = partial(earlier.find, search_all=search_all) if earlier else \
+            lambda _query_ids, queries, exclude: search_all(queries, exclude)
+        rescorer = self.loaded_rescorer or (rescore.Rescorer(work, self.rescore) if self.rescore else None)
+        path, exclusions = workdir.anchor_exclusions(work)
+        return SearchWorker(store, query_store, find, earlier, rescorer, path, exclusions,
+                            chunk_size(plan["k"], search_depth(index), store.dimension))
+
+    def run(self, worker: SearchWorker, s: int) -> None:
+        size = self.plan["shard_size"]
+        part = read_anchors(worker.anchors, worker.exclusions, s * size, size)  # one shard's anchors at a time
+        if worker.earlier:
+            worker.earlier.load(part, s, self.shards.work)
+        with AtomicParquetWriter(self.shards.path(s), CANDIDATE_SCHEMA) as out, \
+                tqdm(total=part.height, unit="anchor", desc=f"search shard {s}", leave=False) as progress:
+            for start in range(0, part.height, worker.chunk):
+                chunk = part.slice(start, worker.chunk)
+                searched = search_chunk(chunk, worker.store, worker.query_store, worker.find)
+                out.write(rescore.with_rescores(searched, worker.rescorer))
+                progress.update(chunk.height)
+
+    def close(self, worker: SearchWorker) -> None:
+        earlier = worker.earlier
+        if earlier:
+            print(f"mask: {earlier.reused} anchors kept their candidates from {earlier.earlier}, searched against the "
+                  f"{len(earlier.new_texts)} texts new to the pool; {earlier.searched} searched in full", file=sys.stderr)
 
 
-def mine_shards(candidates: workdir.Shards, mined: workdir.Shards, todo: list[int], rules: MiningRules) -> None:
-    for s in todo:
+@dataclass
+class SearchWorker:
+    store: VectorStore
+    query_store: VectorStore
+    find: object  # search_chunk's ``find``
+    earlier: update.EarlierCandidates | None
+    rescorer: rescore.Rescorer | None
+    anchors: Path
+    exclusions: pl.DataFrame
+    chunk: int  # anchors searched at a time
+
+
+@dataclass
+class MineStep:
+    """The mine step (``gist_mining.executor.ShardStep``): mined/ shard s is candidates/ shard s under the rules."""
+
+    shards: workdir.Shards
+    candidates: workdir.Shards
+    rules: MiningRules
+    name: str = "mine"
+
+    def open(self) -> None:
+        return None
+
+    def run(self, _state, s: int) -> None:
+        candidates = self.candidates
         wrong = workdir.problem(candidates.path(s), candidates.record(s))
         if wrong:
             raise UsageError(f"{candidates.path(s)}: {wrong}; rebuild it with "
                              f"`{workdir.rebuild_command(candidates.work, 'search').removesuffix(' --overwrite')}`")
-        with AtomicParquetWriter(mined.path(s), MINED_SCHEMA) as out:
+        with AtomicParquetWriter(self.shards.path(s), MINED_SCHEMA) as out:
             for batch in pq.ParquetFile(candidates.path(s)).iter_batches(batch_size=CHUNK):
-                out.write(select(pa.Table.from_batches([batch]), rules))
-        mined.mark_done(s)
+                out.write(select(pa.Table.from_batches([batch]), self.rules))
+
+    def close(self, _state) -> None:
+        pass
 
 
 def main(argv=None) -> None:
@@ -259,7 +309,8 @@ def main(argv=None) -> None:
     rules = rules_from(args)
     work = args.work
     embed = workdir.embeddings(work)
-    rescorer = rescore.Rescorer.from_args(work, args)
+    rescore_settings = from_args(rescore.RescoreSettings, args) if args.rescore_model else None
+    rescorer = rescore.Rescorer(work, rescore_settings) if rescore_settings and not args.refilter else None
     search = search_plan(args, argv, embed, rescorer)
     rescore.require_scores(rules, search, work)
     mining = mine_plan(search, rules)
@@ -269,13 +320,13 @@ def main(argv=None) -> None:
     n_shards = -(-search["n_anchors"] // search["shard_size"])
     candidates = workdir.Shards(work, workdir.CANDIDATES, n_shards, search["fingerprint"])
     mined = workdir.Shards(work, workdir.MINED, n_shards, mining["fingerprint"])
-    my = cli.my_shards(args, n_shards, "mask")
+    executor = from_args(ExecutorSettings, args)
     started = time.perf_counter()
     if not args.refilter:
-        search_shards(work, search, candidates, candidates.pending(my), rescorer, earlier_files)
+        run_step(SearchStep(candidates, search, rescore_settings, earlier_files, loaded_rescorer=rescorer), executor)
         candidates.finish(workdir.CANDIDATES_MANIFEST, {k: v for k, v in search.items() if k != "fingerprint"})
     searched = time.perf_counter() - started
-    mine_shards(candidates, mined, mined.pending(my), rules)
+    run_step(MineStep(mined, candidates, rules), executor)
     timing = {"search_seconds": round(searched, 2), "total_seconds": round(time.perf_counter() - started, 2),
               **({"rescore_seconds": round(rescorer.seconds, 2)} if rescorer else {})}
     finish(work, search, mined, rules, timing)
