@@ -26,7 +26,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from gist_mining import workdir  # noqa: E402
 from gist_mining.storage import config_fingerprint  # noqa: E402
 from gist_mining.executor import ExecutorSettings, run_step  # noqa: E402
-from pipeline.embed import EmbedSettings, EmbedStep, ModelSettings, claim, finish, plan_for, plan_texts  # noqa: E402
+from gist_mining.models import ModelSettings  # noqa: E402
+from pipeline.embed import EmbedOptions, EmbedSettings, EmbedStep, claim, finish, plan_for, plan_texts  # noqa: E402
 
 DOCUMENT_SPREAD, QUERY_SPREAD = 1.0, 0.6  # noise norm relative to the unit centre (document) or positive (query)
 
@@ -79,7 +80,8 @@ def main(argv: list[str] | None = None) -> Path:
     parser.add_argument("--anchors", required=True, type=int, help="anchors (at most --pool)")
     parser.add_argument("--dim", required=True, type=int)
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--shard-size", type=int, default=EmbedSettings.shard_size, help="texts per embedding shard")
+    parser.add_argument("--texts-per-shard", type=int, default=EmbedOptions.texts_per_shard,
+                        help="texts per embedding shard")
     args = parser.parse_args(argv)
     if not 0 < args.anchors <= args.pool:
         parser.error("--anchors must be in 1 .. --pool")
@@ -91,7 +93,8 @@ def main(argv: list[str] | None = None) -> Path:
     model_info = {"name": "synthetic", "fingerprint": config_fingerprint(recipe), "dimension": args.dim, **recipe}
     inputs = [{"kind": "synthetic", "path": "benchmarks/synthetic_pool.py", "sha256": config_fingerprint(recipe)}]
     command = shlex.join(["python", "benchmarks/synthetic_pool.py", *map(str, sys.argv[1:] if argv is None else argv)])
-    plan = plan_for(model_info, EmbedSettings(dtype="float16", shard_size=args.shard_size), inputs, command,
+    plan = plan_for(model_info, EmbedSettings(dtype="float16", precision="fp32", shard_size=args.texts_per_shard,
+                                                query_prompt="", document_prompt="", backend="torch"), inputs, command,
                     texts, anchors)
     claim(args.work, plan, texts, anchors, overwrite=True)
     shards = workdir.Shards(args.work, workdir.EMBEDDINGS, len(plan["bounds"]), plan["fingerprint"])

@@ -277,7 +277,7 @@ def prune_exports(*, everything: bool = False, older_than_days: float | None = N
     return removed, size, failed
 
 
-def choose(requested: str, model, model_dir: Path, prompts: list[str], precision: str,
+def pick_backend(requested: str, model, model_dir: Path, prompts: list[str], precision: str,
            token_budget: int = TOKEN_BUDGET, name: str | None = None) -> tuple[str, object]:
     """The backend a run uses and what encodes for it: ("onnx", OnnxEncoder) or ("torch", the model).
 

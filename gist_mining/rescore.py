@@ -28,10 +28,10 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 from tqdm import tqdm
 
-from gist_mining import cli, workdir
+from gist_mining import workdir
 from gist_mining.errors import UsageError
 from gist_mining.mining import RESCORE_SCHEMA, MiningRules
-from gist_mining.models import cross_encoder_fingerprint, load_cross_encoder, resolve_model
+from gist_mining.models import ModelSettings, cross_encoder_fingerprint, load_cross_encoder, resolve_model
 from gist_mining.settings import add_options, option
 
 TEXT_BATCH = 65_536  # rows of texts.parquet read at a time while looking up a chunk's texts
@@ -55,7 +55,7 @@ class RescoreSettings:
 def add_arguments(parser) -> None:
     group = parser.add_argument_group("cross-encoder rescoring (--revision and --trust-remote-code apply to its model)")
     add_options(group, RescoreSettings)
-    cli.model_arguments(group)
+    add_options(group, ModelSettings, exclude=("device", "max_seq_length"))
 
 
 def refilter_clash(settings: RescoreSettings, stored: dict) -> list[str]:

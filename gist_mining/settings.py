@@ -48,7 +48,7 @@ def add_options(parser, cls, *, exclude=(), unset_default: tuple[str, ...] = ())
         elif "action" not in kwargs:
             kwargs.setdefault("type", type(default) if default is not None else str)
         if f.name in unset_default:
-            help_text += f" (default: {default})"
+            help_text += "" if isinstance(default, bool) else f" (default: {default})"
             default = None
         parser.add_argument(flag_of(f), dest=dest_of(f), default=default, help=help_text, **kwargs)
 
@@ -63,6 +63,22 @@ class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
     """``--help`` says every option's default, except where there is none to say (None, a flag's False)."""
 
     def _get_help_string(self, action):
-        if action.default in (None, False) or action.default is argparse.SUPPRESS or "(default" in (action.help or ""):
+        if action.default in (None, [], argparse.SUPPRESS) or action.default is False \
+                or "(default" in (action.help or ""):
             return action.help
         return super()._get_help_string(action)
+
+
+def to_argv(settings) -> list[str]:
+    """The options that give ``settings`` (a dataclass built with ``option`` fields) from the defaults: a plan
+    records the command that rebuilds it, whether a command line or Python made the settings."""
+    argv = []
+    for f in fields(settings):
+        value = getattr(settings, f.name)
+        if HELP not in f.metadata or value == f.default:
+            continue
+        if isinstance(value, bool):
+            argv.append(flag_of(f) if value else "--no-" + flag_of(f)[2:])
+        elif value is not None:
+            argv += [flag_of(f), str(value)]
+    return argv

@@ -55,13 +55,13 @@ def earlier_search(earlier: Path, work: Path) -> str:
     """The fingerprint of the earlier run's search: part of the new search plan's (the lists depend on it)."""
     if Path(earlier).resolve() == Path(work).resolve():
         raise UsageError(f"--update-from {earlier}: that is --work itself; name the earlier work directory")
-    return workdir.candidates(earlier)["fingerprint"]
+    return workdir.checked_candidates_manifest(earlier)["fingerprint"]
 
 
 def checked_files(earlier: Path, work: Path, plan: dict) -> list[Path]:
     """The candidate shards of ``earlier``, checked, when they can serve the search ``plan`` of ``work``."""
-    manifest = workdir.candidates(earlier)
-    embed, earlier_embed = workdir.embeddings(work), workdir.embeddings(earlier)
+    manifest = workdir.checked_candidates_manifest(earlier)
+    embed, earlier_embed = workdir.checked_embed_manifest(work), workdir.checked_embed_manifest(earlier)
     differ = [name for name in GUIDE if embed["settings"].get(name) != earlier_embed["settings"].get(name)]
     differ += ["guide model"] * (embed["model"]["fingerprint"] != earlier_embed["model"]["fingerprint"])
     differ += [f"--{name.replace('_', '-')} ({manifest.get(name)} there, {plan[name]} here)" for name in LISTS

@@ -3,7 +3,7 @@
 A work directory is a chain of steps, each made from the one before it:
 
     inputs -embed->  texts.parquet, anchors.parquet, embeddings/   embed_plan.json -> embed_manifest.json
-           -search-> vectors/, index/, candidates/                 mask_plan.json  -> candidates_manifest.json
+           -search-> vectors/, index/, candidates/                 search_plan.json -> candidates_manifest.json
            -mine-->  mined/, mined_summary.json                    mine_plan.json  -> mined_manifest.json
            -train->  models/NAME (gist_training.json names the mined manifest it was trained from)
 
@@ -38,7 +38,7 @@ from gist_mining.storage import commit, file_sha256, read_json, remove_stale_tem
 TEXTS, ANCHORS, EMBEDDINGS = "texts.parquet", "anchors.parquet", "embeddings"
 EMBED_PLAN, EMBED_MANIFEST = "embed_plan.json", "embed_manifest.json"
 VECTORS, INDEX, CANDIDATES = "vectors", "index", "candidates"
-MASK_PLAN, CANDIDATES_MANIFEST = "mask_plan.json", "candidates_manifest.json"
+SEARCH_PLAN, CANDIDATES_MANIFEST = "search_plan.json", "candidates_manifest.json"
 MINED, MINE_PLAN, MINED_MANIFEST, SUMMARY = "mined", "mine_plan.json", "mined_manifest.json", "mined_summary.json"
 INDEX_FILE, POOL_IDS, INDEX_MARKER = f"{INDEX}/index.faiss", f"{INDEX}/pool_ids.npy", f"{INDEX}/_index.done"
 # pipeline.mask --update-from: the earlier run's lists that each shard asks for, one file per shard (gist_mining.update)
@@ -55,7 +55,7 @@ LOCK = ".lock"
 # What each step owns, in chain order: removing a step removes every later one with it.
 STEPS = {
     "embed": (EMBED_PLAN, TEXTS, ANCHORS, EMBEDDINGS, EMBED_MANIFEST),
-    "search": (MASK_PLAN, VECTORS, INDEX, CANDIDATES, CANDIDATES_MANIFEST),
+    "search": (SEARCH_PLAN, VECTORS, INDEX, CANDIDATES, CANDIDATES_MANIFEST),
     "mine": (MINE_PLAN, MINED, MINED_MANIFEST, SUMMARY, REPORT),
     "train": (MODELS, RESULTS),
 }
@@ -259,18 +259,21 @@ def _check_parent(work: Path, name: str, manifest: dict, parent: dict, step: str
     return manifest
 
 
-def embeddings(work: Path) -> dict:
+def checked_embed_manifest(work: Path) -> dict:
+    """embed_manifest.json; a missing one names the command that makes it."""
     return _manifest(work, EMBED_MANIFEST, rebuild_command(work, "embed"))
 
 
-def candidates(work: Path) -> dict:
+def checked_candidates_manifest(work: Path) -> dict:
+    """candidates_manifest.json, checked to be made from the current embeddings."""
     manifest = _manifest(work, CANDIDATES_MANIFEST, f"python -m pipeline.mask --work {work}")
-    return _check_parent(work, CANDIDATES_MANIFEST, manifest, embeddings(work), "search")
+    return _check_parent(work, CANDIDATES_MANIFEST, manifest, checked_embed_manifest(work), "search")
 
 
-def mined(work: Path) -> dict:
+def checked_mined_manifest(work: Path) -> dict:
+    """mined_manifest.json, checked along the chain: embeddings -> candidates -> mined."""
     manifest = _manifest(work, MINED_MANIFEST, f"python -m pipeline.mask --work {work}")
-    return _check_parent(work, MINED_MANIFEST, manifest, candidates(work), "mine")
+    return _check_parent(work, MINED_MANIFEST, manifest, checked_candidates_manifest(work), "mine")
 
 
 def verified(work: Path, manifest: dict, step: str) -> list[Path]:
@@ -288,7 +291,7 @@ def verified(work: Path, manifest: dict, step: str) -> list[Path]:
 def verified_table(work: Path, name: str) -> Path:
     """The path of texts.parquet or anchors.parquet, checked against the embed manifest."""
     path = Path(work) / name
-    wrong = problem(path, embeddings(work)["tables"][name])
+    wrong = problem(path, checked_embed_manifest(work)["tables"][name])
     if wrong:
         raise UsageError(f"{path}: {wrong}; rebuild it with `{rebuild_command(work, 'embed')}`")
     return path
@@ -369,7 +372,7 @@ def shard_arrays(frame: pl.DataFrame, column: str = "embedding", dtype=np.float3
 def load_embeddings(work: Path, role: str = "document") -> tuple[np.ndarray, np.ndarray]:
     """All text ids and their guide embeddings in ``role`` (float32, rows L2-normalised), in shard order: every
     text in the document role, the queries in the query role."""
-    manifest = embeddings(work)
+    manifest = checked_embed_manifest(work)
     column = role_column(manifest["settings"], role)
     shards = [read_shard(p, column) for p in verified(work, manifest, "embed")]
     return np.concatenate([i for i, _ in shards]), np.concatenate([v for _, v in shards])
@@ -385,7 +388,7 @@ class VectorStore:
     """
 
     def __init__(self, work: Path, role: str = "document"):
-        manifest = embeddings(work)
+        manifest = checked_embed_manifest(work)
         self.column = role_column(manifest["settings"], role)
         prefix = "" if self.column == "embedding" else "query_"
         folder = Path(work) / VECTORS

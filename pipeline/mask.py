@@ -36,10 +36,25 @@ from tqdm import tqdm
 from gist_mining import cli, rescore, update, workdir
 from gist_mining.errors import UsageError
 from gist_mining.executor import ExecutorSettings, run_step
-from gist_mining.mining import (CANDIDATE_SCHEMA, KINDS, MINED_SCHEMA, PAD_ID, SCORES, SEARCHED_SCHEMA, STRATEGIES,
-                                 MiningRules, PoolSearch, build_index, load_index, padded, parse_bytes, ragged,
-                                 resolve_kind, save_index, search_depth, select)
-from gist_mining.settings import add_options, from_args
+from gist_mining.mining import (
+    CANDIDATE_SCHEMA,
+    KINDS,
+    MINED_SCHEMA,
+    PAD_ID,
+    SEARCHED_SCHEMA,
+    MiningRules,
+    PoolSearch,
+    build_index,
+    load_index,
+    padded,
+    parse_bytes,
+    ragged,
+    resolve_kind,
+    save_index,
+    search_depth,
+    select,
+)
+from gist_mining.settings import HelpFormatter, add_options, dest_of, flag_of, from_args, option, to_argv
 from gist_mining.storage import AtomicParquetWriter, config_fingerprint, file_sha256, write_json_atomic
 from gist_mining.summary import summarize
 from gist_mining.workdir import VectorStore, write_npy_atomic
@@ -54,41 +69,24 @@ CHUNK_BYTES = 256 << 20
 class SearchSettings:
     """What decides candidates/: --refilter takes these from the stored candidates, never from the command."""
 
-    k: int = 100
-    index: str = "auto"
-    memory_budget: str = "8G"  # what --index auto may spend (gist_mining.mining.resolve_kind)
-    include_queries: bool = False
-    shard_size: int = 100_000
+    k: int = option(100, "candidates kept per anchor")
+    index: str = option("auto", "exact while it fits the memory budget, then HNSW, HNSW over 8-bit vectors, IVF-PQ; "
+                                "approximate finds are always rescored from the stored vectors", choices=KINDS)
+    memory_budget: str = option("8G", "memory --index auto may plan for, e.g. 8G or 512M "
+                                      "(gist_mining.mining.resolve_kind)")
+    include_queries: bool = option(False, "other anchors' queries are candidates too (symmetric tasks, e.g. "
+                                          "paraphrases)")
+    # Stored as shard_size in plans.
+    shard_size: int = option(100_000, "anchors per shard", flag="--anchors-per-shard")
 
 
-def parse_args(argv=None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="python -m pipeline.mask", description=__doc__.split("\n")[0])
-    search, rules = SearchSettings(), MiningRules()
-    parser.add_argument("--work", required=True, type=Path)
-    # Search settings default to None so that --refilter can tell a given one from a default.
-    parser.add_argument("--k", type=int, default=None, help=f"candidates kept per anchor (default {search.k})")
-    parser.add_argument("--index", choices=KINDS, default=None,
-                        help=f"default {search.index}: exact while it fits the memory budget, then HNSW, HNSW over "
-                             "8-bit vectors, IVF-PQ; approximate finds are always rescored from the stored vectors")
-    parser.add_argument("--memory-budget", default=None,
-                        help=f"memory --index auto may plan for, e.g. 8G or 512M (default {search.memory_budget})")
-    parser.add_argument("--include-queries", action="store_true", default=None,
-                        help="other anchors' queries are candidates too (symmetric tasks, e.g. paraphrases)")
-    parser.add_argument("--shard-size", type=int, default=None, help=f"anchors per shard (default {search.shard_size})")
-    parser.add_argument("--margin-strategy", choices=STRATEGIES, default=rules.margin_strategy)
-    parser.add_argument("--margin", type=float, default=rules.margin)
-    parser.add_argument("--min-score", type=float, default=rules.min_score, help="drop candidates below this (too easy)")
-    parser.add_argument("--max-score", type=float, default=rules.max_score,
-                        help="flag candidates above this as false negatives")
-    parser.add_argument("--rank-min", type=int, default=rules.rank_min, help="skip this many top surviving candidates")
-    parser.add_argument("--unjudged-rank-min", type=int, default=rules.unjudged_rank_min,
-                        help="anchors the guide cannot judge (positive below most candidates): no margin rule, "
-                             "skip this many top candidates instead (default: the margin rule for all)")
-    parser.add_argument("--num-negatives", type=int, default=rules.num_negatives)
-    parser.add_argument("--sampling", choices=["top", "random"], default=rules.sampling)
-    parser.add_argument("--seed", type=int, default=rules.seed)
-    parser.add_argument("--score", choices=SCORES, default=rules.score,
-                        help="scores the rules read: the guide's, or --rescore-model's (which re-ranks the candidates)")
+def build_parser(prog: str = "python -m pipeline.mask") -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog=prog, description=__doc__.split("\n")[0], formatter_class=HelpFormatter)
+    parser.add_argument("--work", required=True, type=Path, help="work directory (pipeline.embed's)")
+    # Search settings parse to None when not given, so that --refilter can tell a given one from a default.
+    add_options(parser.add_argument_group("search (--refilter takes these from candidates/)"), SearchSettings,
+                unset_default=tuple(f.name for f in fields(SearchSettings)))
+    add_options(parser.add_argument_group("mining rules"), MiningRules)
     parser.add_argument("--refilter", action="store_true",
                         help="recompute mined/ from candidates/ under new rules; search settings come from candidates/")
     parser.add_argument("--overwrite", action="store_true", help="search again, removing candidates/ and what follows")
@@ -98,35 +96,37 @@ def parse_args(argv=None) -> argparse.Namespace:
                              "(exact index: equal to a full search); see gist_mining.update")
     rescore.add_arguments(parser)
     add_options(parser.add_argument_group("executor"), ExecutorSettings)
-    return parser.parse_args(argv)
+    return parser
 
 
-def rules_from(args) -> MiningRules:
-    return MiningRules(**{f.name: getattr(args, f.name) for f in fields(MiningRules)})
-
-
-def search_plan(args, argv, embed: dict, rescorer: rescore.Rescorer | None) -> dict:
-    """The search settings: the command's (defaults filled in), or with --refilter the stored ones."""
-    given = {f.name: getattr(args, f.name) for f in fields(SearchSettings) if getattr(args, f.name) is not None}
-    if args.refilter:
-        stored = workdir.read_plan(args.work, "search")
+def search_plan(work: Path, given: dict, embed: dict, *, refilter: bool, update_from: Path | None,
+                rescore_settings: rescore.RescoreSettings | None, rescorer: rescore.Rescorer | None) -> dict:
+    """The search settings: ``given`` (SearchSettings' fields; defaults filled in), or with ``refilter`` the
+    stored ones, which ``given`` must not contradict."""
+    if refilter:
+        stored = workdir.read_plan(work, "search")
         if stored is None:
-            raise UsageError(f"{args.work}: no candidates/ to refilter; run `python -m pipeline.mask --work {args.work}` first")
-        clash = [f"--{k.replace('_', '-')} {v} (candidates/ have {stored[k]})" for k, v in given.items() if stored[k] != v]
-        clash += rescore.refilter_clash(from_args(rescore.RescoreSettings, args), stored) + ["--update-from (it searches)"] * bool(args.update_from)
+            raise UsageError(f"{work}: no candidates/ to refilter; run `python -m pipeline.mask --work {work}` first")
+        flags = {f.name: flag_of(f) for f in fields(SearchSettings)}
+        clash = [f"{flags[k]} {v} (candidates/ have {stored[k]})" for k, v in given.items() if stored[k] != v]
+        clash += rescore.refilter_clash(rescore_settings, stored) + ["--update-from (it searches)"] * bool(update_from)
         if clash:
             raise UsageError(f"--refilter takes the search settings from candidates/; drop {', '.join(clash)}")
-        workdir.candidates(args.work)  # candidates/ complete and made from the current embeddings
+        workdir.checked_candidates_manifest(work)  # candidates/ complete and made from the current embeddings
         return stored
-    settings = asdict(SearchSettings(**given))
+    search = SearchSettings(**given)
+    settings = asdict(search)
     n_pool = embed["counts"]["documents"] + (embed["counts"]["queries"] if settings["include_queries"] else 0)
     kind = resolve_kind(settings["index"], n_pool, embed["dimension"], parse_bytes(settings["memory_budget"]))
+    command = cli.command("pipeline.mask", ["--work", work, *to_argv(search),
+                                            *(["--update-from", update_from] if update_from else []),
+                                            *(to_argv(rescore_settings) if rescore_settings else [])])
     plan = dict(settings, index=kind, parent_fingerprint=embed["fingerprint"],
                 n_anchors=embed["counts"]["anchors"], rescore=rescorer.record if rescorer else None,
-                update_from={"work": str(args.update_from), "fingerprint": update.earlier_search(args.update_from, args.work)}
-                if args.update_from else None, command=cli.command("pipeline.mask", argv))
+                update_from={"work": str(update_from), "fingerprint": update.earlier_search(update_from, work)}
+                if update_from else None, command=command)
     made_by = {k: plan[k] for k in (*settings, "parent_fingerprint", "rescore")}
-    if args.update_from:  # the earlier run's search, not its path (approximate lists and an extended index depend on it)
+    if update_from:  # the earlier run's search, not its path (approximate lists and an extended index depend on it)
         made_by["earlier_search"] = plan["update_from"]["fingerprint"]
     plan["fingerprint"] = config_fingerprint(made_by)
     return plan
@@ -137,19 +137,19 @@ def mine_plan(search: dict, rules: MiningRules) -> dict:
             "fingerprint": config_fingerprint({"candidates": search["fingerprint"], "rules": rules.as_dict()})}
 
 
-def claim(work: Path, search: dict, mining: dict, args) -> None:
+def claim(work: Path, search: dict, mining: dict, *, refilter: bool, overwrite: bool) -> None:
     """Candidates from other embeddings or search settings, or mined/ under other rules, are never reused silently."""
     with workdir.locked(work):
-        if not args.refilter:
+        if not refilter:
             changed = workdir.changed_keys(work, "search", search,
                                            ("parent_fingerprint", *asdict(SearchSettings()), "rescore", "update_from"))
             names = {"parent_fingerprint": "embeddings", "rescore": "rescore model", "update_from": "--update-from"}
             what = ", ".join(names.get(k, k) for k in changed) or "settings"
-            workdir.claim(work, "search", search, replace=args.overwrite,
+            workdir.claim(work, "search", search, replace=overwrite,
                           refusal=f"{work}: candidates/ were made with other {what}; pass --overwrite to search again "
                                   "(it removes candidates/ and everything made from them)")
         old_rules = (workdir.read_plan(work, "mine") or {}).get("rules")
-        workdir.claim(work, "mine", mining, replace=args.refilter or args.overwrite,
+        workdir.claim(work, "mine", mining, replace=refilter or overwrite,
                       refusal=f"{work}: mined/ holds other rules ({json.dumps(old_rules)}); "
                               "pass --refilter to recompute it from candidates/ under the new rules")
         workdir.remove_temps(work)
@@ -304,50 +304,70 @@ class MineStep:
         pass
 
 
-def main(argv=None) -> None:
-    args = parse_args(argv)
-    rules = rules_from(args)
-    work = args.work
-    embed = workdir.embeddings(work)
-    rescore_settings = from_args(rescore.RescoreSettings, args) if args.rescore_model else None
-    rescorer = rescore.Rescorer(work, rescore_settings) if rescore_settings and not args.refilter else None
-    search = search_plan(args, argv, embed, rescorer)
+def mask(work: Path, search: SearchSettings | None = None, rules: MiningRules = MiningRules(), *,
+         rescore_settings: rescore.RescoreSettings | None = None, refilter: bool = False, overwrite: bool = False,
+         update_from: Path | None = None, executor: ExecutorSettings = ExecutorSettings()) -> dict | None:
+    """Search the pool of ``work`` (``embed``'s) for each anchor's candidates and mine them under ``rules``:
+    candidates/, mined/, mined_summary.json and mined_manifest.json. ``search`` None: the defaults, or with
+    ``refilter`` (mined/ recomputed from candidates/ under new rules) the stored settings. Returns the mined
+    manifest, or None while shards are left for other processes."""
+    return run_mask(work, {} if search is None else asdict(search), rules, rescore_settings=rescore_settings,
+                    refilter=refilter, overwrite=overwrite, update_from=update_from, executor=executor)
+
+
+def run_mask(work: Path, given: dict, rules: MiningRules, *, rescore_settings, refilter: bool, overwrite: bool,
+             update_from: Path | None, executor: ExecutorSettings) -> dict | None:
+    """``mask`` with only the ``given`` search settings (the command line's: --refilter checks them alone)."""
+    embed = workdir.checked_embed_manifest(work)
+    rescorer = rescore.Rescorer(work, rescore_settings) if rescore_settings and not refilter else None
+    search = search_plan(work, given, embed, refilter=refilter, update_from=update_from,
+                         rescore_settings=rescore_settings, rescorer=rescorer)
     rescore.require_scores(rules, search, work)
     mining = mine_plan(search, rules)
-    earlier_files = update.checked_files(args.update_from, work, search) if args.update_from else None
-    claim(work, search, mining, args)
+    earlier_files = update.checked_files(update_from, work, search) if update_from else None
+    claim(work, search, mining, refilter=refilter, overwrite=overwrite)
 
     n_shards = -(-search["n_anchors"] // search["shard_size"])
     candidates = workdir.Shards(work, workdir.CANDIDATES, n_shards, search["fingerprint"])
     mined = workdir.Shards(work, workdir.MINED, n_shards, mining["fingerprint"])
-    executor = from_args(ExecutorSettings, args)
     started = time.perf_counter()
-    if not args.refilter:
+    if not refilter:
         run_step(SearchStep(candidates, search, rescore_settings, earlier_files, loaded_rescorer=rescorer), executor)
         candidates.finish(workdir.CANDIDATES_MANIFEST, {k: v for k, v in search.items() if k != "fingerprint"})
     searched = time.perf_counter() - started
     run_step(MineStep(mined, candidates, rules), executor)
     timing = {"search_seconds": round(searched, 2), "total_seconds": round(time.perf_counter() - started, 2),
               **({"rescore_seconds": round(rescorer.seconds, 2)} if rescorer else {})}
-    finish(work, search, mined, rules, timing)
+    return finish(work, search, mined, rules, timing)
 
 
-def finish(work: Path, search: dict, mined: workdir.Shards, rules: MiningRules, timing: dict) -> None:
+def main(argv=None, prog: str = "python -m pipeline.mask") -> None:
+    args = build_parser(prog).parse_args(argv)
+    given = {f.name: getattr(args, dest_of(f)) for f in fields(SearchSettings) if getattr(args, dest_of(f)) is not None}
+    run_mask(args.work, given, from_args(MiningRules, args),
+             rescore_settings=from_args(rescore.RescoreSettings, args) if args.rescore_model else None,
+             refilter=args.refilter, overwrite=args.overwrite, update_from=args.update_from,
+             executor=from_args(ExecutorSettings, args))
+
+
+def finish(work: Path, search: dict, mined: workdir.Shards, rules: MiningRules, timing: dict) -> dict | None:
     """Whichever process finds every mined shard done writes the summary and the manifest later stages read."""
     if not (mined.complete() and (work / workdir.CANDIDATES_MANIFEST).exists()):
         print("mask: shards left for other processes or a rerun", file=sys.stderr)
-        return
+        return None
     summary = summarize(pl.scan_parquet([str(mined.path(i)) for i in range(mined.n)]), rules.num_negatives)
     scored_by = {"score": rules.score, "rescore_model": (search.get("rescore") or {}).get("name")}
     summary.update(rules=rules.as_dict(), k=search["k"], index=search["index"], timing=timing, **scored_by)
     write_json_atomic(summary, work / workdir.SUMMARY)
-    mined.finish(workdir.MINED_MANIFEST, {"parent_fingerprint": search["fingerprint"], **scored_by,
-                                          "embed_fingerprint": search["parent_fingerprint"], "rules": rules.as_dict()})
+    manifest = mined.finish(workdir.MINED_MANIFEST, {"parent_fingerprint": search["fingerprint"], **scored_by,
+                                                     "embed_fingerprint": search["parent_fingerprint"],
+                                                     "rules": rules.as_dict()})
     print(f"mask: {summary['anchors']} anchors, {rules.score} scores, {summary['negatives_per_anchor']:.2f} hard negatives and "
           f"{summary['false_negatives_per_anchor']:.2f} false negatives per anchor, "
           f"{summary['anchors_short_of_negatives']} short of {rules.num_negatives}, "
           f"{summary['anchors_the_guide_cannot_judge']} the guide cannot judge; details: {work / workdir.SUMMARY}",
           file=sys.stderr)
+    return manifest
 
 
 if __name__ == "__main__":
