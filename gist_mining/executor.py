@@ -24,7 +24,7 @@ from tqdm import tqdm
 
 from gist_mining import workdir
 from gist_mining.errors import UsageError
-from gist_mining.settings import option
+from gist_mining.settings import flag_of, option
 
 EXECUTORS = ("local", "ray")
 
@@ -63,6 +63,13 @@ class ExecutorSettings:
     max_concurrent_tasks: int | None = option(None, "ray: shard tasks running at once (default: as the cluster allows)",
                                               type=int)
 
+    def __post_init__(self):
+        if self.executor == "ray":
+            local_only = [flag_of(f) for f in fields(self)
+                          if f.name in ("num_shards", "shard_index") and getattr(self, f.name) != f.default]
+            if local_only:
+                raise UsageError(f"--executor ray schedules every shard itself; drop {' and '.join(local_only)}")
+
 
 def share(settings: ExecutorSettings, n_shards: int, stage: str) -> list[int]:
     """The shards this process does, said in the log. Never guessed from the environment unless asked:
@@ -95,10 +102,6 @@ def _ranges(values: list[int]) -> str:
 def run_step(step: ShardStep, settings: ExecutorSettings) -> None:
     """Run the pending shards of ``step``: this process's share of them (local), or all of them on Ray."""
     if settings.executor == "ray":
-        local_only = [f"--{f.name.replace('_', '-')}" for f in fields(ExecutorSettings)
-                      if f.name in ("num_shards", "shard_index") and getattr(settings, f.name) != f.default]
-        if local_only:
-            raise UsageError(f"--executor ray schedules every shard itself; drop {' and '.join(local_only)}")
         try:
             from gist_mining.ray_executor import run_on_ray
         except ModuleNotFoundError as err:

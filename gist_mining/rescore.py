@@ -58,10 +58,10 @@ def add_arguments(parser) -> None:
     add_options(group, ModelSettings, exclude=("device", "max_seq_length"))
 
 
-def refilter_clash(settings: RescoreSettings, stored: dict) -> list[str]:
+def refilter_clash(settings: RescoreSettings | None, stored: dict) -> list[str]:
     """--refilter never scores: a --rescore-model must be the one the stored candidates were scored with."""
     scored_by = (stored.get("rescore") or {}).get("name")
-    if settings.model is None or settings.model == scored_by:
+    if settings is None or settings.model is None or settings.model == scored_by:
         return []
     return [f"--rescore-model {settings.model} (candidates/ have {scored_by or 'no rescores'})"]
 

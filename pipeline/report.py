@@ -40,7 +40,7 @@ def build_parser(prog: str = "python -m pipeline.report") -> argparse.ArgumentPa
     p.add_argument("--work", required=True, type=Path)
     p.add_argument("--out", type=Path, default=None, help="default: WORK/report")
     p.add_argument("--run", type=Path, action="append", default=[], help="a train.run --out folder (repeatable)")
-    p.add_argument("--examples", type=int, default=6)
+    p.add_argument("--examples", type=int, default=6, help="anchors shown with their negatives")
     p.add_argument("--seed", type=int, default=42, help="seed of every random draw of the stage (the examples shown)")
     p.add_argument("--truth", type=Path, default=None,
                    help=f"known false negatives of the pairs (data/build_fn_truth.py); default WORK/{workdir.TRUTH} if present")

@@ -184,8 +184,6 @@ def test_torchrun_two_gloo_processes_equal_one_process(mined_work, tmp_path):
 def test_grad_cache_equals_the_uncached_loss_and_gradients(mined_work, tmp_path, strategy, margin):
     """With dropout on: the cached step must replay each mini-batch's dropout, so its gradients equal those of
     one graph over the same mini-batches; and with dropout off they equal the plain single forward's."""
-    from types import SimpleNamespace
-
     from conftest import build_tiny_model
 
     from gist_mining.models import load_model
@@ -215,9 +213,9 @@ def test_grad_cache_equals_the_uncached_loss_and_gradients(mined_work, tmp_path,
             loss.backward()
             return loss.item()
 
-        args = SimpleNamespace(mini_batch_size=5, bf16=False)
+        config = train.TrainConfig(mini_batch_size=5)
         expected = grads_of(one_graph)
-        cached = grads_of(lambda: train.cached_backward(model, loss_fn, batch, args, "cpu")[0].item())
+        cached = grads_of(lambda: train.cached_backward(model, loss_fn, batch, config, "cpu")[0].item())
         assert cached[0] == pytest.approx(expected[0], rel=1e-5)
         assert len(cached[1]) == len(expected[1]) > 10
         for mine, theirs in zip(cached[1], expected[1]):
