@@ -67,7 +67,7 @@ def _mpnet_volumes() -> list[Path]:
     return volumes
 
 
-def build_once(target: Path, build, marker: str) -> Path:
+def build_folder_once(target: Path, build, marker: str) -> Path:
     """``target`` made once: ``build(tmp)`` makes a folder inside a temporary folder beside it and returns it, and
     a rename puts it in place whole, so an interrupted build is never taken for complete. ``marker``, a file
     the build writes, says it is there."""
@@ -105,7 +105,7 @@ def _mpnet_dir() -> Path:
         (inner,) = [p for p in (tmp / "x").iterdir() if p.is_dir()]
         return inner
 
-    return build_once(cache_dir() / f"all-mpnet-base-v2-{tag}", extract, "modules.json")
+    return build_folder_once(cache_dir() / f"all-mpnet-base-v2-{tag}", extract, "modules.json")
 
 
 BUNDLED = {

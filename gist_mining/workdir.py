@@ -81,10 +81,40 @@ def index_files(work: Path) -> tuple[Path, Path, Path]:
 def index_ready(work: Path, fingerprint: str) -> bool:
     """The index of ``work`` is there for the search plan ``fingerprint``: its marker names the plan, and the index
     and pool ids match the marker."""
-    index_path, ids_path, marker = index_files(work)
+    return built(Path(work), Path(work) / INDEX_MARKER, fingerprint) is not None
+
+
+def built(work: Path, marker: Path, fingerprint: str, verify: bool = True) -> dict | None:
+    """The record of files built once behind ``marker`` (``build_once``) when it names ``fingerprint`` and every
+    file it lists matches it (its bytes, and with ``verify`` its SHA-256); None otherwise."""
     record = read_record(marker) or {}
-    return record.get("fingerprint") == fingerprint and not any(
-        problem(p, record.get(p.name)) for p in (index_path, ids_path))
+    files = record.get("files")
+    if record.get("fingerprint") != fingerprint or files is None:
+        return None
+    return None if any(problem(Path(work) / name, file, verify) for name, file in files.items()) else record
+
+
+def build_once(work: Path, marker: Path, fingerprint: str, build, verify: bool = True) -> dict:
+    """Files made once per ``fingerprint`` behind ``marker``, whichever process or resumed run asks first (the
+    index, the earlier run's lists per shard, the vector matrix; a shared cache's folder:
+    ``models.build_folder_once``).
+    Fresh: the marker's record, read without the lock (a work directory this user cannot write is read as it
+    is). Else, under the lock: the marker goes first, ``build()`` writes the files, each atomically, and returns
+    them with what else the record holds; the marker, written last, lists each file's bytes (and SHA-256 with
+    ``verify``: without it a resumed run compares sizes only, for files too large to hash at every start)."""
+    record = built(work, marker, fingerprint, verify)
+    if record is not None:
+        return record
+    with locked(work):
+        record = built(work, marker, fingerprint, verify)  # another process may have built it meanwhile
+        if record is None:
+            marker.unlink(missing_ok=True)
+            files, extra = build()
+            record = {"fingerprint": fingerprint, **extra, "files": {
+                str(f.relative_to(work)): {"bytes": f.stat().st_size, **({"sha256": file_sha256(f)} if verify else {})}
+                for f in files}}
+            write_json_atomic(record, marker)
+    return record
 
 
 def read_record(path: Path) -> dict | None:
@@ -394,11 +424,8 @@ class VectorStore:
         folder = Path(work) / VECTORS
         self.path, ids_path = folder / f"{prefix}matrix.npy", folder / f"{prefix}ids.npy"
         marker = folder / f"_{prefix}matrix.done"
-        record = read_record(marker) or {}
-        fresh = record.get("fingerprint") == manifest["fingerprint"] and all(
-            p.is_file() and p.stat().st_size == record.get(p.name) for p in (self.path, ids_path))
-        if not fresh:
-            self._build(work, manifest, ids_path, marker)
+        # Sizes only: hashing an 8 GB matrix at every start would cost more than the search of a shard.
+        build_once(work, marker, manifest["fingerprint"], lambda: self._build(work, manifest, ids_path), verify=False)
         ids = np.load(ids_path, allow_pickle=False)
         self.sorter = np.argsort(ids, kind="stable")
         self.sorted_ids = ids[self.sorter]
@@ -407,8 +434,7 @@ class VectorStore:
             shape, _, self.dtype = np.lib.format.read_array_header_1_0(fh)
             self.offset, self.dimension = fh.tell(), shape[1]
 
-    def _build(self, work: Path, manifest: dict, ids_path: Path, marker: Path) -> None:
-        marker.unlink(missing_ok=True)
+    def _build(self, work: Path, manifest: dict, ids_path: Path) -> tuple[list[Path], dict]:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         total = (manifest["counts"]["queries"] if self.column == QUERY_COLUMN
                  else sum(s["rows"] for s in manifest["shards"]))
@@ -424,8 +450,7 @@ class VectorStore:
                 ids.append(shard_ids)
         write_npy_atomic(np.concatenate(ids), ids_path)
         commit(tmp, self.path)
-        write_json_atomic({"fingerprint": manifest["fingerprint"], self.path.name: self.path.stat().st_size,
-                           ids_path.name: ids_path.stat().st_size}, marker)
+        return [self.path, ids_path], {}
 
     def rows(self, ids: np.ndarray) -> np.ndarray:
         positions = np.searchsorted(self.sorted_ids, ids)

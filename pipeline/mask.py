@@ -55,7 +55,7 @@ from gist_mining.mining import (
     select,
 )
 from gist_mining.settings import HelpFormatter, add_options, dest_of, flag_of, from_args, option, to_argv
-from gist_mining.storage import AtomicParquetWriter, config_fingerprint, file_sha256, write_json_atomic
+from gist_mining.storage import AtomicParquetWriter, config_fingerprint, write_json_atomic
 from gist_mining.summary import summarize
 from gist_mining.workdir import VectorStore, write_npy_atomic
 
@@ -166,23 +166,23 @@ def prepare_index(work: Path, store: VectorStore, plan: dict, earlier: update.Ea
     """Built once per search plan, behind a marker (from the earlier run's index where it can be: ``earlier``);
     shard processes and resumed runs load it."""
     index_path, ids_path, marker = workdir.index_files(work)
-    with workdir.locked(work):
-        if not workdir.index_ready(work, plan["fingerprint"]):
-            started = time.perf_counter()
-            extended = earlier.extended_index(store) if earlier else None
-            if extended is None:
-                pool_ids = workdir.candidate_pool(work, plan["include_queries"])
-                index = build_index(store.view(pool_ids), plan["index"], plan["k"])
-            else:
-                index, pool_ids = extended
-            save_index(index, index_path)
-            del index  # the copy loaded below is the one searched
-            write_npy_atomic(pool_ids, ids_path)
-            write_json_atomic({"fingerprint": plan["fingerprint"], "kind": plan["index"], "vectors": len(pool_ids),
-                               "seconds": round(time.perf_counter() - started, 2),
-                               "extended_from": str(earlier.earlier) if extended else None,
-                               **{p.name: {"bytes": p.stat().st_size, "sha256": file_sha256(p)}
-                                  for p in (index_path, ids_path)}}, marker)
+
+    def build():
+        started = time.perf_counter()
+        extended = earlier.extended_index(store) if earlier else None
+        if extended is None:
+            pool_ids = workdir.candidate_pool(work, plan["include_queries"])
+            index = build_index(store.view(pool_ids), plan["index"], plan["k"])
+        else:
+            index, pool_ids = extended
+        save_index(index, index_path)
+        del index  # the copy loaded below is the one searched
+        write_npy_atomic(pool_ids, ids_path)
+        return [index_path, ids_path], {"kind": plan["index"], "vectors": len(pool_ids),
+                                        "seconds": round(time.perf_counter() - started, 2),
+                                        "extended_from": str(earlier.earlier) if extended else None}
+
+    workdir.build_once(work, marker, plan["fingerprint"], build)
     return load_index(index_path, plan["k"]), np.load(ids_path, allow_pickle=False)
 
 

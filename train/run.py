@@ -507,7 +507,8 @@ def train(work: Path, out: Path, config: TrainConfig = TrainConfig()) -> dict | 
     evaluator = make_evaluator(config.eval, "eval", model.prompts) if config.eval else None
     before = evaluate(model, evaluator, log, step, rank) if evaluator and step == 0 else None
     guided, control = GUIDE_FILTERS[config.guide_filter]
-    loss_fn = GISTLoss(config.temperature, config.in_batch_margin_strategy, config.in_batch_margin, guided=guided, control=control)
+    loss_fn = GISTLoss(config.temperature, config.in_batch_margin_strategy, config.in_batch_margin, guided=guided,
+                       control=control)
 
     model.train()
     if epoch:  # a resumed run continues in a later epoch
@@ -559,7 +560,8 @@ def global_mean(loss: torch.Tensor, masked: torch.Tensor, world: int) -> tuple[f
 def say_rules(config: TrainConfig, manifest: dict) -> None:
     """The two rules stack: mining removed its false negatives, the loss masks in-batch ones."""
     mined_rules = ", ".join(f"{k} {v}" for k, v in manifest["rules"].items() if v is not None)
-    in_batch = {"precomputed": f"{config.in_batch_margin_strategy} margin {config.in_batch_margin}", "none": "off (plain in-batch loss)",
+    in_batch = {"precomputed": f"{config.in_batch_margin_strategy} margin {config.in_batch_margin}",
+                "none": "off (plain in-batch loss)",
                 "random": "control: as many logits as the guide masks, at random",
                 "hardest": "control: as many logits as the guide masks, the student's highest"}[config.guide_filter]
     if manifest["rules"].get("unjudged_rank_min") is not None and config.guide_filter != "none":
