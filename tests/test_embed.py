@@ -169,6 +169,7 @@ def test_stale_inputs_refused_then_overwritten(tmp_path, tiny_model, tiny_guide,
     assert not read_outputs(tmp_path / "w")[2].equals(first[2])
 
 
+@pytest.mark.slow
 def test_two_shard_processes_equal_one(tmp_path, tiny_model):
     make_pairs(60).write_parquet(tmp_path / "pairs.parquet")
     common = ["--input", tmp_path / "pairs.parquet", "--guide", tiny_model, "--texts-per-shard", 20]
@@ -183,6 +184,7 @@ def test_two_shard_processes_equal_one(tmp_path, tiny_model):
     assert one[2].equals(two[2]) and one[3].equals(two[3])
 
 
+@pytest.mark.slow
 def test_killed_run_resumes_to_the_same_result(tmp_path, tiny_model):
     make_pairs(150).write_parquet(tmp_path / "pairs.parquet")
     # without the cache: the second run would read what the first computed, too fast to be killed midway
@@ -222,6 +224,7 @@ def test_tables_open_with_polars_pyarrow_and_datasets(tmp_path, tiny_model):
         assert n_polars == n_arrow == n_hf > 0
 
 
+@pytest.mark.slow
 def test_torchrun_ranks_with_num_shards_auto_equal_one_process(tmp_path, tiny_model):
     import os
     import socket

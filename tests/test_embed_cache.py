@@ -161,6 +161,7 @@ def test_corrupt_cache_files_are_recomputed_never_read(tmp_path, tiny_model, pai
     assert shard_bytes(tmp_path / "all-corrupt") == shard_bytes(tmp_path / "plain")
 
 
+@pytest.mark.slow
 def test_concurrent_shard_processes_share_one_cache(tmp_path, tiny_model, pairs, encoded):
     cache = ["--cache-dir", tmp_path / "cache"]
     args = ["--input", tmp_path / "old.parquet", "--guide", tiny_model, "--texts-per-shard", 40, "--encode-batch-size", 8,

@@ -63,7 +63,7 @@ def stored_vectors(work: Path) -> tuple[list[str], np.ndarray]:
     return rows["text"].to_list(), np.array(rows["embedding"].to_list(), dtype=np.float32)
 
 
-@pytest.mark.parametrize("revision", [None, COMMIT_B])
+@pytest.mark.parametrize("revision", [pytest.param(None, marks=pytest.mark.slow), COMMIT_B])  # None: a fresh process
 def test_embed_takes_a_hub_id_from_the_cache(tmp_path, fake_hub, revision):
     from sentence_transformers import SentenceTransformer
 
@@ -228,6 +228,7 @@ def with_own_code(tiny_model: Path, where: Path) -> Path:
     return copy
 
 
+@pytest.mark.slow
 def test_model_code_runs_only_with_trust_remote_code(tmp_path, tiny_model, capsys, monkeypatch):
     from pipeline import embed
     from train import run as train
@@ -246,6 +247,7 @@ def test_model_code_runs_only_with_trust_remote_code(tmp_path, tiny_model, capsy
     assert (tmp_path / "w" / "embed_manifest.json").exists()
 
 
+@pytest.mark.slow
 def test_bundled_and_local_models_never_touch_the_network(tmp_path, tiny_model):
     """HF_HUB_OFFLINE is no longer set for the user; loading, fingerprinting and saving stay off the network."""
     script = f"""

@@ -20,6 +20,8 @@ from gist_mining.models import load_model
 from gist_mining.workdir import load_embeddings
 from pipeline import embed, mask
 
+pytestmark = pytest.mark.slow  # ONNX export of each pooling and its cache
+
 TEXTS = [sentence(random.Random(i), n) for i, n in enumerate([1, 2, 3, 5, 8, 13, 21, 34, 55, 89, 120, 4, 6, 9])]
 
 

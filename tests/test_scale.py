@@ -26,6 +26,8 @@ from pipeline import mask
 sys.path.insert(0, str(ROOT))
 from benchmarks import synthetic_pool  # noqa: E402
 
+pytestmark = pytest.mark.slow  # scale: every index kind, shard processes
+
 POOL, ANCHORS, DIM = 4000, 150, 16
 
 

@@ -44,6 +44,7 @@ def metrics(out) -> list[dict]:
 COMMON = ["--batch-size", 8, "--lr", 1e-3, "--temperature", 0.05, "--negatives-per-anchor", 1, "--seed", 3]
 
 
+@pytest.mark.slow
 def test_training_lowers_the_loss_and_saves_a_loadable_model(mined_work, tiny_model, tiny_guide, tmp_path):
     from sentence_transformers import SentenceTransformer
 
@@ -147,6 +148,7 @@ def test_report_renders_and_links_only_existing_files(mined_work, tiny_model, tm
     assert page.count("class=example") > 0 and "false negatives (masked)" in page
 
 
+@pytest.mark.slow
 def test_torchrun_two_gloo_processes_equal_one_process(mined_work, tmp_path):
     """2 ranks x 4 anchors follow the same losses as 1 process x 8: gathered candidates, averaged
     gradients, with ranks holding different numbers of mined negatives."""
