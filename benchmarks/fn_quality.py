@@ -83,7 +83,8 @@ def main() -> None:
     shutil.copy(args.data / "truth.parquet", args.work / workdir.TRUTH)
     started = time.perf_counter()
     tallies = fn_quality.sweep(fn_quality.candidate_chunks(args.work, mask.CHUNK),
-                               fn_quality.read_truth(args.work / workdir.TRUTH), fn_quality.default_sweep(args.negatives_per_anchor))
+                               fn_quality.read_truth(args.work / workdir.TRUTH),
+                               fn_quality.default_sweep(args.negatives_per_anchor))
     overall = fn_quality.rates(tallies, ["rule"])
     print(f"{len(overall)} rules re-applied to {overall['anchors'][0]} anchors in {time.perf_counter() - started:.1f} s; "
           f"known false negatives reached by the search: {overall['known_reached_per_anchor'][0]:.2f} per anchor\n")

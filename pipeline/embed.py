@@ -380,7 +380,7 @@ def embed(inputs: list[Path], work: Path, guide: ModelSettings = ModelSettings(D
     equal run; refuses a work directory made otherwise unless ``options.overwrite``. Returns the manifest, or
     None while shards are left for other processes (``executor``'s share)."""
     started = time.perf_counter()
-    inputs, corpus = list(map(Path, inputs)), list(map(Path, corpus))
+    inputs, corpus, work = list(map(Path, inputs)), list(map(Path, corpus)), Path(work)
     pairs, corpora, records = read_inputs(inputs, corpus)  # everything validated before anything is written
     texts, anchors, dropped = plan_texts(pairs, corpora, [str(p) for p in inputs])
     model = prepare_model(guide, options.precision)

@@ -318,6 +318,7 @@ def mask(work: Path, search: SearchSettings | None = None, rules: MiningRules = 
 def run_mask(work: Path, given: dict, rules: MiningRules, *, rescore_settings, refilter: bool, overwrite: bool,
              update_from: Path | None, executor: ExecutorSettings) -> dict | None:
     """``mask`` with only the ``given`` search settings (the command line's: --refilter checks them alone)."""
+    work = Path(work)
     embed = workdir.checked_embed_manifest(work)
     rescorer = rescore.Rescorer(work, rescore_settings) if rescore_settings and not refilter else None
     search = search_plan(work, given, embed, refilter=refilter, update_from=update_from,

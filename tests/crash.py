@@ -390,8 +390,8 @@ def make_stages(root: Path, pairs: int) -> list[Stage]:
     mask_args = ["--k", 20, "--anchors-per-shard", max(1, pairs // 200)]
     # Batch size 1 stretches the embed stage's work against its start-up (torch and transformers imports); without
     # the embedding cache, each rerun computes what it embeds.
-    embed_args = ["--input", data, "--guide", guide, "--device", "cpu", "--encode-batch-size", 1, "--texts-per-shard", max(4, pairs // 15),
-                  "--no-cache"]
+    embed_args = ["--input", data, "--guide", guide, "--device", "cpu", "--encode-batch-size", 1,
+                  "--texts-per-shard", max(4, pairs // 15), "--no-cache"]
     train_args = ["--work", root / "mask" / "reference", "--student", student, "--device", "cpu", "--batch-size", 8,
                   "--max-steps", max(8, pairs // 4), "--save-steps", 1, "--resume"]
     return [

@@ -18,7 +18,7 @@ from conftest import ROOT, make_pairs, run_stage
 from gist_mining import cli, workdir
 from gist_mining.errors import UsageError
 from gist_mining.executor import ExecutorSettings, run_locally, run_step
-from gist_mining.models import ModelSettings, Prompts
+from gist_mining.models import ModelSettings
 from gist_mining.settings import dest_of
 from pipeline import cache, embed, export, mask, report
 from pipeline import run as job
@@ -140,11 +140,14 @@ def test_python_api_writes_what_the_command_line_writes(pairs, tmp_path, tiny_gu
     assert run_stage(mask, "--work", cli_work, "--k", 8, "--anchors-per-shard", 15, "--negatives-per-anchor", 2) == 0
     assert run_stage(train, "--work", cli_work, "--out", cli_work / "m", "--student", tiny_model, "--max-steps", 2,
                      "--batch-size", 8) == 0
-    embedded = embed.embed([pairs], api_work, ModelSettings(str(tiny_guide)), embed.EmbedOptions(texts_per_shard=30,
-                           no_cache=True), Prompts(query_prompt="q: "))
-    mined = mask.mask(api_work, mask.SearchSettings(k=8, shard_size=15), mask.MiningRules(num_negatives=2))
-    train.train(api_work, api_work / "m", train.TrainConfig(student=ModelSettings(str(tiny_model)), max_steps=2,
-                                                            batch_size=8))
+    from gist_mining import api
+
+    # paths as strings, as a notebook would give them
+    embedded = api.embed([str(pairs)], str(api_work), api.ModelSettings(str(tiny_guide)),
+                         api.EmbedOptions(texts_per_shard=30, no_cache=True), api.Prompts(query_prompt="q: "))
+    mined = api.mask(str(api_work), api.SearchSettings(k=8, shard_size=15), api.MiningRules(num_negatives=2))
+    api.train(str(api_work), str(api_work / "m"), api.TrainConfig(student=api.ModelSettings(str(tiny_model)),
+                                                                  max_steps=2, batch_size=8))
     assert embedded["fingerprint"] == workdir.checked_embed_manifest(cli_work)["fingerprint"]
     assert mined["fingerprint"] == workdir.checked_mined_manifest(cli_work)["fingerprint"]
     for folder in (workdir.EMBEDDINGS, workdir.CANDIDATES, workdir.MINED):

@@ -488,6 +488,7 @@ def train(work: Path, out: Path, config: TrainConfig = TrainConfig()) -> dict | 
     guide's stored vectors for the in-batch rule: the model, its checkpoints, metrics.jsonl and
     gist_training.json. Under torchrun (WORLD_SIZE > 1) every rank calls it. Returns the held-out scores after
     training (``config.eval``; None without)."""
+    work, out = Path(work), Path(out)
     world = int(os.environ.get("WORLD_SIZE", 1))
     if world > 1:
         dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
