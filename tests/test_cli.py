@@ -172,3 +172,31 @@ def test_an_unpickled_step_loads_its_own_model_and_writes_the_same_shard(pairs, 
     assert remote.loaded is None  # never travels
     run_locally(remote, ExecutorSettings())
     assert shard_bytes(work, workdir.EMBEDDINGS) == reference
+
+
+@pytest.mark.slow
+def test_the_main_job_takes_a_guide_with_a_query_prompt(pairs, tmp_path, tiny_guide, tiny_model):
+    """pipeline.run passes the stages' options on (a bge-style guide's query prompt, mining rules, the trainer's
+    settings): its work directory and student are what the stages write when run one by one."""
+    import polars as pl
+    from conftest import eval_split
+
+    split = eval_split(tmp_path, pl.read_parquet(pairs).head(12))
+    work = tmp_path / "job"
+    assert run_stage(job, "--input", pairs, "--eval", split, "--work", work, "--guide", tiny_guide, "--student",
+                     tiny_model, "--query-prompt", "q: ", "--margin", 0.1, "--texts-per-shard", 30, "--max-steps", 2,
+                     "--batch-size", 8, "--no-cache") == 0
+    plan = workdir.read_plan(work, "embed")
+    assert plan["settings"]["query_prompt"] == "q: " and plan["settings"]["shard_size"] == 30
+    assert workdir.checked_mined_manifest(work)["rules"]["margin"] == 0.1
+    results = (work / workdir.RESULTS).read_text()
+    assert all(name in results for name in ("base", "plain", "gist"))
+    alone = tmp_path / "alone"
+    assert run_stage(embed, "--input", pairs, "--work", alone, "--guide", tiny_guide, "--query-prompt", "q: ",
+                     "--texts-per-shard", 30, "--no-cache") == 0
+    assert run_stage(mask, "--work", alone, "--margin", 0.1) == 0
+    assert shard_bytes(alone, workdir.MINED) == shard_bytes(work, workdir.MINED)
+    assert run_stage(train, "--work", alone, "--out", alone / "gist", "--student", tiny_model, "--max-steps", 2,
+                     "--batch-size", 8) == 0
+    model = "model.safetensors"
+    assert (alone / "gist" / model).read_bytes() == (work / workdir.MODELS / "gist" / model).read_bytes()
