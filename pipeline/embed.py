@@ -331,16 +331,20 @@ class EmbedStep:
     def open(self) -> EmbedWorker:
         settings = EmbedSettings(**self.plan["settings"])
         encoder = self.loaded
-        if encoder is None:
-            model = prepare_model(self.model, settings.precision)
-            _, encoder = onnx_backend.pick_backend(
-                settings.backend, model, resolve_model(self.model.name, self.model.revision),
-                [settings.query_prompt, settings.document_prompt], settings.precision, self.token_budget, self.model.name)
+        if encoder is None:  # a worker of another process or machine: the plan's guide, checked, never another
+            model, model_dir = prepare_model(self.model, settings.precision), resolve_model(self.model.name,
+                                                                                            self.model.revision)
+            if model_fingerprint(model, model_dir)["fingerprint"] != self.plan["model"]["fingerprint"]:
+                raise UsageError(f"{self.model.name}: this worker loads another model than the plan's "
+                                 f"({model_dir}); give every worker the same files")
+            _, encoder = onnx_backend.pick_backend(settings.backend, model, model_dir,
+                                                   [settings.query_prompt, settings.document_prompt],
+                                                   settings.precision, self.token_budget, self.model.name)
         cache = None if self.cache_dir is None else EmbeddingCache(self.cache_dir, self.plan["model"],
                                                                    backend=settings.backend)
-        texts = workdir.problem(self.shards.work / workdir.TEXTS, self.plan["tables"][workdir.TEXTS])
-        if texts is not None:
-            raise UsageError(f"{self.shards.work / workdir.TEXTS}: {texts}; rerun `{self.plan['command']}`")
+        wrong = workdir.problem(self.shards.work / workdir.TEXTS, self.plan["tables"][workdir.TEXTS])
+        if wrong is not None:
+            raise UsageError(f"{self.shards.work / workdir.TEXTS}: {wrong}; rerun `{self.plan['command']}`")
         return EmbedWorker(encoder_for(encoder, settings, self.batch_size, cache), settings, cache)
 
     def run(self, worker: EmbedWorker, i: int) -> None:

@@ -159,7 +159,7 @@ def test_python_api_writes_what_the_command_line_writes(pairs, tmp_path, tiny_gu
     assert recorded.startswith("python -m pipeline.embed --input ") and "--query-prompt 'q: '" in recorded
 
 
-def test_an_unpickled_step_loads_its_own_model_and_writes_the_same_shard(pairs, tmp_path, tiny_guide):
+def test_an_unpickled_step_loads_its_own_model_and_writes_the_same_shard(pairs, tmp_path, tiny_guide, tiny_model):
     work = tmp_path / "w"
     embed.embed([pairs], work, ModelSettings(str(tiny_guide)), embed.EmbedOptions(texts_per_shard=30, no_cache=True))
     plan = workdir.read_plan(work, "embed")
@@ -172,6 +172,10 @@ def test_an_unpickled_step_loads_its_own_model_and_writes_the_same_shard(pairs, 
     assert remote.loaded is None  # never travels
     run_locally(remote, ExecutorSettings())
     assert shard_bytes(work, workdir.EMBEDDINGS) == reference
+    elsewhere = embed.EmbedStep(shards, plan, ModelSettings(str(tiny_model)), 64)  # a worker with other files
+    (work / workdir.EMBEDDINGS / workdir.shard_name(0)).unlink()
+    with pytest.raises(UsageError, match="another model than the plan's"):
+        run_locally(pickle.loads(pickle.dumps(elsewhere)), ExecutorSettings())
 
 
 @pytest.mark.slow
