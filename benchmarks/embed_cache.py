@@ -36,8 +36,8 @@ from gist_mining.workdir import load_embeddings, remove_steps  # noqa: E402
 
 
 def mine(pairs: Path, work: Path, cache: Path, args, *mask_args) -> dict:
-    embed = measured(["-m", "pipeline.embed", "--input", pairs, "--work", work, "--model", args.model,
-                      "--batch-size", args.batch_size, "--cache-dir", cache,
+    embed = measured(["-m", "pipeline.embed", "--input", pairs, "--work", work, "--guide", args.model,
+                      "--encode-batch-size", args.batch_size, "--cache-dir", cache,
                       *(["--device", args.device] if args.device else [])])
     mask = measured(["-m", "pipeline.mask", "--work", work, *mask_args])
     return {"embed": embed["seconds"], "mask": mask["seconds"], "total": embed["seconds"] + mask["seconds"]}

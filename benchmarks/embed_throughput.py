@@ -122,8 +122,8 @@ def main(argv: list[str] | None = None) -> list[dict]:
         gflop = matmul_gflop(model, texts)
         # each stage run starts from an empty embedding cache of its own (a warm one would skip the forward pass)
         stage_argv = lambda work: ["--input", str(pairs), "--work", str(work), "--cache-dir", f"{work}-cache",  # noqa: E731
-                                   "--model", args.model,
-                                   "--batch-size", str(args.batch_size), "--precision", args.precision,
+                                   "--guide", args.model,
+                                   "--encode-batch-size", str(args.batch_size), "--precision", args.precision,
                                    "--backend", args.backend] + (["--device", args.device] if args.device else [])
         bare, stage = [], []
         for attempt in range(args.repeats):

@@ -34,14 +34,14 @@ from pipeline.report import fn_frontier  # noqa: E402
 def ensure_candidates(args) -> None:
     """Embed and search once; a work directory with candidates is reused whatever its mined rules."""
     try:
-        workdir.candidates(args.work)
+        workdir.checked_candidates_manifest(args.work)
         return
     except UsageError:
         pass
     started = time.perf_counter()
     embed.main(["--input", str(args.data / "pairs.parquet"), "--corpus", str(args.data / "corpus.parquet"),
-                "--work", str(args.work), "--model", args.model])
-    mask.main(["--work", str(args.work), "--k", str(args.k), "--num-negatives", str(args.num_negatives)])
+                "--work", str(args.work), "--guide", args.model])
+    mask.main(["--work", str(args.work), "--k", str(args.k), "--negatives-per-anchor", str(args.negatives_per_anchor)])
     print(f"embed + mask: {time.perf_counter() - started:.0f} s", file=sys.stderr)
 
 
@@ -77,17 +77,18 @@ def main() -> None:
     parser.add_argument("--work", type=Path, default=Path("runs/fn_truth"))
     parser.add_argument("--model", default=DEFAULT_GUIDE)
     parser.add_argument("--k", type=int, default=100)
-    parser.add_argument("--num-negatives", type=int, default=3)
+    parser.add_argument("--negatives-per-anchor", type=int, default=3)
     args = parser.parse_args()
     ensure_candidates(args)
     shutil.copy(args.data / "truth.parquet", args.work / workdir.TRUTH)
     started = time.perf_counter()
     tallies = fn_quality.sweep(fn_quality.candidate_chunks(args.work, mask.CHUNK),
-                               fn_quality.read_truth(args.work / workdir.TRUTH), fn_quality.default_sweep(args.num_negatives))
+                               fn_quality.read_truth(args.work / workdir.TRUTH),
+                               fn_quality.default_sweep(args.negatives_per_anchor))
     overall = fn_quality.rates(tallies, ["rule"])
     print(f"{len(overall)} rules re-applied to {overall['anchors'][0]} anchors in {time.perf_counter() - started:.1f} s; "
           f"known false negatives reached by the search: {overall['known_reached_per_anchor'][0]:.2f} per anchor\n")
-    header = ("rule", "contamination", "recall", "neg/anchor", f"short of {args.num_negatives}", "hardness",
+    header = ("rule", "contamination", "recall", "neg/anchor", f"short of {args.negatives_per_anchor}", "hardness",
               "flagged/anchor")
     print(table(fn_quality.formatted(overall, ["rule", *fn_quality.METRICS]), header))
     report_groups(fn_quality.rates(tallies, ["rule", "cannot_judge"]))

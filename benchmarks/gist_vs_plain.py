@@ -1,6 +1,6 @@
 """GIST-filtered against unfiltered fine-tuning on the validation split, for a few training settings.
 
-    python benchmarks/gist_vs_plain.py --work runs/sample --eval data/sample/val --steps 60
+    python benchmarks/gist_vs_plain.py --work runs/sample --eval data/sample/val --max-steps 60
 
 Needs a mined work directory (pipeline.run or pipeline.embed + pipeline.mask; a copy re-filtered with
 --margin-strategy none gives negatives mined without the positive-aware filter). For each setting, two
@@ -31,7 +31,7 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--work", type=Path, default=Path("runs/sample"))
     parser.add_argument("--eval", type=Path, default=Path("data/sample/val"))
-    parser.add_argument("--steps", type=int, default=60)
+    parser.add_argument("--max-steps", type=int, default=60)
     parser.add_argument("--lr", default="2e-5")
     parser.add_argument("--temperature", default="0.05")
     parser.add_argument("--only", default=None, help="run one setting by name")
@@ -43,7 +43,7 @@ def main() -> None:
         scores = {}
         for variant, flags in (("plain", ["--guide-filter", "none"]), ("gist", [])):
             out = args.work / "experiments" / f"{name.replace(' ', '-').replace(',', '')}-{variant}"
-            train.main(["--work", str(args.work), "--out", str(out), "--max-steps", str(args.steps), "--lr", args.lr,
+            train.main(["--work", str(args.work), "--out", str(out), "--max-steps", str(args.max_steps), "--lr", args.lr,
                         "--temperature", args.temperature, "--eval", str(args.eval), *extra, *flags])
             record = read_json(out / workdir.TRAINING_RECORD)
             scores[variant] = record["eval_after"]["ndcg@10"]

@@ -20,7 +20,6 @@ import random
 import sys
 import time
 from pathlib import Path
-from types import SimpleNamespace
 
 import torch
 import torch.nn.functional as F
@@ -79,19 +78,20 @@ def reset_peak(device) -> float:
 
 
 def default_loss() -> GISTLoss:
-    return GISTLoss(train.Defaults.temperature, train.Defaults.margin_strategy, train.Defaults.margin)
+    return GISTLoss(train.TrainConfig.temperature, train.TrainConfig.in_batch_margin_strategy,
+                    train.TrainConfig.in_batch_margin)
 
 
 def measure(model, batch: train.Batch, mini: int, device, steps: int, rows: int | None = None) -> tuple[float, float]:
     """Peak memory (MiB) above the model's own, and seconds per anchor, over ``steps`` timed steps."""
     loss_fn = default_loss()
-    args = SimpleNamespace(mini_batch_size=mini, bf16=False)
+    config = train.TrainConfig(mini_batch_size=mini)
     sizes = [len(batch.texts[c]) for c in train.COLUMNS]
     before, seconds = reset_peak(device), []
     for step in range(steps + 1):  # the first step warms up
         started = time.perf_counter()
         if mini < sum(sizes):
-            train.cached_backward(model, loss_fn, batch, args, device, rows)
+            train.cached_backward(model, loss_fn, batch, config, device, rows)
         else:
             student = {c: train.student_forward(model, batch.texts[c], device, False, model.prompts[train.ROLES[c]])
                        for c in train.COLUMNS}

@@ -1,7 +1,7 @@
 """What the guide contributes: the same student, data and steps, with and without it, over several seeds.
 
     flock /tmp/gist-bench.lock python benchmarks/guide_ablation.py                # both data sets, 3 seeds
-    python benchmarks/guide_ablation.py --data sections --seeds 42 --steps 20     # a quick look
+    python benchmarks/guide_ablation.py --data sections --seeds 42 --max-steps 20     # a quick look
 
 Data sets: ``sections`` (data/build_sections.py: Debian package descriptions, anchor and positive share a
 section, so every same-section text in a batch is a false negative by construction) and ``sample`` (the
@@ -58,10 +58,10 @@ def mined_copies(name: str, work: Path, guide: str) -> dict[str, Path]:
     folder, with_corpus = DATA[name]
     first = work / name / "guided"
     try:
-        workdir.mined(first)
+        workdir.checked_mined_manifest(first)
     except UsageError:
         corpus = ["--corpus", str(folder / "corpus.parquet")] if with_corpus else []
-        embed.main(["--input", str(folder / "train.parquet"), *corpus, "--work", str(first), "--model", guide])
+        embed.main(["--input", str(folder / "train.parquet"), *corpus, "--work", str(first), "--guide", guide])
         mask.main(["--work", str(first)])
     copies = {"guided": first}
     for variant, rules in MINING.items():
@@ -69,7 +69,7 @@ def mined_copies(name: str, work: Path, guide: str) -> dict[str, Path]:
             continue
         copies[variant] = work / name / variant
         try:
-            workdir.mined(copies[variant])
+            workdir.checked_mined_manifest(copies[variant])
         except UsageError:
             shutil.rmtree(copies[variant], ignore_errors=True)
             shutil.copytree(first, copies[variant], ignore=shutil.ignore_patterns(workdir.MODELS))
@@ -83,7 +83,7 @@ def scores(model_path: str, folder: Path) -> dict:
 
 
 def train_arm(work: Path, out: Path, seed: int, guide_filter: str, args) -> dict:
-    train.main(["--work", str(work), "--out", str(out), "--model", args.student, "--max-steps", str(args.steps),
+    train.main(["--work", str(work), "--out", str(out), "--student", args.student, "--max-steps", str(args.max_steps),
                 "--batch-size", str(args.batch_size), "--seed", str(seed), "--guide-filter", guide_filter])
     logged = [json.loads(line) for line in (out / workdir.METRICS).read_text().splitlines()]
     masked = statistics.mean(m["masked_fraction"] for m in logged if "masked_fraction" in m)
@@ -93,7 +93,7 @@ def train_arm(work: Path, out: Path, seed: int, guide_filter: str, args) -> dict
 def run_all(args) -> list[dict]:
     done_path = args.work / "runs.jsonl"
     done = [json.loads(line) for line in done_path.read_text().splitlines()] if done_path.exists() else []
-    done = [r for r in done if (r["steps"], r["batch_size"]) == (args.steps, args.batch_size)]
+    done = [r for r in done if (r["steps"], r["batch_size"]) == (args.max_steps, args.batch_size)]
     have = {(r["data"], r["arm"], r["seed"]) for r in done}
     copies = {name: mined_copies(name, args.work, args.guide) for name in args.data}
     todo = [(name, "base", 0) for name in args.data]  # deterministic: one run
@@ -101,7 +101,7 @@ def run_all(args) -> list[dict]:
     for name, arm, seed in todo:
         if (name, arm, seed) in have:
             continue
-        record = {"data": name, "arm": arm, "seed": seed, "steps": args.steps, "batch_size": args.batch_size}
+        record = {"data": name, "arm": arm, "seed": seed, "steps": args.max_steps, "batch_size": args.batch_size}
         if arm == "base":
             record.update(scores(args.student, DATA[name][0]))
         else:
@@ -131,18 +131,18 @@ def labels_of(name: str, work: Path) -> dict[int, str]:
 
 
 def firing(name: str, work: Path, args) -> dict:
-    """Over the first --steps batches of the first seed: the guide's in-batch masks beyond the self-pairs."""
+    """Over the first --max-steps batches of the first seed: the guide's in-batch masks beyond the self-pairs."""
     data = train.TrainingData(work, 1, "cpu")
-    plan = train.epoch_batches(data, train.parse_args(["--work", str(work), "--out", "-", "--seed", str(args.seeds[0]),
-                                                       "--batch-size", str(args.batch_size)]), 1, 0)
+    plan = train.epoch_batches(data, train.TrainConfig(seed=args.seeds[0], batch_size=args.batch_size), 1, 0)
     label = labels_of(name, work)
     n = {"logits": 0, "eligible": 0, "same": 0, "fired": 0, "fired_same": 0}
-    for rows in plan[: args.steps]:
+    for rows in plan[: args.max_steps]:
         batch = data.get_batch(rows)
         guided = batch.with_student({c: batch.guide[c].float() for c in train.COLUMNS})
-        d = train.Defaults()
-        _, plain_mask, labels, _ = GISTLoss(d.temperature, d.margin_strategy, d.margin, guided=False).masked_logits(guided)
-        _, guide_mask, _, _ = GISTLoss(d.temperature, d.margin_strategy, d.margin).masked_logits(guided)
+        d = train.TrainConfig()
+        _, plain_mask, labels, _ = GISTLoss(d.temperature, d.in_batch_margin_strategy, d.in_batch_margin,
+                                            guided=False).masked_logits(guided)
+        _, guide_mask, _, _ = GISTLoss(d.temperature, d.in_batch_margin_strategy, d.in_batch_margin).masked_logits(guided)
         eligible = ~plain_mask
         eligible[torch.arange(len(labels)), labels] = False
         fired = guide_mask & eligible
@@ -189,22 +189,22 @@ def main() -> None:
     parser.add_argument("--data", nargs="+", choices=list(DATA), default=list(DATA))
     parser.add_argument("--arms", nargs="+", choices=list(ARMS), default=list(ARMS))
     parser.add_argument("--seeds", nargs="+", type=int, default=[42, 43, 44])
-    parser.add_argument("--steps", type=int, default=40)
-    parser.add_argument("--batch-size", type=int, default=train.Defaults().batch_size)
+    parser.add_argument("--max-steps", type=int, default=40)
+    parser.add_argument("--batch-size", type=int, default=train.TrainConfig.batch_size)
     parser.add_argument("--work", type=Path, default=Path("runs/ablation"))
     parser.add_argument("--guide", default=DEFAULT_GUIDE)
     parser.add_argument("--student", default=DEFAULT_STUDENT)
     parser.add_argument("--save", type=Path, default=None, help="also write the printed tables here")
     args = parser.parse_args()
     records = run_all(args)
-    lines = [f"guide ablation: {args.steps} steps x {args.batch_size} anchors, seeds {args.seeds}, student {args.student}, "
+    lines = [f"guide ablation: {args.max_steps} steps x {args.batch_size} anchors, seeds {args.seeds}, student {args.student}, "
              f"guide {args.guide}; NDCG@10 mean +- std over seeds; differences on test vs guided-mining / gist "
              "('real' when above 2 * sqrt(sa^2 + sb^2))"]
     header = ("arm", "seeds", "val NDCG@10", "test NDCG@10", "masked (trainer)", "vs guided-mining", "vs gist")
     for name in args.data:
         rows, _ = summary(records, name, args.arms)
         fire = firing(name, args.work / name / "guided", args)
-        lines += [f"\n{name}: guide's in-batch mask over the first {args.steps} batches: masks {fire['masked']:.3f} of "
+        lines += [f"\n{name}: guide's in-batch mask over the first {args.max_steps} batches: masks {fire['masked']:.3f} of "
                   f"logits beyond self-pairs; {fire['masked_same_label']:.3f} of those share the anchor's label, against "
                   f"{fire['same_label_in_batch']:.3f} of all in-batch logits; it masks {fire['same_label_masked']:.3f} "
                   "of the same-label ones", table(rows, header)]

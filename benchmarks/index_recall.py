@@ -31,7 +31,7 @@ from pipeline import embed  # noqa: E402
 def embedded_wordnet(model: str, n_queries: int, n_pool: int) -> Path:
     work = ROOT / "runs" / f"bench-wordnet-{model}-{n_queries}-{n_pool}"
     pairs, corpus = wordnet_pairs(work.with_name(work.name + "-input"), n_queries, n_pool)
-    embed.main(["--input", str(pairs), "--corpus", str(corpus), "--work", str(work), "--model", model])
+    embed.main(["--input", str(pairs), "--corpus", str(corpus), "--work", str(work), "--guide", model])
     return work
 
 

@@ -31,7 +31,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
     for n in (args.anchors, args.anchors * args.growth):
         work = ROOT / "runs" / f"bench-mask-memory-{args.model}-{n}-{args.pool}"
         pairs, corpus = wordnet_pairs(work.with_name(work.name + "-input"), n, args.pool)
-        embed.main(["--input", str(pairs), "--corpus", str(corpus), "--work", str(work), "--model", args.model])
+        embed.main(["--input", str(pairs), "--corpus", str(corpus), "--work", str(work), "--guide", args.model])
         workdir.remove_steps(work, "search")  # a fresh mask run each time, not a resumed one
         runs[n] = measured(["-m", "pipeline.mask", "--work", work])
     rows = [(n, f"{r['seconds']:.1f}", r["peak_rss_mib"]) for n, r in runs.items()]

@@ -26,7 +26,7 @@ from pipeline import embed, mask  # noqa: E402
 
 
 def mine(work: Path, pairs: str, corpus: str, model: str) -> None:
-    embed.main(["--input", pairs, "--corpus", corpus, "--work", str(work), "--model", model])
+    embed.main(["--input", pairs, "--corpus", corpus, "--work", str(work), "--guide", model])
     mask.main(["--work", str(work), *map(str, MASK_RULES)])
 
 

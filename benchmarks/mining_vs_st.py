@@ -39,7 +39,7 @@ mined = mine_hard_negatives(Dataset.from_polars(pairs), model, corpus=corpus, re
 print("mined rows", len(mined), file=sys.stderr)
 '''
 # the rules both sides mine with (mine_hard_negatives' arguments in ST_SCRIPT)
-MASK_RULES = ["--margin-strategy", "relative", "--margin", 0.05, "--num-negatives", 3, "--sampling", "top"]
+MASK_RULES = ["--margin-strategy", "relative", "--margin", 0.05, "--negatives-per-anchor", 3, "--sampling", "top"]
 
 
 def whole_sample(out: Path) -> tuple[str, str]:
@@ -83,14 +83,14 @@ def main(argv: list[str] | None = None) -> list[dict]:
         work = Path(tmp) / "work"
         corpus = ["--corpus", args.corpus] if args.corpus else []
         # a fresh embedding cache: vectors cached by an earlier run would spare our side the forward pass
-        embed_argv = ["-m", "pipeline.embed", "--input", args.pairs, *corpus, "--model", args.model,
-                      "--batch-size", args.batch_size, "--precision", args.precision, *device,
+        embed_argv = ["-m", "pipeline.embed", "--input", args.pairs, *corpus, "--guide", args.model,
+                      "--encode-batch-size", args.batch_size, "--precision", args.precision, *device,
                       "--cache-dir", Path(tmp) / "embedding-cache"]
         if args.backend != "torch":  # the export, once per model, before anything is timed
-            measured([*embed_argv, "--work", Path(tmp) / "export", "--backend", args.backend, "--shard-size", 1,
+            measured([*embed_argv, "--work", Path(tmp) / "export", "--backend", args.backend, "--texts-per-shard", 1,
                       "--num-shards", 1_000_000_000, "--shard-index", 999_999_999])
         embed = measured([*embed_argv, "--work", work, "--backend", args.backend])
-        refilter_rules = ["--refilter", "--margin-strategy", "absolute", "--margin", 0.1, "--num-negatives", 5]
+        refilter_rules = ["--refilter", "--margin-strategy", "absolute", "--margin", 0.1, "--negatives-per-anchor", 5]
         mask = measured(["-m", "pipeline.mask", "--work", work, *MASK_RULES])
         refilter = measured(["-m", "pipeline.mask", "--work", work, *refilter_rules])
         script = Path(tmp) / "st_mine.py"

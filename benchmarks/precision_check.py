@@ -52,10 +52,10 @@ def main(argv: list[str] | None = None) -> list[dict]:
         for precision in ("fp32", args.precision):
             works[precision] = Path(tmp) / precision
             seconds[precision] = measured(["-m", "pipeline.embed", "--input", pairs, "--corpus", corpus, "--work",
-                                           works[precision], "--model", args.model, "--precision", precision,
+                                           works[precision], "--guide", args.model, "--precision", precision,
                                            *device])["seconds"]
         mask.main(["--work", str(works["fp32"]), "--margin-strategy", MARGIN_STRATEGY, "--margin", str(MARGIN)])
-        pairs = (pl.read_parquet(workdir.verified(works["fp32"], workdir.candidates(works["fp32"]), "search"))
+        pairs = (pl.read_parquet(workdir.verified(works["fp32"], workdir.checked_candidates_manifest(works["fp32"]), "search"))
                  .select("anchor_id", "query_id", "positive_id", "candidate_ids").explode("candidate_ids"))
         anchors = pairs.unique("anchor_id")
         results = {}

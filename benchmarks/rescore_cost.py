@@ -50,7 +50,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
     parser.add_argument("--device", default="cpu")
     args = parser.parse_args(argv)
     work = ROOT / "runs" / f"bench-rescore-{args.guide}"
-    embed.main(["--input", str(SAMPLE / "train.parquet"), "--work", str(work), "--model", args.guide])
+    embed.main(["--input", str(SAMPLE / "train.parquet"), "--work", str(work), "--guide", args.guide])
     model = args.rescore_model or random_minilm_cross_encoder(ROOT / "runs" / "bench-rescore-ce")
     runs = {}
     for name, extra in (("guide only", []), ("rescored", ["--rescore-model", model, "--rescore-device", args.device])):

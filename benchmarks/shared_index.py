@@ -79,7 +79,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
     synthetic_pool.main(["--work", str(one), "--pool", str(args.pool), "--anchors", str(args.anchors),
                          "--dim", str(args.dim)])
     shutil.copytree(one, two)
-    common = ["--index", args.index, "--shard-size", str(max(1, args.anchors // 10))]
+    common = ["--index", args.index, "--anchors-per-shard", str(max(1, args.anchors // 10))]
     alone, _ = run_mask(one, common, [[]])
     pair, together = run_mask(two, common, [["--num-shards", "2", "--shard-index", str(i)] for i in (0, 1)])
     index_mib = (two / workdir.INDEX_FILE).stat().st_size / 2**20

@@ -6,7 +6,7 @@ Texts are "doc N" (the pool: N < --pool) and "query N" (N < --anchors). Anchor N
 positive is doc N; every third anchor also gives doc (anchors + N) as a negative. Documents lie around
 pool / 1000 random centres (cosine ~0.5 between two documents of a centre), and query N around doc N
 (cosine ~0.86). The texts and anchors are planned by pipeline.embed.plan_texts, the plan made by
-pipeline.embed.plan_for, and the shards, markers and manifest written by pipeline.embed.embed_shards
+pipeline.embed.plan_for, and the shards, markers and manifest written by pipeline.embed.EmbedStep
 with a stand-in guide whose ``encode`` returns these vectors, so the directory is exactly what
 pipeline.embed writes (float16 vectors) and `python -m pipeline.mask --work DIR` runs on it unchanged.
 """
@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import shlex
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -24,7 +25,9 @@ import polars as pl
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from gist_mining import workdir  # noqa: E402
 from gist_mining.storage import config_fingerprint  # noqa: E402
-from pipeline.embed import EmbedSettings, claim, embed_shards, plan_for, plan_texts  # noqa: E402
+from gist_mining.executor import ExecutorSettings, run_step  # noqa: E402
+from gist_mining.models import ModelSettings  # noqa: E402
+from pipeline.embed import EmbedOptions, EmbedSettings, EmbedStep, claim, finish, plan_for, plan_texts  # noqa: E402
 
 DOCUMENT_SPREAD, QUERY_SPREAD = 1.0, 0.6  # noise norm relative to the unit centre (document) or positive (query)
 
@@ -77,10 +80,12 @@ def main(argv: list[str] | None = None) -> Path:
     parser.add_argument("--anchors", required=True, type=int, help="anchors (at most --pool)")
     parser.add_argument("--dim", required=True, type=int)
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--shard-size", type=int, default=EmbedSettings.shard_size, help="texts per embedding shard")
+    parser.add_argument("--texts-per-shard", type=int, default=EmbedOptions.texts_per_shard,
+                        help="texts per embedding shard")
     args = parser.parse_args(argv)
     if not 0 < args.anchors <= args.pool:
         parser.error("--anchors must be in 1 .. --pool")
+    started = time.perf_counter()
     pairs, corpus = pairs_and_corpus(args.pool, args.anchors)
     texts, anchors, _ = plan_texts([pairs], [corpus], ["synthetic"])
     del pairs, corpus
@@ -88,12 +93,14 @@ def main(argv: list[str] | None = None) -> Path:
     model_info = {"name": "synthetic", "fingerprint": config_fingerprint(recipe), "dimension": args.dim, **recipe}
     inputs = [{"kind": "synthetic", "path": "benchmarks/synthetic_pool.py", "sha256": config_fingerprint(recipe)}]
     command = shlex.join(["python", "benchmarks/synthetic_pool.py", *map(str, sys.argv[1:] if argv is None else argv)])
-    plan = plan_for(model_info, EmbedSettings(dtype="float16", shard_size=args.shard_size), inputs, command,
+    plan = plan_for(model_info, EmbedSettings(dtype="float16", precision="fp32", shard_size=args.texts_per_shard,
+                                                query_prompt="", document_prompt="", backend="torch"), inputs, command,
                     texts, anchors)
     claim(args.work, plan, texts, anchors, overwrite=True)
     shards = workdir.Shards(args.work, workdir.EMBEDDINGS, len(plan["bounds"]), plan["fingerprint"])
     guide = SyntheticGuide(args.pool, args.anchors, args.dim, args.seed)
-    embed_shards(shards, plan, texts, guide, shards.pending(list(range(shards.n))), batch_size=0)
+    run_step(EmbedStep(shards, plan, ModelSettings("synthetic"), batch_size=0, loaded=guide), ExecutorSettings())
+    finish(shards, plan, started)
     return args.work
 
 

@@ -22,7 +22,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from benchmarks.common import figure, measured, table  # noqa: E402
-from train.run import Defaults, TrainingData  # noqa: E402
+from train.run import TrainConfig, TrainingData  # noqa: E402
 
 
 def load(work: Path | None, negatives: int) -> None:
@@ -64,7 +64,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
     parser.add_argument("--sizes", type=int, nargs="+", default=[300_000, 1_000_000])
     parser.add_argument("--anchors", type=int, default=100_000)
     parser.add_argument("--dim", type=int, default=384)
-    parser.add_argument("--negatives", type=int, default=Defaults.negatives_per_anchor, help="mined negatives per anchor")
+    parser.add_argument("--negatives", type=int, default=TrainConfig.negatives_per_anchor, help="mined negatives per anchor")
     parser.add_argument("--root", type=Path, default=Path("/tmp"))
     parser.add_argument("--keep", action="store_true", help="keep the work directories")
     parser.add_argument("--load", type=Path, default=None, help=argparse.SUPPRESS)

@@ -64,7 +64,7 @@ def build(work: Path, format: str, num_negatives: int | None = None, short: str 
         raise UsageError(f"--short must be drop or keep, not {short!r}")
     if format.startswith("n-tuple") and short == "keep":
         raise UsageError(f"--short keep does not fit {format}: every row has exactly N negative columns, and "
-                         "padding them would hand losses empty texts; use --short drop or a lower --num-negatives")
+                         "padding them would hand losses empty texts; use --short drop or a lower --negatives-per-anchor")
     rows, n, anchors, n_short = _anchors(Path(work), num_negatives, short)
     layout = {"triplet": _triplet, "n-tuple": _n_tuple, "n-tuple-scores": lambda r, k: _n_tuple(r, k, scores=True),
               "labeled-pair": _labeled_pair, "labeled-list": _labeled_list}[format]
@@ -73,14 +73,14 @@ def build(work: Path, format: str, num_negatives: int | None = None, short: str 
 
 def _anchors(work: Path, num_negatives: int | None, short: str) -> tuple[pl.DataFrame, int, int, int]:
     """Mined anchors in sentence-transformers' order with their texts, each cut to its first N negatives."""
-    manifest = workdir.mined(work)
+    manifest = workdir.checked_mined_manifest(work)
     mined_n = manifest["rules"]["num_negatives"]
     n = mined_n if num_negatives is None else num_negatives
     if n < 1:
-        raise UsageError(f"--num-negatives must be at least 1, not {n}")
+        raise UsageError(f"--negatives-per-anchor must be at least 1, not {n}")
     if n > mined_n:
-        raise UsageError(f"--num-negatives {n}: mined/ holds at most {mined_n} negatives per anchor; mine more with "
-                         f"`python -m pipeline.mask --work {work} --refilter --num-negatives {n}`")
+        raise UsageError(f"--negatives-per-anchor {n}: mined/ holds at most {mined_n} negatives per anchor; mine more with "
+                         f"`python -m pipeline.mask --work {work} --refilter --negatives-per-anchor {n}`")
     mined = pl.read_parquet(workdir.verified(work, manifest, "mine"), columns=MINED_COLUMNS).with_columns(
         pl.col("negative_ids", "negative_scores").list.head(n))
     anchors, is_short = mined.height, pl.col("negative_ids").list.len() < n

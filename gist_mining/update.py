@@ -32,7 +32,7 @@ from gist_mining import workdir
 from gist_mining.errors import UsageError
 from gist_mining.mining import (ADD_BATCH, PAD_ID, PoolSearch, add_vectors, build_index, merge_candidates,
                                  padded, set_search_parameters)
-from gist_mining.storage import AtomicParquetWriter, write_json_atomic
+from gist_mining.storage import AtomicParquetWriter
 from gist_mining.workdir import VectorStore
 
 GUIDE = ("dtype", "precision", "query_prompt", "document_prompt", "backend")  # embed settings that change a vector
@@ -55,13 +55,13 @@ def earlier_search(earlier: Path, work: Path) -> str:
     """The fingerprint of the earlier run's search: part of the new search plan's (the lists depend on it)."""
     if Path(earlier).resolve() == Path(work).resolve():
         raise UsageError(f"--update-from {earlier}: that is --work itself; name the earlier work directory")
-    return workdir.candidates(earlier)["fingerprint"]
+    return workdir.checked_candidates_manifest(earlier)["fingerprint"]
 
 
 def checked_files(earlier: Path, work: Path, plan: dict) -> list[Path]:
     """The candidate shards of ``earlier``, checked, when they can serve the search ``plan`` of ``work``."""
-    manifest = workdir.candidates(earlier)
-    embed, earlier_embed = workdir.embeddings(work), workdir.embeddings(earlier)
+    manifest = workdir.checked_candidates_manifest(earlier)
+    embed, earlier_embed = workdir.checked_embed_manifest(work), workdir.checked_embed_manifest(earlier)
     differ = [name for name in GUIDE if embed["settings"].get(name) != earlier_embed["settings"].get(name)]
     differ += ["guide model"] * (embed["model"]["fingerprint"] != earlier_embed["model"]["fingerprint"])
     differ += [f"--{name.replace('_', '-')} ({manifest.get(name)} there, {plan[name]} here)" for name in LISTS
@@ -113,21 +113,18 @@ class EarlierCandidates:
         """The earlier lists each shard of this run asks for, in a file of its own (``workdir.EARLIER``), so that a
         shard reads its lists, not all of them: one pass over the earlier candidates per OPEN_FILES shards. Made
         once per plan, behind a marker, like the index."""
-        folder, marker = work / workdir.EARLIER, work / workdir.EARLIER_MARKER
-        with workdir.locked(work):
-            record = workdir.read_record(marker) or {}
-            if record.get("fingerprint") == plan["fingerprint"] and not any(
-                    workdir.problem(folder / name, file) for name, file in record["files"].items()):
-                return
-            marker.unlink(missing_ok=True)
+        folder = work / workdir.EARLIER
+
+        def build():
             shutil.rmtree(folder, ignore_errors=True)
             anchors = workdir.read_table(work, workdir.ANCHORS, ["anchor_id", "query_id"])
             need = anchors.select("query_id", (pl.col("anchor_id") // plan["shard_size"]).alias("shard")).unique()
             schema = pa.schema([pq.read_schema(self.files[0]).field(name) for name in LIST_COLUMNS])
             for first in range(0, -(-plan["n_anchors"] // plan["shard_size"]), OPEN_FILES):
                 self._write_shards(need.filter(pl.col("shard").is_between(first, first + OPEN_FILES - 1)), folder, schema)
-            write_json_atomic({"fingerprint": plan["fingerprint"], "files": {
-                path.name: workdir.describe_file(path) for path in folder.glob("*.parquet")}}, marker)
+            return sorted(folder.glob("*.parquet")), {}
+
+        workdir.build_once(work, work / workdir.EARLIER_MARKER, plan["fingerprint"], build)
         pa.default_memory_pool().release_unused()  # the split's buffers, which Arrow's allocator would keep
 
     def _write_shards(self, need: pl.DataFrame, folder: Path, schema: pa.Schema) -> None:

@@ -3,12 +3,12 @@
 A work directory is a chain of steps, each made from the one before it:
 
     inputs -embed->  texts.parquet, anchors.parquet, embeddings/   embed_plan.json -> embed_manifest.json
-           -search-> vectors/, index/, candidates/                 mask_plan.json  -> candidates_manifest.json
+           -search-> vectors/, index/, candidates/                 search_plan.json -> candidates_manifest.json
            -mine-->  mined/, mined_summary.json                    mine_plan.json  -> mined_manifest.json
            -train->  models/NAME (gist_training.json names the mined manifest it was trained from)
 
 A step is a small function over shards (datatrove style); which process does which shards is the
-executor's business (``gist_mining.cli.my_shards``). A step's plan holds its fingerprint (its settings and
+executor's business (``gist_mining.executor``). A step's plan holds its fingerprint (its settings and
 its parent's fingerprint); a shard is done when its marker ``_shard-NNNNN.done`` names that fingerprint
 and the shard's rows, bytes and SHA-256. A resumed run verifies every done shard against its marker; the
 process that finds all shards done writes the manifest; a reader checks the manifest's parent against the
@@ -38,7 +38,7 @@ from gist_mining.storage import commit, file_sha256, read_json, remove_stale_tem
 TEXTS, ANCHORS, EMBEDDINGS = "texts.parquet", "anchors.parquet", "embeddings"
 EMBED_PLAN, EMBED_MANIFEST = "embed_plan.json", "embed_manifest.json"
 VECTORS, INDEX, CANDIDATES = "vectors", "index", "candidates"
-MASK_PLAN, CANDIDATES_MANIFEST = "mask_plan.json", "candidates_manifest.json"
+SEARCH_PLAN, CANDIDATES_MANIFEST = "search_plan.json", "candidates_manifest.json"
 MINED, MINE_PLAN, MINED_MANIFEST, SUMMARY = "mined", "mine_plan.json", "mined_manifest.json", "mined_summary.json"
 INDEX_FILE, POOL_IDS, INDEX_MARKER = f"{INDEX}/index.faiss", f"{INDEX}/pool_ids.npy", f"{INDEX}/_index.done"
 # pipeline.mask --update-from: the earlier run's lists that each shard asks for, one file per shard (gist_mining.update)
@@ -55,7 +55,7 @@ LOCK = ".lock"
 # What each step owns, in chain order: removing a step removes every later one with it.
 STEPS = {
     "embed": (EMBED_PLAN, TEXTS, ANCHORS, EMBEDDINGS, EMBED_MANIFEST),
-    "search": (MASK_PLAN, VECTORS, INDEX, CANDIDATES, CANDIDATES_MANIFEST),
+    "search": (SEARCH_PLAN, VECTORS, INDEX, CANDIDATES, CANDIDATES_MANIFEST),
     "mine": (MINE_PLAN, MINED, MINED_MANIFEST, SUMMARY, REPORT),
     "train": (MODELS, RESULTS),
 }
@@ -81,10 +81,40 @@ def index_files(work: Path) -> tuple[Path, Path, Path]:
 def index_ready(work: Path, fingerprint: str) -> bool:
     """The index of ``work`` is there for the search plan ``fingerprint``: its marker names the plan, and the index
     and pool ids match the marker."""
-    index_path, ids_path, marker = index_files(work)
+    return built(Path(work), Path(work) / INDEX_MARKER, fingerprint) is not None
+
+
+def built(work: Path, marker: Path, fingerprint: str, verify: bool = True) -> dict | None:
+    """The record of files built once behind ``marker`` (``build_once``) when it names ``fingerprint`` and every
+    file it lists matches it (its bytes, and with ``verify`` its SHA-256); None otherwise."""
     record = read_record(marker) or {}
-    return record.get("fingerprint") == fingerprint and not any(
-        problem(p, record.get(p.name)) for p in (index_path, ids_path))
+    files = record.get("files")
+    if record.get("fingerprint") != fingerprint or files is None:
+        return None
+    return None if any(problem(Path(work) / name, file, verify) for name, file in files.items()) else record
+
+
+def build_once(work: Path, marker: Path, fingerprint: str, build, verify: bool = True) -> dict:
+    """Files made once per ``fingerprint`` behind ``marker``, whichever process or resumed run asks first (the
+    index, the earlier run's lists per shard, the vector matrix; a shared cache's folder:
+    ``models.build_folder_once``).
+    Fresh: the marker's record, read without the lock (a work directory this user cannot write is read as it
+    is). Else, under the lock: the marker goes first, ``build()`` writes the files, each atomically, and returns
+    them with what else the record holds; the marker, written last, lists each file's bytes (and SHA-256 with
+    ``verify``: without it a resumed run compares sizes only, for files too large to hash at every start)."""
+    record = built(work, marker, fingerprint, verify)
+    if record is not None:
+        return record
+    with locked(work):
+        record = built(work, marker, fingerprint, verify)  # another process may have built it meanwhile
+        if record is None:
+            marker.unlink(missing_ok=True)
+            files, extra = build()
+            record = {"fingerprint": fingerprint, **extra, "files": {
+                str(f.relative_to(work)): {"bytes": f.stat().st_size, **({"sha256": file_sha256(f)} if verify else {})}
+                for f in files}}
+            write_json_atomic(record, marker)
+    return record
 
 
 def read_record(path: Path) -> dict | None:
@@ -259,18 +289,21 @@ def _check_parent(work: Path, name: str, manifest: dict, parent: dict, step: str
     return manifest
 
 
-def embeddings(work: Path) -> dict:
+def checked_embed_manifest(work: Path) -> dict:
+    """embed_manifest.json; a missing one names the command that makes it."""
     return _manifest(work, EMBED_MANIFEST, rebuild_command(work, "embed"))
 
 
-def candidates(work: Path) -> dict:
+def checked_candidates_manifest(work: Path) -> dict:
+    """candidates_manifest.json, checked to be made from the current embeddings."""
     manifest = _manifest(work, CANDIDATES_MANIFEST, f"python -m pipeline.mask --work {work}")
-    return _check_parent(work, CANDIDATES_MANIFEST, manifest, embeddings(work), "search")
+    return _check_parent(work, CANDIDATES_MANIFEST, manifest, checked_embed_manifest(work), "search")
 
 
-def mined(work: Path) -> dict:
+def checked_mined_manifest(work: Path) -> dict:
+    """mined_manifest.json, checked along the chain: embeddings -> candidates -> mined."""
     manifest = _manifest(work, MINED_MANIFEST, f"python -m pipeline.mask --work {work}")
-    return _check_parent(work, MINED_MANIFEST, manifest, candidates(work), "mine")
+    return _check_parent(work, MINED_MANIFEST, manifest, checked_candidates_manifest(work), "mine")
 
 
 def verified(work: Path, manifest: dict, step: str) -> list[Path]:
@@ -288,7 +321,7 @@ def verified(work: Path, manifest: dict, step: str) -> list[Path]:
 def verified_table(work: Path, name: str) -> Path:
     """The path of texts.parquet or anchors.parquet, checked against the embed manifest."""
     path = Path(work) / name
-    wrong = problem(path, embeddings(work)["tables"][name])
+    wrong = problem(path, checked_embed_manifest(work)["tables"][name])
     if wrong:
         raise UsageError(f"{path}: {wrong}; rebuild it with `{rebuild_command(work, 'embed')}`")
     return path
@@ -369,7 +402,7 @@ def shard_arrays(frame: pl.DataFrame, column: str = "embedding", dtype=np.float3
 def load_embeddings(work: Path, role: str = "document") -> tuple[np.ndarray, np.ndarray]:
     """All text ids and their guide embeddings in ``role`` (float32, rows L2-normalised), in shard order: every
     text in the document role, the queries in the query role."""
-    manifest = embeddings(work)
+    manifest = checked_embed_manifest(work)
     column = role_column(manifest["settings"], role)
     shards = [read_shard(p, column) for p in verified(work, manifest, "embed")]
     return np.concatenate([i for i, _ in shards]), np.concatenate([v for _, v in shards])
@@ -385,17 +418,14 @@ class VectorStore:
     """
 
     def __init__(self, work: Path, role: str = "document"):
-        manifest = embeddings(work)
+        manifest = checked_embed_manifest(work)
         self.column = role_column(manifest["settings"], role)
         prefix = "" if self.column == "embedding" else "query_"
         folder = Path(work) / VECTORS
         self.path, ids_path = folder / f"{prefix}matrix.npy", folder / f"{prefix}ids.npy"
         marker = folder / f"_{prefix}matrix.done"
-        record = read_record(marker) or {}
-        fresh = record.get("fingerprint") == manifest["fingerprint"] and all(
-            p.is_file() and p.stat().st_size == record.get(p.name) for p in (self.path, ids_path))
-        if not fresh:
-            self._build(work, manifest, ids_path, marker)
+        # Sizes only: hashing an 8 GB matrix at every start would cost more than the search of a shard.
+        build_once(work, marker, manifest["fingerprint"], lambda: self._build(work, manifest, ids_path), verify=False)
         ids = np.load(ids_path, allow_pickle=False)
         self.sorter = np.argsort(ids, kind="stable")
         self.sorted_ids = ids[self.sorter]
@@ -404,8 +434,7 @@ class VectorStore:
             shape, _, self.dtype = np.lib.format.read_array_header_1_0(fh)
             self.offset, self.dimension = fh.tell(), shape[1]
 
-    def _build(self, work: Path, manifest: dict, ids_path: Path, marker: Path) -> None:
-        marker.unlink(missing_ok=True)
+    def _build(self, work: Path, manifest: dict, ids_path: Path) -> tuple[list[Path], dict]:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         total = (manifest["counts"]["queries"] if self.column == QUERY_COLUMN
                  else sum(s["rows"] for s in manifest["shards"]))
@@ -421,8 +450,7 @@ class VectorStore:
                 ids.append(shard_ids)
         write_npy_atomic(np.concatenate(ids), ids_path)
         commit(tmp, self.path)
-        write_json_atomic({"fingerprint": manifest["fingerprint"], self.path.name: self.path.stat().st_size,
-                           ids_path.name: ids_path.stat().st_size}, marker)
+        return [self.path, ids_path], {}
 
     def rows(self, ids: np.ndarray) -> np.ndarray:
         positions = np.searchsorted(self.sorted_ids, ids)

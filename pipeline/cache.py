@@ -19,10 +19,11 @@ from pathlib import Path
 
 from gist_mining import cli, onnx_backend
 from gist_mining.embed_cache import default_root, describe, folders, prune
+from gist_mining.settings import HelpFormatter
 
 
-def parse_args(argv=None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="python -m pipeline.cache", description=__doc__.split("\n")[0])
+def build_parser(prog: str = "python -m pipeline.cache") -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog=prog, description=__doc__.split("\n")[0], formatter_class=HelpFormatter)
     commands = parser.add_subparsers(dest="command", required=True)
     info = commands.add_parser("info", help="keys, files, entries and size")
     cut = commands.add_parser("prune", help="remove cache files")
@@ -34,7 +35,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     which.add_argument("--older-than", type=float, metavar="DAYS", help="files not written or read for DAYS days")
     which.add_argument("--model", metavar="NAME_OR_KEY",
                        help="one model's files and exports (its name, or a key prefix of 6 characters or more)")
-    return parser.parse_args(argv)
+    return parser
 
 
 def when(seconds: float | None) -> str:
@@ -58,8 +59,8 @@ def show(root: Path) -> None:
         print(f"  {r['key'][:12]}  {model}: {r['bytes'] / 2**20:.1f} MiB, last used {when(r['last_used'])}{outdated}")
 
 
-def main(argv=None) -> None:
-    args = parse_args(argv)
+def main(argv=None, prog: str = "python -m pipeline.cache") -> None:
+    args = build_parser(prog).parse_args(argv)
     root = args.cache_dir or default_root()
     if args.command == "info":
         show(root)

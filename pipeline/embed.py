@@ -8,14 +8,15 @@ embeddings/shard-*.parquet (text_id, embedding; with a query prompt unlike the d
 query_embedding: see gist_mining.workdir.role_column) and embed_manifest.json once every shard is done.
 Texts held by the embedding cache (--cache-dir, shared by work directories; --no-cache) are read from it,
 not recomputed, and what is computed is added to it. Resumable (completed shards are kept), refuses a work
-directory made from another model, setting or input, and splits across processes with
---num-shards/--shard-index.
+directory made from another model, setting or input, and runs its shards through an executor
+(gist_mining.executor: this process's share of --num-shards/--shard-index, or Ray tasks with --executor ray).
+From Python: ``embed(inputs, work, guide, options, prompts)``.
 
 Read top to bottom: the settings and command line, planning the texts (one row per distinct text, the
-anchors as text ids), the plan and claim on the work directory, then the shards. How a vector is computed
+anchors as text ids), the plan and claim on the work directory, the shards' step, then ``embed``. How a vector is computed
 stays outside this file (gist_mining/models.py, onnx_backend.py, embed_cache.py): the shards reach it through
 one function, ``encoder_for``: rows of texts, a prompt and a task in, L2-normalised float32 vectors out, in
-order (torch's ``encode`` below or ``onnx_backend.encode``, as ``onnx_backend.choose`` picked, optionally
+order (torch's ``encode`` below or ``onnx_backend.encode``, as ``onnx_backend.pick_backend`` picked, optionally
 through ``EmbeddingCache.vectors``).
 """
 
@@ -25,72 +26,87 @@ import argparse
 import functools
 import sys
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
 import polars as pl
 import pyarrow as pa
-from tqdm import tqdm
 
 from gist_mining import cli, onnx_backend, workdir
 from gist_mining.embed_cache import EmbeddingCache, default_root
-from gist_mining.errors import InputError
+from gist_mining.errors import InputError, UsageError
+from gist_mining.executor import ExecutorSettings, run_step
 from gist_mining.inputs import read_corpus, read_pairs
-from gist_mining.models import DEFAULT_GUIDE, load_model, model_fingerprint, resolve_model, role_prompts
+from gist_mining.models import (
+    DEFAULT_GUIDE,
+    ModelSettings,
+    Prompts,
+    add_prompt_options,
+    model_fingerprint,
+    resolve_model,
+    role_prompts,
+)
+from gist_mining.settings import HelpFormatter, add_options, from_args, option, to_argv
 from gist_mining.storage import config_fingerprint, path_sha256, write_json_atomic, write_parquet_atomic
 from gist_mining.workdir import QUERY_COLUMN, two_roles
 
 
 @dataclass(frozen=True)
-class EmbedSettings:
-    """Everything besides the model and the inputs that changes what the embed stage writes."""
+class EmbedOptions:
+    """How the embed stage runs besides its inputs, guide and prompts. What changes the vectors goes into the
+    plan (``EmbedSettings``); the rest changes only how fast they come."""
 
-    dtype: str = "float32"
-    precision: str = "fp32"
-    shard_size: int = 50_000
-    query_prompt: str = ""
-    document_prompt: str = ""
+    precision: str = option("fp32", "forward-pass dtype", choices=("fp32", "fp16", "bf16"))
+    dtype: str = option("float32", "stored embedding dtype", choices=("float32", "float16"))
+    texts_per_shard: int = option(50_000, "texts per embedding shard")
     # auto: onnx on CPU when onnxruntime is installed and the model exports (gist_mining.onnx_backend), else torch.
     # The plan stores the backend used: the two agree within 1e-4 but not bit for bit (about 1e-7).
-    backend: str = "auto"
+    backend: str = option("auto", "forward pass: torch, onnx (ONNX Runtime on CPU), or auto: onnx when it serves "
+                                  "the model on CPU", choices=onnx_backend.BACKENDS)
+    encode_batch_size: int = option(64, "texts per forward pass")
+    token_budget: int = option(onnx_backend.TOKEN_BUDGET, "onnx: a batch's padded tokens (rows x longest text) stay "
+                                                          "within this, besides --encode-batch-size")
+    cache_dir: Path | None = option(None, "embedding cache shared by work directories (default: "
+                                          "$GIST_MINING_CACHE/embeddings, else ~/.cache/gist-mining/embeddings)",
+                                    type=Path)
+    no_cache: bool = option(False, "neither read nor add to the embedding cache")
+    overwrite: bool = option(False, "discard a work directory made differently (and everything made from it)")
+
+
+@dataclass(frozen=True)
+class EmbedSettings:
+    """Everything besides the model and the inputs that changes what the embed stage writes: its plan's
+    ``settings`` (the prompts and backend as resolved for the guide)."""
+
+    dtype: str
+    precision: str
+    shard_size: int  # texts per shard (--texts-per-shard)
+    query_prompt: str
+    document_prompt: str
+    backend: str
 
     def as_dict(self) -> dict:
         return asdict(self)
 
 
-def parse_args(argv=None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="python -m pipeline.embed", description=__doc__.split("\n")[0])
+def build_parser(prog: str = "python -m pipeline.embed") -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog=prog, description=__doc__.split("\n")[0], formatter_class=HelpFormatter)
     parser.add_argument("--input", action="append", required=True, help="pairs file (repeatable)")
     parser.add_argument("--corpus", action="append", default=[], help="extra texts, column 'text' (repeatable)")
     parser.add_argument("--work", required=True, type=Path, help="work directory")
-    parser.add_argument("--model", default=DEFAULT_GUIDE, help="guide model: bundled name, local directory or HF id")
-    cli.model_arguments(parser)
-    parser.add_argument("--batch-size", type=int, default=64)
-    parser.add_argument("--backend", choices=onnx_backend.BACKENDS, default=EmbedSettings.backend,
-                        help="forward pass: torch, onnx (ONNX Runtime on CPU), or auto: onnx when it serves the model on CPU")
-    parser.add_argument("--token-budget", type=int, default=onnx_backend.TOKEN_BUDGET,
-                        help="onnx: a batch's padded tokens (rows x longest text) stay within this, besides --batch-size")
-    parser.add_argument("--device", default=None, help="cpu, cuda, cuda:1, mps (default: best available)")
-    parser.add_argument("--precision", choices=["fp32", "fp16", "bf16"], default=EmbedSettings.precision,
-                        help="forward-pass dtype")
-    parser.add_argument("--dtype", choices=["float32", "float16"], default=EmbedSettings.dtype,
-                        help="stored embedding dtype")
-    parser.add_argument("--max-seq-length", type=int, default=None)
-    cli.prompt_arguments(parser)
-    parser.add_argument("--shard-size", type=int, default=EmbedSettings.shard_size, help="texts per embedding shard")
-    parser.add_argument("--overwrite", action="store_true", help="discard a work directory made differently")
-    parser.add_argument("--cache-dir", type=Path, default=None,
-                        help="embedding cache shared by work directories (default: $GIST_MINING_CACHE/embeddings, "
-                             "else ~/.cache/gist-mining/embeddings)")
-    parser.add_argument("--no-cache", action="store_true", help="neither read nor add to the embedding cache")
-    cli.shard_arguments(parser)
-    return parser.parse_args(argv)
+    guide = parser.add_argument_group("guide")
+    guide.add_argument("--guide", default=DEFAULT_GUIDE, help="bundled name, local directory or HF id")
+    add_options(guide, ModelSettings)
+    add_prompt_options(guide)
+    add_options(parser, EmbedOptions)
+    add_options(parser.add_argument_group("executor"), ExecutorSettings)
+    return parser
 
 
-def read_inputs(args) -> tuple[list, list, list[dict]]:
+def read_inputs(inputs: list[Path], corpus: list[Path]) -> tuple[list, list, list[dict]]:
     pairs, corpora, problems, records = [], [], [], []
-    for kind, paths, reader, out in (("pairs", args.input, read_pairs, pairs), ("corpus", args.corpus, read_corpus, corpora)):
+    for kind, paths, reader, out in (("pairs", inputs, read_pairs, pairs), ("corpus", corpus, read_corpus, corpora)):
         for path in paths:
             try:
                 out.append(reader(path))
@@ -188,21 +204,21 @@ def shard_bounds(n_texts: int, shard_size: int) -> list[tuple[int, int]]:
 # -- the plan: guide, settings and inputs; claiming the work directory -------------------------------
 
 
-def prepare_model(args):
+def prepare_model(settings: ModelSettings, precision: str):
     import torch
 
-    model = load_model(args.model, device=args.device, max_seq_length=args.max_seq_length, revision=args.revision,
-                       trust_remote_code=args.trust_remote_code)
-    if args.precision != "fp32":
-        model.to({"fp16": torch.float16, "bf16": torch.bfloat16}[args.precision])
+    model = settings.load()
+    if precision != "fp32":
+        model.to({"fp16": torch.float16, "bf16": torch.bfloat16}[precision])
     return model
 
 
-def make_plan(args, argv, model, prompts: dict[str, str], backend: str, texts, anchors, inputs: list[dict]) -> dict:
-    settings = EmbedSettings(dtype=args.dtype, precision=args.precision, shard_size=args.shard_size,
+def make_plan(guide: ModelSettings, model, options: EmbedOptions, prompts: dict[str, str], backend: str,
+              texts, anchors, inputs: list[dict], command: str) -> dict:
+    settings = EmbedSettings(dtype=options.dtype, precision=options.precision, shard_size=options.texts_per_shard,
                              query_prompt=prompts["query"], document_prompt=prompts["document"], backend=backend)
-    model_info = dict(model_fingerprint(model, resolve_model(args.model, args.revision)), name=args.model)
-    return plan_for(model_info, settings, inputs, cli.command("pipeline.embed", argv), texts, anchors)
+    model_info = dict(model_fingerprint(model, resolve_model(guide.name, guide.revision)), name=guide.name)
+    return plan_for(model_info, settings, inputs, command, texts, anchors)
 
 
 def plan_for(model_info: dict, settings: EmbedSettings, inputs: list[dict], command: str, texts, anchors) -> dict:
@@ -294,18 +310,63 @@ def embed_shard(embedded, texts: pl.DataFrame, path: Path, settings: EmbedSettin
     write_parquet_atomic(table, path, compression="none", use_dictionary=False)
 
 
-def embed_shards(shards: workdir.Shards, plan: dict, texts, model, todo: list[int], batch_size: int,
-                 cache=None) -> dict | None:
-    """Embed shards ``todo`` of the plan with ``model`` (or its OnnxEncoder; through ``cache``, an EmbeddingCache,
-    if given); the manifest once every shard is done (None before)."""
-    bounds, settings, started = plan["bounds"], EmbedSettings(**plan["settings"]), time.perf_counter()
-    embedded = encoder_for(model, settings, batch_size, cache)
-    for i in tqdm(todo, unit="shard", desc="embed", disable=len(todo) < 2):
-        start, stop = bounds[i]
-        embed_shard(embedded, texts.slice(start, stop - start), shards.path(i), settings)
-        shards.mark_done(i)
-    if cache is not None and todo:
-        print(f"embed: cache {cache.root}: {cache.hits} vectors read, {cache.misses} computed and added", file=sys.stderr)
+@dataclass
+class EmbedStep:
+    """The embed stage's step (``gist_mining.executor.ShardStep``): shard i holds the texts ``plan["bounds"][i]``
+    of texts.parquet, embedded by the plan's guide. ``loaded``: the driver's own encoder, reused by a local
+    executor; it is never pickled, so a remote worker loads the guide itself (``open``)."""
+
+    shards: workdir.Shards
+    plan: dict
+    model: ModelSettings
+    batch_size: int
+    token_budget: int = onnx_backend.TOKEN_BUDGET
+    cache_dir: Path | None = None  # None: no embedding cache
+    loaded: object = field(default=None, repr=False, compare=False)
+    name: str = "embed"
+
+    def __getstate__(self) -> dict:
+        return {**self.__dict__, "loaded": None}
+
+    def open(self) -> EmbedWorker:
+        settings = EmbedSettings(**self.plan["settings"])
+        encoder = self.loaded
+        if encoder is None:  # a worker of another process or machine: the plan's guide, checked, never another
+            model, model_dir = prepare_model(self.model, settings.precision), resolve_model(self.model.name,
+                                                                                            self.model.revision)
+            if model_fingerprint(model, model_dir)["fingerprint"] != self.plan["model"]["fingerprint"]:
+                raise UsageError(f"{self.model.name}: this worker loads another model than the plan's "
+                                 f"({model_dir}); give every worker the same files")
+            _, encoder = onnx_backend.pick_backend(settings.backend, model, model_dir,
+                                                   [settings.query_prompt, settings.document_prompt],
+                                                   settings.precision, self.token_budget, self.model.name)
+        cache = None if self.cache_dir is None else EmbeddingCache(self.cache_dir, self.plan["model"],
+                                                                   backend=settings.backend)
+        wrong = workdir.problem(self.shards.work / workdir.TEXTS, self.plan["tables"][workdir.TEXTS])
+        if wrong is not None:
+            raise UsageError(f"{self.shards.work / workdir.TEXTS}: {wrong}; rerun `{self.plan['command']}`")
+        return EmbedWorker(encoder_for(encoder, settings, self.batch_size, cache), settings, cache)
+
+    def run(self, worker: EmbedWorker, i: int) -> None:
+        start, stop = self.plan["bounds"][i]
+        texts = pl.scan_parquet(self.shards.work / workdir.TEXTS).slice(start, stop - start).collect()
+        embed_shard(worker.embedded, texts, self.shards.path(i), worker.settings)
+
+    def close(self, worker: EmbedWorker) -> None:
+        if worker.cache is not None:
+            print(f"embed: cache {worker.cache.root}: {worker.cache.hits} vectors read, {worker.cache.misses} computed "
+                  "and added", file=sys.stderr)
+
+
+@dataclass
+class EmbedWorker:
+    embedded: object  # encoder_for's function
+    settings: EmbedSettings
+    cache: EmbeddingCache | None
+
+
+def finish(shards: workdir.Shards, plan: dict, started: float) -> dict | None:
+    """The manifest once every shard is done (None before)."""
     manifest = shards.finish(workdir.EMBED_MANIFEST, {k: v for k, v in plan.items() if k != "bounds"})
     if manifest is None:
         print("embed: shards left for other processes or a rerun", file=sys.stderr)
@@ -315,31 +376,46 @@ def embed_shards(shards: workdir.Shards, plan: dict, texts, model, todo: list[in
     return manifest
 
 
-def main(argv=None) -> None:
-    args = parse_args(argv)
-    pairs, corpora, inputs = read_inputs(args)  # everything validated before anything is written
-    texts, anchors, dropped = plan_texts(pairs, corpora, [str(p) for p in args.input])
-    model = prepare_model(args)
-    prompts = role_prompts(model, args)
-    backend, encoder = onnx_backend.choose(args.backend, model, resolve_model(args.model, args.revision),
-                                           list(prompts.values()), args.precision, args.token_budget, args.model)
-    plan = make_plan(args, argv, model, prompts, backend, texts, anchors, inputs)
-    work = args.work
-    claim(work, plan, texts, anchors, args.overwrite)
-    bounds = plan["bounds"]
-    shards = workdir.Shards(work, workdir.EMBEDDINGS, len(bounds), plan["fingerprint"])
-    assigned = cli.my_shards(args, len(bounds), "embed")
-    todo = shards.pending(assigned)
+def embed(inputs: list[Path], work: Path, guide: ModelSettings = ModelSettings(DEFAULT_GUIDE),
+          options: EmbedOptions = EmbedOptions(), prompts: Prompts = Prompts(), *, corpus: list[Path] = (),
+          executor: ExecutorSettings = ExecutorSettings()) -> dict | None:
+    """Embed every distinct text of the pairs files ``inputs`` (and the extra texts of ``corpus``) once with the
+    ``guide``, into ``work``: texts.parquet, anchors.parquet, embeddings/ and embed_manifest.json. Resumes an
+    equal run; refuses a work directory made otherwise unless ``options.overwrite``. Returns the manifest, or
+    None while shards are left for other processes (``executor``'s share)."""
+    started = time.perf_counter()
+    inputs, corpus, work = list(map(Path, inputs)), list(map(Path, corpus)), Path(work)
+    pairs, corpora, records = read_inputs(inputs, corpus)  # everything validated before anything is written
+    texts, anchors, dropped = plan_texts(pairs, corpora, [str(p) for p in inputs])
+    model = prepare_model(guide, options.precision)
+    resolved = role_prompts(model, prompts)
+    backend, encoder = onnx_backend.pick_backend(options.backend, model, resolve_model(guide.name, guide.revision),
+                                                 list(resolved.values()), options.precision, options.token_budget,
+                                                 guide.name)
+    command = cli.command("pipeline.embed", [*(a for p in inputs for a in ("--input", p)),
+                                             *(a for p in corpus for a in ("--corpus", p)), "--work", work,
+                                             "--guide", guide.name, *to_argv(guide), *to_argv(prompts),
+                                             *to_argv(replace(options, overwrite=False))])
+    plan = make_plan(guide, model, options, resolved, backend, texts, anchors, records, command)
+    claim(work, plan, texts, anchors, options.overwrite)
+    shards = workdir.Shards(work, workdir.EMBEDDINGS, len(plan["bounds"]), plan["fingerprint"])
     print(f"embed: {texts.height} distinct texts from {anchors.height} anchors ({dropped} given negatives dropped: "
-          f"equal to the query or one of its positives, or repeated); {len(assigned) - len(todo)} of this process's "
-          f"shards already done", file=sys.stderr)
+          "equal to the query or one of its positives, or repeated)", file=sys.stderr)
     if two_roles(plan["settings"]):
         print(f"embed: query prompt {plan['settings']['query_prompt']!r}, document prompt "
               f"{plan['settings']['document_prompt']!r}: every text in the document role, the queries in the query "
               "role too", file=sys.stderr)
-    cache = None if args.no_cache else EmbeddingCache(args.cache_dir or default_root(), plan["model"],
-                                                      backend=plan["settings"]["backend"])
-    embed_shards(shards, plan, texts, encoder, todo, args.batch_size, cache)
+    del texts, anchors, pairs  # the shards read texts.parquet
+    step = EmbedStep(shards, plan, guide, options.encode_batch_size, options.token_budget,
+                     None if options.no_cache else options.cache_dir or default_root(), loaded=encoder)
+    run_step(step, executor)
+    return finish(shards, plan, started)
+
+
+def main(argv=None, prog: str = "python -m pipeline.embed") -> None:
+    args = build_parser(prog).parse_args(argv)
+    embed(args.input, args.work, from_args(ModelSettings, args, name=args.guide), from_args(EmbedOptions, args),
+          from_args(Prompts, args), corpus=args.corpus, executor=from_args(ExecutorSettings, args))
 
 
 if __name__ == "__main__":

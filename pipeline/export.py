@@ -15,29 +15,30 @@ from pathlib import Path
 
 from gist_mining import cli
 from gist_mining.export import FORMATS, SHORT, build, output_kind, save
+from gist_mining.settings import HelpFormatter
 
 
-def parse_args(argv=None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="python -m pipeline.export", description=__doc__.split("\n")[0])
+def build_parser(prog: str = "python -m pipeline.export") -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog=prog, description=__doc__.split("\n")[0], formatter_class=HelpFormatter)
     parser.add_argument("--work", required=True, type=Path, help="a work directory with mined/ (pipeline.mask)")
     # Checked by gist_mining.export, so that a bad value is one line of error like every other problem.
     parser.add_argument("--format", required=True, help=f"one of {', '.join(FORMATS)}")
     parser.add_argument("--out", required=True, type=Path,
                         help="FILE.parquet, FILE.jsonl, or a path without a suffix: a datasets folder (save_to_disk)")
-    parser.add_argument("--num-negatives", type=int, default=None, metavar="N",
+    parser.add_argument("--negatives-per-anchor", type=int, default=None, metavar="N",
                         help="N negatives per anchor, each anchor's first N (default and most: the mining run's)")
     parser.add_argument("--short", default=SHORT[0], metavar="{drop,keep}",
                         help="anchors with fewer than N negatives: drop (default) leaves them out; keep exports them "
                              "with those they have, as sentence-transformers does for triplet, labeled-pair and "
                              "labeled-list (n-tuple formats need N per row: drop only)")
     parser.add_argument("--overwrite", action="store_true", help="replace --out when it exists")
-    return parser.parse_args(argv)
+    return parser
 
 
-def main(argv=None) -> None:
-    args = parse_args(argv)
+def main(argv=None, prog: str = "python -m pipeline.export") -> None:
+    args = build_parser(prog).parse_args(argv)
     output_kind(args.out, args.overwrite)  # a bad --out fails before the work
-    export = build(args.work, args.format, args.num_negatives, args.short)
+    export = build(args.work, args.format, args.negatives_per_anchor, args.short)
     save(export.table, args.out, args.overwrite)
     fate = "dropped" if args.short == "drop" else "kept with the negatives they have"
     print(f"export: {export.table.num_rows} {args.format} rows to {args.out}; {export.short} of {export.anchors} "

@@ -23,7 +23,7 @@ import argparse
 import json
 import sys
 import time
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, field, fields
 from functools import partial
 from pathlib import Path
 
@@ -35,10 +35,27 @@ from tqdm import tqdm
 
 from gist_mining import cli, rescore, update, workdir
 from gist_mining.errors import UsageError
-from gist_mining.mining import (CANDIDATE_SCHEMA, KINDS, MINED_SCHEMA, PAD_ID, SCORES, SEARCHED_SCHEMA, STRATEGIES,
-                                 MiningRules, PoolSearch, build_index, load_index, padded, parse_bytes, ragged,
-                                 resolve_kind, save_index, search_depth, select)
-from gist_mining.storage import AtomicParquetWriter, config_fingerprint, file_sha256, write_json_atomic
+from gist_mining.executor import ExecutorSettings, run_step
+from gist_mining.mining import (
+    CANDIDATE_SCHEMA,
+    KINDS,
+    MINED_SCHEMA,
+    PAD_ID,
+    SEARCHED_SCHEMA,
+    MiningRules,
+    PoolSearch,
+    build_index,
+    load_index,
+    padded,
+    parse_bytes,
+    ragged,
+    resolve_kind,
+    save_index,
+    search_depth,
+    select,
+)
+from gist_mining.settings import HelpFormatter, add_options, dest_of, flag_of, from_args, option, to_argv
+from gist_mining.storage import AtomicParquetWriter, config_fingerprint, write_json_atomic
 from gist_mining.summary import summarize
 from gist_mining.workdir import VectorStore, write_npy_atomic
 
@@ -52,41 +69,24 @@ CHUNK_BYTES = 256 << 20
 class SearchSettings:
     """What decides candidates/: --refilter takes these from the stored candidates, never from the command."""
 
-    k: int = 100
-    index: str = "auto"
-    memory_budget: str = "8G"  # what --index auto may spend (gist_mining.mining.resolve_kind)
-    include_queries: bool = False
-    shard_size: int = 100_000
+    k: int = option(100, "candidates kept per anchor")
+    index: str = option("auto", "exact while it fits the memory budget, then HNSW, HNSW over 8-bit vectors, IVF-PQ; "
+                                "approximate finds are always rescored from the stored vectors", choices=KINDS)
+    memory_budget: str = option("8G", "memory --index auto may plan for, e.g. 8G or 512M "
+                                      "(gist_mining.mining.resolve_kind)")
+    include_queries: bool = option(False, "other anchors' queries are candidates too (symmetric tasks, e.g. "
+                                          "paraphrases)")
+    # Stored as shard_size in plans.
+    shard_size: int = option(100_000, "anchors per shard", flag="--anchors-per-shard")
 
 
-def parse_args(argv=None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="python -m pipeline.mask", description=__doc__.split("\n")[0])
-    search, rules = SearchSettings(), MiningRules()
-    parser.add_argument("--work", required=True, type=Path)
-    # Search settings default to None so that --refilter can tell a given one from a default.
-    parser.add_argument("--k", type=int, default=None, help=f"candidates kept per anchor (default {search.k})")
-    parser.add_argument("--index", choices=KINDS, default=None,
-                        help=f"default {search.index}: exact while it fits the memory budget, then HNSW, HNSW over "
-                             "8-bit vectors, IVF-PQ; approximate finds are always rescored from the stored vectors")
-    parser.add_argument("--memory-budget", default=None,
-                        help=f"memory --index auto may plan for, e.g. 8G or 512M (default {search.memory_budget})")
-    parser.add_argument("--include-queries", action="store_true", default=None,
-                        help="other anchors' queries are candidates too (symmetric tasks, e.g. paraphrases)")
-    parser.add_argument("--shard-size", type=int, default=None, help=f"anchors per shard (default {search.shard_size})")
-    parser.add_argument("--margin-strategy", choices=STRATEGIES, default=rules.margin_strategy)
-    parser.add_argument("--margin", type=float, default=rules.margin)
-    parser.add_argument("--min-score", type=float, default=rules.min_score, help="drop candidates below this (too easy)")
-    parser.add_argument("--max-score", type=float, default=rules.max_score,
-                        help="flag candidates above this as false negatives")
-    parser.add_argument("--rank-min", type=int, default=rules.rank_min, help="skip this many top surviving candidates")
-    parser.add_argument("--unjudged-rank-min", type=int, default=rules.unjudged_rank_min,
-                        help="anchors the guide cannot judge (positive below most candidates): no margin rule, "
-                             "skip this many top candidates instead (default: the margin rule for all)")
-    parser.add_argument("--num-negatives", type=int, default=rules.num_negatives)
-    parser.add_argument("--sampling", choices=["top", "random"], default=rules.sampling)
-    parser.add_argument("--seed", type=int, default=rules.seed)
-    parser.add_argument("--score", choices=SCORES, default=rules.score,
-                        help="scores the rules read: the guide's, or --rescore-model's (which re-ranks the candidates)")
+def build_parser(prog: str = "python -m pipeline.mask") -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog=prog, description=__doc__.split("\n")[0], formatter_class=HelpFormatter)
+    parser.add_argument("--work", required=True, type=Path, help="work directory (pipeline.embed's)")
+    # Search settings parse to None when not given, so that --refilter can tell a given one from a default.
+    add_options(parser.add_argument_group("search (--refilter takes these from candidates/)"), SearchSettings,
+                unset_default=tuple(f.name for f in fields(SearchSettings)))
+    add_options(parser.add_argument_group("mining rules"), MiningRules)
     parser.add_argument("--refilter", action="store_true",
                         help="recompute mined/ from candidates/ under new rules; search settings come from candidates/")
     parser.add_argument("--overwrite", action="store_true", help="search again, removing candidates/ and what follows")
@@ -94,37 +94,39 @@ def parse_args(argv=None) -> argparse.Namespace:
                         help="an earlier work directory mined with the same guide, k and index, e.g. before pairs were "
                              "added: its anchors keep their candidates, searched only against texts new to the pool "
                              "(exact index: equal to a full search); see gist_mining.update")
-    cli.shard_arguments(parser)
     rescore.add_arguments(parser)
-    return parser.parse_args(argv)
+    add_options(parser.add_argument_group("executor"), ExecutorSettings)
+    return parser
 
 
-def rules_from(args) -> MiningRules:
-    return MiningRules(**{f.name: getattr(args, f.name) for f in fields(MiningRules)})
-
-
-def search_plan(args, argv, embed: dict, rescorer: rescore.Rescorer | None) -> dict:
-    """The search settings: the command's (defaults filled in), or with --refilter the stored ones."""
-    given = {f.name: getattr(args, f.name) for f in fields(SearchSettings) if getattr(args, f.name) is not None}
-    if args.refilter:
-        stored = workdir.read_plan(args.work, "search")
+def search_plan(work: Path, given: dict, embed: dict, *, refilter: bool, update_from: Path | None,
+                rescore_settings: rescore.RescoreSettings | None, rescorer: rescore.Rescorer | None) -> dict:
+    """The search settings: ``given`` (SearchSettings' fields; defaults filled in), or with ``refilter`` the
+    stored ones, which ``given`` must not contradict."""
+    if refilter:
+        stored = workdir.read_plan(work, "search")
         if stored is None:
-            raise UsageError(f"{args.work}: no candidates/ to refilter; run `python -m pipeline.mask --work {args.work}` first")
-        clash = [f"--{k.replace('_', '-')} {v} (candidates/ have {stored[k]})" for k, v in given.items() if stored[k] != v]
-        clash += rescore.refilter_clash(args, stored) + ["--update-from (it searches)"] * bool(args.update_from)
+            raise UsageError(f"{work}: no candidates/ to refilter; run `python -m pipeline.mask --work {work}` first")
+        flags = {f.name: flag_of(f) for f in fields(SearchSettings)}
+        clash = [f"{flags[k]} {v} (candidates/ have {stored[k]})" for k, v in given.items() if stored[k] != v]
+        clash += rescore.refilter_clash(rescore_settings, stored) + ["--update-from (it searches)"] * bool(update_from)
         if clash:
             raise UsageError(f"--refilter takes the search settings from candidates/; drop {', '.join(clash)}")
-        workdir.candidates(args.work)  # candidates/ complete and made from the current embeddings
+        workdir.checked_candidates_manifest(work)  # candidates/ complete and made from the current embeddings
         return stored
-    settings = asdict(SearchSettings(**given))
+    search = SearchSettings(**given)
+    settings = asdict(search)
     n_pool = embed["counts"]["documents"] + (embed["counts"]["queries"] if settings["include_queries"] else 0)
     kind = resolve_kind(settings["index"], n_pool, embed["dimension"], parse_bytes(settings["memory_budget"]))
+    command = cli.command("pipeline.mask", ["--work", work, *to_argv(search),
+                                            *(["--update-from", update_from] if update_from else []),
+                                            *(to_argv(rescore_settings) if rescore_settings else [])])
     plan = dict(settings, index=kind, parent_fingerprint=embed["fingerprint"],
                 n_anchors=embed["counts"]["anchors"], rescore=rescorer.record if rescorer else None,
-                update_from={"work": str(args.update_from), "fingerprint": update.earlier_search(args.update_from, args.work)}
-                if args.update_from else None, command=cli.command("pipeline.mask", argv))
+                update_from={"work": str(update_from), "fingerprint": update.earlier_search(update_from, work)}
+                if update_from else None, command=command)
     made_by = {k: plan[k] for k in (*settings, "parent_fingerprint", "rescore")}
-    if args.update_from:  # the earlier run's search, not its path (approximate lists and an extended index depend on it)
+    if update_from:  # the earlier run's search, not its path (approximate lists and an extended index depend on it)
         made_by["earlier_search"] = plan["update_from"]["fingerprint"]
     plan["fingerprint"] = config_fingerprint(made_by)
     return plan
@@ -135,19 +137,19 @@ def mine_plan(search: dict, rules: MiningRules) -> dict:
             "fingerprint": config_fingerprint({"candidates": search["fingerprint"], "rules": rules.as_dict()})}
 
 
-def claim(work: Path, search: dict, mining: dict, args) -> None:
+def claim(work: Path, search: dict, mining: dict, *, refilter: bool, overwrite: bool) -> None:
     """Candidates from other embeddings or search settings, or mined/ under other rules, are never reused silently."""
     with workdir.locked(work):
-        if not args.refilter:
+        if not refilter:
             changed = workdir.changed_keys(work, "search", search,
                                            ("parent_fingerprint", *asdict(SearchSettings()), "rescore", "update_from"))
             names = {"parent_fingerprint": "embeddings", "rescore": "rescore model", "update_from": "--update-from"}
             what = ", ".join(names.get(k, k) for k in changed) or "settings"
-            workdir.claim(work, "search", search, replace=args.overwrite,
+            workdir.claim(work, "search", search, replace=overwrite,
                           refusal=f"{work}: candidates/ were made with other {what}; pass --overwrite to search again "
                                   "(it removes candidates/ and everything made from them)")
         old_rules = (workdir.read_plan(work, "mine") or {}).get("rules")
-        workdir.claim(work, "mine", mining, replace=args.refilter or args.overwrite,
+        workdir.claim(work, "mine", mining, replace=refilter or overwrite,
                       refusal=f"{work}: mined/ holds other rules ({json.dumps(old_rules)}); "
                               "pass --refilter to recompute it from candidates/ under the new rules")
         workdir.remove_temps(work)
@@ -164,23 +166,23 @@ def prepare_index(work: Path, store: VectorStore, plan: dict, earlier: update.Ea
     """Built once per search plan, behind a marker (from the earlier run's index where it can be: ``earlier``);
     shard processes and resumed runs load it."""
     index_path, ids_path, marker = workdir.index_files(work)
-    with workdir.locked(work):
-        if not workdir.index_ready(work, plan["fingerprint"]):
-            started = time.perf_counter()
-            extended = earlier.extended_index(store) if earlier else None
-            if extended is None:
-                pool_ids = workdir.candidate_pool(work, plan["include_queries"])
-                index = build_index(store.view(pool_ids), plan["index"], plan["k"])
-            else:
-                index, pool_ids = extended
-            save_index(index, index_path)
-            del index  # the copy loaded below is the one searched
-            write_npy_atomic(pool_ids, ids_path)
-            write_json_atomic({"fingerprint": plan["fingerprint"], "kind": plan["index"], "vectors": len(pool_ids),
-                               "seconds": round(time.perf_counter() - started, 2),
-                               "extended_from": str(earlier.earlier) if extended else None,
-                               **{p.name: {"bytes": p.stat().st_size, "sha256": file_sha256(p)}
-                                  for p in (index_path, ids_path)}}, marker)
+
+    def build():
+        started = time.perf_counter()
+        extended = earlier.extended_index(store) if earlier else None
+        if extended is None:
+            pool_ids = workdir.candidate_pool(work, plan["include_queries"])
+            index = build_index(store.view(pool_ids), plan["index"], plan["k"])
+        else:
+            index, pool_ids = extended
+        save_index(index, index_path)
+        del index  # the copy loaded below is the one searched
+        write_npy_atomic(pool_ids, ids_path)
+        return [index_path, ids_path], {"kind": plan["index"], "vectors": len(pool_ids),
+                                        "seconds": round(time.perf_counter() - started, 2),
+                                        "extended_from": str(earlier.earlier) if extended else None}
+
+    workdir.build_once(work, marker, plan["fingerprint"], build)
     return load_index(index_path, plan["k"]), np.load(ids_path, allow_pickle=False)
 
 
@@ -211,92 +213,162 @@ def chunk_size(k: int, depth: int, dim: int) -> int:
     return max(1, min(CHUNK, CHUNK_BYTES // (depth * k * dim * 4)))
 
 
-def search_shards(work: Path, plan: dict, shards: workdir.Shards, todo: list[int],
-                  rescorer: rescore.Rescorer | None, earlier_files: list[Path] | None) -> None:
-    store, query_store = VectorStore(work), VectorStore(work, "query")
-    earlier = update.EarlierCandidates(earlier_files, work, plan, store) if earlier_files and todo else None
-    if earlier:
-        earlier.split_by_shard(work, plan)
-    index, pool_ids = prepare_index(work, store, plan, earlier)  # the pool in the document role, queries included
-    # Only an approximate index needs the pool's vectors again, read row by row, to score its finds exactly.
-    search_all = PoolSearch(index, pool_ids, None if plan["index"] == "flat" else store.view(pool_ids), plan["k"])
-    find = partial(earlier.find, search_all=search_all) if earlier else \
-        lambda _query_ids, queries, exclude: search_all(queries, exclude)
-    path, exclusions = workdir.anchor_exclusions(work)
-    size, step = plan["shard_size"], chunk_size(plan["k"], search_depth(index), store.dimension)
-    total = sum(min(size, plan["n_anchors"] - s * size) for s in todo)
-    with tqdm(total=total, unit="anchor", desc="search") as progress:
-        for s in todo:
-            part = read_anchors(path, exclusions, s * size, size)  # one shard's anchors at a time
-            if earlier:
-                earlier.load(part, s, work)
-            with AtomicParquetWriter(shards.path(s), CANDIDATE_SCHEMA) as out:
-                for start in range(0, part.height, step):
-                    chunk = part.slice(start, step)
-                    searched = search_chunk(chunk, store, query_store, find)
-                    out.write(rescore.with_rescores(searched, rescorer))
-                    progress.update(chunk.height)
-            shards.mark_done(s)
-    if earlier:
-        print(f"mask: {earlier.reused} anchors kept their candidates from {earlier.earlier}, searched against the "
-              f"{len(earlier.new_texts)} texts new to the pool; {earlier.searched} searched in full", file=sys.stderr)
+@dataclass
+class SearchStep:
+    """The search step (``gist_mining.executor.ShardStep``): candidates/ shard s holds anchors
+    s * shard_size .. (s + 1) * shard_size, searched against the index of the plan's pool (built once, behind its
+    marker, by whichever worker opens first). ``loaded_rescorer``: the driver's cross-encoder, reused by a local
+    executor and never pickled."""
+
+    shards: workdir.Shards
+    plan: dict
+    rescore: rescore.RescoreSettings | None = None  # None: the candidates carry no cross-encoder scores
+    earlier_files: list[Path] | None = None  # --update-from: the earlier run's checked candidates
+    loaded_rescorer: rescore.Rescorer | None = field(default=None, repr=False, compare=False)
+    name: str = "search"
+
+    def __getstate__(self) -> dict:
+        return {**self.__dict__, "loaded_rescorer": None}
+
+    def open(self) -> SearchWorker:
+        work, plan = self.shards.work, self.plan
+        store, query_store = VectorStore(work), VectorStore(work, "query")
+        earlier = update.EarlierCandidates(self.earlier_files, work, plan, store) if self.earlier_files else None
+        if earlier:
+            earlier.split_by_shard(work, plan)
+        index, pool_ids = prepare_index(work, store, plan, earlier)  # the pool in the document role, queries included
+        # Only an approximate index needs the pool's vectors again, read row by row, to score its finds exactly.
+        search_all = PoolSearch(index, pool_ids, None if plan["index"] == "flat" else store.view(pool_ids), plan["k"])
+        find = partial(earlier.find, search_all=search_all) if earlier else \
+            lambda _query_ids, queries, exclude: search_all(queries, exclude)
+        rescorer = self.loaded_rescorer or (rescore.Rescorer(work, self.rescore) if self.rescore else None)
+        path, exclusions = workdir.anchor_exclusions(work)
+        return SearchWorker(store, query_store, find, earlier, rescorer, path, exclusions,
+                            chunk_size(plan["k"], search_depth(index), store.dimension))
+
+    def run(self, worker: SearchWorker, s: int) -> None:
+        size = self.plan["shard_size"]
+        part = read_anchors(worker.anchors, worker.exclusions, s * size, size)  # one shard's anchors at a time
+        if worker.earlier:
+            worker.earlier.load(part, s, self.shards.work)
+        with AtomicParquetWriter(self.shards.path(s), CANDIDATE_SCHEMA) as out, \
+                tqdm(total=part.height, unit="anchor", desc=f"search shard {s}", leave=False) as progress:
+            for start in range(0, part.height, worker.chunk):
+                chunk = part.slice(start, worker.chunk)
+                searched = search_chunk(chunk, worker.store, worker.query_store, worker.find)
+                out.write(rescore.with_rescores(searched, worker.rescorer))
+                progress.update(chunk.height)
+
+    def close(self, worker: SearchWorker) -> None:
+        earlier = worker.earlier
+        if earlier:
+            print(f"mask: {earlier.reused} anchors kept their candidates from {earlier.earlier}, searched against the "
+                  f"{len(earlier.new_texts)} texts new to the pool; {earlier.searched} searched in full", file=sys.stderr)
 
 
-def mine_shards(candidates: workdir.Shards, mined: workdir.Shards, todo: list[int], rules: MiningRules) -> None:
-    for s in todo:
+@dataclass
+class SearchWorker:
+    store: VectorStore
+    query_store: VectorStore
+    find: object  # search_chunk's ``find``
+    earlier: update.EarlierCandidates | None
+    rescorer: rescore.Rescorer | None
+    anchors: Path
+    exclusions: pl.DataFrame
+    chunk: int  # anchors searched at a time
+
+
+@dataclass
+class MineStep:
+    """The mine step (``gist_mining.executor.ShardStep``): mined/ shard s is candidates/ shard s under the rules."""
+
+    shards: workdir.Shards
+    candidates: workdir.Shards
+    rules: MiningRules
+    name: str = "mine"
+
+    def open(self) -> None:
+        return None
+
+    def run(self, _state, s: int) -> None:
+        candidates = self.candidates
         wrong = workdir.problem(candidates.path(s), candidates.record(s))
         if wrong:
             raise UsageError(f"{candidates.path(s)}: {wrong}; rebuild it with "
                              f"`{workdir.rebuild_command(candidates.work, 'search').removesuffix(' --overwrite')}`")
-        with AtomicParquetWriter(mined.path(s), MINED_SCHEMA) as out:
+        with AtomicParquetWriter(self.shards.path(s), MINED_SCHEMA) as out:
             for batch in pq.ParquetFile(candidates.path(s)).iter_batches(batch_size=CHUNK):
-                out.write(select(pa.Table.from_batches([batch]), rules))
-        mined.mark_done(s)
+                out.write(select(pa.Table.from_batches([batch]), self.rules))
+
+    def close(self, _state) -> None:
+        pass
 
 
-def main(argv=None) -> None:
-    args = parse_args(argv)
-    rules = rules_from(args)
-    work = args.work
-    embed = workdir.embeddings(work)
-    rescorer = rescore.Rescorer.from_args(work, args)
-    search = search_plan(args, argv, embed, rescorer)
+def mask(work: Path, search: SearchSettings | None = None, rules: MiningRules = MiningRules(), *,
+         rescore_settings: rescore.RescoreSettings | None = None, refilter: bool = False, overwrite: bool = False,
+         update_from: Path | None = None, executor: ExecutorSettings = ExecutorSettings()) -> dict | None:
+    """Search the pool of ``work`` (``embed``'s) for each anchor's candidates and mine them under ``rules``:
+    candidates/, mined/, mined_summary.json and mined_manifest.json. ``search`` None: the defaults, or with
+    ``refilter`` (mined/ recomputed from candidates/ under new rules) the stored settings. Returns the mined
+    manifest, or None while shards are left for other processes."""
+    return run_mask(work, {} if search is None else asdict(search), rules, rescore_settings=rescore_settings,
+                    refilter=refilter, overwrite=overwrite, update_from=update_from, executor=executor)
+
+
+def run_mask(work: Path, given: dict, rules: MiningRules, *, rescore_settings, refilter: bool, overwrite: bool,
+             update_from: Path | None, executor: ExecutorSettings) -> dict | None:
+    """``mask`` with only the ``given`` search settings (the command line's: --refilter checks them alone)."""
+    work = Path(work)
+    embed = workdir.checked_embed_manifest(work)
+    rescorer = rescore.Rescorer(work, rescore_settings) if rescore_settings and not refilter else None
+    search = search_plan(work, given, embed, refilter=refilter, update_from=update_from,
+                         rescore_settings=rescore_settings, rescorer=rescorer)
     rescore.require_scores(rules, search, work)
     mining = mine_plan(search, rules)
-    earlier_files = update.checked_files(args.update_from, work, search) if args.update_from else None
-    claim(work, search, mining, args)
+    earlier_files = update.checked_files(update_from, work, search) if update_from else None
+    claim(work, search, mining, refilter=refilter, overwrite=overwrite)
 
     n_shards = -(-search["n_anchors"] // search["shard_size"])
     candidates = workdir.Shards(work, workdir.CANDIDATES, n_shards, search["fingerprint"])
     mined = workdir.Shards(work, workdir.MINED, n_shards, mining["fingerprint"])
-    my = cli.my_shards(args, n_shards, "mask")
     started = time.perf_counter()
-    if not args.refilter:
-        search_shards(work, search, candidates, candidates.pending(my), rescorer, earlier_files)
+    if not refilter:
+        run_step(SearchStep(candidates, search, rescore_settings, earlier_files, loaded_rescorer=rescorer), executor)
         candidates.finish(workdir.CANDIDATES_MANIFEST, {k: v for k, v in search.items() if k != "fingerprint"})
     searched = time.perf_counter() - started
-    mine_shards(candidates, mined, mined.pending(my), rules)
+    run_step(MineStep(mined, candidates, rules), executor)
     timing = {"search_seconds": round(searched, 2), "total_seconds": round(time.perf_counter() - started, 2),
               **({"rescore_seconds": round(rescorer.seconds, 2)} if rescorer else {})}
-    finish(work, search, mined, rules, timing)
+    return finish(work, search, mined, rules, timing)
 
 
-def finish(work: Path, search: dict, mined: workdir.Shards, rules: MiningRules, timing: dict) -> None:
+def main(argv=None, prog: str = "python -m pipeline.mask") -> None:
+    args = build_parser(prog).parse_args(argv)
+    given = {f.name: getattr(args, dest_of(f)) for f in fields(SearchSettings) if getattr(args, dest_of(f)) is not None}
+    run_mask(args.work, given, from_args(MiningRules, args),
+             rescore_settings=from_args(rescore.RescoreSettings, args) if args.rescore_model else None,
+             refilter=args.refilter, overwrite=args.overwrite, update_from=args.update_from,
+             executor=from_args(ExecutorSettings, args))
+
+
+def finish(work: Path, search: dict, mined: workdir.Shards, rules: MiningRules, timing: dict) -> dict | None:
     """Whichever process finds every mined shard done writes the summary and the manifest later stages read."""
     if not (mined.complete() and (work / workdir.CANDIDATES_MANIFEST).exists()):
         print("mask: shards left for other processes or a rerun", file=sys.stderr)
-        return
+        return None
     summary = summarize(pl.scan_parquet([str(mined.path(i)) for i in range(mined.n)]), rules.num_negatives)
     scored_by = {"score": rules.score, "rescore_model": (search.get("rescore") or {}).get("name")}
     summary.update(rules=rules.as_dict(), k=search["k"], index=search["index"], timing=timing, **scored_by)
     write_json_atomic(summary, work / workdir.SUMMARY)
-    mined.finish(workdir.MINED_MANIFEST, {"parent_fingerprint": search["fingerprint"], **scored_by,
-                                          "embed_fingerprint": search["parent_fingerprint"], "rules": rules.as_dict()})
+    manifest = mined.finish(workdir.MINED_MANIFEST, {"parent_fingerprint": search["fingerprint"], **scored_by,
+                                                     "embed_fingerprint": search["parent_fingerprint"],
+                                                     "rules": rules.as_dict()})
     print(f"mask: {summary['anchors']} anchors, {rules.score} scores, {summary['negatives_per_anchor']:.2f} hard negatives and "
           f"{summary['false_negatives_per_anchor']:.2f} false negatives per anchor, "
           f"{summary['anchors_short_of_negatives']} short of {rules.num_negatives}, "
           f"{summary['anchors_the_guide_cannot_judge']} the guide cannot judge; details: {work / workdir.SUMMARY}",
           file=sys.stderr)
+    return manifest
 
 
 if __name__ == "__main__":

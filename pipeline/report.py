@@ -28,22 +28,23 @@ import polars as pl  # noqa: E402
 
 from gist_mining import cli, fn_quality, workdir  # noqa: E402
 from gist_mining.mining import MiningRules  # noqa: E402
+from gist_mining.settings import HelpFormatter  # noqa: E402
 from gist_mining.storage import read_json  # noqa: E402
 from pipeline.mask import CHUNK  # noqa: E402
 
 COLORS = {"positive": "#2a9d8f", "hard negative": "#e9c46a", "false negative": "#e76f51"}
 
 
-def parse_args(argv=None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="python -m pipeline.report", description=__doc__.split("\n")[0])
+def build_parser(prog: str = "python -m pipeline.report") -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog=prog, description=__doc__.split("\n")[0], formatter_class=HelpFormatter)
     p.add_argument("--work", required=True, type=Path)
     p.add_argument("--out", type=Path, default=None, help="default: WORK/report")
     p.add_argument("--run", type=Path, action="append", default=[], help="a train.run --out folder (repeatable)")
-    p.add_argument("--examples", type=int, default=6)
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--examples", type=int, default=6, help="anchors shown with their negatives")
+    p.add_argument("--seed", type=int, default=42, help="seed of every random draw of the stage (the examples shown)")
     p.add_argument("--truth", type=Path, default=None,
                    help=f"known false negatives of the pairs (data/build_fn_truth.py); default WORK/{workdir.TRUTH} if present")
-    return p.parse_args(argv)
+    return p
 
 
 def save(fig, out: Path, name: str) -> str:
@@ -212,10 +213,10 @@ img{max-width:100%} .example{border:1px solid #ddd;border-radius:6px;padding:.6e
 table{border-collapse:collapse} td,th{border:1px solid #ccc;padding:.3em .8em} .grid{display:flex;gap:1em}"""
 
 
-def main(argv=None) -> None:
-    args = parse_args(argv)
+def main(argv=None, prog: str = "python -m pipeline.report") -> None:
+    args = build_parser(prog).parse_args(argv)
     work = args.work
-    manifest = workdir.mined(work)
+    manifest = workdir.checked_mined_manifest(work)
     mined = pl.read_parquet(workdir.verified(work, manifest, "mine"))
     out = args.out or work / workdir.REPORT
     out.mkdir(parents=True, exist_ok=True)

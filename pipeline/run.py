@@ -1,7 +1,9 @@
 """The main job: raw pairs -> guide embeddings -> mined negatives -> GIST and plain fine-tuning -> held-out table.
 
     python -m pipeline.run                       # the bundled data sets, bundled guide and student
-    python -m pipeline.run --input my_pairs.parquet --eval my_split/ --work runs/mine --steps 500
+    python -m pipeline.run --input my_pairs.parquet --eval my_split/ --work runs/mine --max-steps 500
+    python -m pipeline.run --input my_pairs.parquet --eval my_split/ --guide BAAI/bge-base-en-v1.5 \\
+        --query-prompt 'Represent this sentence for searching relevant passages: '
 
 Each stage is the same command a user can run alone (pipeline.embed, pipeline.mask, train.run), and each
 is resumable: rerunning after an interruption skips what is done. Prints and saves (results.json) the
@@ -18,41 +20,58 @@ from __future__ import annotations
 import argparse
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 
 from gist_mining import cli, workdir
 from gist_mining.errors import UsageError
-from gist_mining.models import DEFAULT_GUIDE, DEFAULT_STUDENT, load_model
+from gist_mining.executor import ExecutorSettings
+from gist_mining.mining import MiningRules
+from gist_mining.models import DEFAULT_GUIDE, DEFAULT_STUDENT, ModelSettings, Prompts, add_prompt_options, load_model
+from gist_mining.settings import HelpFormatter, add_options, from_args
 from gist_mining.storage import write_json_atomic
-from train import run as train
+from pipeline.embed import EmbedOptions, embed
+from pipeline.mask import SearchSettings, mask
+from train.run import TrainConfig, train
 
 DATA = Path(__file__).resolve().parents[1] / "data"
 BUNDLED = ("sample", "sections")  # data/NAME/train.parquet and data/NAME/test/, work directory runs/NAME
+# Where the main job's defaults differ from a stage's (tests/test_cli.py allows exactly these): a short demo.
+DEMO_DEFAULTS = {"max_steps": 60}
+# TrainConfig fields the job leaves at their defaults: it evaluates the three students after training, on --eval;
+# --precision is the embed group's, for every stage.
+NOT_PASSED_TO_TRAIN = ("eval", "eval_steps", "save_steps", "resume")
 
 
-def parse_args(argv=None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="python -m pipeline.run", description=__doc__.split("\n")[0])
+def build_parser(prog: str = "python -m pipeline.run") -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog=prog, description=__doc__.split("\n")[0], formatter_class=HelpFormatter)
     p.add_argument("--input", action="append", default=None,
                    help=f"pairs (default: each of {', '.join(BUNDLED)} in {DATA}, in turn)")
     p.add_argument("--eval", type=Path, default=None, help="held-out retrieval split (with --input)")
     p.add_argument("--work", type=Path, default=None, help="work directory (with --input; default runs/NAME)")
-    p.add_argument("--guide", default=DEFAULT_GUIDE)
-    p.add_argument("--student", default=DEFAULT_STUDENT)
-    p.add_argument("--steps", type=int, default=60, help="training steps for each fine-tuned student")
-    d = train.Defaults()
-    p.add_argument("--batch-size", type=int, default=d.batch_size)
-    p.add_argument("--lr", type=float, default=d.lr)
-    p.add_argument("--temperature", type=float, default=d.temperature)
-    p.add_argument("--negatives-per-anchor", type=int, default=d.negatives_per_anchor)
-    p.add_argument("--device", default=None)
-    return p.parse_args(argv)
+    models = p.add_argument_group("models (--revision, --trust-remote-code, --device and --max-seq-length apply to "
+                                  "both; the prompts to the guide, the student keeps its own)")
+    models.add_argument("--guide", default=DEFAULT_GUIDE, help="bundled name, local directory or HF id")
+    models.add_argument("--student", default=DEFAULT_STUDENT, help="bundled name, local directory or HF id")
+    add_options(models, ModelSettings)
+    add_prompt_options(models)
+    add_options(p.add_argument_group("embed"), EmbedOptions, exclude=("overwrite",))
+    add_options(p.add_argument_group("search"), SearchSettings)
+    # --negatives-per-anchor is the trainer's: mining keeps at least MiningRules' default, so that a later
+    # train.run can take more without mining again.
+    add_options(p.add_argument_group("mining rules"), MiningRules, exclude=("num_negatives", "seed"))
+    train_group = p.add_argument_group("training (--precision and --seed apply to every stage)")
+    add_options(train_group, TrainConfig, exclude=(*NOT_PASSED_TO_TRAIN, "precision"))
+    add_options(p.add_argument_group("executor (embed and mask)"), ExecutorSettings)
+    p.set_defaults(**DEMO_DEFAULTS)
+    return p
 
 
-def stage(name: str, main, argv: list) -> float:
-    print(f"\n== {name}: {' '.join(map(str, argv))}", file=sys.stderr)
+def stage(name: str, run, *args, **kwargs):
+    print(f"\n== {name}", file=sys.stderr)
     started = time.perf_counter()
-    main([str(a) for a in argv])
-    return time.perf_counter() - started
+    result = run(*args, **kwargs)
+    return result, time.perf_counter() - started
 
 
 def evaluate(model_path: str, split: Path, device) -> dict:
@@ -63,20 +82,20 @@ def evaluate(model_path: str, split: Path, device) -> dict:
 
 def run_job(args, inputs: list[str], split: Path, work: Path) -> dict:
     """One data set through every stage; the held-out scores of the base, plain and GIST students."""
-    from pipeline import embed, mask
-
-    device = ["--device", args.device] if args.device else []
-    seconds = {}
-    seconds["embed"] = stage("embed", embed.main, [a for i in inputs for a in ("--input", i)] +
-                             ["--work", work, "--model", args.guide, *device])
-    seconds["mask"] = stage("mask", mask.main, ["--work", work])
-    common = ["--work", work, "--model", args.student, "--max-steps", args.steps, "--batch-size",
-              args.batch_size, "--lr", args.lr, "--temperature", args.temperature, "--negatives-per-anchor",
-              args.negatives_per_anchor, *device]
+    if args.precision == "fp16":
+        raise UsageError("--precision fp16: train.run takes fp32 or bf16 (fp16 needs a loss scaler)")
+    rules = from_args(MiningRules, args)
+    config = from_args(TrainConfig, args, student=from_args(ModelSettings, args, name=args.student),
+                       **{k: getattr(TrainConfig, k) for k in NOT_PASSED_TO_TRAIN})
+    rules = replace(rules, num_negatives=max(config.negatives_per_anchor, MiningRules.num_negatives))
+    executor, seconds = from_args(ExecutorSettings, args), {}
+    _, seconds["embed"] = stage("embed", embed, inputs, work, from_args(ModelSettings, args, name=args.guide),
+                                from_args(EmbedOptions, args), from_args(Prompts, args), executor=executor)
+    _, seconds["mask"] = stage("mask", mask, work, from_args(SearchSettings, args), rules, executor=executor)
     models = {"base": args.student}
-    for name, extra in (("plain", ["--guide-filter", "none"]), ("gist", [])):
+    for name, guide_filter in (("plain", "none"), ("gist", config.guide_filter)):
         out = work / workdir.MODELS / name
-        seconds[f"train_{name}"] = stage(f"train ({name})", train.main, [*common, "--out", out, *extra])
+        _, seconds[f"train_{name}"] = stage(f"train ({name})", train, work, out, replace(config, guide_filter=guide_filter))
         models[name] = str(out)
     started = time.perf_counter()
     results = {name: evaluate(path, split, args.device) for name, path in models.items()}
@@ -89,7 +108,7 @@ def run_job(args, inputs: list[str], split: Path, work: Path) -> dict:
 def print_table(args, name: str, split: Path, job: dict) -> None:
     labels = {"base": f"{args.student} (base)", "plain": "fine-tuned, no guide filter",
               "gist": "fine-tuned, GIST guide filter"}
-    print(f"\n{name} held-out: {split}  ({args.steps} steps x {args.batch_size} anchors each)")
+    print(f"\n{name} held-out: {split}  ({args.max_steps} steps x {args.batch_size} anchors each)")
     print(f"| {'model':<32} | NDCG@10 | MRR@10 | Recall@100 |\n|{'-' * 34}|---------|--------|------------|")
     for model, scores in job["results"].items():
         print(f"| {labels[model]:<32} | {scores['ndcg@10']:.4f}  | {scores['mrr@10']:.4f} | {scores['recall@100']:.4f}     |")
@@ -97,8 +116,8 @@ def print_table(args, name: str, split: Path, job: dict) -> None:
     print("seconds: " + ", ".join(f"{k} {v:.0f}" for k, v in seconds.items()) + f", total {sum(seconds.values()):.0f}")
 
 
-def main(argv=None) -> None:
-    args = parse_args(argv)
+def main(argv=None, prog: str = "python -m pipeline.run") -> None:
+    args = build_parser(prog).parse_args(argv)
     if args.input:
         if args.eval is None:
             raise UsageError("--input needs --eval: a held-out retrieval split (queries, corpus, qrels)")

@@ -114,13 +114,13 @@ def run_module(module: str, *args, check=True, **kwargs) -> subprocess.Completed
 
 
 def gist_loss(**settings):
-    """GISTLoss with the trainer's defaults (train.run.Defaults) for the settings not given."""
+    """GISTLoss with the trainer's defaults (train.run.TrainConfig) for the settings not given."""
     from gist_mining.loss import GISTLoss
-    from train.run import Defaults
+    from train.run import TrainConfig
 
-    d = Defaults()
-    return GISTLoss(**{"temperature": d.temperature, "margin_strategy": d.margin_strategy, "margin": d.margin,
-                       **settings})
+    d = TrainConfig()
+    return GISTLoss(**{"temperature": d.temperature, "margin_strategy": d.in_batch_margin_strategy,
+                       "margin": d.in_batch_margin, **settings})
 
 
 def run_stage(module, *args) -> int:

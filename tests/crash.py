@@ -387,12 +387,12 @@ def damage_case(stage: Stage, rel: str, damage, what: str, root: Path) -> CaseRe
 def make_stages(root: Path, pairs: int) -> list[Stage]:
     """Sizes chosen so each stage has many shards or checkpoints to interrupt (600 pairs: 40-text shards)."""
     data, guide, student = root / "pairs.parquet", root / "models" / "guide" / "st", root / "models" / "student" / "st"
-    mask_args = ["--k", 20, "--shard-size", max(1, pairs // 200)]
+    mask_args = ["--k", 20, "--anchors-per-shard", max(1, pairs // 200)]
     # Batch size 1 stretches the embed stage's work against its start-up (torch and transformers imports); without
     # the embedding cache, each rerun computes what it embeds.
-    embed_args = ["--input", data, "--model", guide, "--device", "cpu", "--batch-size", 1, "--shard-size", max(4, pairs // 15),
-                  "--no-cache"]
-    train_args = ["--work", root / "mask" / "reference", "--model", student, "--device", "cpu", "--batch-size", 8,
+    embed_args = ["--input", data, "--guide", guide, "--device", "cpu", "--encode-batch-size", 1,
+                  "--texts-per-shard", max(4, pairs // 15), "--no-cache"]
+    train_args = ["--work", root / "mask" / "reference", "--student", student, "--device", "cpu", "--batch-size", 8,
                   "--max-steps", max(8, pairs // 4), "--save-steps", 1, "--resume"]
     return [
         Stage("embed", "pipeline.embed", lambda d: [*embed_args, "--work", d], None, ("embeddings/shard-*.parquet",)),

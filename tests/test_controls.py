@@ -104,7 +104,7 @@ def test_unjudged_anchors_get_only_the_self_pair_masks():
 
 
 def test_trainer_controls_mask_as_many_logits_as_the_guide(mined_work, tiny_model, tmp_path):  # noqa: F811
-    base = ["--work", mined_work / "w", "--model", tiny_model, "--max-steps", 3, *COMMON]
+    base = ["--work", mined_work / "w", "--student", tiny_model, "--max-steps", 3, *COMMON]
     fractions = {}
     for name in ("precomputed", "random", "hardest"):
         assert run_stage(train, *base, "--out", tmp_path / name, "--guide-filter", name) == 0

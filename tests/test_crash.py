@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import crash
+import pytest
+
+pytestmark = pytest.mark.slow  # kills and reruns every stage (minutes)
 
 
 def test_killed_and_damaged_stages_recover_exactly(tmp_path):

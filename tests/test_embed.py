@@ -66,8 +66,8 @@ def test_embeddings_equal_model_encode(tmp_path, tiny_model):
     from sentence_transformers import SentenceTransformer
 
     make_pairs(40).write_parquet(tmp_path / "pairs.parquet")
-    assert run_embed("--input", tmp_path / "pairs.parquet", "--work", tmp_path / "w", "--model", tiny_model,
-                     "--shard-size", 16, "--batch-size", 8) == 0
+    assert run_embed("--input", tmp_path / "pairs.parquet", "--work", tmp_path / "w", "--guide", tiny_model,
+                     "--texts-per-shard", 16, "--encode-batch-size", 8) == 0
     ids, vectors, texts, anchors = read_outputs(tmp_path / "w")
     assert anchors.height == 40 and len(ids) == texts.height
     expected = SentenceTransformer(str(tiny_model), device="cpu").encode(texts["text"].to_list(), normalize_embeddings=True)
@@ -81,7 +81,7 @@ def test_embeddings_equal_model_encode(tmp_path, tiny_model):
 
 def test_float16_storage(tmp_path, tiny_model):
     make_pairs(10).write_parquet(tmp_path / "pairs.parquet")
-    assert run_embed("--input", tmp_path / "pairs.parquet", "--work", tmp_path / "w", "--model", tiny_model,
+    assert run_embed("--input", tmp_path / "pairs.parquet", "--work", tmp_path / "w", "--guide", tiny_model,
                      "--dtype", "float16") == 0
     schema = pl.read_parquet_schema(tmp_path / "w" / "embeddings" / "shard-00000.parquet")
     assert schema["embedding"] == pl.Array(pl.Float16, 32)
@@ -101,7 +101,7 @@ BAD_INPUTS = {
 def test_bad_parquet_input(tmp_path, tiny_model, capsys, name):
     frame, message = BAD_INPUTS[name]
     frame.write_parquet(tmp_path / name)
-    assert run_embed("--input", tmp_path / name, "--work", tmp_path / "w", "--model", tiny_model) == 2
+    assert run_embed("--input", tmp_path / name, "--work", tmp_path / "w", "--guide", tiny_model) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert err == [line for line in err if line.startswith(f"error: {tmp_path / name}: ")]
     assert any(message in line for line in err), err
@@ -124,7 +124,7 @@ def test_bad_text_input(tmp_path, tiny_model, capsys, suffix, content, message):
     path.write_text(content)
     good = tmp_path / "good.parquet"
     make_pairs(3).write_parquet(good)
-    assert run_embed("--input", good, "--input", path, "--work", tmp_path / "w", "--model", tiny_model) == 2
+    assert run_embed("--input", good, "--input", path, "--work", tmp_path / "w", "--guide", tiny_model) == 2
     err = capsys.readouterr().err
     assert f"error: {path}: " in err and message in err, err
     assert not (tmp_path / "w").exists()
@@ -134,7 +134,7 @@ def test_missing_file_and_corpus_column(tmp_path, tiny_model, capsys):
     make_pairs(3).write_parquet(tmp_path / "pairs.parquet")
     pl.DataFrame({"body": ["x"]}).write_parquet(tmp_path / "corpus.parquet")
     code = run_embed("--input", tmp_path / "nope.jsonl", "--input", tmp_path / "pairs.parquet",
-                     "--corpus", tmp_path / "corpus.parquet", "--work", tmp_path / "w", "--model", tiny_model)
+                     "--corpus", tmp_path / "corpus.parquet", "--work", tmp_path / "w", "--guide", tiny_model)
     err = capsys.readouterr().err.splitlines()
     assert code == 2 and len(err) == 2
     assert "nope.jsonl: no such file" in err[0] and "corpus.parquet: missing column 'text'" in err[1]
@@ -149,7 +149,7 @@ def test_exit_status_from_the_command_line(tmp_path):
 
 def test_unknown_model_names_what_works(tmp_path, capsys):
     make_pairs(3).write_parquet(tmp_path / "pairs.parquet")
-    assert run_embed("--input", tmp_path / "pairs.parquet", "--work", tmp_path / "w", "--model", "bge-large") == 2
+    assert run_embed("--input", tmp_path / "pairs.parquet", "--work", tmp_path / "w", "--guide", "bge-large") == 2
     err = capsys.readouterr().err
     assert "model 'bge-large': no such directory, not a bundled name" in err and "all-mpnet-base-v2" in err
 
@@ -157,21 +157,22 @@ def test_unknown_model_names_what_works(tmp_path, capsys):
 def test_stale_inputs_refused_then_overwritten(tmp_path, tiny_model, tiny_guide, capsys):
     make_pairs(12).write_parquet(tmp_path / "pairs.parquet")
     args = ["--input", tmp_path / "pairs.parquet", "--work", tmp_path / "w"]
-    assert run_embed(*args, "--model", tiny_model) == 0
+    assert run_embed(*args, "--guide", tiny_model) == 0
     first = read_outputs(tmp_path / "w")
-    assert run_embed(*args, "--model", tiny_guide) == 2
+    assert run_embed(*args, "--guide", tiny_guide) == 2
     assert "different model" in capsys.readouterr().err
     make_pairs(12, seed=5).write_parquet(tmp_path / "pairs.parquet")
-    assert run_embed(*args, "--model", tiny_model) == 2
+    assert run_embed(*args, "--guide", tiny_model) == 2
     assert "different inputs" in capsys.readouterr().err
     assert read_outputs(tmp_path / "w")[2].equals(first[2])  # refused runs changed nothing
-    assert run_embed(*args, "--model", tiny_model, "--overwrite") == 0
+    assert run_embed(*args, "--guide", tiny_model, "--overwrite") == 0
     assert not read_outputs(tmp_path / "w")[2].equals(first[2])
 
 
+@pytest.mark.slow
 def test_two_shard_processes_equal_one(tmp_path, tiny_model):
     make_pairs(60).write_parquet(tmp_path / "pairs.parquet")
-    common = ["--input", tmp_path / "pairs.parquet", "--model", tiny_model, "--shard-size", 20]
+    common = ["--input", tmp_path / "pairs.parquet", "--guide", tiny_model, "--texts-per-shard", 20]
     assert run_embed(*common, "--work", tmp_path / "one") == 0
     env_args = [*common, "--work", tmp_path / "two", "--num-shards", 2]
     procs = [subprocess.Popen([sys.executable, "-m", "pipeline.embed", *map(str, env_args), "--shard-index", str(i)],
@@ -183,14 +184,15 @@ def test_two_shard_processes_equal_one(tmp_path, tiny_model):
     assert one[2].equals(two[2]) and one[3].equals(two[3])
 
 
+@pytest.mark.slow
 def test_killed_run_resumes_to_the_same_result(tmp_path, tiny_model):
     make_pairs(150).write_parquet(tmp_path / "pairs.parquet")
     # without the cache: the second run would read what the first computed, too fast to be killed midway
-    common = ["--input", tmp_path / "pairs.parquet", "--model", tiny_model, "--shard-size", 10, "--no-cache"]
+    common = ["--input", tmp_path / "pairs.parquet", "--guide", tiny_model, "--texts-per-shard", 10, "--no-cache"]
     assert run_embed(*common, "--work", tmp_path / "whole") == 0
     # batch size 1 makes the run slow enough to kill between its first and last shard
     proc = subprocess.Popen([sys.executable, "-m", "pipeline.embed", *map(str, common), "--work", str(tmp_path / "cut"),
-                             "--batch-size", "1"], cwd=ROOT, stderr=subprocess.DEVNULL)
+                             "--encode-batch-size", "1"], cwd=ROOT, stderr=subprocess.DEVNULL)
     shards = tmp_path / "cut" / "embeddings"
     deadline = time.time() + 120
     while time.time() < deadline and not list(shards.glob("_*.done")):
@@ -211,7 +213,7 @@ def test_tables_open_with_polars_pyarrow_and_datasets(tmp_path, tiny_model):
     import pyarrow.dataset as ds
 
     make_pairs(10).write_parquet(tmp_path / "pairs.parquet")
-    assert run_embed("--input", tmp_path / "pairs.parquet", "--work", tmp_path / "w", "--model", tiny_model) == 0
+    assert run_embed("--input", tmp_path / "pairs.parquet", "--work", tmp_path / "w", "--guide", tiny_model) == 0
     work = tmp_path / "w"
     for path, files in (("texts.parquet", "texts.parquet"), ("anchors.parquet", "anchors.parquet"),
                         ("embeddings", "embeddings/*.parquet")):
@@ -222,12 +224,13 @@ def test_tables_open_with_polars_pyarrow_and_datasets(tmp_path, tiny_model):
         assert n_polars == n_arrow == n_hf > 0
 
 
+@pytest.mark.slow
 def test_torchrun_ranks_with_num_shards_auto_equal_one_process(tmp_path, tiny_model):
     import os
     import socket
 
     make_pairs(60).write_parquet(tmp_path / "pairs.parquet")
-    common = ["--input", tmp_path / "pairs.parquet", "--model", tiny_model, "--shard-size", 20]
+    common = ["--input", tmp_path / "pairs.parquet", "--guide", tiny_model, "--texts-per-shard", 20]
     assert run_embed(*common, "--work", tmp_path / "one") == 0
     with socket.socket() as free:
         free.bind(("127.0.0.1", 0))

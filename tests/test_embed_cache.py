@@ -40,8 +40,8 @@ def distinct_texts(pairs: pl.DataFrame) -> set[str]:
 
 def embed_run(tmp_path, work: str, pairs: str, model, *extra) -> None:
     """The torch backend, whose forward passes ``encoded`` counts (the onnx backend is keyed apart: test_onnx)."""
-    assert run_stage(embed, "--input", tmp_path / pairs, "--work", tmp_path / work, "--model", model,
-                     "--shard-size", 40, "--batch-size", 8, "--backend", "torch", *extra) == 0
+    assert run_stage(embed, "--input", tmp_path / pairs, "--work", tmp_path / work, "--guide", model,
+                     "--texts-per-shard", 40, "--encode-batch-size", 8, "--backend", "torch", *extra) == 0
 
 
 def shard_bytes(work) -> list[bytes]:
@@ -161,9 +161,10 @@ def test_corrupt_cache_files_are_recomputed_never_read(tmp_path, tiny_model, pai
     assert shard_bytes(tmp_path / "all-corrupt") == shard_bytes(tmp_path / "plain")
 
 
+@pytest.mark.slow
 def test_concurrent_shard_processes_share_one_cache(tmp_path, tiny_model, pairs, encoded):
     cache = ["--cache-dir", tmp_path / "cache"]
-    args = ["--input", tmp_path / "old.parquet", "--model", tiny_model, "--shard-size", 40, "--batch-size", 8,
+    args = ["--input", tmp_path / "old.parquet", "--guide", tiny_model, "--texts-per-shard", 40, "--encode-batch-size", 8,
             "--work", tmp_path / "two", "--num-shards", 2, "--backend", "torch", *cache]
     procs = [subprocess.Popen([sys.executable, "-m", "pipeline.embed", *map(str, args), "--shard-index", str(i)],
                               cwd=ROOT, stderr=subprocess.PIPE, text=True) for i in (0, 1)]

@@ -23,9 +23,9 @@ ST_SHORT = {"triplet": "keep", "n-tuple": "drop", "n-tuple-scores": "drop", "lab
 
 def mine(root, pairs: pl.DataFrame, guide):
     pairs.write_parquet(root / "pairs.parquet")
-    assert run_stage(embed, "--input", root / "pairs.parquet", "--work", root / "w", "--model", guide) == 0
+    assert run_stage(embed, "--input", root / "pairs.parquet", "--work", root / "w", "--guide", guide) == 0
     assert run_stage(mask, "--work", root / "w", "--k", K, "--margin-strategy", "relative", "--margin", 0.05,
-                     "--num-negatives", N, "--sampling", "top") == 0
+                     "--negatives-per-anchor", N, "--sampling", "top") == 0
     return root / "w"
 
 
@@ -53,7 +53,7 @@ def theirs(tiny_guide, pairs) -> dict:
 
 
 def negative_counts(work) -> pl.Series:
-    files = workdir.verified(work, workdir.mined(work), "mine")
+    files = workdir.verified(work, workdir.checked_mined_manifest(work), "mine")
     return pl.read_parquet(files)["negative_ids"].list.len()
 
 
@@ -140,7 +140,7 @@ def test_cli_writes_parquet_jsonl_and_a_datasets_folder(work, tmp_path, fmt):
 def test_cli_refuses_with_one_line(work, tmp_path, capsys):
     out = tmp_path / "x.parquet"
     cases = [(["--format", "quadruplet"], "--format"), (["--format", "n-tuple", "--short", "keep"], "--short keep"),
-             (["--format", "triplet", "--num-negatives", N + 1], "--refilter --num-negatives"),
+             (["--format", "triplet", "--negatives-per-anchor", N + 1], "--refilter --negatives-per-anchor"),
              (["--format", "triplet", "--work", tmp_path / "empty"], "mined_manifest.json"),
              (["--format", "triplet", "--out", tmp_path / "x.csv"], ".parquet or .jsonl")]
     for extra, says in cases:

@@ -110,7 +110,7 @@ def test_report_draws_the_frontier_for_a_work_directory_with_truth(tmp_path, tin
     pairs = make_pairs(40, seed=3)
     pairs.write_parquet(tmp_path / "pairs.parquet")
     work = tmp_path / "w"
-    assert run_stage(embed, "--input", tmp_path / "pairs.parquet", "--work", work, "--model", tiny_guide) == 0
+    assert run_stage(embed, "--input", tmp_path / "pairs.parquet", "--work", work, "--guide", tiny_guide) == 0
     assert run_stage(mask, "--work", work, "--k", 8) == 0
     # Half the other positives are called known false negatives of each pair.
     positives = pairs["positive"].unique(maintain_order=True).to_list()

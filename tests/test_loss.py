@@ -160,6 +160,7 @@ def _ddp_worker(rank: int, world: int, port: int, inputs: dict, out: dict):
     dist.destroy_process_group()
 
 
+@pytest.mark.slow
 def test_two_gloo_processes_with_unequal_shares_equal_one_process():
     import socket
 

@@ -25,7 +25,7 @@ def embedded(tmp_path_factory, tiny_guide):
     pl.DataFrame({"text": [f"{w} corpus line" for w in ("water", "music", "road", "book", "tree")]}).write_parquet(
         root / "corpus.parquet")
     assert run_stage(embed, "--input", root / "pairs.parquet", "--corpus", root / "corpus.parquet",
-                     "--work", root / "w", "--model", tiny_guide, "--shard-size", 64) == 0
+                     "--work", root / "w", "--guide", tiny_guide, "--texts-per-shard", 64) == 0
     return root / "w"
 
 
@@ -63,7 +63,7 @@ def test_flat_search_equals_brute_force(work):
 
 def test_own_query_and_all_positives_are_never_negatives(work):
     """With --include-queries every query is in the pool: its own text must still never come back."""
-    assert run_stage(mask, "--work", work, "--k", 40, "--margin-strategy", "none", "--num-negatives", 40,
+    assert run_stage(mask, "--work", work, "--k", 40, "--margin-strategy", "none", "--negatives-per-anchor", 40,
                      "--include-queries") == 0
     anchors = pl.read_parquet(work / "anchors.parquet")
     positives_of = anchors.group_by("query_id").agg("positive_id").rows_by_key("query_id", unique=True)
@@ -93,7 +93,7 @@ def test_given_negatives_are_scored(work):
 
 def test_refilter_equals_a_fresh_run(work, tmp_path):
     shutil.copytree(work, tmp_path / "fresh")
-    new_rules = ["--margin-strategy", "absolute", "--margin", "0.02", "--num-negatives", "4", "--sampling", "random",
+    new_rules = ["--margin-strategy", "absolute", "--margin", "0.02", "--negatives-per-anchor", "4", "--sampling", "random",
                  "--seed", "7", "--rank-min", "1"]
     assert run_stage(mask, "--work", work, "--k", 20) == 0
     assert run_stage(mask, "--work", work, "--k", 20, *new_rules) == 2  # other rules need --refilter
@@ -159,10 +159,10 @@ def test_agrees_with_sentence_transformers_mine_hard_negatives(tmp_path, tiny_gu
 
     pairs = make_pairs(60, seed=3).select("query", "positive").unique("query", keep="first", maintain_order=True)
     pairs.write_parquet(tmp_path / "pairs.parquet")
-    assert run_stage(embed, "--input", tmp_path / "pairs.parquet", "--work", tmp_path / "w", "--model", tiny_guide) == 0
+    assert run_stage(embed, "--input", tmp_path / "pairs.parquet", "--work", tmp_path / "w", "--guide", tiny_guide) == 0
     k, n = 20, 3
     assert run_stage(mask, "--work", tmp_path / "w", "--k", k, "--margin-strategy", "relative", "--margin", 0.05,
-                     "--num-negatives", n, "--sampling", "top") == 0
+                     "--negatives-per-anchor", n, "--sampling", "top") == 0
     theirs = mine_hard_negatives(
         Dataset.from_dict({"query": pairs["query"].to_list(), "positive": pairs["positive"].to_list()}),
         SentenceTransformer(str(tiny_guide), device="cpu"), range_max=k, relative_margin=0.05, num_negatives=n,

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from gist_mining.mining import PAD_ID, MiningRules, choose, false_negative_threshold, is_false_negative
+from gist_mining.mining import PAD_ID, MiningRules, false_negative_threshold, is_false_negative, judge_candidates
 
 NO_GIVEN = np.zeros((1, 0), dtype=np.int64), np.zeros((1, 0), dtype=np.float32)
 
@@ -14,7 +14,7 @@ NO_GIVEN = np.zeros((1, 0), dtype=np.int64), np.zeros((1, 0), dtype=np.float32)
 def run(scores, positive, rules, given=NO_GIVEN, ids=None, anchor=0):
     scores = np.array([scores], dtype=np.float32)
     ids = np.array([ids if ids is not None else list(range(100, 100 + scores.shape[1]))], dtype=np.int64)
-    out = choose(np.array([anchor]), np.array([positive], dtype=np.float32), ids, scores, given[0], given[1], rules)
+    out = judge_candidates(np.array([anchor]), np.array([positive], dtype=np.float32), ids, scores, given[0], given[1], rules)
     return {k: v.to_pylist()[0] for k, v in out.items()}
 
 
@@ -84,13 +84,13 @@ def test_random_sampling_is_seeded_and_independent_of_chunking():
     anchors, positives = np.arange(6) * 7, np.full(6, 0.8, dtype=np.float32)
     empty = np.zeros((6, 0), dtype=np.int64), np.zeros((6, 0), dtype=np.float32)
     rules = MiningRules(num_negatives=5, sampling="random", seed=3)
-    whole = choose(anchors, positives, ids, scores, *empty, rules)["negative_ids"].to_pylist()
-    again = choose(anchors, positives, ids, scores, *empty, rules)["negative_ids"].to_pylist()
-    reversed_ = choose(anchors[::-1], positives, ids[::-1], scores[::-1], *empty, rules)["negative_ids"].to_pylist()
-    other = choose(anchors, positives, ids, scores, *empty, MiningRules(num_negatives=5, sampling="random", seed=4))
+    whole = judge_candidates(anchors, positives, ids, scores, *empty, rules)["negative_ids"].to_pylist()
+    again = judge_candidates(anchors, positives, ids, scores, *empty, rules)["negative_ids"].to_pylist()
+    reversed_ = judge_candidates(anchors[::-1], positives, ids[::-1], scores[::-1], *empty, rules)["negative_ids"].to_pylist()
+    other = judge_candidates(anchors, positives, ids, scores, *empty, MiningRules(num_negatives=5, sampling="random", seed=4))
     assert whole == again == reversed_[::-1]
     assert whole != other["negative_ids"].to_pylist()
-    top = choose(anchors, positives, ids, scores, *empty, MiningRules(num_negatives=5))["negative_ids"].to_pylist()
+    top = judge_candidates(anchors, positives, ids, scores, *empty, MiningRules(num_negatives=5))["negative_ids"].to_pylist()
     assert whole != top
     for row, chosen in enumerate(whole):
         assert len(chosen) == 5 and set(chosen) <= set(ids[row])

@@ -63,14 +63,14 @@ def stored_vectors(work: Path) -> tuple[list[str], np.ndarray]:
     return rows["text"].to_list(), np.array(rows["embedding"].to_list(), dtype=np.float32)
 
 
-@pytest.mark.parametrize("revision", [None, COMMIT_B])
+@pytest.mark.parametrize("revision", [pytest.param(None, marks=pytest.mark.slow), COMMIT_B])  # None: a fresh process
 def test_embed_takes_a_hub_id_from_the_cache(tmp_path, fake_hub, revision):
     from sentence_transformers import SentenceTransformer
 
     from pipeline import embed
 
     make_pairs(12).write_parquet(tmp_path / "pairs.parquet")
-    args = ["--input", tmp_path / "pairs.parquet", "--work", tmp_path / "w", "--model", "fake-org/tiny"]
+    args = ["--input", tmp_path / "pairs.parquet", "--work", tmp_path / "w", "--guide", "fake-org/tiny"]
     if revision is None:  # a fresh process, to show HF_HOME is honoured as huggingface_hub reads it
         run_module("pipeline.embed", *args)
     else:  # in this process, through the patched cache constants
@@ -97,7 +97,7 @@ def uncached_failure(tmp_path, capsys) -> tuple[int, list[str], float]:
 
     started = time.perf_counter()
     status = run_stage(embed, "--input", tmp_path / "pairs.parquet", "--work", tmp_path / "w",
-                       "--model", "fake-org/absent", "--revision", "v2")
+                       "--guide", "fake-org/absent", "--revision", "v2")
     return status, capsys.readouterr().err.strip().splitlines(), time.perf_counter() - started
 
 
@@ -107,7 +107,7 @@ def test_an_uncached_id_offline_fails_fast_with_the_fetch_recipe(tmp_path, fake_
     assert "'fake-org/absent'" in lines[0] and "HF_HUB_OFFLINE is set" in lines[0]
     assert "no such directory, not a bundled name (all-MiniLM-L6-v2, all-mpnet-base-v2)" in lines[0]
     assert f"not in the Hugging Face cache at {tmp_path / 'hf' / 'hub'}" in lines[0]
-    assert "hf download fake-org/absent --revision v2" in lines[0] and "pass --model DIR" in lines[0]
+    assert "hf download fake-org/absent --revision v2" in lines[0] and "pass DIR as the model" in lines[0]
     assert not (tmp_path / "w").exists()  # refused before anything was written
 
 
@@ -228,16 +228,17 @@ def with_own_code(tiny_model: Path, where: Path) -> Path:
     return copy
 
 
+@pytest.mark.slow
 def test_model_code_runs_only_with_trust_remote_code(tmp_path, tiny_model, capsys, monkeypatch):
     from pipeline import embed
     from train import run as train
 
-    for parse in (lambda *a: embed.parse_args(["--input", "x", "--work", "w", *a]),
-                  lambda *a: train.parse_args(["--work", "w", "--out", "o", *a])):
+    for parse in (lambda *a: embed.build_parser().parse_args(["--input", "x", "--work", "w", *a]),
+                  lambda *a: train.build_parser().parse_args(["--work", "w", "--out", "o", *a])):
         assert parse().trust_remote_code is False and parse("--trust-remote-code").trust_remote_code is True
     model = with_own_code(tiny_model, tmp_path / "own-code")
     make_pairs(6).write_parquet(tmp_path / "pairs.parquet")
-    args = ["--input", tmp_path / "pairs.parquet", "--work", tmp_path / "w", "--model", model]
+    args = ["--input", tmp_path / "pairs.parquet", "--work", tmp_path / "w", "--guide", model]
     assert run_stage(embed, *args) == 2
     (line,) = capsys.readouterr().err.strip().splitlines()
     assert "ships its own Python code" in line and "--trust-remote-code" in line
@@ -246,6 +247,7 @@ def test_model_code_runs_only_with_trust_remote_code(tmp_path, tiny_model, capsy
     assert (tmp_path / "w" / "embed_manifest.json").exists()
 
 
+@pytest.mark.slow
 def test_bundled_and_local_models_never_touch_the_network(tmp_path, tiny_model):
     """HF_HUB_OFFLINE is no longer set for the user; loading, fingerprinting and saving stay off the network."""
     script = f"""

@@ -20,6 +20,8 @@ from gist_mining.models import load_model
 from gist_mining.workdir import load_embeddings
 from pipeline import embed, mask
 
+pytestmark = pytest.mark.slow  # ONNX export of each pooling and its cache
+
 TEXTS = [sentence(random.Random(i), n) for i, n in enumerate([1, 2, 3, 5, 8, 13, 21, 34, 55, 89, 120, 4, 6, 9])]
 
 
@@ -47,7 +49,7 @@ def test_vectors_equal_sentence_transformers(tiny_model, tmp_path, mode, normali
     expected = {prompt: model.encode(TEXTS, batch_size=4, normalize_embeddings=True, prompt=prompt)
                 for prompt in (None, "query: ")}
     unnormalised = model.encode(TEXTS, batch_size=len(TEXTS))
-    backend, encoder = onnx_backend.choose("auto", model, path, [], "fp32", token_budget=200)
+    backend, encoder = onnx_backend.pick_backend("auto", model, path, [], "fp32", token_budget=200)
     assert backend == "onnx"
     # the torch weights are released (the session holds its own copy); the model still tokenizes
     assert {parameter.device.type for parameter in model.parameters()} == {"meta"}
@@ -79,14 +81,14 @@ def test_export_is_cached_and_atomic(tiny_model, own_cache, monkeypatch, capsys)
     model = load_model(str(tiny_model), device="cpu")
     monkeypatch.setattr(torch.onnx, "export", failing)
     with pytest.raises(UsageError, match="torch.onnx.export failed: RuntimeError: interrupted"):
-        onnx_backend.choose("onnx", model, tiny_model, [], "fp32")
+        onnx_backend.pick_backend("onnx", model, tiny_model, [], "fp32")
     assert list((own_cache / "onnx").iterdir()) == []  # nothing half-written is left, not even the temporary folder
     monkeypatch.setattr(torch.onnx, "export", counting)
-    assert onnx_backend.choose("auto", model, tiny_model, [], "fp32")[0] == "onnx"
+    assert onnx_backend.pick_backend("auto", model, tiny_model, [], "fp32")[0] == "onnx"
     assert "exported the model to ONNX once" in capsys.readouterr().err
     again = load_model(str(tiny_model), device="cpu")
     expected = again.encode(TEXTS, normalize_embeddings=True)
-    backend, encoder = onnx_backend.choose("auto", again, tiny_model, [], "fp32")
+    backend, encoder = onnx_backend.pick_backend("auto", again, tiny_model, [], "fp32")
     assert backend == "onnx" and calls == ["fail", "export"]  # the second load reuses the export
     assert "exported" not in capsys.readouterr().err
     (folder,) = (own_cache / "onnx").iterdir()
@@ -106,8 +108,8 @@ def test_exports_are_listed_and_pruned(tiny_model, own_cache, tmp_path, capsys):
     from pipeline import cache as cache_cli
 
     other = variant(tiny_model, tmp_path / "cls", "cls", True)
-    onnx_backend.choose("auto", load_model(str(tiny_model), device="cpu"), tiny_model, [], "fp32", name="tiny")
-    onnx_backend.choose("auto", load_model(str(other), device="cpu"), other, [], "fp32")
+    onnx_backend.pick_backend("auto", load_model(str(tiny_model), device="cpu"), tiny_model, [], "fp32", name="tiny")
+    onnx_backend.pick_backend("auto", load_model(str(other), device="cpu"), other, [], "fp32")
     mine, others = sorted(onnx_backend.exports_root().iterdir(), key=lambda f: str(other) in (f / "export.json").read_text())
     legacy = onnx_backend.exports_root() / "0ld"
     legacy.mkdir()
@@ -127,7 +129,7 @@ def test_exports_are_listed_and_pruned(tiny_model, own_cache, tmp_path, capsys):
     past = time.time() - 3 * 86400
     for folder in (mine, others):
         os.utime(folder / onnx_backend.RECORD_FILE, (past, past))
-    onnx_backend.choose("auto", load_model(str(tiny_model), device="cpu"), tiny_model, [], "fp32")  # a use
+    onnx_backend.pick_backend("auto", load_model(str(tiny_model), device="cpu"), tiny_model, [], "fp32")  # a use
     assert run_stage(cache_cli, "prune", "--older-than", 2) == 0
     assert "removed 3 ONNX exports" in capsys.readouterr().out
     assert sorted(onnx_backend.exports_root().iterdir()) == [mine]
@@ -145,24 +147,24 @@ def test_a_damaged_export_is_refused_in_one_line_and_pruned(tiny_model, own_cach
 
     model = load_model(str(tiny_model), device="cpu")
     expected = model.encode(TEXTS, normalize_embeddings=True)
-    onnx_backend.choose("auto", model, tiny_model, [], "fp32")
+    onnx_backend.pick_backend("auto", model, tiny_model, [], "fp32")
     (folder,) = onnx_backend.exports_root().iterdir()
     data = folder / onnx_backend.DATA_FILE
     data.write_bytes(data.read_bytes()[: data.stat().st_size // 2])
-    backend, encoder = onnx_backend.choose("auto", load_model(str(tiny_model), device="cpu"), tiny_model, [], "fp32")
+    backend, encoder = onnx_backend.pick_backend("auto", load_model(str(tiny_model), device="cpu"), tiny_model, [], "fp32")
     with pytest.raises(UsageError, match=f"cannot load the export {folder}.*prune --model {folder.name}"):
         onnx_backend.encode(encoder, TEXTS, 4, None)
     assert run_stage(cache_cli, "prune", "--model", folder.name) == 0 and not folder.exists()
-    backend, encoder = onnx_backend.choose("auto", load_model(str(tiny_model), device="cpu"), tiny_model, [], "fp32")
+    backend, encoder = onnx_backend.pick_backend("auto", load_model(str(tiny_model), device="cpu"), tiny_model, [], "fp32")
     np.testing.assert_allclose(onnx_backend.encode(encoder, TEXTS, 4, None), expected, atol=1e-4)
 
 
 def test_an_export_without_its_record_is_made_again(tiny_model, own_cache, capsys):
-    onnx_backend.choose("auto", load_model(str(tiny_model), device="cpu"), tiny_model, [], "fp32")
+    onnx_backend.pick_backend("auto", load_model(str(tiny_model), device="cpu"), tiny_model, [], "fp32")
     (folder,) = onnx_backend.exports_root().iterdir()
     (folder / onnx_backend.RECORD_FILE).unlink()
     capsys.readouterr()
-    assert onnx_backend.choose("auto", load_model(str(tiny_model), device="cpu"), tiny_model, [], "fp32")[0] == "onnx"
+    assert onnx_backend.pick_backend("auto", load_model(str(tiny_model), device="cpu"), tiny_model, [], "fp32")[0] == "onnx"
     assert "exported the model to ONNX once" in capsys.readouterr().err
     assert (folder / onnx_backend.RECORD_FILE).exists() and list(onnx_backend.exports_root().iterdir()) == [folder]
 
@@ -181,8 +183,8 @@ def test_mismatch_refused_in_one_line(tiny_model, own_cache, monkeypatch, capsys
     monkeypatch.setattr(onnx_backend, "check", lambda want, got: real_check(want, got + 1e-3))
     model = load_model(str(tiny_model), device="cpu")
     with pytest.raises(UsageError, match=r"^--backend onnx: the ONNX export differs from the torch forward pass by 1.0"):
-        onnx_backend.choose("onnx", model, tiny_model, [], "fp32")
-    assert onnx_backend.choose("auto", model, tiny_model, [], "fp32") == ("torch", model)
+        onnx_backend.pick_backend("onnx", model, tiny_model, [], "fp32")
+    assert onnx_backend.pick_backend("auto", model, tiny_model, [], "fp32") == ("torch", model)
     (said,) = [line for line in capsys.readouterr().err.splitlines() if line.startswith("embed:")]
     assert said.startswith("embed: backend torch (the ONNX export differs from the torch forward pass by 1.00e-03")
     assert list((own_cache / "onnx").iterdir()) == []
@@ -194,19 +196,19 @@ def test_auto_falls_back_to_torch(tiny_model, monkeypatch, capsys):
     from sentence_transformers.sentence_transformer.modules import Dense
 
     model = load_model(str(tiny_model), device="cpu")
-    assert onnx_backend.choose("auto", model, tiny_model, [], "bf16")[0] == "torch"
+    assert onnx_backend.pick_backend("auto", model, tiny_model, [], "bf16")[0] == "torch"
     assert "runs on CPU in fp32 (this run: cpu, bf16)" in capsys.readouterr().err
     real_version = metadata.version
     monkeypatch.setattr(metadata, "version", lambda name: (_ for _ in ()).throw(metadata.PackageNotFoundError(name))
                         if name == "onnxruntime" else real_version(name))
-    assert onnx_backend.choose("auto", model, tiny_model, [], "fp32") == ("torch", model)
+    assert onnx_backend.pick_backend("auto", model, tiny_model, [], "fp32") == ("torch", model)
     assert "onnxruntime is not installed" in capsys.readouterr().err
     monkeypatch.undo()
     model.append(Dense(32, 8))
-    assert onnx_backend.choose("auto", model, tiny_model, [], "fp32") == ("torch", model)
+    assert onnx_backend.pick_backend("auto", model, tiny_model, [], "fp32") == ("torch", model)
     assert "module stack Transformer -> Pooling -> Normalize -> Dense" in capsys.readouterr().err
     with pytest.raises(UsageError, match="--backend onnx: the ONNX backend cannot serve this model"):
-        onnx_backend.choose("onnx", model, tiny_model, [], "fp32")
+        onnx_backend.pick_backend("onnx", model, tiny_model, [], "fp32")
 
 
 def test_token_batches():
@@ -234,7 +236,7 @@ def test_backends_mine_the_same_table(tiny_guide, tmp_path):
     for backend in ("torch", "onnx"):
         work = tmp_path / backend
         assert run_stage(embed, "--input", tmp_path / "pairs.parquet", "--corpus", tmp_path / "corpus.parquet",
-                         "--work", work, "--model", tiny_guide, "--backend", backend, "--batch-size", 16) == 0
+                         "--work", work, "--guide", tiny_guide, "--backend", backend, "--encode-batch-size", 16) == 0
         assert json.loads((work / "embed_plan.json").read_text())["settings"]["backend"] == backend
         assert run_stage(mask, "--work", work, "--k", 20) == 0
         mined[backend] = pl.read_parquet(work / "mined" / "*.parquet").sort("anchor_id")
@@ -249,4 +251,4 @@ def test_backends_mine_the_same_table(tiny_guide, tmp_path):
                                    atol=1e-4)
     # the backend is part of the run: another one on the same work directory refuses
     assert run_stage(embed, "--input", tmp_path / "pairs.parquet", "--corpus", tmp_path / "corpus.parquet",
-                     "--work", tmp_path / "torch", "--model", tiny_guide, "--backend", "onnx") == 2
+                     "--work", tmp_path / "torch", "--guide", tiny_guide, "--backend", "onnx") == 2

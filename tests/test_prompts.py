@@ -44,10 +44,10 @@ def roles(tmp_path_factory, tiny_guide):
     pl.concat([pairs, both]).write_parquet(root / "pairs.parquet")
     pl.DataFrame({"text": ["green tree house", "cold night"]}).write_parquet(root / "corpus.parquet")
     assert run_stage(embed, "--input", root / "pairs.parquet", "--corpus", root / "corpus.parquet", "--work",
-                     root / "w", "--model", tiny_guide, "--shard-size", 30, "--query-prompt", QUERY,
+                     root / "w", "--guide", tiny_guide, "--texts-per-shard", 30, "--query-prompt", QUERY,
                      "--document-prompt", DOCUMENT) == 0
     assert run_stage(mask, "--work", root / "w", "--k", 10, "--index", "flat", "--include-queries",
-                     "--margin-strategy", "absolute", "--margin", 0.0, "--num-negatives", 2) == 0
+                     "--margin-strategy", "absolute", "--margin", 0.0, "--negatives-per-anchor", 2) == 0
     return root
 
 
@@ -70,7 +70,7 @@ def test_each_role_is_stored_as_encode_of_its_prompt_and_text(roles, tiny_guide)
 
 def test_equal_prompts_embed_each_text_once(tmp_path, tiny_guide):
     make_pairs(20, seed=6).write_parquet(tmp_path / "pairs.parquet")
-    common = ["--input", tmp_path / "pairs.parquet", "--model", tiny_guide]
+    common = ["--input", tmp_path / "pairs.parquet", "--guide", tiny_guide]
     assert run_stage(embed, *common, "--work", tmp_path / "short", "--prompt", DOCUMENT) == 0
     assert run_stage(embed, *common, "--work", tmp_path / "long", "--query-prompt", DOCUMENT,
                      "--document-prompt", DOCUMENT) == 0
@@ -97,7 +97,7 @@ def prompted_model(tmp_path_factory):
 
 def test_prompt_names_resolve_from_the_model_config(tmp_path, prompted_model, capsys):
     make_pairs(15, seed=7).write_parquet(tmp_path / "pairs.parquet")
-    common = ["--input", tmp_path / "pairs.parquet", "--model", prompted_model]
+    common = ["--input", tmp_path / "pairs.parquet", "--guide", prompted_model]
     model = encoder(prompted_model)
     # no flags: each role's prompt as encode_query and encode_document choose it; a name: the model's prompt
     for work, flags, encode_query in (("auto", [], model.encode_query),
@@ -160,18 +160,19 @@ def test_guide_blocks_use_each_columns_role(roles):
 def test_student_applies_and_saves_its_prompts(roles, tmp_path, mini_batch):
     student = build_tiny_model(tmp_path / "student", seed=3, dropout=0.0)  # no dropout: the loss is a function
     split = eval_split(tmp_path, pl.read_parquet(roles / "pairs.parquet").head(12))
-    argv = ["--work", roles / "w", "--model", student, "--max-steps", 1, "--batch-size", 8, "--query-prompt", QUERY,
+    argv = ["--work", roles / "w", "--student", student, "--max-steps", 1, "--batch-size", 8, "--query-prompt", QUERY,
             "--document-prompt", DOCUMENT, "--mini-batch-size", mini_batch, "--eval", split]
     assert run_stage(train, *argv, "--out", tmp_path / "out") == 0
     # the first step's loss, from the student's vectors of prompt + text as sentence-transformers computes them
-    args = train.parse_args([str(a) for a in [*argv, "--out", tmp_path / "out"]])
-    data = train.TrainingData(args.work, args.negatives_per_anchor, "cpu")
-    batch = data.get_batch(train.epoch_batches(data, args, 1, 0)[0])
+    config = train.config_from(train.build_parser().parse_args([str(a) for a in [*argv, "--out", tmp_path / "out"]]))
+    data = train.TrainingData(roles / "w", config.negatives_per_anchor, "cpu")
+    batch = data.get_batch(train.epoch_batches(data, config, 1, 0)[0])
     base = encoder(student)
     with torch.no_grad():
         vectors = {c: base.encode([(QUERY if c == "queries" else DOCUMENT) + t for t in batch.texts[c]],
                                   convert_to_tensor=True) for c in train.COLUMNS}
-        oracle = GISTLoss(args.temperature, args.margin_strategy, args.margin)(batch.with_student(vectors))[0].item()
+        oracle = GISTLoss(config.temperature, config.in_batch_margin_strategy,
+                          config.in_batch_margin)(batch.with_student(vectors))[0].item()
     logged = [json.loads(line) for line in (tmp_path / "out" / workdir.METRICS).read_text().splitlines()]
     assert [m["loss"] for m in logged if "loss" in m][0] == pytest.approx(oracle, rel=1e-4)
     # the evaluator before training: the base student with the same prompts per role
@@ -192,12 +193,12 @@ def test_a_changed_prompt_makes_readers_refuse_the_old_state(roles, tiny_guide, 
     shutil.copytree(work, old)
     plan = json.loads((work / workdir.EMBED_PLAN).read_text())
     argv = ["--input", tmp_path / "pairs.parquet", "--corpus", tmp_path / "corpus.parquet", "--work", work,
-            "--model", tiny_guide, "--shard-size", 30, "--query-prompt", "good " + QUERY, "--document-prompt", DOCUMENT]
+            "--guide", tiny_guide, "--texts-per-shard", 30, "--query-prompt", "good " + QUERY, "--document-prompt", DOCUMENT]
     assert run_stage(embed, *argv) == 2
     assert "different settings" in capsys.readouterr().err
     assert run_stage(embed, *argv, "--overwrite") == 0
     assert json.loads((work / workdir.EMBED_PLAN).read_text())["fingerprint"] != plan["fingerprint"]
-    for name in (workdir.MASK_PLAN, workdir.MINE_PLAN, workdir.CANDIDATES, workdir.MINED,
+    for name in (workdir.SEARCH_PLAN, workdir.MINE_PLAN, workdir.CANDIDATES, workdir.MINED,
                  workdir.CANDIDATES_MANIFEST, workdir.MINED_MANIFEST, workdir.SUMMARY):
         (shutil.copytree if (old / name).is_dir() else shutil.copy)(old / name, work / name)
     for command in ((train, "--work", work, "--out", tmp_path / "m"), (mask, "--work", work, "--refilter")):

@@ -17,7 +17,7 @@ from gist_mining.mining import SCORES
 from gist_mining.storage import file_sha256
 from pipeline import embed, mask
 
-SEARCH = ("--k", 8, "--shard-size", 16)  # 43 anchors: 3 shards
+SEARCH = ("--k", 8, "--anchors-per-shard", 16)  # 43 anchors: 3 shards
 
 
 @pytest.fixture(scope="module")
@@ -32,7 +32,7 @@ def embedded(tmp_path_factory, tiny_guide):
     pairs = make_pairs(40, seed=2)
     # repeated queries with other positives: their shared (query, candidate) pairs are scored once
     pl.concat([pairs, pairs.head(3).with_columns(pl.col("positive") + " again")]).write_parquet(root / "pairs.parquet")
-    assert run_stage(embed, "--input", root / "pairs.parquet", "--work", root / "w", "--model", tiny_guide) == 0
+    assert run_stage(embed, "--input", root / "pairs.parquet", "--work", root / "w", "--guide", tiny_guide) == 0
     return root / "w"
 
 
@@ -103,7 +103,7 @@ def brute_force(row: dict, margin: float, n: int, rank_min: int) -> dict:
 def test_rules_on_rescores_equal_brute_force(rescored, tmp_path):
     work = copy(rescored, tmp_path)
     assert run_stage(mask, "--work", work, "--refilter", "--score", "rescore", "--margin-strategy", "absolute",
-                     "--margin", 0.02, "--num-negatives", 2, "--rank-min", 1) == 0
+                     "--margin", 0.02, "--negatives-per-anchor", 2, "--rank-min", 1) == 0
     ours = mined(work)
     score_of = {}
     for row in candidates(work).iter_rows(named=True):
@@ -127,7 +127,7 @@ def test_refilter_switches_scores_without_scoring(rescored, embedded, cross_enco
         raise AssertionError("--refilter loaded the cross-encoder")
 
     monkeypatch.setattr(rescore, "load_cross_encoder", no_loading)
-    rules = ("--margin", 0.1, "--num-negatives", 2)
+    rules = ("--margin", 0.1, "--negatives-per-anchor", 2)
     assert run_stage(mask, "--work", work, "--refilter", "--score", "rescore", *rules) == 0
     on_rescores = mined(work)
     summary = json.loads((work / "mined_summary.json").read_text())

@@ -26,13 +26,15 @@ from pipeline import mask
 sys.path.insert(0, str(ROOT))
 from benchmarks import synthetic_pool  # noqa: E402
 
+pytestmark = pytest.mark.slow  # scale: every index kind, shard processes
+
 POOL, ANCHORS, DIM = 4000, 150, 16
 
 
 @pytest.fixture(scope="module")
 def synthetic(tmp_path_factory):
     return synthetic_pool.main(["--work", str(tmp_path_factory.mktemp("synthetic") / "w"), "--pool", str(POOL),
-                                "--anchors", str(ANCHORS), "--dim", str(DIM), "--shard-size", "1000"])
+                                "--anchors", str(ANCHORS), "--dim", str(DIM), "--texts-per-shard", "1000"])
 
 
 @pytest.fixture
@@ -67,8 +69,8 @@ def test_chunked_reads_equal_the_in_memory_path(work, monkeypatch):
     the same ids and scores as one search over all anchors with the whole pool in RAM."""
     monkeypatch.setattr(mask, "CHUNK_BYTES", 7 * 3 * 20 * DIM * 4)  # 7 anchors per chunk at depth 3
     assert run_stage(mask, "--work", work, "--k", 20, "--index", "auto", "--memory-budget", "500K",
-                     "--shard-size", 40) == 0
-    assert pl.read_json(work / "mask_plan.json")["index"].item() == "ivfpq"
+                     "--anchors-per-shard", 40) == 0
+    assert pl.read_json(work / "search_plan.json")["index"].item() == "ivfpq"
     index = load_index(work / "index" / "index.faiss", 20)
     assert search_depth(index) == 3
     pool_ids = np.load(work / "index" / "pool_ids.npy")
@@ -109,7 +111,7 @@ def test_two_shard_processes_at_once_equal_one(work, tmp_path, kind):
     """Started together, two shard processes build the index once (the other waits and loads the same file)
     and write the same candidates and mined tables as one process."""
     shutil.copytree(work, tmp_path / "split")
-    common = ["--k", 10, "--shard-size", 40, "--index", kind]
+    common = ["--k", 10, "--anchors-per-shard", 40, "--index", kind]
     assert run_stage(mask, "--work", work, *common) == 0
     procs = [subprocess.Popen([sys.executable, "-m", "pipeline.mask", "--work", str(tmp_path / "split"),
                                *map(str, common), "--num-shards", "2", "--shard-index", str(i)],

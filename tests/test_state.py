@@ -20,7 +20,7 @@ from train import run as train
 
 
 def embed_args(root, model, *extra):
-    return ["--input", root / "pairs.parquet", "--work", root / "w", "--model", model, "--shard-size", 40, *extra]
+    return ["--input", root / "pairs.parquet", "--work", root / "w", "--guide", model, "--texts-per-shard", 40, *extra]
 
 
 @pytest.fixture(scope="module")
@@ -29,7 +29,7 @@ def finished(tmp_path_factory, tiny_guide):
     root = tmp_path_factory.mktemp("state")
     make_pairs(60, seed=5).write_parquet(root / "pairs.parquet")
     assert run_stage(embed, *embed_args(root, tiny_guide)) == 0
-    assert run_stage(mask, "--work", root / "w", "--k", 12, "--shard-size", 25) == 0
+    assert run_stage(mask, "--work", root / "w", "--k", 12, "--anchors-per-shard", 25) == 0
     return root
 
 
@@ -49,7 +49,7 @@ def test_overwrite_with_another_guide_removes_everything_derived(root, tiny_mode
     assert run_stage(embed, *embed_args(root, tiny_model)) == 2  # another guide needs --overwrite
     assert "different model" in capsys.readouterr().err
     assert run_stage(embed, *embed_args(root, tiny_model, "--overwrite")) == 0
-    for name in (workdir.VECTORS, workdir.INDEX, workdir.CANDIDATES, workdir.MINED, workdir.MASK_PLAN,
+    for name in (workdir.VECTORS, workdir.INDEX, workdir.CANDIDATES, workdir.MINED, workdir.SEARCH_PLAN,
                  workdir.CANDIDATES_MANIFEST, workdir.MINED_MANIFEST, workdir.SUMMARY, workdir.MODELS):
         assert not (work / name).exists(), name
     assert run_stage(train, "--work", work, "--out", root / "m") == 2
@@ -62,7 +62,7 @@ def test_readers_refuse_tables_mined_from_other_embeddings(root, tiny_model, cap
     old = root / "old"
     shutil.copytree(root / "w", old)
     assert run_stage(embed, *embed_args(root, tiny_model, "--overwrite")) == 0
-    for name in (workdir.MASK_PLAN, workdir.MINE_PLAN, workdir.CANDIDATES, workdir.MINED,
+    for name in (workdir.SEARCH_PLAN, workdir.MINE_PLAN, workdir.CANDIDATES, workdir.MINED,
                  workdir.CANDIDATES_MANIFEST, workdir.MINED_MANIFEST, workdir.SUMMARY):
         (shutil.copytree if (old / name).is_dir() else shutil.copy)(old / name, root / "w" / name)
     command = {"train": (train, "--work", root / "w", "--out", root / "m"),
@@ -105,8 +105,8 @@ def test_damaged_shards_and_markers_are_named_and_rebuilt(root, tiny_guide, caps
     shards[1].unlink()  # marker left behind
     marker = work / workdir.EMBEDDINGS / f"_{shards[2].stem}.done"
     marker.write_text(marker.read_text()[:20])  # a truncated marker
-    shutil.rmtree(work / workdir.VECTORS)  # so that the mask stage reads the shards again
-    assert run_stage(mask, "--work", work, "--k", 12, "--shard-size", 25) == 2
+    # A search that reads the shards again (a complete search reads none of them: it has nothing left to do).
+    assert run_stage(mask, "--work", work, "--k", 11, "--anchors-per-shard", 25, "--overwrite") == 2
     assert f"{shards[0]}: corrupt" in capsys.readouterr().err
     assert run_stage(embed, *embed_args(root, tiny_guide)) == 0
     out = capsys.readouterr().err
@@ -119,9 +119,9 @@ def test_damaged_mined_shard_is_refused_by_train_and_rebuilt_by_mask(root, tiny_
     shard = work / workdir.MINED / workdir.shard_name(1)
     reference = shard.read_bytes()
     shard.write_bytes(reference[: len(reference) // 2])
-    assert run_stage(train, "--work", work, "--out", root / "m", "--model", tiny_model, "--max-steps", 1) == 2
+    assert run_stage(train, "--work", work, "--out", root / "m", "--student", tiny_model, "--max-steps", 1) == 2
     assert f"{shard}: truncated" in capsys.readouterr().err
-    assert run_stage(mask, "--work", work, "--k", 12, "--shard-size", 25) == 0
+    assert run_stage(mask, "--work", work, "--k", 12, "--anchors-per-shard", 25) == 0
     assert shard.read_bytes() == reference
 
 
@@ -170,12 +170,12 @@ def test_given_negatives_cleaned_deduplicated_and_capped(tmp_path, tiny_guide):
         "negative": [["q one", "p other", "n a", "n a", "n b", "n c", "n d"], [], ["p one"]],
     })
     pairs.write_parquet(tmp_path / "pairs.parquet")
-    assert run_stage(embed, "--input", tmp_path / "pairs.parquet", "--work", tmp_path / "w", "--model", tiny_guide) == 0
+    assert run_stage(embed, "--input", tmp_path / "pairs.parquet", "--work", tmp_path / "w", "--guide", tiny_guide) == 0
     anchors = table(tmp_path / "w" / workdir.ANCHORS).sort("anchor_id")
     # the query itself and "p other" (a positive of the same query) dropped, "n a" once; "p one" is fine for q two
     assert anchors["negative_ids"].to_list() == [[text_id(t) for t in ("n a", "n b", "n c", "n d")], [],
                                                  [text_id("p one")]]
-    assert run_stage(mask, "--work", tmp_path / "w", "--k", 5, "--margin-strategy", "none", "--num-negatives", 2) == 0
+    assert run_stage(mask, "--work", tmp_path / "w", "--k", 5, "--margin-strategy", "none", "--negatives-per-anchor", 2) == 0
     mined = pl.read_parquet(tmp_path / "w" / workdir.MINED / "*.parquet").sort("anchor_id")
     assert mined["negative_ids"][0].to_list() == [text_id("n a"), text_id("n b")]  # the first N, in input order
     assert mined["given_negative_flagged"][0].to_list() == [False] * 4

@@ -21,8 +21,8 @@ from train import run as train
 def mined_work(tmp_path_factory, tiny_guide):
     root = tmp_path_factory.mktemp("mined")
     make_pairs(64, seed=2).write_parquet(root / "pairs.parquet")
-    assert run_stage(embed, "--input", root / "pairs.parquet", "--work", root / "w", "--model", tiny_guide) == 0
-    assert run_stage(mask, "--work", root / "w", "--k", 20, "--num-negatives", 2) == 0
+    assert run_stage(embed, "--input", root / "pairs.parquet", "--work", root / "w", "--guide", tiny_guide) == 0
+    assert run_stage(mask, "--work", root / "w", "--k", 20, "--negatives-per-anchor", 2) == 0
     eval_split(root, pl.read_parquet(root / "pairs.parquet").head(20))  # a small retrieval split, the same kind of text
     return root
 
@@ -44,11 +44,12 @@ def metrics(out) -> list[dict]:
 COMMON = ["--batch-size", 8, "--lr", 1e-3, "--temperature", 0.05, "--negatives-per-anchor", 1, "--seed", 3]
 
 
+@pytest.mark.slow
 def test_training_lowers_the_loss_and_saves_a_loadable_model(mined_work, tiny_model, tiny_guide, tmp_path):
     from sentence_transformers import SentenceTransformer
 
     out = tmp_path / "model"
-    assert run_stage(train, "--work", mined_work / "w", "--out", out, "--model", tiny_model, "--epochs", 4,
+    assert run_stage(train, "--work", mined_work / "w", "--out", out, "--student", tiny_model, "--epochs", 4,
                      *COMMON) == 0
     before = fixed_batch_loss(tiny_model, mined_work / "w", tiny_guide)
     after = fixed_batch_loss(out, mined_work / "w", tiny_guide)
@@ -63,7 +64,7 @@ def test_training_lowers_the_loss_and_saves_a_loadable_model(mined_work, tiny_mo
 
 
 def test_resume_continues_exactly(mined_work, tiny_model, tmp_path):
-    args = ["--work", mined_work / "w", "--model", tiny_model, "--max-steps", 6, "--save-steps", 3, *COMMON]
+    args = ["--work", mined_work / "w", "--student", tiny_model, "--max-steps", 6, "--save-steps", 3, *COMMON]
     assert run_stage(train, *args, "--out", tmp_path / "whole") == 0
     # an interrupted run: what the first run had on disk at its step-3 checkpoint, and a log that went further
     cut = tmp_path / "cut"
@@ -76,7 +77,7 @@ def test_resume_continues_exactly(mined_work, tiny_model, tmp_path):
 
 
 def test_guide_filter_none_masks_only_self_pairs(mined_work, tiny_model, tmp_path):
-    base = ["--work", mined_work / "w", "--model", tiny_model, "--max-steps", 3, *COMMON]
+    base = ["--work", mined_work / "w", "--student", tiny_model, "--max-steps", 3, *COMMON]
     assert run_stage(train, *base, "--out", tmp_path / "guided") == 0
     assert run_stage(train, *base, "--out", tmp_path / "plain", "--guide-filter", "none") == 0
     guided, plain = metrics(tmp_path / "guided"), metrics(tmp_path / "plain")
@@ -88,7 +89,7 @@ def test_guide_filter_none_masks_only_self_pairs(mined_work, tiny_model, tmp_pat
 
 def test_task_batches_and_evaluation(mined_work, tiny_model, tmp_path, capsys):
     out = tmp_path / "model"
-    assert run_stage(train, "--work", mined_work / "w", "--out", out, "--model", tiny_model, "--max-steps", 4,
+    assert run_stage(train, "--work", mined_work / "w", "--out", out, "--student", tiny_model, "--max-steps", 4,
                      "--task-batches", "--eval", mined_work / "eval", "--eval-steps", 2, *COMMON) == 0
     evals = [m for m in metrics(out) if "eval_ndcg@10" in m]
     assert [m["step"] for m in evals] == [0, 2, 4]
@@ -137,7 +138,7 @@ def test_report_renders_and_links_only_existing_files(mined_work, tiny_model, tm
 
     work = tmp_path / "w"
     shutil.copytree(mined_work / "w", work)
-    assert run_stage(train, "--work", work, "--out", work / "models" / "gist", "--model", tiny_model, "--max-steps", 3,
+    assert run_stage(train, "--work", work, "--out", work / "models" / "gist", "--student", tiny_model, "--max-steps", 3,
                      *COMMON) == 0
     assert run_stage(report, "--work", work) == 0
     page = (work / "report" / "index.html").read_text()
@@ -147,6 +148,7 @@ def test_report_renders_and_links_only_existing_files(mined_work, tiny_model, tm
     assert page.count("class=example") > 0 and "false negatives (masked)" in page
 
 
+@pytest.mark.slow
 def test_torchrun_two_gloo_processes_equal_one_process(mined_work, tmp_path):
     """2 ranks x 4 anchors follow the same losses as 1 process x 8: gathered candidates, averaged
     gradients, with ranks holding different numbers of mined negatives."""
@@ -158,7 +160,7 @@ def test_torchrun_two_gloo_processes_equal_one_process(mined_work, tmp_path):
     from conftest import ROOT, build_tiny_model
 
     student = build_tiny_model(tmp_path / "student", seed=4, dropout=0.0)  # no dropout: the same forward either way
-    common = ["--work", mined_work / "w", "--model", student, "--max-steps", 3, "--lr", 1e-3, "--temperature", 0.05,
+    common = ["--work", mined_work / "w", "--student", student, "--max-steps", 3, "--lr", 1e-3, "--temperature", 0.05,
               "--negatives-per-anchor", 2]
     assert run_stage(train, *common, "--batch-size", 8, "--out", tmp_path / "one") == 0
     env = dict(os.environ, HF_HUB_OFFLINE="1", PYTHONPATH=str(ROOT), OMP_NUM_THREADS="1")
@@ -184,8 +186,6 @@ def test_torchrun_two_gloo_processes_equal_one_process(mined_work, tmp_path):
 def test_grad_cache_equals_the_uncached_loss_and_gradients(mined_work, tmp_path, strategy, margin):
     """With dropout on: the cached step must replay each mini-batch's dropout, so its gradients equal those of
     one graph over the same mini-batches; and with dropout off they equal the plain single forward's."""
-    from types import SimpleNamespace
-
     from conftest import build_tiny_model
 
     from gist_mining.models import load_model
@@ -215,9 +215,9 @@ def test_grad_cache_equals_the_uncached_loss_and_gradients(mined_work, tmp_path,
             loss.backward()
             return loss.item()
 
-        args = SimpleNamespace(mini_batch_size=5, bf16=False)
+        config = train.TrainConfig(mini_batch_size=5)
         expected = grads_of(one_graph)
-        cached = grads_of(lambda: train.cached_backward(model, loss_fn, batch, args, "cpu")[0].item())
+        cached = grads_of(lambda: train.cached_backward(model, loss_fn, batch, config, "cpu")[0].item())
         assert cached[0] == pytest.approx(expected[0], rel=1e-5)
         assert len(cached[1]) == len(expected[1]) > 10
         for mine, theirs in zip(cached[1], expected[1]):

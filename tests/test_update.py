@@ -24,7 +24,7 @@ def embed_run(root: Path, name: str, pairs: pl.DataFrame, corpus: pl.DataFrame, 
     pairs.write_parquet(root / f"{name}.parquet")
     corpus.write_parquet(root / f"{name}-corpus.parquet")
     assert run_stage(embed, "--input", root / f"{name}.parquet", "--corpus", root / f"{name}-corpus.parquet",
-                     "--work", root / name, "--model", guide, "--shard-size", 40) == 0
+                     "--work", root / name, "--guide", guide, "--texts-per-shard", 40) == 0
     return root / name
 
 
@@ -81,7 +81,7 @@ def assert_same_candidates(updated, fresh):
 @pytest.mark.parametrize("index, more", [("flat", []), ("hnsw", []), ("flat", ["--include-queries"])])
 def test_update_equals_a_full_search(dirs, index, more, capsys):
     earlier, later, fresh = dirs
-    settings = ["--k", K, "--index", index, "--shard-size", 30, *more]
+    settings = ["--k", K, "--index", index, "--anchors-per-shard", 30, *more]
     assert run_stage(mask, "--work", earlier, *settings) == 0
     assert run_stage(mask, "--work", fresh, *settings) == 0
     capsys.readouterr()
@@ -145,7 +145,7 @@ def test_what_would_make_other_lists_is_refused(dirs, runs, tiny_model, capsys):
     assert run_stage(mask, "--work", later, "--update-from", later, "--k", K) == 2
     assert "that is --work itself" in capsys.readouterr().err
     other = runs / "other-guide"
-    assert run_stage(embed, "--input", runs / "later.parquet", "--work", other, "--model", tiny_model) == 0
+    assert run_stage(embed, "--input", runs / "later.parquet", "--work", other, "--guide", tiny_model) == 0
     assert run_stage(mask, "--work", other, "--update-from", earlier, "--k", K) == 2
     assert "another guide model" in capsys.readouterr().err
     assert run_stage(mask, "--work", later, "--update-from", earlier, "--refilter") == 2

@@ -8,7 +8,7 @@ guide's view of the same texts is a lookup into the embed stage's stored vectors
 the in-batch candidates the guide rates above each anchor's threshold, and the anchors' precomputed false
 negatives, then takes cross-entropy. Checkpoints hold everything needed for --resume to continue exactly.
 
-Read top to bottom: the config (Defaults, parse_args), the data (TrainingData and its get_batch), the batch
+Read top to bottom: the config (TrainConfig, build_parser), the data (TrainingData and its get_batch), the batch
 plans (plan_batches, epoch_batches), the step, checkpoints, evaluation, and the loop (main).
 """
 
@@ -22,7 +22,7 @@ import shutil
 import sys
 import time
 from array import array
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -36,7 +36,8 @@ from gist_mining import cli, workdir
 from gist_mining.errors import UsageError
 from gist_mining.loss import Column, GISTLoss, GuidedBatch
 from gist_mining.mining import PAD_ID, STRATEGIES, is_unjudged, padded
-from gist_mining.models import DEFAULT_STUDENT, load_model, role_prompts
+from gist_mining.models import DEFAULT_STUDENT, ModelSettings, Prompts, add_prompt_options, load_model, role_prompts
+from gist_mining.settings import HelpFormatter, add_options, from_args, option
 from gist_mining.storage import (commit, read_json, remove_stale_temps, tmp_name, write_bytes_atomic,
                                   write_json_atomic)
 from gist_mining.workdir import VectorStore
@@ -49,52 +50,61 @@ GUIDE_FILTERS = {"precomputed": (True, None), "none": (False, None), "random": (
 
 
 @dataclass(frozen=True)
-class Defaults:
-    """The settings the README's results were measured with; pipeline.run trains with these too."""
+class TrainConfig:
+    """Everything a training run takes besides its work directory and output folder. The defaults are the
+    settings the README's results were measured with; pipeline.run trains with these too."""
 
-    batch_size: int = 32
-    lr: float = 2e-5
-    temperature: float = 0.05
-    negatives_per_anchor: int = 1
-    margin_strategy: str = "absolute"  # GISTEmbed's in-batch rule: mask what the guide scores above the positive
-    margin: float = 0.0
+    student: ModelSettings = field(default_factory=lambda: ModelSettings(DEFAULT_STUDENT))
+    prompts: Prompts = field(default_factory=Prompts)  # the student's; the guide's roles are the embed stage's
+    batch_size: int = option(32, "anchors per step (per process)")
+    epochs: float = option(1.0, "passes over the mined rows (--max-steps overrides)")
+    max_steps: int | None = option(None, "optimizer steps (overrides --epochs)", type=int)
+    lr: float = option(2e-5, "peak learning rate (AdamW; linear warmup, then linear decay)")
+    warmup_ratio: float = option(0.1, "part of the steps spent warming the learning rate up")
+    weight_decay: float = option(0.01, "AdamW weight decay")
+    temperature: float = option(0.05, "the loss's softmax temperature")
+    # GISTEmbed's in-batch rule: mask what the guide scores above the positive. Named apart from the mining
+    # rule's --margin-strategy/--margin (pipeline.mask), which has other defaults.
+    in_batch_margin_strategy: str = option("absolute", "the in-batch guide rule: mask an in-batch candidate the guide "
+                                                       "scores above the positive's score less the margin "
+                                                       "(absolute; relative: less margin x |score|; none: never)",
+                                           choices=STRATEGIES)
+    in_batch_margin: float = option(0.0, "the in-batch guide rule's margin")
+    negatives_per_anchor: int = option(1, "mined negatives used per anchor (at most pipeline.mask's "
+                                          "--negatives-per-anchor)")
+    task_batches: bool = option(False, "each batch from one task (MEDI style)")
+    min_batch_size: int = option(1, "smaller batches wait for a later epoch")
+    precision: str = option("fp32", "forward-pass dtype; bf16 autocasts on CUDA", choices=("fp32", "bf16"))
+    gradient_checkpointing: bool = option(False, "recompute activations in backward: less memory, more time")
+    mini_batch_size: int = option(0, "GradCache: texts per forward pass; the batch's loss is exact, memory that of "
+                                     "a mini-batch (0: off)")
+    guide_filter: str = option("precomputed", "in-batch masks: the guide's (precomputed vectors), none (plain loss), "
+                                              "or controls that mask as many logits per anchor as the guide would, "
+                                              "at random (seeded) or the student's hardest",
+                               choices=tuple(GUIDE_FILTERS))
+    eval: Path | None = option(None, "retrieval split: queries, corpus, qrels .parquet", type=Path)
+    eval_steps: int = option(0, "evaluate every N steps (0: before and after only)")
+    save_steps: int = option(0, "checkpoint every N steps (0: never)")
+    resume: bool = option(False, "continue from the newest checkpoint in --out")
+    seed: int = option(42, "seed of every random draw of the stage (batches, dropout, the random control)")
 
 
-def parse_args(argv=None) -> argparse.Namespace:
-    d = Defaults()
-    p = argparse.ArgumentParser(prog="python -m train.run", description=__doc__.split("\n")[0])
+def build_parser(prog: str = "python -m train.run") -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog=prog, description=__doc__.split("\n")[0], formatter_class=HelpFormatter)
     p.add_argument("--work", required=True, type=Path, help="work directory with mined/ (pipeline.mask)")
     p.add_argument("--out", required=True, type=Path, help="where the trained sentence-transformers model goes")
-    p.add_argument("--model", default=DEFAULT_STUDENT, help="student: bundled name, local directory or HF id")
-    cli.model_arguments(p)
-    cli.prompt_arguments(p)  # the student's; the guide's roles are the embed stage's
-    p.add_argument("--batch-size", type=int, default=d.batch_size, help="anchors per step (per process)")
-    p.add_argument("--epochs", type=float, default=1.0)
-    p.add_argument("--max-steps", type=int, default=None, help="overrides --epochs")
-    p.add_argument("--lr", type=float, default=d.lr)
-    p.add_argument("--warmup-ratio", type=float, default=0.1)
-    p.add_argument("--weight-decay", type=float, default=0.01)
-    p.add_argument("--temperature", type=float, default=d.temperature)
-    p.add_argument("--margin-strategy", choices=STRATEGIES, default=d.margin_strategy, help="in-batch guide rule")
-    p.add_argument("--margin", type=float, default=d.margin)
-    p.add_argument("--negatives-per-anchor", type=int, default=d.negatives_per_anchor)
-    p.add_argument("--task-batches", action="store_true", help="each batch from one task (MEDI style)")
-    p.add_argument("--min-batch-size", type=int, default=1, help="smaller batches wait for a later epoch")
-    p.add_argument("--max-seq-length", type=int, default=None)
-    p.add_argument("--bf16", action="store_true", help="bf16 autocast (CUDA)")
-    p.add_argument("--gradient-checkpointing", action="store_true")
-    p.add_argument("--mini-batch-size", type=int, default=0,
-                   help="GradCache: texts per forward pass; the batch's loss is exact, memory that of a mini-batch")
-    p.add_argument("--guide-filter", choices=list(GUIDE_FILTERS), default="precomputed",
-                   help="in-batch masks: the guide's (precomputed vectors), none (plain loss), or controls that mask "
-                        "as many logits per anchor as the guide would, at random (seeded) or the student's hardest")
-    p.add_argument("--eval", type=Path, default=None, help="retrieval split: queries, corpus, qrels .parquet")
-    p.add_argument("--eval-steps", type=int, default=0, help="evaluate every N steps (0: before and after only)")
-    p.add_argument("--save-steps", type=int, default=0, help="checkpoint every N steps (0: never)")
-    p.add_argument("--resume", action="store_true", help="continue from the newest checkpoint in --out")
-    p.add_argument("--seed", type=int, default=42)
-    p.add_argument("--device", default=None)
-    return p.parse_args(argv)
+    student = p.add_argument_group("student")
+    student.add_argument("--student", default=DEFAULT_STUDENT, help="bundled name, local directory or HF id")
+    add_options(student, ModelSettings)
+    add_prompt_options(student)
+    add_options(p, TrainConfig)
+    return p
+
+
+def config_from(args: argparse.Namespace) -> TrainConfig:
+    """The TrainConfig of parsed options (``build_parser``; pipeline.run's parser holds the same options)."""
+    return from_args(TrainConfig, args, student=from_args(ModelSettings, args, name=args.student),
+                     prompts=from_args(Prompts, args))
 
 
 # -- data ------------------------------------------------------------------------------------------------
@@ -150,7 +160,7 @@ class TrainingData:
     as one Arrow column sorted by id (Python strings are made per batch), the id lists as numpy arrays."""
 
     def __init__(self, work: Path, negatives: int, device):
-        self.manifest = workdir.mined(work)  # checks the chain embeddings -> candidates -> mined
+        self.manifest = workdir.checked_mined_manifest(work)  # checks the chain embeddings -> candidates -> mined
         rows = pl.read_parquet(workdir.verified(work, self.manifest, "mine")).sort("anchor_id")
         self.tasks = rows["task"].to_list()
         self.ids = {"queries": rows["query_id"].to_numpy(), "positives": rows["positive_id"].to_numpy()}
@@ -259,9 +269,9 @@ def plan_batches(texts: RowTexts, tasks: list[str], batch_size: int, seed: int, 
     return batches, waiting
 
 
-def epoch_batches(data: TrainingData, args, world: int, epoch: int, rank: int = 0) -> list[list[int]]:
-    batches, waiting = plan_batches(data.row_texts, data.tasks, args.batch_size * world, args.seed, epoch,
-                                    args.task_batches, min_batch_size=max(args.min_batch_size, world))  # a row per rank
+def epoch_batches(data: TrainingData, config: TrainConfig, world: int, epoch: int, rank: int = 0) -> list[list[int]]:
+    batches, waiting = plan_batches(data.row_texts, data.tasks, config.batch_size * world, config.seed, epoch,
+                                    config.task_batches, min_batch_size=max(config.min_batch_size, world))  # a row per rank
     if waiting and rank == 0:
         print(f"train: epoch {epoch}: {waiting} of {len(data.tasks)} rows wait for a later epoch (a text they share "
               f"would repeat in a batch, or their batch is under --min-batch-size)", file=sys.stderr)
@@ -281,14 +291,16 @@ def student_forward(model, texts: list[str], device, bf16: bool, prompt: str) ->
         return model(features)["sentence_embedding"].float()
 
 
-def train_step(model, loss_fn: GISTLoss, batch: Batch, optimizer, scheduler, args, device, world: int) -> tuple:
-    if args.mini_batch_size and sum(map(len, batch.texts.values())) > args.mini_batch_size:
-        loss, masked = cached_backward(model, loss_fn, batch, args, device)
+def train_step(model, loss_fn: GISTLoss, batch: Batch, optimizer, scheduler, config: TrainConfig, device,
+               world: int) -> tuple:
+    if config.mini_batch_size and sum(map(len, batch.texts.values())) > config.mini_batch_size:
+        loss, masked = cached_backward(model, loss_fn, batch, config, device)
     else:
         # One forward pass per column: queries are short and documents long, so one pass over all three
         # pads every query to the longest document; measured 1.8x slower (MiniLM, batch 32 of the sample,
         # CPU: 2.46 s against 1.34 s a step).
-        student = {c: student_forward(model, batch.texts[c], device, args.bf16, model.prompts[ROLES[c]]) for c in COLUMNS}
+        student = {c: student_forward(model, batch.texts[c], device, config.precision == "bf16", model.prompts[ROLES[c]])
+                   for c in COLUMNS}
         loss, masked = loss_fn(batch.with_student(student))
         loss.backward()
     if world > 1:
@@ -300,26 +312,26 @@ def train_step(model, loss_fn: GISTLoss, batch: Batch, optimizer, scheduler, arg
     return loss.detach(), masked
 
 
-def cached_backward(model, loss_fn: GISTLoss, batch: Batch, args, device, rows: int | None = None):
+def cached_backward(model, loss_fn: GISTLoss, batch: Batch, config: TrainConfig, device, rows: int | None = None):
     """GradCache (Gao et al. 2021, arXiv 2101.06983): the whole batch's loss and gradients with the memory of
     one mini-batch. Embed each column mini-batch by mini-batch (a column's texts share its role's prompt)
     without gradients, take the loss's gradient with respect to those embeddings ``rows`` anchors at a time
     (default: the mini-batch size; GISTLoss.backward_by_rows), then embed each mini-batch again, with the
     same dropout, and push its part of that gradient through it. Gradients are averaged across ranks once,
     after the last."""
-    size, states, cached = args.mini_batch_size, [], []
+    size, states, cached, bf16 = config.mini_batch_size, [], [], config.precision == "bf16"
     pieces = [(c, batch.texts[c][start: start + size]) for c in COLUMNS for start in range(0, len(batch.texts[c]), size)]
     with torch.no_grad():
         for c, texts in pieces:
             states.append(_rng_state(device))
-            cached.append(student_forward(model, texts, device, args.bf16, model.prompts[ROLES[c]]))
+            cached.append(student_forward(model, texts, device, bf16, model.prompts[ROLES[c]]))
     student = torch.cat(cached).requires_grad_()
     columns = dict(zip(COLUMNS, student.split([len(batch.texts[c]) for c in COLUMNS])))
     loss, masked = loss_fn.backward_by_rows(batch.with_student(columns), rows or size)
     for (c, texts), state, grad in zip(pieces, states, student.grad.split([len(t) for _, t in pieces])):
         with torch.random.fork_rng(devices=[device] if "cuda" in str(device) else []):
             _set_rng_state(state, device)
-            student_forward(model, texts, device, args.bf16, model.prompts[ROLES[c]]).backward(grad)
+            student_forward(model, texts, device, bf16, model.prompts[ROLES[c]]).backward(grad)
     return loss, masked
 
 
@@ -348,12 +360,17 @@ def _set_rng_state(state: tuple, device) -> None:
 # -- checkpoints -----------------------------------------------------------------------------------------
 
 
-def run_identity(args, mined_manifest: dict) -> dict:
+def as_record(config: TrainConfig) -> dict:
+    """The config as JSON: nested settings as objects, paths as strings."""
+    return json.loads(json.dumps(asdict(config), default=str))
+
+
+def run_identity(config: TrainConfig, mined_manifest: dict) -> dict:
     """What a checkpoint must share with the run that resumes it: the mined tables and every setting that
     changes the sequence of batches or updates."""
-    ignored = {"resume", "out", "device", "eval", "eval_steps", "save_steps", "work"}
-    return {"mined_fingerprint": mined_manifest["fingerprint"],
-            "settings": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items() if k not in ignored}}
+    settings = {k: v for k, v in as_record(config).items() if k not in {"resume", "eval", "eval_steps", "save_steps"}}
+    settings["student"] = {k: v for k, v in settings["student"].items() if k != "device"}
+    return {"mined_fingerprint": mined_manifest["fingerprint"], "settings": settings}
 
 
 def save_checkpoint(out: Path, step: int, model, optimizer, scheduler, position: dict) -> None:
@@ -377,24 +394,23 @@ def latest_checkpoint(out: Path, identity: dict) -> Path | None:
     return found[-1] if found else None
 
 
-def start(args, data: TrainingData, total_steps: int, device, rank: int):
+def start(config: TrainConfig, out: Path, data: TrainingData, total_steps: int, device, rank: int):
     """The student, optimizer and schedule, fresh or from the newest checkpoint; and where the run stands."""
-    identity = run_identity(args, data.manifest)
-    if rank == 0 and not args.resume:  # a fresh run: no checkpoint or record of an earlier run may pass for its own
-        shutil.rmtree(args.out / workdir.CHECKPOINTS, ignore_errors=True)
-        (args.out / workdir.TRAINING_RECORD).unlink(missing_ok=True)
-    checkpoint = latest_checkpoint(args.out, identity) if args.resume else None
-    model = load_model(args.model, device=device, max_seq_length=args.max_seq_length, revision=args.revision,
-                       trust_remote_code=args.trust_remote_code)
+    identity = run_identity(config, data.manifest)
+    if rank == 0 and not config.resume:  # a fresh run: no checkpoint or record of an earlier run may pass for its own
+        shutil.rmtree(out / workdir.CHECKPOINTS, ignore_errors=True)
+        (out / workdir.TRAINING_RECORD).unlink(missing_ok=True)
+    checkpoint = latest_checkpoint(out, identity) if config.resume else None
+    model = replace(config.student, device=device).load()
     if checkpoint is not None:  # its weights only: a tokenizer re-read from a save would be saved differently
         model.load_state_dict(load_model(str(checkpoint), device=device).state_dict())
     # The student's prompts per role, used in its forward passes and saved in its config, so that
     # encode_query and encode_document apply them.
-    model.prompts.update(role_prompts(model, args))
-    if args.gradient_checkpointing:
+    model.prompts.update(role_prompts(model, config.prompts))
+    if config.gradient_checkpointing:
         model[0].auto_model.gradient_checkpointing_enable()
-    optimizer = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=args.weight_decay)
-    scheduler = get_linear_schedule_with_warmup(optimizer, int(args.warmup_ratio * total_steps), total_steps)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+    scheduler = get_linear_schedule_with_warmup(optimizer, int(config.warmup_ratio * total_steps), total_steps)
     if checkpoint is None:
         return model, optimizer, scheduler, {"step": 0, "epoch": 0, "batch_index": 0}
     state = torch.load(checkpoint / workdir.TRAINER_STATE, weights_only=True)
@@ -467,59 +483,70 @@ def headline(metrics: dict) -> dict:
 # -- the loop --------------------------------------------------------------------------------------------
 
 
-def main(argv=None) -> None:
-    args = parse_args(argv)
+def train(work: Path, out: Path, config: TrainConfig = TrainConfig()) -> dict | None:
+    """Fine-tune ``config.student`` on the mined tables of ``work`` (``pipeline.mask``) into ``out``, with the
+    guide's stored vectors for the in-batch rule: the model, its checkpoints, metrics.jsonl and
+    gist_training.json. Under torchrun (WORLD_SIZE > 1) every rank calls it. Returns the held-out scores after
+    training (``config.eval``; None without)."""
+    work, out = Path(work), Path(out)
     world = int(os.environ.get("WORLD_SIZE", 1))
     if world > 1:
         dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
     rank = dist.get_rank() if world > 1 else 0
-    device = args.device or (f"cuda:{int(os.environ.get('LOCAL_RANK', 0))}" if torch.cuda.is_available() else "cpu")
-    random.seed(args.seed)
-    torch.manual_seed(args.seed)
+    device = config.student.device or (f"cuda:{int(os.environ.get('LOCAL_RANK', 0))}" if torch.cuda.is_available() else "cpu")
+    random.seed(config.seed)
+    torch.manual_seed(config.seed)
 
-    data = TrainingData(args.work, args.negatives_per_anchor, device)
+    data = TrainingData(work, config.negatives_per_anchor, device)
     if rank == 0:
-        say_rules(args, data.manifest)
-    batches = epoch_batches(data, args, world, 0, rank)  # its length sets the schedule
-    total_steps = args.max_steps or max(1, int(args.epochs * len(batches)))
-    model, optimizer, scheduler, position = start(args, data, total_steps, device, rank)
+        say_rules(config, data.manifest)
+    batches = epoch_batches(data, config, world, 0, rank)  # its length sets the schedule
+    total_steps = config.max_steps or max(1, int(config.epochs * len(batches)))
+    model, optimizer, scheduler, position = start(config, out, data, total_steps, device, rank)
     step, epoch, batch_index = position["step"], position["epoch"], position["batch_index"]
-    log = Log(args.out, step, rank)
-    evaluator = make_evaluator(args.eval, "eval", model.prompts) if args.eval else None
+    log = Log(out, step, rank)
+    evaluator = make_evaluator(config.eval, "eval", model.prompts) if config.eval else None
     before = evaluate(model, evaluator, log, step, rank) if evaluator and step == 0 else None
-    guided, control = GUIDE_FILTERS[args.guide_filter]
-    loss_fn = GISTLoss(args.temperature, args.margin_strategy, args.margin, guided=guided, control=control)
+    guided, control = GUIDE_FILTERS[config.guide_filter]
+    loss_fn = GISTLoss(config.temperature, config.in_batch_margin_strategy, config.in_batch_margin, guided=guided,
+                       control=control)
 
     model.train()
     if epoch:  # a resumed run continues in a later epoch
-        batches = epoch_batches(data, args, world, epoch, rank)
+        batches = epoch_batches(data, config, world, epoch, rank)
     progress = tqdm(total=total_steps, initial=step, desc="train", disable=rank != 0)
     started = time.perf_counter()
     while step < total_steps:
         if batch_index >= len(batches):
             epoch, batch_index = epoch + 1, 0
-            batches = epoch_batches(data, args, world, epoch, rank)
+            batches = epoch_batches(data, config, world, epoch, rank)
         rows = batches[batch_index][rank::world]  # ranks' shares differ by one at most
         batch_index, step = batch_index + 1, step + 1
         batch = data.get_batch(rows)
-        loss, masked = train_step(model, loss_fn, batch, optimizer, scheduler, args, device, world)
+        loss, masked = train_step(model, loss_fn, batch, optimizer, scheduler, config, device, world)
         loss, masked = global_mean(loss, masked, world)
         log.write({"step": step, "epoch": epoch, "loss": loss, "masked_fraction": round(masked, 4),
                    "anchors": len(rows), "negatives": len(batch.texts["negatives"]),
                    "lr": scheduler.get_last_lr()[0], "seconds": round(time.perf_counter() - started, 2)})
         progress.set_postfix(loss=f"{loss:.4f}", masked=f"{masked:.3f}")
         progress.update(1)
-        if args.save_steps and step % args.save_steps == 0 and rank == 0:
-            save_checkpoint(args.out, step, model, optimizer, scheduler,
-                            {"epoch": epoch, "batch_index": batch_index, "identity": run_identity(args, data.manifest)})
-        if evaluator and args.eval_steps and step % args.eval_steps == 0 and step < total_steps:
+        if config.save_steps and step % config.save_steps == 0 and rank == 0:
+            save_checkpoint(out, step, model, optimizer, scheduler,
+                            {"epoch": epoch, "batch_index": batch_index, "identity": run_identity(config, data.manifest)})
+        if evaluator and config.eval_steps and step % config.eval_steps == 0 and step < total_steps:
             evaluate(model, evaluator, log, step, rank)
     progress.close()
     after = evaluate(model, evaluator, log, step, rank) if evaluator else None
     if rank == 0:
-        save_model(args, model, data.manifest, step, world, before, after)
+        save_model(config, work, out, model, data.manifest, step, world, before, after)
     if world > 1:
         dist.destroy_process_group()
+    return after
+
+
+def main(argv=None, prog: str = "python -m train.run") -> None:
+    args = build_parser(prog).parse_args(argv)
+    train(args.work, args.out, config_from(args))
 
 
 def global_mean(loss: torch.Tensor, masked: torch.Tensor, world: int) -> tuple[float, float]:
@@ -531,13 +558,14 @@ def global_mean(loss: torch.Tensor, masked: torch.Tensor, world: int) -> tuple[f
     return loss.item(), masked.item()
 
 
-def say_rules(args, manifest: dict) -> None:
+def say_rules(config: TrainConfig, manifest: dict) -> None:
     """The two rules stack: mining removed its false negatives, the loss masks in-batch ones."""
     mined_rules = ", ".join(f"{k} {v}" for k, v in manifest["rules"].items() if v is not None)
-    in_batch = {"precomputed": f"{args.margin_strategy} margin {args.margin}", "none": "off (plain in-batch loss)",
+    in_batch = {"precomputed": f"{config.in_batch_margin_strategy} margin {config.in_batch_margin}",
+                "none": "off (plain in-batch loss)",
                 "random": "control: as many logits as the guide masks, at random",
-                "hardest": "control: as many logits as the guide masks, the student's highest"}[args.guide_filter]
-    if manifest["rules"].get("unjudged_rank_min") is not None and args.guide_filter != "none":
+                "hardest": "control: as many logits as the guide masks, the student's highest"}[config.guide_filter]
+    if manifest["rules"].get("unjudged_rank_min") is not None and config.guide_filter != "none":
         in_batch += " (not for anchors the guide cannot judge, as in mining)"
     print(f"train: mined negatives chosen under: {mined_rules}; in-batch guide filter: {in_batch}", file=sys.stderr)
 
@@ -552,14 +580,14 @@ def save_files(model, path: Path) -> None:
     model.save(str(path))
 
 
-def save_model(args, model, manifest: dict, step: int, world: int, before, after) -> None:
-    save_files(model, args.out)
-    settings = {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()}
+def save_model(config: TrainConfig, work: Path, out: Path, model, manifest: dict, step: int, world: int, before, after) -> None:
+    save_files(model, out)
+    settings = dict(as_record(config), work=str(work), out=str(out))
     # Written last: its presence says the model beside it is complete.
     write_json_atomic({"settings": settings, "steps": step, "world_size": world,
                        "mined_fingerprint": manifest["fingerprint"], "embed_fingerprint": manifest["embed_fingerprint"],
                        "mining_rules": manifest["rules"], "eval_before": before, "eval_after": after},
-                      args.out / workdir.TRAINING_RECORD)
+                      out / workdir.TRAINING_RECORD)
     if after:
         print(f"eval after training:  {after}", file=sys.stderr)
 
