@@ -162,6 +162,7 @@ class TrainingData:
     def __init__(self, work: Path, negatives: int, device):
         self.manifest = workdir.checked_mined_manifest(work)  # checks the chain embeddings -> candidates -> mined
         rows = pl.read_parquet(workdir.verified(work, self.manifest, "mine")).sort("anchor_id")
+        self.anchor_ids = rows["anchor_id"].to_numpy()
         self.tasks = rows["task"].to_list()
         self.ids = {"queries": rows["query_id"].to_numpy(), "positives": rows["positive_id"].to_numpy()}
         self.negatives = Ragged(rows["negative_ids"].list.head(negatives))
@@ -182,11 +183,17 @@ class TrainingData:
     def get_batch(self, rows: list[int]) -> Batch:
         ids = {column: values[rows] for column, values in self.ids.items()}
         ids["negatives"] = np.concatenate([self.negatives.row(r) for r in rows] + [np.empty(0, np.int64)])
-        as_tensor = {c: torch.from_numpy(v).to(self.device) for c, v in ids.items()}
-        return Batch(texts={c: self.texts.gather(np.searchsorted(self.text_ids, v)).to_list() for c, v in ids.items()},
+        batch = self.lookup(rows, ids)
+        batch.texts = {c: self.texts.gather(np.searchsorted(self.text_ids, v)).to_list() for c, v in ids.items()}
+        return batch
+
+    def lookup(self, rows, ids: dict[str, np.ndarray]) -> Batch:
+        """A batch of ``rows`` whose texts per column have ``ids`` (a subset of what the rows use), without the
+        texts: the stored guide vectors of each column in its role, the ids, the known false negatives."""
+        return Batch(texts={},
                      guide={c: self.guide[ROLES[c]][torch.from_numpy(np.searchsorted(self.guide_ids[ROLES[c]], v))
                                                     .to(self.device)] for c, v in ids.items()},
-                     ids=as_tensor,
+                     ids={c: torch.from_numpy(v).to(self.device) for c, v in ids.items()},
                      known=torch.from_numpy(padded(self.false_negatives.take(rows), PAD_ID, np.int64)).to(self.device),
                      unjudged=None if self.unjudged is None else torch.from_numpy(self.unjudged[rows]).to(self.device))
 
