@@ -274,3 +274,36 @@ def test_two_gloo_processes_equal_one(work, student):
         ranks = [out[rank, name] for rank in (0, 1)]
         averaged = ((ranks[0][0] + ranks[1][0]) / 2, [(a + b) / 2 for a, b in zip(ranks[0][1], ranks[1][1])])
         assert_same(averaged, single)
+
+
+def test_stock_trainer_under_torchrun_equals_one_process(work, student, tmp_path):
+    """2 gloo processes of the stock trainer, 4 anchors each: the first step's logged loss, gradient norm and masked
+    fraction are those of one process over both ranks' anchors (candidates gathered with their gradients)."""
+    import json
+    import subprocess
+    import sys
+
+    from conftest import ROOT
+
+    with socket.socket() as free:
+        free.bind(("127.0.0.1", 0))
+        port = str(free.getsockname()[1])
+    env = dict(os.environ, HF_HUB_OFFLINE="1", PYTHONPATH=str(ROOT), OMP_NUM_THREADS="1")
+    proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-port", port,
+                           str(ROOT / "tests" / "st_trainer_run.py"), str(work), str(student), str(tmp_path)],
+                          cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-6000:]
+    first = json.loads((tmp_path / "log.json").read_text())[0]
+    anchors = [json.loads((tmp_path / f"anchors-{rank}.json").read_text())[0] for rank in (0, 1)]
+    assert [len(a) for a in anchors] == [4, 4] and not set(anchors[0]) & set(anchors[1])
+
+    model = load(student)
+    dataset = mined_dataset(work, 2)
+    position = {label[0]: i for i, label in enumerate(dataset["label"])}
+    features, labels = collate(model, dataset.select([position[a] for a in anchors[0] + anchors[1]]))
+    loss = StoredGuideGISTLoss(model, work)
+    value, grads = grads_of(model, lambda: loss(features, labels))
+    assert first["loss"] == pytest.approx(value, rel=1e-4)
+    assert first["grad_norm"] == pytest.approx(torch.linalg.vector_norm(torch.stack([g.norm() for g in grads])).item(),
+                                               rel=1e-4)
+    assert first["masked_fraction"] == pytest.approx(loss.masked_fraction(), abs=1e-4)
