@@ -32,11 +32,12 @@ from transformers import TrainerCallback
 
 from gist_mining import export
 from gist_mining.loss import GISTLoss
-from gist_mining.workdir import mined
-from train.run import COLUMNS, Defaults, TrainingData
+from gist_mining.workdir import checked_mined_manifest
+from train.run import COLUMNS, TrainConfig, TrainingData
 
 LABEL = "label"  # the column the stock collator hands to the loss as a tensor
 ID_COLUMNS = ("anchor_id", "query_id", "positive_id")  # the label's first entries; the negatives' ids follow
+DEFAULTS = TrainConfig()  # train.run's, so that both paths train alike by default
 
 
 def mined_dataset(work, num_negatives: int = 1):
@@ -66,15 +67,15 @@ class StoredGuideGISTLoss(CachedLossMixin, nn.Module):
     logits since it was last read (``log_masked_fraction`` reports it with the trainer's logs).
     """
 
-    def __init__(self, model, work, temperature: float = Defaults.temperature,
-                 margin_strategy: str = Defaults.margin_strategy, margin: float = Defaults.margin,
+    def __init__(self, model, work, temperature: float = DEFAULTS.temperature,
+                 margin_strategy: str = DEFAULTS.in_batch_margin_strategy, margin: float = DEFAULTS.in_batch_margin,
                  mini_batch_size: int | None = None):
         super().__init__()
         self.model, self.work, self.mini_batch_size = model, Path(work), mini_batch_size
         self.uses_gradient_cache = mini_batch_size is not None  # read by MatryoshkaLoss
         self.gist = GISTLoss(temperature, margin_strategy, margin)
         # Every mined negative's vector, so that any mined_dataset(work, N) fits; checks the fingerprint chain.
-        self.data = TrainingData(self.work, mined(self.work)["rules"]["num_negatives"], model.device)
+        self.data = TrainingData(self.work, checked_mined_manifest(self.work)["rules"]["num_negatives"], model.device)
         self._masked = [0.0, 0]  # sum and count since the last read
 
     def forward(self, sentence_features, labels: torch.Tensor) -> torch.Tensor:

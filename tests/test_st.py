@@ -22,9 +22,9 @@ SETTINGS = [("absolute", 0.0), ("absolute", 0.1), ("relative", 0.05)]
 def work(tmp_path_factory, tiny_guide):
     root = tmp_path_factory.mktemp("st")
     make_pairs(64, seed=5).write_parquet(root / "pairs.parquet")
-    assert run_stage(embed, "--input", root / "pairs.parquet", "--work", root / "w", "--model", tiny_guide) == 0
+    assert run_stage(embed, "--input", root / "pairs.parquet", "--work", root / "w", "--guide", tiny_guide) == 0
     # a margin that leaves most anchors two negatives with the random guide, and still flags false negatives
-    assert run_stage(mask, "--work", root / "w", "--k", 30, "--num-negatives", 2, "--margin", -0.2) == 0
+    assert run_stage(mask, "--work", root / "w", "--k", 30, "--negatives-per-anchor", 2, "--margin", -0.2) == 0
     return root / "w"
 
 
@@ -95,7 +95,7 @@ def unflagged(work, tmp_path_factory):
 
     copy = tmp_path_factory.mktemp("unflagged") / "w"
     shutil.copytree(work, copy)
-    assert run_stage(mask, "--work", copy, "--refilter", "--margin-strategy", "none", "--num-negatives", 1) == 0
+    assert run_stage(mask, "--work", copy, "--overwrite", "--k", 30, "--margin-strategy", "none", "--negatives-per-anchor", 1) == 0
     return copy
 
 
@@ -176,7 +176,7 @@ def test_a_changed_work_directory_is_refused(work, student, tmp_path):
     shutil.copytree(work, copy)
     features, labels = collate(model, mined_dataset(copy, 1).select(range(4)))
     # mined again with other rules: the data set's rows no longer match
-    assert run_stage(mask, "--work", copy, "--refilter", "--num-negatives", 1, "--margin", 0.2) == 0
+    assert run_stage(mask, "--work", copy, "--overwrite", "--k", 30, "--negatives-per-anchor", 1, "--margin", 0.2) == 0
     with pytest.raises(ValueError, match="anchor_id .* is not what mined/ holds now"):
         StoredGuideGISTLoss(model, copy)(features, labels)
     # a broken chain: the candidates no longer the ones mined/ was built from
