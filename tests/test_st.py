@@ -162,7 +162,7 @@ def test_mini_batch_size_equals_no_caching_plain_and_in_matryoshka(work, student
     expected = grads_of(model, by_hand)
     for inner in (plain, cached):
         wrapped = MatryoshkaLoss(model, inner, [32, 16, 8])
-        assert_same(grads_of(model, lambda: wrapped(fresh(features), labels)), expected)
+        assert_same(grads_of(model, lambda wrapped=wrapped: wrapped(fresh(features), labels)), expected)
 
 
 def test_a_changed_work_directory_is_refused(work, student, tmp_path):
@@ -253,7 +253,7 @@ def _ddp_worker(rank: int, world: int, port: int, work, student, out: dict):
     features, labels = collate(model, share)
     for name, mini_batch_size in (("plain", None), ("cached", 2)):
         loss = StoredGuideGISTLoss(model, work, mini_batch_size=mini_batch_size)
-        out[rank, name] = grads_of(model, lambda: loss(fresh(features), labels))
+        out[rank, name] = grads_of(model, lambda loss=loss: loss(fresh(features), labels))
     dist.destroy_process_group()
 
 

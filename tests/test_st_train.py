@@ -4,38 +4,27 @@ from __future__ import annotations
 
 import json
 
-import numpy as np
 import polars as pl
 import pytest
-import torch
-from conftest import build_tiny_model, eval_split, make_pairs, run_stage
+from conftest import eval_split, run_stage
+from test_st import student, work  # noqa: F401 (the fixtures)
 
-from pipeline import embed, mask
 from train import run as train
 
 COMMON = ["--batch-size", 8, "--lr", 1e-3, "--seed", 3, "--negatives-per-anchor", 1]
 
 
 @pytest.fixture(scope="module")
-def mined(tmp_path_factory, tiny_guide):
-    root = tmp_path_factory.mktemp("st-train")
-    make_pairs(64, seed=5).write_parquet(root / "pairs.parquet")
-    assert run_stage(embed, "--input", root / "pairs.parquet", "--work", root / "w", "--guide", tiny_guide) == 0
-    assert run_stage(mask, "--work", root / "w", "--k", 30, "--negatives-per-anchor", 2, "--margin", -0.2) == 0
-    eval_split(root, pl.read_parquet(root / "pairs.parquet").head(20))
-    return root
-
-
-@pytest.fixture(scope="module")
-def student(tmp_path_factory):
-    return build_tiny_model(tmp_path_factory.mktemp("student"), seed=4, dropout=0.0)
+def split(work, tmp_path_factory):
+    """A small retrieval split of the same kind of text as the work directory's."""
+    return eval_split(tmp_path_factory.mktemp("split"), pl.read_parquet(work.parent / "pairs.parquet").head(20))
 
 
 def metrics(out) -> list[dict]:
     return [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
 
 
-def test_matryoshka_report_to_tensorboard_and_model_card(mined, student, tmp_path):
+def test_matryoshka_report_to_tensorboard_and_model_card(work, split, student, tmp_path):
     from sentence_transformers import SentenceTransformer
     from sentence_transformers.sentence_transformer.losses import MatryoshkaLoss
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
@@ -44,20 +33,20 @@ def test_matryoshka_report_to_tensorboard_and_model_card(mined, student, tmp_pat
     from gist_mining.st import StoredGuideGISTLoss, mined_dataset
 
     out = tmp_path / "model"
-    assert run_stage(train, "--work", mined / "w", "--out", out, "--student", student, "--max-steps", 3, *COMMON,
-                     "--matryoshka-dims", "16,32,8", "--eval", mined / "eval", "--report-to", "tensorboard") == 0
+    assert run_stage(train, "--work", work, "--out", out, "--student", student, "--max-steps", 3, *COMMON,
+                     "--matryoshka-dims", "16,32,8", "--eval", split, "--report-to", "tensorboard") == 0
     logged = metrics(out)
     steps, evals = [m for m in logged if "loss" in m], [m for m in logged if "eval_ndcg@10" in m]
 
     # the first step's loss: sentence-transformers' MatryoshkaLoss over the stored-guide loss, same anchors
-    data = train.TrainingData(mined / "w", 1, "cpu")
+    data = train.TrainingData(work, 1, "cpu")
     config = train.TrainConfig(batch_size=8, seed=3)
     first = [int(a) for a in data.anchor_ids[train.epoch_batches(data, config, 1, 0)[0]]]
-    dataset = mined_dataset(mined / "w", 1)
+    dataset = mined_dataset(work, 1)
     position = {label[0]: i for i, label in enumerate(dataset["label"])}
     model = SentenceTransformer(str(student), device="cpu")
     features, labels = collate(model, dataset.select([position[a] for a in first]))
-    expected = MatryoshkaLoss(model, StoredGuideGISTLoss(model, mined / "w"), [32, 16, 8])(features, labels)
+    expected = MatryoshkaLoss(model, StoredGuideGISTLoss(model, work), [32, 16, 8])(features, labels)
     assert steps[0]["loss"] == pytest.approx(expected.item(), rel=1e-4)
 
     # evaluation at every size, before and after
@@ -78,15 +67,15 @@ def test_matryoshka_report_to_tensorboard_and_model_card(mined, student, tmp_pat
     card = (out / "README.md").read_text()
     record = json.loads((out / "gist_training.json").read_text())
     assert card.startswith("---\nlibrary_name: sentence-transformers\n") and f"base_model: {student}" in card
-    assert str(mined / "pairs.parquet") in card and "64 anchors" in card and str(mined / "w") not in card.split("## Command")[0]
+    assert str(work.parent / "pairs.parquet") in card and "64 anchors" in card and str(work) not in card.split("## Command")[0]
     assert "`margin` -0.2" in card and "absolute" in card and "[32, 16, 8]" in card
     after = record["eval_after"]
     assert f"| after | {' | '.join(str(v) for _, v in sorted(after.items()))} |" in card
     assert record["mined_fingerprint"] in card and "--matryoshka-dims 32,16,8" in card
 
 
-def test_report_to_a_missing_library_and_push_offline_are_one_line_errors(mined, student, tmp_path, capsys):
-    base = ["--work", mined / "w", "--student", student, "--max-steps", 1, *COMMON]
+def test_report_to_a_missing_library_and_push_offline_are_one_line_errors(work, split, student, tmp_path, capsys):
+    base = ["--work", work, "--student", student, "--max-steps", 1, *COMMON]
     assert run_stage(train, *base, "--out", tmp_path / "a", "--push-to-hub", "someone/model") == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "HF_HUB_OFFLINE" in err[0] and not (tmp_path / "a").exists()
@@ -99,15 +88,17 @@ def test_report_to_a_missing_library_and_push_offline_are_one_line_errors(mined,
         assert len(err) == 1 and "pip install wandb" in err[-1]
 
 
-def test_push_to_hub_uploads_the_output_folder(mined, student, tmp_path, monkeypatch):
+def test_push_to_hub_uploads_the_output_folder(work, split, student, tmp_path, monkeypatch):
     """Against a local stand-in for the Hub's HTTP API: the repository is created and the folder uploaded."""
-    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
     import threading
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    from huggingface_hub import constants
 
     seen = []
 
     class Hub(BaseHTTPRequestHandler):
-        def do_POST(self):  # noqa: N802
+        def do_POST(self):
             body = self.rfile.read(int(self.headers.get("Content-Length", 0)))
             seen.append((self.path, body))
             hub = f"http://127.0.0.1:{self.server.server_port}"
@@ -128,14 +119,12 @@ def test_push_to_hub_uploads_the_output_folder(mined, student, tmp_path, monkeyp
 
     server = ThreadingHTTPServer(("127.0.0.1", 0), Hub)
     threading.Thread(target=server.serve_forever, daemon=True).start()
-    import huggingface_hub.constants as constants
-
     monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
     monkeypatch.setattr(constants, "ENDPOINT", f"http://127.0.0.1:{server.server_port}")
     monkeypatch.setenv("HF_TOKEN", "hf_fake")
     out = tmp_path / "model"
     try:
-        assert run_stage(train, "--work", mined / "w", "--out", out, "--student", student, "--max-steps", 1, *COMMON,
+        assert run_stage(train, "--work", work, "--out", out, "--student", student, "--max-steps", 1, *COMMON,
                          "--push-to-hub", "someone/model") == 0
     finally:
         server.shutdown()
