@@ -8,7 +8,7 @@ every text were stored by ``pipeline.embed``, so the guide's similarity blocks a
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 import torch.distributed as dist
@@ -212,3 +212,21 @@ class GISTLoss(nn.Module):
             guide = torch.cat([gq @ P.T, gq @ N.T, gq @ Q.T, gp @ P.T], dim=1)
             positive_score = (gq * gp).sum(-1, keepdim=True)
         return is_false_negative(guide, positive_score, self.margin_strategy, self.margin)
+
+
+def truncated(batch: GuidedBatch, size: int) -> GuidedBatch:
+    """The batch with the student's embeddings cut to their first ``size`` dimensions (GISTLoss normalises them)."""
+    def cut(column: Column) -> Column:
+        return replace(column, student_vectors=column.student_vectors[..., :size])
+
+    return replace(batch, queries=cut(batch.queries), positives=cut(batch.positives), negatives=cut(batch.negatives))
+
+
+def summed_over_sizes(loss_of, batch: GuidedBatch, sizes: tuple[int, ...]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Matryoshka representation learning (Kusupati et al., arXiv 2205.13147), as sentence-transformers'
+    MatryoshkaLoss: ``loss_of(batch)``'s loss summed over the student embeddings cut to each of ``sizes`` (the
+    whole embeddings when there are none), and the mean of its masked fractions."""
+    if not sizes:
+        return loss_of(batch)
+    results = [loss_of(truncated(batch, size)) for size in sizes]
+    return sum(loss for loss, _ in results), sum(masked for _, masked in results) / len(results)

@@ -18,6 +18,7 @@ import argparse
 import json
 import os
 import random
+import re
 import shutil
 import sys
 import time
@@ -32,19 +33,39 @@ import torch.distributed as dist
 from tqdm import tqdm
 from transformers import get_linear_schedule_with_warmup
 
-from gist_mining import cli, workdir
+from gist_mining import cli, hub, workdir
 from gist_mining.errors import UsageError
-from gist_mining.loss import Column, GISTLoss, GuidedBatch
+from gist_mining.loss import Column, GISTLoss, GuidedBatch, summed_over_sizes
 from gist_mining.mining import PAD_ID, STRATEGIES, is_unjudged, padded
 from gist_mining.models import DEFAULT_STUDENT, ModelSettings, Prompts, add_prompt_options, load_model, role_prompts
-from gist_mining.settings import HelpFormatter, add_options, from_args, option
+from gist_mining.settings import HelpFormatter, add_options, from_args, option, to_argv
 from gist_mining.storage import (commit, read_json, remove_stale_temps, tmp_name, write_bytes_atomic,
                                   write_json_atomic)
+from gist_mining.reporting import REPORT_TO, Reporter
 from gist_mining.workdir import VectorStore
+from train import card
 
 # The trainer's --guide-filter choices and the loss they make: (guided, control) of GISTLoss.
 GUIDE_FILTERS = {"precomputed": (True, None), "none": (False, None), "random": (True, "random"),
                  "hardest": (True, "hardest")}
+
+
+class Sizes(tuple):
+    """Embedding sizes, written as the option takes them (768,512,256), so that to_argv gives them back."""
+
+    def __str__(self) -> str:
+        return ",".join(map(str, self))
+
+
+def embedding_sizes(text: str) -> Sizes:
+    """--matryoshka-dims 768,512,256: the sizes, largest first (as MatryoshkaLoss sorts them)."""
+    try:
+        sizes = Sizes(sorted({int(d) for d in text.split(",") if d.strip()}, reverse=True))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a comma-separated list of sizes, e.g. 768,512,256")
+    if any(d < 1 for d in sizes):
+        raise argparse.ArgumentTypeError(f"{text!r}: sizes must be positive")
+    return sizes
 
 # -- config: every default in one place ------------------------------------------------------------------
 
@@ -87,6 +108,13 @@ class TrainConfig:
     save_steps: int = option(0, "checkpoint every N steps (0: never)")
     resume: bool = option(False, "continue from the newest checkpoint in --out")
     seed: int = option(42, "seed of every random draw of the stage (batches, dropout, the random control)")
+    matryoshka_dims: tuple[int, ...] = option((), "embedding sizes to train at, e.g. 768,512,256: the loss summed over "
+                                                  "the embeddings cut to each, as MatryoshkaLoss; evaluation at each "
+                                                  "(arXiv 2205.13147)", type=embedding_sizes, metavar="D1,D2,...")
+    report_to: str = option("none", "where metrics.jsonl's figures go too, through transformers' integrations",
+                            choices=REPORT_TO)
+    push_to_hub: str | None = option(None, "upload the output folder (model, card; not checkpoints) to this Hub model "
+                                           "repository, OWNER/NAME, through huggingface_hub", type=str, metavar="REPO_ID")
 
 
 def build_parser(prog: str = "python -m train.run") -> argparse.ArgumentParser:
@@ -162,6 +190,7 @@ class TrainingData:
     def __init__(self, work: Path, negatives: int, device):
         self.manifest = workdir.checked_mined_manifest(work)  # checks the chain embeddings -> candidates -> mined
         rows = pl.read_parquet(workdir.verified(work, self.manifest, "mine")).sort("anchor_id")
+        self.anchor_ids = rows["anchor_id"].to_numpy()
         self.tasks = rows["task"].to_list()
         self.ids = {"queries": rows["query_id"].to_numpy(), "positives": rows["positive_id"].to_numpy()}
         self.negatives = Ragged(rows["negative_ids"].list.head(negatives))
@@ -182,11 +211,17 @@ class TrainingData:
     def get_batch(self, rows: list[int]) -> Batch:
         ids = {column: values[rows] for column, values in self.ids.items()}
         ids["negatives"] = np.concatenate([self.negatives.row(r) for r in rows] + [np.empty(0, np.int64)])
-        as_tensor = {c: torch.from_numpy(v).to(self.device) for c, v in ids.items()}
-        return Batch(texts={c: self.texts.gather(np.searchsorted(self.text_ids, v)).to_list() for c, v in ids.items()},
+        batch = self.lookup(rows, ids)
+        batch.texts = {c: self.texts.gather(np.searchsorted(self.text_ids, v)).to_list() for c, v in ids.items()}
+        return batch
+
+    def lookup(self, rows, ids: dict[str, np.ndarray]) -> Batch:
+        """A batch of ``rows`` whose texts per column have ``ids`` (a subset of what the rows use), without the
+        texts: the stored guide vectors of each column in its role, the ids, the known false negatives."""
+        return Batch(texts={},
                      guide={c: self.guide[ROLES[c]][torch.from_numpy(np.searchsorted(self.guide_ids[ROLES[c]], v))
                                                     .to(self.device)] for c, v in ids.items()},
-                     ids=as_tensor,
+                     ids={c: torch.from_numpy(v).to(self.device) for c, v in ids.items()},
                      known=torch.from_numpy(padded(self.false_negatives.take(rows), PAD_ID, np.int64)).to(self.device),
                      unjudged=None if self.unjudged is None else torch.from_numpy(self.unjudged[rows]).to(self.device))
 
@@ -301,7 +336,7 @@ def train_step(model, loss_fn: GISTLoss, batch: Batch, optimizer, scheduler, con
         # CPU: 2.46 s against 1.34 s a step).
         student = {c: student_forward(model, batch.texts[c], device, config.precision == "bf16", model.prompts[ROLES[c]])
                    for c in COLUMNS}
-        loss, masked = loss_fn(batch.with_student(student))
+        loss, masked = summed_over_sizes(loss_fn, batch.with_student(student), config.matryoshka_dims)
         loss.backward()
     if world > 1:
         average_gradients(model, world)
@@ -327,7 +362,8 @@ def cached_backward(model, loss_fn: GISTLoss, batch: Batch, config: TrainConfig,
             cached.append(student_forward(model, texts, device, bf16, model.prompts[ROLES[c]]))
     student = torch.cat(cached).requires_grad_()
     columns = dict(zip(COLUMNS, student.split([len(batch.texts[c]) for c in COLUMNS])))
-    loss, masked = loss_fn.backward_by_rows(batch.with_student(columns), rows or size)
+    loss, masked = summed_over_sizes(lambda b: loss_fn.backward_by_rows(b, rows or size), batch.with_student(columns),
+                                     config.matryoshka_dims)
     for (c, texts), state, grad in zip(pieces, states, student.grad.split([len(t) for _, t in pieces])):
         with torch.random.fork_rng(devices=[device] if "cuda" in str(device) else []):
             _set_rng_state(state, device)
@@ -368,7 +404,8 @@ def as_record(config: TrainConfig) -> dict:
 def run_identity(config: TrainConfig, mined_manifest: dict) -> dict:
     """What a checkpoint must share with the run that resumes it: the mined tables and every setting that
     changes the sequence of batches or updates."""
-    settings = {k: v for k, v in as_record(config).items() if k not in {"resume", "eval", "eval_steps", "save_steps"}}
+    settings = {k: v for k, v in as_record(config).items()
+                if k not in {"resume", "eval", "eval_steps", "save_steps", "report_to", "push_to_hub"}}
     settings["student"] = {k: v for k, v in settings["student"].items() if k != "device"}
     return {"mined_fingerprint": mined_manifest["fingerprint"], "settings": settings}
 
@@ -428,7 +465,8 @@ class Log:
     """metrics.jsonl, one JSON line per step or evaluation, written by rank 0. A fresh run starts it anew; a
     resumed one keeps what came up to its checkpoint, less a line cut short by a kill."""
 
-    def __init__(self, out: Path, step: int, rank: int):
+    def __init__(self, out: Path, step: int, rank: int, reporter: Reporter | None = None):
+        self.reporter = reporter  # --report-to: every record goes there too, from every rank (it reports on rank 0)
         self.path = out / workdir.METRICS if rank == 0 else None
         if self.path is None:
             return
@@ -442,6 +480,8 @@ class Log:
         write_bytes_atomic("".join(line + "\n" for line in kept).encode(), self.path)
 
     def write(self, record: dict) -> None:
+        if self.reporter is not None:
+            self.reporter.log(record)
         if self.path is not None:
             with open(self.path, "a") as fh:
                 fh.write(json.dumps(record) + "\n")
@@ -450,21 +490,24 @@ class Log:
 # -- evaluation ------------------------------------------------------------------------------------------
 
 
-def make_evaluator(folder: Path, name: str, prompts: dict | None = None):
-    """Retrieval on a split; ``prompts`` per role ("query", "document"), else the model's own (encode_query's)."""
-    from sentence_transformers.sentence_transformer.evaluation import InformationRetrievalEvaluator
+def make_evaluator(folder: Path, name: str, prompts: dict | None = None, sizes: tuple[int, ...] = ()):
+    """Retrieval on a split; ``prompts`` per role ("query", "document"), else the model's own (encode_query's).
+    With ``sizes``, also with the embeddings cut to each size (metrics named dim<size>_...)."""
+    from sentence_transformers.sentence_transformer.evaluation import (InformationRetrievalEvaluator,
+                                                                       SequentialEvaluator)
 
     queries = pl.read_parquet(folder / "queries.parquet")
     corpus = pl.read_parquet(folder / "corpus.parquet")
     qrels = pl.read_parquet(folder / "qrels.parquet").group_by("query_id").agg("doc_id")
-    return InformationRetrievalEvaluator(
+    evaluators = [InformationRetrievalEvaluator(
         queries=dict(queries.select("query_id", "text").iter_rows()),
         corpus=dict(corpus.select("doc_id", "text").iter_rows()),
         relevant_docs={q: set(d) for q, d in qrels.iter_rows()},
-        name=name, mrr_at_k=[10], ndcg_at_k=[10], accuracy_at_k=[1, 10], precision_recall_at_k=[10, 100],
-        map_at_k=[100], show_progress_bar=False, batch_size=128,
+        name=size_name, truncate_dim=size, mrr_at_k=[10], ndcg_at_k=[10], accuracy_at_k=[1, 10],
+        precision_recall_at_k=[10, 100], map_at_k=[100], show_progress_bar=False, batch_size=128,
         **({"query_prompt": prompts["query"], "corpus_prompt": prompts["document"]} if prompts else {}),
-    )
+    ) for size_name, size in [(name, None)] + [(f"dim{size}", size) for size in sizes]]
+    return evaluators[0] if len(evaluators) == 1 else SequentialEvaluator(evaluators)
 
 
 def evaluate(model, evaluator, log: Log, step: int, rank: int) -> dict:
@@ -476,8 +519,10 @@ def evaluate(model, evaluator, log: Log, step: int, rank: int) -> dict:
 
 
 def headline(metrics: dict) -> dict:
-    pick = {"ndcg@10": "ndcg@10", "mrr@10": "mrr@10", "recall@100": "recall@100"}
-    return {short: round(v, 4) for short, key in pick.items() for k, v in metrics.items() if k.endswith(f"cosine_{key}")}
+    """NDCG@10, MRR@10 and recall@100 of the whole embeddings, and as dim<size>_... of each cut size."""
+    pick = ("ndcg@10", "mrr@10", "recall@100")
+    return {(size.group(0) if size else "") + short: round(v, 4) for short in pick for k, v in metrics.items()
+            if k.endswith(f"cosine_{short}") for size in [re.match(r"dim\d+_", k)]}
 
 
 # -- the loop --------------------------------------------------------------------------------------------
@@ -489,10 +534,15 @@ def train(work: Path, out: Path, config: TrainConfig = TrainConfig()) -> dict | 
     gist_training.json. Under torchrun (WORLD_SIZE > 1) every rank calls it. Returns the held-out scores after
     training (``config.eval``; None without)."""
     work, out = Path(work), Path(out)
+    if config.push_to_hub:
+        hub.check_can_push(config.push_to_hub)
     world = int(os.environ.get("WORLD_SIZE", 1))
     if world > 1:
         dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
     rank = dist.get_rank() if world > 1 else 0
+    reporter = Reporter(config.report_to, out, rank, {"learning_rate": config.lr, "seed": config.seed,
+                                                      "per_device_train_batch_size": config.batch_size,
+                                                      "weight_decay": config.weight_decay})
     device = config.student.device or (f"cuda:{int(os.environ.get('LOCAL_RANK', 0))}" if torch.cuda.is_available() else "cpu")
     random.seed(config.seed)
     torch.manual_seed(config.seed)
@@ -504,8 +554,12 @@ def train(work: Path, out: Path, config: TrainConfig = TrainConfig()) -> dict | 
     total_steps = config.max_steps or max(1, int(config.epochs * len(batches)))
     model, optimizer, scheduler, position = start(config, out, data, total_steps, device, rank)
     step, epoch, batch_index = position["step"], position["epoch"], position["batch_index"]
-    log = Log(out, step, rank)
-    evaluator = make_evaluator(config.eval, "eval", model.prompts) if config.eval else None
+    full = model.get_embedding_dimension()
+    if any(size > full for size in config.matryoshka_dims):
+        raise UsageError(f"--matryoshka-dims {config.matryoshka_dims}: the student's embeddings have {full} dimensions")
+    log = Log(out, step, rank, reporter)
+    cut = tuple(size for size in config.matryoshka_dims if size < full)
+    evaluator = make_evaluator(config.eval, "eval", model.prompts, cut) if config.eval else None
     before = evaluate(model, evaluator, log, step, rank) if evaluator and step == 0 else None
     guided, control = GUIDE_FILTERS[config.guide_filter]
     loss_fn = GISTLoss(config.temperature, config.in_batch_margin_strategy, config.in_batch_margin, guided=guided,
@@ -537,8 +591,11 @@ def train(work: Path, out: Path, config: TrainConfig = TrainConfig()) -> dict | 
             evaluate(model, evaluator, log, step, rank)
     progress.close()
     after = evaluate(model, evaluator, log, step, rank) if evaluator else None
+    reporter.close()
     if rank == 0:
         save_model(config, work, out, model, data.manifest, step, world, before, after)
+        if config.push_to_hub:
+            print(f"train: pushed {out} to {hub.push(out, config.push_to_hub)}", file=sys.stderr)
     if world > 1:
         dist.destroy_process_group()
     return after
@@ -583,11 +640,14 @@ def save_files(model, path: Path) -> None:
 def save_model(config: TrainConfig, work: Path, out: Path, model, manifest: dict, step: int, world: int, before, after) -> None:
     save_files(model, out)
     settings = dict(as_record(config), work=str(work), out=str(out))
+    record = {"settings": settings, "steps": step, "world_size": world, "mined_fingerprint": manifest["fingerprint"],
+              "embed_fingerprint": manifest["embed_fingerprint"], "mining_rules": manifest["rules"],
+              "eval_before": before, "eval_after": after}
+    command = cli.command("train.run", ["--work", work, "--out", out, "--student", config.student.name,
+                                        *to_argv(config.student), *to_argv(config.prompts), *to_argv(config)])
+    card.write(out, record, work, command)  # over the card sentence-transformers' save wrote
     # Written last: its presence says the model beside it is complete.
-    write_json_atomic({"settings": settings, "steps": step, "world_size": world,
-                       "mined_fingerprint": manifest["fingerprint"], "embed_fingerprint": manifest["embed_fingerprint"],
-                       "mining_rules": manifest["rules"], "eval_before": before, "eval_after": after},
-                      out / workdir.TRAINING_RECORD)
+    write_json_atomic(record, out / workdir.TRAINING_RECORD)
     if after:
         print(f"eval after training:  {after}", file=sys.stderr)
 

@@ -1,0 +1,163 @@
+"""Train inside sentence-transformers' own trainer with the stored guide: a data set and a loss from a work directory.
+
+    from sentence_transformers import SentenceTransformerTrainer, SentenceTransformerTrainingArguments
+    from gist_mining.st import StoredGuideGISTLoss, mined_dataset
+
+    loss = StoredGuideGISTLoss(model, "runs/sample")
+    args = SentenceTransformerTrainingArguments("out", batch_sampler="no_duplicates", report_to=["tensorboard"])
+    trainer = SentenceTransformerTrainer(model=model, args=args, train_dataset=mined_dataset("runs/sample"), loss=loss)
+    loss.log_masked_fraction(trainer)
+    trainer.train()
+
+The data set's text columns are the stock ones (anchor, positive, negative_1..N); its ``label`` column carries each
+row's ids, [anchor_id, query_id, positive_id, negative ids...], which the stock collator turns into a tensor. The
+loss looks the guide's vectors up by those ids (the embed stage stored them), so no guide runs during training, and
+applies gist_mining.loss.GISTLoss: the in-batch guide rule, the anchors' known false negatives from mined/,
+self-pairs and duplicates masked.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import polars as pl
+import pyarrow as pa
+import torch
+import torch.distributed as dist
+from sentence_transformers.base.losses.gradcache import CachedLossMixin
+from sentence_transformers.base.losses.merged_forward import embed_columns
+from torch import nn
+from transformers import TrainerCallback
+
+from gist_mining import export
+from gist_mining.loss import GISTLoss
+from gist_mining.workdir import checked_mined_manifest
+from train.run import COLUMNS, TrainConfig, TrainingData
+
+LABEL = "label"  # the column the stock collator hands to the loss as a tensor
+ID_COLUMNS = ("anchor_id", "query_id", "positive_id")  # the label's first entries; the negatives' ids follow
+DEFAULTS = TrainConfig()  # train.run's, so that both paths train alike by default
+
+
+def mined_dataset(work, num_negatives: int = 1):
+    """The mined anchors as a ``datasets.Dataset`` for the stock ``SentenceTransformerTrainer``: the texts in
+    columns anchor, positive, negative_1 .. negative_N (``pipeline.export --format n-tuple``'s layout, with
+    sentence-transformers' first column name), and ``label``: each row's ids, for StoredGuideGISTLoss. Anchors
+    with fewer than N negatives are left out, as that export leaves them out (an n-tuple row needs N texts)."""
+    from datasets import Dataset
+
+    rows, n, _, _ = export._anchors(Path(work), num_negatives, "drop")
+    texts = export._arrow(export._n_tuple(rows, n).rename({"query": "anchor"}))
+    ids = rows.select(pl.concat_list(*ID_COLUMNS, "negative_ids").alias(LABEL)).to_arrow()
+    return Dataset(texts.append_column(LABEL, ids[LABEL].cast(pa.list_(pa.int64()))))
+
+
+class StoredGuideGISTLoss(CachedLossMixin, nn.Module):
+    """GISTEmbed's guided in-batch loss (Solatorio, arXiv 2402.16829) for ``SentenceTransformerTrainer``, with the
+    guide's stored vectors instead of a guide model: sentence-transformers' GISTEmbedLoss runs the guide every step.
+
+    Inputs: ``mined_dataset(work, N)``'s columns (anchor, positive, negative_1..N; the ids as label). The math is
+    gist_mining.loss.GISTLoss's: candidates are the batch's positives, negatives and anchors (all ranks' under
+    torch.distributed, gathered with gradients), masked when the guide scores them above the anchor's threshold
+    (``margin_strategy``, ``margin``), when mining found them to be the anchor's false negatives, or when they are
+    its own texts. Guide vectors are in the embed stage's roles: anchors as queries, the rest as documents.
+    ``mini_batch_size``: GradCache (Gao et al. 2021, arXiv 2101.06983) as CachedGISTEmbedLoss does, the forward
+    passes and the loss both ``mini_batch_size`` at a time. ``masked_fraction`` holds the mean share of masked
+    logits since it was last read (``log_masked_fraction`` reports it with the trainer's logs).
+    """
+
+    def __init__(self, model, work, temperature: float = DEFAULTS.temperature,
+                 margin_strategy: str = DEFAULTS.in_batch_margin_strategy, margin: float = DEFAULTS.in_batch_margin,
+                 mini_batch_size: int | None = None):
+        super().__init__()
+        self.model, self.work, self.mini_batch_size = model, Path(work), mini_batch_size
+        self.uses_gradient_cache = mini_batch_size is not None  # read by MatryoshkaLoss
+        self.gist = GISTLoss(temperature, margin_strategy, margin)
+        # Every mined negative's vector, so that any mined_dataset(work, N) fits; checks the fingerprint chain.
+        self.data = TrainingData(self.work, checked_mined_manifest(self.work)["rules"]["num_negatives"], model.device)
+        self._masked = [0.0, 0]  # sum and count since the last read
+
+    def forward(self, sentence_features, labels: torch.Tensor) -> torch.Tensor:
+        if self.mini_batch_size is not None:
+            return self.forward_cached(sentence_features, labels)
+        return self.calculate_loss([[column] for column in embed_columns(self.model, list(sentence_features))], labels)
+
+    def calculate_loss(self, reps: list[list[torch.Tensor]], labels: torch.Tensor | None = None, *,
+                       with_backward: bool = False) -> torch.Tensor:
+        """The loss from the columns' student embeddings (per mini-batch); with ``with_backward``, its gradients
+        pushed back to them ``mini_batch_size`` anchors at a time and the loss returned detached (GradCache)."""
+        columns = [torch.cat(column) for column in reps]
+        batch = self._batch(labels, columns[0], columns[1], torch.stack(columns[2:], dim=1).flatten(0, 1))
+        if with_backward:
+            loss, masked = self.gist.backward_by_rows(batch, self.mini_batch_size)
+        else:
+            loss, masked = self.gist(batch)
+        if self.model.training:
+            self._masked[0] += masked.item()
+            self._masked[1] += 1
+        return loss
+
+    def _batch(self, labels: torch.Tensor, queries, positives, negatives):
+        """The GuidedBatch of these rows (label: ids), the negatives row by row as the label lists them."""
+        if labels is None or labels.ndim != 2 or labels.shape[1] < len(ID_COLUMNS) + 1:
+            raise ValueError("StoredGuideGISTLoss needs mined_dataset's label column: [anchor_id, query_id, "
+                             "positive_id, negative ids...] per row")
+        ids = labels.cpu().numpy()
+        anchor, query, positive, negative = ids[:, 0], ids[:, 1], ids[:, 2], ids[:, len(ID_COLUMNS):]
+        data = self.data
+        rows = np.searchsorted(data.anchor_ids, anchor).clip(max=len(data.anchor_ids) - 1)
+        n = negative.shape[1]
+        take = data.negatives.starts[rows, None] + np.arange(n)
+        fits = ((data.anchor_ids[rows] == anchor) & (data.ids["queries"][rows] == query)
+                & (data.ids["positives"][rows] == positive)
+                & (data.negatives.starts[rows + 1] - data.negatives.starts[rows] >= n))
+        fits[fits] &= (data.negatives.values[take[fits]] == negative[fits]).all(axis=1)
+        if not fits.all():
+            raise ValueError(f"{self.work}: the batch's row with anchor_id {anchor[~fits][0]} is not what mined/ holds "
+                             f"now; rebuild the data set with mined_dataset({str(self.work)!r})")
+        batch = data.lookup(rows, dict(zip(COLUMNS, (query, positive, negative.reshape(-1)))))
+        return batch.with_student(dict(zip(COLUMNS, (queries, positives, negatives))))
+
+    def masked_fraction(self) -> float | None:
+        """The mean masked fraction of the loss calls since the last read, over all ranks; then starts over."""
+        total, calls = self._masked
+        self._masked = [0.0, 0]
+        if dist.is_available() and dist.is_initialized():
+            both = torch.tensor([total, calls], dtype=torch.float64, device=self.data.device)
+            dist.all_reduce(both)
+            total, calls = both.tolist()
+        return round(total / calls, 4) if calls else None
+
+    def log_masked_fraction(self, trainer) -> None:
+        """Add ``masked_fraction`` to each of the trainer's training logs (its log_history and every report_to).
+        The callback goes first, so that the reporting callbacks see the value it adds."""
+        trainer.callback_handler.callbacks.insert(0, _MaskedFraction(self))
+
+    def get_config_dict(self) -> dict:
+        return {"work": str(self.work), "temperature": self.gist.temperature, "margin_strategy": self.gist.margin_strategy,
+                "margin": self.gist.margin, "mini_batch_size": self.mini_batch_size}
+
+    @property
+    def citation(self) -> str:
+        return """
+@misc{solatorio2024gistembed,
+    title={GISTEmbed: Guided In-sample Selection of Training Negatives for Text Embedding Fine-tuning},
+    author={Aivin V. Solatorio},
+    year={2024},
+    eprint={2402.16829},
+    archivePrefix={arXiv},
+    primaryClass={cs.LG}
+}
+"""
+
+
+class _MaskedFraction(TrainerCallback):
+    def __init__(self, loss: StoredGuideGISTLoss):
+        self.loss = loss
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        if logs is not None and "loss" in logs:  # a training log; every rank logs it, so the all-reduce meets
+            fraction = self.loss.masked_fraction()
+            if fraction is not None:  # the trainer put this log in its history just before calling back
+                logs["masked_fraction"] = state.log_history[-1]["masked_fraction"] = fraction

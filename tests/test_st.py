@@ -1,0 +1,309 @@
+"""gist_mining.st: sentence-transformers' stock trainer with the stored guide, against train.run and GISTEmbedLoss."""
+
+from __future__ import annotations
+
+import os
+import socket
+
+import numpy as np
+import pytest
+import torch
+from conftest import build_tiny_model, make_pairs, run_stage
+
+from gist_mining.loss import GISTLoss
+from gist_mining.st import StoredGuideGISTLoss, mined_dataset
+from pipeline import embed, mask
+from train import run as train
+
+SETTINGS = [("absolute", 0.0), ("absolute", 0.1), ("relative", 0.05)]
+
+
+@pytest.fixture(scope="module")
+def work(tmp_path_factory, tiny_guide):
+    root = tmp_path_factory.mktemp("st")
+    make_pairs(64, seed=5).write_parquet(root / "pairs.parquet")
+    assert run_stage(embed, "--input", root / "pairs.parquet", "--work", root / "w", "--guide", tiny_guide) == 0
+    # a margin that leaves most anchors two negatives with the random guide, and still flags false negatives
+    assert run_stage(mask, "--work", root / "w", "--k", 30, "--negatives-per-anchor", 2, "--margin", -0.2) == 0
+    return root / "w"
+
+
+@pytest.fixture(scope="module")
+def student(tmp_path_factory):
+    """No dropout: every path sees the same embeddings of the same texts."""
+    return build_tiny_model(tmp_path_factory.mktemp("student"), seed=4, dropout=0.0)
+
+
+def load(path):
+    from sentence_transformers import SentenceTransformer
+
+    return SentenceTransformer(str(path), device="cpu")
+
+
+def collate(model, rows) -> tuple[list[dict], torch.Tensor]:
+    """The stock collator's batch, split into columns as the stock trainer does (collect_features)."""
+    from sentence_transformers.sentence_transformer.data_collator import SentenceTransformerDataCollator
+
+    inputs = SentenceTransformerDataCollator(model.preprocess)(list(rows))
+    columns = [c for c in rows[0] if c != "label"]
+    return [{k[len(c) + 1:]: v for k, v in inputs.items() if k.startswith(c + "_")} for c in columns], inputs["label"]
+
+
+def fresh(features: list[dict]) -> list[dict]:
+    """Shallow copies: a forward pass writes its outputs into the dicts it is given."""
+    return [dict(f) for f in features]
+
+
+def grads_of(model, loss_fn) -> tuple[float, list[torch.Tensor]]:
+    model.zero_grad()
+    loss = loss_fn()
+    loss.backward()
+    grads = [p.grad.clone() for p in model.parameters() if p.grad is not None]
+    assert len(grads) > 10
+    return loss.item(), grads
+
+
+def assert_same(a, b):
+    assert a[0] == pytest.approx(b[0], rel=1e-5, abs=1e-6)
+    for mine, theirs in zip(a[1], b[1], strict=True):
+        torch.testing.assert_close(mine, theirs, rtol=1e-4, atol=1e-6)
+
+
+def test_dataset_holds_the_mined_rows(work):
+    import polars as pl
+
+    dataset = mined_dataset(work, 2)
+    assert dataset.column_names == ["anchor", "positive", "negative_1", "negative_2", "label"]
+    mined = pl.read_parquet(work / "mined" / "*.parquet")
+    full = mined.filter(pl.col("negative_ids").list.len() >= 2)
+    assert 0 < len(dataset) == full.height < mined.height  # short anchors dropped, as the n-tuple export does
+    text = dict(pl.read_parquet(work / "texts.parquet").select("text_id", "text").iter_rows())
+    by_anchor = {r["anchor_id"]: r for r in full.iter_rows(named=True)}
+    for row in dataset:
+        anchor_id, query_id, positive_id, *negatives = row["label"]
+        mined_row = by_anchor[anchor_id]
+        assert (query_id, positive_id, negatives) == (mined_row["query_id"], mined_row["positive_id"],
+                                                      mined_row["negative_ids"][:2])
+        assert [row[c] for c in ("anchor", "positive", "negative_1", "negative_2")] == [text[i] for i in
+                                                                                        (query_id, positive_id, *negatives)]
+
+
+@pytest.fixture(scope="module")
+def unflagged(work, tmp_path_factory):
+    """The same texts mined with no margin rule: mining flags no false negatives, which GISTEmbedLoss cannot know."""
+    import shutil
+
+    copy = tmp_path_factory.mktemp("unflagged") / "w"
+    shutil.copytree(work, copy)
+    assert run_stage(mask, "--work", copy, "--overwrite", "--k", 30, "--margin-strategy", "none", "--negatives-per-anchor", 1) == 0
+    return copy
+
+
+def loss_and_grads(model, work, rows, strategy, margin) -> tuple[tuple, train.Batch]:
+    """StoredGuideGISTLoss's loss and gradients on these data set rows, and train.run's batch of the same anchors."""
+    features, labels = collate(model, rows)
+    ours = StoredGuideGISTLoss(model, work, temperature=0.05, margin_strategy=strategy, margin=margin)
+    data = train.TrainingData(work, 1, "cpu")
+    batch = data.get_batch(np.searchsorted(data.anchor_ids, [r[0] for r in rows["label"]]).tolist())
+    assert batch.texts == {"queries": rows["anchor"], "positives": rows["positive"], "negatives": rows["negative_1"]}
+    return grads_of(model, lambda: ours(fresh(features), labels)), batch
+
+
+def distinct_texts(dataset, n: int):
+    chosen, seen = [], set()
+    for i, (_, *ids) in enumerate(dataset["label"]):
+        if not seen & set(ids):
+            chosen, seen = chosen + [i], seen | set(ids)
+    assert len(chosen) >= n
+    return dataset.select(chosen[:n])
+
+
+@pytest.mark.parametrize("strategy, margin", SETTINGS)
+def test_same_batch_equals_train_run_and_gist_embed_loss(work, unflagged, student, tiny_guide, strategy, margin):
+    from sentence_transformers.sentence_transformer.losses import GISTEmbedLoss
+
+    model = load(student)
+    model.eval()
+    # train.run's step on the same anchors: its batch assembly, one forward per column, GISTLoss; with the known
+    # false negatives of mining in the batch
+    rows = mined_dataset(work, 1).select(range(12))
+    stored, batch = loss_and_grads(model, work, rows, strategy, margin)
+    assert torch.isin(batch.known, torch.cat([batch.ids[c] for c in train.COLUMNS])).any()
+    gist = GISTLoss(0.05, strategy, margin)
+    embed_ = lambda c: train.student_forward(model, batch.texts[c], "cpu", False, "")  # noqa: E731
+    assert_same(stored, grads_of(model, lambda: gist(batch.with_student({c: embed_(c) for c in train.COLUMNS}))[0]))
+
+    # sentence-transformers' loss with the guide running live (same tokenizer) on the same stock batch; one without
+    # a text twice, as BatchSamplers.NO_DUPLICATES makes them (GISTEmbedLoss takes a duplicate of an anchor's
+    # positive for a negative, unless the guide masks it)
+    rows = distinct_texts(mined_dataset(unflagged, 1), 12)
+    stored, batch = loss_and_grads(model, unflagged, rows, strategy, margin)
+    assert batch.known.numel() == 0 or batch.known.eq(-1).all()
+    live = GISTEmbedLoss(model, load(tiny_guide), temperature=0.05, margin_strategy=strategy, margin=margin)
+    features, _ = collate(model, rows)
+    assert_same(stored, grads_of(model, lambda: live(features, labels=None)))
+
+
+def test_mini_batch_size_equals_no_caching_plain_and_in_matryoshka(work, student):
+    from sentence_transformers.sentence_transformer.losses import MatryoshkaLoss
+
+    model = load(student)
+    model.eval()
+    features, labels = collate(model, mined_dataset(work, 2).select(range(10)))
+    plain = StoredGuideGISTLoss(model, work)
+    cached = StoredGuideGISTLoss(model, work, mini_batch_size=3)
+    assert_same(grads_of(model, lambda: cached(fresh(features), labels)), grads_of(model, lambda: plain(fresh(features), labels)))
+
+    # MatryoshkaLoss: the loss summed over truncated dimensions, computed by hand from one set of embeddings
+    def by_hand():
+        full = [model(f)["sentence_embedding"] for f in fresh(features)]
+        return sum(plain.calculate_loss([[e[:, :dim]] for e in full], labels) for dim in (32, 16, 8))
+
+    expected = grads_of(model, by_hand)
+    for inner in (plain, cached):
+        wrapped = MatryoshkaLoss(model, inner, [32, 16, 8])
+        assert_same(grads_of(model, lambda wrapped=wrapped: wrapped(fresh(features), labels)), expected)
+
+
+def test_a_changed_work_directory_is_refused(work, student, tmp_path):
+    import json
+    import shutil
+
+    from gist_mining.errors import UsageError
+
+    model = load(student)
+    copy = tmp_path / "w"
+    shutil.copytree(work, copy)
+    features, labels = collate(model, mined_dataset(copy, 1).select(range(4)))
+    # mined again with other rules: the data set's rows no longer match
+    assert run_stage(mask, "--work", copy, "--overwrite", "--k", 30, "--negatives-per-anchor", 1, "--margin", 0.2) == 0
+    with pytest.raises(ValueError, match="anchor_id .* is not what mined/ holds now"):
+        StoredGuideGISTLoss(model, copy)(features, labels)
+    # a broken chain: the candidates no longer the ones mined/ was built from
+    manifest = copy / "candidates_manifest.json"
+    manifest.write_text(json.dumps(dict(json.loads(manifest.read_text()), fingerprint="0" * 16)))
+    with pytest.raises(UsageError) as refused:
+        StoredGuideGISTLoss(model, copy)
+    assert "\n" not in str(refused.value)
+
+
+def train_args(out, **settings):
+    from sentence_transformers import SentenceTransformerTrainingArguments
+    from sentence_transformers.base.sampler import BatchSamplers
+
+    return SentenceTransformerTrainingArguments(
+        str(out), max_steps=5, per_device_train_batch_size=8, learning_rate=1e-3, logging_steps=1, save_strategy="no",
+        batch_sampler=BatchSamplers.NO_DUPLICATES, seed=3, disable_tqdm=True, **settings)
+
+
+@pytest.mark.parametrize("matryoshka", [False, True])
+def test_stock_trainer_runs_five_steps_and_logs_to_tensorboard(work, tiny_model, tmp_path, matryoshka):
+    from sentence_transformers import SentenceTransformerTrainer
+    from sentence_transformers.sentence_transformer.losses import MatryoshkaLoss
+
+    pytest.importorskip("tensorboard")
+    model = load(tiny_model)
+    before = [p.detach().clone() for p in model.parameters()]
+    loss = StoredGuideGISTLoss(model, work)
+    trainer = SentenceTransformerTrainer(
+        model=model, args=train_args(tmp_path, report_to=["tensorboard"]),
+        train_dataset=mined_dataset(work, 2), loss=MatryoshkaLoss(model, loss, [32, 16]) if matryoshka else loss)
+    loss.log_masked_fraction(trainer)
+    trainer.train()
+    logged = [h for h in trainer.state.log_history if "loss" in h]
+    assert [h["step"] for h in logged] == [1, 2, 3, 4, 5]
+    assert all(0 < h["masked_fraction"] < 1 and h["loss"] > 0 for h in logged)
+    assert any(not torch.equal(a, b) for a, b in zip(before, model.parameters()))
+
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    (event_file,) = tmp_path.glob("runs/*/events.out.tfevents.*")
+    events = EventAccumulator(str(event_file))
+    events.Reload()
+    for tag, key in (("train/loss", "loss"), ("train/masked_fraction", "masked_fraction")):
+        assert [(e.step, round(e.value, 4)) for e in events.Scalars(tag)] == [(h["step"], round(h[key], 4))
+                                                                              for h in logged]
+
+
+def test_lora_adapter_trains_only_the_adapter(work, tiny_model, tmp_path):
+    from sentence_transformers import SentenceTransformerTrainer
+
+    # transformers 5 takes peft >= 0.22 (the newest on PyPI in December 2026 is 0.21.2)
+    LoraConfig = pytest.importorskip("peft", minversion="0.22").LoraConfig
+
+    model = load(tiny_model)
+    model.add_adapter(LoraConfig(r=4, lora_alpha=8, target_modules=["query", "value"]))
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    loss = StoredGuideGISTLoss(model, work)
+    SentenceTransformerTrainer(model=model, args=train_args(tmp_path, report_to="none"),
+                               train_dataset=mined_dataset(work, 1), loss=loss).train()
+    changed = {n for n, p in model.named_parameters() if not torch.equal(before[n], p)}
+    assert changed and all("lora_" in n for n in changed)
+
+
+def _ddp_worker(rank: int, world: int, port: int, work, student, out: dict):
+    import torch.distributed as dist
+
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    dist.init_process_group("gloo", rank=rank, world_size=world)
+    model = load(student)
+    model.eval()
+    rows = mined_dataset(work, 2).select(range(12))
+    share = rows.select(range(rank * 5, 12) if rank else range(5))  # unequal shares: 5 and 7 anchors
+    features, labels = collate(model, share)
+    for name, mini_batch_size in (("plain", None), ("cached", 2)):
+        loss = StoredGuideGISTLoss(model, work, mini_batch_size=mini_batch_size)
+        out[rank, name] = grads_of(model, lambda loss=loss: loss(fresh(features), labels))
+    dist.destroy_process_group()
+
+
+def test_two_gloo_processes_equal_one(work, student):
+    import torch.multiprocessing as mp
+
+    model = load(student)
+    model.eval()
+    features, labels = collate(model, mined_dataset(work, 2).select(range(12)))
+    single = grads_of(model, lambda: StoredGuideGISTLoss(model, work)(fresh(features), labels))
+    with socket.socket() as free:
+        free.bind(("127.0.0.1", 0))
+        port = free.getsockname()[1]
+    out = mp.Manager().dict()
+    mp.spawn(_ddp_worker, args=(2, port, work, student, out), nprocs=2, join=True)
+    # averaged over ranks, as DDP averages, the loss and gradients of the whole batch in one process
+    for name in ("plain", "cached"):
+        ranks = [out[rank, name] for rank in (0, 1)]
+        averaged = ((ranks[0][0] + ranks[1][0]) / 2, [(a + b) / 2 for a, b in zip(ranks[0][1], ranks[1][1])])
+        assert_same(averaged, single)
+
+
+def test_stock_trainer_under_torchrun_equals_one_process(work, student, tmp_path):
+    """2 gloo processes of the stock trainer, 4 anchors each: the first step's logged loss, gradient norm and masked
+    fraction are those of one process over both ranks' anchors (candidates gathered with their gradients)."""
+    import json
+    import subprocess
+    import sys
+
+    from conftest import ROOT
+
+    with socket.socket() as free:
+        free.bind(("127.0.0.1", 0))
+        port = str(free.getsockname()[1])
+    env = dict(os.environ, HF_HUB_OFFLINE="1", PYTHONPATH=str(ROOT), OMP_NUM_THREADS="1")
+    proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-port", port,
+                           str(ROOT / "tests" / "st_trainer_run.py"), str(work), str(student), str(tmp_path)],
+                          cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-6000:]
+    first = json.loads((tmp_path / "log.json").read_text())[0]
+    anchors = [json.loads((tmp_path / f"anchors-{rank}.json").read_text())[0] for rank in (0, 1)]
+    assert [len(a) for a in anchors] == [4, 4] and not set(anchors[0]) & set(anchors[1])
+
+    model = load(student)
+    dataset = mined_dataset(work, 2)
+    position = {label[0]: i for i, label in enumerate(dataset["label"])}
+    features, labels = collate(model, dataset.select([position[a] for a in anchors[0] + anchors[1]]))
+    loss = StoredGuideGISTLoss(model, work)
+    value, grads = grads_of(model, lambda: loss(features, labels))
+    assert first["loss"] == pytest.approx(value, rel=1e-4)
+    assert first["grad_norm"] == pytest.approx(torch.linalg.vector_norm(torch.stack([g.norm() for g in grads])).item(),
+                                               rel=1e-4)
+    assert first["masked_fraction"] == pytest.approx(loss.masked_fraction(), abs=1e-4)
