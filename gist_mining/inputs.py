@@ -26,18 +26,26 @@ import io
 import json
 import re
 import warnings
+from collections.abc import Iterator
 from functools import partial
 from pathlib import Path
 
 import polars as pl
+import pyarrow as pa
+import pyarrow.parquet as pq
 
 from gist_mining.errors import InputError
 
 PAIR_COLUMNS = ("query", "positive")
 MAX_PROBLEMS = 20
+# Rows read, checked and handed on at a time: memory holds a batch, never the file.
+BATCH_ROWS = 100_000
 DEFAULT_TASK = "default"
 # Nothing to embed: whitespace, or invisible characters (zero-width spaces, byte order marks) only.
 _BLANK = re.compile(r"[\s\u200b\u200c\u200d\u2060\ufeff]*")
+# A superset of what _BLANK matches, for Polars' regex engine: its \s lacks the separators U+001C..U+001F that
+# Python's has. The texts it matches are checked by _text_problem.
+_BLANK_SUPERSET = r"^[\s\x1c-\x1f\x{200b}\x{200c}\x{200d}\x{2060}\x{feff}]*$"
 # What undecodable bytes turn into when decoded with errors="surrogateescape": U+DC80..U+DCFF for 0x80..0xFF.
 _UNDECODABLE = re.compile("[\udc80-\udcff]")
 # Python's csv refuses fields over 128 KiB by default; long texts are accepted (see above).
@@ -49,6 +57,7 @@ class _Problems:
 
     def __init__(self, path: Path):
         self.path, self.lines, self.count = path, [], 0
+        self.unparsed = False  # a row that does not parse: the rows after it are only parsed, not checked
 
     def add(self, what: str, row: int, line: int | None = None) -> None:
         self.count += 1
@@ -75,48 +84,56 @@ def _file_error(path: Path, what: str) -> InputError:
     return InputError([_one_line(f"{path}: {what}")])
 
 
-def _read_jsonl(path: Path, data: bytes) -> pl.DataFrame:
-    """JSONL parsed per line, so that a broken line or a mixed-type value is named by its row."""
-    if data.lstrip(b"\xef\xbb\xbf \t\r\n").startswith(b"["):
+def _jsonl_batches(path: Path, fh, problems: _Problems) -> Iterator[pl.DataFrame]:
+    """JSONL parsed per line, so that a broken line or a mixed-type value is named by its row. Once a line
+    does not parse, later lines are only checked for parsing: the row numbers of the batches would be off."""
+    if fh.read(1 << 16).lstrip(b"\xef\xbb\xbf \t\r\n").startswith(b"["):
         raise _file_error(path, "a JSON array; expected JSON Lines (one object per line)")
-    records, problems, row = [], _Problems(path), 0
-    lines = data.split(b"\n")
-    for line, raw in enumerate(lines, start=1):
+    fh.seek(0)
+    records, row = [], 0
+    for line, raw in enumerate(fh, start=1):
         if not raw.strip():
             continue
         row += 1
         # The last line of a file that does not end with a newline is where a cut-off copy breaks.
-        truncated = "; the file ends mid-line, it may be truncated" if line == len(lines) else ""
+        truncated = "" if raw.endswith(b"\n") else "; the file ends mid-line, it may be truncated"
         try:
             record = json.loads(raw.decode("utf-8-sig"))  # -sig: a byte order mark some editors write
         except UnicodeDecodeError as err:
             where = f"byte 0x{raw[err.start]:02x} at byte {err.start + 1} of the line"
             problems.add(f"not valid UTF-8 ({where}){truncated}", row, line)
+            problems.unparsed = True
             continue
         except json.JSONDecodeError as err:
             problems.add(f"not valid JSON at column {err.colno} ({err.msg}){truncated}", row, line)
+            problems.unparsed = True
             continue
         if not isinstance(record, dict):
             problems.add(f"expected a JSON object, got {type(record).__name__}", row, line)
+            problems.unparsed = True
             continue
         records.append(record)
-    problems.raise_if_any()
+        if len(records) == BATCH_ROWS:
+            yield pl.DataFrame() if problems.unparsed else _records_frame(records)
+            records = []
+    if records:
+        yield pl.DataFrame() if problems.unparsed else _records_frame(records)
+
+
+def _records_frame(records: list[dict]) -> pl.DataFrame:
     columns = sorted({key for record in records for key in record})
-    # Object columns keep each value as written, so the row checks below see the real types.
+    # Object columns keep each value as written, so the row checks see the real types.
     return pl.DataFrame({c: pl.Series(c, [r.get(c) for r in records], dtype=pl.Object) for c in columns})
 
 
-def _read_csv(path: Path, data: bytes, delimiter: str) -> pl.DataFrame:
+def _csv_batches(path: Path, fh, problems: _Problems, delimiter: str) -> Iterator[pl.DataFrame]:
     """RFC 4180 CSV: quoted fields may hold delimiters, doubled quotes and line breaks. Every value is read
     as a string, and an empty field as null (a missing optional value). Row n is the n-th record after the
     header; blank lines are skipped."""
-    try:
-        text = data.decode("utf-8-sig")
-    except UnicodeDecodeError:
-        # Decoded anyway, bytes kept as lone surrogates, so that each bad field is named by row and column below.
-        text = data.decode("utf-8-sig", errors="surrogateescape")
+    # surrogateescape: undecodable bytes kept as lone surrogates, so that each bad field is named by row and column.
+    text = io.TextIOWrapper(fh, encoding="utf-8-sig", errors="surrogateescape", newline="")
     csv.field_size_limit(_CSV_FIELD_LIMIT)
-    reader = csv.reader(io.StringIO(text, newline=""), delimiter=delimiter, strict=True)
+    reader = csv.reader(text, delimiter=delimiter, strict=True)
     try:
         header = next(reader, [])
     except csv.Error as err:
@@ -126,40 +143,50 @@ def _read_csv(path: Path, data: bytes, delimiter: str) -> pl.DataFrame:
     repeated = sorted({name for name in header if header.count(name) > 1})
     if repeated:
         raise _file_error(path, f"the header names column(s) {', '.join(map(repr, repeated))} more than once")
-    problems, records, end = _Problems(path), [], reader.line_num
+    records, row, end = [], 0, reader.line_num
+
+    def frame() -> pl.DataFrame:
+        return pl.DataFrame({name: pl.Series(name, [r[i] or None for r in records], dtype=pl.String)
+                             for i, name in enumerate(header)}) if not problems.unparsed else pl.DataFrame()
+
     try:
         for record in reader:
             start, end = end + 1, reader.line_num
             if not record:
                 continue
-            records.append(record)
-            row = len(records)
+            row += 1
             if len(record) != len(header):
                 problems.add(f"{len(record)} field(s), the header has {len(header)} (an unquoted delimiter or quote?)",
                              row, start)
+                problems.unparsed = True
             for column, value in zip(header, record):
                 bad = _UNDECODABLE.search(value)
                 if bad:
                     problems.add(f"column '{column}' is not valid UTF-8 (byte 0x{ord(bad.group()) - 0xDC00:02x})", row, start)
+                    problems.unparsed = True
+            records.append(record)
+            if len(records) == BATCH_ROWS:
+                yield frame()
+                records = []
     except csv.Error as err:
         what = ("a quoted field is still open at the end of the file (a stray quote, or the file is truncated)"
                 if "unexpected end of data" in str(err) else f"broken quoting ({err})")
-        problems.add(what, len(records) + 1, end + 1)
-    problems.raise_if_any()
-    return pl.DataFrame(
-        {name: pl.Series(name, [r[i] or None for r in records], dtype=pl.String) for i, name in enumerate(header)})
+        problems.add(what, row + 1, end + 1)
+        problems.unparsed = True
+    if records or not row:
+        yield frame()  # a header without rows still names its columns
 
 
 TEXT_READERS = {
-    ".jsonl": _read_jsonl,
-    ".json": _read_jsonl,
-    ".ndjson": _read_jsonl,
-    ".csv": partial(_read_csv, delimiter=","),
-    ".tsv": partial(_read_csv, delimiter="\t"),
+    ".jsonl": _jsonl_batches,
+    ".json": _jsonl_batches,
+    ".ndjson": _jsonl_batches,
+    ".csv": partial(_csv_batches, delimiter=","),
+    ".tsv": partial(_csv_batches, delimiter="\t"),
 }
 
 
-def _read_dataset(path: Path) -> pl.DataFrame:
+def _dataset_batches(path: Path) -> Iterator[pl.DataFrame]:
     if not ((path / "state.json").exists() or (path / "dataset_dict.json").exists()):
         raise _file_error(path, "a directory, but not a dataset saved with save_to_disk (no state.json); "
                                 "expected a file or a dataset directory")
@@ -171,7 +198,13 @@ def _read_dataset(path: Path) -> pl.DataFrame:
         raise _file_error(path, f"unreadable: damaged dataset ({_describe(err)})") from err
     if isinstance(dataset, datasets.DatasetDict):
         raise _file_error(path, f"a DatasetDict; pass one split's directory ({', '.join(dataset)})")
-    return pl.from_arrow(dataset.data.table)
+    yield from _arrow_batches(dataset.data.table)
+
+
+def _arrow_batches(table: pa.Table) -> Iterator[pl.DataFrame]:
+    """An Arrow table (memory-mapped by `datasets`) as frames of at most BATCH_ROWS rows, its schema when empty."""
+    for batch in table.to_batches(max_chunksize=BATCH_ROWS) or [table.schema.empty_table()]:
+        yield pl.from_arrow(batch)
 
 
 def _first_and_last_bytes(fh, size: int) -> bytes:
@@ -180,35 +213,46 @@ def _first_and_last_bytes(fh, size: int) -> bytes:
     return head + fh.read()
 
 
-def _read_parquet(path: Path, ends: bytes) -> pl.DataFrame:
+def _parquet_batches(path: Path, fh) -> Iterator[pl.DataFrame]:
     """Parquet files start and end with the magic bytes PAR1: a missing end is the mark of a cut-off copy."""
+    ends = _first_and_last_bytes(fh, 4)
     if ends[:4] != b"PAR1":
         raise _file_error(path, "unreadable: not a Parquet file (it does not start with PAR1)")
     if ends[-4:] != b"PAR1":
         raise _file_error(path, "unreadable: truncated Parquet file (it does not end with the PAR1 footer)")
     try:
-        return pl.read_parquet(path)
-    except Exception as err:  # a corrupt footer or page
+        parquet = pq.ParquetFile(fh)
+        if parquet.metadata.num_rows == 0:
+            yield pl.from_arrow(parquet.schema_arrow.empty_table())
+        for batch in parquet.iter_batches(batch_size=BATCH_ROWS):
+            yield pl.from_arrow(batch)
+    except (OSError, pa.ArrowException) as err:  # a corrupt footer or page
         raise _file_error(path, f"unreadable: corrupt Parquet file ({_describe(err)})") from err
 
 
-def read_table(path: str | Path) -> pl.DataFrame:
+def table_batches(path: str | Path, problems: _Problems) -> Iterator[pl.DataFrame]:
+    """A file's rows as read, in frames of at most BATCH_ROWS rows (one empty frame naming the columns of a
+    file without rows). A problem with the file as a whole raises; problems of its rows go to ``problems``,
+    and once a row does not parse, the frames after it are empty (their rows are still checked for parsing)."""
     path = Path(path)
     if path.is_dir():
-        return _read_dataset(path)
+        yield from _dataset_batches(path)
+        return
     if not path.exists():
         raise _file_error(path, "no such file or directory")
     suffix = path.suffix.lower()
     if suffix != ".parquet" and suffix not in TEXT_READERS:
         raise _file_error(path, f"unknown format {suffix!r} (use .parquet, .jsonl, .csv or a datasets directory)")
     try:
-        with open(path, "rb") as fh:  # every format opens here, so that an unreadable file is named as such
-            data = fh.read() if suffix in TEXT_READERS else _first_and_last_bytes(fh, 4)
+        fh = open(path, "rb")  # every format opens here, so that an unreadable file is named as such
+        empty = not fh.read(1)
+        fh.seek(0)
     except OSError as err:
         raise _file_error(path, f"unreadable ({err.strerror or type(err).__name__})") from err
-    if not data:
-        raise _file_error(path, "empty file")
-    return _read_parquet(path, data) if suffix == ".parquet" else TEXT_READERS[suffix](path, data)
+    with fh:
+        if empty:
+            raise _file_error(path, "empty file")
+        yield from (_parquet_batches(path, fh) if suffix == ".parquet" else TEXT_READERS[suffix](path, fh, problems))
 
 
 def _text_problem(value) -> str | None:
@@ -226,11 +270,18 @@ def _text_problem(value) -> str | None:
     return None
 
 
-def _check_texts(problems: _Problems, column: str, values, *, required: bool) -> None:
-    for row, value in enumerate(values, start=1):
+def _check_texts(problems: _Problems, column: str, values: pl.Series, first_row: int, *, required: bool) -> None:
+    """Row problems of a text column; a string column is screened in Polars and only its suspects checked here."""
+    if values.dtype == pl.String:
+        suspect = values.is_null() | values.str.contains(_BLANK_SUPERSET)
+        rows = suspect.arg_true().to_list()
+        candidates = zip(rows, values.gather(rows).to_list())
+    else:
+        candidates = enumerate(values.to_list())
+    for i, value in candidates:
         problem = _text_problem(value)
         if problem and (required or value is not None):
-            problems.add(f"column '{column}' is {problem}", row)
+            problems.add(f"column '{column}' is {problem}", first_row + i)
 
 
 def _written_list(text: str) -> bool:
@@ -246,69 +297,126 @@ def _written_list(text: str) -> bool:
     return isinstance(value, list) and all(isinstance(item, str) for item in value)
 
 
-def _check_negatives(problems: _Problems, values) -> None:
+def _negative_problem(value) -> str | None:
     item_wording = {"null": "a null", "empty": "an empty string"}
-    for row, value in enumerate(values, start=1):
-        if value is None:
-            continue  # a null negative means none given
-        if isinstance(value, str):
-            problem = _text_problem(value)
-            if problem:
-                problems.add(f"column 'negative' is {problem}", row)
-            elif _written_list(value):
-                problems.add(f"column 'negative' is a list written as one string ({value[:60]!r}); give a real list of "
-                             "strings (JSONL, Parquet) or one negative per cell (CSV)", row)
-        elif isinstance(value, list):
-            problem = next(filter(None, map(_text_problem, value)), None)
-            if problem:
-                problems.add(f"column 'negative' holds {item_wording.get(problem, problem)}", row)
-        else:
-            problems.add(f"column 'negative' is {type(value).__name__}, expected a string or a list of strings", row)
+    if value is None:
+        return None  # a null negative means none given
+    if isinstance(value, str):
+        problem = _text_problem(value)
+        if problem:
+            return f"is {problem}"
+        if _written_list(value):
+            return (f"is a list written as one string ({value[:60]!r}); give a real list of strings (JSONL, "
+                    "Parquet) or one negative per cell (CSV)")
+        return None
+    if isinstance(value, list):
+        problem = next(filter(None, map(_text_problem, value)), None)
+        return f"holds {item_wording.get(problem, problem)}" if problem else None
+    return f"is {type(value).__name__}, expected a string or a list of strings"
 
 
-def _column_values(frame: pl.DataFrame, column: str) -> list:
-    return frame.get_column(column).to_list()
+def _check_negatives(problems: _Problems, values: pl.Series, first_row: int) -> None:
+    """Row problems of the negative column."""
+    if values.dtype == pl.String:  # one negative per row: only blank texts and written lists need a look
+        suspect = values.str.contains(_BLANK_SUPERSET) | (values.str.starts_with("[") & values.str.ends_with("]"))
+    elif values.dtype == pl.List(pl.String):
+        suspect = values.list.eval(pl.element().is_null() | pl.element().str.contains(_BLANK_SUPERSET)).list.any()
+    else:
+        suspect = None
+    if suspect is None:
+        candidates = enumerate(values.to_list())
+    else:
+        rows = suspect.fill_null(False).arg_true().to_list()
+        candidates = zip(rows, values.gather(rows).to_list())
+    for i, value in candidates:
+        problem = _negative_problem(value)
+        if problem:
+            problems.add(f"column 'negative' {problem}", first_row + i)
 
 
-def _require(path: Path, frame: pl.DataFrame, columns) -> None:
-    if frame.height == 0:
-        raise _file_error(path, "no rows")
-    missing = [c for c in columns if c not in frame.columns]
-    if missing:
-        raise InputError([f"{path}: missing column '{c}' (has: {', '.join(frame.columns) or 'none'})" for c in missing])
+def _negative_lists(values: pl.Series) -> pl.Series:
+    """A checked negative column as lists of strings: a string is a list of one, a null none given."""
+    if values.dtype == pl.String:
+        return pl.select(pl.concat_list(pl.lit(values)).list.drop_nulls()).to_series()
+    if values.dtype == pl.List(pl.String):
+        return values.fill_null(pl.lit([], dtype=pl.List(pl.String)))
+    listed = [[] if v is None else ([v] if isinstance(v, str) else list(v)) for v in values.to_list()]
+    return pl.Series(listed, dtype=pl.List(pl.String))
+
+
+def _missing(path: Path, columns: list[str], required) -> InputError | None:
+    missing = [c for c in required if c not in columns]
+    return InputError([f"{path}: missing column '{c}' (has: {', '.join(columns) or 'none'})" for c in missing]) \
+        if missing else None
+
+
+def _checked_batches(path: Path, required: tuple[str, ...], check) -> Iterator[pl.DataFrame]:
+    """The frames of ``path`` through ``check(problems, frame, first_row)``, which adds row problems and returns
+    the validated frame; a frame is yielded only while the file has no problem, and the file's problems raise
+    at its end (every row is checked: the count of problems is complete)."""
+    path = Path(path)
+    problems, columns, rows = _Problems(path), {}, 0
+    for frame in table_batches(path, problems):
+        columns.update(dict.fromkeys(frame.columns))
+        if frame.height and not problems.unparsed:
+            for name in required:  # a key absent from a batch of JSON records: nulls (the file may have it)
+                if name not in frame.columns:
+                    frame = frame.with_columns(pl.lit(None, dtype=pl.String).alias(name))
+            checked = check(problems, frame, rows + 1)
+            if not problems.count:
+                yield checked
+        rows += frame.height
+    if not problems.unparsed:
+        if rows == 0:
+            raise _file_error(path, "no rows")
+        error = _missing(path, list(columns), required)
+        if error:
+            raise error
+    problems.raise_if_any()
+
+
+def _check_pairs(problems: _Problems, frame: pl.DataFrame, first_row: int) -> pl.DataFrame:
+    for column in PAIR_COLUMNS:
+        _check_texts(problems, column, frame.get_column(column), first_row, required=True)
+    if "negative" in frame.columns:
+        _check_negatives(problems, frame.get_column("negative"), first_row)
+    tasks = frame.get_column("task") if "task" in frame.columns else pl.repeat(DEFAULT_TASK, frame.height, eager=True)
+    _check_texts(problems, "task", tasks, first_row, required=False)
+    if problems.count:
+        return frame
+    negatives = (_negative_lists(frame.get_column("negative")) if "negative" in frame.columns
+                 else pl.Series(dtype=pl.List(pl.String)).extend_constant([], frame.height))
+    return pl.DataFrame({"query": _strings(frame.get_column("query")), "positive": _strings(frame.get_column("positive")),
+                         "negatives": negatives.alias("negatives"),
+                         "task": _strings(tasks).fill_null(DEFAULT_TASK).alias("task")})
+
+
+def _strings(values: pl.Series) -> pl.Series:
+    """A checked text column as a string column (JSON records arrive as Python objects)."""
+    return pl.Series(values.name, values.to_list(), dtype=pl.String) if values.dtype == pl.Object else values.cast(pl.String)
+
+
+def pair_batches(path: str | Path) -> Iterator[pl.DataFrame]:
+    """Validated pairs in frames of at most BATCH_ROWS rows, with columns query, positive, negatives (list of
+    strings) and task, one row per input row in order (duplicates kept, see the module docstring). The file's
+    problems raise once it is read to its end: a consumer must not keep what it took from a file that raises."""
+    return _checked_batches(Path(path), PAIR_COLUMNS, _check_pairs)
+
+
+def _check_corpus(problems: _Problems, frame: pl.DataFrame, first_row: int) -> pl.Series:
+    _check_texts(problems, "text", frame.get_column("text"), first_row, required=True)
+    return _strings(frame.get_column("text")) if not problems.count else frame.get_column("text")
+
+
+def corpus_batches(path: str | Path) -> Iterator[pl.Series]:
+    """A corpus file's column ``text``, validated, in series of at most BATCH_ROWS texts (as pair_batches)."""
+    return _checked_batches(Path(path), ("text",), _check_corpus)
 
 
 def read_pairs(path: str | Path) -> pl.DataFrame:
-    """Validated pairs as columns query, positive, negatives (list of strings) and task, one row per input
-    row in order (duplicates kept, see the module docstring)."""
-    path = Path(path)
-    frame = read_table(path)
-    _require(path, frame, PAIR_COLUMNS)
-    problems = _Problems(path)
-    for column in PAIR_COLUMNS:
-        _check_texts(problems, column, _column_values(frame, column), required=True)
-    negatives = _column_values(frame, "negative") if "negative" in frame.columns else [None] * frame.height
-    _check_negatives(problems, negatives)
-    tasks = _column_values(frame, "task") if "task" in frame.columns else [DEFAULT_TASK] * frame.height
-    _check_texts(problems, "task", tasks, required=False)
-    problems.raise_if_any()
-    negatives = [[] if v is None else ([v] if isinstance(v, str) else list(v)) for v in negatives]
-    return pl.DataFrame(
-        {
-            "query": _column_values(frame, "query"),
-            "positive": _column_values(frame, "positive"),
-            "negatives": pl.Series("negatives", negatives, dtype=pl.List(pl.String)),
-            "task": [t if t is not None else DEFAULT_TASK for t in tasks],
-        }
-    )
+    """Every validated pair of a file at once (pair_batches, concatenated): for small files and tests."""
+    return pl.concat(list(pair_batches(path)))
 
 
 def read_corpus(path: str | Path) -> list[str]:
-    path = Path(path)
-    frame = read_table(path)
-    _require(path, frame, ("text",))
-    values = _column_values(frame, "text")
-    problems = _Problems(path)
-    _check_texts(problems, "text", values, required=True)
-    problems.raise_if_any()
-    return values
+    return pl.concat(list(corpus_batches(path))).to_list()
