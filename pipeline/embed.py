@@ -23,7 +23,9 @@ from __future__ import annotations
 
 import argparse
 import functools
+import shutil
 import sys
+import tempfile
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -33,12 +35,10 @@ import polars as pl
 import pyarrow as pa
 from tqdm import tqdm
 
-from gist_mining import cli, onnx_backend, workdir
+from gist_mining import cli, onnx_backend, planning, workdir
 from gist_mining.embed_cache import EmbeddingCache, default_root
-from gist_mining.errors import InputError
-from gist_mining.inputs import read_corpus, read_pairs
 from gist_mining.models import DEFAULT_GUIDE, load_model, model_fingerprint, resolve_model, role_prompts
-from gist_mining.storage import config_fingerprint, path_sha256, write_json_atomic, write_parquet_atomic
+from gist_mining.storage import commit, config_fingerprint, tmp_name, write_json_atomic, write_parquet_atomic
 from gist_mining.workdir import QUERY_COLUMN, two_roles
 
 
@@ -88,99 +88,6 @@ def parse_args(argv=None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
-def read_inputs(args) -> tuple[list, list, list[dict]]:
-    pairs, corpora, problems, records = [], [], [], []
-    for kind, paths, reader, out in (("pairs", args.input, read_pairs, pairs), ("corpus", args.corpus, read_corpus, corpora)):
-        for path in paths:
-            try:
-                out.append(reader(path))
-            except InputError as err:
-                problems += err.problems
-                continue
-            records.append({"kind": kind, "path": str(path), "sha256": path_sha256(Path(path))})
-    if problems:
-        raise InputError(problems)
-    return pairs, corpora, records
-
-
-# -- plan: every distinct text once, with a content id; the anchors as ids ------------------------------
-
-
-def clean_given_negatives(anchors: pl.DataFrame) -> tuple[pl.DataFrame, int]:
-    """Given negatives minus the anchor's own query and every positive of that query, each kept once, in order.
-
-    A text given as a negative of a query that another row gives as its positive is a contradiction in the
-    input; kept, it would train the model away from a labelled positive. Returns the anchors and how many
-    given negatives were dropped.
-    """
-    positives = anchors.group_by("query").agg(pl.col("positive").alias("positives_of_query"))
-    given = anchors.select("anchor_id", "query", "negatives").explode("negatives").drop_nulls("negatives")
-    kept = (
-        given.join(positives, on="query", how="left", maintain_order="left")
-        .filter((pl.col("negatives") != pl.col("query")) & ~pl.col("positives_of_query").list.contains(pl.col("negatives")))
-        .unique(subset=["anchor_id", "negatives"], keep="first", maintain_order=True)
-        .group_by("anchor_id", maintain_order=True)
-        .agg("negatives")
-    )
-    cleaned = anchors.drop("negatives").join(kept, on="anchor_id", how="left", maintain_order="left").with_columns(
-        pl.col("negatives").fill_null(pl.lit([], dtype=pl.List(pl.String))))
-    return cleaned.select(anchors.columns), given.height - int(cleaned["negatives"].list.len().sum())
-
-
-def plan_texts(pairs: list[pl.DataFrame], corpora: list[list[str]], sources: list[str]) -> tuple[pl.DataFrame, pl.DataFrame, int]:
-    """Deduplicate every text across inputs and give it a content id.
-
-    Returns the text table (``text_id``, ``text``, ``is_query``, ``is_document``, ``n_chars``) sorted by
-    length so that shards hold texts of similar length, the anchors table (one row per input row) and the
-    number of given negatives dropped by ``clean_given_negatives``.
-    """
-    anchors, dropped = clean_given_negatives(pl.concat(
-        [
-            frame.with_columns(
-                pl.lit(source).alias("source"), pl.int_range(1, frame.height + 1, dtype=pl.Int64).alias("source_row")
-            )
-            for frame, source in zip(pairs, sources)
-        ]
-    ).with_row_index("anchor_id"))
-    queries = anchors.get_column("query")
-    documents = pl.concat(
-        [anchors.get_column("positive"), anchors.get_column("negatives").explode().drop_nulls()]
-        + [pl.Series("text", corpus, dtype=pl.String) for corpus in corpora]
-    )
-    texts = (
-        pl.concat(
-            [
-                pl.DataFrame({"text": queries, "is_query": True, "is_document": False}),
-                pl.DataFrame({"text": documents, "is_query": False, "is_document": True}),
-            ]
-        )
-        .group_by("text")
-        .agg(pl.col("is_query").any(), pl.col("is_document").any())
-    )
-    ids = workdir.text_ids(texts.get_column("text").to_list())
-    if len(np.unique(ids)) != len(ids):
-        raise InputError(["two distinct texts share a 64-bit text_id; please report this input"])
-    texts = (
-        texts.with_columns(pl.Series("text_id", ids), pl.col("text").str.len_chars().alias("n_chars"))
-        .select("text_id", "text", "is_query", "is_document", "n_chars")
-        .sort("n_chars", "text_id")
-    )
-
-    def to_id(expr: pl.Expr) -> pl.Expr:
-        return expr.replace_strict(texts.get_column("text"), texts.get_column("text_id"), return_dtype=pl.Int64)
-
-    anchors = anchors.select(
-        pl.col("anchor_id").cast(pl.Int64),
-        "source",
-        "source_row",
-        to_id(pl.col("query")).alias("query_id"),
-        to_id(pl.col("positive")).alias("positive_id"),
-        pl.col("negatives").list.eval(to_id(pl.element())).alias("negative_ids"),
-        "task",
-    )
-    return texts, anchors, dropped
-
-
 def shard_bounds(n_texts: int, shard_size: int) -> list[tuple[int, int]]:
     return [(start, min(start + shard_size, n_texts)) for start in range(0, n_texts, shard_size)]
 
@@ -198,38 +105,40 @@ def prepare_model(args):
     return model
 
 
-def make_plan(args, argv, model, prompts: dict[str, str], backend: str, texts, anchors, inputs: list[dict]) -> dict:
+def make_plan(args, argv, model, prompts: dict[str, str], backend: str, counts: dict, inputs: list[dict]) -> dict:
     settings = EmbedSettings(dtype=args.dtype, precision=args.precision, shard_size=args.shard_size,
                              query_prompt=prompts["query"], document_prompt=prompts["document"], backend=backend)
     model_info = dict(model_fingerprint(model, resolve_model(args.model, args.revision)), name=args.model)
-    return plan_for(model_info, settings, inputs, cli.command("pipeline.embed", argv), texts, anchors)
+    return plan_for(model_info, settings, inputs, cli.command("pipeline.embed", argv), counts)
 
 
-def plan_for(model_info: dict, settings: EmbedSettings, inputs: list[dict], command: str, texts, anchors) -> dict:
-    """The embed plan of a guide (``model_info``: its fingerprint and dimension) over planned texts and anchors."""
+def plan_for(model_info: dict, settings: EmbedSettings, inputs: list[dict], command: str, counts: dict) -> dict:
+    """The embed plan of a guide (``model_info``: its fingerprint and dimension) over planned texts and anchors
+    (``counts``: planning.Planned's)."""
     plan = {"model": model_info, "settings": settings.as_dict(), "inputs": inputs, "command": command}
     plan["fingerprint"] = config_fingerprint(
         {"model": model_info["fingerprint"], "settings": plan["settings"], "inputs": [i["sha256"] for i in inputs]})
     plan.update(
-        dimension=model_info["dimension"], dtype=settings.dtype, bounds=shard_bounds(texts.height, settings.shard_size),
-        counts={"anchors": anchors.height, "texts": texts.height, "queries": int(texts["is_query"].sum()),
-                "documents": int(texts["is_document"].sum())},
+        dimension=model_info["dimension"], dtype=settings.dtype, bounds=shard_bounds(counts["texts"], settings.shard_size),
+        counts={k: counts[k] for k in ("anchors", "texts", "queries", "documents")},
     )
     return plan
 
 
-def write_tables(work: Path, plan: dict, texts, anchors, resumed: bool) -> None:
-    """texts.parquet and anchors.parquet, recorded in the plan; a resumed run rewrites them only if damaged."""
-    tables = {workdir.TEXTS: texts, workdir.ANCHORS: anchors}
+def write_tables(work: Path, plan: dict, planned: planning.Planned, resumed: bool) -> None:
+    """texts.parquet and anchors.parquet moved in from planning, recorded in the plan; a resumed run replaces
+    them only if damaged."""
+    tables = (workdir.TEXTS, workdir.ANCHORS)
     recorded = plan.get("tables", {}) if resumed else {}
-    for name, frame in tables.items():
+    for name in tables:
         if workdir.problem(work / name, recorded.get(name)) is not None:
-            write_parquet_atomic(frame.to_arrow(), work / name)
+            shutil.move(planned.path(name), tmp_name(work / name))  # a rename when planning ran on the same disk
+            commit(tmp_name(work / name), work / name)
     plan["tables"] = {name: workdir.describe_file(work / name) for name in tables}
     write_json_atomic(plan, work / workdir.EMBED_PLAN)
 
 
-def claim(work: Path, plan: dict, texts, anchors, overwrite: bool) -> None:
+def claim(work: Path, plan: dict, planned: planning.Planned, overwrite: bool) -> None:
     """Refuse a work directory holding another run; with --overwrite, remove it and everything made from it."""
     with workdir.locked(work):
         changed = workdir.changed_keys(work, "embed", plan, ("model", "settings", "inputs"))
@@ -238,7 +147,7 @@ def claim(work: Path, plan: dict, texts, anchors, overwrite: bool) -> None:
         resumed = workdir.claim(work, "embed", plan, replace=overwrite, refusal=refusal)
         if resumed:
             plan.update(tables=workdir.read_plan(work, "embed").get("tables", {}))
-        write_tables(work, plan, texts, anchors, resumed)
+        write_tables(work, plan, planned, resumed)
         workdir.remove_temps(work)
 
 
@@ -294,7 +203,7 @@ def embed_shard(embedded, texts: pl.DataFrame, path: Path, settings: EmbedSettin
     write_parquet_atomic(table, path, compression="none", use_dictionary=False)
 
 
-def embed_shards(shards: workdir.Shards, plan: dict, texts, model, todo: list[int], batch_size: int,
+def embed_shards(shards: workdir.Shards, plan: dict, model, todo: list[int], batch_size: int,
                  cache=None) -> dict | None:
     """Embed shards ``todo`` of the plan with ``model`` (or its OnnxEncoder; through ``cache``, an EmbeddingCache,
     if given); the manifest once every shard is done (None before)."""
@@ -302,7 +211,8 @@ def embed_shards(shards: workdir.Shards, plan: dict, texts, model, todo: list[in
     embedded = encoder_for(model, settings, batch_size, cache)
     for i in tqdm(todo, unit="shard", desc="embed", disable=len(todo) < 2):
         start, stop = bounds[i]
-        embed_shard(embedded, texts.slice(start, stop - start), shards.path(i), settings)
+        texts = pl.scan_parquet(shards.work / workdir.TEXTS).slice(start, stop - start).collect()  # its row groups only
+        embed_shard(embedded, texts, shards.path(i), settings)
         shards.mark_done(i)
     if cache is not None and todo:
         print(f"embed: cache {cache.root}: {cache.hits} vectors read, {cache.misses} computed and added", file=sys.stderr)
@@ -317,20 +227,22 @@ def embed_shards(shards: workdir.Shards, plan: dict, texts, model, todo: list[in
 
 def main(argv=None) -> None:
     args = parse_args(argv)
-    pairs, corpora, inputs = read_inputs(args)  # everything validated before anything is written
-    texts, anchors, dropped = plan_texts(pairs, corpora, [str(p) for p in args.input])
-    model = prepare_model(args)
-    prompts = role_prompts(model, args)
-    backend, encoder = onnx_backend.choose(args.backend, model, resolve_model(args.model, args.revision),
-                                           list(prompts.values()), args.precision, args.token_budget, args.model)
-    plan = make_plan(args, argv, model, prompts, backend, texts, anchors, inputs)
     work = args.work
-    claim(work, plan, texts, anchors, args.overwrite)
+    # Planned in a scratch folder ($TMPDIR), so that nothing is written into the work directory before every
+    # input has been read and validated; claim moves the tables in.
+    with tempfile.TemporaryDirectory(prefix="gist-mining-plan-") as scratch:
+        planned, inputs = planning.read_inputs(args.input, args.corpus, Path(scratch))
+        model = prepare_model(args)
+        prompts = role_prompts(model, args)
+        backend, encoder = onnx_backend.choose(args.backend, model, resolve_model(args.model, args.revision),
+                                               list(prompts.values()), args.precision, args.token_budget, args.model)
+        plan = make_plan(args, argv, model, prompts, backend, planned.counts, inputs)
+        claim(work, plan, planned, args.overwrite)
     bounds = plan["bounds"]
     shards = workdir.Shards(work, workdir.EMBEDDINGS, len(bounds), plan["fingerprint"])
     assigned = cli.my_shards(args, len(bounds), "embed")
     todo = shards.pending(assigned)
-    print(f"embed: {texts.height} distinct texts from {anchors.height} anchors ({dropped} given negatives dropped: "
+    print(f"embed: {plan['counts']['texts']} distinct texts from {plan['counts']['anchors']} anchors ({planned.dropped} given negatives dropped: "
           f"equal to the query or one of its positives, or repeated); {len(assigned) - len(todo)} of this process's "
           f"shards already done", file=sys.stderr)
     if two_roles(plan["settings"]):
@@ -339,7 +251,7 @@ def main(argv=None) -> None:
               "role too", file=sys.stderr)
     cache = None if args.no_cache else EmbeddingCache(args.cache_dir or default_root(), plan["model"],
                                                       backend=plan["settings"]["backend"])
-    embed_shards(shards, plan, texts, encoder, todo, args.batch_size, cache)
+    embed_shards(shards, plan, encoder, todo, args.batch_size, cache)
 
 
 if __name__ == "__main__":
