@@ -22,11 +22,12 @@ from __future__ import annotations
 
 import ast
 import csv
+import glob
 import io
 import json
 import re
 import warnings
-from collections.abc import Iterator
+from collections.abc import Generator, Iterator
 from functools import partial
 from pathlib import Path
 
@@ -34,9 +35,8 @@ import polars as pl
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from gist_mining.errors import InputError
+from gist_mining.errors import InputError, UsageError
 
-PAIR_COLUMNS = ("query", "positive")
 MAX_PROBLEMS = 20
 # Rows read, checked and handed on at a time: memory holds a batch, never the file.
 BATCH_ROWS = 100_000
@@ -207,6 +207,29 @@ def _arrow_batches(table: pa.Table) -> Iterator[pl.DataFrame]:
         yield pl.from_arrow(batch)
 
 
+def input_files(given: str | Path) -> list[Path]:
+    """The files an --input or --corpus names: a file, a dataset saved with save_to_disk, a folder of data files
+    (Spark's or pyarrow's part files; hidden and ``_`` files such as _SUCCESS skipped) or a glob of them, sorted."""
+    path = Path(given)
+    if not path.exists() and glob.has_magic(str(given)):
+        files = sorted(Path(p) for p in glob.glob(str(given), recursive=True) if _data_file(Path(p)) or Path(p).is_dir())
+        if not files:
+            raise _file_error(path, "no file matches this pattern")
+        return [f for pattern_match in files for f in input_files(pattern_match)]
+    if not path.is_dir() or (path / "state.json").exists() or (path / "dataset_dict.json").exists():
+        return [path]
+    files = sorted(p for p in path.rglob("*") if _data_file(p) and not any(
+        part.startswith((".", "_")) for part in p.relative_to(path).parts))
+    if not files:
+        raise _file_error(path, "a directory, but neither a dataset saved with save_to_disk (no state.json) nor a "
+                                "folder of .parquet, .jsonl or .csv files")
+    return files
+
+
+def _data_file(path: Path) -> bool:
+    return path.is_file() and (path.suffix.lower() == ".parquet" or path.suffix.lower() in TEXT_READERS)
+
+
 def _first_and_last_bytes(fh, size: int) -> bytes:
     head = fh.read(size)
     fh.seek(max(fh.seek(0, io.SEEK_END) - size, 0))
@@ -315,8 +338,8 @@ def _negative_problem(value) -> str | None:
     return f"is {type(value).__name__}, expected a string or a list of strings"
 
 
-def _check_negatives(problems: _Problems, values: pl.Series, first_row: int) -> None:
-    """Row problems of the negative column."""
+def _check_negatives(problems: _Problems, column: str, values: pl.Series, first_row: int) -> None:
+    """Row problems of a negative column."""
     if values.dtype == pl.String:  # one negative per row: only blank texts and written lists need a look
         suspect = values.str.contains(_BLANK_SUPERSET) | (values.str.starts_with("[") & values.str.ends_with("]"))
     elif values.dtype == pl.List(pl.String):
@@ -331,7 +354,7 @@ def _check_negatives(problems: _Problems, values: pl.Series, first_row: int) -> 
     for i, value in candidates:
         problem = _negative_problem(value)
         if problem:
-            problems.add(f"column 'negative' {problem}", first_row + i)
+            problems.add(f"column '{column}' {problem}", first_row + i)
 
 
 def _negative_lists(values: pl.Series) -> pl.Series:
@@ -344,50 +367,114 @@ def _negative_lists(values: pl.Series) -> pl.Series:
     return pl.Series(listed, dtype=pl.List(pl.String))
 
 
-def _missing(path: Path, columns: list[str], required) -> InputError | None:
-    missing = [c for c in required if c not in columns]
-    return InputError([f"{path}: missing column '{c}' (has: {', '.join(columns) or 'none'})" for c in missing]) \
-        if missing else None
+# Pairs as sentence-transformers' data sets name them, tried in order when --columns does not name them.
+PAIR_CONVENTIONS = (("query", "positive"), ("anchor", "positive"), ("query", "answer"), ("question", "answer"),
+                    ("sentence1", "sentence2"))
+ROLES = {"pairs": ("query", "positive", "negative", "task"), "corpus": ("text",)}
+_NUMBERED_NEGATIVE = re.compile(r"negative_(\d+)")
 
 
-def _checked_batches(path: Path, required: tuple[str, ...], check) -> Iterator[pl.DataFrame]:
-    """The frames of ``path`` through ``check(problems, frame, first_row)``, which adds row problems and returns
-    the validated frame; a frame is yielded only while the file has no problem, and the file's problems raise
-    at its end (every row is checked: the count of problems is complete)."""
+def parse_columns(text: str | None) -> dict[str, str]:
+    """``--columns query=question,positive=answer,negative=hard_negative,task=source`` as {role: column}."""
+    if not text:
+        return {}
+    roles = [r for kind in ROLES.values() for r in kind]
+    given = {}
+    for item in text.split(","):
+        role, sep, column = (part.strip() for part in item.partition("="))
+        if not sep or not column or role not in roles:
+            raise UsageError(f"--columns takes ROLE=COLUMN items separated by commas, ROLE one of {', '.join(roles)}; "
+                             f"not {item!r}")
+        given[role] = column
+    return given
+
+
+def resolve_columns(path: Path, columns: list[str], kind: str, given: dict[str, str]) -> dict[str, list[str]]:
+    """Which of a file's ``columns`` play which role ({role: [column, ...]}; several only for negatives): those
+    ``given`` (--columns), the rest as the project and sentence-transformers name them (PAIR_CONVENTIONS; negatives
+    ``negative`` or ``negative_1`` .. ``negative_n``; ``task``)."""
+    has = f"has: {', '.join(columns) or 'none'}"
+    given = {role: column for role, column in given.items() if role in ROLES[kind]}
+    for role, column in given.items():
+        if column not in columns:
+            raise _file_error(path, f"--columns takes '{column}' as {role}, but there is no such column ({has})")
+    taken = set(given.values())
+    if kind == "corpus":
+        if "text" not in given and "text" not in columns:
+            raise _file_error(path, f"missing column 'text' ({has}); name it with --columns text=COLUMN")
+        return {"text": [given.get("text", "text")]}
+    roles = {role: [column] for role, column in given.items()}
+    if not {"query", "positive"} <= roles.keys():
+        for query, positive in PAIR_CONVENTIONS:
+            want = {"query": roles.get("query", [query])[0], "positive": roles.get("positive", [positive])[0]}
+            if all(c in columns for c in want.values()) and want["query"] != want["positive"]:
+                roles.update({role: [column] for role, column in want.items()})
+                break
+        else:
+            raise _file_error(path, f"no columns to take as query and positive ({has}); expected one of "
+                                    f"{', '.join('/'.join(c) for c in PAIR_CONVENTIONS)}, or name them with "
+                                    "--columns query=COLUMN,positive=COLUMN")
+    taken |= {c for cs in roles.values() for c in cs}
+    if "negative" not in roles:
+        numbered = sorted((int(m.group(1)), c) for c in columns if (m := _NUMBERED_NEGATIVE.fullmatch(c)) and c not in taken)
+        negatives = ["negative"] if "negative" in columns and "negative" not in taken else [c for _, c in numbered]
+        if negatives:
+            roles["negative"] = negatives
+    if "task" not in roles and "task" in columns and "task" not in taken:
+        roles["task"] = ["task"]
+    return roles
+
+
+def describe_columns(roles: dict[str, list[str]]) -> str:
+    """How the log says which columns were taken as what."""
+    return ", ".join(f"{' + '.join(repr(c) for c in columns)} as {role}" for role, columns in roles.items())
+
+
+def _checked_batches(path: Path, kind: str, given: dict[str, str], check) -> Generator[pl.DataFrame, None, dict]:
+    """The frames of ``path`` through ``check(problems, frame, first_row, roles)``, which adds row problems and
+    returns the validated frame; a frame is yielded only while the file has no problem, and the file's problems
+    raise at its end (every row is checked: the count of problems is complete). Returns the roles of its
+    columns (resolve_columns)."""
     path = Path(path)
-    problems, columns, rows = _Problems(path), {}, 0
+    problems, roles, rows = _Problems(path), None, 0
     for frame in table_batches(path, problems):
-        columns.update(dict.fromkeys(frame.columns))
-        if frame.height and not problems.unparsed:
-            for name in required:  # a key absent from a batch of JSON records: nulls (the file may have it)
+        if problems.unparsed:
+            continue
+        if roles is None:
+            roles = resolve_columns(path, frame.columns, kind, given)
+        if frame.height:
+            for name in (c for cs in roles.values() for c in cs):  # a key absent from a batch of JSON records
                 if name not in frame.columns:
                     frame = frame.with_columns(pl.lit(None, dtype=pl.String).alias(name))
-            checked = check(problems, frame, rows + 1)
+            checked = check(problems, frame, rows + 1, roles)
             if not problems.count:
                 yield checked
         rows += frame.height
-    if not problems.unparsed:
-        if rows == 0:
-            raise _file_error(path, "no rows")
-        error = _missing(path, list(columns), required)
-        if error:
-            raise error
+    if not problems.unparsed and rows == 0:
+        raise _file_error(path, "no rows")
     problems.raise_if_any()
+    return roles
 
 
-def _check_pairs(problems: _Problems, frame: pl.DataFrame, first_row: int) -> pl.DataFrame:
-    for column in PAIR_COLUMNS:
+def _check_pairs(problems: _Problems, frame: pl.DataFrame, first_row: int, roles: dict[str, list[str]]) -> pl.DataFrame:
+    (query,), (positive,) = roles["query"], roles["positive"]
+    for column in (query, positive):
         _check_texts(problems, column, frame.get_column(column), first_row, required=True)
-    if "negative" in frame.columns:
-        _check_negatives(problems, frame.get_column("negative"), first_row)
-    tasks = frame.get_column("task") if "task" in frame.columns else pl.repeat(DEFAULT_TASK, frame.height, eager=True)
-    _check_texts(problems, "task", tasks, first_row, required=False)
+    negatives = roles.get("negative", [])
+    for column in negatives:
+        _check_negatives(problems, column, frame.get_column(column), first_row)
+    tasks = (frame.get_column(roles["task"][0]) if "task" in roles
+             else pl.repeat(DEFAULT_TASK, frame.height, eager=True))
+    _check_texts(problems, roles.get("task", ["task"])[0], tasks, first_row, required=False)
     if problems.count:
         return frame
-    negatives = (_negative_lists(frame.get_column("negative")) if "negative" in frame.columns
-                 else pl.Series(dtype=pl.List(pl.String)).extend_constant([], frame.height))
-    return pl.DataFrame({"query": _strings(frame.get_column("query")), "positive": _strings(frame.get_column("positive")),
-                         "negatives": negatives.alias("negatives"),
+    if negatives:
+        lists = pl.DataFrame([_negative_lists(frame.get_column(c)).alias(str(i)) for i, c in enumerate(negatives)])
+        negative_lists = lists.select(pl.concat_list(pl.all()).alias("negatives")).to_series()
+    else:
+        negative_lists = pl.Series(dtype=pl.List(pl.String)).extend_constant([], frame.height)
+    return pl.DataFrame({"query": _strings(frame.get_column(query)), "positive": _strings(frame.get_column(positive)),
+                         "negatives": negative_lists.alias("negatives"),
                          "task": _strings(tasks).fill_null(DEFAULT_TASK).alias("task")})
 
 
@@ -396,21 +483,24 @@ def _strings(values: pl.Series) -> pl.Series:
     return pl.Series(values.name, values.to_list(), dtype=pl.String) if values.dtype == pl.Object else values.cast(pl.String)
 
 
-def pair_batches(path: str | Path) -> Iterator[pl.DataFrame]:
+def pair_batches(path: str | Path, columns: dict[str, str] | None = None) -> Generator[pl.DataFrame, None, dict]:
     """Validated pairs in frames of at most BATCH_ROWS rows, with columns query, positive, negatives (list of
     strings) and task, one row per input row in order (duplicates kept, see the module docstring). The file's
-    problems raise once it is read to its end: a consumer must not keep what it took from a file that raises."""
-    return _checked_batches(Path(path), PAIR_COLUMNS, _check_pairs)
+    problems raise once it is read to its end: a consumer must not keep what it took from a file that raises.
+    ``columns``: --columns' {role: column}; returns the roles of the file's columns (see resolve_columns)."""
+    return _checked_batches(Path(path), "pairs", columns or {}, _check_pairs)
 
 
-def _check_corpus(problems: _Problems, frame: pl.DataFrame, first_row: int) -> pl.Series:
-    _check_texts(problems, "text", frame.get_column("text"), first_row, required=True)
-    return _strings(frame.get_column("text")) if not problems.count else frame.get_column("text")
+def _check_corpus(problems: _Problems, frame: pl.DataFrame, first_row: int, roles: dict[str, list[str]]) -> pl.Series:
+    (column,) = roles["text"]
+    _check_texts(problems, column, frame.get_column(column), first_row, required=True)
+    return _strings(frame.get_column(column)).alias("text") if not problems.count else frame.get_column(column)
 
 
-def corpus_batches(path: str | Path) -> Iterator[pl.Series]:
-    """A corpus file's column ``text``, validated, in series of at most BATCH_ROWS texts (as pair_batches)."""
-    return _checked_batches(Path(path), ("text",), _check_corpus)
+def corpus_batches(path: str | Path, columns: dict[str, str] | None = None) -> Generator[pl.Series, None, dict]:
+    """A corpus file's column ``text`` (or --columns' text=COLUMN), validated, in series of at most BATCH_ROWS
+    texts (as pair_batches)."""
+    return _checked_batches(Path(path), "corpus", columns or {}, _check_corpus)
 
 
 def read_pairs(path: str | Path) -> pl.DataFrame:

@@ -21,7 +21,8 @@ The scratch folder holds about the inputs' text once more while planning runs.
 from __future__ import annotations
 
 import shutil
-from collections.abc import Iterable, Iterator
+import sys
+from collections.abc import Generator, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -32,7 +33,7 @@ import pyarrow.parquet as pq
 
 from gist_mining import workdir
 from gist_mining.errors import InputError
-from gist_mining.inputs import corpus_batches, pair_batches
+from gist_mining.inputs import corpus_batches, describe_columns, input_files, pair_batches
 from gist_mining.storage import AtomicParquetWriter, path_sha256
 
 TEXTS_SCHEMA = pa.schema([("text_id", pa.int64()), ("text", pa.large_string()), ("is_query", pa.bool_()),
@@ -59,22 +60,37 @@ class Planned:
         return self.folder / name
 
 
-def read_inputs(pairs: list[Path], corpora: list[Path], folder: Path) -> tuple[Planned, list[dict]]:
-    """Plan the pairs and corpus files into ``folder``; every file is read to its end before any problem
-    raises, so that one run names the problems of all of them. Returns the plan and one record per file
-    (kind, path, sha256) for the stage's fingerprint."""
+def read_inputs(pairs: list, corpora: list, folder: Path, columns: dict[str, str] | None = None) -> tuple[Planned, list[dict]]:
+    """Plan the pairs and corpus inputs (files, folders, globs: ``inputs.input_files``) into ``folder``, their
+    columns taken as ``columns`` says (--columns, else recognised: ``inputs.resolve_columns``); every file is
+    read to its end before any problem raises, so that one run names the problems of all of them. Returns the
+    plan and one record per file (kind, path, sha256) for the stage's fingerprint."""
     problems: list[str] = []
 
-    def checked(batches: Iterator) -> Iterator:
+    def files(given: list) -> list[Path]:
+        found = []
+        for name in given:
+            try:
+                found += input_files(name)
+            except InputError as err:
+                problems.extend(err.problems)
+        return found
+
+    pairs, corpora = files(pairs), files(corpora)
+
+    said = []  # which columns were taken as what, logged once every input is known to be good
+
+    def checked(path: Path, batches: Generator) -> Iterator:
         try:
-            yield from batches
+            said.append(f"embed: {path}: {describe_columns((yield from batches))}")
         except InputError as err:
             problems.extend(err.problems)
 
-    planned = plan_texts([(str(p), checked(pair_batches(p))) for p in pairs],
-                         [checked(corpus_batches(p)) for p in corpora], folder, give_up=lambda: bool(problems))
+    planned = plan_texts([(str(p), checked(p, pair_batches(p, columns))) for p in pairs],
+                         [checked(p, corpus_batches(p, columns)) for p in corpora], folder, give_up=lambda: bool(problems))
     if problems:
         raise InputError(problems)
+    print("\n".join(said), file=sys.stderr)
     records = [{"kind": kind, "path": str(p), "sha256": path_sha256(Path(p))}
                for kind, paths in (("pairs", pairs), ("corpus", corpora)) for p in paths]
     return planned, records
