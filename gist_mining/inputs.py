@@ -244,10 +244,11 @@ def _parquet_batches(path: Path, fh) -> Iterator[pl.DataFrame]:
     if ends[-4:] != b"PAR1":
         raise _file_error(path, "unreadable: truncated Parquet file (it does not end with the PAR1 footer)")
     try:
-        parquet = pq.ParquetFile(fh)
+        # Without pre-buffering, which reads far ahead (3M pairs: 1.4 GB of RSS against 0.3 GB without).
+        parquet = pq.ParquetFile(fh, pre_buffer=False, buffer_size=1 << 20)
         if parquet.metadata.num_rows == 0:
             yield pl.from_arrow(parquet.schema_arrow.empty_table())
-        for batch in parquet.iter_batches(batch_size=BATCH_ROWS):
+        for batch in parquet.iter_batches(batch_size=BATCH_ROWS, use_threads=False):
             yield pl.from_arrow(batch)
     except (OSError, pa.ArrowException) as err:  # a corrupt footer or page
         raise _file_error(path, f"unreadable: corrupt Parquet file ({_describe(err)})") from err
