@@ -2,6 +2,9 @@
 
     flock /tmp/bench.lock python benchmarks/plan_scale.py --sizes 1000000 3000000 10000000 --data /tmp/plan-scale
 
+The reference is the in-memory planner this one replaced (commit REFERENCE, checked out under --data), run in
+the same session for the sizes up to --reference-max (it needs about 2.3 GB per million pairs).
+
 Each size's pairs are synthetic, as the issue that asked for this measured them: a query of 4-12 words and a
 positive of 20-60 words drawn from a 20,000-word vocabulary, every text distinct (2 distinct texts per pair),
 one Parquet file of 100,000-row row groups (written once per size, then reused). Each size runs
@@ -25,13 +28,15 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+# A child measures the code under PLAN_SCALE_CODE: this checkout, or the reference's.
+sys.path.insert(0, os.environ.get("PLAN_SCALE_CODE", str(ROOT)))
 from benchmarks.common import table  # noqa: E402
 from benchmarks.peak_rss import status_mib  # noqa: E402
 
 VOCABULARY, ROW_GROUP, SEED = 20_000, 100_000, 0
 QUERY_WORDS, POSITIVE_WORDS = (4, 12), (20, 60)
 FIRST_ENCODE = "plan_scale first encode:"
+REFERENCE = "ab7a861"  # the last commit with pipeline.embed's in-memory planner
 
 
 def random_texts(rng: np.random.Generator, vocabulary: pa.Array, n: int, words: tuple[int, int]) -> pa.Array:
@@ -76,10 +81,10 @@ def child(argv: list[str]) -> None:
     embed.main(argv)
 
 
-def measure(pairs: Path, work: Path, model: Path) -> dict:
+def measure(pairs: Path, work: Path, model: Path, code: Path) -> dict:
     argv = ["--input", str(pairs), "--work", str(work), "--model", str(model), "--backend", "torch", "--no-cache",
             "--overwrite"]
-    env = dict(os.environ, HF_HUB_OFFLINE="1", PYTHONPATH=str(ROOT))
+    env = dict(os.environ, HF_HUB_OFFLINE="1", PYTHONPATH=str(code), PLAN_SCALE_CODE=str(code))
     proc = subprocess.run([sys.executable, __file__, "--child", *argv], capture_output=True, text=True, env=env)
     line = next((x for x in proc.stdout.splitlines() if x.startswith(FIRST_ENCODE)), None)
     if line is None:
@@ -94,6 +99,7 @@ def main() -> None:
     parser.add_argument("--sizes", type=int, nargs="+", default=[1_000_000, 3_000_000])
     parser.add_argument("--data", type=Path, default=Path("/tmp/plan-scale"), help="pairs files and work directories")
     parser.add_argument("--keep-work", action="store_true", help="keep each size's work directory")
+    parser.add_argument("--reference-max", type=int, default=3_000_000, help="largest size the reference runs at")
     args = parser.parse_args()
     args.data.mkdir(parents=True, exist_ok=True)
     sys.path.insert(0, str(ROOT / "tests"))
@@ -102,18 +108,26 @@ def main() -> None:
     model = args.data / "tiny" / "st"
     if not model.exists():
         build_tiny_model(args.data / "tiny")
+    reference = args.data / f"reference-{REFERENCE}"
+    if not reference.exists():
+        reference.mkdir()
+        archive = subprocess.run(["git", "-C", str(ROOT), "archive", REFERENCE], check=True, capture_output=True).stdout
+        subprocess.run(["tar", "-x", "-C", str(reference)], input=archive, check=True)
     rows = []
     for n in args.sizes:
         pairs = write_pairs(args.data / f"pairs-{n}.parquet", n)
-        work = args.data / f"work-{n}"
-        got = measure(pairs, work, model)
-        texts = pq.ParquetFile(work / "texts.parquet").metadata.num_rows
-        if not args.keep_work:
-            subprocess.run(["rm", "-rf", str(work)], check=True)
-        rows.append((f"{n:,}", f"{texts:,}", f"{pairs.stat().st_size / 2**20:.0f}", got["seconds"],
-                     f"{got['peak_rss_mib'] / 1024:.2f}", f"{got['seconds'] / n * 1e6:.1f}"))
-        print(table(rows, ("pairs", "distinct texts", "input MiB", "seconds to first encode", "peak RSS GiB",
-                           "us per pair")), flush=True)
+        for planner, code in (("streamed", ROOT), (f"in memory ({REFERENCE})", reference)):
+            if code == reference and n > args.reference_max:
+                continue
+            work = args.data / f"work-{n}"
+            got = measure(pairs, work, model, code)
+            texts = pq.ParquetFile(work / "texts.parquet").metadata.num_rows
+            if not args.keep_work:
+                subprocess.run(["rm", "-rf", str(work)], check=True)
+            rows.append((f"{n:,}", planner, f"{texts:,}", f"{pairs.stat().st_size / 2**20:.0f}", got["seconds"],
+                         f"{got['seconds'] / n * 1e6:.1f}", f"{got['peak_rss_mib'] / 1024:.2f}"))
+            print(table(rows, ("pairs", "planner", "distinct texts", "input MiB", "seconds to first encode",
+                               "us per pair", "peak RSS GiB")), flush=True)
 
 
 if __name__ == "__main__":
