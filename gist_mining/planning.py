@@ -33,7 +33,7 @@ import pyarrow.parquet as pq
 
 from gist_mining import workdir
 from gist_mining.errors import InputError
-from gist_mining.inputs import corpus_batches, describe_columns, input_files, pair_batches
+from gist_mining.inputs import HubSelection, corpus_batches, describe_columns, input_files, pair_batches
 from gist_mining.storage import AtomicParquetWriter, path_sha256
 
 TEXTS_SCHEMA = pa.schema([("text_id", pa.int64()), ("text", pa.large_string()), ("is_query", pa.bool_()),
@@ -62,8 +62,9 @@ class Planned:
         return self.folder / name
 
 
-def read_inputs(pairs: list, corpora: list, folder: Path, columns: dict[str, str] | None = None) -> tuple[Planned, list[dict]]:
-    """Plan the pairs and corpus inputs (files, folders, globs: ``inputs.input_files``) into ``folder``, their
+def read_inputs(pairs: list, corpora: list, folder: Path, columns: dict[str, str] | None = None,
+                hub: HubSelection = HubSelection()) -> tuple[Planned, list[dict]]:
+    """Plan the pairs and corpus inputs (files, folders, globs, Hub datasets: ``inputs.input_files``) into ``folder``, their
     columns taken as ``columns`` says (--columns, else recognised: ``inputs.resolve_columns``); every file is
     read to its end before any problem raises, so that one run names the problems of all of them. Returns the
     plan and one record per file (kind, path, sha256) for the stage's fingerprint."""
@@ -73,7 +74,7 @@ def read_inputs(pairs: list, corpora: list, folder: Path, columns: dict[str, str
         found = []
         for name in given:
             try:
-                found += input_files(name)
+                found += input_files(name, hub)
             except InputError as err:
                 problems.extend(err.problems)
         return found

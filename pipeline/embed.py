@@ -37,7 +37,7 @@ from tqdm import tqdm
 
 from gist_mining import cli, onnx_backend, planning, workdir
 from gist_mining.embed_cache import EmbeddingCache, default_root
-from gist_mining.inputs import parse_columns
+from gist_mining.inputs import HubSelection, parse_columns
 from gist_mining.models import DEFAULT_GUIDE, load_model, model_fingerprint, resolve_model, role_prompts
 from gist_mining.storage import commit, config_fingerprint, tmp_name, write_json_atomic, write_parquet_atomic
 from gist_mining.workdir import QUERY_COLUMN, two_roles
@@ -63,9 +63,13 @@ class EmbedSettings:
 def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m pipeline.embed", description=__doc__.split("\n")[0])
     parser.add_argument("--input", action="append", required=True,
-                        help="pairs: a Parquet, JSONL or CSV file, a save_to_disk dataset, a folder or a glob of files "
-                             "(repeatable)")
-    parser.add_argument("--corpus", action="append", default=[], help="extra texts, column 'text' (repeatable)")
+                        help="pairs: a Parquet, JSONL or CSV file, a save_to_disk dataset, a folder or a glob of files, "
+                             "a Hub dataset id or hf://datasets/OWNER/NAME/PATH (repeatable)")
+    parser.add_argument("--corpus", action="append", default=[],
+                        help="extra texts, column 'text', in any form --input takes (repeatable)")
+    parser.add_argument("--input-split", default=HubSelection.split, help="split of Hub dataset inputs")
+    parser.add_argument("--input-subset", default=None, help="subset (config) of Hub dataset inputs")
+    parser.add_argument("--input-revision", default=None, help="branch, tag or commit of Hub dataset inputs")
     parser.add_argument("--columns", default=None, metavar="ROLE=COLUMN,...",
                         help="which columns are what, e.g. query=question,positive=answer,negative=hard_negative,"
                              "task=source,text=body (default: recognised, as sentence-transformers names them)")
@@ -237,7 +241,8 @@ def main(argv=None) -> None:
     # Planned in a scratch folder ($TMPDIR), so that nothing is written into the work directory before every
     # input has been read and validated; claim moves the tables in.
     with tempfile.TemporaryDirectory(prefix="gist-mining-plan-") as scratch:
-        planned, inputs = planning.read_inputs(args.input, args.corpus, Path(scratch), parse_columns(args.columns))
+        hub = HubSelection(split=args.input_split, subset=args.input_subset, revision=args.input_revision)
+        planned, inputs = planning.read_inputs(args.input, args.corpus, Path(scratch), parse_columns(args.columns), hub)
         model = prepare_model(args)
         prompts = role_prompts(model, args)
         backend, encoder = onnx_backend.choose(args.backend, model, resolve_model(args.model, args.revision),
