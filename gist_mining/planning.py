@@ -33,7 +33,8 @@ import pyarrow.parquet as pq
 
 from gist_mining import workdir
 from gist_mining.errors import InputError
-from gist_mining.inputs import HubSelection, corpus_batches, describe_columns, input_files, pair_batches
+from gist_mining.inputs import (BATCH_ROWS, DEFAULT_TASK, HubSelection, corpus_batches, describe_columns, input_files,
+                                pair_batches, retrieval_pairs)
 from gist_mining.storage import AtomicParquetWriter, path_sha256
 
 TEXTS_SCHEMA = pa.schema([("text_id", pa.int64()), ("text", pa.large_string()), ("is_query", pa.bool_()),
@@ -63,11 +64,13 @@ class Planned:
 
 
 def read_inputs(pairs: list, corpora: list, folder: Path, columns: dict[str, str] | None = None,
-                hub: HubSelection = HubSelection()) -> tuple[Planned, list[dict]]:
+                hub: HubSelection = HubSelection(), retrieval: tuple | None = None) -> tuple[Planned, list[dict]]:
     """Plan the pairs and corpus inputs (files, folders, globs, Hub datasets: ``inputs.input_files``) into ``folder``, their
     columns taken as ``columns`` says (--columns, else recognised: ``inputs.resolve_columns``); every file is
     read to its end before any problem raises, so that one run names the problems of all of them. Returns the
-    plan and one record per file (kind, path, sha256) for the stage's fingerprint."""
+    plan and one record per file (kind, path, sha256) for the stage's fingerprint. ``retrieval``: (queries,
+    corpus, qrels) as BEIR lays them out (``inputs.retrieval_pairs``): the qrels' pairs, and the corpus as
+    extra texts."""
     problems: list[str] = []
 
     def files(given: list) -> list[Path]:
@@ -80,6 +83,16 @@ def read_inputs(pairs: list, corpora: list, folder: Path, columns: dict[str, str
         return found
 
     pairs, corpora = files(pairs), files(corpora)
+    sources = [(str(p), checked(p, pair_batches(p, columns))) for p in pairs]
+    texts = [checked(p, corpus_batches(p, columns)) for p in corpora]
+    if retrieval:
+        folder.mkdir(parents=True, exist_ok=True)
+        try:
+            pairs_file, corpus_file = retrieval_pairs(*retrieval, folder)
+            sources.append((str(retrieval[2]), _parquet_frames(pairs_file)))
+            texts.append(_parquet_frames(corpus_file, "text"))
+        except InputError as err:
+            problems.extend(err.problems)
 
     said = []  # which columns were taken as what, logged once every input is known to be good
 
@@ -89,14 +102,25 @@ def read_inputs(pairs: list, corpora: list, folder: Path, columns: dict[str, str
         except InputError as err:
             problems.extend(err.problems)
 
-    planned = plan_texts([(str(p), checked(p, pair_batches(p, columns))) for p in pairs],
-                         [checked(p, corpus_batches(p, columns)) for p in corpora], folder, give_up=lambda: bool(problems))
+    planned = plan_texts(sources, texts, folder, give_up=lambda: bool(problems))
     if problems:
         raise InputError(problems)
     print("\n".join(said), file=sys.stderr)
-    records = [{"kind": kind, "path": str(p), "sha256": path_sha256(Path(p))}
-               for kind, paths in (("pairs", pairs), ("corpus", corpora)) for p in paths]
+    kinds = [("pairs", pairs), ("corpus", corpora)] + ([("queries", retrieval[:1]), ("corpus", retrieval[1:2]),
+                                                        ("qrels", retrieval[2:])] if retrieval else [])
+    records = [{"kind": kind, "path": str(p), "sha256": path_sha256(Path(p))} for kind, paths in kinds for p in paths]
     return planned, records
+
+
+def _parquet_frames(path: Path, column: str | None = None) -> Iterator:
+    """A table planning wrote itself, in batches: frames (as pair_batches gives them), or one column's series."""
+    for batch in pq.ParquetFile(path).iter_batches(batch_size=BATCH_ROWS):
+        frame = pl.from_arrow(batch)
+        if column:
+            yield frame.get_column(column)
+        else:
+            yield frame.with_columns(pl.lit([], dtype=pl.List(pl.String)).alias("negatives"),
+                                     pl.lit(DEFAULT_TASK).alias("task"))
 
 
 def plan_texts(pairs: list[tuple[str, Iterable[pl.DataFrame]]], corpora: list[Iterable[pl.Series]], folder: Path,
@@ -186,6 +210,8 @@ def _spill_anchors(spilled: _Spilled, spill: Path, batch: pl.DataFrame, ids: pl.
     anchors = batch.select(
         pl.int_range(first_anchor, first_anchor + batch.height, dtype=pl.Int64).alias("anchor_id"),
         pl.lit(source, dtype=pl.String).alias("source"),
+        # A batch may say its rows' numbers in its source (a retrieval layout's pairs: the qrels' rows).
+        pl.col("source_row") if "source_row" in batch.columns else
         pl.int_range(first_row, first_row + batch.height, dtype=pl.Int64).alias("source_row"),
         to_id(pl.col("query")).alias("query_id"), to_id(pl.col("positive")).alias("positive_id"),
         pl.col("negatives").list.eval(to_id(pl.element())).alias("negative_ids"), "task",

@@ -37,6 +37,7 @@ from tqdm import tqdm
 
 from gist_mining import cli, onnx_backend, planning, workdir
 from gist_mining.embed_cache import EmbeddingCache, default_root
+from gist_mining.errors import UsageError
 from gist_mining.inputs import HubSelection, parse_columns
 from gist_mining.models import DEFAULT_GUIDE, load_model, model_fingerprint, resolve_model, role_prompts
 from gist_mining.storage import commit, config_fingerprint, tmp_name, write_json_atomic, write_parquet_atomic
@@ -62,11 +63,15 @@ class EmbedSettings:
 
 def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m pipeline.embed", description=__doc__.split("\n")[0])
-    parser.add_argument("--input", action="append", required=True,
+    parser.add_argument("--input", action="append", default=[],
                         help="pairs: a Parquet, JSONL or CSV file, a save_to_disk dataset, a folder or a glob of files, "
                              "a Hub dataset id or hf://datasets/OWNER/NAME/PATH (repeatable)")
     parser.add_argument("--corpus", action="append", default=[],
-                        help="extra texts, column 'text', in any form --input takes (repeatable)")
+                        help="extra texts, column 'text', in any form --input takes (repeatable); with --qrels, the "
+                             "BEIR corpus (_id, title, text)")
+    parser.add_argument("--queries", type=Path, default=None, help="BEIR queries (_id, text), with --corpus and --qrels")
+    parser.add_argument("--qrels", type=Path, default=None,
+                        help="BEIR qrels (query-id, corpus-id, score): each qrel scoring above 0 is a pair")
     parser.add_argument("--input-split", default=HubSelection.split, help="split of Hub dataset inputs")
     parser.add_argument("--input-subset", default=None, help="subset (config) of Hub dataset inputs")
     parser.add_argument("--input-revision", default=None, help="branch, tag or commit of Hub dataset inputs")
@@ -95,7 +100,12 @@ def parse_args(argv=None) -> argparse.Namespace:
                              "else ~/.cache/gist-mining/embeddings)")
     parser.add_argument("--no-cache", action="store_true", help="neither read nor add to the embedding cache")
     cli.shard_arguments(parser)
-    return parser.parse_args(argv)
+    args = parser.parse_args(argv)
+    if (args.queries is None) != (args.qrels is None) or (args.qrels and len(args.corpus) != 1):
+        raise UsageError("a retrieval layout takes --queries, --qrels and one --corpus together")
+    if not args.input and not args.qrels:
+        raise UsageError("give pairs with --input, or a retrieval layout with --queries, --corpus and --qrels")
+    return args
 
 
 def shard_bounds(n_texts: int, shard_size: int) -> list[tuple[int, int]]:
@@ -242,7 +252,9 @@ def main(argv=None) -> None:
     # input has been read and validated; claim moves the tables in.
     with tempfile.TemporaryDirectory(prefix="gist-mining-plan-") as scratch:
         hub = HubSelection(split=args.input_split, subset=args.input_subset, revision=args.input_revision)
-        planned, inputs = planning.read_inputs(args.input, args.corpus, Path(scratch), parse_columns(args.columns), hub)
+        retrieval = (args.queries, Path(args.corpus[0]), args.qrels) if args.qrels else None
+        planned, inputs = planning.read_inputs(args.input, args.corpus if not retrieval else [], Path(scratch),
+                                               parse_columns(args.columns), hub, retrieval)
         model = prepare_model(args)
         prompts = role_prompts(model, args)
         backend, encoder = onnx_backend.choose(args.backend, model, resolve_model(args.model, args.revision),
