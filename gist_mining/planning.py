@@ -82,6 +82,14 @@ def read_inputs(pairs: list, corpora: list, folder: Path, columns: dict[str, str
                 problems.extend(err.problems)
         return found
 
+    said = []  # which columns were taken as what, logged once every input is known to be good
+
+    def checked(path: Path, batches: Generator) -> Iterator:
+        try:
+            said.append(f"embed: {path}: {describe_columns((yield from batches))}")
+        except InputError as err:
+            problems.extend(err.problems)
+
     pairs, corpora = files(pairs), files(corpora)
     sources = [(str(p), checked(p, pair_batches(p, columns))) for p in pairs]
     texts = [checked(p, corpus_batches(p, columns)) for p in corpora]
@@ -94,18 +102,11 @@ def read_inputs(pairs: list, corpora: list, folder: Path, columns: dict[str, str
         except InputError as err:
             problems.extend(err.problems)
 
-    said = []  # which columns were taken as what, logged once every input is known to be good
-
-    def checked(path: Path, batches: Generator) -> Iterator:
-        try:
-            said.append(f"embed: {path}: {describe_columns((yield from batches))}")
-        except InputError as err:
-            problems.extend(err.problems)
-
     planned = plan_texts(sources, texts, folder, give_up=lambda: bool(problems))
     if problems:
         raise InputError(problems)
-    print("\n".join(said), file=sys.stderr)
+    for line in said:
+        print(line, file=sys.stderr)
     kinds = [("pairs", pairs), ("corpus", corpora)] + ([("queries", retrieval[:1]), ("corpus", retrieval[1:2]),
                                                         ("qrels", retrieval[2:])] if retrieval else [])
     records = [{"kind": kind, "path": str(p), "sha256": path_sha256(Path(p))} for kind, paths in kinds for p in paths]
