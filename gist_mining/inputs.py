@@ -1,10 +1,14 @@
-"""Read and validate training pairs and extra corpus files.
+"""Read and validate training pairs and extra corpus files, in row batches (memory holds a batch, never a file).
 
-Pairs: Parquet, JSONL, CSV or a `datasets` dataset saved to disk, with columns ``query``, ``positive``,
-optional ``negative`` (a string or a list of strings) and optional ``task``. Corpus files: the same
-formats with a ``text`` column. Every problem is reported as one line naming the file, the row and what
-is wrong (``{path}: row {n}: ...``, or ``{path}: ...`` for the file as a whole); nothing is read further
-once a file has problems.
+Pairs: Parquet, JSONL, CSV or a `datasets` dataset saved to disk, a folder or glob of such files, or a Hub
+dataset (an id or an hf://datasets/ path, through the Hugging Face cache: ``input_files``), with columns for
+the query and its positive, optional negatives (a string or a list of strings per column) and an optional
+``task``; which columns are which is given (--columns) or recognised as sentence-transformers' data sets name
+them (``resolve_columns``). Corpus files: the same forms with a ``text`` column. A retrieval layout (queries,
+corpus and qrels as BEIR lays them out) becomes pairs and a corpus (``retrieval_pairs``). Every problem is
+reported as one line naming the file, the row and what is wrong (``{path}: row {n}: ...``, or ``{path}: ...``
+for the file as a whole); every row of a file is checked, and once a row of a text file does not parse, the
+rows after it are only parsed.
 
 Row n is the n-th data row, counted from 1: the n-th row of a Parquet file or dataset, the n-th record of
 a JSONL file or the n-th record after the header of a CSV file (the header is not a row, blank lines are

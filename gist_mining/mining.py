@@ -377,6 +377,8 @@ def select(candidates: pa.Table, rules: MiningRules) -> pa.Table:
     positive, candidate, given = SCORES[rules.score]
     if candidates[positive].null_count:
         raise ValueError(f"the candidates hold no {positive} (searched without --rescore-model)")
+    if candidates[THRESHOLD_SCORES[rules.score]].null_count:
+        raise ValueError(f"the candidates hold no {THRESHOLD_SCORES[rules.score]} (searched before it was stored)")
     ids = padded(candidates["candidate_ids"], PAD_ID, np.int64)
     scores = padded(candidates[candidate], -np.inf, np.float32)
     order = np.argsort(-scores, axis=1, kind="stable")

@@ -6,15 +6,16 @@ id, so that an embedding shard holds texts of similar length) and anchors.parque
 row groups, with memory bounded by a batch of rows and a range of texts, never by the inputs:
 
 1. read: each input is read and validated in row batches (``gist_mining.inputs``); each batch spills its
-   distinct texts (sorted by length and id) and its anchors as ids to a scratch folder, and the bytes of
-   text per length are counted. A text's id is a hash of its content (``workdir.text_id``), so no table of
-   ids is needed to turn texts into ids.
-2. texts: equal texts have equal lengths, so the length axis is cut into ranges holding at most
-   RANGE_BYTES of spilled text and each range is deduplicated and sorted on its own; written one after the
+   distinct texts (sorted by length and id; its given negatives apart) and its anchors as ids to a scratch
+   folder, and the bytes of text per length are counted. A text's id is a hash of its content
+   (``workdir.text_id``), so no table of ids is needed to turn texts into ids.
+2. given negatives: cleaned on id columns only (``clean_given_negatives``); a dropped one is no document.
+3. texts: equal texts have equal lengths, so the length axis is cut into ranges holding at most RANGE_BYTES of
+   spilled text (``text_ranges``) and each range is deduplicated and sorted on its own; written one after the
    other, the ranges give the table in its global order.
-3. anchors: the given negatives are cleaned on id columns only (``clean_given_negatives``) and the anchors
-   written in order with the cleaned lists.
+4. anchors: written in order, with the cleaned lists of negatives.
 
+Measured by benchmarks/plan_scale.py (benchmarks/results/plan_scale.md).
 The scratch folder holds about the inputs' text once more while planning runs.
 """
 
