@@ -32,8 +32,8 @@ from pipeline import embed  # noqa: E402
 # The stage's parts, by the functions that do them (cumulative time; the forward pass includes tokenization).
 PARTS = {
     "forward pass (ONNX Runtime or torch, with tokenization)": ["onnx_backend.py:*(encode)", "embed.py:*(encode)"],
-    "reading and validating input": ["embed.py:*(read_inputs)"],
-    "dedup and text ids": ["embed.py:*(plan_texts)"],
+    "reading and validating input": ["planning.py:*(read_inputs)"],
+    "dedup and text ids": ["planning.py:*(plan_texts)"],
     "model load": ["embed.py:*(prepare_model)"],
     "ONNX export lookup (the session builds on its own thread)": ["onnx_backend.py:*(load)"],
     "model fingerprint (hashing)": ["models.py:*(model_fingerprint)"],

@@ -5,7 +5,7 @@
 Texts are "doc N" (the pool: N < --pool) and "query N" (N < --anchors). Anchor N asks query N, whose
 positive is doc N; every third anchor also gives doc (anchors + N) as a negative. Documents lie around
 pool / 1000 random centres (cosine ~0.5 between two documents of a centre), and query N around doc N
-(cosine ~0.86). The texts and anchors are planned by pipeline.embed.plan_texts, the plan made by
+(cosine ~0.86). The texts and anchors are planned by gist_mining.planning.plan_texts, the plan made by
 pipeline.embed.plan_for, and the shards, markers and manifest written by pipeline.embed.EmbedStep
 with a stand-in guide whose ``encode`` returns these vectors, so the directory is exactly what
 pipeline.embed writes (float16 vectors) and `python -m pipeline.mask --work DIR` runs on it unchanged.
@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import shlex
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -23,11 +24,11 @@ import numpy as np
 import polars as pl
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from gist_mining import workdir  # noqa: E402
+from gist_mining import planning, workdir  # noqa: E402
 from gist_mining.storage import config_fingerprint  # noqa: E402
 from gist_mining.executor import ExecutorSettings, run_step  # noqa: E402
 from gist_mining.models import ModelSettings  # noqa: E402
-from pipeline.embed import EmbedOptions, EmbedSettings, EmbedStep, claim, finish, plan_for, plan_texts  # noqa: E402
+from pipeline.embed import EmbedOptions, EmbedSettings, EmbedStep, claim, finish, plan_for  # noqa: E402
 
 DOCUMENT_SPREAD, QUERY_SPREAD = 1.0, 0.6  # noise norm relative to the unit centre (document) or positive (query)
 
@@ -87,7 +88,8 @@ def main(argv: list[str] | None = None) -> Path:
         parser.error("--anchors must be in 1 .. --pool")
     started = time.perf_counter()
     pairs, corpus = pairs_and_corpus(args.pool, args.anchors)
-    texts, anchors, _ = plan_texts([pairs], [corpus], ["synthetic"])
+    scratch = tempfile.TemporaryDirectory(prefix="gist-mining-plan-")
+    planned = planning.plan_texts([("synthetic", [pairs])], [[pl.Series(corpus, dtype=pl.String)]], Path(scratch.name))
     del pairs, corpus
     recipe = {"pool": args.pool, "anchors": args.anchors, "dim": args.dim, "seed": args.seed}
     model_info = {"name": "synthetic", "fingerprint": config_fingerprint(recipe), "dimension": args.dim, **recipe}
@@ -95,8 +97,9 @@ def main(argv: list[str] | None = None) -> Path:
     command = shlex.join(["python", "benchmarks/synthetic_pool.py", *map(str, sys.argv[1:] if argv is None else argv)])
     plan = plan_for(model_info, EmbedSettings(dtype="float16", precision="fp32", shard_size=args.texts_per_shard,
                                                 query_prompt="", document_prompt="", backend="torch"), inputs, command,
-                    texts, anchors)
-    claim(args.work, plan, texts, anchors, overwrite=True)
+                    planned.counts)
+    claim(args.work, plan, planned, overwrite=True)
+    scratch.cleanup()
     shards = workdir.Shards(args.work, workdir.EMBEDDINGS, len(plan["bounds"]), plan["fingerprint"])
     guide = SyntheticGuide(args.pool, args.anchors, args.dim, args.seed)
     run_step(EmbedStep(shards, plan, ModelSettings("synthetic"), batch_size=0, loaded=guide), ExecutorSettings())

@@ -1,10 +1,14 @@
-"""Read and validate training pairs and extra corpus files.
+"""Read and validate training pairs and extra corpus files, in row batches (memory holds a batch, never a file).
 
-Pairs: Parquet, JSONL, CSV or a `datasets` dataset saved to disk, with columns ``query``, ``positive``,
-optional ``negative`` (a string or a list of strings) and optional ``task``. Corpus files: the same
-formats with a ``text`` column. Every problem is reported as one line naming the file, the row and what
-is wrong (``{path}: row {n}: ...``, or ``{path}: ...`` for the file as a whole); nothing is read further
-once a file has problems.
+Pairs: Parquet, JSONL, CSV or a `datasets` dataset saved to disk, a folder or glob of such files, or a Hub
+dataset (an id or an hf://datasets/ path, through the Hugging Face cache: ``input_files``), with columns for
+the query and its positive, optional negatives (a string or a list of strings per column) and an optional
+``task``; which columns are which is given (--columns) or recognised as sentence-transformers' data sets name
+them (``resolve_columns``). Corpus files: the same forms with a ``text`` column. A retrieval layout (queries,
+corpus and qrels as BEIR lays them out) becomes pairs and a corpus (``retrieval_pairs``). Every problem is
+reported as one line naming the file, the row and what is wrong (``{path}: row {n}: ...``, or ``{path}: ...``
+for the file as a whole); every row of a file is checked, and once a row of a text file does not parse, the
+rows after it are only parsed.
 
 Row n is the n-th data row, counted from 1: the n-th row of a Parquet file or dataset, the n-th record of
 a JSONL file or the n-th record after the header of a CSV file (the header is not a row, blank lines are
@@ -22,22 +26,31 @@ from __future__ import annotations
 
 import ast
 import csv
+import glob
 import io
 import json
 import re
 import warnings
+from collections.abc import Generator, Iterator
+from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
 
 import polars as pl
+import pyarrow as pa
+import pyarrow.parquet as pq
 
-from gist_mining.errors import InputError
+from gist_mining.errors import InputError, UsageError
 
-PAIR_COLUMNS = ("query", "positive")
 MAX_PROBLEMS = 20
+# Rows read, checked and handed on at a time: memory holds a batch, never the file.
+BATCH_ROWS = 100_000
 DEFAULT_TASK = "default"
 # Nothing to embed: whitespace, or invisible characters (zero-width spaces, byte order marks) only.
 _BLANK = re.compile(r"[\s\u200b\u200c\u200d\u2060\ufeff]*")
+# A superset of what _BLANK matches, for Polars' regex engine: its \s lacks the separators U+001C..U+001F that
+# Python's has. The texts it matches are checked by _text_problem.
+_BLANK_SUPERSET = r"^[\s\x1c-\x1f\x{200b}\x{200c}\x{200d}\x{2060}\x{feff}]*$"
 # What undecodable bytes turn into when decoded with errors="surrogateescape": U+DC80..U+DCFF for 0x80..0xFF.
 _UNDECODABLE = re.compile("[\udc80-\udcff]")
 # Python's csv refuses fields over 128 KiB by default; long texts are accepted (see above).
@@ -49,6 +62,7 @@ class _Problems:
 
     def __init__(self, path: Path):
         self.path, self.lines, self.count = path, [], 0
+        self.unparsed = False  # a row that does not parse: the rows after it are only parsed, not checked
 
     def add(self, what: str, row: int, line: int | None = None) -> None:
         self.count += 1
@@ -75,48 +89,56 @@ def _file_error(path: Path, what: str) -> InputError:
     return InputError([_one_line(f"{path}: {what}")])
 
 
-def _read_jsonl(path: Path, data: bytes) -> pl.DataFrame:
-    """JSONL parsed per line, so that a broken line or a mixed-type value is named by its row."""
-    if data.lstrip(b"\xef\xbb\xbf \t\r\n").startswith(b"["):
+def _jsonl_batches(path: Path, fh, problems: _Problems) -> Iterator[pl.DataFrame]:
+    """JSONL parsed per line, so that a broken line or a mixed-type value is named by its row. Once a line
+    does not parse, later lines are only checked for parsing: the row numbers of the batches would be off."""
+    if fh.read(1 << 16).lstrip(b"\xef\xbb\xbf \t\r\n").startswith(b"["):
         raise _file_error(path, "a JSON array; expected JSON Lines (one object per line)")
-    records, problems, row = [], _Problems(path), 0
-    lines = data.split(b"\n")
-    for line, raw in enumerate(lines, start=1):
+    fh.seek(0)
+    records, row = [], 0
+    for line, raw in enumerate(fh, start=1):
         if not raw.strip():
             continue
         row += 1
         # The last line of a file that does not end with a newline is where a cut-off copy breaks.
-        truncated = "; the file ends mid-line, it may be truncated" if line == len(lines) else ""
+        truncated = "" if raw.endswith(b"\n") else "; the file ends mid-line, it may be truncated"
         try:
             record = json.loads(raw.decode("utf-8-sig"))  # -sig: a byte order mark some editors write
         except UnicodeDecodeError as err:
             where = f"byte 0x{raw[err.start]:02x} at byte {err.start + 1} of the line"
             problems.add(f"not valid UTF-8 ({where}){truncated}", row, line)
+            problems.unparsed = True
             continue
         except json.JSONDecodeError as err:
             problems.add(f"not valid JSON at column {err.colno} ({err.msg}){truncated}", row, line)
+            problems.unparsed = True
             continue
         if not isinstance(record, dict):
             problems.add(f"expected a JSON object, got {type(record).__name__}", row, line)
+            problems.unparsed = True
             continue
         records.append(record)
-    problems.raise_if_any()
+        if len(records) == BATCH_ROWS:
+            yield pl.DataFrame() if problems.unparsed else _records_frame(records)
+            records = []
+    if records:
+        yield pl.DataFrame() if problems.unparsed else _records_frame(records)
+
+
+def _records_frame(records: list[dict]) -> pl.DataFrame:
     columns = sorted({key for record in records for key in record})
-    # Object columns keep each value as written, so the row checks below see the real types.
+    # Object columns keep each value as written, so the row checks see the real types.
     return pl.DataFrame({c: pl.Series(c, [r.get(c) for r in records], dtype=pl.Object) for c in columns})
 
 
-def _read_csv(path: Path, data: bytes, delimiter: str) -> pl.DataFrame:
+def _csv_batches(path: Path, fh, problems: _Problems, delimiter: str) -> Iterator[pl.DataFrame]:
     """RFC 4180 CSV: quoted fields may hold delimiters, doubled quotes and line breaks. Every value is read
     as a string, and an empty field as null (a missing optional value). Row n is the n-th record after the
     header; blank lines are skipped."""
-    try:
-        text = data.decode("utf-8-sig")
-    except UnicodeDecodeError:
-        # Decoded anyway, bytes kept as lone surrogates, so that each bad field is named by row and column below.
-        text = data.decode("utf-8-sig", errors="surrogateescape")
+    # surrogateescape: undecodable bytes kept as lone surrogates, so that each bad field is named by row and column.
+    text = io.TextIOWrapper(fh, encoding="utf-8-sig", errors="surrogateescape", newline="")
     csv.field_size_limit(_CSV_FIELD_LIMIT)
-    reader = csv.reader(io.StringIO(text, newline=""), delimiter=delimiter, strict=True)
+    reader = csv.reader(text, delimiter=delimiter, strict=True)
     try:
         header = next(reader, [])
     except csv.Error as err:
@@ -126,40 +148,50 @@ def _read_csv(path: Path, data: bytes, delimiter: str) -> pl.DataFrame:
     repeated = sorted({name for name in header if header.count(name) > 1})
     if repeated:
         raise _file_error(path, f"the header names column(s) {', '.join(map(repr, repeated))} more than once")
-    problems, records, end = _Problems(path), [], reader.line_num
+    records, row, end = [], 0, reader.line_num
+
+    def frame() -> pl.DataFrame:
+        return pl.DataFrame({name: pl.Series(name, [r[i] or None for r in records], dtype=pl.String)
+                             for i, name in enumerate(header)}) if not problems.unparsed else pl.DataFrame()
+
     try:
         for record in reader:
             start, end = end + 1, reader.line_num
             if not record:
                 continue
-            records.append(record)
-            row = len(records)
+            row += 1
             if len(record) != len(header):
                 problems.add(f"{len(record)} field(s), the header has {len(header)} (an unquoted delimiter or quote?)",
                              row, start)
+                problems.unparsed = True
             for column, value in zip(header, record):
                 bad = _UNDECODABLE.search(value)
                 if bad:
                     problems.add(f"column '{column}' is not valid UTF-8 (byte 0x{ord(bad.group()) - 0xDC00:02x})", row, start)
+                    problems.unparsed = True
+            records.append(record)
+            if len(records) == BATCH_ROWS:
+                yield frame()
+                records = []
     except csv.Error as err:
         what = ("a quoted field is still open at the end of the file (a stray quote, or the file is truncated)"
                 if "unexpected end of data" in str(err) else f"broken quoting ({err})")
-        problems.add(what, len(records) + 1, end + 1)
-    problems.raise_if_any()
-    return pl.DataFrame(
-        {name: pl.Series(name, [r[i] or None for r in records], dtype=pl.String) for i, name in enumerate(header)})
+        problems.add(what, row + 1, end + 1)
+        problems.unparsed = True
+    if records or not row:
+        yield frame()  # a header without rows still names its columns
 
 
 TEXT_READERS = {
-    ".jsonl": _read_jsonl,
-    ".json": _read_jsonl,
-    ".ndjson": _read_jsonl,
-    ".csv": partial(_read_csv, delimiter=","),
-    ".tsv": partial(_read_csv, delimiter="\t"),
+    ".jsonl": _jsonl_batches,
+    ".json": _jsonl_batches,
+    ".ndjson": _jsonl_batches,
+    ".csv": partial(_csv_batches, delimiter=","),
+    ".tsv": partial(_csv_batches, delimiter="\t"),
 }
 
 
-def _read_dataset(path: Path) -> pl.DataFrame:
+def _dataset_batches(path: Path) -> Iterator[pl.DataFrame]:
     if not ((path / "state.json").exists() or (path / "dataset_dict.json").exists()):
         raise _file_error(path, "a directory, but not a dataset saved with save_to_disk (no state.json); "
                                 "expected a file or a dataset directory")
@@ -171,7 +203,133 @@ def _read_dataset(path: Path) -> pl.DataFrame:
         raise _file_error(path, f"unreadable: damaged dataset ({_describe(err)})") from err
     if isinstance(dataset, datasets.DatasetDict):
         raise _file_error(path, f"a DatasetDict; pass one split's directory ({', '.join(dataset)})")
-    return pl.from_arrow(dataset.data.table)
+    yield from _arrow_batches(dataset.data.table)
+
+
+def _arrow_batches(table: pa.Table) -> Iterator[pl.DataFrame]:
+    """An Arrow table (memory-mapped by `datasets`) as frames of at most BATCH_ROWS rows, its schema when empty."""
+    for batch in table.to_batches(max_chunksize=BATCH_ROWS) or [table.schema.empty_table()]:
+        yield pl.from_arrow(batch)
+
+
+@dataclass(frozen=True)
+class HubSelection:
+    """Which files of a Hub dataset an input takes (--input-subset, --input-split, --input-revision)."""
+
+    split: str = "train"
+    subset: str | None = None
+    revision: str | None = None
+
+
+HUB_PATHS = "hf://datasets/"
+# owner/name, as the Hub spells dataset ids; a name ending like a data file is a missing local file instead.
+_HUB_ID = re.compile(r"[\w.-]+/[\w.-]+")
+
+
+def input_files(given: str | Path, hub: HubSelection = HubSelection()) -> list[Path]:
+    """The files an --input or --corpus names: a file, a dataset saved with save_to_disk, a folder of data files
+    (Spark's or pyarrow's part files; hidden and ``_`` files such as _SUCCESS skipped), a glob of them, a Hub
+    dataset id or an ``hf://datasets/OWNER/NAME[@REVISION]/PATH`` (``hub_files``); sorted."""
+    path = Path(given)
+    text = str(given)
+    if text.startswith(HUB_PATHS) or (not path.exists() and _HUB_ID.fullmatch(text) and not _data_suffix(path)):
+        return hub_files(text, hub)
+    if not path.exists() and glob.has_magic(text):
+        files = sorted(Path(p) for p in glob.glob(text, recursive=True) if _data_file(Path(p)) or Path(p).is_dir())
+        if not files:
+            raise _file_error(path, "no file matches this pattern")
+        return [f for match in files for f in input_files(match)]
+    if not path.is_dir() or (path / "state.json").exists() or (path / "dataset_dict.json").exists():
+        return [path]
+    files = sorted(p for p in path.rglob("*") if _data_file(p) and not any(
+        part.startswith((".", "_")) for part in p.relative_to(path).parts))
+    if not files:
+        raise _file_error(path, "a directory, but neither a dataset saved with save_to_disk (no state.json) nor a "
+                                "folder of .parquet, .jsonl or .csv files")
+    return files
+
+
+def hub_files(given: str, hub: HubSelection) -> list[Path]:
+    """A Hub dataset's data files for one subset and split, through the standard Hugging Face cache (HF_HOME;
+    HF_HUB_OFFLINE=1 serves it without asking the Hub). The split's files are those its dataset card's configs
+    name, else those `datasets` finds by its naming conventions (data/train-00000-of-00001.parquet, ...)."""
+    from huggingface_hub import snapshot_download
+    from huggingface_hub.errors import HfHubHTTPError, LocalEntryNotFoundError
+
+    if given.startswith(HUB_PATHS):  # hf://datasets/OWNER/NAME[@REVISION]/PATH
+        owner, name, inner = (given.removeprefix(HUB_PATHS).split("/", 2) + ["", ""])[:3]
+        repo, _, revision = f"{owner}/{name}".partition("@")
+        revision = revision or hub.revision
+    else:
+        repo, inner, revision = given, "", hub.revision
+
+    def fetch(patterns: list[str]) -> Path:
+        try:
+            return Path(snapshot_download(repo, repo_type="dataset", revision=revision, allow_patterns=patterns))
+        except (LocalEntryNotFoundError, HfHubHTTPError, OSError, ValueError) as err:
+            recipe = f"hf download {repo} --repo-type dataset" + (f" --revision {revision}" if revision else "")
+            raise _file_error(Path(given), f"a Hub dataset neither in the Hugging Face cache nor reachable "
+                                           f"({_describe(err)}); fetch it where the Hub is reachable with `{recipe}` "
+                                           "and copy that machine's HF_HOME cache here") from err
+
+    if inner:
+        folder = fetch([inner, f"{inner}/**"])
+        found = sorted({f for match in folder.glob(inner) for f in ([match] if match.is_file() else match.rglob("*"))
+                        if _data_file(f)})
+    else:
+        splits = _hub_splits(fetch(["README.md"]), hub.subset, given)
+        if splits is None:  # no configs in the card: the data files themselves, named by convention
+            splits = _conventional_splits(fetch(["*", "**/*"]), hub.subset, given)
+        if hub.split not in splits:
+            raise _file_error(Path(given), f"no split {hub.split!r}{f' in subset {hub.subset!r}' if hub.subset else ''}"
+                                           f" (has: {', '.join(splits) or 'none'}); choose one with --input-split")
+        folder = fetch(splits[hub.split])
+        found = sorted({p for pattern in splits[hub.split] for p in folder.glob(pattern) if _data_file(p)})
+    if not found:
+        raise _file_error(Path(given), "a Hub dataset without data files for this split (.parquet, .jsonl, .csv)")
+    return found
+
+
+def _hub_splits(folder: Path, subset: str | None, given: str) -> dict[str, list[str]] | None:
+    """{split: file patterns} of a subset (None: the card's default) from a dataset card's configs; None when
+    the card names none."""
+    from datasets.data_files import sanitize_patterns
+    from datasets.utils.metadata import MetadataConfigs
+    from huggingface_hub import DatasetCard
+
+    if not (folder / "README.md").exists():
+        return None
+    configs = MetadataConfigs.from_dataset_card_data(DatasetCard.load(folder / "README.md").data)
+    if not configs:
+        return None
+    default = next((n for n, c in configs.items() if c.get("default")), "default" if "default" in configs else None)
+    name = subset or default or (next(iter(configs)) if len(configs) == 1 else None)
+    if name not in configs:
+        raise _file_error(Path(given), f"{'no subset ' + repr(subset) if subset else 'several subsets'} "
+                                       f"(has: {', '.join(configs)}); choose one with --input-subset")
+    return {split: list(patterns) for split, patterns in sanitize_patterns(configs[name].get("data_files", {})).items()}
+
+
+def _conventional_splits(folder: Path, subset: str | None, given: str) -> dict[str, list[str]]:
+    from datasets.data_files import EmptyDatasetError, get_data_patterns
+
+    base = folder / subset if subset else folder
+    if subset and not base.is_dir():
+        raise _file_error(Path(given), f"no subset {subset!r} (no folder of that name, and no configs in its card)")
+    try:
+        patterns = get_data_patterns(str(base))
+    except EmptyDatasetError:
+        return {}
+    prefix = f"{subset}/" if subset else ""
+    return {split: [prefix + p for p in found] for split, found in patterns.items()}
+
+
+def _data_suffix(path: Path) -> bool:
+    return path.suffix.lower() == ".parquet" or path.suffix.lower() in TEXT_READERS
+
+
+def _data_file(path: Path) -> bool:
+    return path.is_file() and _data_suffix(path)
 
 
 def _first_and_last_bytes(fh, size: int) -> bytes:
@@ -180,35 +338,47 @@ def _first_and_last_bytes(fh, size: int) -> bytes:
     return head + fh.read()
 
 
-def _read_parquet(path: Path, ends: bytes) -> pl.DataFrame:
+def _parquet_batches(path: Path, fh) -> Iterator[pl.DataFrame]:
     """Parquet files start and end with the magic bytes PAR1: a missing end is the mark of a cut-off copy."""
+    ends = _first_and_last_bytes(fh, 4)
     if ends[:4] != b"PAR1":
         raise _file_error(path, "unreadable: not a Parquet file (it does not start with PAR1)")
     if ends[-4:] != b"PAR1":
         raise _file_error(path, "unreadable: truncated Parquet file (it does not end with the PAR1 footer)")
     try:
-        return pl.read_parquet(path)
-    except Exception as err:  # a corrupt footer or page
+        # Without pre-buffering, which reads far ahead (3M pairs: 1.4 GB of RSS against 0.3 GB without).
+        parquet = pq.ParquetFile(fh, pre_buffer=False, buffer_size=1 << 20)
+        if parquet.metadata.num_rows == 0:
+            yield pl.from_arrow(parquet.schema_arrow.empty_table())
+        for batch in parquet.iter_batches(batch_size=BATCH_ROWS, use_threads=False):
+            yield pl.from_arrow(batch)
+    except (OSError, pa.ArrowException) as err:  # a corrupt footer or page
         raise _file_error(path, f"unreadable: corrupt Parquet file ({_describe(err)})") from err
 
 
-def read_table(path: str | Path) -> pl.DataFrame:
+def table_batches(path: str | Path, problems: _Problems) -> Iterator[pl.DataFrame]:
+    """A file's rows as read, in frames of at most BATCH_ROWS rows (one empty frame naming the columns of a
+    file without rows). A problem with the file as a whole raises; problems of its rows go to ``problems``,
+    and once a row does not parse, the frames after it are empty (their rows are still checked for parsing)."""
     path = Path(path)
     if path.is_dir():
-        return _read_dataset(path)
+        yield from _dataset_batches(path)
+        return
     if not path.exists():
         raise _file_error(path, "no such file or directory")
     suffix = path.suffix.lower()
     if suffix != ".parquet" and suffix not in TEXT_READERS:
         raise _file_error(path, f"unknown format {suffix!r} (use .parquet, .jsonl, .csv or a datasets directory)")
     try:
-        with open(path, "rb") as fh:  # every format opens here, so that an unreadable file is named as such
-            data = fh.read() if suffix in TEXT_READERS else _first_and_last_bytes(fh, 4)
+        fh = open(path, "rb")  # every format opens here, so that an unreadable file is named as such
+        empty = not fh.read(1)
+        fh.seek(0)
     except OSError as err:
         raise _file_error(path, f"unreadable ({err.strerror or type(err).__name__})") from err
-    if not data:
-        raise _file_error(path, "empty file")
-    return _read_parquet(path, data) if suffix == ".parquet" else TEXT_READERS[suffix](path, data)
+    with fh:
+        if empty:
+            raise _file_error(path, "empty file")
+        yield from (_parquet_batches(path, fh) if suffix == ".parquet" else TEXT_READERS[suffix](path, fh, problems))
 
 
 def _text_problem(value) -> str | None:
@@ -226,11 +396,18 @@ def _text_problem(value) -> str | None:
     return None
 
 
-def _check_texts(problems: _Problems, column: str, values, *, required: bool) -> None:
-    for row, value in enumerate(values, start=1):
+def _check_texts(problems: _Problems, column: str, values: pl.Series, first_row: int, *, required: bool) -> None:
+    """Row problems of a text column; a string column is screened in Polars and only its suspects checked here."""
+    if values.dtype == pl.String:
+        suspect = values.is_null() | values.str.contains(_BLANK_SUPERSET)
+        rows = suspect.arg_true().to_list()
+        candidates = zip(rows, values.gather(rows).to_list())
+    else:
+        candidates = enumerate(values.to_list())
+    for i, value in candidates:
         problem = _text_problem(value)
         if problem and (required or value is not None):
-            problems.add(f"column '{column}' is {problem}", row)
+            problems.add(f"column '{column}' is {problem}", first_row + i)
 
 
 def _written_list(text: str) -> bool:
@@ -246,69 +423,293 @@ def _written_list(text: str) -> bool:
     return isinstance(value, list) and all(isinstance(item, str) for item in value)
 
 
-def _check_negatives(problems: _Problems, values) -> None:
+def _negative_problem(value) -> str | None:
     item_wording = {"null": "a null", "empty": "an empty string"}
-    for row, value in enumerate(values, start=1):
-        if value is None:
-            continue  # a null negative means none given
-        if isinstance(value, str):
-            problem = _text_problem(value)
-            if problem:
-                problems.add(f"column 'negative' is {problem}", row)
-            elif _written_list(value):
-                problems.add(f"column 'negative' is a list written as one string ({value[:60]!r}); give a real list of "
-                             "strings (JSONL, Parquet) or one negative per cell (CSV)", row)
-        elif isinstance(value, list):
-            problem = next(filter(None, map(_text_problem, value)), None)
-            if problem:
-                problems.add(f"column 'negative' holds {item_wording.get(problem, problem)}", row)
+    if value is None:
+        return None  # a null negative means none given
+    if isinstance(value, str):
+        problem = _text_problem(value)
+        if problem:
+            return f"is {problem}"
+        if _written_list(value):
+            return (f"is a list written as one string ({value[:60]!r}); give a real list of strings (JSONL, "
+                    "Parquet) or one negative per cell (CSV)")
+        return None
+    if isinstance(value, list):
+        problem = next(filter(None, map(_text_problem, value)), None)
+        return f"holds {item_wording.get(problem, problem)}" if problem else None
+    return f"is {type(value).__name__}, expected a string or a list of strings"
+
+
+def _check_negatives(problems: _Problems, column: str, values: pl.Series, first_row: int) -> None:
+    """Row problems of a negative column."""
+    if values.dtype == pl.String:  # one negative per row: only blank texts and written lists need a look
+        suspect = values.str.contains(_BLANK_SUPERSET) | (values.str.starts_with("[") & values.str.ends_with("]"))
+    elif values.dtype == pl.List(pl.String):
+        suspect = values.list.eval(pl.element().is_null() | pl.element().str.contains(_BLANK_SUPERSET)).list.any()
+    else:
+        suspect = None
+    if suspect is None:
+        candidates = enumerate(values.to_list())
+    else:
+        rows = suspect.fill_null(False).arg_true().to_list()
+        candidates = zip(rows, values.gather(rows).to_list())
+    for i, value in candidates:
+        problem = _negative_problem(value)
+        if problem:
+            problems.add(f"column '{column}' {problem}", first_row + i)
+
+
+def _negative_lists(values: pl.Series) -> pl.Series:
+    """A checked negative column as lists of strings: a string is a list of one, a null none given."""
+    if values.dtype == pl.String:
+        return pl.select(pl.concat_list(pl.lit(values)).list.drop_nulls()).to_series()
+    if values.dtype == pl.List(pl.String):
+        return values.fill_null(pl.lit([], dtype=pl.List(pl.String)))
+    listed = [[] if v is None else ([v] if isinstance(v, str) else list(v)) for v in values.to_list()]
+    return pl.Series(listed, dtype=pl.List(pl.String))
+
+
+# Pairs as sentence-transformers' data sets name them, tried in order when --columns does not name them.
+PAIR_CONVENTIONS = (("query", "positive"), ("anchor", "positive"), ("query", "answer"), ("question", "answer"),
+                    ("sentence1", "sentence2"))
+ROLES = {"pairs": ("query", "positive", "negative", "task"), "corpus": ("text",)}
+_NUMBERED_NEGATIVE = re.compile(r"negative_(\d+)")
+
+
+def parse_columns(text: str | None) -> dict[str, str]:
+    """``--columns query=question,positive=answer,negative=hard_negative,task=source`` as {role: column}."""
+    if not text:
+        return {}
+    roles = [r for kind in ROLES.values() for r in kind]
+    given = {}
+    for item in text.split(","):
+        role, sep, column = (part.strip() for part in item.partition("="))
+        if not sep or not column or role not in roles:
+            raise UsageError(f"--columns takes ROLE=COLUMN items separated by commas, ROLE one of {', '.join(roles)}; "
+                             f"not {item!r}")
+        given[role] = column
+    return given
+
+
+def resolve_columns(path: Path, columns: list[str], kind: str, given: dict[str, str]) -> dict[str, list[str]]:
+    """Which of a file's ``columns`` play which role ({role: [column, ...]}; several only for negatives): those
+    ``given`` (--columns), the rest as the project and sentence-transformers name them (PAIR_CONVENTIONS; negatives
+    ``negative`` or ``negative_1`` .. ``negative_n``; ``task``)."""
+    has = f"has: {', '.join(columns) or 'none'}"
+    given = {role: column for role, column in given.items() if role in ROLES[kind]}
+    for role, column in given.items():
+        if column not in columns:
+            raise _file_error(path, f"--columns takes '{column}' as {role}, but there is no such column ({has})")
+    taken = set(given.values())
+    if kind == "corpus":
+        if "text" not in given and "text" not in columns:
+            raise _file_error(path, f"missing column 'text' ({has}); name it with --columns text=COLUMN")
+        return {"text": [given.get("text", "text")]}
+    roles = {role: [column] for role, column in given.items()}
+    if not {"query", "positive"} <= roles.keys():
+        for query, positive in PAIR_CONVENTIONS:
+            want = {"query": roles.get("query", [query])[0], "positive": roles.get("positive", [positive])[0]}
+            if all(c in columns for c in want.values()) and want["query"] != want["positive"]:
+                roles.update({role: [column] for role, column in want.items()})
+                break
         else:
-            problems.add(f"column 'negative' is {type(value).__name__}, expected a string or a list of strings", row)
+            raise _file_error(path, f"no columns to take as query and positive ({has}); expected one of "
+                                    f"{', '.join('/'.join(c) for c in PAIR_CONVENTIONS)}, or name them with "
+                                    "--columns query=COLUMN,positive=COLUMN")
+    taken |= {c for cs in roles.values() for c in cs}
+    if "negative" not in roles:
+        numbered = sorted((int(m.group(1)), c) for c in columns if (m := _NUMBERED_NEGATIVE.fullmatch(c)) and c not in taken)
+        negatives = ["negative"] if "negative" in columns and "negative" not in taken else [c for _, c in numbered]
+        if negatives:
+            roles["negative"] = negatives
+    if "task" not in roles and "task" in columns and "task" not in taken:
+        roles["task"] = ["task"]
+    return roles
 
 
-def _column_values(frame: pl.DataFrame, column: str) -> list:
-    return frame.get_column(column).to_list()
+def describe_columns(roles: dict[str, list[str]]) -> str:
+    """How the log says which columns were taken as what."""
+    return ", ".join(f"{' + '.join(repr(c) for c in columns)} as {role}" for role, columns in roles.items())
 
 
-def _require(path: Path, frame: pl.DataFrame, columns) -> None:
-    if frame.height == 0:
+def _checked_batches(path: Path, kind: str, given: dict[str, str], check) -> Generator[pl.DataFrame, None, dict]:
+    """The frames of ``path`` through ``check(problems, frame, first_row, roles)``, which adds row problems and
+    returns the validated frame; a frame is yielded only while the file has no problem, and the file's problems
+    raise at its end (every row is checked: the count of problems is complete). Returns the roles of its
+    columns (resolve_columns)."""
+    path = Path(path)
+    problems, roles, rows = _Problems(path), None, 0
+    for frame in table_batches(path, problems):
+        if problems.unparsed:
+            continue
+        if roles is None:
+            roles = resolve_columns(path, frame.columns, kind, given)
+        if frame.height:
+            for name in (c for cs in roles.values() for c in cs):  # a key absent from a batch of JSON records
+                if name not in frame.columns:
+                    frame = frame.with_columns(pl.lit(None, dtype=pl.String).alias(name))
+            checked = check(problems, frame, rows + 1, roles)
+            if not problems.count:
+                yield checked
+        rows += frame.height
+    if not problems.unparsed and rows == 0:
         raise _file_error(path, "no rows")
-    missing = [c for c in columns if c not in frame.columns]
-    if missing:
-        raise InputError([f"{path}: missing column '{c}' (has: {', '.join(frame.columns) or 'none'})" for c in missing])
+    problems.raise_if_any()
+    return roles
+
+
+def _check_pairs(problems: _Problems, frame: pl.DataFrame, first_row: int, roles: dict[str, list[str]]) -> pl.DataFrame:
+    (query,), (positive,) = roles["query"], roles["positive"]
+    for column in (query, positive):
+        _check_texts(problems, column, frame.get_column(column), first_row, required=True)
+    negatives = roles.get("negative", [])
+    for column in negatives:
+        _check_negatives(problems, column, frame.get_column(column), first_row)
+    tasks = (frame.get_column(roles["task"][0]) if "task" in roles
+             else pl.repeat(DEFAULT_TASK, frame.height, eager=True))
+    _check_texts(problems, roles.get("task", ["task"])[0], tasks, first_row, required=False)
+    if problems.count:
+        return frame
+    if negatives:
+        lists = pl.DataFrame([_negative_lists(frame.get_column(c)).alias(str(i)) for i, c in enumerate(negatives)])
+        negative_lists = lists.select(pl.concat_list(pl.all()).alias("negatives")).to_series()
+    else:
+        negative_lists = pl.Series(dtype=pl.List(pl.String)).extend_constant([], frame.height)
+    return pl.DataFrame({"query": _strings(frame.get_column(query)), "positive": _strings(frame.get_column(positive)),
+                         "negatives": negative_lists.alias("negatives"),
+                         "task": _strings(tasks).fill_null(DEFAULT_TASK).alias("task")})
+
+
+def _strings(values: pl.Series) -> pl.Series:
+    """A checked text column as a string column (JSON records arrive as Python objects)."""
+    return pl.Series(values.name, values.to_list(), dtype=pl.String) if values.dtype == pl.Object else values.cast(pl.String)
+
+
+def pair_batches(path: str | Path, columns: dict[str, str] | None = None) -> Generator[pl.DataFrame, None, dict]:
+    """Validated pairs in frames of at most BATCH_ROWS rows, with columns query, positive, negatives (list of
+    strings) and task, one row per input row in order (duplicates kept, see the module docstring). The file's
+    problems raise once it is read to its end: a consumer must not keep what it took from a file that raises.
+    ``columns``: --columns' {role: column}; returns the roles of the file's columns (see resolve_columns)."""
+    return _checked_batches(Path(path), "pairs", columns or {}, _check_pairs)
+
+
+def _check_corpus(problems: _Problems, frame: pl.DataFrame, first_row: int, roles: dict[str, list[str]]) -> pl.Series:
+    (column,) = roles["text"]
+    _check_texts(problems, column, frame.get_column(column), first_row, required=True)
+    return _strings(frame.get_column(column)).alias("text") if not problems.count else frame.get_column(column)
+
+
+def corpus_batches(path: str | Path, columns: dict[str, str] | None = None) -> Generator[pl.Series, None, dict]:
+    """A corpus file's column ``text`` (or --columns' text=COLUMN), validated, in series of at most BATCH_ROWS
+    texts (as pair_batches)."""
+    return _checked_batches(Path(path), "corpus", columns or {}, _check_corpus)
 
 
 def read_pairs(path: str | Path) -> pl.DataFrame:
-    """Validated pairs as columns query, positive, negatives (list of strings) and task, one row per input
-    row in order (duplicates kept, see the module docstring)."""
-    path = Path(path)
-    frame = read_table(path)
-    _require(path, frame, PAIR_COLUMNS)
-    problems = _Problems(path)
-    for column in PAIR_COLUMNS:
-        _check_texts(problems, column, _column_values(frame, column), required=True)
-    negatives = _column_values(frame, "negative") if "negative" in frame.columns else [None] * frame.height
-    _check_negatives(problems, negatives)
-    tasks = _column_values(frame, "task") if "task" in frame.columns else [DEFAULT_TASK] * frame.height
-    _check_texts(problems, "task", tasks, required=False)
-    problems.raise_if_any()
-    negatives = [[] if v is None else ([v] if isinstance(v, str) else list(v)) for v in negatives]
-    return pl.DataFrame(
-        {
-            "query": _column_values(frame, "query"),
-            "positive": _column_values(frame, "positive"),
-            "negatives": pl.Series("negatives", negatives, dtype=pl.List(pl.String)),
-            "task": [t if t is not None else DEFAULT_TASK for t in tasks],
-        }
-    )
+    """Every validated pair of a file at once (pair_batches, concatenated): for small files and tests."""
+    return pl.concat(list(pair_batches(path)))
 
 
 def read_corpus(path: str | Path) -> list[str]:
-    path = Path(path)
-    frame = read_table(path)
-    _require(path, frame, ("text",))
-    values = _column_values(frame, "text")
-    problems = _Problems(path)
-    _check_texts(problems, "text", values, required=True)
+    return pl.concat(list(corpus_batches(path))).to_list()
+
+
+# -- a retrieval layout: queries, corpus and qrels as BEIR and MTEB lay them out --------------------------
+# queries: _id, text; corpus: _id, title (optional), text; qrels: query-id, corpus-id, score (optional, 1).
+# Every qrel scoring above 0 is a pair (the query's text, the document's); a query with several is a query with
+# several positives. A document's text is its title and text joined by a space, as BEIR's models encode it.
+
+RETRIEVAL_COLUMNS = {"queries": (("_id", "text"), ()), "corpus": (("_id", "text"), ("title",)),
+                     "qrels": (("query-id", "corpus-id"), ("score",))}
+
+
+def _retrieval_table(path: Path, kind: str, out: Path) -> Path:
+    """A BEIR file read in batches and checked (ids present, texts usable, scores numbers) into ``out`` as
+    Parquet: ids as strings, the file's row numbers in ``row``."""
+    required, optional = RETRIEVAL_COLUMNS[kind]
+    problems, rows, writer = _Problems(path), 0, None
+    try:
+        for frame in table_batches(path, problems):
+            if problems.unparsed:
+                continue
+            missing = [c for c in required if c not in frame.columns]
+            if missing and (rows == 0 or path.suffix.lower() not in (".jsonl", ".json", ".ndjson")):
+                raise InputError([f"{path}: missing column '{c}' (has: {', '.join(frame.columns) or 'none'}); "
+                                  f"a {kind} file of the BEIR layout has {', '.join(required + optional)}" for c in missing])
+            frame = frame.with_columns(pl.lit(None, dtype=pl.String).alias(c) for c in missing)
+            table = _retrieval_rows(problems, frame, kind, rows + 1)
+            rows += frame.height
+            if table is not None and not problems.count:
+                writer = writer or pq.ParquetWriter(out, table.schema)
+                writer.write_table(table)
+    finally:
+        if writer:
+            writer.close()
+    if not problems.unparsed and rows == 0:
+        raise _file_error(path, "no rows")
     problems.raise_if_any()
-    return values
+    return out
+
+
+def _retrieval_rows(problems: _Problems, frame: pl.DataFrame, kind: str, first_row: int) -> pa.Table | None:
+    (required, optional), ids = RETRIEVAL_COLUMNS[kind], {}
+    for column in (c for c in required if c != "text"):
+        values = frame.get_column(column)
+        for i in values.is_null().arg_true().to_list():
+            problems.add(f"column '{column}' is null", first_row + i)
+        ids[column] = pl.Series(column, [None if v is None else str(v) for v in values.to_list()], dtype=pl.String)
+    out = pl.DataFrame({"row": pl.int_range(first_row, first_row + frame.height, eager=True, dtype=pl.Int64), **ids})
+    if kind == "qrels":
+        scores = frame.get_column("score") if "score" in frame.columns else pl.repeat(1, frame.height, eager=True)
+        numbers = scores.cast(pl.Float64, strict=False) if scores.dtype != pl.Object else pl.Series(
+            [v if isinstance(v, (int, float)) and not isinstance(v, bool) else None for v in scores.to_list()])
+        for i in (numbers.is_null() & scores.is_not_null()).arg_true().to_list():
+            problems.add(f"column 'score' is {scores[i]!r}, expected a number", first_row + i)
+        return out.with_columns(numbers.fill_null(1.0).alias("score")).to_arrow()
+    _check_texts(problems, "text", frame.get_column("text"), first_row, required=True)
+    if problems.count:
+        return None
+    text = _strings(frame.get_column("text"))
+    if "title" in frame.columns:  # a blank title adds nothing
+        title = pl.Series([t if isinstance(t, str) and not _BLANK.fullmatch(t) else None
+                           for t in frame.get_column("title").to_list()], dtype=pl.String)
+        text = pl.select(pl.when(title.is_null()).then(text).otherwise(pl.concat_str(title, pl.lit(" "), text))).to_series()
+    return out.with_columns(text.alias("text")).to_arrow()
+
+
+def retrieval_pairs(queries: Path, corpus: Path, qrels: Path, folder: Path) -> tuple[Path, Path]:
+    """The layout as a pairs table (query, positive, source_row: the qrel's row; in qrels order) and a corpus
+    table (text), both Parquet in ``folder``. Problems: one line each, naming the file and the row (an id given
+    twice, a qrel naming an id its file lacks)."""
+    queries, corpus, qrels = Path(queries), Path(corpus), Path(qrels)
+    tables, problems = {}, []
+    for kind, path in (("queries", queries), ("corpus", corpus), ("qrels", qrels)):
+        try:
+            tables[kind] = pl.scan_parquet(_retrieval_table(path, kind, folder / f"retrieval-{kind}.parquet"))
+        except InputError as err:
+            problems += err.problems
+    if problems:
+        raise InputError(problems)
+    for kind, path in (("queries", queries), ("corpus", corpus)):
+        repeated = (tables[kind].select("row", "_id").filter(~pl.col("_id").is_first_distinct())
+                    .sort("row").head(MAX_PROBLEMS).collect())
+        problems += [f"{path}: row {row}: _id {id_!r} is given to an earlier row too" for row, id_ in repeated.iter_rows()]
+    for column, kind, path in (("query-id", "queries", queries), ("corpus-id", "corpus", corpus)):
+        unknown = (tables["qrels"].select("row", column).join(tables[kind].select("_id"), left_on=column,
+                                                               right_on="_id", how="anti")
+                   .sort("row").head(MAX_PROBLEMS).collect())
+        problems += [f"{qrels}: row {row}: {column} {id_!r} is not in {path}" for row, id_ in unknown.iter_rows()]
+    if problems:
+        raise InputError(problems)
+    relevant = tables["qrels"].filter(pl.col("score") > 0)
+    documents = tables["corpus"].join(relevant.select(pl.col("corpus-id").alias("_id")).unique(), on="_id", how="semi")
+    pairs = (relevant.join(tables["queries"].select("_id", pl.col("text").alias("query")), left_on="query-id",
+                           right_on="_id")
+             .join(documents.select("_id", pl.col("text").alias("positive")), left_on="corpus-id", right_on="_id")
+             .sort("row").select("query", "positive", pl.col("row").alias("source_row")))
+    if pairs.select(pl.len()).collect().item() == 0:
+        raise _file_error(qrels, "no qrel scores above 0: no pairs")
+    pairs.sink_parquet(folder / "retrieval-pairs.parquet")
+    tables["corpus"].select("text").sink_parquet(folder / "retrieval-corpus-texts.parquet")
+    return folder / "retrieval-pairs.parquet", folder / "retrieval-corpus-texts.parquet"

@@ -61,6 +61,9 @@ SEARCHED_SCHEMA = pa.schema([
     ("positive_score", pa.float32()), ("candidate_ids", pa.list_(pa.int64())),
     ("candidate_scores", pa.list_(pa.float32())), ("given_negative_ids", pa.list_(pa.int64())),
     ("given_negative_scores", pa.list_(pa.float32())),
+    # The guide's lowest score of the query with any of its positives (several when the query is repeated or has
+    # several qrels): the margin rule's reference, as in sentence-transformers' mine_hard_negatives.
+    ("weakest_positive_score", pa.float32()),
 ])
 # A cross-encoder's scores of the same pairs (gist_mining.rescore), in the same order; null without one.
 RESCORE_SCHEMA = pa.schema([
@@ -71,6 +74,9 @@ CANDIDATE_SCHEMA = pa.schema([*SEARCHED_SCHEMA, *RESCORE_SCHEMA])
 # The columns each MiningRules.score reads: positive, candidates, given negatives.
 SCORES = {"guide": ("positive_score", "candidate_scores", "given_negative_scores"),
           "rescore": tuple(RESCORE_SCHEMA.names)}
+# The score each MiningRules.score puts the margin rule's threshold under: the cross-encoder scores only the
+# anchor's own positive, so with it the rule stays per anchor.
+THRESHOLD_SCORES = {"guide": "weakest_positive_score", "rescore": "rescore_positive_score"}
 
 
 MINED_SCHEMA = pa.schema([
@@ -382,6 +388,8 @@ def select(candidates: pa.Table, rules: MiningRules) -> pa.Table:
     positive, candidate, given = SCORES[rules.score]
     if candidates[positive].null_count:
         raise ValueError(f"the candidates hold no {positive} (searched without --rescore-model)")
+    if candidates[THRESHOLD_SCORES[rules.score]].null_count:
+        raise ValueError(f"the candidates hold no {THRESHOLD_SCORES[rules.score]} (searched before it was stored)")
     ids = padded(candidates["candidate_ids"], PAD_ID, np.int64)
     scores = padded(candidates[candidate], -np.inf, np.float32)
     order = np.argsort(-scores, axis=1, kind="stable")
@@ -391,6 +399,7 @@ def select(candidates: pa.Table, rules: MiningRules) -> pa.Table:
         anchor_ids=candidates["anchor_id"].to_numpy(), positive_scores=positive_scores, candidate_ids=ids,
         candidate_scores=scores, given_ids=padded(candidates["given_negative_ids"], PAD_ID, np.int64),
         given_scores=padded(candidates[given], -np.inf, np.float32), rules=rules,
+        reference_scores=candidates[THRESHOLD_SCORES[rules.score]].to_numpy(),
     )
     kept = ("anchor_id", "query_id", "positive_id", "task", "given_negative_ids")
     return pa.Table.from_pydict(
@@ -407,10 +416,11 @@ def is_unjudged(above_positive, n_candidates):
     return above_positive * 2 > n_candidates
 
 
-def _per_anchor_rule(positive_scores: np.ndarray, candidate_scores: np.ndarray, valid: np.ndarray,
-                     rules: MiningRules) -> tuple[np.ndarray, np.ndarray]:
-    """Each anchor's false-negative threshold and how many surviving candidates it skips."""
-    threshold = false_negative_threshold(positive_scores, rules.margin_strategy, rules.margin).astype(np.float32)
+def _per_anchor_rule(positive_scores: np.ndarray, reference_scores: np.ndarray, candidate_scores: np.ndarray,
+                     valid: np.ndarray, rules: MiningRules) -> tuple[np.ndarray, np.ndarray]:
+    """Each anchor's false-negative threshold (under ``reference_scores``) and how many surviving candidates it
+    skips."""
+    threshold = false_negative_threshold(reference_scores, rules.margin_strategy, rules.margin).astype(np.float32)
     rank_min = np.full(len(positive_scores), rules.rank_min)
     if rules.unjudged_rank_min is not None:
         above = (valid & (candidate_scores > positive_scores[:, None])).sum(axis=1)
@@ -422,18 +432,20 @@ def _per_anchor_rule(positive_scores: np.ndarray, candidate_scores: np.ndarray, 
 
 def judge_candidates(anchor_ids: np.ndarray, positive_scores: np.ndarray, candidate_ids: np.ndarray,
            candidate_scores: np.ndarray, given_ids: np.ndarray, given_scores: np.ndarray,
-           rules: MiningRules) -> dict[str, pa.Array]:
+           rules: MiningRules, reference_scores: np.ndarray | None = None) -> dict[str, pa.Array]:
     """Hard negatives, false negatives and given-negative flags for a chunk of anchors.
 
     A candidate is a false negative when the guide puts it above the anchor's threshold (the shared
-    margin rule) or above ``max_score``. Survivors not below ``min_score`` are ranked by score; the first
+    margin rule, under ``reference_scores``: the query's weakest positive; default ``positive_scores``) or above
+    ``max_score``. Survivors not below ``min_score`` are ranked by score; the first
     ``rank_min`` are skipped, and from the rest ``num_negatives`` are taken (top, or seeded random),
     counting the given negatives that the guide does not flag, which always come first (at most
     ``num_negatives`` of them, in input order). ``unjudged_rank_min`` changes both for anchors the guide
     cannot judge.
     """
     valid = candidate_ids != PAD_ID
-    threshold, rank_min = _per_anchor_rule(positive_scores, candidate_scores, valid, rules)
+    reference_scores = positive_scores if reference_scores is None else reference_scores
+    threshold, rank_min = _per_anchor_rule(positive_scores, reference_scores, candidate_scores, valid, rules)
 
     def flagged(scores):
         over = scores > threshold[:, None]

@@ -24,7 +24,9 @@ from __future__ import annotations
 
 import argparse
 import functools
+import shutil
 import sys
+import tempfile
 import time
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
@@ -33,11 +35,11 @@ import numpy as np
 import polars as pl
 import pyarrow as pa
 
-from gist_mining import cli, onnx_backend, workdir
+from gist_mining import cli, onnx_backend, planning, workdir
 from gist_mining.embed_cache import EmbeddingCache, default_root
-from gist_mining.errors import InputError, UsageError
+from gist_mining.errors import UsageError
 from gist_mining.executor import ExecutorSettings, run_step
-from gist_mining.inputs import read_corpus, read_pairs
+from gist_mining.inputs import HubSelection, parse_columns
 from gist_mining.models import (
     DEFAULT_GUIDE,
     ModelSettings,
@@ -48,7 +50,7 @@ from gist_mining.models import (
     role_prompts,
 )
 from gist_mining.settings import HelpFormatter, add_options, from_args, option, to_argv
-from gist_mining.storage import config_fingerprint, path_sha256, write_json_atomic, write_parquet_atomic
+from gist_mining.storage import commit, config_fingerprint, tmp_name, write_json_atomic, write_parquet_atomic
 from gist_mining.workdir import QUERY_COLUMN, two_roles
 
 
@@ -75,6 +77,24 @@ class EmbedOptions:
 
 
 @dataclass(frozen=True)
+class InputOptions:
+    """How the inputs are read: which columns are what, which part of a Hub dataset, a retrieval layout."""
+
+    columns: str | None = option(None, "which columns are what, e.g. query=question,positive=answer,"
+                                       "negative=hard_negative,task=source,text=body (default: recognised, as "
+                                       "sentence-transformers names them)", type=str, metavar="ROLE=COLUMN,...")
+    input_split: str = option(HubSelection.split, "split of Hub dataset inputs")
+    input_subset: str | None = option(None, "subset (config) of Hub dataset inputs", type=str)
+    input_revision: str | None = option(None, "branch, tag or commit of Hub dataset inputs", type=str)
+    queries: Path | None = option(None, "BEIR queries (_id, text), with one --corpus and --qrels", type=Path)
+    qrels: Path | None = option(None, "BEIR qrels (query-id, corpus-id, score): each qrel scoring above 0 is a pair",
+                                type=Path)
+
+    def hub(self) -> HubSelection:
+        return HubSelection(split=self.input_split, subset=self.input_subset, revision=self.input_revision)
+
+
+@dataclass(frozen=True)
 class EmbedSettings:
     """Everything besides the model and the inputs that changes what the embed stage writes: its plan's
     ``settings`` (the prompts and backend as resolved for the guide)."""
@@ -92,8 +112,13 @@ class EmbedSettings:
 
 def build_parser(prog: str = "python -m pipeline.embed") -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog=prog, description=__doc__.split("\n")[0], formatter_class=HelpFormatter)
-    parser.add_argument("--input", action="append", required=True, help="pairs file (repeatable)")
-    parser.add_argument("--corpus", action="append", default=[], help="extra texts, column 'text' (repeatable)")
+    parser.add_argument("--input", action="append", default=[],
+                        help="pairs: a Parquet, JSONL or CSV file, a save_to_disk dataset, a folder or a glob of files, "
+                             "a Hub dataset id or hf://datasets/OWNER/NAME/PATH (repeatable)")
+    parser.add_argument("--corpus", action="append", default=[],
+                        help="extra texts, column 'text', in any form --input takes (repeatable); with --qrels, the "
+                             "BEIR corpus (_id, title, text)")
+    add_options(parser.add_argument_group("input"), InputOptions)
     parser.add_argument("--work", required=True, type=Path, help="work directory")
     guide = parser.add_argument_group("guide")
     guide.add_argument("--guide", default=DEFAULT_GUIDE, help="bundled name, local directory or HF id")
@@ -102,99 +127,6 @@ def build_parser(prog: str = "python -m pipeline.embed") -> argparse.ArgumentPar
     add_options(parser, EmbedOptions)
     add_options(parser.add_argument_group("executor"), ExecutorSettings)
     return parser
-
-
-def read_inputs(inputs: list[Path], corpus: list[Path]) -> tuple[list, list, list[dict]]:
-    pairs, corpora, problems, records = [], [], [], []
-    for kind, paths, reader, out in (("pairs", inputs, read_pairs, pairs), ("corpus", corpus, read_corpus, corpora)):
-        for path in paths:
-            try:
-                out.append(reader(path))
-            except InputError as err:
-                problems += err.problems
-                continue
-            records.append({"kind": kind, "path": str(path), "sha256": path_sha256(Path(path))})
-    if problems:
-        raise InputError(problems)
-    return pairs, corpora, records
-
-
-# -- plan: every distinct text once, with a content id; the anchors as ids ------------------------------
-
-
-def clean_given_negatives(anchors: pl.DataFrame) -> tuple[pl.DataFrame, int]:
-    """Given negatives minus the anchor's own query and every positive of that query, each kept once, in order.
-
-    A text given as a negative of a query that another row gives as its positive is a contradiction in the
-    input; kept, it would train the model away from a labelled positive. Returns the anchors and how many
-    given negatives were dropped.
-    """
-    positives = anchors.group_by("query").agg(pl.col("positive").alias("positives_of_query"))
-    given = anchors.select("anchor_id", "query", "negatives").explode("negatives").drop_nulls("negatives")
-    kept = (
-        given.join(positives, on="query", how="left", maintain_order="left")
-        .filter((pl.col("negatives") != pl.col("query")) & ~pl.col("positives_of_query").list.contains(pl.col("negatives")))
-        .unique(subset=["anchor_id", "negatives"], keep="first", maintain_order=True)
-        .group_by("anchor_id", maintain_order=True)
-        .agg("negatives")
-    )
-    cleaned = anchors.drop("negatives").join(kept, on="anchor_id", how="left", maintain_order="left").with_columns(
-        pl.col("negatives").fill_null(pl.lit([], dtype=pl.List(pl.String))))
-    return cleaned.select(anchors.columns), given.height - int(cleaned["negatives"].list.len().sum())
-
-
-def plan_texts(pairs: list[pl.DataFrame], corpora: list[list[str]], sources: list[str]) -> tuple[pl.DataFrame, pl.DataFrame, int]:
-    """Deduplicate every text across inputs and give it a content id.
-
-    Returns the text table (``text_id``, ``text``, ``is_query``, ``is_document``, ``n_chars``) sorted by
-    length so that shards hold texts of similar length, the anchors table (one row per input row) and the
-    number of given negatives dropped by ``clean_given_negatives``.
-    """
-    anchors, dropped = clean_given_negatives(pl.concat(
-        [
-            frame.with_columns(
-                pl.lit(source).alias("source"), pl.int_range(1, frame.height + 1, dtype=pl.Int64).alias("source_row")
-            )
-            for frame, source in zip(pairs, sources)
-        ]
-    ).with_row_index("anchor_id"))
-    queries = anchors.get_column("query")
-    documents = pl.concat(
-        [anchors.get_column("positive"), anchors.get_column("negatives").explode().drop_nulls()]
-        + [pl.Series("text", corpus, dtype=pl.String) for corpus in corpora]
-    )
-    texts = (
-        pl.concat(
-            [
-                pl.DataFrame({"text": queries, "is_query": True, "is_document": False}),
-                pl.DataFrame({"text": documents, "is_query": False, "is_document": True}),
-            ]
-        )
-        .group_by("text")
-        .agg(pl.col("is_query").any(), pl.col("is_document").any())
-    )
-    ids = workdir.text_ids(texts.get_column("text").to_list())
-    if len(np.unique(ids)) != len(ids):
-        raise InputError(["two distinct texts share a 64-bit text_id; please report this input"])
-    texts = (
-        texts.with_columns(pl.Series("text_id", ids), pl.col("text").str.len_chars().alias("n_chars"))
-        .select("text_id", "text", "is_query", "is_document", "n_chars")
-        .sort("n_chars", "text_id")
-    )
-
-    def to_id(expr: pl.Expr) -> pl.Expr:
-        return expr.replace_strict(texts.get_column("text"), texts.get_column("text_id"), return_dtype=pl.Int64)
-
-    anchors = anchors.select(
-        pl.col("anchor_id").cast(pl.Int64),
-        "source",
-        "source_row",
-        to_id(pl.col("query")).alias("query_id"),
-        to_id(pl.col("positive")).alias("positive_id"),
-        pl.col("negatives").list.eval(to_id(pl.element())).alias("negative_ids"),
-        "task",
-    )
-    return texts, anchors, dropped
 
 
 def shard_bounds(n_texts: int, shard_size: int) -> list[tuple[int, int]]:
@@ -214,38 +146,40 @@ def prepare_model(settings: ModelSettings, precision: str):
 
 
 def make_plan(guide: ModelSettings, model, options: EmbedOptions, prompts: dict[str, str], backend: str,
-              texts, anchors, inputs: list[dict], command: str) -> dict:
+              counts: dict, inputs: list[dict], command: str) -> dict:
     settings = EmbedSettings(dtype=options.dtype, precision=options.precision, shard_size=options.texts_per_shard,
                              query_prompt=prompts["query"], document_prompt=prompts["document"], backend=backend)
     model_info = dict(model_fingerprint(model, resolve_model(guide.name, guide.revision)), name=guide.name)
-    return plan_for(model_info, settings, inputs, command, texts, anchors)
+    return plan_for(model_info, settings, inputs, command, counts)
 
 
-def plan_for(model_info: dict, settings: EmbedSettings, inputs: list[dict], command: str, texts, anchors) -> dict:
-    """The embed plan of a guide (``model_info``: its fingerprint and dimension) over planned texts and anchors."""
+def plan_for(model_info: dict, settings: EmbedSettings, inputs: list[dict], command: str, counts: dict) -> dict:
+    """The embed plan of a guide (``model_info``: its fingerprint and dimension) over planned texts and anchors
+    (``counts``: planning.Planned's)."""
     plan = {"model": model_info, "settings": settings.as_dict(), "inputs": inputs, "command": command}
     plan["fingerprint"] = config_fingerprint(
         {"model": model_info["fingerprint"], "settings": plan["settings"], "inputs": [i["sha256"] for i in inputs]})
     plan.update(
-        dimension=model_info["dimension"], dtype=settings.dtype, bounds=shard_bounds(texts.height, settings.shard_size),
-        counts={"anchors": anchors.height, "texts": texts.height, "queries": int(texts["is_query"].sum()),
-                "documents": int(texts["is_document"].sum())},
+        dimension=model_info["dimension"], dtype=settings.dtype, bounds=shard_bounds(counts["texts"], settings.shard_size),
+        counts={k: counts[k] for k in ("anchors", "texts", "queries", "documents")},
     )
     return plan
 
 
-def write_tables(work: Path, plan: dict, texts, anchors, resumed: bool) -> None:
-    """texts.parquet and anchors.parquet, recorded in the plan; a resumed run rewrites them only if damaged."""
-    tables = {workdir.TEXTS: texts, workdir.ANCHORS: anchors}
+def write_tables(work: Path, plan: dict, planned: planning.Planned, resumed: bool) -> None:
+    """texts.parquet and anchors.parquet moved in from planning, recorded in the plan; a resumed run replaces
+    them only if damaged."""
+    tables = (workdir.TEXTS, workdir.ANCHORS)
     recorded = plan.get("tables", {}) if resumed else {}
-    for name, frame in tables.items():
+    for name in tables:
         if workdir.problem(work / name, recorded.get(name)) is not None:
-            write_parquet_atomic(frame.to_arrow(), work / name)
+            shutil.move(planned.path(name), tmp_name(work / name))  # a rename when planning ran on the same disk
+            commit(tmp_name(work / name), work / name)
     plan["tables"] = {name: workdir.describe_file(work / name) for name in tables}
     write_json_atomic(plan, work / workdir.EMBED_PLAN)
 
 
-def claim(work: Path, plan: dict, texts, anchors, overwrite: bool) -> None:
+def claim(work: Path, plan: dict, planned: planning.Planned, overwrite: bool) -> None:
     """Refuse a work directory holding another run; with --overwrite, remove it and everything made from it."""
     with workdir.locked(work):
         changed = workdir.changed_keys(work, "embed", plan, ("model", "settings", "inputs"))
@@ -254,7 +188,7 @@ def claim(work: Path, plan: dict, texts, anchors, overwrite: bool) -> None:
         resumed = workdir.claim(work, "embed", plan, replace=overwrite, refusal=refusal)
         if resumed:
             plan.update(tables=workdir.read_plan(work, "embed").get("tables", {}))
-        write_tables(work, plan, texts, anchors, resumed)
+        write_tables(work, plan, planned, resumed)
         workdir.remove_temps(work)
 
 
@@ -376,36 +310,45 @@ def finish(shards: workdir.Shards, plan: dict, started: float) -> dict | None:
     return manifest
 
 
-def embed(inputs: list[Path], work: Path, guide: ModelSettings = ModelSettings(DEFAULT_GUIDE),
-          options: EmbedOptions = EmbedOptions(), prompts: Prompts = Prompts(), *, corpus: list[Path] = (),
-          executor: ExecutorSettings = ExecutorSettings()) -> dict | None:
-    """Embed every distinct text of the pairs files ``inputs`` (and the extra texts of ``corpus``) once with the
-    ``guide``, into ``work``: texts.parquet, anchors.parquet, embeddings/ and embed_manifest.json. Resumes an
+def embed(inputs: list[str], work: Path, guide: ModelSettings = ModelSettings(DEFAULT_GUIDE),
+          options: EmbedOptions = EmbedOptions(), prompts: Prompts = Prompts(), *, corpus: list[str] = (),
+          reading: InputOptions = InputOptions(), executor: ExecutorSettings = ExecutorSettings()) -> dict | None:
+    """Embed every distinct text of the pairs ``inputs`` (files, folders, globs, Hub dataset ids; and the extra
+    texts of ``corpus``; or a BEIR retrieval layout: ``reading.queries``/``qrels`` with one ``corpus``) once with
+    the ``guide``, into ``work``: texts.parquet, anchors.parquet, embeddings/ and embed_manifest.json. Resumes an
     equal run; refuses a work directory made otherwise unless ``options.overwrite``. Returns the manifest, or
     None while shards are left for other processes (``executor``'s share)."""
     started = time.perf_counter()
-    inputs, corpus, work = list(map(Path, inputs)), list(map(Path, corpus)), Path(work)
-    pairs, corpora, records = read_inputs(inputs, corpus)  # everything validated before anything is written
-    texts, anchors, dropped = plan_texts(pairs, corpora, [str(p) for p in inputs])
-    model = prepare_model(guide, options.precision)
-    resolved = role_prompts(model, prompts)
-    backend, encoder = onnx_backend.pick_backend(options.backend, model, resolve_model(guide.name, guide.revision),
-                                                 list(resolved.values()), options.precision, options.token_budget,
-                                                 guide.name)
-    command = cli.command("pipeline.embed", [*(a for p in inputs for a in ("--input", p)),
-                                             *(a for p in corpus for a in ("--corpus", p)), "--work", work,
-                                             "--guide", guide.name, *to_argv(guide), *to_argv(prompts),
-                                             *to_argv(replace(options, overwrite=False))])
-    plan = make_plan(guide, model, options, resolved, backend, texts, anchors, records, command)
-    claim(work, plan, texts, anchors, options.overwrite)
+    inputs, corpus, work = list(map(str, inputs)), list(map(str, corpus)), Path(work)
+    if (reading.queries is None) != (reading.qrels is None) or (reading.qrels and len(corpus) != 1):
+        raise UsageError("a retrieval layout takes --queries, --qrels and one --corpus together")
+    if not inputs and not reading.qrels:
+        raise UsageError("give pairs with --input, or a retrieval layout with --queries, --corpus and --qrels")
+    retrieval = (Path(reading.queries), Path(corpus[0]), Path(reading.qrels)) if reading.qrels else None
+    # Planned in a scratch folder ($TMPDIR), so that nothing is written into the work directory before every
+    # input has been read and validated; claim moves the tables in.
+    with tempfile.TemporaryDirectory(prefix="gist-mining-plan-") as scratch:
+        planned, records = planning.read_inputs(inputs, [] if retrieval else corpus, Path(scratch),
+                                                parse_columns(reading.columns), reading.hub(), retrieval)
+        model = prepare_model(guide, options.precision)
+        resolved = role_prompts(model, prompts)
+        backend, encoder = onnx_backend.pick_backend(options.backend, model, resolve_model(guide.name, guide.revision),
+                                                     list(resolved.values()), options.precision, options.token_budget,
+                                                     guide.name)
+        command = cli.command("pipeline.embed", [*(a for p in inputs for a in ("--input", p)),
+                                                 *(a for p in corpus for a in ("--corpus", p)), "--work", work,
+                                                 *to_argv(reading), "--guide", guide.name, *to_argv(guide),
+                                                 *to_argv(prompts), *to_argv(replace(options, overwrite=False))])
+        plan = make_plan(guide, model, options, resolved, backend, planned.counts, records, command)
+        claim(work, plan, planned, options.overwrite)
     shards = workdir.Shards(work, workdir.EMBEDDINGS, len(plan["bounds"]), plan["fingerprint"])
-    print(f"embed: {texts.height} distinct texts from {anchors.height} anchors ({dropped} given negatives dropped: "
-          "equal to the query or one of its positives, or repeated)", file=sys.stderr)
+    print(f"embed: {plan['counts']['texts']} distinct texts from {plan['counts']['anchors']} anchors "
+          f"({planned.dropped} given negatives dropped: equal to the query or one of its positives, or repeated)",
+          file=sys.stderr)
     if two_roles(plan["settings"]):
         print(f"embed: query prompt {plan['settings']['query_prompt']!r}, document prompt "
               f"{plan['settings']['document_prompt']!r}: every text in the document role, the queries in the query "
               "role too", file=sys.stderr)
-    del texts, anchors, pairs  # the shards read texts.parquet
     step = EmbedStep(shards, plan, guide, options.encode_batch_size, options.token_budget,
                      None if options.no_cache else options.cache_dir or default_root(), loaded=encoder)
     run_step(step, executor)
@@ -415,7 +358,8 @@ def embed(inputs: list[Path], work: Path, guide: ModelSettings = ModelSettings(D
 def main(argv=None, prog: str = "python -m pipeline.embed") -> None:
     args = build_parser(prog).parse_args(argv)
     embed(args.input, args.work, from_args(ModelSettings, args, name=args.guide), from_args(EmbedOptions, args),
-          from_args(Prompts, args), corpus=args.corpus, executor=from_args(ExecutorSettings, args))
+          from_args(Prompts, args), corpus=args.corpus, reading=from_args(InputOptions, args),
+          executor=from_args(ExecutorSettings, args))
 
 
 if __name__ == "__main__":

@@ -197,6 +197,10 @@ def search_chunk(anchors: pl.DataFrame, store: VectorStore, query_store: VectorS
     given_scores[given != PAD_ID] = np.einsum("nd,nd->n", np.repeat(queries, (given != PAD_ID).sum(1), axis=0),
                                              given_vectors)
     exclude = padded(anchors["exclude_ids"].to_arrow(), PAD_ID, np.int64)
+    positives = exclude[:, 1:]  # the query, then each of its positives (workdir.anchor_exclusions)
+    every_positive = np.full(positives.shape, np.inf, dtype=np.float32)
+    every_positive[positives != PAD_ID] = np.einsum("nd,nd->n", np.repeat(queries, (positives != PAD_ID).sum(1), axis=0),
+                                                    store.get(positives[positives != PAD_ID]))
     ids, scores = find(anchors["query_id"].to_numpy(), queries, exclude)
     return pa.table({
         "anchor_id": anchors["anchor_id"].to_arrow(), "query_id": anchors["query_id"].to_arrow(),
@@ -206,6 +210,7 @@ def search_chunk(anchors: pl.DataFrame, store: VectorStore, query_store: VectorS
         "candidate_scores": ragged(scores, ids != PAD_ID, pa.float32()),
         "given_negative_ids": anchors["negative_ids"].to_arrow(),
         "given_negative_scores": ragged(given_scores, given != PAD_ID, pa.float32()),
+        "weakest_positive_score": pa.array(every_positive.min(axis=1), type=pa.float32()),
     }, schema=SEARCHED_SCHEMA)
 
 

@@ -24,6 +24,7 @@ import matplotlib
 
 matplotlib.use("Agg")  # files only, no display
 import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
 import polars as pl  # noqa: E402
 
 from gist_mining import cli, fn_quality, workdir  # noqa: E402
@@ -173,9 +174,10 @@ def training_runs(run_dirs: list[Path], manifest: dict) -> dict[str, list[dict]]
 
 def examples(work: Path, mined: pl.DataFrame, n: int, seed: int) -> str:
     """A few anchors that have both hard and false negatives, as text."""
-    text_of = dict(workdir.read_table(work, workdir.TEXTS, ["text_id", "text"]).iter_rows())
     pick = mined.filter((pl.col("false_negative_ids").list.len() > 0) & (pl.col("negative_ids").list.len() > 0))
     pick = pick.sample(min(n, pick.height), seed=seed) if pick.height else pick
+    named = pick.select(pl.concat_list("query_id", "positive_id", "negative_ids", "false_negative_ids").explode())
+    text_of = dict(workdir.read_texts(work, np.unique(named.to_series().to_numpy())).iter_rows())  # those texts only
     blocks = []
     for row in pick.iter_rows(named=True):
         def items(ids, scores, limit=5):

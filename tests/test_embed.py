@@ -13,8 +13,7 @@ import polars as pl
 import pytest
 from conftest import ROOT, make_pairs, run_module
 
-from gist_mining import cli
-from gist_mining.inputs import read_pairs
+from gist_mining import cli, planning, workdir
 from gist_mining.workdir import EMBED_MANIFEST, load_embeddings, text_id
 from pipeline import embed
 
@@ -42,8 +41,13 @@ def test_dedup_and_stable_ids(tmp_path):
     second = pl.DataFrame({"query": ["q one"], "positive": ["p two"]})
     first.write_parquet(tmp_path / "a.parquet")
     second.write_ndjson(tmp_path / "b.jsonl")
-    pairs = [read_pairs(tmp_path / "a.parquet"), read_pairs(tmp_path / "b.jsonl")]
-    texts, anchors, dropped = embed.plan_texts(pairs, [["corpus only", "n1"]], ["a", "b"])
+    pl.DataFrame({"text": ["corpus only", "n1"]}).write_parquet(tmp_path / "c.parquet")
+
+    def plan(pairs, corpus, name):
+        planned, _ = planning.read_inputs(pairs, [corpus], tmp_path / name)
+        return *(pl.read_parquet(planned.path(t)) for t in (workdir.TEXTS, workdir.ANCHORS)), planned.dropped
+
+    texts, anchors, dropped = plan([tmp_path / "a.parquet", tmp_path / "b.jsonl"], tmp_path / "c.parquet", "one")
 
     distinct = {"q one", "q two", "shared", "p one", "n1", "p two", "corpus only"}
     assert set(texts["text"]) == distinct and texts.height == len(distinct)
@@ -52,13 +56,15 @@ def test_dedup_and_stable_ids(tmp_path):
     assert flags["shared"] == (True, True) and flags["q one"] == (True, True) and flags["corpus only"] == (False, True)
     assert flags["q two"] == (True, False)
     assert anchors["anchor_id"].to_list() == [0, 1, 2, 3]
-    assert anchors["source"].to_list() == ["a", "a", "a", "b"] and anchors["source_row"].to_list() == [1, 2, 3, 1]
+    assert anchors["source"].to_list() == [str(tmp_path / n) for n in ("a.parquet",) * 3 + ("b.jsonl",)]
+    assert anchors["source_row"].to_list() == [1, 2, 3, 1]
     assert anchors["query_id"].to_list() == [text_id(t) for t in ["q one", "q two", "shared", "q one"]]
     # "p one" is a positive of "q one": as a given negative of "q one" it is dropped
     assert anchors["negative_ids"].to_list() == [[text_id("n1")], [], [text_id("q one")], []] and dropped == 1
     assert anchors["task"].to_list() == ["x", "y", "default", "default"]
     # the same content gets the same ids in another run and in another order
-    texts_again, _, _ = embed.plan_texts(pairs[::-1], [["n1", "corpus only"]], ["b", "a"])
+    pl.DataFrame({"text": ["n1", "corpus only"]}).write_parquet(tmp_path / "c2.parquet")
+    texts_again, _, _ = plan([tmp_path / "b.jsonl", tmp_path / "a.parquet"], tmp_path / "c2.parquet", "two")
     assert texts_again.sort("text_id").equals(texts.sort("text_id"))
 
 
@@ -88,7 +94,7 @@ def test_float16_storage(tmp_path, tiny_model):
 
 
 BAD_INPUTS = {
-    "missing.parquet": (pl.DataFrame({"query": ["a"]}), "missing column 'positive'"),
+    "missing.parquet": (pl.DataFrame({"query": ["a"]}), "no columns to take as query and positive (has: query)"),
     "null.parquet": (pl.DataFrame({"query": ["a", None], "positive": ["b", "c"]}), "row 2: column 'query' is null"),
     "empty.parquet": (pl.DataFrame({"query": ["a", "b"], "positive": ["b", "  "]}), "row 2: column 'positive' is empty"),
     "number.parquet": (pl.DataFrame({"query": [1, 2], "positive": ["b", "c"]}), "row 1: column 'query' is int"),
@@ -144,7 +150,8 @@ def test_exit_status_from_the_command_line(tmp_path):
     pl.DataFrame({"query": ["a"]}).write_parquet(tmp_path / "bad.parquet")
     result = run_module("pipeline.embed", "--input", tmp_path / "bad.parquet", "--work", tmp_path / "w", check=False)
     assert result.returncode == 2
-    assert result.stderr.strip() == f"error: {tmp_path / 'bad.parquet'}: missing column 'positive' (has: query)"
+    assert result.stderr.strip().startswith(
+        f"error: {tmp_path / 'bad.parquet'}: no columns to take as query and positive (has: query); expected one of")
 
 
 def test_unknown_model_names_what_works(tmp_path, capsys):

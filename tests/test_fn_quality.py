@@ -23,8 +23,8 @@ TRUTH = pl.DataFrame({"query_id": [10, 11], "positive_id": [20, 21], "false_nega
 def candidates(rows: list[tuple]) -> pa.Table:
     """Rows of (anchor, query, positive, positive score, candidate ids, candidate scores), no given negatives."""
     return pa.Table.from_pylist([
-        {"anchor_id": a, "query_id": q, "positive_id": p, "task": "t", "positive_score": s, "candidate_ids": ids,
-         "candidate_scores": scores, "given_negative_ids": [], "given_negative_scores": []}
+        {"anchor_id": a, "query_id": q, "positive_id": p, "task": "t", "positive_score": s, "weakest_positive_score": s,
+         "candidate_ids": ids, "candidate_scores": scores, "given_negative_ids": [], "given_negative_scores": []}
         for a, q, p, s, ids, scores in rows], schema=CANDIDATE_SCHEMA)
 
 

@@ -109,7 +109,7 @@ def test_anchors_the_guide_cannot_judge_are_counted_per_task():
     scores = [[0.9, 0.8, 0.7, 0.1], [0.9, 0.2, 0.1], [0.5, 0.4]]
     candidates = pa.Table.from_pydict({
         "anchor_id": [0, 1, 2], "query_id": [10, 11, 12], "positive_id": [20, 21, 22], "task": ["a", "a", "b"],
-        "positive_score": [0.75, 0.5, 0.45], "candidate_ids": [[30 + i for i in range(len(s))] for s in scores],
+        "positive_score": [0.75, 0.5, 0.45], "weakest_positive_score": [0.75, 0.5, 0.45], "candidate_ids": [[30 + i for i in range(len(s))] for s in scores],
         "candidate_scores": scores, "given_negative_ids": [[], [], []], "given_negative_scores": [[], [], []],
         **{name: [None] * 3 for name in SCORES["rescore"]},
     }, schema=CANDIDATE_SCHEMA)

@@ -194,7 +194,12 @@ class TrainingData:
         self.tasks = rows["task"].to_list()
         self.ids = {"queries": rows["query_id"].to_numpy(), "positives": rows["positive_id"].to_numpy()}
         self.negatives = Ragged(rows["negative_ids"].list.head(negatives))
-        self.false_negatives = rows["false_negative_ids"].to_arrow()
+        # Known false negatives: mining's, and every positive of the anchor's query (a query repeated with other
+        # positives, or with several qrels): another anchor's positive or negative in the batch may be one. Masked,
+        # not taken as extra positives, so that the loss stays GISTEmbed's one-positive cross-entropy.
+        positives = rows.group_by("query_id").agg(pl.col("positive_id").unique().alias("query_positives"))
+        self.false_negatives = (rows.join(positives, on="query_id", how="left", maintain_order="left")
+                                .select(pl.concat_list("false_negative_ids", "query_positives")).to_series().to_arrow())
         # Mining took the anchors the guide cannot judge out of its margin rule: so does the in-batch rule.
         self.unjudged = (is_unjudged(rows["candidates_above_positive"], rows["n_candidates"]).to_numpy()
                          if self.manifest["rules"].get("unjudged_rank_min") is not None else None)
