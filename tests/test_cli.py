@@ -88,6 +88,7 @@ def gist_mining(*args: str) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "gist_mining", *args], cwd=ROOT, capture_output=True, text=True)
 
 
+@pytest.mark.slow  # fresh interpreters
 def test_console_script_lists_the_stages_and_runs_their_parsers():
     listing = gist_mining("--help")
     assert listing.returncode == 0
