@@ -84,7 +84,7 @@ def child(argv: list[str]) -> None:
 
 
 def measure(pairs: Path, work: Path, model: Path, code: Path) -> dict:
-    argv = ["--input", str(pairs), "--work", str(work), "--model", str(model), "--backend", "torch", "--no-cache",
+    argv = ["--input", str(pairs), "--work", str(work), "--guide", str(model), "--backend", "torch", "--no-cache",
             "--overwrite"]
     env = dict(os.environ, HF_HUB_OFFLINE="1", PYTHONPATH=str(code), PLAN_SCALE_CODE=str(code))
     proc = subprocess.run([sys.executable, __file__, "--child", *argv], capture_output=True, text=True, env=env)

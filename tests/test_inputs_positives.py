@@ -27,9 +27,9 @@ def work(tmp_path_factory, tiny_guide):
                            "negative": [pairs["positive"][i]] if (i, k) == (0, 0) else [], "task": "a"}
                           for k in range(2) for i in range(5)])
     pl.concat([pairs, extra]).write_parquet(root / "pairs.parquet")
-    assert run_stage(embed, "--input", root / "pairs.parquet", "--work", root / "w", "--model", tiny_guide) == 0
+    assert run_stage(embed, "--input", root / "pairs.parquet", "--work", root / "w", "--guide", tiny_guide) == 0
     assert run_stage(mask, "--work", root / "w", "--k", 500, "--index", "flat", "--margin-strategy", "relative",
-                     "--margin", MARGIN, "--num-negatives", NEGATIVES) == 0
+                     "--margin", MARGIN, "--negatives-per-anchor", NEGATIVES) == 0
     return root / "w"
 
 
@@ -47,7 +47,7 @@ def oracle(work):
 
 def test_mining_with_several_positives_matches_brute_force(work):
     positives, scores = oracle(work)
-    mined = pl.read_parquet(workdir.verified(work, workdir.mined(work), "mine")).sort("anchor_id")
+    mined = pl.read_parquet(workdir.verified(work, workdir.checked_mined_manifest(work), "mine")).sort("anchor_id")
     assert max(len(p) for p in positives.values()) == 3
     for row in mined.iter_rows(named=True):
         q, own = row["query_id"], row["positive_id"]
