@@ -112,7 +112,7 @@ class EmbedSettings:
 
 def build_parser(prog: str = "python -m pipeline.embed") -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog=prog, description=__doc__.split("\n")[0], formatter_class=HelpFormatter)
-    parser.add_argument("--input", action="append", default=[],
+    parser.add_argument("--input", action="append", default=None,
                         help="pairs: a Parquet, JSONL or CSV file, a save_to_disk dataset, a folder or a glob of files, "
                              "a Hub dataset id or hf://datasets/OWNER/NAME/PATH (repeatable)")
     parser.add_argument("--corpus", action="append", default=[],
@@ -357,7 +357,7 @@ def embed(inputs: list[str], work: Path, guide: ModelSettings = ModelSettings(DE
 
 def main(argv=None, prog: str = "python -m pipeline.embed") -> None:
     args = build_parser(prog).parse_args(argv)
-    embed(args.input, args.work, from_args(ModelSettings, args, name=args.guide), from_args(EmbedOptions, args),
+    embed(args.input or [], args.work, from_args(ModelSettings, args, name=args.guide), from_args(EmbedOptions, args),
           from_args(Prompts, args), corpus=args.corpus, reading=from_args(InputOptions, args),
           executor=from_args(ExecutorSettings, args))
 

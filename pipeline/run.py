@@ -30,7 +30,7 @@ from gist_mining.mining import MiningRules
 from gist_mining.models import DEFAULT_GUIDE, DEFAULT_STUDENT, ModelSettings, Prompts, add_prompt_options, load_model
 from gist_mining.settings import HelpFormatter, add_options, from_args
 from gist_mining.storage import write_json_atomic
-from pipeline.embed import EmbedOptions, embed
+from pipeline.embed import EmbedOptions, InputOptions, embed
 from pipeline.mask import SearchSettings, mask
 from train.run import TrainConfig, train
 
@@ -49,6 +49,8 @@ def build_parser(prog: str = "python -m pipeline.run") -> argparse.ArgumentParse
                    help=f"pairs (default: each of {', '.join(BUNDLED)} in {DATA}, in turn)")
     p.add_argument("--eval", type=Path, default=None, help="held-out retrieval split (with --input)")
     p.add_argument("--work", type=Path, default=None, help="work directory (with --input; default runs/NAME)")
+    # A retrieval layout (--queries/--qrels) is pipeline.embed's: the job's held-out split is --eval.
+    add_options(p.add_argument_group("input"), InputOptions, exclude=("queries", "qrels"))
     models = p.add_argument_group("models (--revision, --trust-remote-code, --device and --max-seq-length apply to "
                                   "both; the prompts to the guide, the student keeps its own)")
     models.add_argument("--guide", default=DEFAULT_GUIDE, help="bundled name, local directory or HF id")
@@ -90,7 +92,8 @@ def run_job(args, inputs: list[str], split: Path, work: Path) -> dict:
     rules = replace(rules, num_negatives=max(config.negatives_per_anchor, MiningRules.num_negatives))
     executor, seconds = from_args(ExecutorSettings, args), {}
     _, seconds["embed"] = stage("embed", embed, inputs, work, from_args(ModelSettings, args, name=args.guide),
-                                from_args(EmbedOptions, args), from_args(Prompts, args), executor=executor)
+                                from_args(EmbedOptions, args), from_args(Prompts, args),
+                                reading=from_args(InputOptions, args), executor=executor)
     _, seconds["mask"] = stage("mask", mask, work, from_args(SearchSettings, args), rules, executor=executor)
     models = {"base": args.student}
     for name, guide_filter in (("plain", "none"), ("gist", config.guide_filter)):
