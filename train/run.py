@@ -34,16 +34,16 @@ from transformers import get_linear_schedule_with_warmup
 
 from gist_mining import cli, workdir
 from gist_mining.errors import UsageError
-from gist_mining.loss import Column, GISTLoss, GuidedBatch
+from gist_mining.loss import FALSE_NEGATIVES, HARDNESS_NEGATIVES, Column, GISTLoss, GuidedBatch, LossRules
 from gist_mining.mining import PAD_ID, STRATEGIES, is_unjudged, padded
 from gist_mining.models import DEFAULT_STUDENT, load_model, role_prompts
 from gist_mining.storage import (commit, read_json, remove_stale_temps, tmp_name, write_bytes_atomic,
                                   write_json_atomic)
 from gist_mining.workdir import VectorStore
 
-# The trainer's --guide-filter choices and the loss they make: (guided, control) of GISTLoss.
-GUIDE_FILTERS = {"precomputed": (True, None), "none": (False, None), "random": (True, "random"),
-                 "hardest": (True, "hardest")}
+# The trainer's --guide-filter choices and the loss they make: (guided, control) of GISTLoss, LossRules.self_filter.
+GUIDE_FILTERS = {"precomputed": (True, None, False), "none": (False, None, False), "random": (True, "random", False),
+                 "hardest": (True, "hardest", False), "self": (False, None, True), "guide+self": (True, None, True)}
 
 # -- config: every default in one place ------------------------------------------------------------------
 
@@ -86,8 +86,22 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--mini-batch-size", type=int, default=0,
                    help="GradCache: texts per forward pass; the batch's loss is exact, memory that of a mini-batch")
     p.add_argument("--guide-filter", choices=list(GUIDE_FILTERS), default="precomputed",
-                   help="in-batch masks: the guide's (precomputed vectors), none (plain loss), or controls that mask "
-                        "as many logits per anchor as the guide would, at random (seeded) or the student's hardest")
+                   help="in-batch masks: the guide's (precomputed vectors), none (plain loss), controls that mask "
+                        "as many logits per anchor as the guide would, at random (seeded) or the student's hardest; "
+                        "self: the student's own scores (Qwen3-Embedding's rule, no guide), guide+self: either")
+    r = LossRules()  # the rules beyond GISTEmbed's mask (gist_mining.loss.LossRules says what each does)
+    p.add_argument("--self-margin", type=float, default=r.self_margin,
+                   help="self filter: mask c when the student's s(q, c) > s(q, positive) + this")
+    p.add_argument("--hardness-strength", type=float, default=r.hardness_strength,
+                   help="raise negatives' logits by this x stopgrad(cosine) (0: off; 5 to 9 in the literature)")
+    p.add_argument("--hardness-negatives", choices=HARDNESS_NEGATIVES, default=r.hardness_negatives,
+                   help="which negatives hardness weighting raises: other anchors' positives, mined, or all")
+    p.add_argument("--false-negatives", choices=FALSE_NEGATIVES, default=r.false_negatives,
+                   help="the guide's suspects: masked, or (positives) known false negatives and those the guide scores "
+                        "above the positive by --promote-margin counted as extra positives (RLHN)")
+    p.add_argument("--promote-margin", type=float, default=r.promote_margin)
+    p.add_argument("--suspect-weight", type=float, default=r.suspect_weight,
+                   help="weight of a suspect negative in the softmax: 0 masks it, W in (0, 1] down-weights it")
     p.add_argument("--eval", type=Path, default=None, help="retrieval split: queries, corpus, qrels .parquet")
     p.add_argument("--eval-steps", type=int, default=0, help="evaluate every N steps (0: before and after only)")
     p.add_argument("--save-steps", type=int, default=0, help="checkpoint every N steps (0: never)")
@@ -469,6 +483,7 @@ def headline(metrics: dict) -> dict:
 
 def main(argv=None) -> None:
     args = parse_args(argv)
+    loss_fn = loss_from(args)  # before any work: a bad combination of rules stops here
     world = int(os.environ.get("WORLD_SIZE", 1))
     if world > 1:
         dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
@@ -487,8 +502,6 @@ def main(argv=None) -> None:
     log = Log(args.out, step, rank)
     evaluator = make_evaluator(args.eval, "eval", model.prompts) if args.eval else None
     before = evaluate(model, evaluator, log, step, rank) if evaluator and step == 0 else None
-    guided, control = GUIDE_FILTERS[args.guide_filter]
-    loss_fn = GISTLoss(args.temperature, args.margin_strategy, args.margin, guided=guided, control=control)
 
     model.train()
     if epoch:  # a resumed run continues in a later epoch
@@ -522,6 +535,16 @@ def main(argv=None) -> None:
         dist.destroy_process_group()
 
 
+def loss_from(args) -> GISTLoss:
+    guided, control, self_filter = GUIDE_FILTERS[args.guide_filter]
+    try:
+        rules = LossRules(self_filter, args.self_margin, args.hardness_strength, args.hardness_negatives,
+                          args.false_negatives, args.promote_margin, args.suspect_weight)
+        return GISTLoss(args.temperature, args.margin_strategy, args.margin, guided=guided, control=control, rules=rules)
+    except ValueError as err:
+        raise UsageError(f"--guide-filter {args.guide_filter}: {err}") from None
+
+
 def global_mean(loss: torch.Tensor, masked: torch.Tensor, world: int) -> tuple[float, float]:
     """The figures of the global batch, not this rank's share (the loss is scaled so that its mean is)."""
     if world > 1:
@@ -536,9 +559,18 @@ def say_rules(args, manifest: dict) -> None:
     mined_rules = ", ".join(f"{k} {v}" for k, v in manifest["rules"].items() if v is not None)
     in_batch = {"precomputed": f"{args.margin_strategy} margin {args.margin}", "none": "off (plain in-batch loss)",
                 "random": "control: as many logits as the guide masks, at random",
-                "hardest": "control: as many logits as the guide masks, the student's highest"}[args.guide_filter]
-    if manifest["rules"].get("unjudged_rank_min") is not None and args.guide_filter != "none":
+                "hardest": "control: as many logits as the guide masks, the student's highest",
+                "self": f"the student's own, margin {args.self_margin}",
+                "guide+self": f"{args.margin_strategy} margin {args.margin} or the student's own, margin {args.self_margin}",
+                }[args.guide_filter]
+    if manifest["rules"].get("unjudged_rank_min") is not None and GUIDE_FILTERS[args.guide_filter][0]:
         in_batch += " (not for anchors the guide cannot judge, as in mining)"
+    if args.false_negatives == "positives":
+        in_batch += f"; known false negatives and guide scores above the positive + {args.promote_margin} are positives"
+    if args.suspect_weight:
+        in_batch += f"; suspects weighted {args.suspect_weight} instead of masked"
+    if args.hardness_strength:
+        in_batch += f"; hardness weighting {args.hardness_strength} on {args.hardness_negatives} negatives"
     print(f"train: mined negatives chosen under: {mined_rules}; in-batch guide filter: {in_batch}", file=sys.stderr)
 
 
