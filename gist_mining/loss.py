@@ -176,9 +176,12 @@ class GISTLoss(nn.Module):
     ``guided=False`` keeps only the "always" masks: the plain in-batch loss, for ablations. ``control`` keeps
     the guide's count per anchor row but moves the masks (controls that attribute a gain to the guide's choice):
     "random" masks as many entries, drawn from torch's seeded generator; "hardest" the student's highest.
-    Anchors in ``batch.unjudged`` get only the "always" masks. ``rules`` (LossRules) adds the later rules; a
-    suspect is then an entry guided/known (or the control's) or, with ``rules.self_filter``, the student's own.
-    Returns the loss (the global batch's mean once averaged over ranks) and this rank's masked fraction.
+    Anchors in ``batch.unjudged`` get none of the guide's masks (guided, known). ``rules`` (LossRules) adds the
+    later rules: the entries the guide (or the control) or the student's own filter flags are the anchor's
+    suspects, masked unless the rules down-weight them or count them as positives (then the loss is -log of the
+    softmax's mass on the positives).
+    Returns the loss (the global batch's mean once averaged over ranks) and this rank's masked fraction (the
+    share of entries taken out of the plain negatives: masked, down-weighted or counted as positives).
     """
 
     def __init__(self, temperature: float, margin_strategy: str, margin: float, guided: bool = True,
