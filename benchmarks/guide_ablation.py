@@ -1,12 +1,19 @@
 """What the guide contributes: the same student, data and steps, with and without it, over several seeds.
 
-    flock /tmp/gist-bench.lock python benchmarks/guide_ablation.py                # both data sets, 3 seeds
-    python benchmarks/guide_ablation.py --data sections --seeds 42 --max-steps 20     # a quick look
+    flock /tmp/bench.lock python benchmarks/guide_ablation.py         # 3 data sets, 3 batch sizes, 3 seeds
+    python benchmarks/guide_ablation.py --data fn_truth --seeds 42 --batch-sizes 32 --anchors 320   # a quick look
 
 Data sets: ``sections`` (data/build_sections.py: Debian package descriptions, anchor and positive share a
-section, so every same-section text in a batch is a false negative by construction) and ``sample`` (the
-bundled sample). Each is embedded and searched once with the guide (pipeline.embed, pipeline.mask); the
-mining variants are re-filters of copies of that work directory. Arms (train.run, same steps and seeds):
+section, so every same-section text in a batch is a false negative by construction), ``sample`` (the
+bundled sample), and ``fn_truth`` (data/fn_truth: a WordNet lemma as the query, one of its senses' glosses
+as the positive; the lemma's other senses are false negatives by the data, not by a label: they answer the
+bare word as well, are in the training corpus to be mined, and are relevant in val/ and test/; lemmas split
+three ways, see fn_truth_task). Each is embedded and searched once with the guide (pipeline.embed,
+pipeline.mask); the mining variants are re-filters of copies of that work directory.
+
+Batch sizes (--batch-sizes): every arm at each, with the same number of anchors seen (--anchors), so fewer
+steps at larger batches; GradCache (--mini-batch-size) above --grad-cache-above anchors. Arms (train.run,
+same anchors and seeds):
 
     base           the student as it is
     unguided       naive top-k mined negatives (margin none), plain in-batch loss (--guide-filter none)
@@ -16,22 +23,32 @@ mining variants are re-filters of copies of that work directory. Arms (train.run
     hardest-mask   ... as many, the student's highest-scored ones
     unjudged-rule  mined with --rank-min 3 --unjudged-rank-min 10, the guide's in-batch filter (which exempts
                    the anchors that rule exempts)
+    self           positive-aware mined negatives, the student's own in-batch filter (Qwen3-Embedding), no guide
+    guide+self     ... either the guide's or the student's filter masks
+    self+hardness  the student's filter, hardness weighting 5 on all negatives (no guide in the loss)
+    gist+hardness  the guide's filter, hardness weighting 5 on all negatives (MNRL's hardness_mode)
+    fn-positives   the guide's filter, known and guide-certain false negatives counted as positives (RLHN)
+    suspect-weight the guide's filter, suspects weighted 0.3 instead of masked (ColPali-style)
 
 Every trained student is scored on val/ (for choices) and test/ (for the table): NDCG@10 mean +- std over
 seeds; a difference is called real only when it exceeds 2 standard deviations of the difference of single
-runs (2 * sqrt(sa^2 + sb^2)). Also printed: how often the guide's in-batch mask fires over the first
+runs (2 * sqrt(sa^2 + sb^2)); against guided-mining and gist at the same batch size, and against the
+trainer's default (gist at its default batch size). Also printed: how often the guide's in-batch mask fires over the first
 training batches (share of logits it masks beyond the self-pairs) and how many of those share the anchor's
 label (section, or task for the sample), against the share of all in-batch logits that do.
-Resumable: finished runs are kept in WORK/runs.jsonl and skipped.
+Resumable: finished runs are kept in WORK/runs.jsonl and skipped; each records its seconds (training and
+scoring), printed per batch size to plan a full run.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import random
 import shutil
 import statistics
 import sys
+import time
 from pathlib import Path
 
 import polars as pl
@@ -46,21 +63,70 @@ from gist_mining.models import DEFAULT_GUIDE, DEFAULT_STUDENT, load_model  # noq
 from pipeline import embed, mask  # noqa: E402
 from train import run as train  # noqa: E402
 
-DATA = {"sections": (ROOT / "data" / "sections", True), "sample": (ROOT / "data" / "sample", False)}  # (folder, --corpus)
+FN_TRUTH = ROOT / "data" / "fn_truth"
+DATA = {"sections": ROOT / "data" / "sections", "sample": ROOT / "data" / "sample", "fn_truth": None}  # None: built
 MINING = {"topk": ["--margin-strategy", "none"], "guided": [], "unjudged": ["--rank-min", "3", "--unjudged-rank-min", "10"]}
-ARMS = {"unguided": ("topk", "none"), "guided-mining": ("guided", "none"), "gist": ("guided", "precomputed"),
-        "random-mask": ("guided", "random"), "hardest-mask": ("guided", "hardest"),
-        "unjudged-rule": ("unjudged", "precomputed")}
+# arm -> (mining variant, --guide-filter, further train.run options)
+ARMS = {"unguided": ("topk", "none", []), "guided-mining": ("guided", "none", []), "gist": ("guided", "precomputed", []),
+        "random-mask": ("guided", "random", []), "hardest-mask": ("guided", "hardest", []),
+        "unjudged-rule": ("unjudged", "precomputed", []),
+        "self": ("guided", "self", []), "guide+self": ("guided", "guide+self", []),
+        "self+hardness": ("guided", "self", ["--hardness-strength", "5"]),
+        "gist+hardness": ("guided", "precomputed", ["--hardness-strength", "5"]),
+        "fn-positives": ("guided", "precomputed", ["--false-negatives", "positives"]),
+        "suspect-weight": ("guided", "precomputed", ["--suspect-weight", "0.3"])}
+SPLITS = {"val": 0.1, "test": 0.1}  # fn_truth: the share of lemmas held out for each
+TASK = "wordnet-lemma"
+WITH_CORPUS = {"sections", "fn_truth"}  # embedded with their corpus.parquet (the sample's: left out, as before)
+
+
+def fn_truth_task(out: Path, seed: int = 7) -> Path:
+    """data/fn_truth as a retrieval task: lemmas drawn into train/val/test (seeded); val/ and test/ hold their
+    lemmas as queries, every sense gloss of those lemmas as the corpus, all of a lemma's senses relevant. The
+    training pairs and corpus leave out every held-out gloss (a gloss two lemmas share included)."""
+    if (out / "train.parquet").exists():
+        return out
+    truth = pl.read_parquet(FN_TRUTH / "truth.parquet")
+    corpus = pl.read_parquet(FN_TRUTH / "corpus.parquet").with_columns(
+        pl.col("text").map_elements(workdir.text_id, return_dtype=pl.Int64).alias("id"))
+    lemmas = sorted(truth["query"])
+    random.Random(seed).shuffle(lemmas)
+    cut = [round(share * len(lemmas)) for share in SPLITS.values()]
+    split_of = {"val": lemmas[: cut[0]], "test": lemmas[cut[0]: cut[0] + cut[1]], "train": lemmas[cut[0] + cut[1]:]}
+    senses = truth.select("query", pl.concat_list(pl.col("positive_id"), "false_negative_ids").alias("id")).explode("id")
+    held = senses.filter(~pl.col("query").is_in(split_of["train"]))["id"].implode()
+    for split in SPLITS:
+        queries = pl.DataFrame({"query": sorted(split_of[split])}).with_row_index("n").with_columns(
+            pl.format("q{}", "n").alias("query_id"))
+        qrels = queries.join(senses, on="query").select("query_id", pl.col("id").cast(pl.String).alias("doc_id"),
+                                                        pl.lit(1).alias("score")).unique().sort("query_id", "doc_id")
+        (out / split).mkdir(parents=True, exist_ok=True)
+        queries.select("query_id", pl.col("query").alias("text"), pl.lit(TASK).alias("task")).write_parquet(
+            out / split / "queries.parquet")
+        corpus.filter(pl.col("id").cast(pl.String).is_in(qrels["doc_id"].implode())).select(
+            pl.col("id").cast(pl.String).alias("doc_id"), "text").write_parquet(out / split / "corpus.parquet")
+        qrels.write_parquet(out / split / "qrels.parquet")
+    train = truth.filter(pl.col("query").is_in(split_of["train"]) & ~pl.col("positive_id").is_in(held))
+    lemma_of = senses.join(train.select("query"), on="query").unique("id", keep="first")
+    corpus.filter(~pl.col("id").is_in(held)).join(lemma_of, on="id", how="left").select(
+        "text", pl.col("query").alias("lemma")).write_parquet(out / "corpus.parquet")
+    train.select("query", "positive", pl.lit(TASK).alias("task"), pl.col("query").alias("lemma")).write_parquet(
+        out / "train.parquet")
+    return out
+
+
+def folder_of(name: str, work: Path) -> Path:
+    return DATA[name] or fn_truth_task(work / name / "task")
 
 
 def mined_copies(name: str, work: Path, guide: str) -> dict[str, Path]:
     """Embed + search once, then one re-filtered copy per mining variant."""
-    folder, with_corpus = DATA[name]
+    folder = folder_of(name, work)
     first = work / name / "guided"
     try:
         workdir.checked_mined_manifest(first)
     except UsageError:
-        corpus = ["--corpus", str(folder / "corpus.parquet")] if with_corpus else []
+        corpus = ["--corpus", str(folder / "corpus.parquet")] if name in WITH_CORPUS else []
         embed.main(["--input", str(folder / "train.parquet"), *corpus, "--work", str(first), "--guide", guide])
         mask.main(["--work", str(first)])
     copies = {"guided": first}
@@ -82,9 +148,18 @@ def scores(model_path: str, folder: Path) -> dict:
     return {split: train.headline(train.make_evaluator(folder / split, split)(model)) for split in ("val", "test")}
 
 
-def train_arm(work: Path, out: Path, seed: int, guide_filter: str, args) -> dict:
-    train.main(["--work", str(work), "--out", str(out), "--student", args.student, "--max-steps", str(args.max_steps),
-                "--batch-size", str(args.batch_size), "--seed", str(seed), "--guide-filter", guide_filter])
+def steps_for(batch_size: int, args) -> int:
+    """Steps that show --anchors anchors at this batch size: the same texts seen at every size."""
+    return max(1, round(args.anchors / batch_size))
+
+
+def train_arm(work: Path, out: Path, seed: int, arm: str, batch_size: int, args) -> dict:
+    _, guide_filter, options = ARMS[arm]
+    if batch_size > args.grad_cache_above:  # GradCache: the batch's loss, a mini-batch's memory
+        options = [*options, "--mini-batch-size", str(args.mini_batch_size)]
+    train.main(["--work", str(work), "--out", str(out), "--student", args.student, "--max-steps",
+                str(steps_for(batch_size, args)), "--batch-size", str(batch_size), "--seed", str(seed),
+                "--guide-filter", guide_filter, *options])
     logged = [json.loads(line) for line in (out / workdir.METRICS).read_text().splitlines()]
     masked = statistics.mean(m["masked_fraction"] for m in logged if "masked_fraction" in m)
     return {"masked_fraction": masked}
@@ -93,23 +168,27 @@ def train_arm(work: Path, out: Path, seed: int, guide_filter: str, args) -> dict
 def run_all(args) -> list[dict]:
     done_path = args.work / "runs.jsonl"
     done = [json.loads(line) for line in done_path.read_text().splitlines()] if done_path.exists() else []
-    done = [r for r in done if (r["steps"], r["batch_size"]) == (args.max_steps, args.batch_size)]
-    have = {(r["data"], r["arm"], r["seed"]) for r in done}
+    done = [r for r in done if r.get("anchors") == args.anchors]
+    have = {(r["data"], r["arm"], r["seed"], r["batch_size"]) for r in done}
     copies = {name: mined_copies(name, args.work, args.guide) for name in args.data}
-    todo = [(name, "base", 0) for name in args.data]  # deterministic: one run
-    todo += [(name, arm, seed) for seed in args.seeds for name in args.data for arm in args.arms]
-    for name, arm, seed in todo:
-        if (name, arm, seed) in have:
+    todo = [(name, "base", 0, 0) for name in args.data]  # deterministic and untrained: one run, no batch size
+    todo += [(name, arm, seed, size) for seed in args.seeds for size in args.batch_sizes for name in args.data
+             for arm in args.arms]
+    for name, arm, seed, size in todo:
+        if (name, arm, seed, size) in have:
             continue
-        record = {"data": name, "arm": arm, "seed": seed, "steps": args.max_steps, "batch_size": args.batch_size}
+        started = time.perf_counter()
+        record = {"data": name, "arm": arm, "seed": seed, "batch_size": size, "anchors": args.anchors,
+                  "steps": steps_for(size, args) if size else 0}
+        folder = folder_of(name, args.work)
         if arm == "base":
-            record.update(scores(args.student, DATA[name][0]))
+            record.update(scores(args.student, folder))
         else:
-            variant, guide_filter = ARMS[arm]
-            out = args.work / name / "models" / f"{arm}-{seed}"
-            record.update(train_arm(copies[name][variant], out, seed, guide_filter, args))
-            record.update(scores(str(out), DATA[name][0]))
+            out = args.work / name / "models" / f"{arm}-{seed}-{size}"
+            record.update(train_arm(copies[name][ARMS[arm][0]], out, seed, arm, size, args))
+            record.update(scores(str(out), folder))
             shutil.rmtree(out)
+        record["seconds"] = round(time.perf_counter() - started, 1)
         print(json.dumps(record), flush=True)
         done.append(record)
         with open(done_path, "a") as fh:
@@ -117,26 +196,26 @@ def run_all(args) -> list[dict]:
     return done
 
 
-def labels_of(name: str, work: Path) -> dict[int, str]:
-    """text_id -> label: the Debian section, or for the sample the task of the pair a text belongs to."""
+def labels_of(name: str, work: Path, folder: Path) -> dict[int, str]:
+    """text_id -> label: the Debian section, the WordNet lemma (fn_truth: a lemma's senses share it; glosses
+    of no training lemma have none), or for the sample the task of the pair a text belongs to."""
     texts = pl.read_parquet(work / workdir.TEXTS, columns=["text_id", "text"])
-    folder = DATA[name][0]
     pairs = pl.read_parquet(folder / "train.parquet")
-    label = "section" if "section" in pairs.columns else "task"
+    label = next(c for c in ("section", "lemma", "task") if c in pairs.columns)
     frames = [pairs.select(pl.col(c).alias("text"), label) for c in ("query", "positive")]
-    if name == "sections":
+    if name in WITH_CORPUS:
         frames.append(pl.read_parquet(folder / "corpus.parquet").select("text", label))
-    known = pl.concat(frames).unique("text", keep="first")
+    known = pl.concat(frames).drop_nulls(label).unique("text", keep="first")
     return dict(texts.join(known, on="text").select("text_id", label).iter_rows())
 
 
-def firing(name: str, work: Path, args) -> dict:
-    """Over the first --max-steps batches of the first seed: the guide's in-batch masks beyond the self-pairs."""
+def firing(name: str, work: Path, folder: Path, batch_size: int, steps: int, seed: int) -> dict:
+    """Over the first ``steps`` batches of a seed's plan: the guide's in-batch masks beyond the self-pairs."""
     data = train.TrainingData(work, 1, "cpu")
-    plan = train.epoch_batches(data, train.TrainConfig(seed=args.seeds[0], batch_size=args.batch_size), 1, 0)
-    label = labels_of(name, work)
+    plan = train.epoch_batches(data, train.TrainConfig(seed=seed, batch_size=batch_size), 1, 0)
+    label = labels_of(name, work, folder)
     n = {"logits": 0, "eligible": 0, "same": 0, "fired": 0, "fired_same": 0}
-    for rows in plan[: args.max_steps]:
+    for rows in plan[:steps]:
         batch = data.get_batch(rows)
         guided = batch.with_student({c: batch.guide[c].float() for c in train.COLUMNS})
         d = train.TrainConfig()
@@ -157,27 +236,34 @@ def firing(name: str, work: Path, args) -> dict:
             "same_label_in_batch": n["same"] / n["eligible"], "same_label_masked": n["fired_same"] / max(n["same"], 1)}
 
 
-def summary(records: list[dict], name: str, arms: list[str]) -> tuple[list[tuple], dict]:
-    stats = {}
-    for arm in ["base", *arms]:
-        runs = [r for r in records if r["data"] == name and r["arm"] == arm]
-        if not runs:
-            continue
-        values = {split: [r[split]["ndcg@10"] for r in runs] for split in ("val", "test")}
-        stats[arm] = {split: (statistics.mean(v), statistics.stdev(v) if len(v) > 1 else 0.0) for split, v in values.items()}
-        stats[arm]["n"] = len(runs)
-        stats[arm]["masked"] = statistics.mean(r.get("masked_fraction", 0.0) for r in runs)
+def summary(records: list[dict], name: str, size: int, arms: list[str]) -> list[tuple]:
+    """One table row per arm at this batch size (base: the untrained student)."""
+    stats = {arm: arm_stats(records, name, arm, 0 if arm == "base" else size) for arm in ["base", *arms]}
+    default = arm_stats(records, name, "gist", train.TrainConfig().batch_size)
     rows = []
     for arm, s in stats.items():
+        if s is None:
+            continue
         rows.append((arm, s["n"], *(f"{s[split][0]:.4f} +- {s[split][1]:.4f}" for split in ("val", "test")),
                      f"{s['masked']:.3f}" if arm != "base" else "-",
-                     *(verdict(s, stats.get(ref)) for ref in ("guided-mining", "gist"))))
-    return rows, stats
+                     *(verdict(s, b) for b in (stats.get("guided-mining"), stats.get("gist"), default)),
+                     f"{s['seconds']:.0f}"))
+    return rows
+
+
+def arm_stats(records: list[dict], name: str, arm: str, size: int) -> dict | None:
+    runs = [r for r in records if (r["data"], r["arm"], r["batch_size"]) == (name, arm, size)]
+    if not runs:
+        return None
+    values = {split: [r[split]["ndcg@10"] for r in runs] for split in ("val", "test")}
+    stats = {split: (statistics.mean(v), statistics.stdev(v) if len(v) > 1 else 0.0) for split, v in values.items()}
+    return {**stats, "n": len(runs), "masked": statistics.mean(r.get("masked_fraction", 0.0) for r in runs),
+            "seconds": statistics.mean(r.get("seconds", 0.0) for r in runs)}
 
 
 def verdict(a: dict, b: dict | None) -> str:
     """Test NDCG@10 difference a - b, and whether it exceeds 2 std of the difference of single runs."""
-    if b is None or a is b:
+    if b is None or a == b:
         return "-"
     diff = a["test"][0] - b["test"][0]
     noise = 2 * (a["test"][1] ** 2 + b["test"][1] ** 2) ** 0.5
@@ -189,25 +275,33 @@ def main() -> None:
     parser.add_argument("--data", nargs="+", choices=list(DATA), default=list(DATA))
     parser.add_argument("--arms", nargs="+", choices=list(ARMS), default=list(ARMS))
     parser.add_argument("--seeds", nargs="+", type=int, default=[42, 43, 44])
-    parser.add_argument("--max-steps", type=int, default=40)
-    parser.add_argument("--batch-size", type=int, default=train.TrainConfig.batch_size)
+    parser.add_argument("--batch-sizes", nargs="+", type=int, default=[32, 128, 512])
+    parser.add_argument("--anchors", type=int, default=1280, help="anchors each run sees (40 steps at 32)")
+    parser.add_argument("--grad-cache-above", type=int, default=128, help="batch sizes above this train with GradCache")
+    parser.add_argument("--mini-batch-size", type=int, default=256, help="GradCache's texts per forward pass")
     parser.add_argument("--work", type=Path, default=Path("runs/ablation"))
     parser.add_argument("--guide", default=DEFAULT_GUIDE)
     parser.add_argument("--student", default=DEFAULT_STUDENT)
     parser.add_argument("--save", type=Path, default=None, help="also write the printed tables here")
     args = parser.parse_args()
     records = run_all(args)
-    lines = [f"guide ablation: {args.max_steps} steps x {args.batch_size} anchors, seeds {args.seeds}, student {args.student}, "
-             f"guide {args.guide}; NDCG@10 mean +- std over seeds; differences on test vs guided-mining / gist "
-             "('real' when above 2 * sqrt(sa^2 + sb^2))"]
-    header = ("arm", "seeds", "val NDCG@10", "test NDCG@10", "masked (trainer)", "vs guided-mining", "vs gist")
+    default = train.TrainConfig().batch_size
+    lines = [f"guide ablation: {args.anchors} anchors per run (steps = anchors / batch size), seeds {args.seeds}, "
+             f"student {args.student}, guide {args.guide}; NDCG@10 mean +- std over seeds; differences on test vs "
+             f"guided-mining / gist at the same batch size and vs the default (gist at {default}) ('real' when above "
+             "2 * sqrt(sa^2 + sb^2)); seconds: one run, training and scoring"]
+    header = ("arm", "seeds", "val NDCG@10", "test NDCG@10", "masked (trainer)", "vs guided-mining", "vs gist",
+              "vs default", "seconds")
     for name in args.data:
-        rows, _ = summary(records, name, args.arms)
-        fire = firing(name, args.work / name / "guided", args)
-        lines += [f"\n{name}: guide's in-batch mask over the first {args.max_steps} batches: masks {fire['masked']:.3f} of "
-                  f"logits beyond self-pairs; {fire['masked_same_label']:.3f} of those share the anchor's label, against "
-                  f"{fire['same_label_in_batch']:.3f} of all in-batch logits; it masks {fire['same_label_masked']:.3f} "
-                  "of the same-label ones", table(rows, header)]
+        first = args.batch_sizes[0]
+        fire = firing(name, args.work / name / "guided", folder_of(name, args.work), first, steps_for(first, args), args.seeds[0])
+        lines.append(f"\n{name}: guide's in-batch mask over the first {steps_for(first, args)} batches of {first}: masks "
+                     f"{fire['masked']:.3f} of logits beyond self-pairs; {fire['masked_same_label']:.3f} of those share the "
+                     f"anchor's label, against {fire['same_label_in_batch']:.3f} of all in-batch logits; it masks "
+                     f"{fire['same_label_masked']:.3f} of the same-label ones")
+        for size in args.batch_sizes:
+            lines += [f"\n{name}, batch size {size} ({steps_for(size, args)} steps"
+                      f"{', GradCache' if size > args.grad_cache_above else ''}):", table(summary(records, name, size, args.arms), header)]
     text = "\n".join(lines)
     print(text)
     if args.save:

@@ -4,10 +4,13 @@ Solatorio, "GISTEmbed: Guided In-sample Selection of Training Negatives for Text
 Fine-tuning", arXiv 2402.16829 (2024). A guide model decides which in-batch candidates are too similar
 to an anchor to serve as its negatives. Here the guide never runs during training: its embeddings of
 every text were stored by ``pipeline.embed``, so the guide's similarity blocks are matrix products.
+The rules that came after it (LossRules: the student's own filter, hardness weighting, false negatives as
+positives, down-weighted suspects) are options of the same loss, so that they compare on equal terms.
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, replace
 
 import torch
@@ -86,6 +89,57 @@ def _in_rows(candidate_ids: torch.Tensor, known: torch.Tensor) -> torch.Tensor:
 
 
 CONTROLS = (None, "random", "hardest")
+HARDNESS_NEGATIVES = ("in-batch", "mined", "all")
+FALSE_NEGATIVES = ("mask", "positives")
+
+
+@dataclass(frozen=True)
+class LossRules:
+    """What GISTLoss does beyond GISTEmbed's mask; the defaults are GISTEmbed's loss. An anchor's *suspects* are the
+    entries its filters judge false negatives: the guide's (and mining's known ones) and, with ``self_filter``, the
+    student's own.
+
+    self_filter, self_margin: Qwen3-Embedding's rule (Zhang et al., arXiv 2506.05176): entry (i, c) is a suspect
+        when the student's detached score s(i, c) > s(q_i, p_i) + self_margin, in every block; no guide needed.
+    hardness_strength, hardness_negatives: hardness weighting (Lan et al. 2025, arXiv 2503.04812; sentence-
+        transformers' MultipleNegativesRankingLoss ``hardness_mode``): a negative's logit s / t is raised by
+        alpha * stopgrad(s), in the query-document blocks only, as there: "in-batch" the q-P block (the other
+        anchors' positives), "mined" the q-N block (the mined negatives of every anchor: the batch does not say
+        whose), "all" both.
+    false_negatives: "mask" the suspects; "positives" (RLHN, Thakur et al., arXiv 2505.16967): in the
+        query-document blocks, the suspects that are the anchor's known false negatives from mined/, or that the
+        guide scores above its positive by more than ``promote_margin``, count as extra positives of a
+        multi-positive loss, -log(sum over positives of softmax); other suspects are masked or down-weighted.
+    suspect_weight: 0 masks the suspects; W > 0 keeps them with weight W in the softmax (their logit plus log W),
+        down-weighted instead of masked, as ColPali's loss does with suspicious negatives.
+    """
+
+    self_filter: bool = False
+    self_margin: float = 0.1
+    hardness_strength: float = 0.0
+    hardness_negatives: str = "all"
+    false_negatives: str = "mask"
+    promote_margin: float = 0.05
+    suspect_weight: float = 0.0
+
+    def __post_init__(self):
+        if self.hardness_negatives not in HARDNESS_NEGATIVES or self.false_negatives not in FALSE_NEGATIVES:
+            raise ValueError(f"hardness_negatives must be one of {HARDNESS_NEGATIVES}, false_negatives one of "
+                             f"{FALSE_NEGATIVES}")
+        if self.hardness_strength < 0 or not 0 <= self.suspect_weight <= 1:
+            raise ValueError("hardness_strength must be >= 0 and suspect_weight in [0, 1]")
+
+
+@dataclass
+class Entries:
+    """Anchors' entries over the candidates: the student's cosines and what the rules made of each (B, C)."""
+
+    cosines: torch.Tensor
+    always: torch.Tensor  # masked whatever the rules: the anchor's own texts (never its label)
+    suspect: torch.Tensor  # judged false negatives (not always, not the label)
+    positives: torch.Tensor  # the label, and suspects counted as positives
+    hardened: torch.Tensor  # (C,) the columns hardness weighting raises
+    labels: torch.Tensor  # (B,) each anchor's own positive's column
 
 
 def same_count(chosen: torch.Tensor, eligible: torch.Tensor, logits: torch.Tensor, how: str) -> torch.Tensor:
@@ -122,21 +176,29 @@ class GISTLoss(nn.Module):
     ``guided=False`` keeps only the "always" masks: the plain in-batch loss, for ablations. ``control`` keeps
     the guide's count per anchor row but moves the masks (controls that attribute a gain to the guide's choice):
     "random" masks as many entries, drawn from torch's seeded generator; "hardest" the student's highest.
-    Anchors in ``batch.unjudged`` get only the "always" masks.
-    Returns the loss (the global batch's mean once averaged over ranks) and this rank's masked fraction.
+    Anchors in ``batch.unjudged`` get none of the guide's masks (guided, known). ``rules`` (LossRules) adds the
+    later rules: the entries the guide (or the control) or the student's own filter flags are the anchor's
+    suspects, masked unless the rules down-weight them or count them as positives (then the loss is -log of the
+    softmax's mass on the positives).
+    Returns the loss (the global batch's mean once averaged over ranks) and this rank's masked fraction (the
+    share of entries taken out of the plain negatives: masked, down-weighted or counted as positives).
     """
 
     def __init__(self, temperature: float, margin_strategy: str, margin: float, guided: bool = True,
-                 control: str | None = None):  # the trainer's defaults: train.run.TrainConfig
+                 control: str | None = None, rules: LossRules = LossRules()):  # the trainer's defaults: train.run.TrainConfig
         super().__init__()
         if control not in CONTROLS:
             raise ValueError(f"control must be one of {CONTROLS}")
+        if control is not None and (rules.self_filter or rules.false_negatives != "mask"):
+            raise ValueError("a control moves the guide's masks alone: not with self_filter or false negatives as positives")
+        if rules.false_negatives == "positives" and not guided:
+            raise ValueError("false negatives as positives are the guide's and mining's: they need guided=True")
         self.temperature, self.margin_strategy, self.margin, self.guided = temperature, margin_strategy, margin, guided
-        self.control = control
+        self.control, self.rules = control, rules
 
     def forward(self, batch: GuidedBatch) -> tuple[torch.Tensor, torch.Tensor]:
-        logits, mask, labels, total = self.masked_logits(batch)
-        return self._cross_entropy(logits, mask, labels, total), mask.float().mean()
+        entries, total = self._batch_entries(batch)
+        return self._loss(entries, total), (entries.always | entries.suspect).float().mean()
 
     def backward_by_rows(self, batch: GuidedBatch, rows: int) -> tuple[torch.Tensor, torch.Tensor]:
         """forward's loss and masked fraction, with the loss's gradient pushed back through the batch's student
@@ -160,33 +222,47 @@ class GISTLoss(nn.Module):
             chunk = GuidedBatch(*(Column(c.student_vectors[part], c.guide_vectors[part], c.ids[part]) for c in anchors),
                                 batch.negatives, batch.known_false_negatives[part],
                                 None if batch.unjudged is None else batch.unjudged[part])
-            logits, mask, labels = self._unit_logits(chunk, candidates, start + first)
-            chunk_loss = self._cross_entropy(logits, mask, labels, total)
+            entries = self._entries(chunk, candidates, start + first)
+            chunk_loss = self._loss(entries, total)
             chunk_loss.backward()
-            loss, masked, width = loss + chunk_loss.detach(), masked + mask.sum(), mask.shape[1]
+            loss, masked = loss + chunk_loss.detach(), masked + (entries.always | entries.suspect).sum()
+            width = entries.cosines.shape[1]
         leaves = [c.student_vectors for c in (*anchors, *candidates)]
         grads = [torch.zeros_like(leaf) if leaf.grad is None else leaf.grad for leaf in leaves]
         # Through the normalisation and the gather once: one collective, whatever the number of chunks.
         torch.autograd.backward([batch.queries.student_vectors, batch.positives.student_vectors, *units], grads)
         return loss, masked / max(n * width, 1)
 
-    def _cross_entropy(self, logits: torch.Tensor, mask: torch.Tensor, labels: torch.Tensor, total: int) -> torch.Tensor:
-        loss = F.cross_entropy(logits.masked_fill(mask, float("-inf")) / self.temperature, labels, reduction="sum")
+    def _loss(self, e: Entries, total: int) -> torch.Tensor:
+        """-log of the softmax's mass on the positives (cross-entropy when the label is the only one), summed."""
+        negatives = ~e.positives
+        logits = e.cosines / self.temperature
+        if self.rules.hardness_strength:
+            logits = logits + self.rules.hardness_strength * e.cosines.detach() * (negatives & e.hardened)
+        suspects, weight = e.suspect & negatives, self.rules.suspect_weight
+        logits = logits.masked_fill(e.always | suspects if weight == 0 else e.always, float("-inf"))
+        if weight:
+            logits = logits + math.log(weight) * suspects
+        loss = -logits.log_softmax(1).masked_fill(negatives, float("-inf")).logsumexp(1).sum()
         # Scaled so that averaging over ranks (DDP) gives the global batch's mean, whatever each rank's share.
         world = dist.get_world_size() if _distributed() else 1
         return loss * world / total
 
     def masked_logits(self, batch: GuidedBatch) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, int]:
-        """This rank's anchors' cosine logits over the candidates (before the temperature), the mask, the
-        labels, and the global batch's number of anchors."""
+        """This rank's anchors' cosine logits over the candidates (before the temperature), the mask (entries
+        the rules take out of the plain negatives: masked, down-weighted or made positives), the labels, and the
+        global batch's number of anchors."""
+        e, total = self._batch_entries(batch)
+        return e.cosines, e.always | e.suspect, e.labels, total
+
+    def _batch_entries(self, batch: GuidedBatch) -> tuple[Entries, int]:
         *columns, start, total = _gather_candidates(batch)
         units = [Column(F.normalize(c.student_vectors, dim=-1), c.guide_vectors, c.ids) for c in columns]
-        return (*self._unit_logits(batch, units, start), total)
+        return self._entries(batch, units, start), total
 
-    def _unit_logits(self, batch: GuidedBatch, candidates: list[Column], start: int
-                     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """masked_logits' logits, mask and labels from the gathered candidates (positives, negatives, queries),
-        their student embeddings L2-normalised already, and where this batch's anchors start among all."""
+    def _entries(self, batch: GuidedBatch, candidates: list[Column], start: int) -> Entries:
+        """The anchors' entries over the gathered candidates (positives, negatives, queries), their student
+        embeddings L2-normalised already; ``start``: where this batch's anchors start among all."""
         q, p = batch.queries, batch.positives
         all_p, all_n, all_q = candidates
         labels = torch.arange(q.ids.shape[0], device=q.ids.device) + start
@@ -197,21 +273,37 @@ class GISTLoss(nn.Module):
         mask = (candidate_ids[None, :] == q.ids[:, None]) | (candidate_ids[None, :] == p.ids[:, None])
         is_label = torch.zeros_like(mask)
         is_label[torch.arange(len(labels), device=mask.device), labels] = True  # the true positive is never masked
+        mask &= ~is_label
+        suspect = torch.zeros_like(mask)
+        promoted = torch.zeros_like(mask)
         if self.guided:
-            guided = self._guide_mask(q, p, all_p, all_n, all_q) | _in_rows(candidate_ids, batch.known_false_negatives)
+            guide, positive_score = self._guide_scores(q, p, all_p, all_n, all_q)
+            known = _in_rows(candidate_ids, batch.known_false_negatives)
+            guided = is_false_negative(guide, positive_score, self.margin_strategy, self.margin) | known
             if batch.unjudged is not None:
                 guided &= ~batch.unjudged[:, None]
-            mask |= guided if self.control is None else same_count(guided, ~mask & ~is_label, logits, self.control)
-        return logits, mask & ~is_label, labels
+            eligible = ~mask & ~is_label
+            suspect = guided & eligible if self.control is None else same_count(guided, eligible, logits, self.control)
+            if self.rules.false_negatives == "positives":
+                promoted = suspect & (known | (guide > positive_score + self.rules.promote_margin))
+        if self.rules.self_filter:
+            scores = logits.detach()
+            suspect |= (scores > scores.gather(1, labels[:, None]) + self.rules.self_margin) & ~mask & ~is_label
+        # The query-document blocks (q-P, q-N): where hardness weighting applies and false negatives become positives.
+        block = torch.arange(len(candidate_ids), device=mask.device)
+        in_batch, mined = block < len(all_p.ids), (block >= len(all_p.ids)) & (block < len(all_p.ids) + len(all_n.ids))
+        hardened = {"in-batch": in_batch, "mined": mined, "all": in_batch | mined}[self.rules.hardness_negatives]
+        return Entries(logits, mask, suspect, is_label | (promoted & (in_batch | mined)[None, :]), hardened, labels)
 
-    def _guide_mask(self, q: Column, p: Column, all_p: Column, all_n: Column, all_q: Column) -> torch.Tensor:
+    def _guide_scores(self, q: Column, p: Column, all_p: Column, all_n: Column, all_q: Column
+                      ) -> tuple[torch.Tensor, torch.Tensor]:
+        """The guide's score of every entry and of each anchor's positive, (B, C) and (B, 1)."""
         # Float32 even under autocast: a bf16 score near the threshold flips mask decisions.
         with torch.autocast(device_type=q.guide_vectors.device.type, enabled=False):
             gq, gp = q.guide_vectors.float(), p.guide_vectors.float()
             P, N, Q = (c.guide_vectors.float() for c in (all_p, all_n, all_q))
             guide = torch.cat([gq @ P.T, gq @ N.T, gq @ Q.T, gp @ P.T], dim=1)
-            positive_score = (gq * gp).sum(-1, keepdim=True)
-        return is_false_negative(guide, positive_score, self.margin_strategy, self.margin)
+            return guide, (gq * gp).sum(-1, keepdim=True)
 
 
 def truncated(batch: GuidedBatch, size: int) -> GuidedBatch:

@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 from conftest import gist_loss, sentence
 
-from gist_mining.loss import Column, GuidedBatch
+from gist_mining.loss import Column, GuidedBatch, LossRules
 from gist_mining.mining import PAD_ID
 from gist_mining.workdir import text_ids
 
@@ -127,9 +127,24 @@ def with_grads(inputs: dict, rows: int | None = None, **settings) -> tuple[float
     return loss.item(), masked.item(), [leaf.grad for leaf in leaves]
 
 
+# The later rules (LossRules, issue #26), each alone and all together; tests/test_loss_rules.py checks them
+# against a numpy oracle, the tests here by rows and across processes.
+RULES = {"self": dict(guided=False, rules=LossRules(self_filter=True)),
+         "guide+self": dict(rules=LossRules(self_filter=True, self_margin=0.05)),
+         "hardness-all": dict(rules=LossRules(hardness_strength=5.0)),
+         "hardness-in-batch": dict(guided=False, rules=LossRules(hardness_strength=9.0, hardness_negatives="in-batch")),
+         "hardness-mined": dict(rules=LossRules(hardness_strength=5.0, hardness_negatives="mined")),
+         "positives": dict(rules=LossRules(false_negatives="positives")),
+         "suspect-weight": dict(rules=LossRules(suspect_weight=0.3)),
+         "all": dict(margin_strategy="relative", margin=0.05,
+                     rules=LossRules(self_filter=True, hardness_strength=5.0, hardness_negatives="mined",
+                                     false_negatives="positives", promote_margin=0.02, suspect_weight=0.5))}
+
+
 @pytest.mark.parametrize("settings", [dict(margin_strategy="absolute", margin=0.0), dict(margin_strategy="absolute", margin=0.1),
                                       dict(margin_strategy="relative", margin=0.05), dict(control="hardest"),
-                                      dict(guided=False)])
+                                      dict(guided=False), *RULES.values()],
+                         ids=["absolute", "absolute-0.1", "relative", "hardest", "unguided", *RULES])
 def test_loss_by_rows_equals_one_pass(settings):
     """GradCache's memory-bounded loss: chunks of anchors give the loss, masks and gradients of one pass."""
     inputs = random_inputs()
@@ -148,6 +163,10 @@ def test_loss_by_rows_equals_one_pass(settings):
 ANCHOR_SPLIT, NEGATIVE_SPLIT = (0, 3, 8), (0, 5, 8)
 
 
+# The settings run under two processes: GISTEmbed's loss, and each later rule (one spawn for all).
+DDP_SETTINGS = {"gist": {}, **RULES}
+
+
 def _ddp_worker(rank: int, world: int, port: int, inputs: dict, out: dict):
     import torch.distributed as dist
 
@@ -155,8 +174,9 @@ def _ddp_worker(rank: int, world: int, port: int, inputs: dict, out: dict):
     dist.init_process_group("gloo", rank=rank, world_size=world)
     share = {k: v[NEGATIVE_SPLIT[rank]: NEGATIVE_SPLIT[rank + 1]] if k in ("n", "gn", "n_ids")
              else v[ANCHOR_SPLIT[rank]: ANCHOR_SPLIT[rank + 1]] for k, v in inputs.items()}
-    out[rank] = with_grads(share, temperature=0.05)
-    out[rank, "by rows"] = with_grads(share, 2, temperature=0.05)
+    for name, settings in DDP_SETTINGS.items():
+        out[name, rank] = with_grads(share, temperature=0.05, **settings)
+        out[name, rank, "by rows"] = with_grads(share, 2, temperature=0.05, **settings)
     dist.destroy_process_group()
 
 
@@ -167,19 +187,20 @@ def test_two_gloo_processes_with_unequal_shares_equal_one_process():
     import torch.multiprocessing as mp
 
     inputs = random_inputs()
-    single, masked, grads = with_grads(inputs, temperature=0.05)
-    assert 0.2 < masked < 0.8  # the guide and the known false negatives both have work to do
+    assert 0.2 < with_grads(inputs, temperature=0.05)[1] < 0.8  # the guide and the known false negatives have work to do
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     out = mp.Manager().dict()
     mp.spawn(_ddp_worker, args=(2, port, inputs, out), nprocs=2, join=True)
     # averaging over ranks, as DDP does, gives the global batch's loss and gradients; so does each rank by rows
-    for by_rows in ((), ("by rows",)):
-        ranks = [out[(rank, *by_rows) if by_rows else rank] for rank in (0, 1)]
-        assert (ranks[0][0] + ranks[1][0]) / 2 == pytest.approx(single, rel=1e-5)
-        for column, expected in enumerate(grads):
-            torch.testing.assert_close(torch.cat([r[2][column] for r in ranks]) / 2, expected, rtol=1e-4, atol=1e-6)
+    for name, settings in DDP_SETTINGS.items():
+        single, _, grads = with_grads(inputs, temperature=0.05, **settings)
+        for by_rows in ((), ("by rows",)):
+            ranks = [out[(name, rank, *by_rows)] for rank in (0, 1)]
+            assert (ranks[0][0] + ranks[1][0]) / 2 == pytest.approx(single, rel=1e-5), name
+            for column, expected in enumerate(grads):
+                torch.testing.assert_close(torch.cat([r[2][column] for r in ranks]) / 2, expected, rtol=1e-4, atol=1e-6)
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")

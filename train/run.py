@@ -35,7 +35,8 @@ from transformers import get_linear_schedule_with_warmup
 
 from gist_mining import cli, hub, workdir
 from gist_mining.errors import UsageError
-from gist_mining.loss import Column, GISTLoss, GuidedBatch, summed_over_sizes
+from gist_mining.loss import (FALSE_NEGATIVES, HARDNESS_NEGATIVES, Column, GISTLoss, GuidedBatch, LossRules,
+                               summed_over_sizes)
 from gist_mining.mining import PAD_ID, STRATEGIES, is_unjudged, padded
 from gist_mining.models import DEFAULT_STUDENT, ModelSettings, Prompts, add_prompt_options, load_model, role_prompts
 from gist_mining.settings import HelpFormatter, add_options, from_args, option, to_argv
@@ -45,9 +46,9 @@ from gist_mining.reporting import REPORT_TO, Reporter
 from gist_mining.workdir import VectorStore
 from train import card
 
-# The trainer's --guide-filter choices and the loss they make: (guided, control) of GISTLoss.
-GUIDE_FILTERS = {"precomputed": (True, None), "none": (False, None), "random": (True, "random"),
-                 "hardest": (True, "hardest")}
+# The trainer's --guide-filter choices and the loss they make: (guided, control) of GISTLoss, LossRules.self_filter.
+GUIDE_FILTERS = {"precomputed": (True, None, False), "none": (False, None, False), "random": (True, "random", False),
+                 "hardest": (True, "hardest", False), "self": (False, None, True), "guide+self": (True, None, True)}
 
 
 class Sizes(tuple):
@@ -101,8 +102,23 @@ class TrainConfig:
                                      "a mini-batch (0: off)")
     guide_filter: str = option("precomputed", "in-batch masks: the guide's (precomputed vectors), none (plain loss), "
                                               "or controls that mask as many logits per anchor as the guide would, "
-                                              "at random (seeded) or the student's hardest",
+                                              "at random (seeded) or the student's hardest; self: the student's own "
+                                              "scores (Qwen3-Embedding's rule, no guide), guide+self: either",
                                choices=tuple(GUIDE_FILTERS))
+    # The rules beyond GISTEmbed's mask (#26; gist_mining.loss.LossRules says what each does).
+    self_margin: float = option(LossRules.self_margin, "self filter: mask c when the student's s(q, c) > "
+                                                       "s(q, positive) + this")
+    hardness_strength: float = option(LossRules.hardness_strength, "raise negatives' logits by this x "
+                                      "stopgrad(cosine) (0: off; 5 to 9 in the literature)")
+    hardness_negatives: str = option(LossRules.hardness_negatives, "which negatives hardness weighting raises: other "
+                                     "anchors' positives, mined, or all", choices=HARDNESS_NEGATIVES)
+    false_negatives: str = option(LossRules.false_negatives, "the guide's suspects: masked, or (positives) known false "
+                                  "negatives and those the guide scores above the positive by --promote-margin "
+                                  "counted as extra positives (RLHN)", choices=FALSE_NEGATIVES)
+    promote_margin: float = option(LossRules.promote_margin, "with --false-negatives positives: how far above the "
+                                                             "positive the guide must score an in-batch suspect")
+    suspect_weight: float = option(LossRules.suspect_weight, "weight of a suspect negative in the softmax: 0 masks "
+                                                             "it, W in (0, 1] down-weights it")
     eval: Path | None = option(None, "retrieval split: queries, corpus, qrels .parquet", type=Path)
     eval_steps: int = option(0, "evaluate every N steps (0: before and after only)")
     save_steps: int = option(0, "checkpoint every N steps (0: never)")
@@ -541,6 +557,7 @@ def train(work: Path, out: Path, config: TrainConfig = TrainConfig()) -> dict | 
     work, out = Path(work), Path(out)
     if config.push_to_hub:
         hub.check_can_push(config.push_to_hub)
+    loss_fn = loss_from(config)  # before any work: a bad combination of rules stops here
     world = int(os.environ.get("WORLD_SIZE", 1))
     if world > 1:
         dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
@@ -566,9 +583,6 @@ def train(work: Path, out: Path, config: TrainConfig = TrainConfig()) -> dict | 
     cut = tuple(size for size in config.matryoshka_dims if size < full)
     evaluator = make_evaluator(config.eval, "eval", model.prompts, cut) if config.eval else None
     before = evaluate(model, evaluator, log, step, rank) if evaluator and step == 0 else None
-    guided, control = GUIDE_FILTERS[config.guide_filter]
-    loss_fn = GISTLoss(config.temperature, config.in_batch_margin_strategy, config.in_batch_margin, guided=guided,
-                       control=control)
 
     model.train()
     if epoch:  # a resumed run continues in a later epoch
@@ -611,6 +625,17 @@ def main(argv=None, prog: str = "python -m train.run") -> None:
     train(args.work, args.out, config_from(args))
 
 
+def loss_from(config: TrainConfig) -> GISTLoss:
+    guided, control, self_filter = GUIDE_FILTERS[config.guide_filter]
+    try:
+        rules = LossRules(self_filter, config.self_margin, config.hardness_strength, config.hardness_negatives,
+                          config.false_negatives, config.promote_margin, config.suspect_weight)
+        return GISTLoss(config.temperature, config.in_batch_margin_strategy, config.in_batch_margin, guided=guided,
+                        control=control, rules=rules)
+    except ValueError as err:
+        raise UsageError(f"--guide-filter {config.guide_filter}: {err}") from None
+
+
 def global_mean(loss: torch.Tensor, masked: torch.Tensor, world: int) -> tuple[float, float]:
     """The figures of the global batch, not this rank's share (the loss is scaled so that its mean is)."""
     if world > 1:
@@ -626,9 +651,18 @@ def say_rules(config: TrainConfig, manifest: dict) -> None:
     in_batch = {"precomputed": f"{config.in_batch_margin_strategy} margin {config.in_batch_margin}",
                 "none": "off (plain in-batch loss)",
                 "random": "control: as many logits as the guide masks, at random",
-                "hardest": "control: as many logits as the guide masks, the student's highest"}[config.guide_filter]
-    if manifest["rules"].get("unjudged_rank_min") is not None and config.guide_filter != "none":
+                "hardest": "control: as many logits as the guide masks, the student's highest",
+                "self": f"the student's own, margin {config.self_margin}",
+                "guide+self": f"{config.in_batch_margin_strategy} margin {config.in_batch_margin} or the student's own, "
+                              f"margin {config.self_margin}"}[config.guide_filter]
+    if manifest["rules"].get("unjudged_rank_min") is not None and GUIDE_FILTERS[config.guide_filter][0]:
         in_batch += " (not for anchors the guide cannot judge, as in mining)"
+    if config.false_negatives == "positives":
+        in_batch += f"; known false negatives and guide scores above the positive + {config.promote_margin} are positives"
+    if config.suspect_weight:
+        in_batch += f"; suspects weighted {config.suspect_weight} instead of masked"
+    if config.hardness_strength:
+        in_batch += f"; hardness weighting {config.hardness_strength} on {config.hardness_negatives} negatives"
     print(f"train: mined negatives chosen under: {mined_rules}; in-batch guide filter: {in_batch}", file=sys.stderr)
 
 
