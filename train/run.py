@@ -214,8 +214,9 @@ class TrainingData:
         # positives, or with several qrels): another anchor's positive or negative in the batch may be one. Masked,
         # not taken as extra positives, so that the loss stays GISTEmbed's one-positive cross-entropy.
         positives = rows.group_by("query_id").agg(pl.col("positive_id").unique().alias("query_positives"))
+        others = pl.col("query_positives").list.set_difference(pl.concat_list("positive_id"))  # not the row's own
         self.false_negatives = (rows.join(positives, on="query_id", how="left", maintain_order="left")
-                                .select(pl.concat_list("false_negative_ids", "query_positives")).to_series().to_arrow())
+                                .select(pl.concat_list("false_negative_ids", others)).to_series().to_arrow())
         # Mining took the anchors the guide cannot judge out of its margin rule: so does the in-batch rule.
         self.unjudged = (is_unjudged(rows["candidates_above_positive"], rows["n_candidates"]).to_numpy()
                          if self.manifest["rules"].get("unjudged_rank_min") is not None else None)
