@@ -69,8 +69,8 @@ def test_a_malformed_columns_option_is_a_usage_error(text, wrong):
 def test_columns_option_naming_an_absent_column(tmp_path):
     with pytest.raises(InputError) as caught:
         read_frame(pl.DataFrame({"q": ["a"], "a": ["b"]}), tmp_path, {"query": "question", "positive": "a"})
-    assert caught.value.problems == [f"{tmp_path / 'pairs.parquet'}: --columns takes 'question' as query, but there is "
-                                     "no such column (has: q, a)"]
+    assert caught.value.problems == [(f"{tmp_path / 'pairs.parquet'}: --columns takes 'question' as query, but there "
+                                      "is no such column (has: q, a)")]
 
 
 def test_an_input_matching_no_convention_stops_with_one_line_and_writes_nothing(tmp_path):
@@ -78,10 +78,10 @@ def test_an_input_matching_no_convention_stops_with_one_line_and_writes_nothing(
     pl.DataFrame({"prompt": ["a"], "completion": ["b"]}).write_ndjson(path)
     result = run_module("pipeline.embed", "--input", path, "--work", tmp_path / "w", check=False)
     assert result.returncode == 2
-    assert result.stderr.splitlines() == [
+    assert result.stderr.splitlines() == [(
         f"error: {path}: no columns to take as query and positive (has: completion, prompt); expected one of "
         "query/positive, anchor/positive, query/answer, question/answer, sentence1/sentence2, or name them with "
-        "--columns query=COLUMN,positive=COLUMN"]
+        "--columns query=COLUMN,positive=COLUMN")]
     assert not (tmp_path / "w").exists()
 
 
