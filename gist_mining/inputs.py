@@ -370,7 +370,8 @@ def table_batches(path: str | Path, problems: _Problems) -> Iterator[pl.DataFram
     if suffix != ".parquet" and suffix not in TEXT_READERS:
         raise _file_error(path, f"unknown format {suffix!r} (use .parquet, .jsonl, .csv or a datasets directory)")
     try:
-        fh = open(path, "rb")  # noqa: SIM115 (closed by the with below). Every format opens here, so that an unreadable file is named as such
+        # Every format opens here, so that an unreadable file is named as such; the with below closes it.
+        fh = open(path, "rb")  # noqa: SIM115
         empty = not fh.read(1)
         fh.seek(0)
     except OSError as err:
