@@ -122,3 +122,18 @@ def test_folder_or_glob_without_files(tmp_path, make, expected):
     assert result.returncode == 2
     assert result.stderr.splitlines() and result.stderr.splitlines()[0].startswith(f"error: {given}: {expected}")
     assert not (tmp_path / "w").exists()
+
+
+def test_the_embed_stage_takes_columns_and_globs(tmp_path, tiny_model):
+    for i in range(2):
+        pl.DataFrame({"question": [f"q {i} {j}" for j in range(3)], "answer": [f"a {i} {j}" for j in range(3)],
+                      "hard": [f"n {i} {j}" for j in range(3)]}).write_parquet(tmp_path / f"part-{i}.parquet")
+    result = run_module("pipeline.embed", "--input", tmp_path / "part-*.parquet", "--columns",
+                        "query=question,positive=answer,negative=hard", "--work", tmp_path / "w", "--model", tiny_model)
+    assert f"embed: {tmp_path / 'part-1.parquet'}: 'question' as query, 'answer' as positive, 'hard' as negative" \
+        in result.stderr.splitlines()
+    texts = dict(pl.read_parquet(tmp_path / "w" / workdir.TEXTS).select("text_id", "text").iter_rows())
+    anchors = pl.read_parquet(tmp_path / "w" / workdir.ANCHORS)
+    assert [(texts[q], texts[p], [texts[n] for n in ns]) for q, p, ns in
+            anchors.select("query_id", "positive_id", "negative_ids").iter_rows()] == [
+        (f"q {i} {j}", f"a {i} {j}", [f"n {i} {j}"]) for i in range(2) for j in range(3)]
