@@ -370,7 +370,8 @@ def table_batches(path: str | Path, problems: _Problems) -> Iterator[pl.DataFram
     if suffix != ".parquet" and suffix not in TEXT_READERS:
         raise _file_error(path, f"unknown format {suffix!r} (use .parquet, .jsonl, .csv or a datasets directory)")
     try:
-        fh = open(path, "rb")  # every format opens here, so that an unreadable file is named as such
+        # Every format opens here, so that an unreadable file is named as such; the with below closes it.
+        fh = open(path, "rb")  # noqa: SIM115
         empty = not fh.read(1)
         fh.seek(0)
     except OSError as err:
@@ -653,7 +654,7 @@ def _retrieval_table(path: Path, kind: str, out: Path) -> Path:
 
 
 def _retrieval_rows(problems: _Problems, frame: pl.DataFrame, kind: str, first_row: int) -> pa.Table | None:
-    (required, optional), ids = RETRIEVAL_COLUMNS[kind], {}
+    required, ids = RETRIEVAL_COLUMNS[kind][0], {}
     for column in (c for c in required if c != "text"):
         values = frame.get_column(column)
         for i in values.is_null().arg_true().to_list():

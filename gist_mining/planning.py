@@ -25,6 +25,7 @@ import shutil
 import sys
 from collections.abc import Generator, Iterable, Iterator
 from dataclasses import dataclass
+from itertools import pairwise
 from pathlib import Path
 
 import numpy as np
@@ -34,8 +35,16 @@ import pyarrow.parquet as pq
 
 from gist_mining import workdir
 from gist_mining.errors import InputError
-from gist_mining.inputs import (BATCH_ROWS, DEFAULT_TASK, HubSelection, corpus_batches, describe_columns, input_files,
-                                pair_batches, retrieval_pairs)
+from gist_mining.inputs import (
+    BATCH_ROWS,
+    DEFAULT_TASK,
+    HubSelection,
+    corpus_batches,
+    describe_columns,
+    input_files,
+    pair_batches,
+    retrieval_pairs,
+)
 from gist_mining.storage import AtomicParquetWriter, path_sha256
 
 TEXTS_SCHEMA = pa.schema([("text_id", pa.int64()), ("text", pa.large_string()), ("is_query", pa.bool_()),
@@ -65,7 +74,7 @@ class Planned:
 
 
 def read_inputs(pairs: list, corpora: list, folder: Path, columns: dict[str, str] | None = None,
-                hub: HubSelection = HubSelection(), retrieval: tuple | None = None) -> tuple[Planned, list[dict]]:
+                hub: HubSelection | None = None, retrieval: tuple | None = None) -> tuple[Planned, list[dict]]:
     """Plan the pairs and corpus inputs (files, folders, globs, Hub datasets: ``inputs.input_files``) into ``folder``, their
     columns taken as ``columns`` says (--columns, else recognised: ``inputs.resolve_columns``); every file is
     read to its end before any problem raises, so that one run names the problems of all of them. Returns the
@@ -78,7 +87,7 @@ def read_inputs(pairs: list, corpora: list, folder: Path, columns: dict[str, str
         found = []
         for name in given:
             try:
-                found += input_files(name, hub)
+                found += input_files(name, hub or HubSelection())
             except InputError as err:
                 problems.extend(err.problems)
         return found
@@ -231,7 +240,7 @@ def text_ranges(lengths: pl.DataFrame, budget: int) -> list[tuple[int, int, int,
     ``budget`` bytes of spilled text where it can: consecutive lengths are grouped, and a length holding more
     than the budget alone is cut into equal ranges of ids (ids are hashes: evenly spread)."""
     per_length = lengths.group_by("n_chars").agg(pl.col("bytes").sum()).sort("n_chars")
-    ranges, start, held = [], None, 0
+    ranges, start, previous, held = [], None, None, 0
     for n_chars, size in per_length.iter_rows():
         if start is not None and held + size > budget:
             ranges.append((start, previous, *INT64))
@@ -239,7 +248,7 @@ def text_ranges(lengths: pl.DataFrame, budget: int) -> list[tuple[int, int, int,
         if size > budget:
             cuts = np.linspace(INT64[0], INT64[1], -(-size // budget) + 1, dtype=np.float64)
             bounds = [INT64[0], *(int(c) for c in cuts[1:-1]), INT64[1]]
-            ranges += [(n_chars, n_chars, lo if i == 0 else lo + 1, hi) for i, (lo, hi) in enumerate(zip(bounds, bounds[1:]))]
+            ranges += [(n_chars, n_chars, lo if i == 0 else lo + 1, hi) for i, (lo, hi) in enumerate(pairwise(bounds))]
             continue
         start = n_chars if start is None else start
         held, previous = held + size, n_chars

@@ -67,8 +67,8 @@ BAD_CASES = [
     ("duplicate_header.csv", read_pairs, "the header names column(s) 'query' more than once"),
     ("rows_after_newlines.csv", read_pairs, "row 3: column 'query' is null"),  # rows 1 and 2 span five lines
     # missing columns, no rows, wrong kind of path
-    ("no_header.csv", read_pairs, "no columns to take as query and positive (has: what is a bank, a place for money); "
-                                  "expected one of query/positive, anchor/positive,"),
+    ("no_header.csv", read_pairs, ("no columns to take as query and positive (has: what is a bank, a place for money); "
+                                   "expected one of query/positive, anchor/positive,")),
     ("corpus_missing_text.parquet", read_corpus, "missing column 'text' (has: body); name it with --columns text=COLUMN"),
     ("dataset_wrong_columns", read_pairs, "no columns to take as query and positive (has: text, label)"),
     ("dataset_dict", read_pairs, "a DatasetDict; pass one split's directory (train, test)"),

@@ -69,8 +69,8 @@ def test_a_malformed_columns_option_is_a_usage_error(text, wrong):
 def test_columns_option_naming_an_absent_column(tmp_path):
     with pytest.raises(InputError) as caught:
         read_frame(pl.DataFrame({"q": ["a"], "a": ["b"]}), tmp_path, {"query": "question", "positive": "a"})
-    assert caught.value.problems == [f"{tmp_path / 'pairs.parquet'}: --columns takes 'question' as query, but there is "
-                                     "no such column (has: q, a)"]
+    assert caught.value.problems == [(f"{tmp_path / 'pairs.parquet'}: --columns takes 'question' as query, but there "
+                                      "is no such column (has: q, a)")]
 
 
 def test_an_input_matching_no_convention_stops_with_one_line_and_writes_nothing(tmp_path):
@@ -78,10 +78,10 @@ def test_an_input_matching_no_convention_stops_with_one_line_and_writes_nothing(
     pl.DataFrame({"prompt": ["a"], "completion": ["b"]}).write_ndjson(path)
     result = run_module("pipeline.embed", "--input", path, "--work", tmp_path / "w", check=False)
     assert result.returncode == 2
-    assert result.stderr.splitlines() == [
+    assert result.stderr.splitlines() == [(
         f"error: {path}: no columns to take as query and positive (has: completion, prompt); expected one of "
         "query/positive, anchor/positive, query/answer, question/answer, sentence1/sentence2, or name them with "
-        "--columns query=COLUMN,positive=COLUMN"]
+        "--columns query=COLUMN,positive=COLUMN")]
     assert not (tmp_path / "w").exists()
 
 
@@ -122,3 +122,18 @@ def test_folder_or_glob_without_files(tmp_path, make, expected):
     assert result.returncode == 2
     assert result.stderr.splitlines() and result.stderr.splitlines()[0].startswith(f"error: {given}: {expected}")
     assert not (tmp_path / "w").exists()
+
+
+def test_the_embed_stage_takes_columns_and_globs(tmp_path, tiny_model):
+    for i in range(2):
+        pl.DataFrame({"question": [f"q {i} {j}" for j in range(3)], "answer": [f"a {i} {j}" for j in range(3)],
+                      "hard": [f"n {i} {j}" for j in range(3)]}).write_parquet(tmp_path / f"part-{i}.parquet")
+    result = run_module("pipeline.embed", "--input", tmp_path / "part-*.parquet", "--columns",
+                        "query=question,positive=answer,negative=hard", "--work", tmp_path / "w", "--model", tiny_model)
+    assert f"embed: {tmp_path / 'part-1.parquet'}: 'question' as query, 'answer' as positive, 'hard' as negative" \
+        in result.stderr.splitlines()
+    texts = dict(pl.read_parquet(tmp_path / "w" / workdir.TEXTS).select("text_id", "text").iter_rows())
+    anchors = pl.read_parquet(tmp_path / "w" / workdir.ANCHORS)
+    assert [(texts[q], texts[p], [texts[n] for n in ns]) for q, p, ns in
+            anchors.select("query_id", "positive_id", "negative_ids").iter_rows()] == [
+        (f"q {i} {j}", f"a {i} {j}", [f"n {i} {j}"]) for i in range(2) for j in range(3)]

@@ -79,8 +79,8 @@ def hub(tmp_path, monkeypatch) -> Path:
     return home / "hub"
 
 
-def planned_pairs(tmp_path, given: str, hub_selection: HubSelection = HubSelection()) -> list[tuple]:
-    planned, records = planning.read_inputs([given], [], tmp_path / f"plan-{len(list(tmp_path.iterdir()))}",
+def planned_pairs(tmp_path, given: str, hub_selection: HubSelection | None = None) -> list[tuple]:
+    planned, _ = planning.read_inputs([given], [], tmp_path / f"plan-{len(list(tmp_path.iterdir()))}",
                                             hub=hub_selection)
     texts = dict(pl.read_parquet(planned.path(workdir.TEXTS)).select("text_id", "text").iter_rows())
     anchors = pl.read_parquet(planned.path(workdir.ANCHORS))

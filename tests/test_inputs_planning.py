@@ -4,6 +4,7 @@ the same texts.parquet and anchors.parquet, row for row, whatever the batch size
 from __future__ import annotations
 
 import random
+from itertools import pairwise
 
 import numpy as np
 import polars as pl
@@ -101,7 +102,7 @@ def test_text_ranges_cover_every_length_and_id_once():
     assert ranges[0] == (1, 2, *planning.INT64) and ranges[-1] == (9, 12, *planning.INT64)
     cut = [r for r in ranges if r[0] == r[1] == 3]
     assert len(cut) == 10 and cut[0][2] == planning.INT64[0] and cut[-1][3] == planning.INT64[1]
-    assert all(a[3] + 1 == b[2] for a, b in zip(cut, cut[1:]))  # contiguous, no id in two ranges
+    assert all(a[3] + 1 == b[2] for a, b in pairwise(cut))  # contiguous, no id in two ranges
     ids = np.random.default_rng(0).integers(*planning.INT64, 10_000)
     hits = sum(((ids >= low) & (ids <= high)).sum() for _, _, low, high in cut)
     assert hits == len(ids)

@@ -49,13 +49,13 @@ def test_qrels_become_pairs_and_the_corpus_the_pool(tmp_path):
 
 
 @pytest.mark.parametrize("change, expected", [
-    (dict(qrels=QRELS + "q1\td9\t1\n"), ("qrels/train.tsv", "row 5: corpus-id 'd9' is not in")),
-    (dict(qrels=QRELS + "q8\td1\t1\n"), ("qrels/train.tsv", "row 5: query-id 'q8' is not in")),
-    (dict(qrels=QRELS.replace("\t2\n", "\ttwo\n")), ("qrels/train.tsv", "row 2: column 'score' is 'two', expected a number")),
-    (dict(corpus=CORPUS + [{"_id": "d1", "text": "again"}]), ("corpus.jsonl", "row 5: _id 'd1' is given to an earlier row too")),
-    (dict(corpus=CORPUS[:1] + [{"_id": "d2", "title": "x", "text": " "}]), ("corpus.jsonl", "row 2: column 'text' is empty")),
-    (dict(queries=[{"id": "q1", "text": "what"}]), ("queries.jsonl", "missing column '_id' (has: id, text); a queries file")),
-    (dict(qrels="query-id\tcorpus-id\tscore\nq1\td4\t0\n"), ("qrels/train.tsv", "no qrel scores above 0")),
+    ({"qrels": QRELS + "q1\td9\t1\n"}, ("qrels/train.tsv", "row 5: corpus-id 'd9' is not in")),
+    ({"qrels": QRELS + "q8\td1\t1\n"}, ("qrels/train.tsv", "row 5: query-id 'q8' is not in")),
+    ({"qrels": QRELS.replace("\t2\n", "\ttwo\n")}, ("qrels/train.tsv", "row 2: column 'score' is 'two', expected a number")),
+    ({"corpus": CORPUS + [{"_id": "d1", "text": "again"}]}, ("corpus.jsonl", "row 5: _id 'd1' is given to an earlier row too")),
+    ({"corpus": CORPUS[:1] + [{"_id": "d2", "title": "x", "text": " "}]}, ("corpus.jsonl", "row 2: column 'text' is empty")),
+    ({"queries": [{"id": "q1", "text": "what"}]}, ("queries.jsonl", "missing column '_id' (has: id, text); a queries file")),
+    ({"qrels": "query-id\tcorpus-id\tscore\nq1\td4\t0\n"}, ("qrels/train.tsv", "no qrel scores above 0")),
 ], ids=["unknown-document", "unknown-query", "bad-score", "repeated-id", "empty-text", "missing-column", "no-pairs"])
 def test_bad_layouts_name_file_and_row_and_write_nothing(tmp_path, change, expected):
     queries, corpus, qrels = write_beir(tmp_path / "beir", **change)
