@@ -340,6 +340,13 @@ def anchor_exclusions(work: Path) -> tuple[Path, pl.DataFrame]:
     return path, positives.select("query_id", pl.concat_list("query_id", "positives").alias("exclude_ids"))
 
 
+def read_anchors(path: Path, exclusions: pl.DataFrame, start: int, length: int) -> pl.DataFrame:
+    """Anchors start .. start + length of anchors.parquet at ``path`` (anchor_id is the row number: pipeline.embed
+    writes them in order) with their ``anchor_exclusions``, read without the rest."""
+    part = pl.scan_parquet(path).slice(start, length).collect()
+    return part.join(exclusions, on="query_id", how="left", maintain_order="left")
+
+
 def candidate_pool(work: Path, include_queries: bool) -> np.ndarray:
     """The text ids the search ranks, in texts.parquet's order: the documents, and the queries too if asked."""
     texts = read_table(work, TEXTS, ["text_id", "is_query", "is_document"])

@@ -23,7 +23,7 @@ import argparse
 import json
 import sys
 import time
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field, fields, replace
 from functools import partial
 from pathlib import Path
 
@@ -33,9 +33,9 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from tqdm import tqdm
 
-from gist_mining import cli, rescore, update, workdir
+from gist_mining import cli, grid, rescore, update, workdir
 from gist_mining.errors import UsageError
-from gist_mining.executor import ExecutorSettings, run_step
+from gist_mining.executor import ExecutorSettings, run_step, share
 from gist_mining.mining import (
     CANDIDATE_SCHEMA,
     KINDS,
@@ -57,7 +57,7 @@ from gist_mining.mining import (
 from gist_mining.settings import HelpFormatter, add_options, dest_of, flag_of, from_args, option, to_argv
 from gist_mining.storage import AtomicParquetWriter, config_fingerprint, write_json_atomic
 from gist_mining.summary import summarize
-from gist_mining.workdir import VectorStore, write_npy_atomic
+from gist_mining.workdir import VectorStore, read_anchors, write_npy_atomic
 
 CHUNK = 1024  # anchors searched and selected at a time: bounds memory whatever the number of anchors
 # A search chunk's working set: its candidates' vectors (float32) read from the store and rescored. Fewer
@@ -78,6 +78,9 @@ class SearchSettings:
                                           "paraphrases)")
     # Stored as shard_size in plans.
     shard_size: int = option(100_000, "anchors per shard", flag="--anchors-per-shard")
+    pool_slice_size: int | None = option(None, "search the pool in slices of this many texts, each exactly, one task "
+                                               "per anchor shard and slice, then merge: memory per task bounded by the "
+                                               "slice (gist_mining.grid)", type=int)
 
 
 def build_parser(prog: str = "python -m pipeline.mask") -> argparse.ArgumentParser:
@@ -117,11 +120,17 @@ def search_plan(work: Path, given: dict, embed: dict, *, refilter: bool, update_
     search = SearchSettings(**given)
     settings = asdict(search)
     n_pool = embed["counts"]["documents"] + (embed["counts"]["queries"] if settings["include_queries"] else 0)
+    if settings["pool_slice_size"] is not None:
+        if settings["index"] not in ("auto", "flat") or settings["pool_slice_size"] < 1 or update_from:
+            raise UsageError("--pool-slice-size N (N >= 1) searches each slice exactly: drop --index "
+                             f"{settings['index']} and --update-from")
+        settings["index"] = "flat"
     kind = resolve_kind(settings["index"], n_pool, embed["dimension"], parse_bytes(settings["memory_budget"]))
     command = cli.command("pipeline.mask", ["--work", work, *to_argv(search),
                                             *(["--update-from", update_from] if update_from else []),
                                             *(to_argv(rescore_settings) if rescore_settings else [])])
     plan = dict(settings, index=kind, parent_fingerprint=embed["fingerprint"],
+                pool_slices=-(-n_pool // settings["pool_slice_size"]) if settings["pool_slice_size"] else None,
                 n_anchors=embed["counts"]["anchors"], rescore=rescorer.record if rescorer else None,
                 update_from={"work": str(update_from), "fingerprint": update.earlier_search(update_from, work)}
                 if update_from else None, command=command)
@@ -153,13 +162,6 @@ def claim(work: Path, search: dict, mining: dict, *, refilter: bool, overwrite: 
                       refusal=f"{work}: mined/ holds other rules ({json.dumps(old_rules)}); "
                               "pass --refilter to recompute it from candidates/ under the new rules")
         workdir.remove_temps(work)
-
-
-def read_anchors(path: Path, exclusions: pl.DataFrame, start: int, length: int) -> pl.DataFrame:
-    """Anchors start .. start + length (anchor_id is the row number: pipeline.embed writes them in order)
-    with their exclusions, read without the rest."""
-    part = pl.scan_parquet(path).slice(start, length).collect()
-    return part.join(exclusions, on="query_id", how="left", maintain_order="left")
 
 
 def prepare_index(work: Path, store: VectorStore, plan: dict, earlier: update.EarlierCandidates | None):
@@ -236,21 +238,28 @@ class SearchStep:
         earlier = update.EarlierCandidates(self.earlier_files, work, plan, store) if self.earlier_files else None
         if earlier:
             earlier.split_by_shard(work, plan)
-        index, pool_ids = prepare_index(work, store, plan, earlier)  # the pool in the document role, queries included
-        # Only an approximate index needs the pool's vectors again, read row by row, to score its finds exactly.
-        search_all = PoolSearch(index, pool_ids, None if plan["index"] == "flat" else store.view(pool_ids), plan["k"])
-        find = partial(earlier.find, search_all=search_all) if earlier else \
-            lambda _query_ids, queries, exclude: search_all(queries, exclude)
+        lists = None
+        if plan.get("pool_slice_size"):  # the grid's cells hold each slice's lists: no index of the pool
+            chunk = chunk_size(plan["k"], 1, store.dimension)
+            find = lists = grid.GridLists(grid.Cells(work, plan, needed=[]), plan["k"], chunk)
+        else:
+            index, pool_ids = prepare_index(work, store, plan, earlier)  # the pool in the document role, queries too
+            # Only an approximate index needs the pool's vectors again, read row by row, to score its finds exactly.
+            search_all = PoolSearch(index, pool_ids, None if plan["index"] == "flat" else store.view(pool_ids), plan["k"])
+            find = partial(earlier.find, search_all=search_all) if earlier else \
+                lambda _query_ids, queries, exclude: search_all(queries, exclude)
+            chunk = chunk_size(plan["k"], search_depth(index), store.dimension)
         rescorer = self.loaded_rescorer or (rescore.Rescorer(work, self.rescore) if self.rescore else None)
         path, exclusions = workdir.anchor_exclusions(work)
-        return SearchWorker(store, query_store, find, earlier, rescorer, path, exclusions,
-                            chunk_size(plan["k"], search_depth(index), store.dimension))
+        return SearchWorker(store, query_store, find, earlier, lists, rescorer, path, exclusions, chunk)
 
     def run(self, worker: SearchWorker, s: int) -> None:
         size = self.plan["shard_size"]
         part = read_anchors(worker.anchors, worker.exclusions, s * size, size)  # one shard's anchors at a time
         if worker.earlier:
             worker.earlier.load(part, s, self.shards.work)
+        if worker.grid:
+            worker.grid.load(s)
         with AtomicParquetWriter(self.shards.path(s), CANDIDATE_SCHEMA) as out, \
                 tqdm(total=part.height, unit="anchor", desc=f"search shard {s}", leave=False) as progress:
             for start in range(0, part.height, worker.chunk):
@@ -258,6 +267,8 @@ class SearchStep:
                 searched = search_chunk(chunk, worker.store, worker.query_store, worker.find)
                 out.write(rescore.with_rescores(searched, worker.rescorer))
                 progress.update(chunk.height)
+        if worker.grid:
+            worker.grid.remove(s)
 
     def close(self, worker: SearchWorker) -> None:
         earlier = worker.earlier
@@ -272,6 +283,7 @@ class SearchWorker:
     query_store: VectorStore
     find: object  # search_chunk's ``find``
     earlier: update.EarlierCandidates | None
+    grid: grid.GridLists | None
     rescorer: rescore.Rescorer | None
     anchors: Path
     exclusions: pl.DataFrame
@@ -333,6 +345,8 @@ def run_mask(work: Path, given: dict, rules: MiningRules, *, rescore_settings, r
     mined = workdir.Shards(work, workdir.MINED, n_shards, mining["fingerprint"])
     started = time.perf_counter()
     if not refilter:
+        if search["pool_slice_size"]:
+            search_cells(search, candidates, executor, embed["dimension"])
         run_step(SearchStep(candidates, search, rescore_settings, earlier_files, loaded_rescorer=rescorer), executor)
         candidates.finish(workdir.CANDIDATES_MANIFEST, {k: v for k, v in search.items() if k != "fingerprint"})
     searched = time.perf_counter() - started
@@ -349,6 +363,16 @@ def main(argv=None, prog: str = "python -m pipeline.mask") -> None:
              rescore_settings=from_args(rescore.RescoreSettings, args) if args.rescore_model else None,
              refilter=args.refilter, overwrite=args.overwrite, update_from=args.update_from,
              executor=from_args(ExecutorSettings, args))
+
+
+def search_cells(search: dict, candidates: workdir.Shards, executor: ExecutorSettings, dimension: int) -> None:
+    """The grid's cells of the anchor shards left to search: on Ray all of them, locally those of this process's
+    share, done by this process (the search of a shard reads all its cells)."""
+    mine = list(range(candidates.n)) if executor.executor == "ray" else share(executor, candidates.n, "grid")
+    cells = grid.Cells(candidates.work, search, needed=candidates.pending(mine))
+    VectorStore(candidates.work), VectorStore(candidates.work, "query")  # built here once, not by each worker at once
+    step = grid.CellStep(cells, search, chunk_size(search["k"], 1, dimension))  # the search step's chunks
+    run_step(step, replace(executor, num_shards="1", shard_index=None))
 
 
 def finish(work: Path, search: dict, mined: workdir.Shards, rules: MiningRules, timing: dict) -> dict | None:

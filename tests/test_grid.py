@@ -1,0 +1,96 @@
+"""Mining as a grid (gist_mining.grid): with an exact index its candidates equal the single index's, bit for bit,
+whatever the slice size; a corrupted cell is found and redone."""
+
+from __future__ import annotations
+
+import shutil
+
+import polars as pl
+import pytest
+from conftest import make_pairs, run_stage
+
+from gist_mining import grid, workdir
+from gist_mining.executor import ExecutorSettings, run_step
+from pipeline import embed, mask
+
+K, ANCHOR_SHARD = 15, 32
+
+
+@pytest.fixture(scope="module")
+def embedded(tmp_path_factory, tiny_guide):
+    root = tmp_path_factory.mktemp("grid")
+    pairs = make_pairs(90, seed=4)
+    # queries with a second positive: the search skips both positives of each
+    pairs = pl.concat([pairs, pairs.head(6).with_columns(pl.col("positive") + " again")])
+    pairs.write_parquet(root / "pairs.parquet")
+    assert run_stage(embed, "--input", root / "pairs.parquet", "--work", root / "w", "--model", tiny_guide,
+                     "--shard-size", 64, "--no-cache") == 0
+    return root / "w"
+
+
+@pytest.fixture(scope="module")
+def single_index(embedded, tmp_path_factory):
+    """candidates/ of one exact index, with and without --include-queries."""
+    out = {}
+    for include in (False, True):
+        work = tmp_path_factory.mktemp("single") / "w"
+        shutil.copytree(embedded, work)
+        assert run_stage(mask, "--work", work, *search_args(include), "--index", "flat") == 0
+        out[include] = candidates(work)
+    return out
+
+
+def search_args(include_queries: bool) -> list:
+    return ["--k", K, "--shard-size", ANCHOR_SHARD, *["--include-queries"] * include_queries]
+
+
+def candidates(work) -> pl.DataFrame:
+    return pl.read_parquet(work / "candidates" / "*.parquet")
+
+
+@pytest.mark.parametrize("include_queries", [False, True])
+@pytest.mark.parametrize("slice_size", [9, 100, 10_000])  # slices smaller than k, a few, one slice for the pool
+def test_grid_equals_the_single_index(embedded, single_index, tmp_path, capsys, slice_size, include_queries):
+    work = tmp_path / "w"
+    shutil.copytree(embedded, work)
+    assert run_stage(mask, "--work", work, *search_args(include_queries), "--pool-slice-size", slice_size) == 0
+    n_slices = -(-len(workdir.candidate_pool(work, include_queries)) // slice_size)
+    assert f"grid: process 0 of 1 does {4 * n_slices} of {4 * n_slices} shard(s)" in capsys.readouterr().err
+    got, want = candidates(work), single_index[include_queries]
+    assert got.equals(want)  # ids and float32 scores bit for bit, row for row
+    assert not list((work / grid.GRID).glob("*"))  # each shard's cells went once it was searched
+    anchors = pl.read_parquet(work / "anchors.parquet")
+    positives = anchors.group_by("query_id").agg("positive_id").rows_by_key("query_id", unique=True)
+    assert sum(len(p) > 1 for (p,) in positives.values()) == 6
+    for query, found in got.select("query_id", "candidate_ids").iter_rows():
+        assert not {query, *positives[query][0]} & set(found)
+    assert got["candidate_ids"].list.len().min() == K
+
+
+def test_grid_searches_exactly(embedded, tmp_path, capsys):
+    work = tmp_path / "w"
+    shutil.copytree(embedded, work)
+    assert run_stage(mask, "--work", work, "--pool-slice-size", 50, "--index", "hnsw") == 2
+    assert "searches each slice exactly" in capsys.readouterr().err
+
+
+def test_a_corrupted_cell_is_found_and_redone(embedded, tmp_path, capsys):
+    """Anchor shard 1's candidates lost, its cells made again and one corrupted: the rerun redoes that cell and
+    writes the shard as before."""
+    work = tmp_path / "w"
+    shutil.copytree(embedded, work)
+    args = ["--work", work, *search_args(False), "--pool-slice-size", 40]
+    assert run_stage(mask, *args) == 0
+    reference = candidates(work)
+    (work / "candidates" / workdir.shard_name(1)).unlink()
+    plan = workdir.read_plan(work, "search")
+    cells = grid.Cells(work, plan, needed=[1])
+    run_step(grid.CellStep(cells, plan, chunk=mask.chunk_size(K, 1, 32)), ExecutorSettings())
+    damaged = cells.path(cells.n_slices + 2)  # anchor shard 1 x slice 2
+    data = bytearray(damaged.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    damaged.write_bytes(bytes(data))
+    capsys.readouterr()
+    assert run_stage(mask, *args) == 0
+    assert f"{damaged}: corrupt" in capsys.readouterr().err
+    assert candidates(work).equals(reference)
