@@ -30,12 +30,12 @@ from gist_mining.workdir import VectorStore  # noqa: E402
 BLOCK = 1 << 17  # pool rows scored at a time by the exact search
 
 
-def exact_top_k(work: Path, query_ids: np.ndarray, exclude: np.ndarray, k: int) -> np.ndarray:
-    """The ids of each query's k best pool texts by brute force over the stored matrix, block by block."""
+def exact_top_k(work: Path, query_ids: np.ndarray, exclude: np.ndarray, k: int, pool_ids: np.ndarray) -> np.ndarray:
+    """The ids of each query's k best texts of ``pool_ids`` by brute force over the stored matrix, block by block."""
     store = VectorStore(work)
     queries = store.get(query_ids)
     ids = np.load(work / workdir.VECTORS / "ids.npy")
-    pool = np.isin(ids, np.load(work / workdir.POOL_IDS))
+    pool = np.isin(ids, pool_ids)
     matrix = np.load(store.path, mmap_mode="r")
     best_scores = np.full((len(queries), 0), -np.inf, dtype=np.float32)
     best_ids = np.zeros((len(queries), 0), dtype=np.int64)
@@ -51,10 +51,12 @@ def exact_top_k(work: Path, query_ids: np.ndarray, exclude: np.ndarray, k: int) 
     return best_ids
 
 
-def recall(work: Path, n_sample: int, k: int) -> float:
+def recall(work: Path, n_sample: int, k: int, pool_ids: np.ndarray | None = None) -> float:
+    """recall@k of candidates/ on ``n_sample`` anchors against brute force over ``pool_ids`` (default: the index's)."""
     found = pl.read_parquet(work / workdir.CANDIDATES / "*.parquet").sample(n_sample, seed=0)
     exclude = found.select("query_id", "positive_id").to_numpy()
-    exact = exact_top_k(work, found["query_id"].to_numpy(), exclude, k)
+    pool_ids = np.load(work / workdir.POOL_IDS) if pool_ids is None else pool_ids
+    exact = exact_top_k(work, found["query_id"].to_numpy(), exclude, k, pool_ids)
     return float(np.mean([len(np.intersect1d(a, b)) / k for a, b in zip(found["candidate_ids"].to_list(), exact)]))
 
 

@@ -1,0 +1,149 @@
+"""Mining as a grid through a local Ray on synthetic pools of growing size: peak RSS per worker, time, recall@k.
+
+    flock /tmp/bench.lock python benchmarks/grid_scale.py --pools 1000000 2000000 4000000 --slice 1000000 \
+        --anchors 2000 --shard-size 1000
+
+For each pool size a work directory is written by benchmarks/synthetic_pool.py (float16 384-d vectors, as
+`pipeline.embed --dtype float16` writes them), then `pipeline.mask --pool-slice-size SLICE --executor ray` runs
+in this process on one local Ray (started once, 2 CPUs: two workers of one thread each). While it runs, every
+Ray worker process (``ray::ShardWorker``) is sampled for its peak RSS (VmHWM, from /proc: it measures the worker
+from outside, whatever the code does), and the cells' completion markers for their times: the cells are done
+when the last marker is written, then one search task per anchor shard merges them. recall@k is measured on
+--sample anchors against a brute-force search of the stored vectors (benchmarks/mask_scale.exact_top_k), and the
+candidates' scores against the same brute force. The reference, measured in the same run: the single exact index
+(`pipeline.mask --index flat`, a fresh local process, its VmHWM) on the smallest pool.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import sys
+import threading
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+import numpy as np  # noqa: E402
+import polars as pl  # noqa: E402
+
+from benchmarks.common import ROOT, figure, measured, table  # noqa: E402
+from benchmarks.mask_scale import recall  # noqa: E402
+from gist_mining import grid, workdir  # noqa: E402
+from gist_mining.workdir import VectorStore  # noqa: E402
+from pipeline import mask  # noqa: E402
+
+WORKER_TITLE = b"ray::ShardWorker"  # Ray names an actor's process after its class (``ray::ShardWorker.run`` in a task)
+
+
+class WorkerPeaks(threading.Thread):
+    """Samples the peak RSS of every Ray worker process and the cells' marker times until stopped."""
+
+    def __init__(self, cells: Path, every: float = 0.2):
+        super().__init__(daemon=True)
+        self.cells, self.every, self.peaks, self.last_cell = cells, every, {}, None
+        self.stopped = threading.Event()
+
+    def run(self) -> None:
+        while not self.stopped.wait(self.every):
+            for pid in filter(str.isdigit, os.listdir("/proc")):
+                try:
+                    if not Path(f"/proc/{pid}/cmdline").read_bytes().startswith(WORKER_TITLE):
+                        continue
+                    status = Path(f"/proc/{pid}/status").read_text()
+                except OSError:  # ended meanwhile
+                    continue
+                hwm = next(int(line.split()[1]) for line in status.splitlines() if line.startswith("VmHWM:"))
+                self.peaks[pid] = max(self.peaks.get(pid, 0), hwm / 1024)
+            for marker in self.cells.glob("_shard-*.done") if self.cells.is_dir() else []:
+                try:
+                    self.last_cell = max(self.last_cell or 0, marker.stat().st_mtime)
+                except OSError:  # removed by the merge
+                    pass
+
+    def __enter__(self):
+        self.start()
+        return self
+
+    def __exit__(self, *_):
+        self.stopped.set()
+        self.join()
+
+
+def score_error(work: Path, n_sample: int) -> float:
+    """The largest difference between a written candidate score and the inner product of the stored vectors."""
+    found = pl.read_parquet(work / workdir.CANDIDATES / "*.parquet").sample(n_sample, seed=0)
+    store = VectorStore(work)
+    worst = 0.0
+    for query, ids, scores in found.select("query_id", "candidate_ids", "candidate_scores").iter_rows():
+        exact = store.get(np.array(ids)) @ store.get(np.array([query]))[0]
+        worst = max(worst, float(np.abs(exact - np.array(scores)).max()))
+    return worst
+
+
+def main(argv: list[str] | None = None) -> list[dict]:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--pools", type=int, nargs="+", default=[1_000_000, 2_000_000, 4_000_000])
+    parser.add_argument("--slice", type=int, default=1_000_000, help="--pool-slice-size")
+    parser.add_argument("--anchors", type=int, default=2000)
+    parser.add_argument("--shard-size", type=int, default=1000, help="anchors per shard")
+    parser.add_argument("--dim", type=int, default=384)
+    parser.add_argument("--k", type=int, default=100)
+    parser.add_argument("--sample", type=int, default=200, help="anchors whose recall is measured")
+    parser.add_argument("--cpus", type=int, default=2, help="the local Ray's CPUs: one single-threaded worker each")
+    parser.add_argument("--root", type=Path, default=Path("/tmp"))
+    args = parser.parse_args(argv)
+    import ray
+
+    ray.init(num_cpus=args.cpus, include_dashboard=False, runtime_env={"env_vars": {"PYTHONPATH": str(ROOT)}})
+    search = ["--k", args.k, "--shard-size", args.shard_size]
+    header = ("pool", "cells", "pool write s", "grid s", "cells s", "merge s", "s per cell", "worker peak RSS GiB",
+              "s per 1M / smallest's", f"recall@{args.k}", "max |score - exact|")
+    results, reference = [], None
+    for size in sorted(args.pools):
+        work = args.root / f"grid-{size}"
+        made = measured(["benchmarks/synthetic_pool.py", "--work", work, "--pool", size, "--anchors", args.anchors,
+                         "--dim", args.dim])
+        if reference is None:  # the single exact index on the smallest pool, then its candidates/ go
+            single = measured(["-m", "pipeline.mask", "--work", work, "--index", "flat", *search])
+            reference = dict(size=size, seconds=single["seconds"], rss=single["peak_rss_mib"])
+            workdir.remove_steps(work, "search")
+        started = time.time()
+        with WorkerPeaks(work / grid.GRID) as peaks:
+            mask.main([str(a) for a in ["--work", work, *search, "--pool-slice-size", args.slice, "--executor", "ray"]])
+        seconds = time.time() - started
+        plan = workdir.read_plan(work, "search")
+        n_cells = plan["pool_slices"] * grid.anchor_shard_count(plan)
+        cells_s = peaks.last_cell - started
+        pool_ids = workdir.candidate_pool(work, False)
+        rec, worst = recall(work, args.sample, args.k, pool_ids), score_error(work, args.sample)
+        shutil.rmtree(work)
+        results.append(dict(size=size, cells=n_cells, write=made["seconds"], seconds=seconds, cells_s=cells_s,
+                            per_cell=cells_s * min(args.cpus, n_cells) / n_cells, rss=max(peaks.peaks.values()),
+                            recall=rec, worst=worst))
+        print(table(rows(results, None), header), flush=True)
+    print(f"\npipeline.mask --pool-slice-size {args.slice} --executor ray (local Ray, {args.cpus} CPUs), synthetic "
+          f"clustered {args.dim}-d float16 vectors, {args.anchors} anchors in shards of {args.shard_size}, k = {args.k}; "
+          f"recall and scores on {args.sample} anchors against brute force")
+    print(table(rows(results, results[0]), header))
+    print(f"\nreference, the single exact index (--index flat, one process) on the {reference['size']} pool: "
+          f"{reference['seconds']:.0f} s, peak RSS {reference['rss'] / 1024:.2f} GiB; the grid on it: "
+          f"{results[0]['seconds'] / reference['seconds']:.2f}x the time, its workers "
+          f"{results[0]['rss'] / reference['rss']:.2f}x the peak RSS")
+    largest = results[-1]
+    return [figure(f"grid worker peak RSS, {largest['size']} / {results[0]['size']} pool", largest["rss"] / results[0]["rss"],
+                   "~1 (flat)", "x"),
+            figure(f"grid recall@{args.k} at {largest['size']}", largest["recall"], "1 (exact)")]
+
+
+def rows(results: list[dict], smallest: dict | None) -> list[tuple]:
+    """The table; the wall time per million texts against the smallest pool's (blank before the end)."""
+    return [(r["size"], r["cells"], f"{r['write']:.0f}", f"{r['seconds']:.0f}", f"{r['cells_s']:.0f}",
+             f"{r['seconds'] - r['cells_s']:.0f}", f"{r['per_cell']:.1f}", f"{r['rss'] / 1024:.2f}",
+             f"{r['seconds'] / r['size'] / (smallest['seconds'] / smallest['size']):.2f}" if smallest else "",
+             f"{r['recall']:.4f}", f"{r['worst']:.1e}") for r in results]
+
+
+if __name__ == "__main__":
+    main()
