@@ -38,24 +38,29 @@ WORKER_TITLE = b"ray::ShardWorker"  # Ray names an actor's process after its cla
 
 
 class WorkerPeaks(threading.Thread):
-    """Samples the peak RSS of every Ray worker process and the cells' marker times until stopped."""
+    """Samples every Ray worker process (its peak RSS, its CPU seconds, when it was first seen) and the cells'
+    marker times until stopped. The cells' workers are those seen before the last cell was done (each step starts
+    its own); their CPU seconds, unlike wall time, do not grow when other work shares the cores."""
 
     def __init__(self, cells: Path, every: float = 0.2):
         super().__init__(daemon=True)
-        self.cells, self.every, self.peaks, self.last_cell = cells, every, {}, None
+        self.cells, self.every, self.workers, self.last_cell = cells, every, {}, None
         self.stopped = threading.Event()
 
     def run(self) -> None:
+        tick = os.sysconf("SC_CLK_TCK")
         while not self.stopped.wait(self.every):
             for pid in filter(str.isdigit, os.listdir("/proc")):
                 try:
                     if not Path(f"/proc/{pid}/cmdline").read_bytes().startswith(WORKER_TITLE):
                         continue
-                    status = Path(f"/proc/{pid}/status").read_text()
+                    status, stat = Path(f"/proc/{pid}/status").read_text(), Path(f"/proc/{pid}/stat").read_text()
                 except OSError:  # ended meanwhile
                     continue
-                hwm = next(int(line.split()[1]) for line in status.splitlines() if line.startswith("VmHWM:"))
-                self.peaks[pid] = max(self.peaks.get(pid, 0), hwm / 1024)
+                hwm = next(int(line.split()[1]) for line in status.splitlines() if line.startswith("VmHWM:")) / 1024
+                cpu = sum(map(int, stat.rsplit(")", 1)[1].split()[11:13])) / tick  # utime + stime
+                seen = self.workers.setdefault(pid, {"first": time.time(), "rss": 0.0, "cpu": 0.0})
+                seen.update(rss=max(seen["rss"], hwm), cpu=max(seen["cpu"], cpu))
             for marker in self.cells.glob("_shard-*.done") if self.cells.is_dir() else []:
                 try:
                     self.last_cell = max(self.last_cell or 0, marker.stat().st_mtime)
@@ -93,22 +98,28 @@ def main(argv: list[str] | None = None) -> list[dict]:
     parser.add_argument("--sample", type=int, default=200, help="anchors whose recall is measured")
     parser.add_argument("--cpus", type=int, default=2, help="the local Ray's CPUs: one single-threaded worker each")
     parser.add_argument("--root", type=Path, default=Path("/tmp"))
+    parser.add_argument("--no-reference", action="store_true",
+                        help="skip the single index (for pools whose flat index would not fit this machine)")
     args = parser.parse_args(argv)
     import ray
 
     ray.init(num_cpus=args.cpus, include_dashboard=False, runtime_env={"env_vars": {"PYTHONPATH": str(ROOT)}})
     search = ["--k", args.k, "--shard-size", args.shard_size]
-    header = ("pool", "cells", "pool write s", "grid s", "cells s", "merge s", "s per cell", "worker peak RSS GiB",
-              "s per 1M / smallest's", f"recall@{args.k}", "max |score - exact|")
+    header = ("pool", "cells", "pool write s", "vectors/ s", "grid s", "cells s", "merge+mine s", "CPU s per cell",
+              "cell worker peak RSS GiB", "merge/mine worker GiB", "grid s per 1M / smallest's", f"recall@{args.k}",
+              "max |score - exact|")
     results, reference = [], None
     for size in sorted(args.pools):
         work = args.root / f"grid-{size}"
         made = measured(["benchmarks/synthetic_pool.py", "--work", work, "--pool", size, "--anchors", args.anchors,
                          "--dim", args.dim])
-        if reference is None:  # the single exact index on the smallest pool, then its candidates/ go
+        if reference is None and not args.no_reference:  # the single exact index on the smallest pool, then it goes
             single = measured(["-m", "pipeline.mask", "--work", work, "--index", "flat", *search])
             reference = dict(size=size, seconds=single["seconds"], rss=single["peak_rss_mib"])
             workdir.remove_steps(work, "search")
+        started = time.time()
+        VectorStore(work), VectorStore(work, "query")  # vectors/, built from the shards as any search builds it
+        vectors_s = time.time() - started
         started = time.time()
         with WorkerPeaks(work / grid.GRID) as peaks:
             mask.main([str(a) for a in ["--work", work, *search, "--pool-slice-size", args.slice, "--executor", "ray"]])
@@ -119,28 +130,33 @@ def main(argv: list[str] | None = None) -> list[dict]:
         pool_ids = workdir.candidate_pool(work, False)
         rec, worst = recall(work, args.sample, args.k, pool_ids), score_error(work, args.sample)
         shutil.rmtree(work)
-        results.append(dict(size=size, cells=n_cells, write=made["seconds"], seconds=seconds, cells_s=cells_s,
-                            per_cell=cells_s * min(args.cpus, n_cells) / n_cells, rss=max(peaks.peaks.values()),
+        cell_workers = [w for w in peaks.workers.values() if w["first"] <= peaks.last_cell]
+        others = [w for w in peaks.workers.values() if w["first"] > peaks.last_cell]
+        results.append(dict(size=size, cells=n_cells, write=made["seconds"], vectors=vectors_s, seconds=seconds,
+                            cells_s=cells_s, cpu_per_cell=sum(w["cpu"] for w in cell_workers) / n_cells,
+                            rss=max(w["rss"] for w in cell_workers), merge_rss=max(w["rss"] for w in others),
                             recall=rec, worst=worst))
         print(table(rows(results, None), header), flush=True)
     print(f"\npipeline.mask --pool-slice-size {args.slice} --executor ray (local Ray, {args.cpus} CPUs), synthetic "
           f"clustered {args.dim}-d float16 vectors, {args.anchors} anchors in shards of {args.shard_size}, k = {args.k}; "
           f"recall and scores on {args.sample} anchors against brute force")
     print(table(rows(results, results[0]), header))
-    print(f"\nreference, the single exact index (--index flat, one process) on the {reference['size']} pool: "
-          f"{reference['seconds']:.0f} s, peak RSS {reference['rss'] / 1024:.2f} GiB; the grid on it: "
-          f"{results[0]['seconds'] / reference['seconds']:.2f}x the time, its workers "
-          f"{results[0]['rss'] / reference['rss']:.2f}x the peak RSS")
+    if reference:
+        print(f"\nreference, the single exact index (--index flat, one process) on the {reference['size']} pool: "
+              f"{reference['seconds']:.0f} s, peak RSS {reference['rss'] / 1024:.2f} GiB; the grid on it: "
+              f"{results[0]['seconds'] / reference['seconds']:.2f}x the time, its workers "
+              f"{results[0]['rss'] / reference['rss']:.2f}x the peak RSS")
     largest = results[-1]
-    return [figure(f"grid worker peak RSS, {largest['size']} / {results[0]['size']} pool", largest["rss"] / results[0]["rss"],
+    return [figure(f"grid cell worker peak RSS, {largest['size']} / {results[0]['size']} pool", largest["rss"] / results[0]["rss"],
                    "~1 (flat)", "x"),
             figure(f"grid recall@{args.k} at {largest['size']}", largest["recall"], "1 (exact)")]
 
 
 def rows(results: list[dict], smallest: dict | None) -> list[tuple]:
     """The table; the wall time per million texts against the smallest pool's (blank before the end)."""
-    return [(r["size"], r["cells"], f"{r['write']:.0f}", f"{r['seconds']:.0f}", f"{r['cells_s']:.0f}",
-             f"{r['seconds'] - r['cells_s']:.0f}", f"{r['per_cell']:.1f}", f"{r['rss'] / 1024:.2f}",
+    return [(r["size"], r["cells"], f"{r['write']:.0f}", f"{r['vectors']:.0f}", f"{r['seconds']:.0f}", f"{r['cells_s']:.0f}",
+             f"{r['seconds'] - r['cells_s']:.0f}", f"{r['cpu_per_cell']:.1f}", f"{r['rss'] / 1024:.2f}",
+             f"{r['merge_rss'] / 1024:.2f}",
              f"{r['seconds'] / r['size'] / (smallest['seconds'] / smallest['size']):.2f}" if smallest else "",
              f"{r['recall']:.4f}", f"{r['worst']:.1e}") for r in results]
 

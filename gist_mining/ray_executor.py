@@ -16,6 +16,8 @@ from __future__ import annotations
 import os
 import sys
 
+from tqdm import tqdm
+
 from gist_mining.errors import UsageError
 from gist_mining.storage import remove_stale_temps
 
@@ -36,10 +38,9 @@ class ShardWorker:
     def __init__(self, step):
         self.step, self.state = step, step.open()
 
-    def run(self, i: int) -> tuple[int, int]:
+    def run(self, i: int) -> None:
         self.step.run(self.state, i)
         self.step.shards.mark_done(i)
-        return i, os.getpid()
 
     def close(self) -> None:
         self.step.close(self.state)
@@ -84,8 +85,9 @@ def run_on_ray(step, settings) -> None:
     actors = [worker.remote(step) for _ in range(count)]
     print(f"{step.name}: {len(todo)} shard(s) on {count} Ray worker(s)", file=sys.stderr)
     try:
-        for i, pid in ActorPool(actors).map_unordered(lambda actor, i: actor.run.remote(i), todo):
-            print(f"{step.name}: shard {i} done by worker {pid}", file=sys.stderr)
+        done = ActorPool(actors).map_unordered(lambda actor, i: actor.run.remote(i), todo)
+        for _ in tqdm(done, total=len(todo), unit="shard", desc=step.name, disable=len(todo) < 2):
+            pass
         ray.get([actor.close.remote() for actor in actors])
     except ray.exceptions.RayTaskError as err:
         if isinstance(err.cause, UsageError):  # the step's own refusal: one line, exit 2, as locally

@@ -12,6 +12,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+import polars as pl
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
@@ -142,6 +143,11 @@ def test_embed_and_mask_on_ray_equal_local_runs(cluster, tmp_path, pairs, tiny_g
     assert run_stage(mask, "--work", on_ray, *mask_args, "--executor", "ray") == 0
     assert len(list((on_ray / "candidates").glob("shard-*.parquet"))) == 4
     assert differences(local, on_ray) == []
+    # the grid on Ray (cells, then their merge) writes the single index's candidates and negatives too
+    workdir.remove_steps(on_ray, "search")
+    assert run_stage(mask, "--work", on_ray, *mask_args, "--executor", "ray", "--pool-slice-size", 40) == 0
+    for folder in ("candidates", "mined"):
+        assert pl.read_parquet(on_ray / folder / "*.parquet").equals(pl.read_parquet(local / folder / "*.parquet"))
 
 
 def test_driver_killed_then_rerun_resumes(cluster, tmp_path, pairs, tiny_guide):
