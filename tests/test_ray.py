@@ -20,16 +20,16 @@ from conftest import ROOT, make_pairs, run_stage
 from crash import compare_dirs
 
 from gist_mining import workdir
+from gist_mining.errors import UsageError
 from gist_mining.executor import ExecutorSettings, run_step
 from gist_mining.storage import write_parquet_atomic
 from pipeline import embed, mask
-
-ray = pytest.importorskip("ray", reason='Ray is an optional extra: pip install -e ".[ray]"')
 
 
 @pytest.fixture(scope="module")
 def cluster():
     """One local Ray for every test here (start-up costs ~5 s); workers import this checkout and tests/."""
+    ray = pytest.importorskip("ray", reason='Ray is an optional extra: pip install -e ".[ray]"')
     path = os.pathsep.join([str(ROOT), str(ROOT / "tests")])
     ray.init(num_cpus=2, include_dashboard=False, runtime_env={"env_vars": {"PYTHONPATH": path}})
     yield ray.get_runtime_context().gcs_address
@@ -77,6 +77,12 @@ def toy_values(step: ToyStep) -> list[int]:
     return [v for i in range(step.shards.n) for v in pq.read_table(step.shards.path(i))["value"].to_pylist()]
 
 
+def test_without_ray_one_line_names_the_extra(tmp_path, monkeypatch):
+    monkeypatch.setitem(sys.modules, "ray", None)  # import ray fails, as where the extra is not installed
+    with pytest.raises(UsageError, match=r'^--executor ray needs Ray, an optional extra: pip install -e "\.\[ray\]"$'):
+        run_step(toy(tmp_path), ON_RAY)
+
+
 def test_toy_step_opens_once_per_worker(cluster, tmp_path):
     step = toy(tmp_path, n=8)
     run_step(step, ON_RAY)
@@ -103,8 +109,6 @@ def test_worker_killed_mid_shard_is_retried(cluster, tmp_path):
 
 
 def test_a_step_refusal_is_one_line(cluster, tmp_path):
-    from gist_mining.errors import UsageError
-
     class Refusing(ToyStep):
         def run(self, pid, i):
             raise UsageError(f"shard {i}: refused")
