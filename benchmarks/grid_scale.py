@@ -104,7 +104,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
     import ray
 
     ray.init(num_cpus=args.cpus, include_dashboard=False, runtime_env={"env_vars": {"PYTHONPATH": str(ROOT)}})
-    search = ["--k", args.k, "--shard-size", args.shard_size]
+    search = ["--k", args.k, "--anchors-per-shard", args.shard_size]
     header = ("pool", "cells", "pool write s", "vectors/ s", "grid s", "cells s", "merge+mine s", "CPU s per cell",
               "cell worker peak RSS GiB", "merge/mine worker GiB", "grid s per 1M / smallest's", f"recall@{args.k}",
               "max |score - exact|")

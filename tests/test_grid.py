@@ -23,8 +23,8 @@ def embedded(tmp_path_factory, tiny_guide):
     # queries with a second positive: the search skips both positives of each
     pairs = pl.concat([pairs, pairs.head(6).with_columns(pl.col("positive") + " again")])
     pairs.write_parquet(root / "pairs.parquet")
-    assert run_stage(embed, "--input", root / "pairs.parquet", "--work", root / "w", "--model", tiny_guide,
-                     "--shard-size", 64, "--no-cache") == 0
+    assert run_stage(embed, "--input", root / "pairs.parquet", "--work", root / "w", "--guide", tiny_guide,
+                     "--texts-per-shard", 64, "--no-cache") == 0
     return root / "w"
 
 
@@ -41,7 +41,7 @@ def single_index(embedded, tmp_path_factory):
 
 
 def search_args(include_queries: bool) -> list:
-    return ["--k", K, "--shard-size", ANCHOR_SHARD, *["--include-queries"] * include_queries]
+    return ["--k", K, "--anchors-per-shard", ANCHOR_SHARD, *["--include-queries"] * include_queries]
 
 
 def candidates(work) -> pl.DataFrame:

@@ -129,7 +129,7 @@ def pairs(tmp_path_factory):
 
 
 def embed_args(pairs, work, model):
-    return ["--input", pairs, "--work", work, "--model", model, "--shard-size", 16, "--no-cache"]
+    return ["--input", pairs, "--work", work, "--guide", model, "--texts-per-shard", 16, "--no-cache"]
 
 
 def differences(a: Path, b: Path) -> list[str]:
@@ -142,7 +142,7 @@ def test_embed_and_mask_on_ray_equal_local_runs(cluster, tmp_path, pairs, tiny_g
     assert run_stage(embed, *embed_args(pairs, local, tiny_guide)) == 0
     assert run_stage(embed, *embed_args(pairs, on_ray, tiny_guide), "--executor", "ray") == 0
     assert differences(local, on_ray) == []
-    mask_args = ["--k", 12, "--shard-size", 32]
+    mask_args = ["--k", 12, "--anchors-per-shard", 32]
     assert run_stage(mask, "--work", local, *mask_args) == 0
     assert run_stage(mask, "--work", on_ray, *mask_args, "--executor", "ray") == 0
     assert len(list((on_ray / "candidates").glob("shard-*.parquet"))) == 4
@@ -158,8 +158,8 @@ def test_driver_killed_then_rerun_resumes(cluster, tmp_path, pairs, tiny_guide):
     """The driver SIGKILLed once the first shards are done: the same command again does the rest and the work
     directory equals an uninterrupted run's."""
     reference, work = tmp_path / "reference", tmp_path / "w"
-    args = [*embed_args(pairs, work, tiny_guide), "--shard-size", 2, "--executor", "ray", "--ray-address", cluster]
-    assert run_stage(embed, *embed_args(pairs, reference, tiny_guide), "--shard-size", 2) == 0
+    args = [*embed_args(pairs, work, tiny_guide), "--texts-per-shard", 2, "--executor", "ray", "--ray-address", cluster]
+    assert run_stage(embed, *embed_args(pairs, reference, tiny_guide), "--texts-per-shard", 2) == 0
     env = dict(os.environ, HF_HUB_OFFLINE="1", PYTHONPATH=str(ROOT))
     driver = subprocess.Popen([sys.executable, "-m", "pipeline.embed", *map(str, args)], cwd=ROOT, env=env,
                               stderr=subprocess.DEVNULL, start_new_session=True)
