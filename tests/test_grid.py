@@ -94,3 +94,13 @@ def test_a_corrupted_cell_is_found_and_redone(embedded, tmp_path, capsys):
     assert run_stage(mask, *args) == 0
     assert f"{damaged}: corrupt" in capsys.readouterr().err
     assert candidates(work).equals(reference)
+
+
+def test_grid_split_across_processes(embedded, single_index, tmp_path):
+    """Two processes (a job array's shares): each searches the cells of its own anchor shards, then merges them."""
+    work = tmp_path / "w"
+    shutil.copytree(embedded, work)
+    for i in (0, 1):
+        assert run_stage(mask, "--work", work, *search_args(False), "--pool-slice-size", 40,
+                         "--num-shards", 2, "--shard-index", i) == 0
+    assert candidates(work).equals(single_index[False])
