@@ -147,8 +147,8 @@ def main(argv: list[str] | None = None) -> list[dict]:
               f"{results[0]['seconds'] / reference['seconds']:.2f}x the time, its workers "
               f"{results[0]['rss'] / reference['rss']:.2f}x the peak RSS")
     largest = results[-1]
-    return [figure(f"grid cell worker peak RSS, {largest['size']} / {results[0]['size']} pool", largest["rss"] / results[0]["rss"],
-                   "~1 (flat)", "x"),
+    return [figure(f"grid cell worker peak RSS, {largest['size']} / {results[0]['size']} pool",
+                   largest["rss"] / results[0]["rss"], "~1 (flat)", "x"),
             figure(f"grid recall@{args.k} at {largest['size']}", largest["recall"], "1 (exact)")]
 
 

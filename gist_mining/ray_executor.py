@@ -51,8 +51,9 @@ def _connect(ray, settings) -> None:
     if ray.is_initialized():
         return
     # The workers import this package from the driver's working directory (a checkout run without install).
+    path = os.pathsep.join(filter(None, [os.getcwd(), os.environ.get("PYTHONPATH")]))
     ray.init(address=settings.ray_address, include_dashboard=False, log_to_driver=True,
-             runtime_env={"env_vars": {"PYTHONPATH": os.pathsep.join(filter(None, [os.getcwd(), os.environ.get("PYTHONPATH")]))}})
+             runtime_env={"env_vars": {"PYTHONPATH": path}})
 
 
 def _worker_count(ray, settings, n_shards: int) -> int:
