@@ -1,5 +1,6 @@
 """The Ray executor on one local Ray (2 CPUs, started once for the module): a toy step, then the real stages, each
-against a local run; a worker killed mid-shard, a driver killed mid-run."""
+against a local run; a worker killed mid-shard, a driver killed mid-run. Every test on the Ray is in the slow tier
+(its workers start in seconds each; `make test` runs it)."""
 
 from __future__ import annotations
 
@@ -83,6 +84,7 @@ def test_without_ray_one_line_names_the_extra(tmp_path, monkeypatch):
         run_step(toy(tmp_path), ON_RAY)
 
 
+@pytest.mark.slow
 def test_toy_step_opens_once_per_worker(cluster, tmp_path):
     step = toy(tmp_path, n=8)
     run_step(step, ON_RAY)
@@ -91,6 +93,7 @@ def test_toy_step_opens_once_per_worker(cluster, tmp_path):
     assert len(opened) == 2 and str(os.getpid()) not in opened  # two actors (2 CPUs), each opened once, not per shard
 
 
+@pytest.mark.slow
 def test_worker_killed_mid_shard_is_retried(cluster, tmp_path):
     step = toy(tmp_path, pause_on=3)
     runner = threading.Thread(target=run_step, args=(step, ON_RAY))
@@ -108,6 +111,7 @@ def test_worker_killed_mid_shard_is_retried(cluster, tmp_path):
     assert not list((tmp_path / "w" / "toy").glob(".*"))  # the killed worker's temporary file is gone
 
 
+@pytest.mark.slow
 def test_a_step_refusal_is_one_line(cluster, tmp_path):
     class Refusing(ToyStep):
         def run(self, pid, i):
@@ -137,6 +141,7 @@ def differences(a: Path, b: Path) -> list[str]:
     return [d for d in compare_dirs(a, b) if not d.endswith("differs in command")]
 
 
+@pytest.mark.slow
 def test_embed_and_mask_on_ray_equal_local_runs(cluster, tmp_path, pairs, tiny_guide):
     local, on_ray = tmp_path / "local", tmp_path / "ray"
     assert run_stage(embed, *embed_args(pairs, local, tiny_guide)) == 0
@@ -154,6 +159,7 @@ def test_embed_and_mask_on_ray_equal_local_runs(cluster, tmp_path, pairs, tiny_g
         assert pl.read_parquet(on_ray / folder / "*.parquet").equals(pl.read_parquet(local / folder / "*.parquet"))
 
 
+@pytest.mark.slow
 def test_driver_killed_then_rerun_resumes(cluster, tmp_path, pairs, tiny_guide):
     """The driver SIGKILLed once the first shards are done: the same command again does the rest and the work
     directory equals an uninterrupted run's."""
