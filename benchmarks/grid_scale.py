@@ -92,7 +92,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
     parser.add_argument("--pools", type=int, nargs="+", default=[1_000_000, 2_000_000, 4_000_000])
     parser.add_argument("--slice", type=int, default=1_000_000, help="--pool-slice-size")
     parser.add_argument("--anchors", type=int, default=2000)
-    parser.add_argument("--shard-size", type=int, default=1000, help="anchors per shard")
+    parser.add_argument("--anchors-per-shard", type=int, default=1000)
     parser.add_argument("--dim", type=int, default=384)
     parser.add_argument("--k", type=int, default=100)
     parser.add_argument("--sample", type=int, default=200, help="anchors whose recall is measured")
@@ -104,7 +104,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
     import ray
 
     ray.init(num_cpus=args.cpus, include_dashboard=False, runtime_env={"env_vars": {"PYTHONPATH": str(ROOT)}})
-    search = ["--k", args.k, "--anchors-per-shard", args.shard_size]
+    search = ["--k", args.k, "--anchors-per-shard", args.anchors_per_shard]
     header = ("pool", "cells", "pool write s", "vectors/ s", "grid s", "cells s", "merge+mine s", "CPU s per cell",
               "cell worker peak RSS GiB", "merge/mine worker GiB", "grid s per 1M / smallest's", f"recall@{args.k}",
               "max |score - exact|")
@@ -138,7 +138,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
                             recall=rec, worst=worst))
         print(table(rows(results, None), header), flush=True)
     print(f"\npipeline.mask --pool-slice-size {args.slice} --executor ray (local Ray, {args.cpus} CPUs), synthetic "
-          f"clustered {args.dim}-d float16 vectors, {args.anchors} anchors in shards of {args.shard_size}, k = {args.k}; "
+          f"clustered {args.dim}-d float16 vectors, {args.anchors} anchors in shards of {args.anchors_per_shard}, k = {args.k}; "
           f"recall and scores on {args.sample} anchors against brute force")
     print(table(rows(results, results[0]), header))
     if reference:

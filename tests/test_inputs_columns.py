@@ -129,7 +129,7 @@ def test_the_embed_stage_takes_columns_and_globs(tmp_path, tiny_model):
         pl.DataFrame({"question": [f"q {i} {j}" for j in range(3)], "answer": [f"a {i} {j}" for j in range(3)],
                       "hard": [f"n {i} {j}" for j in range(3)]}).write_parquet(tmp_path / f"part-{i}.parquet")
     result = run_module("pipeline.embed", "--input", tmp_path / "part-*.parquet", "--columns",
-                        "query=question,positive=answer,negative=hard", "--work", tmp_path / "w", "--model", tiny_model)
+                        "query=question,positive=answer,negative=hard", "--work", tmp_path / "w", "--guide", tiny_model)
     assert f"embed: {tmp_path / 'part-1.parquet'}: 'question' as query, 'answer' as positive, 'hard' as negative" \
         in result.stderr.splitlines()
     texts = dict(pl.read_parquet(tmp_path / "w" / workdir.TEXTS).select("text_id", "text").iter_rows())
