@@ -9,7 +9,7 @@ BIN := $(VENV)/bin
 demo: $(VENV)/.installed
 	$(BIN)/python -m pipeline.run
 
-test: $(VENV)/.installed
+test: $(VENV)/.installed-test
 	$(BIN)/python -m pytest -q -m ""  # every tier; a plain pytest skips the slow one
 
 install: $(VENV)/.installed
@@ -19,4 +19,9 @@ $(VENV)/.installed: pyproject.toml requirements-guide.txt
 	$(BIN)/pip install -q --upgrade pip
 	$(BIN)/pip install -q -e ".[dev]"
 	$(BIN)/pip install -q --no-deps --require-hashes -r requirements-guide.txt
+	touch $@
+
+# The tests also build the docs (mkdocs build --strict) and run the stages on a local Ray: the extras they need.
+$(VENV)/.installed-test: $(VENV)/.installed
+	$(BIN)/pip install -q -e ".[dev,docs,ray]"
 	touch $@
