@@ -121,7 +121,7 @@ def test_without_rules_the_multi_positive_loss_is_cross_entropy():
 
 
 def test_bad_rules_stop_with_one_line(mined_work, tiny_model, tmp_path, capsys):  # noqa: F811
-    base = ["--work", mined_work / "w", "--model", tiny_model, "--max-steps", 1, "--out", tmp_path / "m", *COMMON]
+    base = ["--work", mined_work / "w", "--student", tiny_model, "--max-steps", 1, "--out", tmp_path / "m", *COMMON]
     for bad in (["--suspect-weight", "2"], ["--guide-filter", "none", "--false-negatives", "positives"],
                 ["--guide-filter", "random", "--false-negatives", "positives"]):
         assert run_stage(train, *base, *bad) == 2
@@ -132,7 +132,7 @@ def test_bad_rules_stop_with_one_line(mined_work, tiny_model, tmp_path, capsys):
 def test_trainer_self_filter_masks_beyond_the_guide(mined_work, tiny_model, tmp_path):  # noqa: F811
     """On the first step (the same student for every run), guide+self masks what either masks: at least as
     much as each; the student's own filter masks more than the plain loss; other rules train too."""
-    base = ["--work", mined_work / "w", "--model", tiny_model, "--max-steps", 1, *COMMON, "--self-margin", "0.0"]
+    base = ["--work", mined_work / "w", "--student", tiny_model, "--max-steps", 1, *COMMON, "--self-margin", "0.0"]
     first = {}
     for name, extra in {"none": [], "precomputed": [], "self": [], "guide+self": [],
                         "precomputed-rules": ["--hardness-strength", "5", "--false-negatives", "positives",
