@@ -71,6 +71,9 @@ RESCORE_SCHEMA = pa.schema([
     ("rescore_given_negative_scores", pa.list_(pa.float32())),
 ])
 CANDIDATE_SCHEMA = pa.schema([*SEARCHED_SCHEMA, *RESCORE_SCHEMA])
+# In each search plan and its fingerprint: candidates/ of another format (2: weakest_positive_score stored) are
+# searched again, never read.
+CANDIDATES_FORMAT = 2
 # The columns each MiningRules.score reads: positive, candidates, given negatives.
 SCORES = {"guide": ("positive_score", "candidate_scores", "given_negative_scores"),
           "rescore": tuple(RESCORE_SCHEMA.names)}

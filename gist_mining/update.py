@@ -64,6 +64,7 @@ def checked_files(earlier: Path, work: Path, plan: dict) -> list[Path]:
     embed, earlier_embed = workdir.checked_embed_manifest(work), workdir.checked_embed_manifest(earlier)
     differ = [name for name in GUIDE if embed["settings"].get(name) != earlier_embed["settings"].get(name)]
     differ += ["guide model"] * (embed["model"]["fingerprint"] != earlier_embed["model"]["fingerprint"])
+    differ += ["version (candidates format)"] * (manifest.get("candidates_format") != plan["candidates_format"])
     differ += [f"--{name.replace('_', '-')} ({manifest.get(name)} there, {plan[name]} here)" for name in LISTS
                if manifest.get(name) != plan[name]]
     if differ:

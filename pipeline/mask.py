@@ -38,6 +38,7 @@ from gist_mining.errors import UsageError
 from gist_mining.executor import ExecutorSettings, run_step, share
 from gist_mining.mining import (
     CANDIDATE_SCHEMA,
+    CANDIDATES_FORMAT,
     KINDS,
     MINED_SCHEMA,
     PAD_ID,
@@ -116,6 +117,10 @@ def search_plan(work: Path, given: dict, embed: dict, *, refilter: bool, update_
         if clash:
             raise UsageError(f"--refilter takes the search settings from candidates/; drop {', '.join(clash)}")
         workdir.checked_candidates_manifest(work)  # candidates/ complete and made from the current embeddings
+        if stored.get("candidates_format") != CANDIDATES_FORMAT:
+            raise UsageError(f"{work}: candidates/ were searched by an older version (format "
+                             f"{stored.get('candidates_format', 1)}, this one reads {CANDIDATES_FORMAT}); search again: "
+                             f"`{workdir.rebuild_command(work, 'search')}`")
         return stored
     search = SearchSettings(**given)
     settings = asdict(search)
@@ -132,9 +137,10 @@ def search_plan(work: Path, given: dict, embed: dict, *, refilter: bool, update_
     plan = dict(settings, index=kind, parent_fingerprint=embed["fingerprint"],
                 pool_slices=-(-n_pool // settings["pool_slice_size"]) if settings["pool_slice_size"] else None,
                 n_anchors=embed["counts"]["anchors"], rescore=rescorer.record if rescorer else None,
+                candidates_format=CANDIDATES_FORMAT,
                 update_from={"work": str(update_from), "fingerprint": update.earlier_search(update_from, work)}
                 if update_from else None, command=command)
-    made_by = {k: plan[k] for k in (*settings, "parent_fingerprint", "rescore")}
+    made_by = {k: plan[k] for k in (*settings, "parent_fingerprint", "rescore", "candidates_format")}
     if update_from:  # the earlier run's search, not its path (approximate lists and an extended index depend on it)
         made_by["earlier_search"] = plan["update_from"]["fingerprint"]
     plan["fingerprint"] = config_fingerprint(made_by)
@@ -151,8 +157,10 @@ def claim(work: Path, search: dict, mining: dict, *, refilter: bool, overwrite: 
     with workdir.locked(work):
         if not refilter:
             changed = workdir.changed_keys(work, "search", search,
-                                           ("parent_fingerprint", *asdict(SearchSettings()), "rescore", "update_from"))
-            names = {"parent_fingerprint": "embeddings", "rescore": "rescore model", "update_from": "--update-from"}
+                                           ("parent_fingerprint", *asdict(SearchSettings()), "rescore", "update_from",
+                                            "candidates_format"))
+            names = {"parent_fingerprint": "embeddings", "rescore": "rescore model", "update_from": "--update-from",
+                     "candidates_format": "candidates format (an older version)"}
             what = ", ".join(names.get(k, k) for k in changed) or "settings"
             workdir.claim(work, "search", search, replace=overwrite,
                           refusal=f"{work}: candidates/ were made with other {what}; pass --overwrite to search again "

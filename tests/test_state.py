@@ -150,6 +150,26 @@ def test_refilter_takes_search_settings_from_candidates(root, capsys):
     assert run_stage(mask, "--work", work, "--refilter", "--k", 12, "--margin", 0.2) == 0
 
 
+def test_candidates_of_an_older_format_are_searched_again_never_read(root, capsys):
+    """Candidates searched before the weakest positive's score was stored (format 1): a refilter stops in one
+    line, a mask run refuses them until --overwrite searches again."""
+    work = root / "w"
+    for name in (workdir.SEARCH_PLAN, workdir.CANDIDATES_MANIFEST):  # what an older version wrote: no format key
+        record = json.loads((work / name).read_text())
+        del record["candidates_format"]
+        if name == workdir.SEARCH_PLAN:  # nor the format in the fingerprint
+            record["fingerprint"] = "made-without-the-format"
+        (work / name).write_text(json.dumps(record))
+    capsys.readouterr()
+    assert run_stage(mask, "--work", work, "--refilter", "--margin", 0.2) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "searched by an older version (format 1, this one reads 2)" in err[0]
+    assert run_stage(mask, "--work", work, "--k", 12, "--anchors-per-shard", 25) == 2
+    assert "candidates/ were made with other candidates format (an older version)" in capsys.readouterr().err
+    assert run_stage(mask, "--work", work, "--k", 12, "--anchors-per-shard", 25, "--overwrite") == 0
+    assert run_stage(mask, "--work", work, "--refilter", "--margin", 0.2) == 0
+
+
 def test_shards_follow_launcher_variables_only_when_asked(root, monkeypatch, capsys):
     work = root / "w"
     monkeypatch.setenv("WORLD_SIZE", "2")

@@ -684,7 +684,8 @@ def save_model(config: TrainConfig, work: Path, out: Path, model, manifest: dict
               "embed_fingerprint": manifest["embed_fingerprint"], "mining_rules": manifest["rules"],
               "eval_before": before, "eval_after": after}
     command = cli.command("train.run", ["--work", work, "--out", out, "--student", config.student.name,
-                                        *to_argv(config.student), *to_argv(config.prompts), *to_argv(config)])
+                                        *to_argv(config.student), *to_argv(config.prompts),
+                                        *to_argv(replace(config, resume=False))])  # a resumed run's card is the same
     card.write(out, record, work, command)  # over the card sentence-transformers' save wrote
     # Written last: its presence says the model beside it is complete.
     write_json_atomic(record, out / workdir.TRAINING_RECORD)
