@@ -26,6 +26,10 @@ COMMAND_LINE = "cli.md"
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results"
 HELP_WIDTH = "110"  # argparse wraps --help to the terminal's width: a fixed one, so the page is the same anywhere
+INTRO = ("Every command's `--help`, generated from its parser when the site is built. `gist-mining COMMAND` (the "
+         "console script) and `python -m MODULE` run the same parser; the task pages explain the options that need "
+         "more than a line. Each option is also a field of a typed settings class for the "
+         "[Python API](getting-started.md#from-python) (`gist_mining.api`), with the same default.\n")
 
 
 def nav_paths(nav) -> list[str]:
@@ -52,12 +56,7 @@ def command_line_page() -> str:
         shown = io.StringIO()
         with contextlib.redirect_stdout(shown), contextlib.suppress(SystemExit):
             cli.main(["--help"])
-        page = ["# Command line\n",
-                "Every command's `--help`, generated from its parser when the site is built. `gist-mining COMMAND` "
-                "(the console script) and `python -m MODULE` run the same parser; the task pages explain the "
-                "options that need more than a line. Each option is also a field of a typed settings class for "
-                "the [Python API](getting-started.md#from-python) (`gist_mining.api`), with the same default.\n",
-                "## gist-mining {#gist-mining}\n", fenced(shown.getvalue())]
+        page = ["# Command line\n", INTRO, "## gist-mining {#gist-mining}\n", fenced(shown.getvalue())]
         for name, module in cli.COMMANDS.items():
             parser = importlib.import_module(module).build_parser(f"python -m {module}")
             page += [f"## gist-mining {name} {{#{name}}}\n", f"Also `python -m {module}`.\n", fenced(parser.format_help())]

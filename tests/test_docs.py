@@ -51,6 +51,13 @@ def test_site_builds_strictly_with_the_api_reference(tmp_path):
     mining = (tmp_path / "site" / "reference" / "gist_mining.mining" / "index.html").read_text()
     assert "MiningRules" in mining and "false_negative_threshold" in mining  # rendered from the docstrings
     assert (tmp_path / "site" / "results" / "guide_ablation_sections.txt").is_file()
+    from test_cli import PARSERS  # the command-line page holds every option of every command, as its parser has it
+
+    page = (tmp_path / "site" / "cli" / "index.html").read_text()
+    assert [(stage, flag) for stage, parser in PARSERS.items() for action in parser._actions
+            for flag in action.option_strings if flag not in page] == []
+    assert [parser.prog for parser in PARSERS.values() if f"usage: {parser.prog} [-h]" not in page] == []
+    assert "usage: gist-mining [-h] [--version]" in page
 
 
 @needs_mkdocs
