@@ -1,5 +1,6 @@
-"""The documentation: the site builds strictly, strict building catches what it should, and the README's quick
-start runs as written (on the tiny models, in place of the bundled guide and student)."""
+"""The documentation: the site builds strictly (its command-line page generated from the parsers), strict building
+catches what it should, every option the pages and the README write exists in the command it is written for, and
+the README's quick start runs as written (on the tiny models, in place of the bundled guide and student)."""
 
 from __future__ import annotations
 
@@ -50,6 +51,13 @@ def test_site_builds_strictly_with_the_api_reference(tmp_path):
     mining = (tmp_path / "site" / "reference" / "gist_mining.mining" / "index.html").read_text()
     assert "MiningRules" in mining and "false_negative_threshold" in mining  # rendered from the docstrings
     assert (tmp_path / "site" / "results" / "guide_ablation_sections.txt").is_file()
+    from test_cli import PARSERS  # the command-line page holds every option of every command, as its parser has it
+
+    page = (tmp_path / "site" / "cli" / "index.html").read_text()
+    assert [(stage, flag) for stage, parser in PARSERS.items() for action in parser._actions
+            for flag in action.option_strings if flag not in page] == []
+    assert [parser.prog for parser in PARSERS.values() if f"usage: {parser.prog} [-h]" not in page] == []
+    assert "usage: gist-mining [-h] [--version]" in page
 
 
 @needs_mkdocs
@@ -85,13 +93,12 @@ def test_readme_quickstart_runs_as_written(tiny_guide, tiny_model, tmp_path, mon
     make_pairs(40).write_parquet(tmp_path / "pairs.parquet")
     monkeypatch.chdir(tmp_path)  # the commands' relative paths: pairs.parquet, runs/mine, models/mine
     commands, python = readme_quickstart()
-    models = {"pipeline.embed": tiny_guide, "train.run": tiny_model}  # the bundled ones are too big for a test
+    models = {"pipeline.embed": ["--guide", tiny_guide], "train.run": ["--student", tiny_model]}  # bundled: too big
     assert [shlex.split(c)[:3] for c in commands] == [["python", "-m", m] for m in ("pipeline.embed", "pipeline.mask",
                                                                                     "train.run")]
     for command in commands:
         module = shlex.split(command)[2]
-        model = ["--model", models[module]] if module in models else []
-        assert run_stage(importlib.import_module(module), *shlex.split(command)[3:], *model) == 0, command
+        assert run_stage(importlib.import_module(module), *shlex.split(command)[3:], *models.get(module, [])) == 0, command
     assert (tmp_path / "models" / "mine" / "config_sentence_transformers.json").is_file()
     capsys.readouterr()
     exec(compile(python, "README.md", "exec"), {})
@@ -99,3 +106,65 @@ def test_readme_quickstart_runs_as_written(tiny_guide, tiny_model, tmp_path, mon
     pairs = make_pairs(40)
     assert "negatives" in shown and "false_negatives" in shown
     assert any(f"{q} -> {p}" in shown for q, p in zip(pairs["query"], pairs["positive"]))  # a real anchor's texts
+
+
+# Options of the other tools the pages show, with the tool: not this project's to check.
+OTHER_TOOLS = {"--nproc-per-node": "torchrun", "--nnodes": "torchrun", "--array": "sbatch", "--wrap": "sbatch",
+               "--no-deps": "pip", "--require-hashes": "pip", "--local-dir": "hf download", "--exclude": "hf download",
+               "--repo-type": "hf download", "--strict": "mkdocs build", "--head": "ray start", "--address": "ray start"}
+# A command as the pages write it: gist-mining COMMAND, (python|torchrun ...) -m MODULE or a bare MODULE, a script.
+COMMAND = re.compile(r"gist-mining (\w+)|\b(pipeline\.\w+|train\.run)\b|python ((?:benchmarks|tests|data)/\w+\.py)")
+FLAG = re.compile(r"(?<![\w-])--[a-z][a-z0-9-]*")
+
+
+def documented_flags() -> list[tuple[str, int, str | None, str]]:
+    """(page, line, command or None, flag) for every --flag in README.md and docs/*.md. A flag belongs to the
+    command it follows on its line (continuations joined), up to a backtick, a comment or the next command."""
+    found = []
+    for page in [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]:
+        lines = page.read_text().splitlines()
+        for number, line in enumerate(lines, start=1):
+            following = number  # a command continued on the lines below: joined here, blanked there
+            while line.endswith("\\") and following < len(lines):
+                line, lines[following] = line[:-1] + " " + lines[following], ""
+                following += 1
+            prose, end = line, len(line)
+            for match in reversed(list(COMMAND.finditer(line))):  # from the right: a command ends at the next
+                segment = re.split(r"`| #", line[match.end():end], maxsplit=1)[0]
+                command = match.group(1) or match.group(2) or match.group(3)
+                found += [(page.name, number, command, flag) for flag in FLAG.findall(segment)]
+                stop = match.end() + len(segment)
+                prose, end = prose[:match.start()] + " " * (stop - match.start()) + prose[stop:], match.start()
+            found += [(page.name, number, None, flag) for flag in FLAG.findall(prose)]
+    return found
+
+
+def command_flags() -> dict[str, set[str]]:
+    """Each command's options, by the names the pages use for it: its module, its gist-mining name, a script."""
+    from test_cli import PARSERS
+
+    from gist_mining.cli import COMMANDS
+
+    flags = {}
+    for stage, parser in PARSERS.items():
+        name = stage.split()[0]  # "cache info", "cache prune": both are pipeline.cache's
+        options = {flag for action in parser._actions for flag in action.option_strings}
+        for key in (name, COMMANDS[name]):
+            flags[key] = flags.get(key, set()) | options
+    for script in [*(ROOT / "benchmarks").glob("*.py"), *(ROOT / "tests").glob("*.py"), *(ROOT / "data").glob("*.py")]:
+        flags[str(script.relative_to(ROOT))] = set(re.findall(r"[\"'](--[a-z][a-z0-9-]*)[\"']", script.read_text()))
+    return flags
+
+
+def test_every_documented_option_exists_in_its_command():
+    from gist_mining.cli import COMMANDS
+
+    flags = command_flags()
+    stages = set().union(*(flags[module] for module in COMMANDS.values())) | set(OTHER_TOOLS)
+    prose = {}  # outside a command: any stage's option, or one of a script the page names
+    for page in [ROOT / "README.md", *(ROOT / "docs").glob("*.md")]:
+        scripts = re.findall(r"(?:benchmarks|tests|data)/\w+\.py", page.read_text())
+        prose[page.name] = stages.union(*(flags.get(script, set()) for script in scripts))
+    unknown = [(page, line, command, flag) for page, line, command, flag in documented_flags()
+               if flag not in (flags.get(command, set()) if command else prose[page])]
+    assert unknown == []
