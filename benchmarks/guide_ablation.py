@@ -150,7 +150,7 @@ def scores(model_path: str, folder: Path) -> dict:
 
 def steps_for(batch_size: int, args) -> int:
     """Steps that show --anchors anchors at this batch size: the same texts seen at every size."""
-    return max(1, round(args.anchors / batch_size))
+    return args.anchors // batch_size
 
 
 def train_arm(work: Path, out: Path, seed: int, arm: str, batch_size: int, args) -> dict:
@@ -276,7 +276,8 @@ def main() -> None:
     parser.add_argument("--arms", nargs="+", choices=list(ARMS), default=list(ARMS))
     parser.add_argument("--seeds", nargs="+", type=int, default=[42, 43, 44])
     parser.add_argument("--batch-sizes", nargs="+", type=int, default=[32, 128, 512])
-    parser.add_argument("--anchors", type=int, default=1280, help="anchors each run sees (40 steps at 32)")
+    parser.add_argument("--anchors", type=int, default=1536, help="anchors each run sees (48 steps at 32, 3 at 512); "
+                        "a multiple of every batch size")
     parser.add_argument("--grad-cache-above", type=int, default=128, help="batch sizes above this train with GradCache")
     parser.add_argument("--mini-batch-size", type=int, default=256, help="GradCache's texts per forward pass")
     parser.add_argument("--work", type=Path, default=Path("runs/ablation"))
@@ -284,6 +285,9 @@ def main() -> None:
     parser.add_argument("--student", default=DEFAULT_STUDENT)
     parser.add_argument("--save", type=Path, default=None, help="also write the printed tables here")
     args = parser.parse_args()
+    if any(args.anchors % size for size in args.batch_sizes):
+        parser.error(f"--anchors {args.anchors} is not a multiple of every batch size {args.batch_sizes}: runs would "
+                     "see different numbers of texts")
     records = run_all(args)
     default = train.Defaults().batch_size
     lines = [f"guide ablation: {args.anchors} anchors per run (steps = anchors / batch size), seeds {args.seeds}, "
