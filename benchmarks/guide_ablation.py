@@ -27,7 +27,8 @@ same anchors and seeds):
     guide+self     ... either the guide's or the student's filter masks
     self+hardness  the student's filter, hardness weighting 5 on all negatives (no guide in the loss)
     gist+hardness  the guide's filter, hardness weighting 5 on all negatives (MNRL's hardness_mode)
-    fn-positives   the guide's filter, known and guide-certain false negatives counted as positives (RLHN)
+    fn-positives   the guide's filter, each anchor's first known false negative brought into the batch, those and
+                   the guide-certain in-batch ones counted as positives (RLHN)
     suspect-weight the guide's filter, suspects weighted 0.3 instead of masked (ColPali-style)
 
 Every trained student is scored on val/ (for choices) and test/ (for the table): NDCG@10 mean +- std over
@@ -73,7 +74,7 @@ ARMS = {"unguided": ("topk", "none", []), "guided-mining": ("guided", "none", []
         "self": ("guided", "self", []), "guide+self": ("guided", "guide+self", []),
         "self+hardness": ("guided", "self", ["--hardness-strength", "5"]),
         "gist+hardness": ("guided", "precomputed", ["--hardness-strength", "5"]),
-        "fn-positives": ("guided", "precomputed", ["--false-negatives", "positives"]),
+        "fn-positives": ("guided", "precomputed", ["--false-negatives", "positives", "--false-negatives-in-batch", "1"]),
         "suspect-weight": ("guided", "precomputed", ["--suspect-weight", "0.3"])}
 SPLITS = {"val": 0.1, "test": 0.1}  # fn_truth: the share of lemmas held out for each
 TASK = "wordnet-lemma"

@@ -100,6 +100,9 @@ def parse_args(argv=None) -> argparse.Namespace:
                    help="the guide's suspects: masked, or (positives) known false negatives and those the guide scores "
                         "above the positive by --promote-margin counted as extra positives (RLHN)")
     p.add_argument("--promote-margin", type=float, default=r.promote_margin)
+    p.add_argument("--false-negatives-in-batch", type=int, default=0,
+                   help="each anchor's first N known false negatives from mined/ join the batch (with --false-negatives "
+                        "positives: as its extra positives; mining left them out of its negatives)")
     p.add_argument("--suspect-weight", type=float, default=r.suspect_weight,
                    help="weight of a suspect negative in the softmax: 0 masks it, W in (0, 1] down-weights it")
     p.add_argument("--eval", type=Path, default=None, help="retrieval split: queries, corpus, qrels .parquet")
@@ -161,14 +164,18 @@ class TrainingData:
     in the query role, positives and negatives in the document role), moved to the training device once, so
     a step's guide blocks are an index lookup there. Only what the rows use is read, whatever the pool's size:
     the vectors in float16 (half the memory of float32; the loss computes their scores in float32), the texts
-    as one Arrow column sorted by id (Python strings are made per batch), the id lists as numpy arrays."""
+    as one Arrow column sorted by id (Python strings are made per batch), the id lists as numpy arrays.
+    ``false_negatives``: each row's first that many known false negatives join its negatives column, where
+    the loss's rules can count them as the anchor's extra positives (LossRules.false_negatives)."""
 
-    def __init__(self, work: Path, negatives: int, device):
+    def __init__(self, work: Path, negatives: int, device, false_negatives: int = 0):
         self.manifest = workdir.mined(work)  # checks the chain embeddings -> candidates -> mined
         rows = pl.read_parquet(workdir.verified(work, self.manifest, "mine")).sort("anchor_id")
         self.tasks = rows["task"].to_list()
         self.ids = {"queries": rows["query_id"].to_numpy(), "positives": rows["positive_id"].to_numpy()}
-        self.negatives = Ragged(rows["negative_ids"].list.head(negatives))
+        documents = pl.concat_list(pl.col("negative_ids").list.head(negatives),
+                                   pl.col("false_negative_ids").list.head(false_negatives))
+        self.negatives = Ragged(rows.select(documents).to_series())
         self.false_negatives = rows["false_negative_ids"].to_arrow()
         # Mining took the anchors the guide cannot judge out of its margin rule: so does the in-batch rule.
         self.unjudged = (is_unjudged(rows["candidates_above_positive"], rows["n_candidates"]).to_numpy()
@@ -180,7 +187,7 @@ class TrainingData:
         self.guide = {role: on_device(VectorStore(work, role), ids, device) for role, ids in self.guide_ids.items()}
         self.device = device
         # Each row's texts, for the batch planner; built once, as every epoch plans from them.
-        lists = rows.select(pl.concat_list("query_id", "positive_id", pl.col("negative_ids").list.head(negatives)))
+        lists = rows.select(pl.concat_list("query_id", "positive_id", documents))
         self.row_texts = RowTexts(lists.to_series(), self.text_ids)
 
     def get_batch(self, rows: list[int]) -> Batch:
@@ -492,7 +499,7 @@ def main(argv=None) -> None:
     random.seed(args.seed)
     torch.manual_seed(args.seed)
 
-    data = TrainingData(args.work, args.negatives_per_anchor, device)
+    data = TrainingData(args.work, args.negatives_per_anchor, device, args.false_negatives_in_batch)
     if rank == 0:
         say_rules(args, data.manifest)
     batches = epoch_batches(data, args, world, 0, rank)  # its length sets the schedule
