@@ -27,7 +27,8 @@ same anchors and seeds):
     guide+self     ... either the guide's or the student's filter masks
     self+hardness  the student's filter, hardness weighting 5 on all negatives (no guide in the loss)
     gist+hardness  the guide's filter, hardness weighting 5 on all negatives (MNRL's hardness_mode)
-    fn-positives   the guide's filter, known and guide-certain false negatives counted as positives (RLHN)
+    fn-positives   the guide's filter, each anchor's first known false negative brought into the batch, those and
+                   the guide-certain in-batch ones counted as positives (RLHN)
     suspect-weight the guide's filter, suspects weighted 0.3 instead of masked (ColPali-style)
 
 Every trained student is scored on val/ (for choices) and test/ (for the table): NDCG@10 mean +- std over
@@ -73,7 +74,7 @@ ARMS = {"unguided": ("topk", "none", []), "guided-mining": ("guided", "none", []
         "self": ("guided", "self", []), "guide+self": ("guided", "guide+self", []),
         "self+hardness": ("guided", "self", ["--hardness-strength", "5"]),
         "gist+hardness": ("guided", "precomputed", ["--hardness-strength", "5"]),
-        "fn-positives": ("guided", "precomputed", ["--false-negatives", "positives"]),
+        "fn-positives": ("guided", "precomputed", ["--false-negatives", "positives", "--false-negatives-in-batch", "1"]),
         "suspect-weight": ("guided", "precomputed", ["--suspect-weight", "0.3"])}
 SPLITS = {"val": 0.1, "test": 0.1}  # fn_truth: the share of lemmas held out for each
 TASK = "wordnet-lemma"
@@ -150,7 +151,7 @@ def scores(model_path: str, folder: Path) -> dict:
 
 def steps_for(batch_size: int, args) -> int:
     """Steps that show --anchors anchors at this batch size: the same texts seen at every size."""
-    return max(1, round(args.anchors / batch_size))
+    return args.anchors // batch_size
 
 
 def train_arm(work: Path, out: Path, seed: int, arm: str, batch_size: int, args) -> dict:
@@ -276,7 +277,8 @@ def main() -> None:
     parser.add_argument("--arms", nargs="+", choices=list(ARMS), default=list(ARMS))
     parser.add_argument("--seeds", nargs="+", type=int, default=[42, 43, 44])
     parser.add_argument("--batch-sizes", nargs="+", type=int, default=[32, 128, 512])
-    parser.add_argument("--anchors", type=int, default=1280, help="anchors each run sees (40 steps at 32)")
+    parser.add_argument("--anchors", type=int, default=1536, help="anchors each run sees (48 steps at 32, 3 at 512); "
+                        "a multiple of every batch size")
     parser.add_argument("--grad-cache-above", type=int, default=128, help="batch sizes above this train with GradCache")
     parser.add_argument("--mini-batch-size", type=int, default=256, help="GradCache's texts per forward pass")
     parser.add_argument("--work", type=Path, default=Path("runs/ablation"))
@@ -284,6 +286,9 @@ def main() -> None:
     parser.add_argument("--student", default=DEFAULT_STUDENT)
     parser.add_argument("--save", type=Path, default=None, help="also write the printed tables here")
     args = parser.parse_args()
+    if any(args.anchors % size for size in args.batch_sizes):
+        parser.error(f"--anchors {args.anchors} is not a multiple of every batch size {args.batch_sizes}: runs would "
+                     "see different numbers of texts")
     records = run_all(args)
     default = train.TrainConfig().batch_size
     lines = [f"guide ablation: {args.anchors} anchors per run (steps = anchors / batch size), seeds {args.seeds}, "

@@ -107,8 +107,9 @@ class LossRules:
         anchors' positives), "mined" the q-N block (the mined negatives of every anchor: the batch does not say
         whose), "all" both.
     false_negatives: "mask" the suspects; "positives" (RLHN, Thakur et al., arXiv 2505.16967): in the
-        query-document blocks, the suspects that are the anchor's known false negatives from mined/, or that the
-        guide scores above its positive by more than ``promote_margin``, count as extra positives of a
+        query-document blocks, the suspects that are the anchor's known false negatives from mined/ (mining left
+        them out of its negatives: train.run's TrainingData brings them into the batch), or that the guide scores
+        above its positive by more than ``promote_margin``, count as extra positives of a
         multi-positive loss, -log(sum over positives of softmax); other suspects are masked or down-weighted.
     suspect_weight: 0 masks the suspects; W > 0 keeps them with weight W in the softmax (their logit plus log W),
         down-weighted instead of masked, as ColPali's loss does with suspicious negatives.

@@ -144,3 +144,26 @@ def test_trainer_self_filter_masks_beyond_the_guide(mined_work, tiny_model, tmp_
                                                          first["precomputed"]["masked_fraction"])
     assert first["precomputed-rules"]["masked_fraction"] == first["precomputed"]["masked_fraction"]
     assert first["precomputed-rules"]["loss"] != first["precomputed"]["loss"]
+
+
+def test_known_false_negatives_join_the_batch_as_their_anchors_positives(mined_work, tiny_model, tmp_path):  # noqa: F811
+    import polars as pl
+
+    work = mined_work / "w"
+    mined = pl.read_parquet(work / "mined" / "*.parquet").sort("anchor_id")
+    data = train.TrainingData(work, 1, "cpu", false_negatives=2)
+    rows = [r for r in range(len(mined)) if mined["false_negative_ids"][r].len()][:6]
+    assert rows, "the mined work directory has known false negatives"
+    batch = data.get_batch(rows)
+    own = [mined["negative_ids"][r].to_list()[:1] + mined["false_negative_ids"][r].to_list()[:2] for r in rows]
+    assert batch.ids["negatives"].tolist() == [i for ids in own for i in ids]
+    student = batch.with_student({c: batch.guide[c].float() for c in train.COLUMNS})  # any vectors will do
+    entries, _ = GISTLoss(TEMPERATURE, "absolute", 0.0, rules=LossRules(false_negatives="positives"))._batch_entries(student)
+    start = len(rows)  # the negatives block follows the positives
+    for i, ids in enumerate(own):
+        brought = [start + sum(map(len, own[:i])) + k for k in range(1, len(ids))]
+        assert entries.positives[i, brought].all() and entries.positives[i].sum() >= 1 + len(brought)
+    base = ["--work", work, "--student", tiny_model, "--max-steps", 1, *COMMON, "--false-negatives", "positives"]
+    for n in (0, 2):
+        assert run_stage(train, *base, "--out", tmp_path / str(n), "--false-negatives-in-batch", n) == 0
+    assert metrics(tmp_path / "2")[0]["negatives"] > metrics(tmp_path / "0")[0]["negatives"]

@@ -117,6 +117,9 @@ class TrainConfig:
                                   "counted as extra positives (RLHN)", choices=FALSE_NEGATIVES)
     promote_margin: float = option(LossRules.promote_margin, "with --false-negatives positives: how far above the "
                                                              "positive the guide must score an in-batch suspect")
+    false_negatives_in_batch: int = option(0, "each anchor's first N known false negatives from mined/ join the batch "
+                                              "(with --false-negatives positives: as its extra positives; mining left "
+                                              "them out of its negatives)")
     suspect_weight: float = option(LossRules.suspect_weight, "weight of a suspect negative in the softmax: 0 masks "
                                                              "it, W in (0, 1] down-weights it")
     eval: Path | None = option(None, "retrieval split: queries, corpus, qrels .parquet", type=Path)
@@ -201,15 +204,19 @@ class TrainingData:
     in the query role, positives and negatives in the document role), moved to the training device once, so
     a step's guide blocks are an index lookup there. Only what the rows use is read, whatever the pool's size:
     the vectors in float16 (half the memory of float32; the loss computes their scores in float32), the texts
-    as one Arrow column sorted by id (Python strings are made per batch), the id lists as numpy arrays."""
+    as one Arrow column sorted by id (Python strings are made per batch), the id lists as numpy arrays.
+    ``false_negatives``: each row's first that many known false negatives join its negatives column, where
+    the loss's rules can count them as the anchor's extra positives (LossRules.false_negatives)."""
 
-    def __init__(self, work: Path, negatives: int, device):
+    def __init__(self, work: Path, negatives: int, device, false_negatives: int = 0):
         self.manifest = workdir.checked_mined_manifest(work)  # checks the chain embeddings -> candidates -> mined
         rows = pl.read_parquet(workdir.verified(work, self.manifest, "mine")).sort("anchor_id")
         self.anchor_ids = rows["anchor_id"].to_numpy()
         self.tasks = rows["task"].to_list()
         self.ids = {"queries": rows["query_id"].to_numpy(), "positives": rows["positive_id"].to_numpy()}
-        self.negatives = Ragged(rows["negative_ids"].list.head(negatives))
+        documents = pl.concat_list(pl.col("negative_ids").list.head(negatives),
+                                   pl.col("false_negative_ids").list.head(false_negatives))
+        self.negatives = Ragged(rows.select(documents).to_series())
         # Known false negatives: mining's, and every positive of the anchor's query (a query repeated with other
         # positives, or with several qrels): another anchor's positive or negative in the batch may be one. Masked,
         # not taken as extra positives, so that the loss stays GISTEmbed's one-positive cross-entropy.
@@ -227,7 +234,7 @@ class TrainingData:
         self.guide = {role: on_device(VectorStore(work, role), ids, device) for role, ids in self.guide_ids.items()}
         self.device = device
         # Each row's texts, for the batch planner; built once, as every epoch plans from them.
-        lists = rows.select(pl.concat_list("query_id", "positive_id", pl.col("negative_ids").list.head(negatives)))
+        lists = rows.select(pl.concat_list("query_id", "positive_id", documents))
         self.row_texts = RowTexts(lists.to_series(), self.text_ids)
 
     def get_batch(self, rows: list[int]) -> Batch:
@@ -570,7 +577,7 @@ def train(work: Path, out: Path, config: TrainConfig = TrainConfig()) -> dict | 
     random.seed(config.seed)
     torch.manual_seed(config.seed)
 
-    data = TrainingData(work, config.negatives_per_anchor, device)
+    data = TrainingData(work, config.negatives_per_anchor, device, config.false_negatives_in_batch)
     if rank == 0:
         say_rules(config, data.manifest)
     batches = epoch_batches(data, config, world, 0, rank)  # its length sets the schedule
