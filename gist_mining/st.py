@@ -31,7 +31,7 @@ from torch import nn
 from transformers import TrainerCallback
 
 from gist_mining import export
-from gist_mining.loss import GISTLoss
+from gist_mining.loss import GISTLoss, LossRules
 from gist_mining.workdir import checked_mined_manifest
 from train.run import COLUMNS, TrainConfig, TrainingData
 
@@ -64,16 +64,18 @@ class StoredGuideGISTLoss(CachedLossMixin, nn.Module):
     its own texts. Guide vectors are in the embed stage's roles: anchors as queries, the rest as documents.
     ``mini_batch_size``: GradCache (Gao et al. 2021, arXiv 2101.06983) as CachedGISTEmbedLoss does, the forward
     passes and the loss both ``mini_batch_size`` at a time. ``masked_fraction`` holds the mean share of masked
-    logits since it was last read (``log_masked_fraction`` reports it with the trainer's logs).
+    logits since it was last read (``log_masked_fraction`` reports it with the trainer's logs). ``rules``: the
+    rules beyond GISTEmbed's mask (gist_mining.loss.LossRules: the student's own filter, hardness weighting, false
+    negatives as positives, down-weighted suspects), as train.run's options set them.
     """
 
     def __init__(self, model, work, temperature: float = DEFAULTS.temperature,
                  margin_strategy: str = DEFAULTS.in_batch_margin_strategy, margin: float = DEFAULTS.in_batch_margin,
-                 mini_batch_size: int | None = None):
+                 mini_batch_size: int | None = None, rules: LossRules = LossRules()):
         super().__init__()
         self.model, self.work, self.mini_batch_size = model, Path(work), mini_batch_size
         self.uses_gradient_cache = mini_batch_size is not None  # read by MatryoshkaLoss
-        self.gist = GISTLoss(temperature, margin_strategy, margin)
+        self.gist = GISTLoss(temperature, margin_strategy, margin, rules=rules)
         # Every mined negative's vector, so that any mined_dataset(work, N) fits; checks the fingerprint chain.
         self.data = TrainingData(self.work, checked_mined_manifest(self.work)["rules"]["num_negatives"], model.device)
         self._masked = [0.0, 0]  # sum and count since the last read

@@ -300,6 +300,8 @@ def compare_file(a: Path, b: Path, folders: tuple[str, str]) -> str | None:
             return compare_json(json.loads(a.read_text()), json.loads(b.read_text()), folders)
         if a.suffix == ".jsonl":
             return compare_json(read_jsonl(a), read_jsonl(b), folders)
+        if a.suffix == ".md":  # the model card names the work and output folders
+            return compare_json(a.read_text(), b.read_text(), folders)
         if a.suffix == ".safetensors":
             from safetensors.torch import load_file
 

@@ -10,7 +10,7 @@ import pytest
 import torch
 from conftest import build_tiny_model, make_pairs, run_stage
 
-from gist_mining.loss import GISTLoss
+from gist_mining.loss import GISTLoss, LossRules
 from gist_mining.st import StoredGuideGISTLoss, mined_dataset
 from pipeline import embed, mask
 from train import run as train
@@ -99,10 +99,10 @@ def unflagged(work, tmp_path_factory):
     return copy
 
 
-def loss_and_grads(model, work, rows, strategy, margin) -> tuple[tuple, train.Batch]:
+def loss_and_grads(model, work, rows, strategy, margin, rules=LossRules()) -> tuple[tuple, train.Batch]:
     """StoredGuideGISTLoss's loss and gradients on these data set rows, and train.run's batch of the same anchors."""
     features, labels = collate(model, rows)
-    ours = StoredGuideGISTLoss(model, work, temperature=0.05, margin_strategy=strategy, margin=margin)
+    ours = StoredGuideGISTLoss(model, work, temperature=0.05, margin_strategy=strategy, margin=margin, rules=rules)
     data = train.TrainingData(work, 1, "cpu")
     batch = data.get_batch(np.searchsorted(data.anchor_ids, [r[0] for r in rows["label"]]).tolist())
     assert batch.texts == {"queries": rows["anchor"], "positives": rows["positive"], "negatives": rows["negative_1"]}
@@ -142,6 +142,22 @@ def test_same_batch_equals_train_run_and_gist_embed_loss(work, unflagged, studen
     live = GISTEmbedLoss(model, load(tiny_guide), temperature=0.05, margin_strategy=strategy, margin=margin)
     features, _ = collate(model, rows)
     assert_same(stored, grads_of(model, lambda: live(features, labels=None)))
+
+
+@pytest.mark.parametrize("rules", [LossRules(self_filter=True), LossRules(hardness_strength=5.0),
+                                   LossRules(false_negatives="positives"), LossRules(suspect_weight=0.3)],
+                         ids=["self", "hardness", "fn-positives", "suspect-weight"])
+def test_the_loss_rules_equal_train_runs(work, student, rules):
+    """#26's rules in the stock trainer's loss: the same loss and gradients as train.run's GISTLoss on the batch."""
+    model = load(student)
+    model.eval()
+    rows = mined_dataset(work, 1).select(range(12))
+    stored, batch = loss_and_grads(model, work, rows, "absolute", 0.0, rules)
+    gist = GISTLoss(0.05, "absolute", 0.0, rules=rules)
+    embed_ = lambda c: train.student_forward(model, batch.texts[c], "cpu", False, "")  # noqa: E731
+    assert_same(stored, grads_of(model, lambda: gist(batch.with_student({c: embed_(c) for c in train.COLUMNS}))[0]))
+    plain = grads_of(model, lambda: GISTLoss(0.05, "absolute", 0.0)(batch.with_student({c: embed_(c) for c in train.COLUMNS}))[0])
+    assert stored[0] != pytest.approx(plain[0], rel=1e-4)  # the rule changed the loss: it was passed on
 
 
 def test_mini_batch_size_equals_no_caching_plain_and_in_matryoshka(work, student):
