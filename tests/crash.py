@@ -300,8 +300,9 @@ def compare_file(a: Path, b: Path, folders: tuple[str, str]) -> str | None:
             return compare_json(json.loads(a.read_text()), json.loads(b.read_text()), folders)
         if a.suffix == ".jsonl":
             return compare_json(read_jsonl(a), read_jsonl(b), folders)
-        if a.suffix == ".md":  # the model card names the work and output folders
-            return compare_json(a.read_text(), b.read_text(), folders)
+        if a.suffix == ".md":  # the model card names the work and output folders, and is titled by the latter
+            untitled = [[line for line in p.read_text().splitlines() if not line.startswith("# ")] for p in (a, b)]
+            return compare_json(*untitled, folders)
         if a.suffix == ".safetensors":
             from safetensors.torch import load_file
 
