@@ -93,6 +93,13 @@ def make_pairs(n: int, seed: int = 0, tasks=("a", "b")) -> pl.DataFrame:
     return pl.DataFrame(rows)
 
 
+def pairs_with_second_positives(n: int, seed: int, repeated: int) -> pl.DataFrame:
+    """make_pairs, and its first ``repeated`` queries asked again with another positive: a query with several
+    positives, none of which may be a candidate or negative of either row."""
+    pairs = make_pairs(n, seed=seed)
+    return pl.concat([pairs, pairs.head(repeated).with_columns(pl.col("positive") + " again")])
+
+
 def eval_split(root: Path, pairs: pl.DataFrame) -> Path:
     """A retrieval split (queries, corpus, qrels) where each pair's positive answers its query."""
     n, folder = pairs.height, root / "eval"

@@ -7,7 +7,7 @@ import shutil
 
 import polars as pl
 import pytest
-from conftest import make_pairs, run_stage
+from conftest import pairs_with_second_positives, run_stage
 
 from gist_mining import grid, workdir
 from gist_mining.executor import ExecutorSettings, run_step
@@ -19,10 +19,7 @@ K, ANCHOR_SHARD = 15, 32
 @pytest.fixture(scope="module")
 def embedded(tmp_path_factory, tiny_guide):
     root = tmp_path_factory.mktemp("grid")
-    pairs = make_pairs(90, seed=4)
-    # queries with a second positive: the search skips both positives of each
-    pairs = pl.concat([pairs, pairs.head(6).with_columns(pl.col("positive") + " again")])
-    pairs.write_parquet(root / "pairs.parquet")
+    pairs_with_second_positives(90, seed=4, repeated=6).write_parquet(root / "pairs.parquet")
     assert run_stage(embed, "--input", root / "pairs.parquet", "--work", root / "w", "--guide", tiny_guide,
                      "--texts-per-shard", 64, "--no-cache") == 0
     return root / "w"

@@ -8,7 +8,7 @@ import shutil
 import numpy as np
 import polars as pl
 import pytest
-from conftest import make_pairs, run_stage
+from conftest import make_pairs, pairs_with_second_positives, run_stage
 
 from gist_mining.mining import PAD_ID, build_index, search_candidates
 from gist_mining.workdir import load_embeddings
@@ -18,10 +18,7 @@ from pipeline import embed, mask
 @pytest.fixture(scope="module")
 def embedded(tmp_path_factory, tiny_guide):
     root = tmp_path_factory.mktemp("embedded")
-    pairs = make_pairs(90, seed=1)
-    # the same query with a second positive: neither positive may be a negative of either row
-    pairs = pl.concat([pairs, pairs.head(5).with_columns(pl.col("positive") + " extra")])
-    pairs.write_parquet(root / "pairs.parquet")
+    pairs_with_second_positives(90, seed=1, repeated=5).write_parquet(root / "pairs.parquet")
     pl.DataFrame({"text": [f"{w} corpus line" for w in ("water", "music", "road", "book", "tree")]}).write_parquet(
         root / "corpus.parquet")
     assert run_stage(embed, "--input", root / "pairs.parquet", "--corpus", root / "corpus.parquet",
