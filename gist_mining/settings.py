@@ -53,9 +53,10 @@ def add_options(parser, cls, *, exclude=(), unset_default: tuple[str, ...] = ())
         parser.add_argument(flag_of(f), dest=dest_of(f), default=default, help=help_text, **kwargs)
 
 
-def from_args(cls, args: argparse.Namespace, **overrides):
-    """The settings ``cls`` from parsed options (its fields absent from ``args`` keep their defaults)."""
-    given = {f.name: getattr(args, dest_of(f)) for f in fields(cls) if f.init and hasattr(args, dest_of(f))}
+def from_args(cls, parsed: argparse.Namespace, **overrides):
+    """The settings ``cls`` from parsed options (its fields absent from ``parsed`` keep their defaults): the one
+    place where a command line's namespace becomes typed settings."""
+    given = {f.name: getattr(parsed, dest_of(f)) for f in fields(cls) if f.init and hasattr(parsed, dest_of(f))}
     return cls(**{**given, **overrides})
 
 

@@ -158,7 +158,7 @@ class _MaskedFraction(TrainerCallback):
     def __init__(self, loss: StoredGuideGISTLoss):
         self.loss = loss
 
-    def on_log(self, args, state, control, logs=None, **kwargs):
+    def on_log(self, training_args, state, control, logs=None, **kwargs):  # transformers passes them by position
         if logs is not None and "loss" in logs:  # a training log; every rank logs it, so the all-reduce meets
             fraction = self.loss.masked_fraction()
             if fraction is not None:  # the trainer put this log in its history just before calling back
