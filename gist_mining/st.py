@@ -18,6 +18,7 @@ self-pairs and duplicates masked.
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -55,7 +56,10 @@ def mined_dataset(work, num_negatives: int = 1, short: str = export.SHORT[0]):
 
     if short not in export.SHORT:
         raise UsageError(f"short must be drop or keep, not {short!r}")
-    rows, n, _, _ = export._anchors(Path(work), num_negatives, short)
+    rows, n, anchors, n_short = export._anchors(Path(work), num_negatives, short)
+    if n_short and short == "drop":
+        warnings.warn(f"mined_dataset: {n_short} of {anchors} anchors in {work} have fewer than {n} negatives and are "
+                      "left out; short='keep' trains them too, as train.run does", stacklevel=2)
 
     def dataset(rows: pl.DataFrame, n: int) -> Dataset:
         texts = export._arrow(export._n_tuple(rows, n).rename({"query": "anchor"}))
