@@ -78,7 +78,7 @@ def read_inputs(pairs: list, corpora: list, folder: Path, columns: dict[str, str
     """Plan the pairs and corpus inputs (files, folders, globs, Hub datasets: ``inputs.input_files``) into ``folder``, their
     columns taken as ``columns`` says (--columns, else recognised: ``inputs.resolve_columns``); every file is
     read to its end before any problem raises, so that one run names the problems of all of them. Returns the
-    plan and one record per file (kind, path, sha256) for the stage's fingerprint. ``retrieval``: (queries,
+    plan and one record per file (kind, path, sha256, and the columns when given) for the stage's fingerprint. ``retrieval``: (queries,
     corpus, qrels) as BEIR lays them out (``inputs.retrieval_pairs``): the qrels' pairs, and the corpus as
     extra texts."""
     problems: list[str] = []
@@ -119,7 +119,10 @@ def read_inputs(pairs: list, corpora: list, folder: Path, columns: dict[str, str
         print(line, file=sys.stderr)
     kinds = [("pairs", pairs), ("corpus", corpora)] + ([("queries", retrieval[:1]), ("corpus", retrieval[1:2]),
                                                         ("qrels", retrieval[2:])] if retrieval else [])
-    records = [{"kind": kind, "path": str(p), "sha256": path_sha256(Path(p))} for kind, paths in kinds for p in paths]
+    # What the stage's fingerprint covers: each file's role and content, and the columns it was read by.
+    records = [{"kind": kind, "path": str(p), "sha256": path_sha256(Path(p)),
+                **({"columns": columns} if columns and kind in ("pairs", "corpus") else {})}
+               for kind, paths in kinds for p in paths]
     return planned, records
 
 

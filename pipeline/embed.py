@@ -158,7 +158,8 @@ def plan_for(model_info: dict, settings: EmbedSettings, inputs: list[dict], comm
     (``counts``: planning.Planned's)."""
     plan = {"model": model_info, "settings": settings.as_dict(), "inputs": inputs, "command": command}
     plan["fingerprint"] = config_fingerprint(
-        {"model": model_info["fingerprint"], "settings": plan["settings"], "inputs": [i["sha256"] for i in inputs]})
+        {"model": model_info["fingerprint"], "settings": plan["settings"],
+         "inputs": [{k: v for k, v in i.items() if k != "path"} for i in inputs]})  # a file moved is the same input
     plan.update(
         dimension=model_info["dimension"], dtype=settings.dtype, bounds=shard_bounds(counts["texts"], settings.shard_size),
         counts={k: counts[k] for k in ("anchors", "texts", "queries", "documents")},

@@ -137,3 +137,25 @@ def test_the_embed_stage_takes_columns_and_globs(tmp_path, tiny_model):
     assert [(texts[q], texts[p], [texts[n] for n in ns]) for q, p, ns in
             anchors.select("query_id", "positive_id", "negative_ids").iter_rows()] == [
         (f"q {i} {j}", f"a {i} {j}", [f"n {i} {j}"]) for i in range(2) for j in range(3)]
+
+
+def test_other_columns_or_roles_are_another_plan(tmp_path, tiny_model):
+    """The same files read by other columns, or in another role, are other inputs: refused in one line, not resumed
+    with the old tables (the files' hashes alone are equal)."""
+    pl.DataFrame({"question": ["q 0", "q 1"], "title": ["t 0", "t 1"], "answer": ["a 0", "a 1"]}).write_parquet(
+        tmp_path / "pairs.parquet")
+    pl.DataFrame({"question": ["q 2"], "title": ["t 2"], "answer": ["a 2"], "text": ["c 2"]}).write_parquet(
+        tmp_path / "more.parquet")
+    work = ["--work", tmp_path / "w", "--guide", tiny_model]
+    pairs = ["--input", tmp_path / "pairs.parquet"]
+    first = [*pairs, "--columns", "query=question,positive=answer", "--input", tmp_path / "more.parquet"]
+    run_module("pipeline.embed", *first, *work)
+    assert run_module("pipeline.embed", *first, *work).returncode == 0  # the same command resumes
+    for other in ([*pairs, "--columns", "query=title,positive=answer", "--input", tmp_path / "more.parquet"],
+                  [*pairs, "--columns", "query=question,positive=answer", "--corpus", tmp_path / "more.parquet"]):
+        result = run_module("pipeline.embed", *other, *work, check=False)
+        errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+        assert result.returncode == 2 and len(errors) == 1 and "different inputs" in errors[0], result.stderr
+    run_module("pipeline.embed", *pairs, "--columns", "query=title,positive=answer", "--input",
+               tmp_path / "more.parquet", "--overwrite", *work)
+    assert set(pl.read_parquet(tmp_path / "w" / workdir.TEXTS)["text"]) == {"t 0", "t 1", "a 0", "a 1", "t 2", "a 2"}
