@@ -124,7 +124,9 @@ def search_plan(work: Path, given: dict, embed: dict, *, refilter: bool, update_
         return stored
     search = SearchSettings(**given)
     settings = asdict(search)
-    n_pool = embed["counts"]["documents"] + (embed["counts"]["queries"] if settings["include_queries"] else 0)
+    # Every text is a query or a document (or both: a text in both roles is one pool entry), so with the queries
+    # the pool is every text: what workdir.candidate_pool ranks.
+    n_pool = embed["counts"]["texts" if settings["include_queries"] else "documents"]
     if settings["pool_slice_size"] is not None:
         if settings["index"] not in ("auto", "flat") or settings["pool_slice_size"] < 1 or update_from:
             raise UsageError("--pool-slice-size N (N >= 1) searches each slice exactly: drop --index "

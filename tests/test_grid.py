@@ -19,7 +19,11 @@ K, ANCHOR_SHARD = 15, 32
 @pytest.fixture(scope="module")
 def embedded(tmp_path_factory, tiny_guide):
     root = tmp_path_factory.mktemp("grid")
-    pairs_with_second_positives(90, seed=4, repeated=6).write_parquet(root / "pairs.parquet")
+    pairs = pairs_with_second_positives(90, seed=4, repeated=6)
+    # ten positives asked as queries too (paraphrase data): texts in both roles, one pool entry each with the queries
+    chained = pairs.slice(20, 10).select(pl.col("positive").alias("query"),
+                                         (pl.col("query") + " answered").alias("positive"), "task")
+    pl.concat([pairs, chained], how="diagonal").write_parquet(root / "pairs.parquet")
     assert run_stage(embed, "--input", root / "pairs.parquet", "--work", root / "w", "--guide", tiny_guide,
                      "--texts-per-shard", 64, "--no-cache") == 0
     return root / "w"
@@ -51,7 +55,8 @@ def test_grid_equals_the_single_index(embedded, single_index, tmp_path, capsys, 
     work = tmp_path / "w"
     shutil.copytree(embedded, work)
     assert run_stage(mask, "--work", work, *search_args(include_queries), "--pool-slice-size", slice_size) == 0
-    n_cells = 3 * -(-len(workdir.candidate_pool(work, include_queries)) // slice_size)  # 96 anchors: 3 shards
+    anchor_shards = -(-pl.read_parquet(work / "anchors.parquet").height // ANCHOR_SHARD)
+    n_cells = anchor_shards * -(-len(workdir.candidate_pool(work, include_queries)) // slice_size)
     assert f"grid: process 0 of 1 does {n_cells} of {n_cells} shard(s)" in capsys.readouterr().err
     got, want = candidates(work), single_index[include_queries]
     assert got.equals(want)  # ids and float32 scores bit for bit, row for row
