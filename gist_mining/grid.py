@@ -12,8 +12,8 @@ would search, and writes the same candidates/ shard: the best k of the union of 
 best k of the pool, scored by the same inner products. The mining rules then run on candidates/ as always.
 
 A cell's list is needed only until its anchor shard is searched: cells of done shards are not redone (``Cells``)
-and the search step deletes a shard's cells once it has read them, so the grid's disk holds the lists of the
-anchor shards in flight (each cell: anchors x k x 12 bytes).
+and are deleted once the search step's markers say so. Every pending cell is searched before the first merge,
+so the grid's disk peaks at the lists of every anchor shard left to search (each cell: anchors x k x 12 bytes).
 """
 
 from __future__ import annotations
@@ -52,6 +52,14 @@ class Cells(workdir.Shards):
 
     def pending(self, indices: list[int], verify: bool = True) -> list[int]:
         return super().pending([c for c in indices if c // self.n_slices in self.needed], verify)
+
+    def remove_searched(self, candidates: workdir.Shards) -> None:
+        """The cells of the anchor shards whose candidates are marked done: they are not read again. Only after
+        the marker, so that a search task retried after a crash still finds its cells."""
+        searched = set(range(candidates.n)) - set(candidates.pending(list(range(candidates.n)), verify=False))
+        for c in (c for s in sorted(searched) for c in self.of_shard(s)):
+            self.marker(c).unlink(missing_ok=True)
+            self.path(c).unlink(missing_ok=True)
 
 
 @dataclass
@@ -113,9 +121,3 @@ class GridLists:
             lists.append((padded(batch.column("candidate_ids"), PAD_ID, np.int64),
                           padded(batch.column("candidate_scores"), -np.inf, np.float32)))
         return merge_candidates(lists, self.k)
-
-    def remove(self, s: int) -> None:
-        """Shard s's cells, once its candidates are written: they are not read again."""
-        for c in self.cells.of_shard(s):
-            self.cells.marker(c).unlink(missing_ok=True)
-            self.cells.path(c).unlink(missing_ok=True)

@@ -282,8 +282,6 @@ class SearchStep:
                 searched = search_chunk(chunk, worker.store, worker.query_store, worker.find)
                 out.write(rescore.with_rescores(searched, worker.rescorer))
                 progress.update(chunk.height)
-        if worker.grid:
-            worker.grid.remove(s)
 
     def close(self, worker: SearchWorker) -> None:
         earlier = worker.earlier
@@ -363,6 +361,8 @@ def run_mask(work: Path, given: dict, rules: MiningRules, *, rescore_settings, r
         if search["pool_slice_size"]:
             search_cells(search, candidates, executor, embed["dimension"])
         run_step(SearchStep(candidates, search, rescore_settings, earlier_files, loaded_rescorer=rescorer), executor)
+        if search["pool_slice_size"]:
+            grid.Cells(work, search, needed=[]).remove_searched(candidates)
         candidates.finish(workdir.CANDIDATES_MANIFEST, {k: v for k, v in search.items() if k != "fingerprint"})
     searched = time.perf_counter() - started
     run_step(MineStep(mined, candidates, rules), executor)

@@ -106,3 +106,27 @@ def test_grid_split_across_processes(embedded, single_index, tmp_path):
         assert run_stage(mask, "--work", work, *search_args(False), "--pool-slice-size", 40,
                          "--num-shards", 2, "--shard-index", i) == 0
     assert candidates(work).equals(single_index[False])
+
+
+def test_a_search_task_retried_before_its_marker_finds_its_cells(embedded, tmp_path):
+    """A worker lost between writing a shard's candidates and its marker is retried (Ray does it): the cells it
+    merges are still there, and the retry writes the same shard."""
+    work = tmp_path / "w"
+    shutil.copytree(embedded, work)
+    args = ["--work", work, *search_args(False), "--pool-slice-size", 40]
+    assert run_stage(mask, *args) == 0
+    reference = candidates(work)
+    for folder in ("candidates", "mined"):  # the state of a crash during shard 0's search task
+        shutil.rmtree(work / folder)
+    (work / "candidates_manifest.json").unlink()
+    (work / "mined_manifest.json").unlink()
+    plan = workdir.read_plan(work, "search")
+    shards = workdir.Shards(work, workdir.CANDIDATES, grid.anchor_shard_count(plan), plan["fingerprint"])
+    run_step(grid.CellStep(grid.Cells(work, plan, needed=[0]), plan, chunk=mask.chunk_size(K, 1, 32)),
+             ExecutorSettings())
+    step = mask.SearchStep(shards, plan)
+    worker = step.open()
+    step.run(worker, 0)  # lost before its marker ...
+    step.run(worker, 0)  # ... and run again
+    assert pl.read_parquet(shards.path(0)).equals(reference.filter(pl.col("anchor_id").is_in(
+        pl.read_parquet(shards.path(0))["anchor_id"].implode())))
