@@ -31,6 +31,7 @@ import polars as pl  # noqa: E402
 from benchmarks.common import ROOT, figure, measured, table  # noqa: E402
 from benchmarks.mask_scale import recall  # noqa: E402
 from gist_mining import grid, workdir  # noqa: E402
+from gist_mining.errors import UsageError  # noqa: E402
 from gist_mining.workdir import VectorStore  # noqa: E402
 from pipeline import mask  # noqa: E402
 
@@ -76,6 +77,15 @@ class WorkerPeaks(threading.Thread):
         self.join()
 
 
+def written_with(work: Path, recipe: dict) -> bool:
+    """Whether ``work`` is a complete synthetic pool of this recipe (benchmarks/synthetic_pool.py's)."""
+    try:
+        model = workdir.checked_embed_manifest(work)["model"]
+    except UsageError:  # missing, unfinished or damaged: written anew
+        return False
+    return {k: model.get(k) for k in recipe} == recipe
+
+
 def score_error(work: Path, n_sample: int) -> float:
     """The largest difference between a written candidate score and the inner product of the stored vectors."""
     found = pl.read_parquet(work / workdir.CANDIDATES / "*.parquet").sample(n_sample, seed=0)
@@ -98,6 +108,8 @@ def main(argv: list[str] | None = None) -> list[dict]:
     parser.add_argument("--sample", type=int, default=200, help="anchors whose recall is measured")
     parser.add_argument("--cpus", type=int, default=2, help="the local Ray's CPUs: one single-threaded worker each")
     parser.add_argument("--root", type=Path, default=Path("/tmp"))
+    parser.add_argument("--keep-pools", action="store_true",
+                        help="keep each pool's work directory, and reuse one an earlier run wrote with these arguments")
     parser.add_argument("--no-reference", action="store_true",
                         help="skip the single index (for pools whose flat index would not fit this machine)")
     args = parser.parse_args(argv)
@@ -111,8 +123,17 @@ def main(argv: list[str] | None = None) -> list[dict]:
     results, reference = [], None
     for size in sorted(args.pools):
         work = args.root / f"grid-{size}"
-        made = measured(["benchmarks/synthetic_pool.py", "--work", work, "--pool", size, "--anchors", args.anchors,
-                         "--dim", args.dim])
+        recipe = {"pool": size, "anchors": args.anchors, "dim": args.dim, "seed": 0}
+        if args.keep_pools and written_with(work, recipe):
+            made = {"seconds": None}  # written by an earlier run; its searches and lists go, its vectors/ stay
+            for name in (workdir.INDEX, workdir.CANDIDATES):
+                shutil.rmtree(work / name, ignore_errors=True)
+            for name in (workdir.SEARCH_PLAN, workdir.CANDIDATES_MANIFEST):
+                (work / name).unlink(missing_ok=True)
+            workdir.remove_steps(work, "mine")
+        else:
+            made = measured(["benchmarks/synthetic_pool.py", "--work", work, "--pool", size, "--anchors", args.anchors,
+                             "--dim", args.dim])
         if reference is None and not args.no_reference:  # the single exact index on the smallest pool, then it goes
             single = measured(["-m", "pipeline.mask", "--work", work, "--index", "flat", *search])
             reference = dict(size=size, seconds=single["seconds"], rss=single["peak_rss_mib"])
@@ -129,7 +150,8 @@ def main(argv: list[str] | None = None) -> list[dict]:
         cells_s = peaks.last_cell - started
         pool_ids = workdir.candidate_pool(work, False)
         rec, worst = recall(work, args.sample, args.k, pool_ids), score_error(work, args.sample)
-        shutil.rmtree(work)
+        if not args.keep_pools:
+            shutil.rmtree(work)
         cell_workers = [w for w in peaks.workers.values() if w["first"] <= peaks.last_cell]
         others = [w for w in peaks.workers.values() if w["first"] > peaks.last_cell]
         results.append(dict(size=size, cells=n_cells, write=made["seconds"], vectors=vectors_s, seconds=seconds,
@@ -154,7 +176,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
 
 def rows(results: list[dict], smallest: dict | None) -> list[tuple]:
     """The table; the wall time per million texts against the smallest pool's (blank before the end)."""
-    return [(r["size"], r["cells"], f"{r['write']:.0f}", f"{r['vectors']:.0f}", f"{r['seconds']:.0f}", f"{r['cells_s']:.0f}",
+    return [(r["size"], r["cells"], "reused" if r["write"] is None else f"{r['write']:.0f}", f"{r['vectors']:.0f}", f"{r['seconds']:.0f}", f"{r['cells_s']:.0f}",
              f"{r['seconds'] - r['cells_s']:.0f}", f"{r['cpu_per_cell']:.1f}", f"{r['rss'] / 1024:.2f}",
              f"{r['merge_rss'] / 1024:.2f}",
              f"{r['seconds'] / r['size'] / (smallest['seconds'] / smallest['size']):.2f}" if smallest else "",

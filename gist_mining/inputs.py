@@ -496,7 +496,7 @@ def parse_columns(text: str | None) -> dict[str, str]:
 def resolve_columns(path: Path, columns: list[str], kind: str, given: dict[str, str]) -> dict[str, list[str]]:
     """Which of a file's ``columns`` play which role ({role: [column, ...]}; several only for negatives): those
     ``given`` (--columns), the rest as the project and sentence-transformers name them (PAIR_CONVENTIONS; negatives
-    ``negative`` or ``negative_1`` .. ``negative_n``; ``task``)."""
+    ``negative``, else ``negatives``, else ``negative_1`` .. ``negative_n``; ``task``)."""
     has = f"has: {', '.join(columns) or 'none'}"
     given = {role: column for role, column in given.items() if role in ROLES[kind]}
     for role, column in given.items():
@@ -521,7 +521,8 @@ def resolve_columns(path: Path, columns: list[str], kind: str, given: dict[str, 
     taken |= {c for cs in roles.values() for c in cs}
     if "negative" not in roles:
         numbered = sorted((int(m.group(1)), c) for c in columns if (m := _NUMBERED_NEGATIVE.fullmatch(c)) and c not in taken)
-        negatives = ["negative"] if "negative" in columns and "negative" not in taken else [c for _, c in numbered]
+        named = [c for c in ("negative", "negatives") if c in columns and c not in taken][:1]
+        negatives = named or [c for _, c in numbered]
         if negatives:
             roles["negative"] = negatives
     if "task" not in roles and "task" in columns and "task" not in taken:

@@ -24,6 +24,8 @@ CONVENTIONS = [
       "negative_10": ["o1", "o2"]},
      "'anchor' as query, 'positive' as positive, 'negative_1' + 'negative_2' + 'negative_10' as negative",
      [["n1", "m1", "o1"], ["m2", "o2"]]),
+    ({"query": ["a1", "a2"], "positive": ["p1", "p2"], "negatives": [["n1", "m1"], []]},
+     "'query' as query, 'positive' as positive, 'negatives' as negative", [["n1", "m1"], []]),
     ({"query": ["a1", "a2"], "answer": ["p1", "p2"]}, "'query' as query, 'answer' as positive", [[], []]),
     ({"question": ["a1", "a2"], "answer": ["p1", "p2"], "id": [1, 2]}, "'question' as query, 'answer' as positive",
      [[], []]),
