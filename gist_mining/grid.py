@@ -35,17 +35,13 @@ CELL_SCHEMA = pa.schema([("anchor_id", pa.int64()), ("query_id", pa.int64()),
                          ("candidate_ids", pa.list_(pa.int64())), ("candidate_scores", pa.list_(pa.float32()))])
 
 
-def anchor_shard_count(plan: dict) -> int:
-    return -(-plan["n_anchors"] // plan["shard_size"])
-
-
 class Cells(workdir.Shards):
     """The grid's cells: cell c is anchor shard ``c // n_slices`` x pool slice ``c % n_slices`` (the search plan's
     ``pool_slices``). Only the cells of the anchor shards in ``needed`` (not yet searched) are ever pending."""
 
     def __init__(self, work, plan: dict, needed: list[int]):
         self.n_slices, self.needed = plan["pool_slices"], set(needed)
-        super().__init__(work, GRID, anchor_shard_count(plan) * self.n_slices, plan["fingerprint"])
+        super().__init__(work, GRID, workdir.anchor_shard_count(plan) * self.n_slices, plan["fingerprint"])
 
     def of_shard(self, s: int) -> range:
         return range(s * self.n_slices, (s + 1) * self.n_slices)

@@ -121,7 +121,7 @@ class EarlierCandidates:
             anchors = workdir.read_table(work, workdir.ANCHORS, ["anchor_id", "query_id"])
             need = anchors.select("query_id", (pl.col("anchor_id") // plan["shard_size"]).alias("shard")).unique()
             schema = pa.schema([pq.read_schema(self.files[0]).field(name) for name in LIST_COLUMNS])
-            for first in range(0, -(-plan["n_anchors"] // plan["shard_size"]), OPEN_FILES):
+            for first in range(0, workdir.anchor_shard_count(plan), OPEN_FILES):
                 self._write_shards(need.filter(pl.col("shard").is_between(first, first + OPEN_FILES - 1)), folder, schema)
             return sorted(folder.glob("*.parquet")), {}
 

@@ -161,6 +161,11 @@ def remove_steps(work: Path, first: str, last: str | None = None) -> None:
             shutil.rmtree(path, ignore_errors=True) if path.is_dir() else path.unlink(missing_ok=True)
 
 
+def anchor_shard_count(search_plan: dict) -> int:
+    """How many shards candidates/ and mined/ have: the search plan's anchors in shards of its shard size."""
+    return -(-search_plan["n_anchors"] // search_plan["shard_size"])
+
+
 def claim(work: Path, step: str, plan: dict, *, replace: bool, refusal: str) -> bool:
     """Make ``plan`` (with its ``fingerprint``) the plan of ``step``; True when it resumes an equal plan.
 

@@ -353,7 +353,7 @@ def run_mask(work: Path, given: dict, rules: MiningRules, *, rescore_settings, r
     earlier_files = update.checked_files(update_from, work, search) if update_from else None
     claim(work, search, mining, refilter=refilter, overwrite=overwrite)
 
-    n_shards = -(-search["n_anchors"] // search["shard_size"])
+    n_shards = workdir.anchor_shard_count(search)
     candidates = workdir.Shards(work, workdir.CANDIDATES, n_shards, search["fingerprint"])
     mined = workdir.Shards(work, workdir.MINED, n_shards, mining["fingerprint"])
     started = time.perf_counter()

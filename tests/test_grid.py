@@ -121,7 +121,7 @@ def test_a_search_task_retried_before_its_marker_finds_its_cells(embedded, tmp_p
     (work / "candidates_manifest.json").unlink()
     (work / "mined_manifest.json").unlink()
     plan = workdir.read_plan(work, "search")
-    shards = workdir.Shards(work, workdir.CANDIDATES, grid.anchor_shard_count(plan), plan["fingerprint"])
+    shards = workdir.Shards(work, workdir.CANDIDATES, workdir.anchor_shard_count(plan), plan["fingerprint"])
     run_step(grid.CellStep(grid.Cells(work, plan, needed=[0]), plan, chunk=mask.chunk_size(K, 1, 32)),
              ExecutorSettings())
     step = mask.SearchStep(shards, plan)
