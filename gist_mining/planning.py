@@ -152,9 +152,8 @@ def plan_texts(pairs: list[tuple[str, Iterable[pl.DataFrame]]], corpora: list[It
         spilled = _spill(pairs, corpora, spill, give_up)
         if give_up():
             return Planned(folder, {}, 0)
-        kept, dropped = (clean_given_negatives(pl.scan_parquet(spilled.anchors)) if spilled.anchors
-                         else (pl.DataFrame(schema=KEPT_SCHEMA), 0))
-        counts = _write_texts(spilled, folder / workdir.TEXTS, kept.get_column("negative_ids").explode().unique())
+        kept, kept_negatives, dropped = clean_given_negatives(spilled.anchors, spill)
+        counts = _write_texts(spilled, folder / workdir.TEXTS, pl.Series(kept_negatives))
         counts["anchors"] = _write_anchors(spilled, kept, folder / workdir.ANCHORS)
         return Planned(folder, counts, dropped)
     finally:
@@ -290,37 +289,42 @@ def _write_texts(spilled: _Spilled, path: Path, kept_negatives: pl.Series) -> di
 # -- 3. anchors: given negatives cleaned on ids, then written in order ------------------------------------
 
 
-def clean_given_negatives(anchors: pl.LazyFrame) -> tuple[pl.DataFrame, int]:
-    """Per anchor with given negatives, the ids kept (``anchor_id``, ``negative_ids``; by anchor_id): its
-    given negatives minus its own query and every positive of that query, each kept once, in order.
+def clean_given_negatives(runs: list[Path], spill: Path) -> tuple[list[Path], np.ndarray, int]:
+    """Per spilled run of anchors, the given negatives kept (``anchor_id``, ``negative_ids``; by anchor_id) as a
+    spill file beside it: each anchor's given negatives minus its own query and every positive of that query
+    (in any run), each kept once, in order. Returns those files, the distinct kept negative ids, and how many
+    given negatives were dropped.
 
     A text given as a negative of a query that another row gives as its positive is a contradiction in the
-    input; kept, it would train the model away from a labelled positive. Returns the kept lists and how many
-    given negatives were dropped. Reads id columns only.
+    input; kept, it would train the model away from a labelled positive. Reads id columns only, one run at a
+    time beside every (query, positive) pair: memory holds a run's negatives, not the input's.
     """
-    given = (anchors.select("anchor_id", "query_id", "negative_ids").explode("negative_ids")
-             .drop_nulls("negative_ids").collect())
-    if given.is_empty():
-        return pl.DataFrame(schema=KEPT_SCHEMA), 0
-    positives = anchors.select("query_id", pl.col("positive_id").alias("negative_ids")).unique().collect()
-    kept = (
-        given.filter(pl.col("negative_ids") != pl.col("query_id"))
-        .join(positives, on=["query_id", "negative_ids"], how="anti", maintain_order="left")
-        .unique(subset=["anchor_id", "negative_ids"], keep="first", maintain_order=True)
-        .group_by("anchor_id", maintain_order=True).agg("negative_ids")
-    )
-    return kept, given.height - int(kept.get_column("negative_ids").list.len().sum())
+    positives = (pl.scan_parquet(runs).select("query_id", pl.col("positive_id").alias("negative_ids")).unique().collect()
+                 if runs else None)
+    kept_files, kept_ids, dropped = [], [], 0
+    for i, run in enumerate(runs):
+        given = (pl.read_parquet(run, columns=["anchor_id", "query_id", "negative_ids"]).explode("negative_ids")
+                 .drop_nulls("negative_ids"))
+        kept = (
+            given.filter(pl.col("negative_ids") != pl.col("query_id"))
+            .join(positives, on=["query_id", "negative_ids"], how="anti", maintain_order="left")
+            .unique(subset=["anchor_id", "negative_ids"], keep="first", maintain_order=True)
+            .group_by("anchor_id", maintain_order=True).agg("negative_ids")
+        )
+        kept_files.append(spill / f"kept-{i:06d}.parquet")
+        kept.write_parquet(kept_files[-1], compression="lz4")
+        kept_ids.append(np.unique(kept.get_column("negative_ids").explode().drop_nulls().to_numpy()))
+        dropped += given.height - int(kept.get_column("negative_ids").list.len().sum())
+    return kept_files, np.unique(np.concatenate(kept_ids)) if kept_ids else np.zeros(0, np.int64), dropped
 
 
-def _write_anchors(spilled: _Spilled, kept: pl.DataFrame, path: Path) -> int:
-    kept_ids = kept.get_column("anchor_id").to_numpy()
+def _write_anchors(spilled: _Spilled, kept: list[Path], path: Path) -> int:
     total = 0
     with AtomicParquetWriter(path, ANCHORS_SCHEMA) as out:
-        for run in spilled.anchors:
+        for run, kept_run in zip(spilled.anchors, kept, strict=True):
             anchors = pl.read_parquet(run)
-            first, stop = np.searchsorted(kept_ids, [total, total + anchors.height])
-            cleaned = anchors.drop("negative_ids").join(kept.slice(first, stop - first), on="anchor_id", how="left",
-                                                        maintain_order="left")
+            cleaned = anchors.drop("negative_ids").join(pl.read_parquet(kept_run).cast(KEPT_SCHEMA),
+                                                        on="anchor_id", how="left", maintain_order="left")
             cleaned = cleaned.with_columns(pl.col("negative_ids").fill_null(pl.lit([], dtype=pl.List(pl.Int64))))
             out.writer.write_table(cleaned.select(ANCHORS_SCHEMA.names).to_arrow().cast(ANCHORS_SCHEMA),
                                    row_group_size=ROW_GROUP)
