@@ -298,6 +298,40 @@ def arm_stats(records: list[dict], name: str, arm: str, size: int) -> dict | Non
             "seconds": statistics.mean(r.get("seconds", 0.0) for r in runs)}
 
 
+def recipes(records: list[dict], args) -> list[str]:
+    """Every trained (arm, batch size) against the default (gist at the trainer's batch size) on each data set:
+    the recipe is chosen on val/ (the highest mean val NDCG@10 gain over the data sets all have), then judged on
+    test/: it must beat the default by more than 2 std on at least two data sets and lose on none."""
+    default_size = train.TrainConfig().batch_size
+    candidates = sorted({(r["arm"], r["batch_size"]) for r in records  # st-*: the default by another trainer
+                         if r["arm"] != "base" and not r["arm"].startswith("st-")} - {("gist", default_size)})
+    rows, val_gain = [], {}
+    for arm, size in candidates:
+        per_data, gains = [], []
+        for name in args.data:
+            a, b = arm_stats(records, name, arm, size), arm_stats(records, name, "gist", default_size)
+            if a is None or b is None or min(a["n"], b["n"]) < 2:
+                per_data.append("-")
+                continue
+            gains.append(a["val"][0] - b["val"][0])
+            per_data.append(verdict(a, b))
+        if len(gains) == len(args.data):
+            val_gain[arm, size] = sum(gains) / len(gains)
+        rows.append((arm, size, *per_data, f"{val_gain[arm, size]:+.4f}" if (arm, size) in val_gain else "-"))
+    lines = [f"\nevery recipe against the default (gist, batch {default_size}): test NDCG@10 difference ('real' beyond "
+             "2 std) per data set, and the mean val difference over them (the choice)",
+             table(rows, ("arm", "batch", *args.data, "val gain (mean)"))]
+    if val_gain:
+        best = max(val_gain, key=val_gain.get)
+        verdicts = [verdict(arm_stats(records, n, *best), arm_stats(records, n, "gist", default_size)) for n in args.data]
+        wins = sum(v.startswith("+") and "real" in v for v in verdicts)
+        losses = sum(v.startswith("-") and "real" in v for v in verdicts)
+        lines.append(f"chosen on val: {best[0]} at batch {best[1]} (mean val gain {val_gain[best]:+.4f}); on test it beats "
+                     f"the default on {wins} of {len(args.data)} data sets and loses on {losses}: "
+                     f"{'a new default' if wins >= 2 and not losses else 'the default stays'}")
+    return lines
+
+
 def verdict(a: dict, b: dict | None) -> str:
     """Test NDCG@10 difference a - b, and whether it exceeds 2 std of the difference of single runs."""
     if b is None or a == b:
@@ -323,11 +357,13 @@ def main() -> None:
     parser.add_argument("--guide", default=DEFAULT_GUIDE)
     parser.add_argument("--student", default=DEFAULT_STUDENT)
     parser.add_argument("--save", type=Path, default=None, help="also write the printed tables here")
+    parser.add_argument("--report-only", action="store_true", help="print the tables of the runs in --runs, train nothing")
     args = parser.parse_args()
     if any(args.anchors % size for size in args.batch_sizes):
         parser.error(f"--anchors {args.anchors} is not a multiple of every batch size {args.batch_sizes}: runs would "
                      "see different numbers of texts")
-    records = run_all(args)
+    records = run_all(args) if not args.report_only else [
+        json.loads(line) for line in args.runs.read_text().splitlines() if json.loads(line)["anchors"] == args.anchors]
     default = train.TrainConfig().batch_size
     lines = [f"guide ablation: {args.anchors} anchors per run (steps = anchors / batch size), seeds {args.seeds}, "
              f"student {args.student}, guide {args.guide}; NDCG@10 mean +- std over seeds; differences on test vs "
@@ -337,14 +373,19 @@ def main() -> None:
               "vs default", "seconds")
     for name in args.data:
         first = args.batch_sizes[0]
-        fire = firing(name, args.work / name / "guided", folder_of(name, args.work), first, steps_for(first, args), args.seeds[0])
-        lines.append(f"\n{name}: guide's in-batch mask over the first {steps_for(first, args)} batches of {first}: masks "
-                     f"{fire['masked']:.3f} of logits beyond self-pairs; {fire['masked_same_label']:.3f} of those share the "
-                     f"anchor's label, against {fire['same_label_in_batch']:.3f} of all in-batch logits; it masks "
-                     f"{fire['same_label_masked']:.3f} of the same-label ones")
+        steps = steps_for(first, args)
+        if (args.work / name / "guided" / workdir.MINED_MANIFEST).exists():
+            fire = firing(name, args.work / name / "guided", folder_of(name, args.work), first, steps, args.seeds[0])
+            lines.append(f"\n{name}: guide's in-batch mask over the first {steps} batches of {first}: masks "
+                         f"{fire['masked']:.3f} of logits beyond self-pairs; {fire['masked_same_label']:.3f} of those "
+                         f"share the anchor's label, against {fire['same_label_in_batch']:.3f} of all in-batch logits; "
+                         f"it masks {fire['same_label_masked']:.3f} of the same-label ones")
+        else:  # --report-only where the work directories are not
+            lines.append(f"\n{name}: (no work directory here: the guide's firing rate is not measured)")
         for size in args.batch_sizes:
             lines += [f"\n{name}, batch size {size} ({steps_for(size, args)} steps"
                       f"{', GradCache' if size > args.grad_cache_above else ''}):", table(summary(records, name, size, args.arms), header)]
+    lines += recipes(records, args)
     text = "\n".join(lines)
     print(text)
     if args.save:
