@@ -126,10 +126,8 @@ def main(argv: list[str] | None = None) -> list[dict]:
         recipe = {"pool": size, "anchors": args.anchors, "dim": args.dim, "seed": 0}
         if args.keep_pools and written_with(work, recipe):
             made = {"seconds": None}  # written by an earlier run; its searches and lists go, its vectors/ stay
-            for name in (workdir.INDEX, workdir.CANDIDATES):
-                shutil.rmtree(work / name, ignore_errors=True)
-            for name in (workdir.SEARCH_PLAN, workdir.CANDIDATES_MANIFEST):
-                (work / name).unlink(missing_ok=True)
+            for path in (work / name for name in workdir.STEPS["search"] if name != workdir.VECTORS):
+                shutil.rmtree(path, ignore_errors=True) if path.is_dir() else path.unlink(missing_ok=True)
             workdir.remove_steps(work, "mine")
         else:
             made = measured(["benchmarks/synthetic_pool.py", "--work", work, "--pool", size, "--anchors", args.anchors,
@@ -176,7 +174,8 @@ def main(argv: list[str] | None = None) -> list[dict]:
 
 def rows(results: list[dict], smallest: dict | None) -> list[tuple]:
     """The table; the wall time per million texts against the smallest pool's (blank before the end)."""
-    return [(r["size"], r["cells"], "reused" if r["write"] is None else f"{r['write']:.0f}", f"{r['vectors']:.0f}", f"{r['seconds']:.0f}", f"{r['cells_s']:.0f}",
+    return [(r["size"], r["cells"], "reused" if r["write"] is None else f"{r['write']:.0f}", f"{r['vectors']:.0f}",
+             f"{r['seconds']:.0f}", f"{r['cells_s']:.0f}",
              f"{r['seconds'] - r['cells_s']:.0f}", f"{r['cpu_per_cell']:.1f}", f"{r['rss'] / 1024:.2f}",
              f"{r['merge_rss'] / 1024:.2f}",
              f"{r['seconds'] / r['size'] / (smallest['seconds'] / smallest['size']):.2f}" if smallest else "",

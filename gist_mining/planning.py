@@ -78,9 +78,9 @@ def read_inputs(pairs: list, corpora: list, folder: Path, columns: dict[str, str
     """Plan the pairs and corpus inputs (files, folders, globs, Hub datasets: ``inputs.input_files``) into ``folder``, their
     columns taken as ``columns`` says (--columns, else recognised: ``inputs.resolve_columns``); every file is
     read to its end before any problem raises, so that one run names the problems of all of them. Returns the
-    plan and one record per file (kind, path, sha256, and the columns when given) for the stage's fingerprint. ``retrieval``: (queries,
-    corpus, qrels) as BEIR lays them out (``inputs.retrieval_pairs``): the qrels' pairs, and the corpus as
-    extra texts."""
+    plan and one record per file (kind, path, sha256, and the columns when given) for the stage's fingerprint.
+    ``retrieval``: (queries, corpus, qrels) as BEIR lays them out (``inputs.retrieval_pairs``): the qrels' pairs,
+    and the corpus as extra texts."""
     problems: list[str] = []
 
     def files(given: list) -> list[Path]:
