@@ -196,6 +196,20 @@ def test_the_main_job_takes_a_guide_with_a_query_prompt(pairs, tmp_path, tiny_gu
     assert workdir.checked_mined_manifest(work)["rules"]["margin"] == 0.1
     results = (work / workdir.RESULTS).read_text()
     assert all(name in results for name in ("base", "plain", "gist"))
+    # Another mining rule: the job refuses, and with --overwrite redoes the mining alone (embeddings resumed).
+    def again(margin, *more):
+        return run_stage(job, "--input", pairs, "--eval", split, "--work", work, "--guide", tiny_guide, "--student",
+                         tiny_model, "--query-prompt", "q: ", "--margin", margin, "--texts-per-shard", 30,
+                         "--max-steps", 2, "--batch-size", 8, "--no-cache", *more)
+
+    def vectors():
+        return {p: p.stat().st_mtime_ns for p in (work / workdir.VECTORS).rglob("*") if p.is_file()}
+
+    embedded = vectors()
+    assert again(0.2) == 2 and workdir.checked_mined_manifest(work)["rules"]["margin"] == 0.1
+    assert again(0.2, "--overwrite") == 0 and workdir.checked_mined_manifest(work)["rules"]["margin"] == 0.2
+    assert embedded and vectors() == embedded
+    assert again(0.1, "--overwrite") == 0  # back, for the comparison with the stages run alone below
     alone = tmp_path / "alone"
     assert run_stage(embed, "--input", pairs, "--work", alone, "--guide", tiny_guide, "--query-prompt", "q: ",
                      "--texts-per-shard", 30, "--no-cache") == 0
