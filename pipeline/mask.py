@@ -132,7 +132,8 @@ def search_plan(work: Path, given: dict, embed: dict, *, refilter: bool, update_
             raise UsageError("--pool-slice-size N (N >= 1) searches each slice exactly: drop --index "
                              f"{settings['index']} and --update-from")
         settings["index"] = "flat"
-    kind = resolve_kind(settings["index"], n_pool, embed["dimension"], parse_bytes(settings["memory_budget"]))
+        settings["memory_budget"] = None  # it only chooses an index kind, and the grid's is flat: not in the fingerprint
+    kind = resolve_kind(settings["index"], n_pool, embed["dimension"], parse_bytes(search.memory_budget))
     command = cli.command("pipeline.mask", ["--work", work, *to_argv(search),
                                             *(["--update-from", update_from] if update_from else []),
                                             *(to_argv(rescore_settings) if rescore_settings else [])])

@@ -74,6 +74,11 @@ def test_grid_searches_exactly(embedded, tmp_path, capsys):
     shutil.copytree(embedded, work)
     assert run_stage(mask, "--work", work, "--pool-slice-size", 50, "--index", "hnsw") == 2
     assert "searches each slice exactly" in capsys.readouterr().err
+    assert run_stage(mask, "--work", work, "--pool-slice-size", 50) == 0
+    searched = candidates(work)
+    # --memory-budget only chooses an index kind, and a grid's is flat: another budget resumes (no refusal).
+    assert run_stage(mask, "--work", work, "--pool-slice-size", 50, "--memory-budget", "1M") == 0
+    assert candidates(work).equals(searched)
 
 
 def test_a_corrupted_cell_is_found_and_redone(embedded, tmp_path, capsys):
