@@ -126,9 +126,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
         recipe = {"pool": size, "anchors": args.anchors, "dim": args.dim, "seed": 0}
         if args.keep_pools and written_with(work, recipe):
             made = {"seconds": None}  # written by an earlier run; its searches and lists go, its vectors/ stay
-            for path in (work / name for name in workdir.STEPS["search"] if name != workdir.VECTORS):
-                shutil.rmtree(path, ignore_errors=True) if path.is_dir() else path.unlink(missing_ok=True)
-            workdir.remove_steps(work, "mine")
+            workdir.remove_steps(work, "search", keep=(workdir.VECTORS,))
         else:
             made = measured(["benchmarks/synthetic_pool.py", "--work", work, "--pool", size, "--anchors", args.anchors,
                              "--dim", args.dim])

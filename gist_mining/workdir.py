@@ -152,11 +152,11 @@ def locked(work: Path):
             fcntl.flock(fh, fcntl.LOCK_UN)
 
 
-def remove_steps(work: Path, first: str, last: str | None = None) -> None:
-    """Delete what steps ``first`` .. ``last`` (default: the end of the chain) own."""
+def remove_steps(work: Path, first: str, last: str | None = None, keep: tuple[str, ...] = ()) -> None:
+    """Delete what steps ``first`` .. ``last`` (default: the end of the chain) own, but the names in ``keep``."""
     names = list(STEPS)
     for step in names[names.index(first): names.index(last or names[-1]) + 1]:
-        for name in STEPS[step]:
+        for name in (n for n in STEPS[step] if n not in keep):
             path = Path(work) / name
             shutil.rmtree(path, ignore_errors=True) if path.is_dir() else path.unlink(missing_ok=True)
 

@@ -58,7 +58,8 @@ def build_parser(prog: str = "python -m pipeline.run") -> argparse.ArgumentParse
     add_options(models, ModelSettings)
     add_prompt_options(models)
     add_options(p.add_argument_group("embed"), EmbedOptions, exclude=("overwrite",))
-    # One flag for every stage: a stage made as this run would make it still resumes; only what differs is redone.
+    # One flag for every stage (EmbedOptions reads it too): a stage made as this run would make it still resumes;
+    # only what differs is redone.
     p.add_argument("--overwrite", action="store_true",
                    help="redo each stage whose work directory state was made with other inputs, settings or rules "
                         "(and everything made from it); without it such a stage refuses")
@@ -96,7 +97,7 @@ def run_job(args, inputs: list[str], split: Path, work: Path) -> dict:
     rules = replace(rules, num_negatives=max(config.negatives_per_anchor, MiningRules.num_negatives))
     executor, seconds = from_args(ExecutorSettings, args), {}
     _, seconds["embed"] = stage("embed", embed, inputs, work, from_args(ModelSettings, args, name=args.guide),
-                                from_args(EmbedOptions, args, overwrite=args.overwrite), from_args(Prompts, args),
+                                from_args(EmbedOptions, args), from_args(Prompts, args),
                                 reading=from_args(InputOptions, args), executor=executor)
     _, seconds["mask"] = stage("mask", mask, work, from_args(SearchSettings, args), rules, overwrite=args.overwrite,
                                executor=executor)
