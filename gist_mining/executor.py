@@ -114,7 +114,11 @@ def run_step(step: ShardStep, settings: ExecutorSettings) -> None:
 
 
 def run_locally(step: ShardStep, settings: ExecutorSettings) -> None:
-    assigned = share(settings, step.shards.n, step.name)
+    run_here(step, share(settings, step.shards.n, step.name))
+
+
+def run_here(step: ShardStep, assigned: list[int]) -> None:
+    """Do the pending shards of ``assigned`` in this process, marking each done."""
     todo = step.shards.pending(assigned)
     if len(todo) < len(assigned):
         print(f"{step.name}: {len(assigned) - len(todo)} of this process's {len(assigned)} shard(s) already done",

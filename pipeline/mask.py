@@ -23,7 +23,7 @@ import argparse
 import json
 import sys
 import time
-from dataclasses import asdict, dataclass, field, fields, replace
+from dataclasses import asdict, dataclass, field, fields
 from functools import partial
 from pathlib import Path
 
@@ -35,7 +35,7 @@ from tqdm import tqdm
 
 from gist_mining import cli, grid, rescore, update, workdir
 from gist_mining.errors import UsageError
-from gist_mining.executor import ExecutorSettings, run_step, share
+from gist_mining.executor import ExecutorSettings, run_here, run_step, share
 from gist_mining.mining import (
     CANDIDATE_SCHEMA,
     CANDIDATES_FORMAT,
@@ -388,7 +388,11 @@ def search_cells(search: dict, candidates: workdir.Shards, executor: ExecutorSet
     cells = grid.Cells(candidates.work, search, needed=candidates.pending(mine))
     VectorStore(candidates.work), VectorStore(candidates.work, "query")  # built here once, not by each worker at once
     step = grid.CellStep(cells, search, chunk_size(search["k"], 1, dimension))  # the search step's chunks
-    run_step(step, replace(executor, num_shards="1", shard_index=None))
+    print(f"grid: {len(cells.needed)} anchor shard(s) x {cells.n_slices} pool slice(s) to search", file=sys.stderr)
+    if executor.executor == "ray":
+        run_step(step, executor)
+    else:  # this process's share is taken above: it does every cell of its anchor shards
+        run_here(step, list(range(cells.n)))
 
 
 def finish(work: Path, search: dict, mined: workdir.Shards, rules: MiningRules, timing: dict) -> dict | None:

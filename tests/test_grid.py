@@ -56,8 +56,8 @@ def test_grid_equals_the_single_index(embedded, single_index, tmp_path, capsys, 
     shutil.copytree(embedded, work)
     assert run_stage(mask, "--work", work, *search_args(include_queries), "--pool-slice-size", slice_size) == 0
     anchor_shards = -(-pl.read_parquet(work / "anchors.parquet").height // ANCHOR_SHARD)
-    n_cells = anchor_shards * -(-len(workdir.candidate_pool(work, include_queries)) // slice_size)
-    assert f"grid: process 0 of 1 does {n_cells} of {n_cells} shard(s)" in capsys.readouterr().err
+    n_slices = -(-len(workdir.candidate_pool(work, include_queries)) // slice_size)
+    assert f"grid: {anchor_shards} anchor shard(s) x {n_slices} pool slice(s) to search" in capsys.readouterr().err
     got, want = candidates(work), single_index[include_queries]
     assert got.equals(want)  # ids and float32 scores bit for bit, row for row
     assert not list((work / grid.GRID).glob("*"))  # each shard's cells went once it was searched
@@ -103,13 +103,22 @@ def test_a_corrupted_cell_is_found_and_redone(embedded, tmp_path, capsys):
     assert candidates(work).equals(reference)
 
 
-def test_grid_split_across_processes(embedded, single_index, tmp_path):
-    """Two processes (a job array's shares): each searches the cells of its own anchor shards, then merges them."""
+@pytest.mark.parametrize("launcher", ["job array", "torchrun"])
+def test_grid_split_across_processes(embedded, single_index, tmp_path, monkeypatch, capsys, launcher):
+    """Two processes (a job array's shares, or torchrun's ranks): each searches the cells of its own anchor shards,
+    then merges them."""
     work = tmp_path / "w"
     shutil.copytree(embedded, work)
     for i in (0, 1):
-        assert run_stage(mask, "--work", work, *search_args(False), "--pool-slice-size", 40,
-                         "--num-shards", 2, "--shard-index", i) == 0
+        if launcher == "torchrun":
+            monkeypatch.setenv("WORLD_SIZE", "2")
+            monkeypatch.setenv("RANK", str(i))
+            sharing = ["--num-shards", "auto"]
+        else:
+            sharing = ["--num-shards", 2, "--shard-index", i]
+        assert run_stage(mask, "--work", work, *search_args(False), "--pool-slice-size", 40, *sharing) == 0
+        err = capsys.readouterr().err
+        assert f"mask: process {i} of 2 does" in err and "pass --num-shards auto" not in err
     assert candidates(work).equals(single_index[False])
 
 
