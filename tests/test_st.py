@@ -294,9 +294,9 @@ def test_two_gloo_processes_equal_one(work, student):
         assert_same(averaged, single)
 
 
-def test_stock_trainer_under_torchrun_equals_one_process(work, student, tmp_path):
-    """2 gloo processes of the stock trainer, 4 anchors each: the first step's logged loss, gradient norm and masked
-    fraction are those of one process over both ranks' anchors (candidates gathered with their gradients)."""
+def torchrun_stock_trainer(work, student, out, short: str = "drop") -> tuple[dict, list[tuple[list[int], int]]]:
+    """2 gloo processes of tests/st_trainer_run.py: the first step's log, and each rank's first batch (its anchor ids,
+    its number of columns)."""
     import json
     import subprocess
     import sys
@@ -308,23 +308,56 @@ def test_stock_trainer_under_torchrun_equals_one_process(work, student, tmp_path
         port = str(free.getsockname()[1])
     env = dict(os.environ, HF_HUB_OFFLINE="1", PYTHONPATH=str(ROOT), OMP_NUM_THREADS="1")
     proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-port", port,
-                           str(ROOT / "tests" / "st_trainer_run.py"), str(work), str(student), str(tmp_path)],
+                           str(ROOT / "tests" / "st_trainer_run.py"), str(work), str(student), str(out), short],
                           cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-6000:]
-    first = json.loads((tmp_path / "log.json").read_text())[0]
-    anchors = [json.loads((tmp_path / f"anchors-{rank}.json").read_text())[0] for rank in (0, 1)]
-    assert [len(a) for a in anchors] == [4, 4] and not set(anchors[0]) & set(anchors[1])
+    first = json.loads((out / "log.json").read_text())[0]
+    batches = [json.loads((out / f"anchors-{rank}.json").read_text())[0] for rank in (0, 1)]
+    assert [len(anchors) for anchors, _ in batches] == [4, 4] and not set(batches[0][0]) & set(batches[1][0])
+    return first, batches
 
-    model = load(student)
-    dataset = mined_dataset(work, 2)
-    position = {label[0]: i for i, label in enumerate(dataset["label"])}
-    features, labels = collate(model, dataset.select([position[a] for a in anchors[0] + anchors[1]]))
-    loss = StoredGuideGISTLoss(model, work)
-    value, grads = grads_of(model, lambda: loss(features, labels))
+
+def assert_logged(first: dict, loss: StoredGuideGISTLoss, value: float, grads: list[torch.Tensor]):
     assert first["loss"] == pytest.approx(value, rel=1e-4)
     assert first["grad_norm"] == pytest.approx(torch.linalg.vector_norm(torch.stack([g.norm() for g in grads])).item(),
                                                rel=1e-4)
     assert first["masked_fraction"] == pytest.approx(loss.masked_fraction(), abs=1e-4)
+
+
+def test_stock_trainer_under_torchrun_equals_one_process(work, student, tmp_path):
+    """2 gloo processes of the stock trainer, 4 anchors each: the first step's logged loss, gradient norm and masked
+    fraction are those of one process over both ranks' anchors (candidates gathered with their gradients)."""
+    first, batches = torchrun_stock_trainer(work, student, tmp_path)
+    model = load(student)
+    dataset = mined_dataset(work, 2)
+    position = {label[0]: i for i, label in enumerate(dataset["label"])}
+    features, labels = collate(model, dataset.select([position[a] for anchors, _ in batches for a in anchors]))
+    loss = StoredGuideGISTLoss(model, work)
+    assert_logged(first, loss, *grads_of(model, lambda: loss(features, labels)))
+
+
+@pytest.mark.slow  # torchrun
+def test_kept_data_sets_under_torchrun_equal_one_process(work, student, tmp_path):
+    """short="keep" under 2 gloo processes, the data sets taken in turn: in the first step the ranks' batches have
+    different numbers of negatives (columns), and the logged loss, gradient norm and masked fraction are those of
+    train.run's batch of both ranks' anchors in one process."""
+    import shutil
+
+    mixed = tmp_path / "w"
+    shutil.copytree(work, mixed)
+    # anchors with two, one and no negatives, each kind enough for the two steps' batches of 4
+    assert run_stage(mask, "--work", mixed, "--refilter", "--negatives-per-anchor", 2, "--margin", -0.1) == 0
+    assert all(len(rows) >= 8 for rows in mined_dataset(mixed, 2, short="keep").values())
+    first, batches = torchrun_stock_trainer(mixed, student, tmp_path, short="keep")
+    assert batches[0][1] != batches[1][1]
+    model = load(student)
+    data = train.TrainingData(mixed, 2, "cpu")
+    batch = data.get_batch(np.searchsorted(data.anchor_ids, [a for anchors, _ in batches for a in anchors]).tolist())
+    loss = StoredGuideGISTLoss(model, mixed)
+    embed_ = lambda c: train.student_forward(model, batch.texts[c], "cpu", False, "")  # noqa: E731
+    value, grads = grads_of(model, lambda: loss.gist(batch.with_student({c: embed_(c) for c in train.COLUMNS}))[0])
+    loss._masked = [loss.gist(batch.with_student({c: embed_(c).detach() for c in train.COLUMNS}))[1].item(), 1]
+    assert_logged(first, loss, value, grads)
 
 
 @pytest.fixture(scope="module")
