@@ -23,6 +23,7 @@ same anchors and seeds):
     hardest-mask   ... as many, the student's highest-scored ones
     unjudged-rule  mined with --rank-min 3 --unjudged-rank-min 10, the guide's in-batch filter (which exempts
                    the anchors that rule exempts)
+    unjudged+self  ... the guide's filter where it can judge, the student's own filter for every anchor
     self           positive-aware mined negatives, the student's own in-batch filter (Qwen3-Embedding), no guide
     guide+self     ... either the guide's or the student's filter masks
     self+hardness  the student's filter, hardness weighting 5 on all negatives (no guide in the loss)
@@ -76,7 +77,7 @@ MINING = {"topk": ["--margin-strategy", "none"], "guided": [], "unjudged": ["--r
 # arm -> (mining variant, --guide-filter, further train.run options)
 ARMS = {"unguided": ("topk", "none", []), "guided-mining": ("guided", "none", []), "gist": ("guided", "precomputed", []),
         "random-mask": ("guided", "random", []), "hardest-mask": ("guided", "hardest", []),
-        "unjudged-rule": ("unjudged", "precomputed", []),
+        "unjudged-rule": ("unjudged", "precomputed", []), "unjudged+self": ("unjudged", "guide+self", []),
         "self": ("guided", "self", []), "guide+self": ("guided", "guide+self", []),
         "self+hardness": ("guided", "self", ["--hardness-strength", "5"]),
         "gist+hardness": ("guided", "precomputed", ["--hardness-strength", "5"]),
