@@ -139,3 +139,13 @@ def run_stage(module, *args) -> int:
     except SystemExit as exit_:
         return exit_.code
     return 0
+
+
+def st_range_max(k: int) -> int:
+    """mine_hard_negatives' range_max that makes it consider k candidates besides the positives, as pipeline.mask's
+    --k does. From sentence-transformers 6.3 it searches one more (room for the query's own text, which it now
+    excludes as we do) and keeps it when the query is not in the corpus."""
+    from packaging.version import Version
+    from sentence_transformers import __version__
+
+    return k - 1 if Version(__version__) >= Version("6.3") else k

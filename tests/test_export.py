@@ -8,7 +8,7 @@ import numpy as np
 import polars as pl
 import pyarrow.parquet as pq
 import pytest
-from conftest import make_pairs, run_stage
+from conftest import make_pairs, run_stage, st_range_max
 
 from gist_mining import workdir
 from gist_mining.errors import UsageError
@@ -48,7 +48,7 @@ def theirs(tiny_guide, pairs) -> dict:
 
     guide = SentenceTransformer(str(tiny_guide), device="cpu")
     dataset = Dataset.from_dict({"query": pairs["query"].to_list(), "positive": pairs["positive"].to_list()})
-    return {fmt: mine_hard_negatives(dataset, guide, range_max=K, relative_margin=0.05, num_negatives=N,
+    return {fmt: mine_hard_negatives(dataset, guide, range_max=st_range_max(K), relative_margin=0.05, num_negatives=N,
                                      sampling_strategy="top", output_format=fmt, verbose=False) for fmt in FORMATS}
 
 

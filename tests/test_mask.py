@@ -8,7 +8,7 @@ import shutil
 import numpy as np
 import polars as pl
 import pytest
-from conftest import make_pairs, pairs_with_second_positives, run_stage
+from conftest import make_pairs, pairs_with_second_positives, run_stage, st_range_max
 
 from gist_mining.mining import PAD_ID, build_index, search_candidates
 from gist_mining.workdir import load_embeddings
@@ -162,7 +162,7 @@ def test_agrees_with_sentence_transformers_mine_hard_negatives(tmp_path, tiny_gu
                      "--negatives-per-anchor", n, "--sampling", "top") == 0
     theirs = mine_hard_negatives(
         Dataset.from_dict({"query": pairs["query"].to_list(), "positive": pairs["positive"].to_list()}),
-        SentenceTransformer(str(tiny_guide), device="cpu"), range_max=k, relative_margin=0.05, num_negatives=n,
+        SentenceTransformer(str(tiny_guide), device="cpu"), range_max=st_range_max(k), relative_margin=0.05, num_negatives=n,
         sampling_strategy="top", output_format="n-tuple", verbose=False,
     )
     text_of = dict(pl.read_parquet(tmp_path / "w" / "texts.parquet").select("text_id", "text").iter_rows())
