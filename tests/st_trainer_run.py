@@ -1,6 +1,6 @@
 """Two steps of the stock SentenceTransformerTrainer with StoredGuideGISTLoss, run by tests/test_st.py under torchrun:
-python tests/st_trainer_run.py WORK MODEL OUT [SHORT]. Each rank writes the anchor ids and the number of columns of its
-batches; rank 0 the logs. SHORT keep: mined_dataset's data sets, one per number of negatives, taken in turn."""
+python tests/st_trainer_run.py WORK MODEL OUT SHORT. Each rank writes the anchor ids and the number of columns of its
+batches; rank 0 the logs. SHORT: mined_dataset's (keep: its data sets, one per number of negatives, taken in turn)."""
 
 import json
 import sys
@@ -10,7 +10,7 @@ from sentence_transformers import SentenceTransformer, SentenceTransformerTraine
 
 from gist_mining.st import StoredGuideGISTLoss, mined_dataset
 
-work, model_path, out, short = (sys.argv[1:] + ["drop"])[:4]
+work, model_path, out, short = sys.argv[1:]
 model = SentenceTransformer(model_path, device="cpu")
 loss = StoredGuideGISTLoss(model, work)
 anchors = []

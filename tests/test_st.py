@@ -317,11 +317,11 @@ def torchrun_stock_trainer(work, student, out, short: str = "drop") -> tuple[dic
     return first, batches
 
 
-def assert_logged(first: dict, loss: StoredGuideGISTLoss, value: float, grads: list[torch.Tensor]):
+def assert_logged(first: dict, value: float, grads: list[torch.Tensor], masked_fraction: float):
     assert first["loss"] == pytest.approx(value, rel=1e-4)
     assert first["grad_norm"] == pytest.approx(torch.linalg.vector_norm(torch.stack([g.norm() for g in grads])).item(),
                                                rel=1e-4)
-    assert first["masked_fraction"] == pytest.approx(loss.masked_fraction(), abs=1e-4)
+    assert first["masked_fraction"] == pytest.approx(masked_fraction, abs=1e-4)
 
 
 def test_stock_trainer_under_torchrun_equals_one_process(work, student, tmp_path):
@@ -333,7 +333,7 @@ def test_stock_trainer_under_torchrun_equals_one_process(work, student, tmp_path
     position = {label[0]: i for i, label in enumerate(dataset["label"])}
     features, labels = collate(model, dataset.select([position[a] for anchors, _ in batches for a in anchors]))
     loss = StoredGuideGISTLoss(model, work)
-    assert_logged(first, loss, *grads_of(model, lambda: loss(features, labels)))
+    assert_logged(first, *grads_of(model, lambda: loss(features, labels)), loss.masked_fraction())
 
 
 @pytest.mark.slow  # torchrun
@@ -354,10 +354,15 @@ def test_kept_data_sets_under_torchrun_equal_one_process(work, student, tmp_path
     data = train.TrainingData(mixed, 2, "cpu")
     batch = data.get_batch(np.searchsorted(data.anchor_ids, [a for anchors, _ in batches for a in anchors]).tolist())
     loss = StoredGuideGISTLoss(model, mixed)
-    embed_ = lambda c: train.student_forward(model, batch.texts[c], "cpu", False, "")  # noqa: E731
-    value, grads = grads_of(model, lambda: loss.gist(batch.with_student({c: embed_(c) for c in train.COLUMNS}))[0])
-    loss._masked = [loss.gist(batch.with_student({c: embed_(c).detach() for c in train.COLUMNS}))[1].item(), 1]
-    assert_logged(first, loss, value, grads)
+    masked = []
+
+    def one_process():
+        value, fraction = loss.gist(batch.with_student(
+            {c: train.student_forward(model, batch.texts[c], "cpu", False, "") for c in train.COLUMNS}))
+        masked.append(fraction.item())
+        return value
+
+    assert_logged(first, *grads_of(model, one_process), masked[0])
 
 
 @pytest.fixture(scope="module")
