@@ -27,7 +27,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from benchmarks.common import figure, measured, table  # noqa: E402
 from benchmarks.peak_rss import status_mib  # noqa: E402
-from train.run import RowTexts, _NextWithRoom, plan_batches  # noqa: E402
+from gist_mining.training.batches import RowTexts, _NextWithRoom, plan_batches  # noqa: E402
 
 
 def make_rows(n: int, negatives: int) -> tuple[np.ndarray, np.ndarray]:

@@ -18,7 +18,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from benchmarks.common import table  # noqa: E402
 from gist_mining import workdir  # noqa: E402
 from gist_mining.storage import read_json  # noqa: E402
-from train import run as train  # noqa: E402
+from train import run as train_command  # noqa: E402
 
 SETTINGS = {
     "random batches, 1 negative": [],
@@ -43,7 +43,7 @@ def main() -> None:
         scores = {}
         for variant, flags in (("plain", ["--guide-filter", "none"]), ("gist", [])):
             out = args.work / "experiments" / f"{name.replace(' ', '-').replace(',', '')}-{variant}"
-            train.main(["--work", str(args.work), "--out", str(out), "--max-steps", str(args.max_steps), "--lr", args.lr,
+            train_command.main(["--work", str(args.work), "--out", str(out), "--max-steps", str(args.max_steps), "--lr", args.lr,
                         "--temperature", args.temperature, "--eval", str(args.eval), *extra, *flags])
             record = read_json(out / workdir.TRAINING_RECORD)
             scores[variant] = record["eval_after"]["ndcg@10"]

@@ -26,17 +26,20 @@ import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from gist_mining.loss import GISTLoss  # noqa: E402
-from train import run as train  # noqa: E402
+from gist_mining.training.config import TrainConfig  # noqa: E402
+from gist_mining.training.data import COLUMN_ROLES, COLUMNS, Batch  # noqa: E402
+from gist_mining.training.step import cached_backward, student_forward  # noqa: E402
 
 WORDS = ("the a of to and in bank river money loan water fish boat cat dog mat quick brown fox jumps over lazy "
          "function returns value list string number file path open close read write data table model text").split()
 
 
 def student(device):
+    import tempfile
+
     from sentence_transformers import SentenceTransformer
     from sentence_transformers.sentence_transformer.modules import Pooling, Transformer
     from transformers import BertConfig, BertModel, BertTokenizerFast
-    import tempfile
 
     folder = Path(tempfile.mkdtemp())
     vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"] + WORDS
@@ -47,12 +50,12 @@ def student(device):
     return SentenceTransformer(modules=[transformer, Pooling(384)], device=device)
 
 
-def make_batch(n: int, device, rng: random.Random) -> train.Batch:
+def make_batch(n: int, device, rng: random.Random) -> Batch:
     texts = {c: [" ".join(rng.choice(WORDS) for _ in range(rng.randint(24, 48))) for _ in range(n)]
-             for c in train.COLUMNS}
-    ids = {c: torch.arange(n, device=device) + 10_000 * i for i, c in enumerate(train.COLUMNS)}
-    guide = {c: F.normalize(torch.randn(n, 768, device=device), dim=-1).half() for c in train.COLUMNS}
-    return train.Batch(texts, guide, ids, torch.full((n, 1), -1, device=device), None)
+             for c in COLUMNS}
+    ids = {c: torch.arange(n, device=device) + 10_000 * i for i, c in enumerate(COLUMNS)}
+    guide = {c: F.normalize(torch.randn(n, 768, device=device), dim=-1).half() for c in COLUMNS}
+    return Batch(texts, guide, ids, torch.full((n, 1), -1, device=device), None)
 
 
 def peak(device) -> float:
@@ -78,23 +81,22 @@ def reset_peak(device) -> float:
 
 
 def default_loss() -> GISTLoss:
-    return GISTLoss(train.TrainConfig.temperature, train.TrainConfig.in_batch_margin_strategy,
-                    train.TrainConfig.in_batch_margin)
+    return GISTLoss(TrainConfig.temperature, TrainConfig.in_batch_margin_strategy,
+                    TrainConfig.in_batch_margin)
 
 
-def measure(model, batch: train.Batch, mini: int, device, steps: int, rows: int | None = None) -> tuple[float, float]:
+def measure(model, batch: Batch, mini: int, device, steps: int, rows: int | None = None) -> tuple[float, float]:
     """Peak memory (MiB) above the model's own, and seconds per anchor, over ``steps`` timed steps."""
     loss_fn = default_loss()
-    config = train.TrainConfig(mini_batch_size=mini)
-    sizes = [len(batch.texts[c]) for c in train.COLUMNS]
+    sizes = [len(batch.texts[c]) for c in COLUMNS]
     before, seconds = reset_peak(device), []
     for step in range(steps + 1):  # the first step warms up
         started = time.perf_counter()
         if mini < sum(sizes):
-            train.cached_backward(model, loss_fn, batch, config, device, rows)
+            cached_backward(model, loss_fn, batch, device, mini, rows=rows)
         else:
-            student = {c: train.student_forward(model, batch.texts[c], device, False, model.prompts[train.ROLES[c]])
-                       for c in train.COLUMNS}
+            student = {c: student_forward(model, batch.texts[c], device, False, model.prompts[COLUMN_ROLES[c]])
+                       for c in COLUMNS}
             loss_fn(batch.with_student(student))[0].backward()
         if "cuda" in device:
             torch.cuda.synchronize()
@@ -109,7 +111,7 @@ def measure_loss(n: int, rows: int, device) -> tuple[float, float]:
     memory (MiB) above its inputs, and seconds per anchor; for batches whose full GradCache step is too slow
     to time here (on CPU)."""
     batch = make_batch(n, device, random.Random(1))
-    student = {c: torch.randn(n, 384, device=device, requires_grad=True) for c in train.COLUMNS}
+    student = {c: torch.randn(n, 384, device=device, requires_grad=True) for c in COLUMNS}
     before = reset_peak(device)
     started = time.perf_counter()
     default_loss().backward_by_rows(batch.with_student(student), rows)

@@ -68,8 +68,12 @@ from gist_mining import workdir  # noqa: E402
 from gist_mining.errors import UsageError  # noqa: E402
 from gist_mining.loss import GISTLoss  # noqa: E402
 from gist_mining.models import DEFAULT_GUIDE, DEFAULT_STUDENT, load_model  # noqa: E402
+from gist_mining.training.config import TrainConfig  # noqa: E402
+from gist_mining.training.data import COLUMNS, TrainingData  # noqa: E402
+from gist_mining.training.evaluate import headline, make_evaluator  # noqa: E402
+from gist_mining.training.loop import epoch_batches  # noqa: E402
 from pipeline import embed, mask  # noqa: E402
-from train import run as train  # noqa: E402
+from train import run as train_command  # noqa: E402
 
 FN_TRUTH = ROOT / "data" / "fn_truth"
 DATA = {"sections": ROOT / "data" / "sections", "sample": ROOT / "data" / "sample", "fn_truth": None}  # None: built
@@ -155,7 +159,7 @@ def mined_copies(name: str, work: Path, guide: str) -> dict[str, Path]:
 
 def scores(model_path: str, folder: Path) -> dict:
     model = load_model(model_path, device=DEVICE)
-    return {split: train.headline(train.make_evaluator(folder / split, split)(model)) for split in ("val", "test")}
+    return {split: headline(make_evaluator(folder / split, split)(model)) for split in ("val", "test")}
 
 
 def steps_for(batch_size: int, args) -> int:
@@ -170,7 +174,7 @@ def train_st(work: Path, out: Path, seed: int, batch_size: int, short: str, args
 
     from gist_mining.st import StoredGuideGISTLoss, mined_dataset
 
-    d = train.TrainConfig()
+    d = TrainConfig()
     model = load_model(args.student, device=DEVICE)
     cache = args.mini_batch_size if batch_size > args.grad_cache_above else None
     loss = StoredGuideGISTLoss(model, work, mini_batch_size=cache)
@@ -195,7 +199,7 @@ def train_arm(work: Path, out: Path, seed: int, arm: str, batch_size: int, args)
     _, guide_filter, options = ARMS[arm]
     if batch_size > args.grad_cache_above:  # GradCache: the batch's loss, a mini-batch's memory
         options = [*options, "--mini-batch-size", str(args.mini_batch_size)]
-    train.main(["--work", str(work), "--out", str(out), "--student", args.student, "--max-steps",
+    train_command.main(["--work", str(work), "--out", str(out), "--student", args.student, "--max-steps",
                 str(steps_for(batch_size, args)), "--batch-size", str(batch_size), "--seed", str(seed),
                 "--guide-filter", guide_filter, *options])
     logged = [json.loads(line) for line in (out / workdir.METRICS).read_text().splitlines()]
@@ -249,14 +253,14 @@ def labels_of(name: str, work: Path, folder: Path) -> dict[int, str]:
 
 def firing(name: str, work: Path, folder: Path, batch_size: int, steps: int, seed: int) -> dict:
     """Over the first ``steps`` batches of a seed's plan: the guide's in-batch masks beyond the self-pairs."""
-    data = train.TrainingData(work, 1, "cpu")
-    plan = train.epoch_batches(data, train.TrainConfig(seed=seed, batch_size=batch_size), 1, 0)
+    data = TrainingData(work, 1, "cpu")
+    plan = epoch_batches(data, TrainConfig(seed=seed, batch_size=batch_size), 1, 0)
     label = labels_of(name, work, folder)
     n = {"logits": 0, "eligible": 0, "same": 0, "fired": 0, "fired_same": 0}
     for rows in plan[:steps]:
         batch = data.get_batch(rows)
-        guided = batch.with_student({c: batch.guide[c].float() for c in train.COLUMNS})
-        d = train.TrainConfig()
+        guided = batch.with_student({c: batch.guide[c].float() for c in COLUMNS})
+        d = TrainConfig()
         _, plain_mask, labels, _ = GISTLoss(d.temperature, d.in_batch_margin_strategy, d.in_batch_margin,
                                             guided=False).masked_logits(guided)
         _, guide_mask, _, _ = GISTLoss(d.temperature, d.in_batch_margin_strategy, d.in_batch_margin).masked_logits(guided)
@@ -277,7 +281,7 @@ def firing(name: str, work: Path, folder: Path, batch_size: int, steps: int, see
 def summary(records: list[dict], name: str, size: int, arms: list[str]) -> list[tuple]:
     """One table row per arm at this batch size (base: the untrained student)."""
     stats = {arm: arm_stats(records, name, arm, 0 if arm == "base" else size) for arm in ["base", *arms]}
-    default = arm_stats(records, name, "gist", train.TrainConfig().batch_size)
+    default = arm_stats(records, name, "gist", TrainConfig().batch_size)
     rows = []
     for arm, s in stats.items():
         if s is None:
@@ -303,7 +307,7 @@ def recipes(records: list[dict], args) -> list[str]:
     """Every trained (arm, batch size) against the default (gist at the trainer's batch size) on each data set:
     the recipe is chosen on val/ (the highest mean val NDCG@10 gain over the data sets all have), then judged on
     test/: it must beat the default by more than 2 std on at least two data sets and lose on none."""
-    default_size = train.TrainConfig().batch_size
+    default_size = TrainConfig().batch_size
     candidates = sorted({(r["arm"], r["batch_size"]) for r in records  # st-*: the default by another trainer
                          if r["arm"] != "base" and not r["arm"].startswith("st-")} - {("gist", default_size)})
     rows, val_gain = [], {}
@@ -365,7 +369,7 @@ def main() -> None:
                      "see different numbers of texts")
     records = run_all(args) if not args.report_only else [
         json.loads(line) for line in args.runs.read_text().splitlines() if json.loads(line)["anchors"] == args.anchors]
-    default = train.TrainConfig().batch_size
+    default = TrainConfig().batch_size
     lines = [f"guide ablation: {args.anchors} anchors per run (steps = anchors / batch size), seeds {args.seeds}, "
              f"student {args.student}, guide {args.guide}; NDCG@10 mean +- std over seeds; differences on test vs "
              f"guided-mining / gist at the same batch size and vs the default (gist at {default}) ('real' when above "

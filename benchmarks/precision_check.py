@@ -5,7 +5,7 @@
 The same sample pairs and corpus texts are embedded twice by pipeline.embed, in fp32 and in the faster
 precision (text ids are content hashes, so the two work directories line up). The fp32 directory is
 mined (relative margin 0.05, k = 100); then every anchor's positive and candidates are scored with both
-sets of vectors, and the shared rule (gist_mining.mining.is_false_negative) decides false negative or not under each.
+sets of vectors, and the shared rule (gist_mining.margin.is_false_negative) decides false negative or not under each.
 Printed: wall time of each embed run, the largest and mean score difference, and the decisions that
 change. bf16 is only faster on hardware with bf16 matrix units (GPUs; CPUs with AMX: the development machine
 has AVX512-BF16 without AMX, and is slower in bf16).
@@ -23,8 +23,8 @@ import polars as pl
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from benchmarks.common import SAMPLE, figure, measured, table  # noqa: E402
-from gist_mining.mining import is_false_negative  # noqa: E402
 from gist_mining import workdir  # noqa: E402
+from gist_mining.margin import is_false_negative  # noqa: E402
 from gist_mining.workdir import VectorStore  # noqa: E402
 from pipeline import mask  # noqa: E402
 

@@ -22,7 +22,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from benchmarks.common import figure, measured, table  # noqa: E402
-from train.run import TrainConfig, TrainingData  # noqa: E402
+from gist_mining.training import TrainConfig  # noqa: E402
+from gist_mining.training.data import TrainingData  # noqa: E402
 
 
 def load(work: Path | None, negatives: int) -> None:
@@ -45,7 +46,7 @@ def readers(work: Path) -> None:
     import numpy as np
 
     from gist_mining import workdir
-    from train.run import on_device
+    from gist_mining.training.data import on_device
 
     anchors = workdir.read_table(work, workdir.ANCHORS, ["query_id", "positive_id"])
     documents = workdir.VectorStore(work, "document")

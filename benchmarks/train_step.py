@@ -21,7 +21,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from benchmarks.common import figure, table  # noqa: E402
 from gist_mining.loss import GISTLoss  # noqa: E402
 from gist_mining.models import load_model  # noqa: E402
-from train import run as train  # noqa: E402
+from gist_mining.training.batches import plan_batches  # noqa: E402
+from gist_mining.training.data import COLUMN_ROLES, COLUMNS, TrainingData  # noqa: E402
+from gist_mining.training.step import student_forward  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> list[dict]:
@@ -36,8 +38,8 @@ def main(argv: list[str] | None = None) -> list[dict]:
     args = parser.parse_args(argv)
     from sentence_transformers.sentence_transformer.losses import GISTEmbedLoss, MultipleNegativesRankingLoss
 
-    data = train.TrainingData(args.work, 1, args.device)
-    batches, _ = train.plan_batches(data.row_texts, data.tasks, args.batch_size, seed=0, epoch=0)
+    data = TrainingData(args.work, 1, args.device)
+    batches, _ = plan_batches(data.row_texts, data.tasks, args.batch_size, seed=0, epoch=0)
     batches = [b for b in batches if len(b) == args.batch_size][: args.steps + 1]
     student = load_model(args.student, device=args.device)
     guide = load_model(args.guide, device=args.device)
@@ -47,16 +49,16 @@ def main(argv: list[str] | None = None) -> list[dict]:
     st_losses = {"GISTEmbedLoss (live guide)": GISTEmbedLoss(student, guide, temperature=0.01),
                  "MultipleNegativesRankingLoss": MultipleNegativesRankingLoss(student, scale=100.0)}
 
-    def ours(rows):  # as train.train_step does it: one forward pass per column
+    def ours(rows):  # as train_step does it: one forward pass per column
         batch = data.get_batch(rows)
-        return loss_fn(batch.with_student({c: train.student_forward(student, batch.texts[c], args.device, args.bf16,
-                                                          student.prompts[train.ROLES[c]]) for c in train.COLUMNS}))[0]
+        return loss_fn(batch.with_student({c: student_forward(student, batch.texts[c], args.device, args.bf16,
+                                                          student.prompts[COLUMN_ROLES[c]]) for c in COLUMNS}))[0]
 
     def theirs(st_loss):
         def step(rows):
             texts = data.get_batch(rows).texts
             features = [{k: v.to(args.device) if hasattr(v, "to") else v for k, v in student.preprocess(texts[c]).items()}
-                        for c in train.COLUMNS]
+                        for c in COLUMNS]
             with torch.autocast("cuda", dtype=torch.bfloat16, enabled=args.bf16 and "cuda" in args.device):
                 return st_loss(features, labels=None)
         return step

@@ -16,9 +16,9 @@ from gist_mining.export import to_dataset
 from gist_mining.mining import MiningRules
 from gist_mining.models import ModelSettings, Prompts
 from gist_mining.rescore import RescoreSettings
+from gist_mining.training import TrainConfig, train
 from pipeline.embed import EmbedOptions, embed
 from pipeline.mask import SearchSettings, mask
-from train.run import TrainConfig, train
 
 __all__ = ["embed", "mask", "train", "to_dataset", "EmbedOptions", "SearchSettings", "MiningRules", "RescoreSettings",
            "TrainConfig", "ModelSettings", "Prompts", "ExecutorSettings"]

@@ -65,13 +65,13 @@ def build(work: Path, format: str, num_negatives: int | None = None, short: str 
     if format.startswith("n-tuple") and short == "keep":
         raise UsageError(f"--short keep does not fit {format}: every row has exactly N negative columns, and "
                          "padding them would hand losses empty texts; use --short drop or a lower --negatives-per-anchor")
-    rows, n, anchors, n_short = _anchors(Path(work), num_negatives, short)
-    layout = {"triplet": _triplet, "n-tuple": _n_tuple, "n-tuple-scores": lambda r, k: _n_tuple(r, k, scores=True),
+    rows, n, anchors, n_short = mined_rows(Path(work), num_negatives, short)
+    layout = {"triplet": _triplet, "n-tuple": n_tuple, "n-tuple-scores": lambda r, k: n_tuple(r, k, scores=True),
               "labeled-pair": _labeled_pair, "labeled-list": _labeled_list}[format]
-    return Export(_arrow(layout(rows, n)), n, anchors, n_short)
+    return Export(as_arrow(layout(rows, n)), n, anchors, n_short)
 
 
-def _anchors(work: Path, num_negatives: int | None, short: str) -> tuple[pl.DataFrame, int, int, int]:
+def mined_rows(work: Path, num_negatives: int | None, short: str) -> tuple[pl.DataFrame, int, int, int]:
     """Mined anchors in sentence-transformers' order with their texts, each cut to its first N negatives."""
     manifest = workdir.checked_mined_manifest(work)
     mined_n = manifest["rules"]["num_negatives"]
@@ -104,7 +104,7 @@ def _triplet(rows: pl.DataFrame, n: int) -> pl.DataFrame:
     return has.select("query", "positive", pl.col("negatives").alias("negative")).explode("negative")
 
 
-def _n_tuple(rows: pl.DataFrame, n: int, scores: bool = False) -> pl.DataFrame:
+def n_tuple(rows: pl.DataFrame, n: int, scores: bool = False) -> pl.DataFrame:
     columns = [pl.col("negatives").list.get(i).alias(f"negative_{i + 1}") for i in range(n)]
     if scores:  # the guide's, as mined: [positive, negative_1 .. negative_N]
         columns.append(pl.concat_list("positive_score", "negative_scores").cast(pl.List(pl.Float64)).alias("scores"))
@@ -138,7 +138,7 @@ def _st_type(arrow_type: pa.DataType) -> pa.DataType:
     return pa.string() if pa.types.is_large_string(arrow_type) else arrow_type
 
 
-def _arrow(frame: pl.DataFrame) -> pa.Table:
+def as_arrow(frame: pl.DataFrame) -> pa.Table:
     table = frame.to_arrow()
     schema = pa.schema([(field.name, _st_type(field.type)) for field in table.schema])
     # Cast in slices: one 32-bit-offset chunk holds at most 2 GiB of text.

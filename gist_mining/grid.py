@@ -26,7 +26,8 @@ import pyarrow.parquet as pq
 
 from gist_mining import workdir
 from gist_mining.errors import UsageError
-from gist_mining.mining import PAD_ID, PoolSearch, build_index, merge_candidates, padded, ragged
+from gist_mining.lists import PAD_ID, padded, ragged
+from gist_mining.mining import PoolSearch, build_index, merge_candidates
 from gist_mining.storage import AtomicParquetWriter
 from gist_mining.workdir import VectorStore, read_anchors
 

@@ -19,7 +19,7 @@ import torch.distributed.nn  # noqa: F401  (all_gather with gradients)
 import torch.nn.functional as F
 from torch import nn
 
-from gist_mining.mining import is_false_negative
+from gist_mining.margin import is_false_negative
 
 
 @dataclass
@@ -323,3 +323,24 @@ def summed_over_sizes(loss_of, batch: GuidedBatch, sizes: tuple[int, ...]) -> tu
         return loss_of(batch)
     results = [loss_of(truncated(batch, size)) for size in sizes]
     return sum(loss for loss, _ in results), sum(masked for _, masked in results) / len(results)
+
+
+@dataclass(frozen=True)
+class GuideFilter:
+    """A choice of the trainers' --guide-filter: the GISTLoss it makes (``guided``, ``control``,
+    LossRules.self_filter) and how the trainer describes it ({strategy}, {margin}, {self_margin} filled in)."""
+
+    guided: bool
+    control: str | None
+    self_filter: bool
+    says: str
+
+
+GUIDE_FILTERS = {
+    "precomputed": GuideFilter(True, None, False, "{strategy} margin {margin}"),
+    "none": GuideFilter(False, None, False, "off (plain in-batch loss)"),
+    "random": GuideFilter(True, "random", False, "control: as many logits as the guide masks, at random"),
+    "hardest": GuideFilter(True, "hardest", False, "control: as many logits as the guide masks, the student's highest"),
+    "self": GuideFilter(False, None, True, "the student's own, margin {self_margin}"),
+    "guide+self": GuideFilter(True, None, True, "{strategy} margin {margin} or the student's own, margin {self_margin}"),
+}

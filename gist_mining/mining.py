@@ -4,8 +4,8 @@ Per anchor: the k nearest document-side texts by the guide (its own query text a
 that query excluded), each with its exact guide score, and optionally a cross-encoder's score of each
 (query, text) pair (``gist_mining.rescore``). ``select`` turns them into hard negatives and false negatives
 under ``MiningRules``, from the guide's scores or the cross-encoder's (``MiningRules.score``); it reads only
-the candidates, so new rules never need a new search. The margin rule here is also the trainer's in-batch
-one; the FAISS indexes the search runs on are built and sized here too.
+the candidates, so new rules never need a new search (the margin rule itself is gist_mining.margin's, shared with the
+trainer's in-batch filter); the FAISS indexes the search runs on are built and sized here too.
 """
 
 from __future__ import annotations
@@ -20,40 +20,10 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from gist_mining.errors import UsageError
+from gist_mining.lists import PAD_ID, padded, ragged
+from gist_mining.margin import STRATEGIES, false_negative_threshold, is_unjudged
 from gist_mining.settings import option
 from gist_mining.storage import commit, tmp_name
-
-
-# -- the margin rule ----------------------------------------------------------------------------------
-# The positive-aware false-negative test, shared by selection here (numpy) and the trainer's in-batch filter
-# (gist_mining.loss, torch). For an anchor whose guide score with its own positive is p, a candidate scoring
-# s is a false negative when
-#
-#     absolute:  s > p - M
-#     relative:  s > p - |p| * M      (|p| keeps the threshold below p when p is negative)
-#     none:      never
-#
-# GISTEmbed (Solatorio 2024, arXiv 2402.16829) uses absolute with M = 0; NV-Retriever's TopK-PercPos is
-# relative (M = 0.05 keeps negatives below 95% of the positive score).
-
-STRATEGIES = ("absolute", "relative", "none")
-
-
-def false_negative_threshold(positive_score, strategy: str, margin: float):
-    """Scores strictly above this are false negatives; works on floats, numpy arrays and torch tensors."""
-    if strategy == "absolute":
-        return positive_score - margin
-    if strategy == "relative":
-        return positive_score - abs(positive_score) * margin
-    if strategy == "none":
-        return positive_score * 0 + float("inf")
-    raise ValueError(f"unknown margin strategy {strategy!r}; use one of {', '.join(STRATEGIES)}")
-
-
-def is_false_negative(scores, positive_score, strategy: str, margin: float):
-    """Elementwise: is each candidate's guide score above its anchor's threshold (broadcasts)."""
-    return scores > false_negative_threshold(positive_score, strategy, margin)
-
 
 # What the search writes: per anchor, its k candidates and given negatives with the guide's scores.
 SEARCHED_SCHEMA = pa.schema([
@@ -130,34 +100,6 @@ class MiningRules:
 
     def as_dict(self) -> dict:
         return asdict(self)
-
-
-# -- ragged lists <-> padded matrices ---------------------------------------------------------------
-# A chunk of anchors crosses each step once each way: the search and select() read its list columns into
-# padded matrices (padded), work on those, and write list columns built against the schema (ragged).
-# The rescorer (gist_mining.rescore) works on the lists themselves.
-
-PAD_ID = -1  # fills ragged id lists out to a matrix; a real id is -1 with probability 2**-64
-
-
-def padded(lists: pa.Array, fill, dtype) -> np.ndarray:
-    """A list column as an (n, longest) matrix, short rows filled with ``fill``."""
-    lists = lists.combine_chunks() if isinstance(lists, pa.ChunkedArray) else lists
-    offsets = lists.offsets.to_numpy()
-    offsets = offsets - offsets[0]
-    lengths = np.diff(offsets)
-    values = lists.flatten().to_numpy(zero_copy_only=False).astype(dtype, copy=False)
-    out = np.full((len(lengths), int(lengths.max(initial=0))), fill, dtype=dtype)
-    rows = np.repeat(np.arange(len(lengths)), lengths)
-    cols = np.arange(len(values)) - np.repeat(offsets[:-1], lengths)
-    out[rows, cols] = values
-    return out
-
-
-def ragged(matrix: np.ndarray, keep: np.ndarray, arrow_type) -> pa.ListArray:
-    """The kept entries of each row, in column order, as a list column."""
-    offsets = np.concatenate([[0], np.cumsum(keep.sum(axis=1))]).astype(np.int32)
-    return pa.ListArray.from_arrays(pa.array(offsets), pa.array(matrix[keep], type=arrow_type))
 
 
 # -- FAISS indexes ------------------------------------------------------------------------------------
@@ -410,13 +352,6 @@ def select(candidates: pa.Table, rules: MiningRules) -> pa.Table:
          "n_candidates": pc.list_value_length(candidates["candidate_ids"]).cast(pa.int32()),
          "candidates_above_positive": pa.array((scores > positive_scores[:, None]).sum(axis=1), type=pa.int32())},
         schema=MINED_SCHEMA)
-
-
-def is_unjudged(above_positive, n_candidates):
-    """An anchor the guide cannot judge: it scores the labelled positive below most of the candidates, so a
-    margin rule calls nearly all of them false negatives (the guide disagrees with the label, or the
-    positive is phrased unlike anything it matches). Polars expressions or numpy arrays."""
-    return above_positive * 2 > n_candidates
 
 
 def _per_anchor_rule(positive_scores: np.ndarray, reference_scores: np.ndarray, candidate_scores: np.ndarray,

@@ -34,8 +34,9 @@ from transformers import TrainerCallback
 from gist_mining import export
 from gist_mining.errors import UsageError
 from gist_mining.loss import GISTLoss, LossRules
+from gist_mining.training.config import TrainConfig
+from gist_mining.training.data import COLUMNS, TrainingData
 from gist_mining.workdir import checked_mined_manifest
-from train.run import COLUMNS, TrainConfig, TrainingData
 
 LABEL = "label"  # the column the stock collator hands to the loss as a tensor
 ID_COLUMNS = ("anchor_id", "query_id", "positive_id")  # the label's first entries; the negatives' ids follow
@@ -56,13 +57,13 @@ def mined_dataset(work, num_negatives: int = 1, short: str = export.SHORT[0]):
 
     if short not in export.SHORT:
         raise UsageError(f"short must be drop or keep, not {short!r}")
-    rows, n, anchors, n_short = export._anchors(Path(work), num_negatives, short)
+    rows, n, anchors, n_short = export.mined_rows(Path(work), num_negatives, short)
     if n_short and short == "drop":
         warnings.warn(f"mined_dataset: {n_short} of {anchors} anchors in {work} have fewer than {n} negatives and are "
                       "left out; short='keep' trains them too, as train.run does", stacklevel=2)
 
     def dataset(rows: pl.DataFrame, n: int) -> Dataset:
-        texts = export._arrow(export._n_tuple(rows, n).rename({"query": "anchor"}))
+        texts = export.as_arrow(export.n_tuple(rows, n).rename({"query": "anchor"}))
         ids = rows.select(pl.concat_list(*ID_COLUMNS, "negative_ids").alias(LABEL)).to_arrow()
         return Dataset(texts.append_column(LABEL, ids[LABEL].cast(pa.list_(pa.int64()))))
 
@@ -131,11 +132,9 @@ class StoredGuideGISTLoss(CachedLossMixin, nn.Module):
         data = self.data
         rows = np.searchsorted(data.anchor_ids, anchor).clip(max=len(data.anchor_ids) - 1)
         n = negative.shape[1]
-        take = data.negatives.starts[rows, None] + np.arange(n)
+        mined, has_n = data.negatives.first(rows, n)
         fits = ((data.anchor_ids[rows] == anchor) & (data.ids["queries"][rows] == query)
-                & (data.ids["positives"][rows] == positive)
-                & (data.negatives.starts[rows + 1] - data.negatives.starts[rows] >= n))
-        fits[fits] &= (data.negatives.values[take[fits]] == negative[fits]).all(axis=1)
+                & (data.ids["positives"][rows] == positive) & has_n & (mined == negative).all(axis=1))
         if not fits.all():
             raise ValueError(f"{self.work}: the batch's row with anchor_id {anchor[~fits][0]} is not what mined/ holds "
                              f"now; rebuild the data set with mined_dataset({str(self.work)!r})")

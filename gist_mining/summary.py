@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import polars as pl
 
-from gist_mining.mining import is_unjudged
+from gist_mining.margin import is_unjudged
 
 QUANTILES = (0.05, 0.25, 0.5, 0.75, 0.95)
 

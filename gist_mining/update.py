@@ -30,8 +30,8 @@ import pyarrow.parquet as pq
 
 from gist_mining import workdir
 from gist_mining.errors import UsageError
-from gist_mining.mining import (ADD_BATCH, PAD_ID, PoolSearch, add_vectors, build_index, merge_candidates,
-                                 padded, set_search_parameters)
+from gist_mining.lists import PAD_ID, padded
+from gist_mining.mining import ADD_BATCH, PoolSearch, add_vectors, build_index, merge_candidates, set_search_parameters
 from gist_mining.storage import AtomicParquetWriter
 from gist_mining.workdir import VectorStore
 

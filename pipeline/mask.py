@@ -36,20 +36,18 @@ from tqdm import tqdm
 from gist_mining import cli, grid, rescore, update, workdir
 from gist_mining.errors import UsageError
 from gist_mining.executor import ExecutorSettings, run_here, run_step, share
+from gist_mining.lists import PAD_ID, padded, ragged
 from gist_mining.mining import (
     CANDIDATE_SCHEMA,
     CANDIDATES_FORMAT,
     KINDS,
     MINED_SCHEMA,
-    PAD_ID,
     SEARCHED_SCHEMA,
     MiningRules,
     PoolSearch,
     build_index,
     load_index,
-    padded,
     parse_bytes,
-    ragged,
     resolve_kind,
     save_index,
     search_depth,

@@ -30,9 +30,9 @@ from gist_mining.mining import MiningRules
 from gist_mining.models import DEFAULT_GUIDE, DEFAULT_STUDENT, ModelSettings, Prompts, add_prompt_options, load_model
 from gist_mining.settings import HelpFormatter, add_options, from_args
 from gist_mining.storage import write_json_atomic
+from gist_mining.training import TrainConfig, train
 from pipeline.embed import EmbedOptions, InputOptions, embed
 from pipeline.mask import SearchSettings, mask
-from train.run import TrainConfig, train
 
 DATA = Path(__file__).resolve().parents[1] / "data"
 BUNDLED = ("sample", "sections")  # data/NAME/train.parquet and data/NAME/test/, work directory runs/NAME
@@ -82,7 +82,7 @@ def stage(name: str, run, *args, **kwargs):
 
 
 def evaluate(model_path: str, split: Path, device) -> dict:
-    from train.run import headline, make_evaluator
+    from gist_mining.training.evaluate import headline, make_evaluator
 
     return headline(make_evaluator(split, "test")(load_model(model_path, device=device)))
 

@@ -123,7 +123,7 @@ def run_module(module: str, *args, check=True, **kwargs) -> subprocess.Completed
 def gist_loss(**settings):
     """GISTLoss with the trainer's defaults (train.run.TrainConfig) for the settings not given."""
     from gist_mining.loss import GISTLoss
-    from train.run import TrainConfig
+    from gist_mining.training import TrainConfig
 
     d = TrainConfig()
     return GISTLoss(**{"temperature": d.temperature, "margin_strategy": d.in_batch_margin_strategy,

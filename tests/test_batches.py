@@ -9,8 +9,8 @@ import numpy as np
 import polars as pl
 from conftest import ROOT
 
-from train.run import RowTexts
-from train.run import plan_batches as plan_from
+from gist_mining.training.batches import RowTexts
+from gist_mining.training.batches import plan_batches as plan_from
 
 
 def plan_batches(texts: list[set[int]], *args, **kwargs):

@@ -22,9 +22,9 @@ from gist_mining.models import ModelSettings
 from gist_mining.settings import dest_of
 from pipeline import cache, embed, export, mask, report
 from pipeline import run as job
-from train import run as train
+from train import run as train_command
 
-PARSERS = {"embed": embed.build_parser(), "mask": mask.build_parser(), "train": train.build_parser(),
+PARSERS = {"embed": embed.build_parser(), "mask": mask.build_parser(), "train": train_command.build_parser(),
            "export": export.build_parser(), "report": report.build_parser(), "run": job.build_parser(),
            **{f"cache {name}": sub for name, sub in next(a for a in cache.build_parser()._actions
                                                          if isinstance(a, argparse._SubParsersAction)).choices.items()}}
@@ -49,7 +49,7 @@ def test_an_option_shared_by_stages_has_one_meaning():
         for flag, action in options(parser).items():
             default = action.default
             if stage == "run" and action.dest in job.DEMO_DEFAULTS:
-                default = train.build_parser().get_default(action.dest)  # the demo's shorter run, said in one place
+                default = train_command.build_parser().get_default(action.dest)  # the demo's shorter run, said in one place
             if stage == "mask" and action.dest in SEARCH_DEFAULTS:
                 default = SEARCH_DEFAULTS[action.dest]  # parsed as None so that --refilter sees what was given
             seen.setdefault(flag, {})[stage] = (action.dest, action.type, type(action).__name__, action.nargs,
@@ -97,7 +97,7 @@ def test_console_script_lists_the_stages_and_runs_their_parsers():
         (line,) = [line for line in lines if line.startswith(f"  {name} ")]
         assert line.split(None, 1)[1] == cli._first_line(module)
     assert gist_mining("--version").stdout.strip() == "gist-mining 0.1.0"
-    for name, module in (("mask", mask), ("train", train)):
+    for name, module in (("mask", mask), ("train", train_command)):
         shown = gist_mining(name, "--help")
         assert shown.returncode == 0 and shown.stdout.startswith(f"usage: gist-mining {name} ")
         assert shown.stdout.split("\n\n", 1)[1] == module.build_parser().format_help().split("\n\n", 1)[1]
@@ -139,7 +139,7 @@ def test_python_api_writes_what_the_command_line_writes(pairs, tmp_path, tiny_gu
     assert run_stage(embed, "--input", pairs, "--work", cli_work, "--guide", tiny_guide, "--texts-per-shard", 30,
                      "--query-prompt", "q: ", "--no-cache") == 0
     assert run_stage(mask, "--work", cli_work, "--k", 8, "--anchors-per-shard", 15, "--negatives-per-anchor", 2) == 0
-    assert run_stage(train, "--work", cli_work, "--out", cli_work / "m", "--student", tiny_model, "--max-steps", 2,
+    assert run_stage(train_command, "--work", cli_work, "--out", cli_work / "m", "--student", tiny_model, "--max-steps", 2,
                      "--batch-size", 8) == 0
     from gist_mining import api
 
@@ -215,7 +215,7 @@ def test_the_main_job_takes_a_guide_with_a_query_prompt(pairs, tmp_path, tiny_gu
                      "--texts-per-shard", 30, "--no-cache") == 0
     assert run_stage(mask, "--work", alone, "--margin", 0.1) == 0
     assert shard_bytes(alone, workdir.MINED) == shard_bytes(work, workdir.MINED)
-    assert run_stage(train, "--work", alone, "--out", alone / "gist", "--student", tiny_model, "--max-steps", 2,
+    assert run_stage(train_command, "--work", alone, "--out", alone / "gist", "--student", tiny_model, "--max-steps", 2,
                      "--batch-size", 8) == 0
     model = "model.safetensors"
     assert (alone / "gist" / model).read_bytes() == (work / workdir.MODELS / "gist" / model).read_bytes()

@@ -10,10 +10,11 @@ import torch.nn.functional as F
 from conftest import gist_loss, run_stage
 from test_train import COMMON, metrics, mined_work  # noqa: F401  (the module's mined work directory fixture)
 
+from gist_mining.lists import PAD_ID
 from gist_mining.loss import Column, GuidedBatch, same_count
-from gist_mining.mining import PAD_ID
+from gist_mining.training.data import COLUMNS, TrainingData
 from pipeline import mask
-from train import run as train
+from train import run as train_command
 
 
 def random_mask_inputs(seed: int, rows: int = 7, cols: int = 40):
@@ -107,7 +108,7 @@ def test_trainer_controls_mask_as_many_logits_as_the_guide(mined_work, tiny_mode
     base = ["--work", mined_work / "w", "--student", tiny_model, "--max-steps", 3, *COMMON]
     fractions = {}
     for name in ("precomputed", "random", "hardest"):
-        assert run_stage(train, *base, "--out", tmp_path / name, "--guide-filter", name) == 0
+        assert run_stage(train_command, *base, "--out", tmp_path / name, "--guide-filter", name) == 0
         fractions[name] = [m["masked_fraction"] for m in metrics(tmp_path / name)]
     assert fractions["random"] == fractions["precomputed"] == fractions["hardest"]
 
@@ -119,14 +120,14 @@ def test_trainer_exempts_the_anchors_mining_exempted(mined_work, tiny_model, tmp
     work = tmp_path / "w"
     shutil.copytree(mined_work / "w", work)
     assert run_stage(mask, "--work", work, "--refilter", "--unjudged-rank-min", 2) == 0
-    data = train.TrainingData(work, 1, "cpu")
+    data = TrainingData(work, 1, "cpu")
     candidates = pl.read_parquet(work / "candidates" / "*.parquet").sort("anchor_id")
     above = [sum(s > p for s in scores) for scores, p in zip(candidates["candidate_scores"], candidates["positive_score"])]
     expected = np.array([2 * a > len(c) for a, c in zip(above, candidates["candidate_ids"])])
     assert 0 < expected.sum() < len(expected) and np.array_equal(data.unjudged, expected)
     rows = list(range(16))
     batch = data.get_batch(rows)
-    student = {c: batch.guide[c].float() for c in train.COLUMNS}  # any vectors will do
+    student = {c: batch.guide[c].float() for c in COLUMNS}  # any vectors will do
     exempt = batch.with_student(student)
     assert torch.equal(exempt.unjudged, torch.from_numpy(data.unjudged[rows]))
-    assert train.TrainingData(mined_work / "w", 1, "cpu").unjudged is None
+    assert TrainingData(mined_work / "w", 1, "cpu").unjudged is None

@@ -49,7 +49,8 @@ def test_site_builds_strictly_with_the_api_reference(tmp_path):
     result = build(tmp_path / "site")
     assert result.returncode == 0, result.stderr[-3000:]
     mining = (tmp_path / "site" / "reference" / "gist_mining.mining" / "index.html").read_text()
-    assert "MiningRules" in mining and "false_negative_threshold" in mining  # rendered from the docstrings
+    margin = (tmp_path / "site" / "reference" / "gist_mining.margin" / "index.html").read_text()
+    assert "MiningRules" in mining and "false_negative_threshold" in margin  # rendered from the docstrings
     assert (tmp_path / "site" / "results" / "guide_ablation_runs.jsonl").is_file()  # linked from the pages
     from test_cli import PARSERS  # the command-line page holds every option of every command, as its parser has it
 

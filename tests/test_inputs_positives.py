@@ -11,9 +11,9 @@ import torch
 from conftest import gist_loss, make_pairs, run_stage
 
 from gist_mining import workdir
-from gist_mining.mining import false_negative_threshold
+from gist_mining.margin import false_negative_threshold
+from gist_mining.training.data import COLUMNS, TrainingData
 from pipeline import embed, mask
-from train import run as train
 
 MARGIN, NEGATIVES = 0.05, 2
 
@@ -72,13 +72,13 @@ def test_mining_with_several_positives_matches_brute_force(work):
 
 def test_the_trainer_masks_every_other_positive_of_the_query(work):
     positives, _ = oracle(work)
-    data = train.TrainingData(work, NEGATIVES, "cpu")
+    data = TrainingData(work, NEGATIVES, "cpu")
     anchors = pl.read_parquet(work / workdir.ANCHORS).sort("anchor_id")
     repeated = anchors.filter(pl.col("query_id").is_in(pl.Series([q for q, p in positives.items() if len(p) > 1]).implode()))
     rows = repeated["anchor_id"].to_list()[:6] + [20, 21]
     batch = data.get_batch(rows)
     generator = torch.Generator().manual_seed(0)
-    student = {c: torch.randn(len(batch.texts[c]), 8, generator=generator) for c in train.COLUMNS}
+    student = {c: torch.randn(len(batch.texts[c]), 8, generator=generator) for c in COLUMNS}
     _, masked, labels, _ = gist_loss().masked_logits(batch.with_student(student))
     candidate_ids = torch.cat([batch.ids["positives"], batch.ids["negatives"], batch.ids["queries"],
                                batch.ids["positives"]]).tolist()

@@ -10,8 +10,8 @@ import torch
 import torch.nn.functional as F
 from conftest import gist_loss, sentence
 
+from gist_mining.lists import PAD_ID
 from gist_mining.loss import Column, GuidedBatch, LossRules
-from gist_mining.mining import PAD_ID
 from gist_mining.workdir import text_ids
 
 

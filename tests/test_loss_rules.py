@@ -13,9 +13,11 @@ from conftest import run_stage
 from test_loss import RULES, random_inputs, with_grads
 from test_train import COMMON, metrics, mined_work  # noqa: F401  (the module's mined work directory fixture)
 
+from gist_mining.lists import PAD_ID
 from gist_mining.loss import Column, GISTLoss, GuidedBatch, LossRules
-from gist_mining.mining import PAD_ID, false_negative_threshold
-from train import run as train
+from gist_mining.margin import false_negative_threshold
+from gist_mining.training.data import COLUMNS, TrainingData
+from train import run as train_command
 
 TEMPERATURE = 0.05
 
@@ -124,7 +126,7 @@ def test_bad_rules_stop_with_one_line(mined_work, tiny_model, tmp_path, capsys):
     base = ["--work", mined_work / "w", "--student", tiny_model, "--max-steps", 1, "--out", tmp_path / "m", *COMMON]
     for bad in (["--suspect-weight", "2"], ["--guide-filter", "none", "--false-negatives", "positives"],
                 ["--guide-filter", "random", "--false-negatives", "positives"]):
-        assert run_stage(train, *base, *bad) == 2
+        assert run_stage(train_command, *base, *bad) == 2
         assert capsys.readouterr().err.strip().startswith("error: --guide-filter")
         assert not (tmp_path / "m").exists()
 
@@ -137,7 +139,7 @@ def test_trainer_self_filter_masks_beyond_the_guide(mined_work, tiny_model, tmp_
     for name, extra in {"none": [], "precomputed": [], "self": [], "guide+self": [],
                         "precomputed-rules": ["--hardness-strength", "5", "--false-negatives", "positives",
                                               "--suspect-weight", "0.5"]}.items():
-        assert run_stage(train, *base, "--out", tmp_path / name, "--guide-filter", name.split("-")[0], *extra) == 0
+        assert run_stage(train_command, *base, "--out", tmp_path / name, "--guide-filter", name.split("-")[0], *extra) == 0
         first[name] = metrics(tmp_path / name)[0]
     assert first["self"]["masked_fraction"] > first["none"]["masked_fraction"]
     assert first["guide+self"]["masked_fraction"] >= max(first["self"]["masked_fraction"],
@@ -151,13 +153,13 @@ def test_known_false_negatives_join_the_batch_as_their_anchors_positives(mined_w
 
     work = mined_work / "w"
     mined = pl.read_parquet(work / "mined" / "*.parquet").sort("anchor_id")
-    data = train.TrainingData(work, 1, "cpu", false_negatives=2)
+    data = TrainingData(work, 1, "cpu", false_negatives=2)
     rows = [r for r in range(len(mined)) if mined["false_negative_ids"][r].len()][:6]
     assert rows, "the mined work directory has known false negatives"
     batch = data.get_batch(rows)
     own = [mined["negative_ids"][r].to_list()[:1] + mined["false_negative_ids"][r].to_list()[:2] for r in rows]
     assert batch.ids["negatives"].tolist() == [i for ids in own for i in ids]
-    student = batch.with_student({c: batch.guide[c].float() for c in train.COLUMNS})  # any vectors will do
+    student = batch.with_student({c: batch.guide[c].float() for c in COLUMNS})  # any vectors will do
     entries, _ = GISTLoss(TEMPERATURE, "absolute", 0.0, rules=LossRules(false_negatives="positives"))._batch_entries(student)
     start = len(rows)  # the negatives block follows the positives
     for i, ids in enumerate(own):
@@ -165,5 +167,5 @@ def test_known_false_negatives_join_the_batch_as_their_anchors_positives(mined_w
         assert entries.positives[i, brought].all() and entries.positives[i].sum() >= 1 + len(brought)
     base = ["--work", work, "--student", tiny_model, "--max-steps", 1, *COMMON, "--false-negatives", "positives"]
     for n in (0, 2):
-        assert run_stage(train, *base, "--out", tmp_path / str(n), "--false-negatives-in-batch", n) == 0
+        assert run_stage(train_command, *base, "--out", tmp_path / str(n), "--false-negatives-in-batch", n) == 0
     assert metrics(tmp_path / "2")[0]["negatives"] > metrics(tmp_path / "0")[0]["negatives"]

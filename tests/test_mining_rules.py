@@ -6,7 +6,9 @@ import numpy as np
 import pytest
 import torch
 
-from gist_mining.mining import PAD_ID, MiningRules, false_negative_threshold, is_false_negative, judge_candidates
+from gist_mining.lists import PAD_ID
+from gist_mining.margin import false_negative_threshold, is_false_negative
+from gist_mining.mining import MiningRules, judge_candidates
 
 NO_GIVEN = np.zeros((1, 0), dtype=np.int64), np.zeros((1, 0), dtype=np.float32)
 

@@ -233,10 +233,10 @@ def with_own_code(tiny_model: Path, where: Path) -> Path:
 @pytest.mark.slow
 def test_model_code_runs_only_with_trust_remote_code(tmp_path, tiny_model, capsys, monkeypatch):
     from pipeline import embed
-    from train import run as train
+    from train import run as train_command
 
     for parse in (lambda *a: embed.build_parser().parse_args(["--input", "x", "--work", "w", *a]),
-                  lambda *a: train.build_parser().parse_args(["--work", "w", "--out", "o", *a])):
+                  lambda *a: train_command.build_parser().parse_args(["--work", "w", "--out", "o", *a])):
         assert parse().trust_remote_code is False and parse("--trust-remote-code").trust_remote_code is True
     model = with_own_code(tiny_model, tmp_path / "own-code")
     make_pairs(6).write_parquet(tmp_path / "pairs.parquet")

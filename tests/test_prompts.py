@@ -15,9 +15,12 @@ from conftest import build_tiny_model, eval_split, make_pairs, run_stage
 
 from gist_mining import workdir
 from gist_mining.loss import GISTLoss
+from gist_mining.training.data import COLUMNS, TrainingData
+from gist_mining.training.evaluate import headline, make_evaluator
+from gist_mining.training.loop import epoch_batches
 from gist_mining.workdir import VectorStore, load_embeddings
 from pipeline import embed, mask
-from train import run as train
+from train import run as train_command
 
 QUERY, DOCUMENT = "query answer ", "text page "  # words of the tiny model's vocabulary
 
@@ -148,7 +151,7 @@ def test_search_and_masks_use_query_role_against_document_role(roles):
 
 def test_guide_blocks_use_each_columns_role(roles):
     work = roles / "w"
-    data = train.TrainingData(work, 2, "cpu")
+    data = TrainingData(work, 2, "cpu")
     batch = data.get_batch(list(range(8)))
     for column, role in (("queries", "query"), ("positives", "document"), ("negatives", "document")):
         vectors = by_id(work, role)
@@ -162,23 +165,23 @@ def test_student_applies_and_saves_its_prompts(roles, tmp_path, mini_batch):
     split = eval_split(tmp_path, pl.read_parquet(roles / "pairs.parquet").head(12))
     argv = ["--work", roles / "w", "--student", student, "--max-steps", 1, "--batch-size", 8, "--query-prompt", QUERY,
             "--document-prompt", DOCUMENT, "--mini-batch-size", mini_batch, "--eval", split]
-    assert run_stage(train, *argv, "--out", tmp_path / "out") == 0
+    assert run_stage(train_command, *argv, "--out", tmp_path / "out") == 0
     # the first step's loss, from the student's vectors of prompt + text as sentence-transformers computes them
-    config = train.config_from(train.build_parser().parse_args([str(a) for a in [*argv, "--out", tmp_path / "out"]]))
-    data = train.TrainingData(roles / "w", config.negatives_per_anchor, "cpu")
-    batch = data.get_batch(train.epoch_batches(data, config, 1, 0)[0])
+    config = train_command.config_from(train_command.build_parser().parse_args([str(a) for a in [*argv, "--out", tmp_path / "out"]]))
+    data = TrainingData(roles / "w", config.negatives_per_anchor, "cpu")
+    batch = data.get_batch(epoch_batches(data, config, 1, 0)[0])
     base = encoder(student)
     with torch.no_grad():
         vectors = {c: base.encode([(QUERY if c == "queries" else DOCUMENT) + t for t in batch.texts[c]],
-                                  convert_to_tensor=True) for c in train.COLUMNS}
+                                  convert_to_tensor=True) for c in COLUMNS}
         oracle = GISTLoss(config.temperature, config.in_batch_margin_strategy,
                           config.in_batch_margin)(batch.with_student(vectors))[0].item()
     logged = [json.loads(line) for line in (tmp_path / "out" / workdir.METRICS).read_text().splitlines()]
     assert [m["loss"] for m in logged if "loss" in m][0] == pytest.approx(oracle, rel=1e-4)
     # the evaluator before training: the base student with the same prompts per role
-    evaluator = train.make_evaluator(split, "eval", {"query": QUERY, "document": DOCUMENT})
+    evaluator = make_evaluator(split, "eval", {"query": QUERY, "document": DOCUMENT})
     record = json.loads((tmp_path / "out" / workdir.TRAINING_RECORD).read_text())
-    assert record["eval_before"] == train.headline(evaluator(base))
+    assert record["eval_before"] == headline(evaluator(base))
     # the saved model applies them itself
     saved = json.loads((tmp_path / "out" / "config_sentence_transformers.json").read_text())["prompts"]
     assert saved["query"] == QUERY and saved["document"] == DOCUMENT
@@ -201,6 +204,6 @@ def test_a_changed_prompt_makes_readers_refuse_the_old_state(roles, tiny_guide, 
     for name in (workdir.SEARCH_PLAN, workdir.MINE_PLAN, workdir.CANDIDATES, workdir.MINED,
                  workdir.CANDIDATES_MANIFEST, workdir.MINED_MANIFEST, workdir.SUMMARY):
         (shutil.copytree if (old / name).is_dir() else shutil.copy)(old / name, work / name)
-    for command in ((train, "--work", work, "--out", tmp_path / "m"), (mask, "--work", work, "--refilter")):
+    for command in ((train_command, "--work", work, "--out", tmp_path / "m"), (mask, "--work", work, "--refilter")):
         assert run_stage(*command) == 2
         assert f"{work / workdir.CANDIDATES_MANIFEST} is stale" in capsys.readouterr().err

@@ -18,8 +18,18 @@ from test_mask import candidates, mined
 
 from gist_mining import cpu_flags, openblas_kernel
 from gist_mining.errors import UsageError
-from gist_mining.mining import (PAD_ID, STAGE_BYTES_PER_VECTOR, build_index, bytes_per_vector, load_index, padded,
-                                parse_bytes, resolve_kind, save_index, search_candidates, search_depth)
+from gist_mining.lists import PAD_ID, padded
+from gist_mining.mining import (
+    STAGE_BYTES_PER_VECTOR,
+    build_index,
+    bytes_per_vector,
+    load_index,
+    parse_bytes,
+    resolve_kind,
+    save_index,
+    search_candidates,
+    search_depth,
+)
 from gist_mining.workdir import load_embeddings
 from pipeline import mask
 

@@ -12,8 +12,9 @@ from conftest import build_tiny_model, make_pairs, run_stage
 
 from gist_mining.loss import GISTLoss, LossRules
 from gist_mining.st import StoredGuideGISTLoss, mined_dataset
+from gist_mining.training.data import COLUMNS, Batch, TrainingData
+from gist_mining.training.step import student_forward
 from pipeline import embed, mask
-from train import run as train
 
 SETTINGS = [("absolute", 0.0), ("absolute", 0.1), ("relative", 0.05)]
 
@@ -100,11 +101,11 @@ def unflagged(work, tmp_path_factory):
     return copy
 
 
-def loss_and_grads(model, work, rows, strategy, margin, rules=LossRules()) -> tuple[tuple, train.Batch]:
+def loss_and_grads(model, work, rows, strategy, margin, rules=LossRules()) -> tuple[tuple, Batch]:
     """StoredGuideGISTLoss's loss and gradients on these data set rows, and train.run's batch of the same anchors."""
     features, labels = collate(model, rows)
     ours = StoredGuideGISTLoss(model, work, temperature=0.05, margin_strategy=strategy, margin=margin, rules=rules)
-    data = train.TrainingData(work, 1, "cpu")
+    data = TrainingData(work, 1, "cpu")
     batch = data.get_batch(np.searchsorted(data.anchor_ids, [r[0] for r in rows["label"]]).tolist())
     assert batch.texts == {"queries": rows["anchor"], "positives": rows["positive"], "negatives": rows["negative_1"]}
     return grads_of(model, lambda: ours(fresh(features), labels)), batch
@@ -129,10 +130,10 @@ def test_same_batch_equals_train_run_and_gist_embed_loss(work, unflagged, studen
     # false negatives of mining in the batch
     rows = mined_dataset(work, 1).select(range(12))
     stored, batch = loss_and_grads(model, work, rows, strategy, margin)
-    assert torch.isin(batch.known, torch.cat([batch.ids[c] for c in train.COLUMNS])).any()
+    assert torch.isin(batch.known, torch.cat([batch.ids[c] for c in COLUMNS])).any()
     gist = GISTLoss(0.05, strategy, margin)
-    embed_ = lambda c: train.student_forward(model, batch.texts[c], "cpu", False, "")  # noqa: E731
-    assert_same(stored, grads_of(model, lambda: gist(batch.with_student({c: embed_(c) for c in train.COLUMNS}))[0]))
+    embed_ = lambda c: student_forward(model, batch.texts[c], "cpu", False, "")  # noqa: E731
+    assert_same(stored, grads_of(model, lambda: gist(batch.with_student({c: embed_(c) for c in COLUMNS}))[0]))
 
     # sentence-transformers' loss with the guide running live (same tokenizer) on the same stock batch; one without
     # a text twice, as BatchSamplers.NO_DUPLICATES makes them (GISTEmbedLoss takes a duplicate of an anchor's
@@ -155,9 +156,9 @@ def test_the_loss_rules_equal_train_runs(work, student, rules):
     rows = mined_dataset(work, 1).select(range(12))
     stored, batch = loss_and_grads(model, work, rows, "absolute", 0.0, rules)
     gist = GISTLoss(0.05, "absolute", 0.0, rules=rules)
-    embed_ = lambda c: train.student_forward(model, batch.texts[c], "cpu", False, "")  # noqa: E731
-    assert_same(stored, grads_of(model, lambda: gist(batch.with_student({c: embed_(c) for c in train.COLUMNS}))[0]))
-    plain = grads_of(model, lambda: GISTLoss(0.05, "absolute", 0.0)(batch.with_student({c: embed_(c) for c in train.COLUMNS}))[0])
+    embed_ = lambda c: student_forward(model, batch.texts[c], "cpu", False, "")  # noqa: E731
+    assert_same(stored, grads_of(model, lambda: gist(batch.with_student({c: embed_(c) for c in COLUMNS}))[0]))
+    plain = grads_of(model, lambda: GISTLoss(0.05, "absolute", 0.0)(batch.with_student({c: embed_(c) for c in COLUMNS}))[0])
     assert stored[0] != pytest.approx(plain[0], rel=1e-4)  # the rule changed the loss: it was passed on
 
 
@@ -351,14 +352,14 @@ def test_kept_data_sets_under_torchrun_equal_one_process(work, student, tmp_path
     first, batches = torchrun_stock_trainer(mixed, student, tmp_path, short="keep")
     assert batches[0][1] != batches[1][1]
     model = load(student)
-    data = train.TrainingData(mixed, 2, "cpu")
+    data = TrainingData(mixed, 2, "cpu")
     batch = data.get_batch(np.searchsorted(data.anchor_ids, [a for anchors, _ in batches for a in anchors]).tolist())
     loss = StoredGuideGISTLoss(model, mixed)
     masked = []
 
     def one_process():
         value, fraction = loss.gist(batch.with_student(
-            {c: train.student_forward(model, batch.texts[c], "cpu", False, "") for c in train.COLUMNS}))
+            {c: student_forward(model, batch.texts[c], "cpu", False, "") for c in COLUMNS}))
         masked.append(fraction.item())
         return value
 
@@ -400,12 +401,12 @@ def test_a_batch_without_negatives_equals_train_runs(mostly_short, student):
     rows = mined_dataset(mostly_short, 2, short="keep")["negatives_0"].select(range(6))
     features, labels = collate(model, rows)
     stored = grads_of(model, lambda: StoredGuideGISTLoss(model, mostly_short)(fresh(features), labels))
-    data = train.TrainingData(mostly_short, 2, "cpu")
+    data = TrainingData(mostly_short, 2, "cpu")
     batch = data.get_batch(np.searchsorted(data.anchor_ids, [r[0] for r in rows["label"]]).tolist())
     assert batch.texts["negatives"] == [] and batch.texts["queries"] == rows["anchor"]
-    embed_ = lambda c: train.student_forward(model, batch.texts[c], "cpu", False, "")  # noqa: E731
+    embed_ = lambda c: student_forward(model, batch.texts[c], "cpu", False, "")  # noqa: E731
     assert_same(stored, grads_of(model, lambda: GISTLoss(0.05, "absolute", 0.0)(
-        batch.with_student({c: embed_(c) for c in train.COLUMNS}))[0]))
+        batch.with_student({c: embed_(c) for c in COLUMNS}))[0]))
 
 
 def test_stock_trainer_takes_the_kept_data_sets(mostly_short, tiny_model, tmp_path):

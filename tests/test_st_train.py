@@ -9,7 +9,10 @@ import pytest
 from conftest import eval_split, run_stage
 from test_st import student, work  # noqa: F401 (the fixtures)
 
-from train import run as train
+from gist_mining.training.config import TrainConfig
+from gist_mining.training.data import TrainingData
+from gist_mining.training.loop import epoch_batches
+from train import run as train_command
 
 COMMON = ["--batch-size", 8, "--lr", 1e-3, "--seed", 3, "--negatives-per-anchor", 1]
 
@@ -33,15 +36,15 @@ def test_matryoshka_report_to_tensorboard_and_model_card(work, split, student, t
     from gist_mining.st import StoredGuideGISTLoss, mined_dataset
 
     out = tmp_path / "model"
-    assert run_stage(train, "--work", work, "--out", out, "--student", student, "--max-steps", 3, *COMMON,
+    assert run_stage(train_command, "--work", work, "--out", out, "--student", student, "--max-steps", 3, *COMMON,
                      "--matryoshka-dims", "16,32,8", "--eval", split, "--report-to", "tensorboard") == 0
     logged = metrics(out)
     steps, evals = [m for m in logged if "loss" in m], [m for m in logged if "eval_ndcg@10" in m]
 
     # the first step's loss: sentence-transformers' MatryoshkaLoss over the stored-guide loss, same anchors
-    data = train.TrainingData(work, 1, "cpu")
-    config = train.TrainConfig(batch_size=8, seed=3)
-    first = [int(a) for a in data.anchor_ids[train.epoch_batches(data, config, 1, 0)[0]]]
+    data = TrainingData(work, 1, "cpu")
+    config = TrainConfig(batch_size=8, seed=3)
+    first = [int(a) for a in data.anchor_ids[epoch_batches(data, config, 1, 0)[0]]]
     dataset = mined_dataset(work, 1)
     position = {label[0]: i for i, label in enumerate(dataset["label"])}
     model = SentenceTransformer(str(student), device="cpu")
@@ -76,14 +79,14 @@ def test_matryoshka_report_to_tensorboard_and_model_card(work, split, student, t
 
 def test_report_to_a_missing_library_and_push_offline_are_one_line_errors(work, split, student, tmp_path, capsys):
     base = ["--work", work, "--student", student, "--max-steps", 1, *COMMON]
-    assert run_stage(train, *base, "--out", tmp_path / "a", "--push-to-hub", "someone/model") == 2
+    assert run_stage(train_command, *base, "--out", tmp_path / "a", "--push-to-hub", "someone/model") == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "HF_HUB_OFFLINE" in err[0] and not (tmp_path / "a").exists()
     pytest.importorskip("tensorboard")
     try:
         import wandb  # noqa: F401
     except ImportError:
-        assert run_stage(train, *base, "--out", tmp_path / "b", "--report-to", "wandb") == 2
+        assert run_stage(train_command, *base, "--out", tmp_path / "b", "--report-to", "wandb") == 2
         err = capsys.readouterr().err.strip().splitlines()
         assert len(err) == 1 and "pip install wandb" in err[-1]
 
@@ -124,7 +127,7 @@ def test_push_to_hub_uploads_the_output_folder(work, split, student, tmp_path, m
     monkeypatch.setenv("HF_TOKEN", "hf_fake")
     out = tmp_path / "model"
     try:
-        assert run_stage(train, "--work", work, "--out", out, "--student", student, "--max-steps", 1, *COMMON,
+        assert run_stage(train_command, "--work", work, "--out", out, "--student", student, "--max-steps", 1, *COMMON,
                          "--push-to-hub", "someone/model") == 0
     finally:
         server.shutdown()

@@ -16,7 +16,7 @@ from gist_mining import workdir
 from gist_mining.storage import tmp_name
 from gist_mining.workdir import text_id
 from pipeline import embed, mask, report
-from train import run as train
+from train import run as train_command
 
 
 def embed_args(root, model, *extra):
@@ -52,7 +52,7 @@ def test_overwrite_with_another_guide_removes_everything_derived(root, tiny_mode
     for name in (workdir.VECTORS, workdir.INDEX, workdir.CANDIDATES, workdir.MINED, workdir.SEARCH_PLAN,
                  workdir.CANDIDATES_MANIFEST, workdir.MINED_MANIFEST, workdir.SUMMARY, workdir.MODELS):
         assert not (work / name).exists(), name
-    assert run_stage(train, "--work", work, "--out", root / "m") == 2
+    assert run_stage(train_command, "--work", work, "--out", root / "m") == 2
     assert "no mined_manifest.json" in capsys.readouterr().err
 
 
@@ -65,7 +65,7 @@ def test_readers_refuse_tables_mined_from_other_embeddings(root, tiny_model, cap
     for name in (workdir.SEARCH_PLAN, workdir.MINE_PLAN, workdir.CANDIDATES, workdir.MINED,
                  workdir.CANDIDATES_MANIFEST, workdir.MINED_MANIFEST, workdir.SUMMARY):
         (shutil.copytree if (old / name).is_dir() else shutil.copy)(old / name, root / "w" / name)
-    command = {"train": (train, "--work", root / "w", "--out", root / "m"),
+    command = {"train": (train_command, "--work", root / "w", "--out", root / "m"),
                "report": (report, "--work", root / "w"),
                "refilter": (mask, "--work", root / "w", "--refilter", "--margin", 0.1)}[reader]
     assert run_stage(*command) == 2
@@ -119,7 +119,7 @@ def test_damaged_mined_shard_is_refused_by_train_and_rebuilt_by_mask(root, tiny_
     shard = work / workdir.MINED / workdir.shard_name(1)
     reference = shard.read_bytes()
     shard.write_bytes(reference[: len(reference) // 2])
-    assert run_stage(train, "--work", work, "--out", root / "m", "--student", tiny_model, "--max-steps", 1) == 2
+    assert run_stage(train_command, "--work", work, "--out", root / "m", "--student", tiny_model, "--max-steps", 1) == 2
     assert f"{shard}: truncated" in capsys.readouterr().err
     assert run_stage(mask, "--work", work, "--k", 12, "--anchors-per-shard", 25) == 0
     assert shard.read_bytes() == reference

@@ -12,9 +12,12 @@ import torch
 from conftest import eval_split, gist_loss, make_pairs, run_stage
 
 from gist_mining.loss import GISTLoss
+from gist_mining.training.config import TrainConfig
+from gist_mining.training.data import COLUMNS, TrainingData
+from gist_mining.training.step import cached_backward, student_forward
 from gist_mining.workdir import VectorStore
 from pipeline import embed, mask
-from train import run as train
+from train import run as train_command
 
 
 @pytest.fixture(scope="module")
@@ -31,9 +34,9 @@ def fixed_batch_loss(model_path, work, tiny_guide) -> float:
     from sentence_transformers import SentenceTransformer
 
     model = SentenceTransformer(str(model_path), device="cpu")
-    batch = train.TrainingData(work, 1, "cpu").get_batch(list(range(16)))
+    batch = TrainingData(work, 1, "cpu").get_batch(list(range(16)))
     with torch.no_grad():
-        student = {c: model.encode(batch.texts[c], convert_to_tensor=True) for c in train.COLUMNS}
+        student = {c: model.encode(batch.texts[c], convert_to_tensor=True) for c in COLUMNS}
         return gist_loss(temperature=0.05)(batch.with_student(student))[0].item()
 
 
@@ -49,7 +52,7 @@ def test_training_lowers_the_loss_and_saves_a_loadable_model(mined_work, tiny_mo
     from sentence_transformers import SentenceTransformer
 
     out = tmp_path / "model"
-    assert run_stage(train, "--work", mined_work / "w", "--out", out, "--student", tiny_model, "--epochs", 4,
+    assert run_stage(train_command, "--work", mined_work / "w", "--out", out, "--student", tiny_model, "--epochs", 4,
                      *COMMON) == 0
     before = fixed_batch_loss(tiny_model, mined_work / "w", tiny_guide)
     after = fixed_batch_loss(out, mined_work / "w", tiny_guide)
@@ -65,12 +68,12 @@ def test_training_lowers_the_loss_and_saves_a_loadable_model(mined_work, tiny_mo
 
 def test_resume_continues_exactly(mined_work, tiny_model, tmp_path):
     args = ["--work", mined_work / "w", "--student", tiny_model, "--max-steps", 6, "--save-steps", 3, *COMMON]
-    assert run_stage(train, *args, "--out", tmp_path / "whole") == 0
+    assert run_stage(train_command, *args, "--out", tmp_path / "whole") == 0
     # an interrupted run: what the first run had on disk at its step-3 checkpoint, and a log that went further
     cut = tmp_path / "cut"
     shutil.copytree(tmp_path / "whole" / "checkpoints" / "step-0000003", cut / "checkpoints" / "step-0000003")
     (cut / "metrics.jsonl").write_text("".join(json.dumps(m) + "\n" for m in metrics(tmp_path / "whole")[:4]))
-    assert run_stage(train, *args, "--out", cut, "--resume") == 0
+    assert run_stage(train_command, *args, "--out", cut, "--resume") == 0
     whole = [m["loss"] for m in metrics(tmp_path / "whole")]
     resumed = [m["loss"] for m in metrics(cut)]
     assert resumed == whole and len(whole) == 6
@@ -78,8 +81,8 @@ def test_resume_continues_exactly(mined_work, tiny_model, tmp_path):
 
 def test_guide_filter_none_masks_only_self_pairs(mined_work, tiny_model, tmp_path):
     base = ["--work", mined_work / "w", "--student", tiny_model, "--max-steps", 3, *COMMON]
-    assert run_stage(train, *base, "--out", tmp_path / "guided") == 0
-    assert run_stage(train, *base, "--out", tmp_path / "plain", "--guide-filter", "none") == 0
+    assert run_stage(train_command, *base, "--out", tmp_path / "guided") == 0
+    assert run_stage(train_command, *base, "--out", tmp_path / "plain", "--guide-filter", "none") == 0
     guided, plain = metrics(tmp_path / "guided"), metrics(tmp_path / "plain")
     # B anchors and M negatives give 3B + M candidates per anchor, 2 of them self-pairs (q-q and p-p)
     for g, p in zip(guided, plain):
@@ -89,7 +92,7 @@ def test_guide_filter_none_masks_only_self_pairs(mined_work, tiny_model, tmp_pat
 
 def test_task_batches_and_evaluation(mined_work, tiny_model, tmp_path, capsys):
     out = tmp_path / "model"
-    assert run_stage(train, "--work", mined_work / "w", "--out", out, "--student", tiny_model, "--max-steps", 4,
+    assert run_stage(train_command, "--work", mined_work / "w", "--out", out, "--student", tiny_model, "--max-steps", 4,
                      "--task-batches", "--eval", mined_work / "eval", "--eval-steps", 2, *COMMON) == 0
     evals = [m for m in metrics(out) if "eval_ndcg@10" in m]
     assert [m["step"] for m in evals] == [0, 2, 4]
@@ -100,14 +103,14 @@ def test_task_batches_and_evaluation(mined_work, tiny_model, tmp_path, capsys):
 
 
 def test_missing_mined_tables_is_a_usage_error(tmp_path, capsys):
-    assert run_stage(train, "--work", tmp_path, "--out", tmp_path / "m") == 2
+    assert run_stage(train_command, "--work", tmp_path, "--out", tmp_path / "m") == 2
     assert "no mined_manifest.json" in capsys.readouterr().err
 
 
 def test_batches_come_from_the_mined_table_texts_and_store(mined_work):
     """Texts, negatives, known false negatives and guide vectors of a batch equal a plain read of the tables."""
     work = mined_work / "w"
-    data = train.TrainingData(work, 2, "cpu")
+    data = TrainingData(work, 2, "cpu")
     table = pl.read_parquet(work / "mined" / "*.parquet").sort("anchor_id")
     with_negatives = np.flatnonzero(table["negative_ids"].list.len().to_numpy()).tolist()
     rows = [with_negatives[2], 0, with_negatives[0], with_negatives[1] + 1, with_negatives[1]]
@@ -140,7 +143,7 @@ def test_report_renders_and_links_only_existing_files(mined_work, tiny_model, tm
 
     work = tmp_path / "w"
     shutil.copytree(mined_work / "w", work)
-    assert run_stage(train, "--work", work, "--out", work / "models" / "gist", "--student", tiny_model, "--max-steps", 3,
+    assert run_stage(train_command, "--work", work, "--out", work / "models" / "gist", "--student", tiny_model, "--max-steps", 3,
                      *COMMON) == 0
     assert run_stage(report, "--work", work) == 0
     page = (work / "report" / "index.html").read_text()
@@ -164,7 +167,7 @@ def test_torchrun_two_gloo_processes_equal_one_process(mined_work, tmp_path):
     student = build_tiny_model(tmp_path / "student", seed=4, dropout=0.0)  # no dropout: the same forward either way
     common = ["--work", mined_work / "w", "--student", student, "--max-steps", 3, "--lr", 1e-3, "--temperature", 0.05,
               "--negatives-per-anchor", 2]
-    assert run_stage(train, *common, "--batch-size", 8, "--out", tmp_path / "one") == 0
+    assert run_stage(train_command, *common, "--batch-size", 8, "--out", tmp_path / "one") == 0
     env = dict(os.environ, HF_HUB_OFFLINE="1", PYTHONPATH=str(ROOT), OMP_NUM_THREADS="1")
     # two ranks, and two ranks with GradCache mini-batches (no_sync on all but the last backward)
     for out, extra in (("two", []), ("two-cached", ["--mini-batch-size", "3"])):
@@ -192,11 +195,11 @@ def test_grad_cache_equals_the_uncached_loss_and_gradients(mined_work, tmp_path,
 
     from gist_mining.models import load_model
 
-    data = train.TrainingData(mined_work / "w", 2, "cpu")
+    data = TrainingData(mined_work / "w", 2, "cpu")
     batch = data.get_batch(list(range(12)))
     assert batch.known.ne(-1).any()  # known false negatives take part
-    texts = [t for c in train.COLUMNS for t in batch.texts[c]]
-    sizes = [len(batch.texts[c]) for c in train.COLUMNS]
+    texts = [t for c in COLUMNS for t in batch.texts[c]]
+    sizes = [len(batch.texts[c]) for c in COLUMNS]
     loss_fn = GISTLoss(0.05, strategy, margin)
     for dropout in (0.1, 0.0):
         model = load_model(str(build_tiny_model(tmp_path / f"m{dropout}", seed=5, dropout=dropout)), device="cpu")
@@ -210,16 +213,16 @@ def test_grad_cache_equals_the_uncached_loss_and_gradients(mined_work, tmp_path,
 
         def one_graph():
             # the cached step's mini-batches: 5 texts at a time within each column (the model has no prompts)
-            chunks = [train.student_forward(model, batch.texts[c][s: s + 5], "cpu", False, "")
-                      for c in train.COLUMNS for s in range(0, len(batch.texts[c]), 5)]
-            whole = torch.cat(chunks) if dropout else train.student_forward(model, texts, "cpu", False, "")
-            loss = loss_fn(batch.with_student(dict(zip(train.COLUMNS, whole.split(sizes)))))[0]
+            chunks = [student_forward(model, batch.texts[c][s: s + 5], "cpu", False, "")
+                      for c in COLUMNS for s in range(0, len(batch.texts[c]), 5)]
+            whole = torch.cat(chunks) if dropout else student_forward(model, texts, "cpu", False, "")
+            loss = loss_fn(batch.with_student(dict(zip(COLUMNS, whole.split(sizes)))))[0]
             loss.backward()
             return loss.item()
 
-        config = train.TrainConfig(mini_batch_size=5)
+        config = TrainConfig(mini_batch_size=5)
         expected = grads_of(one_graph)
-        cached = grads_of(lambda: train.cached_backward(model, loss_fn, batch, config, "cpu")[0].item())
+        cached = grads_of(lambda: cached_backward(model, loss_fn, batch, "cpu", config.mini_batch_size)[0].item())
         assert cached[0] == pytest.approx(expected[0], rel=1e-5)
         assert len(cached[1]) == len(expected[1]) > 10
         for mine, theirs in zip(cached[1], expected[1]):

@@ -1,12 +1,16 @@
-"""train.run's metrics to TensorBoard, Weights & Biases, MLflow or trackio, through transformers' own integration
-callbacks (the ones ``Trainer(report_to=...)`` uses), so each service gets what it gets from a Trainer run:
-run set-up, the settings, one point per logged value and step, the end of the run."""
+"""Where train.run's figures go: metrics.jsonl (``Log``), and TensorBoard, Weights & Biases, MLflow or trackio through
+transformers' own integration callbacks (the ones ``Trainer(report_to=...)`` uses; ``Reporter``), so each service
+gets what it gets from a Trainer run: run set-up, the settings, one point per logged value and step, the end of
+the run."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
+from gist_mining import workdir
 from gist_mining.errors import UsageError
+from gist_mining.storage import write_bytes_atomic
 
 REPORT_TO = ("none", "tensorboard", "wandb", "mlflow", "trackio")
 # train.run's metrics.jsonl names where the Trainer's differ (TensorBoard shows train/learning_rate either way)
@@ -52,3 +56,29 @@ class Reporter:
     def _call(self, event: str, **kwargs) -> None:
         for callback in self.callbacks:
             getattr(callback, event)(self.args, self.state, self.control, **kwargs)
+
+
+class Log:
+    """metrics.jsonl, one JSON line per step or evaluation, written by rank 0. A fresh run starts it anew; a
+    resumed one keeps what came up to its checkpoint, less a line cut short by a kill."""
+
+    def __init__(self, out: Path, step: int, rank: int, reporter: Reporter | None = None):
+        self.reporter = reporter  # --report-to: every record goes there too, from every rank (it reports on rank 0)
+        self.path = out / workdir.METRICS if rank == 0 else None
+        if self.path is None:
+            return
+        kept = []
+        for line in self.path.read_text().splitlines() if step and self.path.exists() else []:
+            try:
+                if json.loads(line)["step"] <= step:
+                    kept.append(line)
+            except ValueError:
+                pass
+        write_bytes_atomic("".join(line + "\n" for line in kept).encode(), self.path)
+
+    def write(self, record: dict) -> None:
+        if self.reporter is not None:
+            self.reporter.log(record)
+        if self.path is not None:
+            with open(self.path, "a") as fh:
+                fh.write(json.dumps(record) + "\n")

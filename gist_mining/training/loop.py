@@ -1,0 +1,166 @@
+"""Stage 3, the loop: fine-tune a student on mined tables with GISTEmbed's guided in-batch loss, no guide forward
+pass. Its parts, each in its own module: the settings (config), the rows and stored guide vectors (data), the
+batch plans (batches), the step (step), checkpoints, metrics (reporting), evaluation and the saved output.
+The helpers come first; ``train`` at the end is the loop.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import shutil
+import sys
+import time
+from dataclasses import replace
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+from tqdm import tqdm
+from transformers import get_linear_schedule_with_warmup
+
+from gist_mining import workdir
+from gist_mining.errors import UsageError
+from gist_mining.loss import GUIDE_FILTERS, GISTLoss, LossRules
+from gist_mining.models import load_model, role_prompts
+from gist_mining.training import hub
+from gist_mining.training.batches import plan_batches
+from gist_mining.training.checkpoints import latest_checkpoint, restore, run_identity, save_checkpoint
+from gist_mining.training.config import TrainConfig
+from gist_mining.training.data import TrainingData
+from gist_mining.training.evaluate import evaluate, make_evaluator
+from gist_mining.training.output import save_model
+from gist_mining.training.reporting import Log, Reporter
+from gist_mining.training.step import global_mean, train_step
+
+
+def loss_from(config: TrainConfig) -> GISTLoss:
+    choice = GUIDE_FILTERS[config.guide_filter]
+    try:
+        rules = LossRules(choice.self_filter, config.self_margin, config.hardness_strength, config.hardness_negatives,
+                          config.false_negatives, config.promote_margin, config.suspect_weight)
+        return GISTLoss(config.temperature, config.in_batch_margin_strategy, config.in_batch_margin,
+                        guided=choice.guided, control=choice.control, rules=rules)
+    except ValueError as err:
+        raise UsageError(f"--guide-filter {config.guide_filter}: {err}") from None
+
+
+def say_rules(config: TrainConfig, manifest: dict) -> None:
+    """The two rules stack: mining removed its false negatives, the loss masks in-batch ones."""
+    mined_rules = ", ".join(f"{k} {v}" for k, v in manifest["rules"].items() if v is not None)
+    choice = GUIDE_FILTERS[config.guide_filter]
+    in_batch = choice.says.format(strategy=config.in_batch_margin_strategy, margin=config.in_batch_margin,
+                                  self_margin=config.self_margin)
+    if manifest["rules"].get("unjudged_rank_min") is not None and choice.guided:
+        in_batch += " (not for anchors the guide cannot judge, as in mining)"
+    if config.false_negatives == "positives":
+        in_batch += f"; known false negatives and guide scores above the positive + {config.promote_margin} are positives"
+    if config.suspect_weight:
+        in_batch += f"; suspects weighted {config.suspect_weight} instead of masked"
+    if config.hardness_strength:
+        in_batch += f"; hardness weighting {config.hardness_strength} on {config.hardness_negatives} negatives"
+    print(f"train: mined negatives chosen under: {mined_rules}; in-batch guide filter: {in_batch}", file=sys.stderr)
+
+
+def epoch_batches(data: TrainingData, config: TrainConfig, world: int, epoch: int, rank: int = 0) -> list[list[int]]:
+    batches, waiting = plan_batches(data.row_texts, data.tasks, config.batch_size * world, config.seed, epoch,
+                                    config.task_batches, min_batch_size=max(config.min_batch_size, world))  # a row per rank
+    if waiting and rank == 0:
+        print(f"train: epoch {epoch}: {waiting} of {len(data.tasks)} rows wait for a later epoch (a text they share "
+              f"would repeat in a batch, or their batch is under --min-batch-size)", file=sys.stderr)
+    return batches
+
+
+def start(config: TrainConfig, out: Path, data: TrainingData, total_steps: int, device, rank: int):
+    """The student, optimizer and schedule, fresh or from the newest checkpoint; and where the run stands."""
+    identity = run_identity(config, data.manifest)
+    if rank == 0 and not config.resume:  # a fresh run: no checkpoint or record of an earlier run may pass for its own
+        shutil.rmtree(out / workdir.CHECKPOINTS, ignore_errors=True)
+        (out / workdir.TRAINING_RECORD).unlink(missing_ok=True)
+    checkpoint = latest_checkpoint(out, identity) if config.resume else None
+    model = replace(config.student, device=device).load()
+    if checkpoint is not None:  # its weights only: a tokenizer re-read from a save would be saved differently
+        model.load_state_dict(load_model(str(checkpoint), device=device).state_dict())
+    # The student's prompts per role, used in its forward passes and saved in its config, so that
+    # encode_query and encode_document apply them.
+    model.prompts.update(role_prompts(model, config.prompts))
+    if config.gradient_checkpointing:
+        model[0].auto_model.gradient_checkpointing_enable()
+    optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+    scheduler = get_linear_schedule_with_warmup(optimizer, int(config.warmup_ratio * total_steps), total_steps)
+    if checkpoint is None:
+        return model, optimizer, scheduler, {"step": 0, "epoch": 0, "batch_index": 0}
+    return model, optimizer, scheduler, restore(checkpoint, optimizer, scheduler)
+
+
+def train(work: Path, out: Path, config: TrainConfig = TrainConfig()) -> dict | None:
+    """Fine-tune ``config.student`` on the mined tables of ``work`` (``pipeline.mask``) into ``out``, with the
+    guide's stored vectors for the in-batch rule: the model, its checkpoints, metrics.jsonl and
+    gist_training.json. Under torchrun (WORLD_SIZE > 1) every rank calls it. Returns the held-out scores after
+    training (``config.eval``; None without)."""
+    work, out = Path(work), Path(out)
+    if config.push_to_hub:
+        hub.check_can_push(config.push_to_hub)
+    loss_fn = loss_from(config)  # before any work: a bad combination of rules stops here
+    world = int(os.environ.get("WORLD_SIZE", 1))
+    if world > 1:
+        dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
+    rank = dist.get_rank() if world > 1 else 0
+    reporter = Reporter(config.report_to, out, rank, {"learning_rate": config.lr, "seed": config.seed,
+                                                      "per_device_train_batch_size": config.batch_size,
+                                                      "weight_decay": config.weight_decay})
+    device = config.student.device or (f"cuda:{int(os.environ.get('LOCAL_RANK', 0))}" if torch.cuda.is_available() else "cpu")
+    random.seed(config.seed)
+    torch.manual_seed(config.seed)
+
+    data = TrainingData(work, config.negatives_per_anchor, device, config.false_negatives_in_batch)
+    if rank == 0:
+        say_rules(config, data.manifest)
+    batches = epoch_batches(data, config, world, 0, rank)  # its length sets the schedule
+    total_steps = config.max_steps or max(1, int(config.epochs * len(batches)))
+    model, optimizer, scheduler, position = start(config, out, data, total_steps, device, rank)
+    step, epoch, batch_index = position["step"], position["epoch"], position["batch_index"]
+    full = model.get_embedding_dimension()
+    if any(size > full for size in config.matryoshka_dims):
+        raise UsageError(f"--matryoshka-dims {config.matryoshka_dims}: the student's embeddings have {full} dimensions")
+    log = Log(out, step, rank, reporter)
+    cut = tuple(size for size in config.matryoshka_dims if size < full)
+    evaluator = make_evaluator(config.eval, "eval", model.prompts, cut) if config.eval else None
+    before = evaluate(model, evaluator, log, step, rank) if evaluator and step == 0 else None
+
+    model.train()
+    if epoch:  # a resumed run continues in a later epoch
+        batches = epoch_batches(data, config, world, epoch, rank)
+    progress = tqdm(total=total_steps, initial=step, desc="train", disable=rank != 0)
+    started = time.perf_counter()
+    while step < total_steps:
+        if batch_index >= len(batches):
+            epoch, batch_index = epoch + 1, 0
+            batches = epoch_batches(data, config, world, epoch, rank)
+        rows = batches[batch_index][rank::world]  # ranks' shares differ by one at most
+        batch_index, step = batch_index + 1, step + 1
+        batch = data.get_batch(rows)
+        loss, masked = train_step(model, loss_fn, batch, optimizer, scheduler, device, world,
+                                  bf16=config.precision == "bf16", mini_batch_size=config.mini_batch_size,
+                                  sizes=config.matryoshka_dims)
+        loss, masked = global_mean(loss, masked, world)
+        log.write({"step": step, "epoch": epoch, "loss": loss, "masked_fraction": round(masked, 4),
+                   "anchors": len(rows), "negatives": len(batch.texts["negatives"]),
+                   "lr": scheduler.get_last_lr()[0], "seconds": round(time.perf_counter() - started, 2)})
+        progress.set_postfix(loss=f"{loss:.4f}", masked=f"{masked:.3f}")
+        progress.update(1)
+        if config.save_steps and step % config.save_steps == 0 and rank == 0:
+            save_checkpoint(out, step, model, optimizer, scheduler,
+                            {"epoch": epoch, "batch_index": batch_index, "identity": run_identity(config, data.manifest)})
+        if evaluator and config.eval_steps and step % config.eval_steps == 0 and step < total_steps:
+            evaluate(model, evaluator, log, step, rank)
+    progress.close()
+    after = evaluate(model, evaluator, log, step, rank) if evaluator else None
+    reporter.close()
+    if rank == 0:
+        save_model(config, work, out, model, data.manifest, step, world, before, after)
+        if config.push_to_hub:
+            print(f"train: pushed {out} to {hub.push(out, config.push_to_hub)}", file=sys.stderr)
+    if world > 1:
+        dist.destroy_process_group()
+    return after
