@@ -26,6 +26,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from benchmarks.common import ROOT, table  # noqa: E402
 from gist_mining import fn_quality, workdir  # noqa: E402
 from gist_mining.errors import UsageError  # noqa: E402
+from gist_mining.mask.settings import CHUNK  # noqa: E402
 from gist_mining.models import DEFAULT_GUIDE  # noqa: E402
 from pipeline import embed, mask  # noqa: E402
 from pipeline.report import fn_frontier  # noqa: E402
@@ -82,7 +83,7 @@ def main() -> None:
     ensure_candidates(args)
     shutil.copy(args.data / "truth.parquet", args.work / workdir.TRUTH)
     started = time.perf_counter()
-    tallies = fn_quality.sweep(fn_quality.candidate_chunks(args.work, mask.CHUNK),
+    tallies = fn_quality.sweep(fn_quality.candidate_chunks(args.work, CHUNK),
                                fn_quality.read_truth(args.work / workdir.TRUTH),
                                fn_quality.default_sweep(args.negatives_per_anchor))
     overall = fn_quality.rates(tallies, ["rule"])

@@ -71,6 +71,7 @@ def write_pairs(path: Path, n_pairs: int) -> Path:
 def child(argv: list[str]) -> None:
     """pipeline.embed's main, stopped at its first encode call with the time and peak RSS so far."""
     started = time.perf_counter()
+    from gist_mining.embed import step
     from pipeline import embed
 
     def first_encode(*_, **__):
@@ -79,7 +80,7 @@ def child(argv: list[str]) -> None:
                                         "cpu_seconds": round(used.ru_utime + used.ru_stime, 1)}), flush=True)
         os._exit(0)
 
-    embed.encode = first_encode
+    step.encode = first_encode
     embed.main(argv)
 
 

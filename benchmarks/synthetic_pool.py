@@ -6,7 +6,7 @@ Texts are "doc N" (the pool: N < --pool) and "query N" (N < --anchors). Anchor N
 positive is doc N; every third anchor also gives doc (anchors + N) as a negative. Documents lie around
 pool / 1000 random centres (cosine ~0.5 between two documents of a centre), and query N around doc N
 (cosine ~0.86). The texts and anchors are planned by gist_mining.planning.plan_texts, the plan made by
-pipeline.embed.plan_for, and the shards, markers and manifest written by pipeline.embed.EmbedStep
+gist_mining.embed.plan.plan_for, and the shards, markers and manifest written by gist_mining.embed.step.EmbedStep
 with a stand-in guide whose ``encode`` returns these vectors, so the directory is exactly what
 pipeline.embed writes (float16 vectors) and `python -m pipeline.mask --work DIR` runs on it unchanged.
 """
@@ -25,10 +25,13 @@ import polars as pl
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from gist_mining import planning, workdir  # noqa: E402
-from gist_mining.storage import config_fingerprint  # noqa: E402
+from gist_mining.embed.plan import claim, plan_for  # noqa: E402
+from gist_mining.embed.settings import EmbedOptions, EmbedSettings  # noqa: E402
+from gist_mining.embed.stage import finish  # noqa: E402
+from gist_mining.embed.step import EmbedStep  # noqa: E402
 from gist_mining.executor import ExecutorSettings, run_step  # noqa: E402
 from gist_mining.models import ModelSettings  # noqa: E402
-from pipeline.embed import EmbedOptions, EmbedSettings, EmbedStep, claim, finish, plan_for  # noqa: E402
+from gist_mining.storage import config_fingerprint  # noqa: E402
 
 DOCUMENT_SPREAD, QUERY_SPREAD = 1.0, 0.6  # noise norm relative to the unit centre (document) or positive (query)
 

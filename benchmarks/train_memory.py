@@ -4,7 +4,7 @@
     python benchmarks/train_memory.py --readers /tmp/scale-1m /tmp/scale-10m
 
 For each pool size a work directory is written by benchmarks/synthetic_pool.py under --root and mined by
-pipeline.mask (--index ivfpq, as benchmarks/mask_scale.py runs it); then train.run.TrainingData loads it in
+pipeline.mask (--index ivfpq, as benchmarks/mask_scale.py runs it); then gist_mining.training.data.TrainingData loads it in
 a fresh process (peak RSS is its VmHWM, benchmarks/peak_rss.py) with --negatives per anchor, and the work
 directory is deleted (unless --keep). With --readers DIR..., only the part of loading that grows with the
 pool runs, on embedded work directories that need not be mined (the texts and guide vectors of each
@@ -96,7 +96,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
         rows.append((size, said["rows"], said["texts"], f"{said['guide_mib']:.0f}", f"{said['texts_mib']:.0f}",
                      f"{run['peak_rss_mib']:.0f}", f"{run['seconds']:.1f}"))
         print(table(rows[-1:], header), flush=True)
-    print(f"\ntrain.run.TrainingData, synthetic {args.dim}-d float16 vectors, {args.negatives} negative(s) per anchor; "
+    print(f"\ngist_mining.training.data.TrainingData, synthetic {args.dim}-d float16 vectors, {args.negatives} negative(s) per anchor; "
           f"a process that imports train.run and loads nothing peaks at {baseline:.0f} MiB")
     print(table(rows, header))
     first, last = results[0], results[-1]
@@ -115,7 +115,7 @@ def measure_readers(works: list[Path]) -> list[dict]:
         rows.append((said["pool"], said["rows"], said["texts"], f"{said['guide_mib']:.0f}", f"{said['texts_mib']:.0f}",
                      f"{run['peak_rss_mib']:.0f}", f"{run['seconds']:.1f}"))
         print(table(rows[-1:], header), flush=True)
-    print("\nthe readers of train.run.TrainingData that grow with the pool: texts and guide vectors of the anchors' "
+    print("\nthe readers of gist_mining.training.data.TrainingData that grow with the pool: texts and guide vectors of the anchors' "
           "queries, positives and one random stored text each")
     print(table(rows, header))
     return [figure(f"trainer readers peak RSS at {rows[-1][0]} texts", float(rows[-1][5]), unit="MiB")]

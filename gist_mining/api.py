@@ -11,14 +11,14 @@ A settings field's default and help are those of its command-line option (``gist
 ``python -m pipeline.embed --help`` documents ``EmbedOptions``, and so on.
 """
 
+from gist_mining.embed import EmbedOptions, embed
 from gist_mining.executor import ExecutorSettings
 from gist_mining.export import to_dataset
+from gist_mining.mask import SearchSettings, mask
 from gist_mining.mining import MiningRules
 from gist_mining.models import ModelSettings, Prompts
 from gist_mining.rescore import RescoreSettings
 from gist_mining.training import TrainConfig, train
-from pipeline.embed import EmbedOptions, embed
-from pipeline.mask import SearchSettings, mask
 
 __all__ = ["embed", "mask", "train", "to_dataset", "EmbedOptions", "SearchSettings", "MiningRules", "RescoreSettings",
            "TrainConfig", "ModelSettings", "Prompts", "ExecutorSettings"]

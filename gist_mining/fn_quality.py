@@ -75,7 +75,8 @@ def truth_path(work: Path, given: Path | None) -> Path | None:
 
 
 def candidate_chunks(work: Path, size: int) -> Iterator[pa.Table]:
-    """candidates/ in chunks of ``size`` anchors (pipeline.mask.CHUNK), each shard checked against its manifest first."""
+    """candidates/ in chunks of ``size`` anchors (gist_mining.mask.settings.CHUNK), each shard checked against its
+    manifest first."""
     for path in workdir.verified(work, workdir.checked_candidates_manifest(work), "search"):
         for batch in pq.ParquetFile(path).iter_batches(batch_size=size):
             yield pa.Table.from_batches([batch])

@@ -142,7 +142,7 @@ class OnnxEncoder:
 
 
 def encode(encoder: OnnxEncoder, texts: list[str], batch_size: int, prompt: str | None, task: str | None = None) -> np.ndarray:
-    """``pipeline.embed.encode`` for the ONNX backend: L2-normalised float32 vectors in the order of texts. ``task``
+    """``gist_mining.embed.step.encode`` for the ONNX backend: L2-normalised float32 vectors in the order of texts. ``task``
     routes a Router module, which the ONNX backend never serves (``unsupported``), so it changes nothing here."""
     return encoder.encode(texts, batch_size, prompt)
 

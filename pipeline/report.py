@@ -28,10 +28,10 @@ import numpy as np  # noqa: E402
 import polars as pl  # noqa: E402
 
 from gist_mining import cli, fn_quality, workdir  # noqa: E402
+from gist_mining.mask.settings import CHUNK  # noqa: E402
 from gist_mining.mining import MiningRules  # noqa: E402
 from gist_mining.settings import HelpFormatter  # noqa: E402
 from gist_mining.storage import read_json  # noqa: E402
-from pipeline.mask import CHUNK  # noqa: E402
 
 COLORS = {"positive": "#2a9d8f", "hard negative": "#e9c46a", "false negative": "#e76f51"}
 

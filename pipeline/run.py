@@ -24,15 +24,15 @@ from dataclasses import replace
 from pathlib import Path
 
 from gist_mining import cli, workdir
+from gist_mining.embed import EmbedOptions, InputOptions, embed
 from gist_mining.errors import UsageError
 from gist_mining.executor import ExecutorSettings
+from gist_mining.mask import SearchSettings, mask
 from gist_mining.mining import MiningRules
 from gist_mining.models import DEFAULT_GUIDE, DEFAULT_STUDENT, ModelSettings, Prompts, add_prompt_options, load_model
 from gist_mining.settings import HelpFormatter, add_options, from_args
 from gist_mining.storage import write_json_atomic
 from gist_mining.training import TrainConfig, train
-from pipeline.embed import EmbedOptions, InputOptions, embed
-from pipeline.mask import SearchSettings, mask
 
 DATA = Path(__file__).resolve().parents[1] / "data"
 BUNDLED = ("sample", "sections")  # data/NAME/train.parquet and data/NAME/test/, work directory runs/NAME

@@ -121,7 +121,7 @@ def run_module(module: str, *args, check=True, **kwargs) -> subprocess.Completed
 
 
 def gist_loss(**settings):
-    """GISTLoss with the trainer's defaults (train.run.TrainConfig) for the settings not given."""
+    """GISTLoss with the trainer's defaults (gist_mining.training.TrainConfig) for the settings not given."""
     from gist_mining.loss import GISTLoss
     from gist_mining.training import TrainConfig
 

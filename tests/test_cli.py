@@ -16,8 +16,14 @@ import pytest
 from conftest import ROOT, make_pairs, run_stage
 
 from gist_mining import cli, workdir
+from gist_mining.embed import EmbedOptions
+from gist_mining.embed import embed as embed_stage
+from gist_mining.embed.step import EmbedStep
 from gist_mining.errors import UsageError
 from gist_mining.executor import ExecutorSettings, run_locally, run_step
+from gist_mining.mask import SearchSettings
+from gist_mining.mask.select import MineStep
+from gist_mining.mining import MiningRules
 from gist_mining.models import ModelSettings
 from gist_mining.settings import dest_of
 from pipeline import cache, embed, export, mask, report
@@ -36,7 +42,7 @@ STAGE_DEFAULTS = {"--negatives-per-anchor": "mask mines more (3) than train uses
                                             "without mining again; export takes the mining run's (None)"}
 
 
-SEARCH_DEFAULTS = {dest_of(f): f.default for f in fields(mask.SearchSettings)}
+SEARCH_DEFAULTS = {dest_of(f): f.default for f in fields(SearchSettings)}
 
 
 def options(parser: argparse.ArgumentParser) -> dict[str, argparse.Action]:
@@ -117,8 +123,8 @@ def test_ray_executor_options_are_checked_first_and_a_missing_ray_is_one_line(tm
     (line,) = capsys.readouterr().err.strip().splitlines()
     assert "drop --num-shards" in line  # before the work directory is read
     if find_spec("ray") is None:
-        step = mask.MineStep(workdir.Shards(tmp_path, workdir.MINED, 1, "f"), workdir.Shards(tmp_path, "c", 1, "f"),
-                             mask.MiningRules())
+        step = MineStep(workdir.Shards(tmp_path, workdir.MINED, 1, "f"), workdir.Shards(tmp_path, "c", 1, "f"),
+                             MiningRules())
         with pytest.raises(UsageError, match="ray"):
             run_step(step, ExecutorSettings(executor="ray"))
 
@@ -162,18 +168,18 @@ def test_python_api_writes_what_the_command_line_writes(pairs, tmp_path, tiny_gu
 
 def test_an_unpickled_step_loads_its_own_model_and_writes_the_same_shard(pairs, tmp_path, tiny_guide, tiny_model):
     work = tmp_path / "w"
-    embed.embed([pairs], work, ModelSettings(str(tiny_guide)), embed.EmbedOptions(texts_per_shard=30, no_cache=True))
+    embed_stage([pairs], work, ModelSettings(str(tiny_guide)), EmbedOptions(texts_per_shard=30, no_cache=True))
     plan = workdir.read_plan(work, "embed")
     shards = workdir.Shards(work, workdir.EMBEDDINGS, len(plan["bounds"]), plan["fingerprint"])
     reference = shard_bytes(work, workdir.EMBEDDINGS)
     shutil.rmtree(work / workdir.EMBEDDINGS)
     (work / workdir.EMBED_MANIFEST).unlink()
-    step = embed.EmbedStep(shards, plan, ModelSettings(str(tiny_guide)), 64, loaded=object())  # a driver's model
+    step = EmbedStep(shards, plan, ModelSettings(str(tiny_guide)), 64, loaded=object())  # a driver's model
     remote = pickle.loads(pickle.dumps(step))
     assert remote.loaded is None  # never travels
     run_locally(remote, ExecutorSettings())
     assert shard_bytes(work, workdir.EMBEDDINGS) == reference
-    elsewhere = embed.EmbedStep(shards, plan, ModelSettings(str(tiny_model)), 64)  # a worker with other files
+    elsewhere = EmbedStep(shards, plan, ModelSettings(str(tiny_model)), 64)  # a worker with other files
     (work / workdir.EMBEDDINGS / workdir.shard_name(0)).unlink()
     with pytest.raises(UsageError, match="another model than the plan's"):
         run_locally(pickle.loads(pickle.dumps(elsewhere)), ExecutorSettings())

@@ -11,6 +11,8 @@ from conftest import pairs_with_second_positives, run_stage
 
 from gist_mining import grid, workdir
 from gist_mining.executor import ExecutorSettings, run_step
+from gist_mining.mask.search import SearchStep
+from gist_mining.mask.settings import chunk_size
 from pipeline import embed, mask
 
 K, ANCHOR_SHARD = 15, 32
@@ -92,7 +94,7 @@ def test_a_corrupted_cell_is_found_and_redone(embedded, tmp_path, capsys):
     (work / "candidates" / workdir.shard_name(1)).unlink()
     plan = workdir.read_plan(work, "search")
     cells = grid.Cells(work, plan, needed=[1])
-    run_step(grid.CellStep(cells, plan, chunk=mask.chunk_size(K, 1, 32)), ExecutorSettings())
+    run_step(grid.CellStep(cells, plan, chunk=chunk_size(K, 1, 32)), ExecutorSettings())
     damaged = cells.path(cells.n_slices + 2)  # anchor shard 1 x slice 2
     data = bytearray(damaged.read_bytes())
     data[len(data) // 2] ^= 0xFF
@@ -136,9 +138,9 @@ def test_a_search_task_retried_before_its_marker_finds_its_cells(embedded, tmp_p
     (work / "mined_manifest.json").unlink()
     plan = workdir.read_plan(work, "search")
     shards = workdir.Shards(work, workdir.CANDIDATES, workdir.anchor_shard_count(plan), plan["fingerprint"])
-    run_step(grid.CellStep(grid.Cells(work, plan, needed=[0]), plan, chunk=mask.chunk_size(K, 1, 32)),
+    run_step(grid.CellStep(grid.Cells(work, plan, needed=[0]), plan, chunk=chunk_size(K, 1, 32)),
              ExecutorSettings())
-    step = mask.SearchStep(shards, plan)
+    step = SearchStep(shards, plan)
     worker = step.open()
     step.run(worker, 0)  # lost before its marker ...
     step.run(worker, 0)  # ... and run again

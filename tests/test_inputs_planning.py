@@ -17,7 +17,7 @@ from gist_mining.inputs import read_corpus, read_pairs
 
 
 def oracle_clean(anchors: pl.DataFrame) -> tuple[pl.DataFrame, int]:
-    """pipeline.embed.clean_given_negatives as it was before planning streamed (on texts, all in memory)."""
+    """The embed stage's clean_given_negatives as it was before planning streamed (on texts, all in memory)."""
     positives = anchors.group_by("query").agg(pl.col("positive").alias("positives_of_query"))
     given = anchors.select("anchor_id", "query", "negatives").explode("negatives").drop_nulls("negatives")
     kept = (
@@ -33,7 +33,7 @@ def oracle_clean(anchors: pl.DataFrame) -> tuple[pl.DataFrame, int]:
 
 
 def oracle_plan(pairs: list[pl.DataFrame], corpora: list[list[str]], sources: list[str]):
-    """pipeline.embed.plan_texts as it was before planning streamed."""
+    """The embed stage's plan_texts as it was before planning streamed."""
     anchors, dropped = oracle_clean(pl.concat(
         [frame.with_columns(pl.lit(source).alias("source"),
                             pl.int_range(1, frame.height + 1, dtype=pl.Int64).alias("source_row"))

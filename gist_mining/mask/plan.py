@@ -1,0 +1,87 @@
+"""The mask stage's plans (the search's and the mining rules') and their claim on a work directory: candidates from
+other embeddings or search settings, or mined/ under other rules, are never reused silently."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, fields
+from pathlib import Path
+
+from gist_mining import cli, rescore, update, workdir
+from gist_mining.errors import UsageError
+from gist_mining.mask.settings import SearchSettings
+from gist_mining.mining import CANDIDATES_FORMAT, MiningRules, parse_bytes, resolve_kind
+from gist_mining.settings import flag_of, to_argv
+from gist_mining.storage import config_fingerprint
+
+
+def search_plan(work: Path, given: dict, embed: dict, *, refilter: bool, update_from: Path | None,
+                rescore_settings: rescore.RescoreSettings | None, rescorer: rescore.Rescorer | None) -> dict:
+    """The search settings: ``given`` (SearchSettings' fields; defaults filled in), or with ``refilter`` the
+    stored ones, which ``given`` must not contradict."""
+    if refilter:
+        stored = workdir.read_plan(work, "search")
+        if stored is None:
+            raise UsageError(f"{work}: no candidates/ to refilter; run `python -m pipeline.mask --work {work}` first")
+        flags = {f.name: flag_of(f) for f in fields(SearchSettings)}
+        clash = [f"{flags[k]} {v} (candidates/ have {stored[k]})" for k, v in given.items() if stored[k] != v]
+        clash += rescore.refilter_clash(rescore_settings, stored) + ["--update-from (it searches)"] * bool(update_from)
+        if clash:
+            raise UsageError(f"--refilter takes the search settings from candidates/; drop {', '.join(clash)}")
+        workdir.checked_candidates_manifest(work)  # candidates/ complete and made from the current embeddings
+        if stored.get("candidates_format") != CANDIDATES_FORMAT:
+            raise UsageError(f"{work}: candidates/ were searched by an older version (format "
+                             f"{stored.get('candidates_format', 1)}, this one reads {CANDIDATES_FORMAT}); search again: "
+                             f"`{workdir.rebuild_command(work, 'search')}`")
+        return stored
+    search = SearchSettings(**given)
+    settings = asdict(search)
+    # Every text is a query or a document (or both: a text in both roles is one pool entry), so with the queries
+    # the pool is every text: what workdir.candidate_pool ranks.
+    n_pool = embed["counts"]["texts" if settings["include_queries"] else "documents"]
+    if settings["pool_slice_size"] is not None:
+        if settings["index"] not in ("auto", "flat") or settings["pool_slice_size"] < 1 or update_from:
+            raise UsageError("--pool-slice-size N (N >= 1) searches each slice exactly: drop --index "
+                             f"{settings['index']} and --update-from")
+        settings["index"] = "flat"
+        settings["memory_budget"] = None  # it only chooses an index kind, and the grid's is flat: not in the fingerprint
+    kind = resolve_kind(settings["index"], n_pool, embed["dimension"], parse_bytes(search.memory_budget))
+    command = cli.command("pipeline.mask", ["--work", work, *to_argv(search),
+                                            *(["--update-from", update_from] if update_from else []),
+                                            *(to_argv(rescore_settings) if rescore_settings else [])])
+    plan = dict(settings, index=kind, parent_fingerprint=embed["fingerprint"],
+                pool_slices=-(-n_pool // settings["pool_slice_size"]) if settings["pool_slice_size"] else None,
+                n_anchors=embed["counts"]["anchors"], rescore=rescorer.record if rescorer else None,
+                candidates_format=CANDIDATES_FORMAT,
+                update_from={"work": str(update_from), "fingerprint": update.earlier_search(update_from, work)}
+                if update_from else None, command=command)
+    made_by = {k: plan[k] for k in (*settings, "parent_fingerprint", "rescore", "candidates_format")}
+    if update_from:  # the earlier run's search, not its path (approximate lists and an extended index depend on it)
+        made_by["earlier_search"] = plan["update_from"]["fingerprint"]
+    plan["fingerprint"] = config_fingerprint(made_by)
+    return plan
+
+
+def mine_plan(search: dict, rules: MiningRules) -> dict:
+    return {"rules": rules.as_dict(), "parent_fingerprint": search["fingerprint"],
+            "fingerprint": config_fingerprint({"candidates": search["fingerprint"], "rules": rules.as_dict()})}
+
+
+def claim(work: Path, search: dict, mining: dict, *, refilter: bool, overwrite: bool) -> None:
+    """Candidates from other embeddings or search settings, or mined/ under other rules, are never reused silently."""
+    with workdir.locked(work):
+        if not refilter:
+            changed = workdir.changed_keys(work, "search", search,
+                                           ("parent_fingerprint", *asdict(SearchSettings()), "rescore", "update_from",
+                                            "candidates_format"))
+            names = {"parent_fingerprint": "embeddings", "rescore": "rescore model", "update_from": "--update-from",
+                     "candidates_format": "candidates format (an older version)"}
+            what = ", ".join(names.get(k, k) for k in changed) or "settings"
+            workdir.claim(work, "search", search, replace=overwrite,
+                          refusal=f"{work}: candidates/ were made with other {what}; pass --overwrite to search again "
+                                  "(it removes candidates/ and everything made from them)")
+        old_rules = (workdir.read_plan(work, "mine") or {}).get("rules")
+        workdir.claim(work, "mine", mining, replace=refilter or overwrite,
+                      refusal=f"{work}: mined/ holds other rules ({json.dumps(old_rules)}); "
+                              "pass --refilter to recompute it from candidates/ under the new rules")
+        workdir.remove_temps(work)
