@@ -50,7 +50,7 @@ def fenced(text: str) -> str:
 def command_line_page() -> str:
     """``gist-mining --help``, then each command's ``--help`` (and its subcommands'), as its parser prints it."""
     sys.path.insert(0, str(ROOT))  # the checkout's modules, also where the package is not installed
-    from gist_mining import cli
+    from pipeline import cli
 
     with mock.patch.dict(os.environ, {"COLUMNS": HELP_WIDTH}):
         shown = io.StringIO()

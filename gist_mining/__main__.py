@@ -1,5 +1,5 @@
-"""``python -m gist_mining``: the gist-mining console script (gist_mining.cli.main)."""
+"""``python -m gist_mining``: the gist-mining console script (pipeline.cli.main)."""
 
-from gist_mining.cli import main
+from pipeline.cli import main
 
 main()

@@ -15,7 +15,7 @@ from importlib.util import find_spec
 import pytest
 from conftest import ROOT, make_pairs, run_stage
 
-from gist_mining import cli, workdir
+from gist_mining import workdir
 from gist_mining.embed import EmbedOptions
 from gist_mining.embed import embed as embed_stage
 from gist_mining.embed.step import EmbedStep
@@ -27,6 +27,7 @@ from gist_mining.mining import MiningRules
 from gist_mining.models import ModelSettings
 from gist_mining.settings import dest_of
 from pipeline import cache, embed, export, mask, report
+from pipeline import cli as console
 from pipeline import run as job
 from train import run as train_command
 
@@ -99,9 +100,9 @@ def test_console_script_lists_the_stages_and_runs_their_parsers():
     listing = gist_mining("--help")
     assert listing.returncode == 0
     lines = listing.stdout.splitlines()
-    for name, module in cli.COMMANDS.items():
+    for name, module in console.COMMANDS.items():
         (line,) = [line for line in lines if line.startswith(f"  {name} ")]
-        assert line.split(None, 1)[1] == cli._first_line(module)
+        assert line.split(None, 1)[1] == console._first_line(module)
     assert gist_mining("--version").stdout.strip() == "gist-mining 0.1.0"
     for name, module in (("mask", mask), ("train", train_command)):
         shown = gist_mining(name, "--help")
@@ -115,7 +116,7 @@ def test_console_script_entry_resolves():
     tomllib = pytest.importorskip("tomllib")
     entry = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["scripts"]["gist-mining"]
     module, function = entry.split(":")
-    assert getattr(__import__(module, fromlist=[function]), function) is cli.main
+    assert getattr(__import__(module, fromlist=[function]), function) is console.main
 
 
 def test_ray_executor_options_are_checked_first_and_a_missing_ray_is_one_line(tmp_path, capsys):

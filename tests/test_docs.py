@@ -144,7 +144,7 @@ def command_flags() -> dict[str, set[str]]:
     """Each command's options, by the names the pages use for it: its module, its gist-mining name, a script."""
     from test_cli import PARSERS
 
-    from gist_mining.cli import COMMANDS
+    from pipeline.cli import COMMANDS
 
     flags = {}
     for stage, parser in PARSERS.items():
@@ -158,7 +158,7 @@ def command_flags() -> dict[str, set[str]]:
 
 
 def test_every_documented_option_exists_in_its_command():
-    from gist_mining.cli import COMMANDS
+    from pipeline.cli import COMMANDS
 
     flags = command_flags()
     stages = set().union(*(flags[module] for module in COMMANDS.values())) | set(OTHER_TOOLS)
