@@ -42,6 +42,7 @@ class Cells(workdir.Shards):
 
     def __init__(self, work, plan: dict, needed: list[int]):
         self.n_slices, self.needed = plan["pool_slices"], set(needed)
+        self.command = plan["command"]  # what rebuilds a cell that does not match its marker
         super().__init__(work, GRID, workdir.anchor_shard_count(plan) * self.n_slices, plan["fingerprint"])
 
     def of_shard(self, s: int) -> range:
@@ -103,9 +104,7 @@ class GridLists:
 
     def load(self, s: int) -> None:
         for c in self.cells.of_shard(s):
-            wrong = workdir.problem(self.cells.path(c), self.cells.record(c))
-            if wrong:
-                raise UsageError(f"{self.cells.path(c)}: {wrong}; rerun the same pipeline.mask command to redo it")
+            workdir.checked_file(self.cells.path(c), self.cells.record(c), self.cells.command)
         self.readers = [pq.ParquetFile(self.cells.path(c)).iter_batches(batch_size=self.chunk)
                         for c in self.cells.of_shard(s)]
 

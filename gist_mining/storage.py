@@ -14,6 +14,7 @@ import shutil
 import socket
 from pathlib import Path
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
@@ -137,3 +138,10 @@ def path_sha256(path: Path) -> str:
 
 def config_fingerprint(obj) -> str:
     return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()
+
+
+def write_npy_atomic(array: np.ndarray, path: Path) -> None:
+    tmp = tmp_name(path)
+    with open(tmp, "wb") as fh:
+        np.save(fh, array, allow_pickle=False)
+    commit(tmp, path)

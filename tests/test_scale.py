@@ -19,6 +19,7 @@ from test_mask import candidates, mined
 from gist_mining import cpu_flags, openblas_kernel
 from gist_mining.errors import UsageError
 from gist_mining.lists import PAD_ID, padded
+from gist_mining.mask import settings as mask_settings
 from gist_mining.mining import (
     STAGE_BYTES_PER_VECTOR,
     build_index,
@@ -77,7 +78,7 @@ def test_synthetic_pool_is_an_embed_work_directory_and_flat_search_is_exact(work
 def test_chunked_reads_equal_the_in_memory_path(work, monkeypatch):
     """Anchors read one shard at a time, searched a few at a time, candidates rescored from rows read off disk:
     the same ids and scores as one search over all anchors with the whole pool in RAM."""
-    monkeypatch.setattr(mask, "CHUNK_BYTES", 7 * 3 * 20 * DIM * 4)  # 7 anchors per chunk at depth 3
+    monkeypatch.setattr(mask_settings, "CHUNK_BYTES", 7 * 3 * 20 * DIM * 4)  # 7 anchors per chunk at depth 3
     assert run_stage(mask, "--work", work, "--k", 20, "--index", "auto", "--memory-budget", "500K",
                      "--anchors-per-shard", 40) == 0
     assert pl.read_json(work / "search_plan.json")["index"].item() == "ivfpq"

@@ -111,9 +111,7 @@ class EmbedStep:
                                                    settings.precision, self.token_budget, self.model.name)
         cache = None if self.cache_dir is None else EmbeddingCache(self.cache_dir, self.plan["model"],
                                                                    backend=settings.backend)
-        wrong = workdir.problem(self.shards.work / workdir.TEXTS, self.plan["tables"][workdir.TEXTS])
-        if wrong is not None:
-            raise UsageError(f"{self.shards.work / workdir.TEXTS}: {wrong}; rerun `{self.plan['command']}`")
+        workdir.checked_file(self.shards.work / workdir.TEXTS, self.plan["tables"][workdir.TEXTS], self.plan["command"])
         return EmbedWorker(encoder_for(encoder, settings, self.batch_size, cache), settings, cache)
 
     def run(self, worker: EmbedWorker, i: int) -> None:

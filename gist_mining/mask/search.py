@@ -20,8 +20,8 @@ from gist_mining.executor import ExecutorSettings, run_here, run_step, share
 from gist_mining.lists import PAD_ID, padded, ragged
 from gist_mining.mask.settings import chunk_size
 from gist_mining.mining import CANDIDATE_SCHEMA, SEARCHED_SCHEMA, PoolSearch, build_index, load_index, save_index, search_depth
-from gist_mining.storage import AtomicParquetWriter
-from gist_mining.workdir import VectorStore, read_anchors, write_npy_atomic
+from gist_mining.storage import AtomicParquetWriter, write_npy_atomic
+from gist_mining.workdir import VectorStore, read_anchors
 
 
 def prepare_index(work: Path, store: VectorStore, plan: dict, earlier: update.EarlierCandidates | None):

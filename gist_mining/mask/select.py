@@ -9,7 +9,6 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from gist_mining import workdir
-from gist_mining.errors import UsageError
 from gist_mining.mask.settings import CHUNK
 from gist_mining.mining import MINED_SCHEMA, MiningRules, select
 from gist_mining.storage import AtomicParquetWriter
@@ -29,10 +28,8 @@ class MineStep:
 
     def run(self, _state, s: int) -> None:
         candidates = self.candidates
-        wrong = workdir.problem(candidates.path(s), candidates.record(s))
-        if wrong:
-            raise UsageError(f"{candidates.path(s)}: {wrong}; rebuild it with "
-                             f"`{workdir.rebuild_command(candidates.work, 'search').removesuffix(' --overwrite')}`")
+        workdir.checked_file(candidates.path(s), candidates.record(s),
+                             workdir.rebuild_command(candidates.work, "search").removesuffix(" --overwrite"))
         with AtomicParquetWriter(self.shards.path(s), MINED_SCHEMA) as out:
             for batch in pq.ParquetFile(candidates.path(s)).iter_batches(batch_size=CHUNK):
                 out.write(select(pa.Table.from_batches([batch]), self.rules))
