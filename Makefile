@@ -1,5 +1,6 @@
 # Two commands on a fresh machine: `make demo` (the main job on the bundled sample) and `make test`.
-# Both create .venv when it is missing. pip, not uv or poetry: only pip takes the local CPU torch wheel.
+# Both create .venv when it is missing. pip, not uv or poetry: on the project's machines and CI only pip takes the
+# CPU torch wheel of their local index (torch<2.14); elsewhere the index decides (docs/getting-started.md).
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin

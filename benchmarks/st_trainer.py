@@ -4,7 +4,7 @@ with GISTEmbedLoss (live guide) and with MultipleNegativesRankingLoss (no guide)
     flock /tmp/bench.lock python benchmarks/st_trainer.py --work runs/sample --steps 8
 
 One student, one SentenceTransformerTrainer per loss, the same batches for all three (the stock collator's, from
-mined_dataset(work, 1) under BatchSamplers.NO_DUPLICATES; the other two get them without the label column); a step
+mined_dataset(work, 1, short="drop") under BatchSamplers.NO_DUPLICATES; the other two get them without the label column); a step
 is the trainer's training_step (forward, loss, backward) and an optimizer step. Targets on CPU: <= 0.45x the
 GISTEmbedLoss step, <= 1.1x the MNRL step. The losses take turns batch by batch, each going first in turn, so that
 machine noise falls on all alike; the first round is a warm-up and does not count.
@@ -43,7 +43,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
 
     student = load_model(args.student, device=args.device)
     guide = load_model(args.guide, device=args.device)
-    dataset = mined_dataset(args.work, 1)
+    dataset = mined_dataset(args.work, 1, short="drop")
     losses = {OURS: StoredGuideGISTLoss(student, args.work, temperature=0.01),
               "GISTEmbedLoss (live guide)": GISTEmbedLoss(student, guide, temperature=0.01),
               "MultipleNegativesRankingLoss": MultipleNegativesRankingLoss(student, scale=100.0)}

@@ -43,16 +43,17 @@ ID_COLUMNS = ("anchor_id", "query_id", "positive_id")  # the label's first entri
 DEFAULTS = TrainConfig()  # train.run's, so that both paths train alike by default
 
 
-def mined_dataset(work, num_negatives: int = 1, short: str = export.SHORT[0]):
+def mined_dataset(work, num_negatives: int = 1, short: str = "keep"):
     """The mined anchors for the stock ``SentenceTransformerTrainer``: the texts in columns anchor, positive,
     negative_1 .. negative_N (``pipeline.export --format n-tuple``'s layout, with sentence-transformers' first
     column name), and ``label``: each row's ids, for StoredGuideGISTLoss.
 
-    ``short``: anchors with fewer than N negatives are left out (``"drop"``, as that export leaves them out: an
-    n-tuple row needs N texts; a ``datasets.Dataset``), or kept (``"keep"``, as train.run keeps them: a
+    ``short``: anchors with fewer than N negatives are kept (``"keep"``, the default, as train.run keeps them: a
     ``datasets.DatasetDict`` with one data set per number of negatives, ``negatives_N`` .. ``negatives_0``, for
-    the trainer's multi-dataset batches, each batch from one of them). Where mining leaves most anchors short (a
-    classification-style set whose candidates are mostly false negatives), dropping them trains on few anchors."""
+    the trainer's multi-dataset batches, each batch from one of them), or left out (``"drop"``, as the n-tuple
+    export leaves them out: a ``datasets.Dataset``). Where mining leaves most anchors short (a classification-style
+    set whose candidates are mostly false negatives), dropping them trains on few anchors, and trains worse
+    (docs/benchmarks.md, "In sentence-transformers' trainer")."""
     from datasets import Dataset, DatasetDict
 
     if short not in export.SHORT:
@@ -67,7 +68,7 @@ def mined_dataset(work, num_negatives: int = 1, short: str = export.SHORT[0]):
         ids = rows.select(pl.concat_list(*ID_COLUMNS, "negative_ids").alias(LABEL)).to_arrow()
         return Dataset(texts.append_column(LABEL, ids[LABEL].cast(pa.list_(pa.int64()))))
 
-    if short == export.SHORT[0]:
+    if short == "drop":
         return dataset(rows, n)
     count = rows["negative_ids"].list.len()
     return DatasetDict({f"negatives_{k}": dataset(rows.filter(count == k), k) for k in range(n, -1, -1)

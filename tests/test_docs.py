@@ -111,7 +111,7 @@ def test_readme_quickstart_runs_as_written(tiny_guide, tiny_model, tmp_path, mon
 
 # Options of the other tools the pages show, with the tool: not this project's to check.
 OTHER_TOOLS = {"--nproc-per-node": "torchrun", "--nnodes": "torchrun", "--array": "sbatch", "--wrap": "sbatch",
-               "--no-deps": "pip", "--require-hashes": "pip", "--local-dir": "hf download", "--exclude": "hf download",
+               "--no-deps": "pip", "--require-hashes": "pip", "--index-url": "pip", "--local-dir": "hf download", "--exclude": "hf download",
                "--repo-type": "hf download", "--strict": "mkdocs build", "--head": "ray start", "--address": "ray start"}
 # A command as the pages write it: gist-mining COMMAND, (python|torchrun ...) -m MODULE or a bare MODULE, a script.
 COMMAND = re.compile(r"gist-mining (\w+)|\b(pipeline\.\w+|train\.run)\b|python ((?:benchmarks|tests|data)/\w+\.py)")

@@ -76,7 +76,7 @@ def test_dataset_holds_the_mined_rows(work):
     mined = pl.read_parquet(work / "mined" / "*.parquet")
     full = mined.filter(pl.col("negative_ids").list.len() >= 2)
     with pytest.warns(UserWarning, match=f"{mined.height - full.height} of {mined.height} anchors .* left out"):
-        dataset = mined_dataset(work, 2)
+        dataset = mined_dataset(work, 2, short="drop")
     assert dataset.column_names == ["anchor", "positive", "negative_1", "negative_2", "label"]
     assert 0 < len(dataset) == full.height < mined.height  # short anchors dropped, as the n-tuple export does
     text = dict(pl.read_parquet(work / "texts.parquet").select("text_id", "text").iter_rows())
@@ -128,7 +128,7 @@ def test_same_batch_equals_train_run_and_gist_embed_loss(work, unflagged, studen
     model.eval()
     # train.run's step on the same anchors: its batch assembly, one forward per column, GISTLoss; with the known
     # false negatives of mining in the batch
-    rows = mined_dataset(work, 1).select(range(12))
+    rows = mined_dataset(work, 1, short="drop").select(range(12))
     stored, batch = loss_and_grads(model, work, rows, strategy, margin)
     assert torch.isin(batch.known, torch.cat([batch.ids[c] for c in COLUMNS])).any()
     gist = GISTLoss(0.05, strategy, margin)
@@ -138,7 +138,7 @@ def test_same_batch_equals_train_run_and_gist_embed_loss(work, unflagged, studen
     # sentence-transformers' loss with the guide running live (same tokenizer) on the same stock batch; one without
     # a text twice, as BatchSamplers.NO_DUPLICATES makes them (GISTEmbedLoss takes a duplicate of an anchor's
     # positive for a negative, unless the guide masks it)
-    rows = distinct_texts(mined_dataset(unflagged, 1), 12)
+    rows = distinct_texts(mined_dataset(unflagged, 1, short="drop"), 12)
     stored, batch = loss_and_grads(model, unflagged, rows, strategy, margin)
     assert batch.known.numel() == 0 or batch.known.eq(-1).all()
     live = GISTEmbedLoss(model, load(tiny_guide), temperature=0.05, margin_strategy=strategy, margin=margin)
@@ -153,7 +153,7 @@ def test_the_loss_rules_equal_train_runs(work, student, rules):
     """#26's rules in the stock trainer's loss: the same loss and gradients as train.run's GISTLoss on the batch."""
     model = load(student)
     model.eval()
-    rows = mined_dataset(work, 1).select(range(12))
+    rows = mined_dataset(work, 1, short="drop").select(range(12))
     stored, batch = loss_and_grads(model, work, rows, "absolute", 0.0, rules)
     gist = GISTLoss(0.05, "absolute", 0.0, rules=rules)
     embed_ = lambda c: student_forward(model, batch.texts[c], "cpu", False, "")  # noqa: E731
@@ -167,7 +167,7 @@ def test_mini_batch_size_equals_no_caching_plain_and_in_matryoshka(work, student
 
     model = load(student)
     model.eval()
-    features, labels = collate(model, mined_dataset(work, 2).select(range(10)))
+    features, labels = collate(model, mined_dataset(work, 2, short="drop").select(range(10)))
     plain = StoredGuideGISTLoss(model, work)
     cached = StoredGuideGISTLoss(model, work, mini_batch_size=3)
     assert_same(grads_of(model, lambda: cached(fresh(features), labels)), grads_of(model, lambda: plain(fresh(features), labels)))
@@ -192,7 +192,7 @@ def test_a_changed_work_directory_is_refused(work, student, tmp_path):
     model = load(student)
     copy = tmp_path / "w"
     shutil.copytree(work, copy)
-    features, labels = collate(model, mined_dataset(copy, 1).select(range(4)))
+    features, labels = collate(model, mined_dataset(copy, 1, short="drop").select(range(4)))
     # mined again with other rules: the data set's rows no longer match
     assert run_stage(mask, "--work", copy, "--overwrite", "--k", 30, "--negatives-per-anchor", 1, "--margin", 0.2) == 0
     with pytest.raises(ValueError, match="anchor_id .* is not what mined/ holds now"):
@@ -225,7 +225,7 @@ def test_stock_trainer_runs_five_steps_and_logs_to_tensorboard(work, tiny_model,
     loss = StoredGuideGISTLoss(model, work)
     trainer = SentenceTransformerTrainer(
         model=model, args=train_args(tmp_path, report_to=["tensorboard"]),
-        train_dataset=mined_dataset(work, 2), loss=MatryoshkaLoss(model, loss, [32, 16]) if matryoshka else loss)
+        train_dataset=mined_dataset(work, 2, short="drop"), loss=MatryoshkaLoss(model, loss, [32, 16]) if matryoshka else loss)
     loss.log_masked_fraction(trainer)
     trainer.train()
     logged = [h for h in trainer.state.log_history if "loss" in h]
@@ -254,7 +254,7 @@ def test_lora_adapter_trains_only_the_adapter(work, tiny_model, tmp_path):
     before = {n: p.detach().clone() for n, p in model.named_parameters()}
     loss = StoredGuideGISTLoss(model, work)
     SentenceTransformerTrainer(model=model, args=train_args(tmp_path, report_to="none"),
-                               train_dataset=mined_dataset(work, 1), loss=loss).train()
+                               train_dataset=mined_dataset(work, 1, short="drop"), loss=loss).train()
     changed = {n for n, p in model.named_parameters() if not torch.equal(before[n], p)}
     assert changed and all("lora_" in n for n in changed)
     assert any("lora_B" in n for n in changed)  # B starts at zero: a step through the loss moved it
@@ -267,7 +267,7 @@ def _ddp_worker(rank: int, world: int, port: int, work, student, out: dict):
     dist.init_process_group("gloo", rank=rank, world_size=world)
     model = load(student)
     model.eval()
-    rows = mined_dataset(work, 2).select(range(12))
+    rows = mined_dataset(work, 2, short="drop").select(range(12))
     share = rows.select(range(rank * 5, 12) if rank else range(5))  # unequal shares: 5 and 7 anchors
     features, labels = collate(model, share)
     for name, mini_batch_size in (("plain", None), ("cached", 2)):
@@ -281,7 +281,7 @@ def test_two_gloo_processes_equal_one(work, student):
 
     model = load(student)
     model.eval()
-    features, labels = collate(model, mined_dataset(work, 2).select(range(12)))
+    features, labels = collate(model, mined_dataset(work, 2, short="drop").select(range(12)))
     single = grads_of(model, lambda: StoredGuideGISTLoss(model, work)(fresh(features), labels))
     with socket.socket() as free:
         free.bind(("127.0.0.1", 0))
@@ -330,7 +330,7 @@ def test_stock_trainer_under_torchrun_equals_one_process(work, student, tmp_path
     fraction are those of one process over both ranks' anchors (candidates gathered with their gradients)."""
     first, batches = torchrun_stock_trainer(work, student, tmp_path)
     model = load(student)
-    dataset = mined_dataset(work, 2)
+    dataset = mined_dataset(work, 2, short="drop")
     position = {label[0]: i for i, label in enumerate(dataset["label"])}
     features, labels = collate(model, dataset.select([position[a] for anchors, _ in batches for a in anchors]))
     loss = StoredGuideGISTLoss(model, work)
@@ -392,7 +392,7 @@ def test_keep_holds_every_anchor_one_data_set_per_number_of_negatives(mostly_sho
             assert (query_id, positive_id, negatives) == (mined[anchor_id]["query_id"], mined[anchor_id]["positive_id"],
                                                           mined[anchor_id]["negative_ids"][:2])
     assert sorted(seen) == sorted(mined)  # every anchor once, as train.run trains them
-    assert len(mined_dataset(mostly_short, 2)) == len(kept["negatives_2"])  # drop: the full rows only
+    assert len(mined_dataset(mostly_short, 2, short="drop")) == len(kept["negatives_2"])  # drop: the full rows only
 
 
 def test_a_batch_without_negatives_equals_train_runs(mostly_short, student):
