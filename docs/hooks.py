@@ -6,6 +6,9 @@
   that the options, their defaults and their help are the code's, never a copy of them.
 - The files in ``benchmarks/results/`` are served as ``results/NAME``, so the pages link to the measurements
   where the benchmarks write them.
+- The pages read on GitHub too, where nothing is generated: they link to the files themselves (a README section,
+  a command's module, a result file), and ``on_page_markdown`` points those links at the site's own pages. A
+  line ending in ``<!-- include README.md:NAME -->`` is a link on GitHub and the README's section NAME here.
 """
 
 from __future__ import annotations
@@ -15,6 +18,7 @@ import contextlib
 import importlib
 import io
 import os
+import re
 import sys
 from pathlib import Path
 from unittest import mock
@@ -30,6 +34,11 @@ INTRO = ("Every command's `--help`, generated from its parser when the site is b
          "console script) and `python -m MODULE` run the same parser; the task pages explain the options that need "
          "more than a line. Each option is also a field of a typed settings class for the "
          "[Python API](getting-started.md#from-python) (`gist_mining.api`), with the same default.\n")
+
+
+INCLUDE = re.compile(r"^.*<!-- include (\S+) -->$", re.M)
+SOURCE_LINK = re.compile(r"\]\(\.\./((?:gist_mining|pipeline|train)/[\w/]+)\.py\)")
+COMMAND_PAGES = {"pipeline.cli": COMMAND_LINE}  # the console script's module: the whole page
 
 
 def nav_paths(nav) -> list[str]:
@@ -78,3 +87,25 @@ def on_files(files: Files, config) -> Files:
         files.append(File.generated(config, f"results/{result.name}", abs_src_path=str(result),
                                     inclusion=InclusionLevel.NOT_IN_NAV))
     return files
+
+
+def site_link(module: str, commands: dict[str, str], references: set[str]) -> str:
+    """Where the site shows a module a page links to: a command's section of the command-line page, else its
+    API reference page."""
+    if module in COMMAND_PAGES:
+        return COMMAND_PAGES[module]
+    if module in commands:
+        return f"{COMMAND_LINE}#{commands[module]}"
+    if module in references:
+        return f"{REFERENCE}{module}.md"
+    raise ValueError(f"a page links to {module}, which has no page on the site")
+
+
+def on_page_markdown(markdown: str, page, config, files) -> str:
+    from pipeline import cli
+
+    commands = {module: name for name, module in cli.COMMANDS.items()}
+    references = {p.removeprefix(REFERENCE).removesuffix(".md") for p in nav_paths(config.nav) if p.startswith(REFERENCE)}
+    markdown = INCLUDE.sub(lambda m: f'--8<-- "{m.group(1)}"', markdown)
+    markdown = markdown.replace("](../benchmarks/results/", "](results/")
+    return SOURCE_LINK.sub(lambda m: f"]({site_link(m.group(1).replace('/', '.'), commands, references)})", markdown)

@@ -169,3 +169,16 @@ def test_every_documented_option_exists_in_its_command():
     unknown = [(page, line, command, flag) for page, line, command, flag in documented_flags()
                if flag not in (flags.get(command, set()) if command else prose[page])]
     assert unknown == []
+
+
+def test_source_pages_read_on_github():
+    """The pages read where nothing is generated (GitHub): no raw snippet line, and every relative link reaches a
+    file of the repository (docs/hooks.py points them at the site's own pages when it builds)."""
+    broken = []
+    for page in sorted((ROOT / "docs").glob("*.md")):
+        text = page.read_text()
+        assert "--8<--" not in text, page.name
+        for target in re.findall(r"\]\(([^)#\s]+)(?:#[^)\s]*)?\)", text):
+            if "://" not in target and not (page.parent / target).exists():
+                broken.append((page.name, target))
+    assert broken == []
