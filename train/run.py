@@ -18,7 +18,6 @@ import argparse
 import json
 import os
 import random
-import re
 import shutil
 import sys
 import time
@@ -35,6 +34,7 @@ from transformers import get_linear_schedule_with_warmup
 
 from gist_mining import cli, hub, workdir
 from gist_mining.errors import UsageError
+from gist_mining.evaluation import headline, read_split, retrieval_evaluator
 from gist_mining.loss import (FALSE_NEGATIVES, HARDNESS_NEGATIVES, Column, GISTLoss, GuidedBatch, LossRules,
                                summed_over_sizes)
 from gist_mining.mining import PAD_ID, STRATEGIES, is_unjudged, padded
@@ -122,7 +122,8 @@ class TrainConfig:
                                               "them out of its negatives)")
     suspect_weight: float = option(LossRules.suspect_weight, "weight of a suspect negative in the softmax: 0 masks "
                                                              "it, W in (0, 1] down-weights it")
-    eval: Path | None = option(None, "retrieval split: queries, corpus, qrels .parquet", type=Path)
+    eval: Path | None = option(None, "retrieval split: a folder in BEIR's layout (corpus, queries, qrels/test) or the "
+                                     "bundled sets' (queries, corpus, qrels .parquet)", type=Path)
     eval_steps: int = option(0, "evaluate every N steps (0: before and after only)")
     save_steps: int = option(0, "checkpoint every N steps (0: never)")
     resume: bool = option(False, "continue from the newest checkpoint in --out")
@@ -520,23 +521,10 @@ class Log:
 
 
 def make_evaluator(folder: Path, name: str, prompts: dict | None = None, sizes: tuple[int, ...] = ()):
-    """Retrieval on a split; ``prompts`` per role ("query", "document"), else the model's own (encode_query's).
-    With ``sizes``, also with the embeddings cut to each size (metrics named dim<size>_...)."""
-    from sentence_transformers.sentence_transformer.evaluation import (InformationRetrievalEvaluator,
-                                                                       SequentialEvaluator)
-
-    queries = pl.read_parquet(folder / "queries.parquet")
-    corpus = pl.read_parquet(folder / "corpus.parquet")
-    qrels = pl.read_parquet(folder / "qrels.parquet").group_by("query_id").agg("doc_id")
-    evaluators = [InformationRetrievalEvaluator(
-        queries=dict(queries.select("query_id", "text").iter_rows()),
-        corpus=dict(corpus.select("doc_id", "text").iter_rows()),
-        relevant_docs={q: set(d) for q, d in qrels.iter_rows()},
-        name=size_name, truncate_dim=size, mrr_at_k=[10], ndcg_at_k=[10], accuracy_at_k=[1, 10],
-        precision_recall_at_k=[10, 100], map_at_k=[100], show_progress_bar=False, batch_size=128,
-        **({"query_prompt": prompts["query"], "corpus_prompt": prompts["document"]} if prompts else {}),
-    ) for size_name, size in [(name, None)] + [(f"dim{size}", size) for size in sizes]]
-    return evaluators[0] if len(evaluators) == 1 else SequentialEvaluator(evaluators)
+    """Retrieval on a split (a folder in BEIR's layout or the bundled sets', ``gist_mining.evaluation``);
+    ``prompts`` per role ("query", "document"), else the model's own (encode_query's). With ``sizes``, also with
+    the embeddings cut to each size (metrics named dim<size>_...)."""
+    return retrieval_evaluator(read_split(folder), name, prompts, sizes)
 
 
 def evaluate(model, evaluator, log: Log, step: int, rank: int) -> dict:
@@ -545,13 +533,6 @@ def evaluate(model, evaluator, log: Log, step: int, rank: int) -> dict:
     model.train()
     log.write({"step": step, **{f"eval_{k}": v for k, v in scores.items()}})
     return scores
-
-
-def headline(metrics: dict) -> dict:
-    """NDCG@10, MRR@10 and recall@100 of the whole embeddings, and as dim<size>_... of each cut size."""
-    pick = ("ndcg@10", "mrr@10", "recall@100")
-    return {(size.group(0) if size else "") + short: round(v, 4) for short in pick for k, v in metrics.items()
-            if k.endswith(f"cosine_{short}") for size in [re.match(r"dim\d+_", k)]}
 
 
 # -- the loop --------------------------------------------------------------------------------------------
