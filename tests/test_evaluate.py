@@ -11,7 +11,7 @@ import sys
 import numpy as np
 import polars as pl
 import pytest
-from conftest import build_tiny_model, run_stage, sentence
+from conftest import build_tiny_model, run_module, run_stage, sentence
 from test_inputs_hub import add_dataset, parquet
 
 from gist_mining import evaluation
@@ -298,3 +298,15 @@ def test_the_trainer_evaluator_helpers_serve_sentence_transformers(tmp_path, dat
     nano = NanoBEIR(["scifact"]).evaluator()
     assert nano(model)["NanoBEIR_mean_cosine_ndcg@10"] == pytest.approx(
         oracle(model, nanobeir_cache["scifact"], titles=False)["ndcg@10"], abs=1e-6)
+
+
+@pytest.mark.slow  # a fresh interpreter with mteb
+def test_an_mteb_task_neither_cached_nor_reachable_is_one_line(tmp_path, tiny_model, monkeypatch):
+    pytest.importorskip("mteb")
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "empty-hf"))
+    monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
+    result = run_module("pipeline.evaluate", tiny_model, "--mteb", "SciFact", "--out", tmp_path / "out", check=False)
+    assert result.returncode == 2
+    (line,) = [line for line in result.stderr.splitlines() if "error" in line.lower()]  # besides progress bars
+    assert line.startswith("error: --mteb SciFact: its data set mteb/scifact (revision ")
+    assert "neither in the Hugging Face cache nor reachable" in line and not (tmp_path / "out").exists()

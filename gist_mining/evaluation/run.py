@@ -56,13 +56,17 @@ def evaluate(models: list[str] | dict[str, str], suites: list, out: Path, option
     named = dict(models) if isinstance(models, dict) else {m: m for m in models}
     paths = {label: resolve_model(name, options.settings.revision) for label, name in named.items()}
     rows = []
-    for label, name in tqdm(named.items(), desc="models", disable=quiet or len(named) < 2):
-        model = load(name, options)
-        prompts = None if options.prompts == Prompts() else role_prompts(model, options.prompts)
-        identity = _digest(model_fingerprint(model, paths[label])["fingerprint"], role_prompts(model, options.prompts))
-        for suite in suites:
-            scores = _scores(suite, model, prompts, identity, out)
-            rows += [{"model": label, "suite": suite.name, "task": task, **scores[task]} for task in suite.tasks]
+    try:
+        for label, name in tqdm(named.items(), desc="models", disable=quiet or len(named) < 2):
+            model = load(name, options)
+            prompts = None if options.prompts == Prompts() else role_prompts(model, options.prompts)
+            identity = _digest(model_fingerprint(model, paths[label])["fingerprint"], role_prompts(model, options.prompts))
+            for suite in suites:
+                scores = _scores(suite, model, prompts, identity, out)
+                rows += [{"model": label, "suite": suite.name, "task": task, **scores[task]} for task in suite.tasks]
+    except BaseException:
+        _remove_empty_folders(out)  # what a failed run leaves is only the finished results it kept
+        raise
     table = pl.DataFrame(rows, schema=SCHEMA)
     write_table(table, out)
     return table
@@ -81,6 +85,12 @@ def _scores(suite, model, prompts: dict | None, identity: str, out: Path) -> dic
                               kept[task])
             scores[task] = found
     return scores
+
+
+def _remove_empty_folders(root: Path) -> None:
+    for folder in sorted((p for p in root.rglob("*") if p.is_dir()), key=lambda p: len(p.parts), reverse=True) + [root]:
+        if folder.is_dir() and not any(folder.iterdir()):
+            folder.rmdir()
 
 
 def _file_name(task: str) -> str:

@@ -12,6 +12,7 @@ import hashlib
 import json
 import math
 import re
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -197,7 +198,9 @@ class MTEB:
         import mteb
         from mteb.models import SentenceTransformerEncoderWrapper
 
-        wrapper = SentenceTransformerEncoderWrapper(model, model_prompts=prompts)
+        with warnings.catch_warnings():  # mteb calls sentence-transformers' renamed methods
+            warnings.simplefilter("ignore", FutureWarning)
+            wrapper = SentenceTransformerEncoderWrapper(model, model_prompts=prompts)
         # mteb's cache is model name/revision/task.json: the name and revision say which weights and prompts.
         wrapper.mteb_model_meta = wrapper.mteb_model_meta.model_copy(
             update={"name": "gist-mining/" + identity[:16], "revision": identity[:16]})
