@@ -310,3 +310,25 @@ def test_an_mteb_task_neither_cached_nor_reachable_is_one_line(tmp_path, tiny_mo
     (line,) = [line for line in result.stderr.splitlines() if "error" in line.lower()]  # besides progress bars
     assert line.startswith("error: --mteb SciFact: its data set mteb/scifact (revision ")
     assert "neither in the Hugging Face cache nor reachable" in line and not (tmp_path / "out").exists()
+
+
+def test_sentence_transformers_trainer_logs_the_folder_score_every_n_steps(tmp_path, data, tiny_model):
+    """RetrievalFolder.evaluator() as SentenceTransformerTrainer's evaluator=, scored every eval_steps."""
+    from datasets import Dataset
+    from sentence_transformers import SentenceTransformerTrainer, SentenceTransformerTrainingArguments
+    from sentence_transformers.sentence_transformer.losses import MultipleNegativesRankingLoss
+
+    write_beir(tmp_path / "beir", data)
+    student = load_model(str(tiny_model), device="cpu")
+    pairs = Dataset.from_dict({"anchor": [q["text"] for q in data["queries"][:16]],
+                               "positive": [d["text"] for d in data["corpus"][:16]]})
+    args = SentenceTransformerTrainingArguments(tmp_path / "st", per_device_train_batch_size=8, max_steps=2,
+                                                eval_strategy="steps", eval_steps=1, logging_steps=1, report_to=[],
+                                                use_cpu=True, save_strategy="no", disable_tqdm=True)
+    trainer = SentenceTransformerTrainer(model=student, args=args, train_dataset=pairs,
+                                         loss=MultipleNegativesRankingLoss(student),
+                                         evaluator=RetrievalFolder(tmp_path / "beir", task="held").evaluator())
+    trainer.train()
+    logged = [(r["step"], r["eval_held_cosine_ndcg@10"]) for r in trainer.state.log_history if "eval_held_cosine_ndcg@10" in r]
+    assert [step for step, _ in logged] == [1, 2]
+    assert logged[-1][1] == pytest.approx(oracle(student, data)["ndcg@10"], abs=1e-6)  # the trained weights' score
