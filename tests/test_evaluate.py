@@ -280,6 +280,7 @@ def test_bad_inputs_are_one_line_exit_2_and_nothing_written(tmp_path, data, tiny
     assert capsys.readouterr().err.strip() == "error: --mteb needs the mteb package: pip install 'gist-mining[eval]'"
 
 
+@pytest.mark.slow  # two models
 def test_the_command_writes_the_table_of_several_models(tmp_path, data, tiny_model, capsys):
     write_beir(tmp_path / "beir", data)
     other = build_tiny_model(tmp_path / "other", seed=5)
@@ -312,6 +313,7 @@ def test_an_mteb_task_neither_cached_nor_reachable_is_one_line(tmp_path, tiny_mo
     assert "neither in the Hugging Face cache nor reachable" in line and not (tmp_path / "out").exists()
 
 
+@pytest.mark.slow  # a training run
 def test_sentence_transformers_trainer_logs_the_folder_score_every_n_steps(tmp_path, data, tiny_model):
     """RetrievalFolder.evaluator() as SentenceTransformerTrainer's evaluator=, scored every eval_steps."""
     from datasets import Dataset

@@ -18,7 +18,7 @@ import polars as pl
 from tqdm import tqdm
 
 from gist_mining.errors import UsageError
-from gist_mining.evaluation.suites import MAIN_SCORE, METRICS, _digest
+from gist_mining.evaluation.suites import MAIN_SCORE, METRICS, MTEB, digest
 from gist_mining.models import ModelSettings, Prompts, model_fingerprint, resolve_model, role_prompts
 from gist_mining.storage import read_json, write_bytes_atomic, write_json_atomic, write_parquet_atomic
 
@@ -60,7 +60,7 @@ def evaluate(models: list[str] | dict[str, str], suites: list, out: Path, option
         for label, name in tqdm(named.items(), desc="models", disable=quiet or len(named) < 2):
             model = load(name, options)
             prompts = None if options.prompts == Prompts() else role_prompts(model, options.prompts)
-            identity = _digest(model_fingerprint(model, paths[label])["fingerprint"], role_prompts(model, options.prompts))
+            identity = digest(model_fingerprint(model, paths[label])["fingerprint"], role_prompts(model, options.prompts))
             for suite in suites:
                 scores = _scores(suite, model, prompts, identity, out)
                 rows += [{"model": label, "suite": suite.name, "task": task, **scores[task]} for task in suite.tasks]
@@ -73,7 +73,7 @@ def evaluate(models: list[str] | dict[str, str], suites: list, out: Path, option
 
 
 def _scores(suite, model, prompts: dict | None, identity: str, out: Path) -> dict[str, dict]:
-    if suite.name == "mteb":
+    if isinstance(suite, MTEB):
         return suite.score(model, suite.tasks, prompts, cache=out / MTEB_CACHE, identity=identity)
     kept = {task: out / STORE / identity[:16] / suite.name / f"{_file_name(task)}-{suite.key(task)[:16]}.json"
             for task in suite.tasks}

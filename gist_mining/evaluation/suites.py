@@ -1,6 +1,7 @@
 """The suites a model is scored on, each a small class with the same face: ``name`` (the table's suite column),
-``tasks`` (its task column), ``key(task)`` (what the task's data is, for reusing a finished result) and
-``score(model, tasks, prompts)`` -> {task: metrics}. Scoring is sentence-transformers' (InformationRetrievalEvaluator,
+``tasks`` (its task column) and ``score(model, tasks, prompts, ...)`` -> {task: metrics}; the sentence-transformers
+suites also have ``key(task)`` (what the task's data is, for reusing a finished result), MTEB reuses through its
+own ResultCache. Scoring is sentence-transformers' (InformationRetrievalEvaluator,
 NanoBEIREvaluator) or mteb's; nothing here computes a metric itself.
 
 Every suite checks what it can when it is made (a folder's rows, NanoBEIR names and cached files, MTEB task
@@ -62,7 +63,8 @@ def _ir_row(metrics: dict, primary_metric: str) -> dict:
     return {**row, MAIN_SCORE: row["ndcg@10"]}
 
 
-def _digest(*parts) -> str:
+def digest(*parts) -> str:
+    """A SHA-256 of JSON-able parts: what a kept result was made from."""
     return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()
 
 
@@ -77,7 +79,7 @@ class RetrievalFolder:
         self.task = task or (f"{folder.resolve().parent.name}/{folder.name}" if folder.name in SPLIT_NAMES
                              else folder.name)
         self.tasks = [self.task]
-        self._key = _digest([file_sha256(f) for f in self.split.files], IR_SETTINGS)
+        self._key = digest([file_sha256(f) for f in self.split.files], IR_SETTINGS)
 
     def key(self, task: str) -> str:
         return self._key
@@ -122,7 +124,7 @@ class NanoBEIR:
 
     def key(self, task: str) -> str:
         files = self.files if task == "mean" else {task: self.files[task]}
-        return _digest(self.dataset_id, {t: {s: [file_sha256(f) for f in fs] for s, fs in by.items()}
+        return digest(self.dataset_id, {t: {s: [file_sha256(f) for f in fs] for s, fs in by.items()}
                                          for t, by in files.items()}, IR_SETTINGS)
 
     def evaluator(self, prompts: dict | None = None, names: list[str] | None = None, show_progress_bar: bool = False):
@@ -189,9 +191,6 @@ class MTEB:
                                      "(mteb.get_tasks() and mteb.get_benchmarks() list them)") from None
         self.by_name = {task.metadata.name: task for task in tasks}
         self.tasks = list(self.by_name)
-
-    def key(self, task: str) -> str:
-        return ""  # mteb's cache decides what it reuses
 
     def score(self, model, tasks: list[str], prompts: dict | None, cache: Path, identity: str) -> dict[str, dict]:
         """Each task through ``mteb.evaluate``, reusing what mteb's ResultCache in ``cache`` holds for the model."""
