@@ -70,16 +70,22 @@ def write_bundled(folder, data: dict) -> None:
                   "score": [r["score"] for r in data["qrels"]]}).write_parquet(folder / "qrels.parquet")
 
 
-def oracle(model, data: dict, titles: bool = True) -> dict:
+def oracle(model, data: dict, titles: bool = True, prompts: dict | None = None) -> dict:
     """NDCG@10, MRR@10 and Recall@100 by brute force: cosine scores of every query against every document, the
-    documents sorted by score, binary relevance (qrels above 0), averaged over the queries that have any."""
+    documents sorted by score, binary relevance (qrels above 0), averaged over the queries that have any.
+    ``prompts``: the text put before each role's texts (else the model's own, encode_query's)."""
     relevant: dict[str, set] = {}
     for r in data["qrels"]:
         if r["score"] > 0:
             relevant.setdefault(r["query-id"], set()).add(r["corpus-id"])
     queries = [q for q in data["queries"] if q["_id"] in relevant]
-    q = model.encode_query([r["text"] for r in queries], convert_to_numpy=True)
-    d = model.encode_document([document_text(r) if titles else r["text"] for r in data["corpus"]], convert_to_numpy=True)
+    documents = [document_text(r) if titles else r["text"] for r in data["corpus"]]
+    if prompts:
+        q = model.encode([prompts["query"] + r["text"] for r in queries], convert_to_numpy=True)
+        d = model.encode([prompts["document"] + text for text in documents], convert_to_numpy=True)
+    else:
+        q = model.encode_query([r["text"] for r in queries], convert_to_numpy=True)
+        d = model.encode_document(documents, convert_to_numpy=True)
     q /= np.linalg.norm(q, axis=1, keepdims=True)
     d /= np.linalg.norm(d, axis=1, keepdims=True)
     ids = np.array([r["_id"] for r in data["corpus"]])
@@ -246,6 +252,22 @@ def test_mteb_on_a_local_task_scores_as_the_oracle_and_reuses_its_cache(tmp_path
     assert type(task).loads == 1
     again = evaluation.evaluate([str(tiny_model)], [MTEB([task])], tmp_path / "out")
     assert type(task).loads == 1 and again.equals(table)  # mteb's ResultCache served it
+
+
+def test_prompts_per_role_reach_every_suite(tmp_path, data, model, tiny_model):
+    """--query-prompt/--document-prompt: the folder's evaluator and MTEB (as its query/document prompts) put them
+    before each role's texts, as the oracle does."""
+    pytest.importorskip("mteb")
+    write_beir(tmp_path / "beir", data)
+    given = {"query": "query: the ", "document": "passage: a "}
+    options = ModelOptions(prompts=evaluation.run.Prompts(query_prompt=given["query"], document_prompt=given["document"]))
+    table = evaluation.evaluate([str(tiny_model)], [RetrievalFolder(tmp_path / "beir"), MTEB([local_mteb_task(data)])],
+                                tmp_path / "out", options)
+    expected = oracle(model, data, prompts=given)
+    assert expected != pytest.approx(oracle(model, data), abs=1e-3)  # the prompts change the scores
+    for suite in ("beir", "mteb"):
+        got = scores_of(table, suite=suite)
+        assert {m: got[m] for m in METRICS} == pytest.approx(expected, abs=1e-5)
 
 
 def test_bad_inputs_are_one_line_exit_2_and_nothing_written(tmp_path, data, tiny_model, capsys, monkeypatch):
