@@ -22,7 +22,8 @@ $(VENV)/.installed: pyproject.toml requirements-guide.txt
 	$(BIN)/pip install -q --no-deps --require-hashes -r requirements-guide.txt
 	touch $@
 
-# The tests also build the docs (mkdocs build --strict) and run the stages on a local Ray: the extras they need.
+# The tests also build the docs (mkdocs build --strict), run the stages on a local Ray and score MTEB tasks: the
+# extras they need.
 $(VENV)/.installed-test: $(VENV)/.installed
-	$(BIN)/pip install -q -e ".[dev,docs,ray]"
+	$(BIN)/pip install -q -e ".[dev,docs,ray,eval]"
 	touch $@

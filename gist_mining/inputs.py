@@ -624,6 +624,9 @@ def read_corpus(path: str | Path) -> list[str]:
 
 RETRIEVAL_COLUMNS = {"queries": (("_id", "text"), ()), "corpus": (("_id", "text"), ("title",)),
                      "qrels": (("query-id", "corpus-id"), ("score",))}
+# The bundled splits' names for the same columns (data/sample/test: query_id, doc_id), taken where BEIR's are absent.
+RETRIEVAL_ALIASES = {"queries": {"query_id": "_id"}, "corpus": {"doc_id": "_id"},
+                     "qrels": {"query_id": "query-id", "doc_id": "corpus-id"}}
 
 
 def _retrieval_table(path: Path, kind: str, out: Path) -> Path:
@@ -635,6 +638,8 @@ def _retrieval_table(path: Path, kind: str, out: Path) -> Path:
         for frame in table_batches(path, problems):
             if problems.unparsed:
                 continue
+            frame = frame.rename({a: c for a, c in RETRIEVAL_ALIASES[kind].items()
+                                  if a in frame.columns and c not in frame.columns})
             missing = [c for c in required if c not in frame.columns]
             if missing and (rows == 0 or path.suffix.lower() not in (".jsonl", ".json", ".ndjson")):
                 raise InputError([f"{path}: missing column '{c}' (has: {', '.join(frame.columns) or 'none'}); "
@@ -680,10 +685,10 @@ def _retrieval_rows(problems: _Problems, frame: pl.DataFrame, kind: str, first_r
     return out.with_columns(text.alias("text")).to_arrow()
 
 
-def retrieval_pairs(queries: Path, corpus: Path, qrels: Path, folder: Path) -> tuple[Path, Path]:
-    """The layout as a pairs table (query, positive, source_row: the qrel's row; in qrels order) and a corpus
-    table (text), both Parquet in ``folder``. Problems: one line each, naming the file and the row (an id given
-    twice, a qrel naming an id its file lacks)."""
+def retrieval_tables(queries: Path, corpus: Path, qrels: Path, folder: Path) -> dict[str, pl.LazyFrame]:
+    """The layout's three files read and checked into Parquet in ``folder``: {"queries": (row, _id, text),
+    "corpus": (row, _id, text), "qrels": (row, query-id, corpus-id, score)}, ids as strings, in file order.
+    Problems: one line each, naming the file and the row (an id given twice, a qrel naming an id its file lacks)."""
     queries, corpus, qrels = Path(queries), Path(corpus), Path(qrels)
     tables, problems = {}, []
     for kind, path in (("queries", queries), ("corpus", corpus), ("qrels", qrels)):
@@ -704,6 +709,14 @@ def retrieval_pairs(queries: Path, corpus: Path, qrels: Path, folder: Path) -> t
         problems += [f"{qrels}: row {row}: {column} {id_!r} is not in {path}" for row, id_ in unknown.iter_rows()]
     if problems:
         raise InputError(problems)
+    return tables
+
+
+def retrieval_pairs(queries: Path, corpus: Path, qrels: Path, folder: Path) -> tuple[Path, Path]:
+    """The layout as a pairs table (query, positive, source_row: the qrel's row; in qrels order) and a corpus
+    table (text), both Parquet in ``folder`` (the files checked by ``retrieval_tables``)."""
+    qrels = Path(qrels)
+    tables = retrieval_tables(queries, corpus, qrels, folder)
     relevant = tables["qrels"].filter(pl.col("score") > 0)
     documents = tables["corpus"].join(relevant.select(pl.col("corpus-id").alias("_id")).unique(), on="_id", how="semi")
     pairs = (relevant.join(tables["queries"].select("_id", pl.col("text").alias("query")), left_on="query-id",

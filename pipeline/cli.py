@@ -9,7 +9,8 @@ from gist_mining.cli import run
 
 # The gist-mining console script's subcommands: each is the module's own command line (python -m MODULE).
 COMMANDS = {"embed": "pipeline.embed", "mask": "pipeline.mask", "train": "train.run", "export": "pipeline.export",
-            "report": "pipeline.report", "cache": "pipeline.cache", "run": "pipeline.run"}
+            "report": "pipeline.report", "cache": "pipeline.cache", "run": "pipeline.run",
+            "evaluate": "pipeline.evaluate"}
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -23,13 +23,13 @@ import time
 from dataclasses import replace
 from pathlib import Path
 
-from gist_mining import cli, workdir
+from gist_mining import cli, evaluation, workdir
 from gist_mining.embed import EmbedOptions, InputOptions, embed
 from gist_mining.errors import UsageError
 from gist_mining.executor import ExecutorSettings
 from gist_mining.mask import SearchSettings, mask
 from gist_mining.mining import MiningRules
-from gist_mining.models import DEFAULT_GUIDE, DEFAULT_STUDENT, ModelSettings, Prompts, add_prompt_options, load_model
+from gist_mining.models import DEFAULT_GUIDE, DEFAULT_STUDENT, ModelSettings, Prompts, add_prompt_options
 from gist_mining.settings import HelpFormatter, add_options, from_args
 from gist_mining.storage import write_json_atomic
 from gist_mining.training import TrainConfig, train
@@ -41,13 +41,15 @@ DEMO_DEFAULTS = {"max_steps": 60}
 # TrainConfig fields the job leaves at their defaults: it evaluates the three students after training, on --eval;
 # --precision is the embed group's, for every stage.
 NOT_PASSED_TO_TRAIN = ("eval", "eval_steps", "save_steps", "resume")
+EVALUATION = "evaluation"  # in the work directory: the held-out table (results.parquet, .md, .png), kept results
 
 
 def build_parser(prog: str = "python -m pipeline.run") -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog=prog, description=__doc__.split("\n")[0], formatter_class=HelpFormatter)
     p.add_argument("--input", action="append", default=None,
                    help=f"pairs (default: each of {', '.join(BUNDLED)} in {DATA}, in turn)")
-    p.add_argument("--eval", type=Path, default=None, help="held-out retrieval split (with --input)")
+    p.add_argument("--eval", type=Path, default=None, help="held-out retrieval split (with --input): a folder in "
+                                                            "BEIR's layout or the bundled sets'")
     p.add_argument("--work", type=Path, default=None, help="work directory (with --input; default runs/NAME)")
     # A retrieval layout (--queries/--qrels) is pipeline.embed's: the job's held-out split is --eval.
     add_options(p.add_argument_group("input"), InputOptions, exclude=("queries", "qrels"))
@@ -81,16 +83,19 @@ def stage(name: str, run, *args, **kwargs):
     return result, time.perf_counter() - started
 
 
-def evaluate(model_path: str, split: Path, device) -> dict:
-    from gist_mining.training.evaluate import headline, make_evaluator
-
-    return headline(make_evaluator(split, "test")(load_model(model_path, device=device)))
+def evaluate(models: dict[str, str], split: evaluation.RetrievalFolder, device, out: Path) -> dict:
+    """Each model's held-out scores, to 4 digits, through the evaluate command's code (``gist_mining.evaluation``),
+    which also writes its table and chart to ``out`` and reuses the results of unchanged models on a rerun."""
+    table = evaluation.evaluate(models, [split], out,
+                                evaluation.ModelOptions(ModelSettings("", device=device)), quiet=True)
+    return {row["model"]: {m: round(row[m], 4) for m in evaluation.METRICS} for row in table.iter_rows(named=True)}
 
 
 def run_job(args, inputs: list[str], split: Path, work: Path) -> dict:
     """One data set through every stage; the held-out scores of the base, plain and GIST students."""
     if args.precision == "fp16":
         raise UsageError("--precision fp16: train.run takes fp32 or bf16 (fp16 needs a loss scaler)")
+    held_out = evaluation.RetrievalFolder(split)  # read and checked before any stage runs
     rules = from_args(MiningRules, args)
     config = from_args(TrainConfig, args, student=from_args(ModelSettings, args, name=args.student),
                        **{k: getattr(TrainConfig, k) for k in NOT_PASSED_TO_TRAIN})
@@ -107,7 +112,7 @@ def run_job(args, inputs: list[str], split: Path, work: Path) -> dict:
         _, seconds[f"train_{name}"] = stage(f"train ({name})", train, work, out, replace(config, guide_filter=guide_filter))
         models[name] = str(out)
     started = time.perf_counter()
-    results = {name: evaluate(path, split, args.device) for name, path in models.items()}
+    results = evaluate(models, held_out, args.device, work / EVALUATION)
     seconds["eval"] = time.perf_counter() - started
     write_json_atomic({"results": results, "seconds": seconds, "eval": str(split),
                        "settings": {k: str(v) for k, v in vars(args).items()}}, work / workdir.RESULTS)

@@ -26,13 +26,14 @@ from gist_mining.mask.select import MineStep
 from gist_mining.mining import MiningRules
 from gist_mining.models import ModelSettings
 from gist_mining.settings import dest_of
-from pipeline import cache, embed, export, mask, report
+from pipeline import cache, embed, evaluate, export, mask, report
 from pipeline import cli as console
 from pipeline import run as job
 from train import run as train_command
 
 PARSERS = {"embed": embed.build_parser(), "mask": mask.build_parser(), "train": train_command.build_parser(),
            "export": export.build_parser(), "report": report.build_parser(), "run": job.build_parser(),
+           "evaluate": evaluate.build_parser(),
            **{f"cache {name}": sub for name, sub in next(a for a in cache.build_parser()._actions
                                                          if isinstance(a, argparse._SubParsersAction)).choices.items()}}
 # Spellings retired for the one that every stage now uses (tests/test_cli.py keeps them from coming back).

@@ -84,7 +84,8 @@ class TrainConfig:
                                               "them out of its negatives)")
     suspect_weight: float = option(LossRules.suspect_weight, "weight of a suspect negative in the softmax: 0 masks "
                                                              "it, W in (0, 1] down-weights it")
-    eval: Path | None = option(None, "retrieval split: queries, corpus, qrels .parquet", type=Path)
+    eval: Path | None = option(None, "retrieval split: a folder in BEIR's layout (corpus, queries, qrels/test) or the "
+                                     "bundled sets' (queries, corpus, qrels .parquet)", type=Path)
     eval_steps: int = option(0, "evaluate every N steps (0: before and after only)")
     save_steps: int = option(0, "checkpoint every N steps (0: never)")
     resume: bool = option(False, "continue from the newest checkpoint in --out")
