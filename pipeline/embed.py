@@ -35,7 +35,7 @@ import numpy as np
 import polars as pl
 import pyarrow as pa
 
-from gist_mining import cli, onnx_backend, planning, workdir
+from gist_mining import cli, medi, onnx_backend, planning, workdir
 from gist_mining.embed_cache import EmbeddingCache, default_root
 from gist_mining.errors import UsageError
 from gist_mining.executor import ExecutorSettings, run_step
@@ -89,6 +89,9 @@ class InputOptions:
     queries: Path | None = option(None, "BEIR queries (_id, text), with one --corpus and --qrels", type=Path)
     qrels: Path | None = option(None, "BEIR qrels (query-id, corpus-id, score): each qrel scoring above 0 is a pair",
                                 type=Path)
+    instructions: str = option(medi.MODES[0], "MEDI-style instructions (query_instruct columns, [instruction, text] "
+                                              "pairs): dropped, as the GIST models were trained, or prepended to "
+                                              "their texts", choices=medi.MODES)
 
     def hub(self) -> HubSelection:
         return HubSelection(split=self.input_split, subset=self.input_subset, revision=self.input_revision)
@@ -330,7 +333,8 @@ def embed(inputs: list[str], work: Path, guide: ModelSettings = ModelSettings(DE
     # input has been read and validated; claim moves the tables in.
     with tempfile.TemporaryDirectory(prefix="gist-mining-plan-") as scratch:
         planned, records = planning.read_inputs(inputs, [] if retrieval else corpus, Path(scratch),
-                                                parse_columns(reading.columns), reading.hub(), retrieval)
+                                                parse_columns(reading.columns), reading.hub(), retrieval,
+                                                reading.instructions)
         model = prepare_model(guide, options.precision)
         resolved = role_prompts(model, prompts)
         backend, encoder = onnx_backend.pick_backend(options.backend, model, resolve_model(guide.name, guide.revision),
