@@ -33,7 +33,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from tqdm import tqdm
 
-from gist_mining import cli, grid, rescore, update, workdir
+from gist_mining import cli, given_negatives, grid, rescore, update, workdir
 from gist_mining.errors import UsageError
 from gist_mining.executor import ExecutorSettings, run_here, run_step, share
 from gist_mining.mining import (
@@ -104,9 +104,11 @@ def build_parser(prog: str = "python -m pipeline.mask") -> argparse.ArgumentPars
 
 
 def search_plan(work: Path, given: dict, embed: dict, *, refilter: bool, update_from: Path | None,
-                rescore_settings: rescore.RescoreSettings | None, rescorer: rescore.Rescorer | None) -> dict:
+                rescore_settings: rescore.RescoreSettings | None, rescorer: rescore.Rescorer | None,
+                negatives_from: str = "corpus") -> dict:
     """The search settings: ``given`` (SearchSettings' fields; defaults filled in), or with ``refilter`` the
-    stored ones, which ``given`` must not contradict."""
+    stored ones, which ``given`` must not contradict. ``negatives_from`` given: no pool search
+    (gist_mining.given_negatives)."""
     if refilter:
         stored = workdir.read_plan(work, "search")
         if stored is None:
@@ -142,8 +144,9 @@ def search_plan(work: Path, given: dict, embed: dict, *, refilter: bool, update_
                 n_anchors=embed["counts"]["anchors"], rescore=rescorer.record if rescorer else None,
                 candidates_format=CANDIDATES_FORMAT,
                 update_from={"work": str(update_from), "fingerprint": update.earlier_search(update_from, work)}
-                if update_from else None, command=command)
+                if update_from else None, command=command, **given_negatives.search_record(negatives_from))
     made_by = {k: plan[k] for k in (*settings, "parent_fingerprint", "rescore", "candidates_format")}
+    made_by.update(given_negatives.search_record(negatives_from))
     if update_from:  # the earlier run's search, not its path (approximate lists and an extended index depend on it)
         made_by["earlier_search"] = plan["update_from"]["fingerprint"]
     plan["fingerprint"] = config_fingerprint(made_by)
@@ -161,9 +164,10 @@ def claim(work: Path, search: dict, mining: dict, *, refilter: bool, overwrite: 
         if not refilter:
             changed = workdir.changed_keys(work, "search", search,
                                            ("parent_fingerprint", *asdict(SearchSettings()), "rescore", "update_from",
-                                            "candidates_format"))
+                                            "candidates_format", given_negatives.POOL_SEARCH))
             names = {"parent_fingerprint": "embeddings", "rescore": "rescore model", "update_from": "--update-from",
-                     "candidates_format": "candidates format (an older version)"}
+                     "candidates_format": "candidates format (an older version)",
+                     given_negatives.POOL_SEARCH: "--negatives-from (--refilter re-filters a pool search for given)"}
             what = ", ".join(names.get(k, k) for k in changed) or "settings"
             workdir.claim(work, "search", search, replace=overwrite,
                           refusal=f"{work}: candidates/ were made with other {what}; pass --overwrite to search again "
@@ -255,7 +259,9 @@ class SearchStep:
         if earlier:
             earlier.split_by_shard(work, plan)
         lists = None
-        if plan.get("pool_slice_size"):  # the grid's cells hold each slice's lists: no index of the pool
+        if not given_negatives.searches_pool(plan):  # --negatives-from given: the given negatives alone, no index
+            find, chunk = given_negatives.no_candidates, chunk_size(plan["k"], 1, store.dimension)
+        elif plan.get("pool_slice_size"):  # the grid's cells hold each slice's lists: no index of the pool
             chunk = chunk_size(plan["k"], 1, store.dimension)
             find = lists = grid.GridLists(grid.Cells(work, plan, needed=[]), plan["k"], chunk)
         else:
@@ -348,7 +354,9 @@ def run_mask(work: Path, given: dict, rules: MiningRules, *, rescore_settings, r
     embed = workdir.checked_embed_manifest(work)
     rescorer = rescore.Rescorer(work, rescore_settings) if rescore_settings and not refilter else None
     search = search_plan(work, given, embed, refilter=refilter, update_from=update_from,
-                         rescore_settings=rescore_settings, rescorer=rescorer)
+                         rescore_settings=rescore_settings, rescorer=rescorer, negatives_from=rules.negatives_from)
+    given_negatives.check(rules.negatives_from, search, work, pool_slice_size=given.get("pool_slice_size"),
+                          update_from=update_from)
     rescore.require_scores(rules, search, work)
     mining = mine_plan(search, rules)
     earlier_files = update.checked_files(update_from, work, search) if update_from else None
