@@ -42,6 +42,7 @@ from gist_mining.models import DEFAULT_STUDENT, ModelSettings, Prompts, add_prom
 from gist_mining.settings import HelpFormatter, add_options, from_args, option, to_argv
 from gist_mining.storage import (commit, read_json, remove_stale_temps, tmp_name, write_bytes_atomic,
                                   write_json_atomic)
+from gist_mining.task_batches import BATCHINGS, paper_batches
 from gist_mining.reporting import REPORT_TO, Reporter
 from gist_mining.workdir import VectorStore
 from train import card
@@ -95,6 +96,11 @@ class TrainConfig:
     negatives_per_anchor: int = option(1, "mined negatives used per anchor (at most pipeline.mask's "
                                           "--negatives-per-anchor)")
     task_batches: bool = option(False, "each batch from one task (MEDI style)")
+    task_batching: str = option("shuffled", "how one-task batches are made: shuffled within a task, no text twice in "
+                                            "a batch (--task-batches), or paper: GISTEmbed's, the task-sorted rows cut "
+                                            "into consecutive chunks, a chunk spanning two tasks dropped, the chunks "
+                                            "shuffled (implies --task-batches; gist_mining.task_batches)",
+                                choices=BATCHINGS)
     min_batch_size: int = option(1, "smaller batches wait for a later epoch")
     precision: str = option("fp32", "forward-pass dtype; bf16 autocasts on CUDA", choices=("fp32", "bf16"))
     gradient_checkpointing: bool = option(False, "recompute activations in backward: less memory, more time")
@@ -334,6 +340,12 @@ def plan_batches(texts: RowTexts, tasks: list[str], batch_size: int, seed: int, 
 
 
 def epoch_batches(data: TrainingData, config: TrainConfig, world: int, epoch: int, rank: int = 0) -> list[list[int]]:
+    if config.task_batching == "paper":  # GISTEmbed's chunks: the same rows are left out every epoch
+        batches, left_out = paper_batches(data.tasks, config.batch_size * world, config.seed, epoch)
+        if left_out and rank == 0 and epoch == 0:
+            print(f"train: {left_out} of {len(data.tasks)} rows are in no batch (--task-batching paper: their chunk of "
+                  "the task-sorted rows spans two tasks, or is the short last one)", file=sys.stderr)
+        return batches
     batches, waiting = plan_batches(data.row_texts, data.tasks, config.batch_size * world, config.seed, epoch,
                                     config.task_batches, min_batch_size=max(config.min_batch_size, world))  # a row per rank
     if waiting and rank == 0:
