@@ -23,7 +23,7 @@ import time
 from dataclasses import replace
 from pathlib import Path
 
-from gist_mining import cli, workdir
+from gist_mining import cli, recipes, workdir
 from gist_mining.errors import UsageError
 from gist_mining.executor import ExecutorSettings
 from gist_mining.mining import MiningRules
@@ -49,6 +49,9 @@ def build_parser(prog: str = "python -m pipeline.run") -> argparse.ArgumentParse
                    help=f"pairs (default: each of {', '.join(BUNDLED)} in {DATA}, in turn)")
     p.add_argument("--eval", type=Path, default=None, help="held-out retrieval split (with --input)")
     p.add_argument("--work", type=Path, default=None, help="work directory (with --input; default runs/NAME)")
+    p.add_argument("--recipe", choices=recipes.RECIPES, default=None,
+                   help="a published model's training: its data set, models and settings as the defaults of every "
+                        "option (options given still win); one student, trained with the guide (gist_mining.recipes)")
     # A retrieval layout (--queries/--qrels) is pipeline.embed's: the job's held-out split is --eval.
     add_options(p.add_argument_group("input"), InputOptions, exclude=("queries", "qrels"))
     models = p.add_argument_group("models (--revision, --trust-remote-code, --device and --max-seq-length apply to "
@@ -87,13 +90,11 @@ def evaluate(model_path: str, split: Path, device) -> dict:
     return headline(make_evaluator(split, "test")(load_model(model_path, device=device)))
 
 
-def run_job(args, inputs: list[str], split: Path, work: Path) -> dict:
-    """One data set through every stage; the held-out scores of the base, plain and GIST students."""
+def mine(args, inputs: list[str], work: Path, config: TrainConfig) -> dict:
+    """The embed and mask stages of the job on ``inputs``, into ``work``: the seconds of each."""
     if args.precision == "fp16":
         raise UsageError("--precision fp16: train.run takes fp32 or bf16 (fp16 needs a loss scaler)")
     rules = from_args(MiningRules, args)
-    config = from_args(TrainConfig, args, student=from_args(ModelSettings, args, name=args.student),
-                       **{k: getattr(TrainConfig, k) for k in NOT_PASSED_TO_TRAIN})
     rules = replace(rules, num_negatives=max(config.negatives_per_anchor, MiningRules.num_negatives))
     executor, seconds = from_args(ExecutorSettings, args), {}
     _, seconds["embed"] = stage("embed", embed, inputs, work, from_args(ModelSettings, args, name=args.guide),
@@ -101,6 +102,14 @@ def run_job(args, inputs: list[str], split: Path, work: Path) -> dict:
                                 reading=from_args(InputOptions, args), executor=executor)
     _, seconds["mask"] = stage("mask", mask, work, from_args(SearchSettings, args), rules, overwrite=args.overwrite,
                                executor=executor)
+    return seconds
+
+
+def run_job(args, inputs: list[str], split: Path, work: Path) -> dict:
+    """One data set through every stage; the held-out scores of the base, plain and GIST students."""
+    config = from_args(TrainConfig, args, student=from_args(ModelSettings, args, name=args.student),
+                       **{k: getattr(TrainConfig, k) for k in NOT_PASSED_TO_TRAIN})
+    seconds = mine(args, inputs, work, config)
     models = {"base": args.student}
     for name, guide_filter in (("plain", "none"), ("gist", config.guide_filter)):
         out = work / workdir.MODELS / name
@@ -126,7 +135,12 @@ def print_table(args, name: str, split: Path, job: dict) -> None:
 
 
 def main(argv=None, prog: str = "python -m pipeline.run") -> None:
-    args = build_parser(prog).parse_args(argv)
+    parser = build_parser(prog)
+    recipe = recipes.apply(parser, argv)
+    args = parser.parse_args(argv)
+    if recipe:
+        recipes.run(args, recipe)
+        return
     if args.input:
         if args.eval is None:
             raise UsageError("--input needs --eval: a held-out retrieval split (queries, corpus, qrels)")

@@ -10,6 +10,7 @@ import polars as pl
 import pytest
 from conftest import make_pairs, run_stage
 
+from gist_mining.errors import UsageError
 from gist_mining.st import StoredGuideGISTLoss, mined_dataset
 from gist_mining.task_batches import paper_batches, task_batch_sampler
 from pipeline import embed, mask
@@ -78,6 +79,13 @@ def test_train_run_takes_the_paper_batches(work, tiny_model, tmp_path, monkeypat
     expected = [b for e in range(2) for b in paper_batches(tasks, 4, seed=5, epoch=e)[0]]
     assert seen == expected and len(seen) == 2 * 6
     assert "10 of 34 rows are in no batch" in capsys.readouterr().err
+
+
+def test_no_batch_of_one_task_is_refused(work):
+    data = train.TrainingData(work, 1, "cpu")
+    config = replace(train.TrainConfig(), batch_size=16, task_batching="paper")
+    with pytest.raises(UsageError, match="no batch of 16 rows of one task"):  # runs of 10, 13, 11 rows: none fits
+        train.epoch_batches(data, config, 1, 0)
 
 
 def test_the_shuffled_task_batches_are_unchanged(work):

@@ -342,6 +342,9 @@ def plan_batches(texts: RowTexts, tasks: list[str], batch_size: int, seed: int, 
 def epoch_batches(data: TrainingData, config: TrainConfig, world: int, epoch: int, rank: int = 0) -> list[list[int]]:
     if config.task_batching == "paper":  # GISTEmbed's chunks: the same rows are left out every epoch
         batches, left_out = paper_batches(data.tasks, config.batch_size * world, config.seed, epoch)
+        if not batches:
+            raise UsageError(f"--task-batching paper: no batch of {config.batch_size * world} rows of one task (each "
+                             "chunk of the task-sorted rows spans two tasks); use a smaller --batch-size")
         if left_out and rank == 0 and epoch == 0:
             print(f"train: {left_out} of {len(data.tasks)} rows are in no batch (--task-batching paper: their chunk of "
                   "the task-sorted rows spans two tasks, or is the short last one)", file=sys.stderr)
