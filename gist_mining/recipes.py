@@ -29,8 +29,9 @@ class Recipe:
     student: str
     batch_size: int
     epochs: float
+    checkpoint_step: int  # the step of the published checkpoint: the recipe saves one there
+    release: str  # the published model this recipe reproduces
     published: dict = field(default_factory=dict)  # model -> (MTEB average over 56 tasks, retrieval average)
-    release: str = ""  # the published model this recipe reproduces
 
     def defaults(self, cuda: bool) -> dict:
         """pipeline.run's option values (argparse dests) for this recipe."""
@@ -42,11 +43,11 @@ class Recipe:
 
 
 RECIPES = {r.name: r for r in (
-    Recipe("gist-small", "BAAI/bge-small-en-v1.5", batch_size=16, epochs=40.0,
-           published={"avsolatorio/GIST-small-Embedding-v0": (62.48, 50.43), "BAAI/bge-small-en-v1.5": (62.17, 51.68)},
-           release="avsolatorio/GIST-small-Embedding-v0 (checkpoint step 102 000)"),
-    Recipe("gist-base", "BAAI/bge-base-en-v1.5", batch_size=32, epochs=80.0,
-           release="avsolatorio/GIST-Embedding-v0 (checkpoint step 103 500)"),
+    Recipe("gist-small", "BAAI/bge-small-en-v1.5", batch_size=16, epochs=40.0, checkpoint_step=102_000,
+           release="avsolatorio/GIST-small-Embedding-v0",
+           published={"avsolatorio/GIST-small-Embedding-v0": (62.48, 50.43), "BAAI/bge-small-en-v1.5": (62.17, 51.68)}),
+    Recipe("gist-base", "BAAI/bge-base-en-v1.5", batch_size=32, epochs=80.0, checkpoint_step=103_500,
+           release="avsolatorio/GIST-Embedding-v0"),
 )}
 
 
@@ -72,11 +73,13 @@ def run(args, recipe: Recipe) -> Path:
 
     config = from_args(TrainConfig, args, student=from_args(ModelSettings, args, name=args.student),
                        **{k: getattr(TrainConfig, k) for k in NOT_PASSED_TO_TRAIN})
-    config = replace(config, eval=args.eval)  # the trainer scores a held-out split before and after, when given
+    # The trainer scores a held-out split before and after, when given, and keeps the published step's checkpoint.
+    config = replace(config, eval=args.eval, save_steps=recipe.checkpoint_step)
     seconds = mine(args, args.input or [DATASET], args.work, config)
     out = args.work / workdir.MODELS / recipe.name
     _, seconds["train"] = stage(f"train ({recipe.name})", train, args.work, out, config)
-    print(f"\nrecipe {recipe.name}: {out} (to compare with {recipe.release or recipe.student}); seconds: "
+    print(f"\nrecipe {recipe.name}: {out} (to compare with {recipe.release}; its step {recipe.checkpoint_step}: "
+          f"{out / workdir.CHECKPOINTS}); seconds: "
           + ", ".join(f"{k} {v:.0f}" for k, v in seconds.items()), file=sys.stderr)
     print(next_steps(recipe, out))
     return out
