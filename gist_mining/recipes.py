@@ -88,7 +88,7 @@ def run(args, recipe: Recipe) -> Path:
 def next_steps(recipe: Recipe, out: Path) -> str:
     """What to run after training: MTEB's English benchmark, and the published figures to compare."""
     lines = [f"Evaluate it on MTEB's English benchmark ({BENCHMARK}: 56 tasks, 15 of them retrieval):",
-             f"  mteb run -m {out} -b '{BENCHMARK}' --output-folder {out.parent / 'mteb'}"]
+             f"  mteb run -m {out} -b '{BENCHMARK}'"]
     if recipe.published:
         lines.append("Published averages (all 56 tasks / retrieval NDCG@10):")
         lines += [f"  {model}: {average} / {retrieval}" for model, (average, retrieval) in recipe.published.items()]
