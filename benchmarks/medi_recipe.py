@@ -42,13 +42,13 @@ import polars as pl
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from benchmarks.common import ROOT, table  # noqa: E402
-from gist_mining import workdir  # noqa: E402
-from gist_mining.errors import UsageError  # noqa: E402
-from gist_mining.models import DEFAULT_GUIDE, DEFAULT_STUDENT, load_model  # noqa: E402
-from gist_mining.task_batches import paper_batches  # noqa: E402
-from pipeline import embed, mask  # noqa: E402
-from train import run as train  # noqa: E402
+from benchmarks.common import ROOT, table
+from gist_mining import workdir
+from gist_mining.errors import UsageError
+from gist_mining.models import DEFAULT_GUIDE, DEFAULT_STUDENT, load_model
+from gist_mining.task_batches import paper_batches
+from pipeline import embed, mask
+from train import run as train
 
 DATA = {"sections": ROOT / "data" / "sections", "sample": ROOT / "data" / "sample"}
 MINING = {"given": ["--negatives-from", "given", "--margin-strategy", "absolute", "--margin", "0"], "corpus": []}
@@ -62,7 +62,7 @@ DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 def medi_set(path: Path, seed: int = 0) -> Path:
     """The bundled training pairs as GISTEmbed's data set lays them out, one given negative per row."""
     rng, rows = random.Random(seed), []
-    for name, folder in DATA.items():
+    for folder in DATA.values():
         pairs = pl.read_parquet(folder / "train.parquet")
         label = pairs["section"] if "section" in pairs.columns else pl.Series(range(pairs.height))
         for i, row in enumerate(pairs.iter_rows(named=True)):
@@ -142,7 +142,7 @@ def stats(records: list[dict], arm: str) -> dict[str, tuple[float, float]]:
 
 def verdict(a: tuple[float, float], b: tuple[float, float]) -> str:
     diff, noise = a[0] - b[0], 2 * (a[1] ** 2 + b[1] ** 2) ** 0.5
-    return f"{diff:+.4f}{'*' if abs(diff) > noise and noise > 0 else ''}"
+    return f"{diff:+.4f}{'*' if abs(diff) > noise > 0 else ''}"
 
 
 def report(records: list[dict], copies: dict[str, Path], args) -> str:
@@ -157,12 +157,12 @@ def report(records: list[dict], copies: dict[str, Path], args) -> str:
     given = json.loads((copies["given"] / workdir.SUMMARY).read_text())
     data = train.TrainingData(copies["given"], 1, "cpu")
     _, left_out = paper_batches(data.tasks, 16, 42, 0)
-    lines = [f"Seeds {', '.join(map(str, args.seeds))}; {args.steps} steps of 16 anchors; device {DEVICE}; guide "
-             f"{args.guide}, student {args.student}. Test NDCG@10; differences against the recipe, * beyond 2 std.", "",
-             table(rows, ("arm", *(f"{n} test" for n in DATA), *(f"{n} vs recipe" for n in DATA), "s/step")), "",
-             f"Given negatives the guide flags (absolute margin 0): {given['given_negatives_flagged']} of "
-             f"{given['anchors']} ({given['given_negatives_flagged'] / given['anchors']:.1%}); rows paper batching "
-             f"leaves out at batch 16: {left_out} of {len(data.tasks)}."]
+    lines = [(f"Seeds {', '.join(map(str, args.seeds))}; {args.steps} steps of 16 anchors; device {DEVICE}; guide "
+              f"{args.guide}, student {args.student}. Test NDCG@10; differences against the recipe, * beyond 2 std."),
+             "", table(rows, ("arm", *(f"{n} test" for n in DATA), *(f"{n} vs recipe" for n in DATA), "s/step")), "",
+             (f"Given negatives the guide flags (absolute margin 0): {given['given_negatives_flagged']} of "
+              f"{given['anchors']} ({given['given_negatives_flagged'] / given['anchors']:.1%}); rows paper batching "
+              f"leaves out at batch 16: {left_out} of {len(data.tasks)}.")]
     return "\n".join(lines)
 
 

@@ -7,7 +7,6 @@ import json
 from pathlib import Path
 
 import polars as pl
-import pytest
 from conftest import run_stage
 from medi_hub import REPO, REVISION, medi_rows, serve, use_cache
 

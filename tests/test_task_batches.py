@@ -96,8 +96,7 @@ def test_the_shuffled_task_batches_are_unchanged(work):
 
 
 def test_sentence_transformers_trainer_takes_the_paper_batches(work, tiny_model, tmp_path):
-    from sentence_transformers import (SentenceTransformer, SentenceTransformerTrainer,
-                                       SentenceTransformerTrainingArguments)
+    from sentence_transformers import SentenceTransformer, SentenceTransformerTrainer, SentenceTransformerTrainingArguments
 
     dataset = mined_dataset(work, 1)
     anchors = [label[0] for label in dataset["label"]]
