@@ -10,6 +10,7 @@ import numpy as np
 import polars as pl
 import pytest
 from conftest import make_pairs, run_stage, sentence
+from test_mask import mined
 
 from gist_mining import workdir
 from gist_mining.mining import false_negative_threshold
@@ -38,10 +39,6 @@ def embedded(tmp_path_factory, tiny_guide):
 def work(embedded, tmp_path):
     shutil.copytree(embedded, tmp_path / "w")
     return tmp_path / "w"
-
-
-def mined(work) -> pl.DataFrame:
-    return pl.read_parquet(work / "mined" / "*.parquet").sort("anchor_id")
 
 
 def oracle(work, strategy: str, margin: float, n: int) -> dict[int, tuple[list, list]]:
