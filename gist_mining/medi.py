@@ -26,8 +26,8 @@ def instruction_roles(frame: pl.DataFrame, roles: dict[str, list[str]]) -> dict[
     columns holding [instruction, text] pairs when the query column holds lists (MEDI's JSON), else the
     ``COLUMN_instruct`` columns of the text columns."""
     texts = [c for role in TEXT_ROLES for c in roles.get(role, [])]
-    first = next((v for v in frame.get_column(roles["query"][0]).to_list() if v is not None), None) \
-        if frame.height else None
+    query = frame.get_column(roles["query"][0])
+    first = None if query.dtype == pl.String else next((v for v in query.to_list() if v is not None), None)
     if isinstance(first, (list, pl.Series)):
         return {**roles, PAIRED: texts}
     beside = [c + SUFFIX for c in texts if c + SUFFIX in frame.columns]
@@ -55,6 +55,8 @@ def with_instructions(problems, frame: pl.DataFrame, first_row: int, roles: dict
         return frame
     replaced = {}
     for column in paired or [c.removesuffix(SUFFIX) for c in beside]:
+        if not paired and mode == "drop" and frame.get_column(column + SUFFIX).dtype == pl.String:
+            continue  # strings or nulls: nothing to check, nothing to change
         values = frame.get_column(column).to_list()
         instructions = [None] * len(values) if paired else frame.get_column(column + SUFFIX).to_list()
         texts = []

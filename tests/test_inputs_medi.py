@@ -88,3 +88,11 @@ def test_an_instruction_that_is_not_a_string_is_named_by_row(tmp_path):
     with pytest.raises(InputError) as caught:
         planning.read_inputs([str(path)], [], tmp_path / "plan")
     assert caught.value.problems == [f"{path}: row 2: column 'query_instruct' is int, expected a string"]
+
+
+def test_instruction_text_pairs_in_parquet_list_columns(tmp_path, medi):
+    listed = medi.select(*(pl.concat_list(f"{c}_instruct", c).alias(c) for c in ("query", "pos", "neg")), "task_name")
+    assert listed.schema["query"] == pl.List(pl.String)
+    listed.write_parquet(tmp_path / "medi.parquet")
+    pairs, _ = planned(tmp_path, str(tmp_path / "medi.parquet"), instructions="prepend")
+    assert pairs == expected(medi, prepend=True)
