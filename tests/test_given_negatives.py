@@ -100,6 +100,9 @@ def test_refilter_of_a_pool_search_equals_a_given_run(work, tmp_path, capsys):
 
 
 def test_no_corpus_negatives_from_candidates_searched_for_given(work, capsys):
+    assert run_stage(mask, "--work", work, "--negatives-from", "given", "--pool-slice-size", 10) == 2
+    assert "searches no pool: drop --pool-slice-size" in capsys.readouterr().err
+    assert not (work / "candidates").exists()  # refused before anything is written
     assert run_stage(mask, "--work", work, "--negatives-from", "given") == 0
     assert run_stage(mask, "--work", work, "--refilter") == 2
     assert "hold no pool candidates" in capsys.readouterr().err
