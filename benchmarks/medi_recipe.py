@@ -23,8 +23,8 @@ the recipe's 5e-6, which is tuned for 100k steps; --steps steps, the same seeds)
 
 Each student is scored on the held-out test splits of sections and of the sample (NDCG@10, mean +- std over seeds);
 a difference against the recipe is real only beyond 2 std of the difference of single runs. Also printed: the share
-of given negatives the guide flags, the rows paper batching leaves out, and seconds per training step. Resumable:
-each finished run is a line of --runs.
+of given negatives the guide flags, the rows paper batching leaves out, and seconds per training step (on a shared
+machine, not a step time to plan with). Resumable: each finished run is a line of --runs.
 """
 
 from __future__ import annotations
@@ -107,11 +107,12 @@ def run_all(args) -> list[dict]:
     done = [json.loads(line) for line in runs.read_text().splitlines()] if runs.exists() else []
     have = {(r["arm"], r["seed"], r["steps"]) for r in done}
     copies = mined_copies(Path(args.work), args.guide)
-    todo = [("base", 0)] + [(arm, seed) for arm in ARMS for seed in args.seeds]
+    todo = [("base", 0)] + [(arm, seed) for arm in args.arms for seed in args.seeds]
     for arm, seed in todo:
-        if (arm, seed, args.steps) in have:
+        steps = 0 if arm == "base" else args.steps  # the base student trains no step
+        if (arm, seed, steps) in have:
             continue
-        record = {"arm": arm, "seed": seed, "steps": args.steps, "device": DEVICE}
+        record = {"arm": arm, "seed": seed, "steps": steps, "device": DEVICE}
         if arm == "base":
             record["test"] = scores(args.student)
         else:
@@ -131,7 +132,8 @@ def run_all(args) -> list[dict]:
             fh.write(json.dumps(record) + "\n")
         done.append(record)
         print(json.dumps(record), file=sys.stderr)
-    return [r for r in done if r["steps"] == args.steps or r["arm"] == "base"]
+    return [r for r in done if r["steps"] in (0, args.steps) and r["arm"] in ("base", *args.arms)
+            and (r["arm"] == "base" or r["seed"] in args.seeds)]
 
 
 def stats(records: list[dict], arm: str) -> dict[str, tuple[float, float]]:
@@ -148,7 +150,7 @@ def verdict(a: tuple[float, float], b: tuple[float, float]) -> str:
 def report(records: list[dict], copies: dict[str, Path], args) -> str:
     recipe = stats(records, "recipe")
     rows = []
-    for arm in ("base", *ARMS):
+    for arm in ("base", *args.arms):
         s = stats(records, arm)
         cells = [f"{s[n][0]:.4f} +- {s[n][1]:.4f}" if arm != "base" else f"{s[n][0]:.4f}" for n in DATA]
         diffs = [verdict(s[n], recipe[n]) if arm not in ("recipe", "base") else "-" for n in DATA]
@@ -173,6 +175,7 @@ def main() -> None:
     p.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "medi_recipe.md"))
     p.add_argument("--seeds", type=int, nargs="+", default=[42, 43, 44])
     p.add_argument("--steps", type=int, default=150)
+    p.add_argument("--arms", nargs="+", choices=ARMS, default=list(ARMS))
     p.add_argument("--guide", default=DEFAULT_GUIDE)
     p.add_argument("--student", default=DEFAULT_STUDENT)
     args = p.parse_args()
