@@ -68,6 +68,7 @@ def work(tmp_path_factory, tiny_guide):
     return root / "w"
 
 
+@pytest.mark.slow
 def test_train_run_takes_the_paper_batches(work, tiny_model, tmp_path, monkeypatch, capsys):
     seen = []
     get_batch = train.TrainingData.get_batch
@@ -95,6 +96,7 @@ def test_the_shuffled_task_batches_are_unchanged(work):
     assert train.epoch_batches(data, config, 1, 0) == expected
 
 
+@pytest.mark.slow
 def test_sentence_transformers_trainer_takes_the_paper_batches(work, tiny_model, tmp_path):
     from sentence_transformers import SentenceTransformer, SentenceTransformerTrainer, SentenceTransformerTrainingArguments
 
