@@ -3,6 +3,7 @@ against ours, over several seeds.
 
     flock /tmp/bench.lock python benchmarks/medi_recipe.py              # 3 seeds, 150 steps of 16
     python benchmarks/medi_recipe.py --seeds 1 --steps 20               # a quick look
+    python benchmarks/medi_recipe.py --mining-only                      # the two minings only, seconds
 
 The set: the bundled sample's and sections' training pairs (4 tasks: python-doc, wordnet-synonyms, wordnet-example,
 debian-section) written as GISTEmbed's data set writes them (query, pos, neg, task_name and *_instruct columns,
@@ -147,6 +148,19 @@ def verdict(a: tuple[float, float], b: tuple[float, float]) -> str:
     return f"{diff:+.4f}{'*' if abs(diff) > noise > 0 else ''}"
 
 
+def mining_table(copies: dict[str, Path]) -> str:
+    """Per mining variant and task: what each anchor gets (mined_summary.json)."""
+    rows = []
+    for variant, work in copies.items():
+        summary = json.loads((work / workdir.SUMMARY).read_text())
+        for task, d in {"all": summary, **summary["per_task"]}.items():
+            rows.append((variant, task, d["anchors"], f"{d['negatives_per_anchor']:.2f}",
+                         f"{d['false_negatives_per_anchor']:.2f}", d["anchors_short_of_negatives"],
+                         d["anchors_the_guide_cannot_judge"]))
+    return table(rows, ("mining", "task", "anchors", "negatives / anchor", "false negatives / anchor",
+                        "anchors short of 3", "anchors the guide cannot judge"))
+
+
 def report(records: list[dict], copies: dict[str, Path], args) -> str:
     recipe = stats(records, "recipe")
     rows = []
@@ -176,14 +190,17 @@ def main() -> None:
     p.add_argument("--seeds", type=int, nargs="+", default=[42, 43, 44])
     p.add_argument("--steps", type=int, default=150)
     p.add_argument("--arms", nargs="+", choices=ARMS, default=list(ARMS))
+    p.add_argument("--mining-only", action="store_true", help="mine both ways and print what each anchor gets; no training")
     p.add_argument("--guide", default=DEFAULT_GUIDE)
     p.add_argument("--student", default=DEFAULT_STUDENT)
     args = p.parse_args()
-    records = run_all(args)
-    text = report(records, mined_copies(Path(args.work), args.guide), args)
+    copies = mined_copies(Path(args.work), args.guide)
+    text = mining_table(copies)
+    if not args.mining_only:
+        text = report(run_all(args), copies, args) + "\n\n" + text
     print(text)
     Path(args.out).write_text(f"# The GIST recipe's mechanics, scaled down\n\n`{' '.join(sys.argv)}`, "
-                              f"{time.strftime('%Y-%m-%d')}\n\n{text}\n")
+                              f"{time.strftime('%Y-%m-%d')}, {DEVICE}, guide {args.guide}\n\n{text}\n")
 
 
 if __name__ == "__main__":
