@@ -40,6 +40,7 @@ import polars as pl
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from gist_mining import medi
 from gist_mining.errors import InputError, UsageError
 
 MAX_PROBLEMS = 20
@@ -473,7 +474,9 @@ def _negative_lists(values: pl.Series) -> pl.Series:
 
 # Pairs as sentence-transformers' data sets name them, tried in order when --columns does not name them.
 PAIR_CONVENTIONS = (("query", "positive"), ("anchor", "positive"), ("query", "answer"), ("question", "answer"),
-                    ("sentence1", "sentence2"))
+                    ("sentence1", "sentence2"), ("query", "pos"))  # the last: MEDI's (gist_mining.medi)
+NEGATIVE_NAMES = ("negative", "negatives", "neg")  # the first present; else negative_1 .. negative_n
+TASK_NAMES = ("task", "task_name", "task_type")  # the first present; the last two: MEDI's
 ROLES = {"pairs": ("query", "positive", "negative", "task"), "corpus": ("text",)}
 _NUMBERED_NEGATIVE = re.compile(r"negative_(\d+)")
 
@@ -495,8 +498,8 @@ def parse_columns(text: str | None) -> dict[str, str]:
 
 def resolve_columns(path: Path, columns: list[str], kind: str, given: dict[str, str]) -> dict[str, list[str]]:
     """Which of a file's ``columns`` play which role ({role: [column, ...]}; several only for negatives): those
-    ``given`` (--columns), the rest as the project and sentence-transformers name them (PAIR_CONVENTIONS; negatives
-    ``negative``, else ``negatives``, else ``negative_1`` .. ``negative_n``; ``task``)."""
+    ``given`` (--columns), the rest as the project, sentence-transformers and MEDI name them (PAIR_CONVENTIONS;
+    negatives NEGATIVE_NAMES, else ``negative_1`` .. ``negative_n``; the task TASK_NAMES)."""
     has = f"has: {', '.join(columns) or 'none'}"
     given = {role: column for role, column in given.items() if role in ROLES[kind]}
     for role, column in given.items():
@@ -521,12 +524,13 @@ def resolve_columns(path: Path, columns: list[str], kind: str, given: dict[str, 
     taken |= {c for cs in roles.values() for c in cs}
     if "negative" not in roles:
         numbered = sorted((int(m.group(1)), c) for c in columns if (m := _NUMBERED_NEGATIVE.fullmatch(c)) and c not in taken)
-        named = [c for c in ("negative", "negatives") if c in columns and c not in taken][:1]
+        named = [c for c in NEGATIVE_NAMES if c in columns and c not in taken][:1]
         negatives = named or [c for _, c in numbered]
         if negatives:
             roles["negative"] = negatives
-    if "task" not in roles and "task" in columns and "task" not in taken:
-        roles["task"] = ["task"]
+    task = next((c for c in TASK_NAMES if c in columns and c not in taken), None)
+    if "task" not in roles and task:
+        roles["task"] = [task]
     return roles
 
 
@@ -547,6 +551,8 @@ def _checked_batches(path: Path, kind: str, given: dict[str, str], check) -> Gen
             continue
         if roles is None:
             roles = resolve_columns(path, frame.columns, kind, given)
+            if kind == "pairs":
+                roles = medi.instruction_roles(frame, roles)
         if frame.height:
             for name in (c for cs in roles.values() for c in cs):  # a key absent from a batch of JSON records
                 if name not in frame.columns:
@@ -561,8 +567,10 @@ def _checked_batches(path: Path, kind: str, given: dict[str, str], check) -> Gen
     return roles
 
 
-def _check_pairs(problems: _Problems, frame: pl.DataFrame, first_row: int, roles: dict[str, list[str]]) -> pl.DataFrame:
+def _check_pairs(problems: _Problems, frame: pl.DataFrame, first_row: int, roles: dict[str, list[str]],
+                 instructions: str = medi.MODES[0]) -> pl.DataFrame:
     (query,), (positive,) = roles["query"], roles["positive"]
+    frame = medi.with_instructions(problems, frame, first_row, roles, instructions)
     for column in (query, positive):
         _check_texts(problems, column, frame.get_column(column), first_row, required=True)
     negatives = roles.get("negative", [])
@@ -588,12 +596,14 @@ def _strings(values: pl.Series) -> pl.Series:
     return pl.Series(values.name, values.to_list(), dtype=pl.String) if values.dtype == pl.Object else values.cast(pl.String)
 
 
-def pair_batches(path: str | Path, columns: dict[str, str] | None = None) -> Generator[pl.DataFrame, None, dict]:
+def pair_batches(path: str | Path, columns: dict[str, str] | None = None,
+                 instructions: str = medi.MODES[0]) -> Generator[pl.DataFrame, None, dict]:
     """Validated pairs in frames of at most BATCH_ROWS rows, with columns query, positive, negatives (list of
     strings) and task, one row per input row in order (duplicates kept, see the module docstring). The file's
     problems raise once it is read to its end: a consumer must not keep what it took from a file that raises.
-    ``columns``: --columns' {role: column}; returns the roles of the file's columns (see resolve_columns)."""
-    return _checked_batches(Path(path), "pairs", columns or {}, _check_pairs)
+    ``columns``: --columns' {role: column}; returns the roles of the file's columns (see resolve_columns).
+    ``instructions``: what becomes of MEDI-style instructions, dropped or prepended (gist_mining.medi)."""
+    return _checked_batches(Path(path), "pairs", columns or {}, partial(_check_pairs, instructions=instructions))
 
 
 def _check_corpus(problems: _Problems, frame: pl.DataFrame, first_row: int, roles: dict[str, list[str]]) -> pl.Series:

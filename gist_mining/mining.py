@@ -19,6 +19,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from gist_mining import given_negatives
 from gist_mining.errors import UsageError
 from gist_mining.lists import PAD_ID, padded, ragged
 from gist_mining.margin import STRATEGIES, false_negative_threshold, is_unjudged
@@ -87,6 +88,11 @@ class MiningRules:
     # Whose scores the rules read: the guide's, or the cross-encoder's (which also re-ranks the candidates).
     score: str = option("guide", "scores the rules read: the guide's, or --rescore-model's (which re-ranks the "
                                  "candidates)", choices=SCORES)
+    # given: GISTEmbed's own setting, no pool search (gist_mining.given_negatives).
+    negatives_from: str = option("corpus", "where hard negatives come from: the given negatives and the pool's nearest "
+                                           "texts (corpus), or the given negatives alone, each judged by the guide, "
+                                           "no search (given: as the GIST models were trained)",
+                                 choices=given_negatives.SOURCES)
 
     def __post_init__(self):
         if self.margin_strategy not in STRATEGIES:
@@ -95,11 +101,16 @@ class MiningRules:
             raise ValueError("sampling must be 'top' or 'random'")
         if self.score not in SCORES:
             raise ValueError(f"score must be one of {', '.join(SCORES)}")
+        if self.negatives_from not in given_negatives.SOURCES:
+            raise ValueError(f"negatives_from must be one of {', '.join(given_negatives.SOURCES)}")
         if self.rank_min < 0 or self.num_negatives < 0 or (self.unjudged_rank_min or 0) < 0:
             raise ValueError("rank_min, unjudged_rank_min and num_negatives must be >= 0")
 
     def as_dict(self) -> dict:
-        return asdict(self)
+        rules = asdict(self)
+        if self.negatives_from == "corpus":  # the default leaves out: mined/ made before it existed stays current
+            del rules["negatives_from"]
+        return rules
 
 
 # -- FAISS indexes ------------------------------------------------------------------------------------
@@ -331,6 +342,8 @@ def select(candidates: pa.Table, rules: MiningRules) -> pa.Table:
     re-ranks them, ties kept in the guide's order), and ``positive_score`` and every score written are that score.
     """
     positive, candidate, given = SCORES[rules.score]
+    if rules.negatives_from == "given":
+        candidates = given_negatives.without_candidates(candidates)
     if candidates[positive].null_count:
         raise ValueError(f"the candidates hold no {positive} (searched without --rescore-model)")
     if candidates[THRESHOLD_SCORES[rules.score]].null_count:

@@ -33,7 +33,7 @@ import polars as pl
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from gist_mining import workdir
+from gist_mining import medi, workdir
 from gist_mining.errors import InputError
 from gist_mining.inputs import (
     BATCH_ROWS,
@@ -74,13 +74,14 @@ class Planned:
 
 
 def read_inputs(pairs: list, corpora: list, folder: Path, columns: dict[str, str] | None = None,
-                hub: HubSelection | None = None, retrieval: tuple | None = None) -> tuple[Planned, list[dict]]:
+                hub: HubSelection | None = None, retrieval: tuple | None = None,
+                instructions: str = medi.MODES[0]) -> tuple[Planned, list[dict]]:
     """Plan the pairs and corpus inputs (files, folders, globs, Hub datasets: ``inputs.input_files``) into ``folder``, their
     columns taken as ``columns`` says (--columns, else recognised: ``inputs.resolve_columns``); every file is
     read to its end before any problem raises, so that one run names the problems of all of them. Returns the
     plan and one record per file (kind, path, sha256, and the columns when given) for the stage's fingerprint.
     ``retrieval``: (queries, corpus, qrels) as BEIR lays them out (``inputs.retrieval_pairs``): the qrels' pairs,
-    and the corpus as extra texts."""
+    and the corpus as extra texts. ``instructions``: MEDI-style instructions dropped or prepended (gist_mining.medi)."""
     problems: list[str] = []
 
     def files(given: list) -> list[Path]:
@@ -96,12 +97,13 @@ def read_inputs(pairs: list, corpora: list, folder: Path, columns: dict[str, str
 
     def checked(path: Path, batches: Generator) -> Iterator:
         try:
-            said.append(f"embed: {path}: {describe_columns((yield from batches))}")
+            roles = yield from batches
+            said.append(f"embed: {path}: {describe_columns(roles)}{medi.describe(roles, instructions)}")
         except InputError as err:
             problems.extend(err.problems)
 
     pairs, corpora = files(pairs), files(corpora)
-    sources = [(str(p), checked(p, pair_batches(p, columns))) for p in pairs]
+    sources = [(str(p), checked(p, pair_batches(p, columns, instructions))) for p in pairs]
     texts = [checked(p, corpus_batches(p, columns)) for p in corpora]
     if retrieval:
         folder.mkdir(parents=True, exist_ok=True)
@@ -121,7 +123,8 @@ def read_inputs(pairs: list, corpora: list, folder: Path, columns: dict[str, str
                                                         ("qrels", retrieval[2:])] if retrieval else [])
     # What the stage's fingerprint covers: each file's role and content, and the columns it was read by.
     records = [{"kind": kind, "path": str(p), "sha256": path_sha256(Path(p)),
-                **({"columns": columns} if columns and kind in ("pairs", "corpus") else {})}
+                **({"columns": columns} if columns and kind in ("pairs", "corpus") else {}),
+                **({"instructions": instructions} if instructions != medi.MODES[0] and kind == "pairs" else {})}
                for kind, paths in kinds for p in paths]
     return planned, records
 

@@ -13,7 +13,9 @@ The data set's text columns are the stock ones (anchor, positive, negative_1..N)
 row's ids, [anchor_id, query_id, positive_id, negative ids...], which the stock collator turns into a tensor. The
 loss looks the guide's vectors up by those ids (the embed stage stored them), so no guide runs during training, and
 applies gist_mining.loss.GISTLoss: the in-batch guide rule, the anchors' known false negatives from mined/,
-self-pairs and duplicates masked.
+self-pairs and duplicates masked. One task per batch (train.run's --task-batches, or GISTEmbed's batches,
+--task-batching paper): ``args = SentenceTransformerTrainingArguments(..., batch_sampler=task_batch_sampler(work,
+"paper"))`` (gist_mining.task_batches).
 """
 
 from __future__ import annotations
@@ -34,6 +36,7 @@ from transformers import TrainerCallback
 from gist_mining import export
 from gist_mining.errors import UsageError
 from gist_mining.loss import GISTLoss, LossRules
+from gist_mining.task_batches import task_batch_sampler  # noqa: F401  (for users of this module: one place to import)
 from gist_mining.training.config import TrainConfig
 from gist_mining.training.data import COLUMNS, TrainingData
 from gist_mining.workdir import checked_mined_manifest

@@ -23,7 +23,7 @@ import time
 from dataclasses import replace
 from pathlib import Path
 
-from gist_mining import cli, evaluation, workdir
+from gist_mining import cli, evaluation, recipes, workdir
 from gist_mining.embed import EmbedOptions, InputOptions, embed
 from gist_mining.errors import UsageError
 from gist_mining.executor import ExecutorSettings
@@ -51,6 +51,9 @@ def build_parser(prog: str = "python -m pipeline.run") -> argparse.ArgumentParse
     p.add_argument("--eval", type=Path, default=None, help="held-out retrieval split (with --input): a folder in "
                                                             "BEIR's layout or the bundled sets'")
     p.add_argument("--work", type=Path, default=None, help="work directory (with --input; default runs/NAME)")
+    p.add_argument("--recipe", choices=recipes.RECIPES, default=None,
+                   help="a published model's training: its data set, models and settings as the defaults of every "
+                        "option (options given still win); one student, trained with the guide (gist_mining.recipes)")
     # A retrieval layout (--queries/--qrels) is pipeline.embed's: the job's held-out split is --eval.
     add_options(p.add_argument_group("input"), InputOptions, exclude=("queries", "qrels"))
     models = p.add_argument_group("models (--revision, --trust-remote-code, --device and --max-seq-length apply to "
@@ -91,14 +94,11 @@ def evaluate(models: dict[str, str], split: evaluation.RetrievalFolder, device, 
     return {row["model"]: {m: round(row[m], 4) for m in evaluation.METRICS} for row in table.iter_rows(named=True)}
 
 
-def run_job(args, inputs: list[str], split: Path, work: Path) -> dict:
-    """One data set through every stage; the held-out scores of the base, plain and GIST students."""
+def mine(args, inputs: list[str], work: Path, config: TrainConfig) -> dict:
+    """The embed and mask stages of the job on ``inputs``, into ``work``: the seconds of each."""
     if args.precision == "fp16":
         raise UsageError("--precision fp16: train.run takes fp32 or bf16 (fp16 needs a loss scaler)")
-    held_out = evaluation.RetrievalFolder(split)  # read and checked before any stage runs
     rules = from_args(MiningRules, args)
-    config = from_args(TrainConfig, args, student=from_args(ModelSettings, args, name=args.student),
-                       **{k: getattr(TrainConfig, k) for k in NOT_PASSED_TO_TRAIN})
     rules = replace(rules, num_negatives=max(config.negatives_per_anchor, MiningRules.num_negatives))
     executor, seconds = from_args(ExecutorSettings, args), {}
     _, seconds["embed"] = stage("embed", embed, inputs, work, from_args(ModelSettings, args, name=args.guide),
@@ -106,6 +106,15 @@ def run_job(args, inputs: list[str], split: Path, work: Path) -> dict:
                                 reading=from_args(InputOptions, args), executor=executor)
     _, seconds["mask"] = stage("mask", mask, work, from_args(SearchSettings, args), rules, overwrite=args.overwrite,
                                executor=executor)
+    return seconds
+
+
+def run_job(args, inputs: list[str], split: Path, work: Path) -> dict:
+    """One data set through every stage; the held-out scores of the base, plain and GIST students."""
+    held_out = evaluation.RetrievalFolder(split)  # read and checked before any stage runs
+    config = from_args(TrainConfig, args, student=from_args(ModelSettings, args, name=args.student),
+                       **{k: getattr(TrainConfig, k) for k in NOT_PASSED_TO_TRAIN})
+    seconds = mine(args, inputs, work, config)
     models = {"base": args.student}
     for name, guide_filter in (("plain", "none"), ("gist", config.guide_filter)):
         out = work / workdir.MODELS / name
@@ -130,8 +139,41 @@ def print_table(args, name: str, split: Path, job: dict) -> None:
     print("seconds: " + ", ".join(f"{k} {v:.0f}" for k, v in seconds.items()) + f", total {sum(seconds.values()):.0f}")
 
 
+def apply_recipe(parser, argv) -> recipes.Recipe | None:
+    """The recipe ``argv`` names with --recipe, its defaults set on ``parser``; None without."""
+    import torch
+
+    known, _ = parser.parse_known_args(argv)
+    recipe = recipes.RECIPES.get(known.recipe) if known.recipe else None
+    if recipe:
+        parser.set_defaults(**recipe.defaults(torch.cuda.is_available()))
+    return recipe
+
+
+def run_recipe(args, recipe: recipes.Recipe) -> Path:
+    """The recipe through every stage: embed and mask its data set (or --input), train the student once, with the
+    guide's filter; scored on --eval when given. Returns the model's folder."""
+    config = from_args(TrainConfig, args, student=from_args(ModelSettings, args, name=args.student),
+                       **{k: getattr(TrainConfig, k) for k in NOT_PASSED_TO_TRAIN})
+    # The trainer scores a held-out split before and after, when given, and keeps the published step's checkpoint.
+    config = replace(config, eval=args.eval, save_steps=recipe.checkpoint_step)
+    seconds = mine(args, args.input or [recipes.DATASET], args.work, config)
+    out = args.work / workdir.MODELS / recipe.name
+    _, seconds["train"] = stage(f"train ({recipe.name})", train, args.work, out, config)
+    print(f"\nrecipe {recipe.name}: {out} (to compare with {recipe.release}; its step {recipe.checkpoint_step}: "
+          f"{out / workdir.CHECKPOINTS}); seconds: "
+          + ", ".join(f"{k} {v:.0f}" for k, v in seconds.items()), file=sys.stderr)
+    print(recipes.next_steps(recipe, out))
+    return out
+
+
 def main(argv=None, prog: str = "python -m pipeline.run") -> None:
-    args = build_parser(prog).parse_args(argv)
+    parser = build_parser(prog)
+    recipe = apply_recipe(parser, argv)
+    args = parser.parse_args(argv)
+    if recipe:
+        run_recipe(args, recipe)
+        return
     if args.input:
         if args.eval is None:
             raise UsageError("--input needs --eval: a held-out retrieval split (queries, corpus, qrels)")

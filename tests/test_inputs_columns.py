@@ -82,7 +82,7 @@ def test_an_input_matching_no_convention_stops_with_one_line_and_writes_nothing(
     assert result.returncode == 2
     assert result.stderr.splitlines() == [(
         f"error: {path}: no columns to take as query and positive (has: completion, prompt); expected one of "
-        "query/positive, anchor/positive, query/answer, question/answer, sentence1/sentence2, or name them with "
+        "query/positive, anchor/positive, query/answer, question/answer, sentence1/sentence2, query/pos, or name them with "
         "--columns query=COLUMN,positive=COLUMN")]
     assert not (tmp_path / "w").exists()
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from gist_mining import onnx_backend
+from gist_mining import medi, onnx_backend
 from gist_mining.inputs import HubSelection
 from gist_mining.settings import option
 
@@ -46,6 +46,9 @@ class InputOptions:
     queries: Path | None = option(None, "BEIR queries (_id, text), with one --corpus and --qrels", type=Path)
     qrels: Path | None = option(None, "BEIR qrels (query-id, corpus-id, score): each qrel scoring above 0 is a pair",
                                 type=Path)
+    instructions: str = option(medi.MODES[0], "MEDI-style instructions (query_instruct columns, [instruction, text] "
+                                              "pairs): dropped, as the GIST models were trained, or prepended to "
+                                              "their texts", choices=medi.MODES)
 
     def hub(self) -> HubSelection:
         return HubSelection(split=self.input_split, subset=self.input_subset, revision=self.input_revision)

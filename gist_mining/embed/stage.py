@@ -53,7 +53,8 @@ def embed(inputs: list[str], work: Path, guide: ModelSettings = ModelSettings(DE
     # input has been read and validated; claim moves the tables in.
     with tempfile.TemporaryDirectory(prefix="gist-mining-plan-") as scratch:
         planned, records = planning.read_inputs(inputs, [] if retrieval else corpus, Path(scratch),
-                                                parse_columns(reading.columns), reading.hub(), retrieval)
+                                                parse_columns(reading.columns), reading.hub(), retrieval,
+                                                reading.instructions)
         model = prepare_model(guide, options.precision)
         resolved = role_prompts(model, prompts)
         backend, encoder = onnx_backend.pick_backend(options.backend, model, resolve_model(guide.name, guide.revision),

@@ -7,7 +7,7 @@ import json
 from dataclasses import asdict, fields
 from pathlib import Path
 
-from gist_mining import cli, rescore, update, workdir
+from gist_mining import cli, given_negatives, rescore, update, workdir
 from gist_mining.errors import UsageError
 from gist_mining.mask.settings import SearchSettings
 from gist_mining.mining import CANDIDATES_FORMAT, MiningRules, parse_bytes, resolve_kind
@@ -16,9 +16,11 @@ from gist_mining.storage import config_fingerprint
 
 
 def search_plan(work: Path, given: dict, embed: dict, *, refilter: bool, update_from: Path | None,
-                rescore_settings: rescore.RescoreSettings | None, rescorer: rescore.Rescorer | None) -> dict:
+                rescore_settings: rescore.RescoreSettings | None, rescorer: rescore.Rescorer | None,
+                negatives_from: str = "corpus") -> dict:
     """The search settings: ``given`` (SearchSettings' fields; defaults filled in), or with ``refilter`` the
-    stored ones, which ``given`` must not contradict."""
+    stored ones, which ``given`` must not contradict. ``negatives_from`` given: no pool search
+    (gist_mining.given_negatives)."""
     if refilter:
         stored = workdir.read_plan(work, "search")
         if stored is None:
@@ -54,8 +56,9 @@ def search_plan(work: Path, given: dict, embed: dict, *, refilter: bool, update_
                 n_anchors=embed["counts"]["anchors"], rescore=rescorer.record if rescorer else None,
                 candidates_format=CANDIDATES_FORMAT,
                 update_from={"work": str(update_from), "fingerprint": update.earlier_search(update_from, work)}
-                if update_from else None, command=command)
+                if update_from else None, command=command, **given_negatives.search_record(negatives_from))
     made_by = {k: plan[k] for k in (*settings, "parent_fingerprint", "rescore", "candidates_format")}
+    made_by.update(given_negatives.search_record(negatives_from))
     if update_from:  # the earlier run's search, not its path (approximate lists and an extended index depend on it)
         made_by["earlier_search"] = plan["update_from"]["fingerprint"]
     plan["fingerprint"] = config_fingerprint(made_by)
@@ -73,9 +76,10 @@ def claim(work: Path, search: dict, mining: dict, *, refilter: bool, overwrite: 
         if not refilter:
             changed = workdir.changed_keys(work, "search", search,
                                            ("parent_fingerprint", *asdict(SearchSettings()), "rescore", "update_from",
-                                            "candidates_format"))
+                                            "candidates_format", given_negatives.POOL_SEARCH))
             names = {"parent_fingerprint": "embeddings", "rescore": "rescore model", "update_from": "--update-from",
-                     "candidates_format": "candidates format (an older version)"}
+                     "candidates_format": "candidates format (an older version)",
+                     given_negatives.POOL_SEARCH: "--negatives-from (--refilter re-filters a pool search for given)"}
             what = ", ".join(names.get(k, k) for k in changed) or "settings"
             workdir.claim(work, "search", search, replace=overwrite,
                           refusal=f"{work}: candidates/ were made with other {what}; pass --overwrite to search again "

@@ -15,7 +15,7 @@ import polars as pl
 import pyarrow as pa
 from tqdm import tqdm
 
-from gist_mining import grid, rescore, update, workdir
+from gist_mining import given_negatives, grid, rescore, update, workdir
 from gist_mining.executor import ExecutorSettings, run_here, run_step, share
 from gist_mining.lists import PAD_ID, padded, ragged
 from gist_mining.mask.settings import chunk_size
@@ -100,7 +100,9 @@ class SearchStep:
         if earlier:
             earlier.split_by_shard(work, plan)
         lists = None
-        if plan.get("pool_slice_size"):  # the grid's cells hold each slice's lists: no index of the pool
+        if not given_negatives.searches_pool(plan):  # --negatives-from given: the given negatives alone, no index
+            find, chunk = given_negatives.no_candidates, chunk_size(plan["k"], 1, store.dimension)
+        elif plan.get("pool_slice_size"):  # the grid's cells hold each slice's lists: no index of the pool
             chunk = chunk_size(plan["k"], 1, store.dimension)
             find = lists = grid.GridLists(grid.Cells(work, plan, needed=[]), plan["k"], chunk)
         else:

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import polars as pl
 
-from gist_mining import grid, rescore, update, workdir
+from gist_mining import given_negatives, grid, rescore, update, workdir
 from gist_mining.executor import ExecutorSettings, run_step
 from gist_mining.mask.plan import claim, mine_plan, search_plan
 from gist_mining.mask.search import SearchStep, search_cells
@@ -39,7 +39,9 @@ def run_mask(work: Path, given: dict, rules: MiningRules, *, rescore_settings, r
     embed = workdir.checked_embed_manifest(work)
     rescorer = rescore.Rescorer(work, rescore_settings) if rescore_settings and not refilter else None
     search = search_plan(work, given, embed, refilter=refilter, update_from=update_from,
-                         rescore_settings=rescore_settings, rescorer=rescorer)
+                         rescore_settings=rescore_settings, rescorer=rescorer, negatives_from=rules.negatives_from)
+    given_negatives.check(rules.negatives_from, search, work, pool_slice_size=given.get("pool_slice_size"),
+                          update_from=update_from)
     rescore.require_scores(rules, search, work)
     mining = mine_plan(search, rules)
     earlier_files = update.checked_files(update_from, work, search) if update_from else None

@@ -1,10 +1,20 @@
 """The batch plans: which rows train together in each epoch (seeded, no text twice in a batch, optionally one task
-per batch), in linear time."""
+per batch), in linear time; or GISTEmbed's one-task chunks (``paper_batches``). The two ways of one task per batch
+(``BATCHINGS``):
+
+- ``shuffled`` (ours, train.run's ``--task-batches``): each task's rows shuffled each epoch and packed into batches
+  with no text twice in a batch (``plan_batches``); every row trains every epoch, or waits for the next.
+- ``paper`` (GISTEmbed's, as its trainer batches MEDI): the rows sorted by task (input order within a task) and cut
+  into consecutive chunks of the batch size; a chunk that spans two tasks is dropped, as is a short last chunk, and
+  the chunks are shuffled. The chunks are the same every epoch (their order is drawn again per epoch, seeded), so
+  the rows of a dropped chunk never train, and a text may repeat in a batch (the loss masks a repeated text).
+"""
 
 from __future__ import annotations
 
 import random
 from array import array
+from collections.abc import Sequence
 
 import numpy as np
 import polars as pl
@@ -86,3 +96,27 @@ def plan_batches(texts: RowTexts, tasks: list[str], batch_size: int, seed: int, 
     if task_batches:
         rng.shuffle(batches)
     return batches, waiting
+
+
+BATCHINGS = ("shuffled", "paper")
+
+
+def paper_batches(tasks: Sequence[str], batch_size: int, seed: int, epoch: int) -> tuple[list[list[int]], int]:
+    """GISTEmbed's batches of one epoch (row indices) and how many rows they leave out: the task-sorted rows in
+    consecutive chunks of ``batch_size``, each of one task and full, in a seeded order per epoch (the seeding of
+    plan_batches)."""
+    order = sorted(range(len(tasks)), key=tasks.__getitem__)  # stable: input order within a task
+    chunks = [order[start: start + batch_size] for start in range(0, len(order), batch_size)]
+    # Sorted, so a chunk spans two tasks exactly when its first and last rows differ in task.
+    kept = [c for c in chunks if len(c) == batch_size and tasks[c[0]] == tasks[c[-1]]]
+    random.Random(seed * 100_003 + epoch).shuffle(kept)
+    return kept, len(tasks) - batch_size * len(kept)
+
+
+def task_epoch_batches(batching: str, row_texts: RowTexts, tasks: Sequence[str], batch_size: int, seed: int, epoch: int,
+                       min_batch_size: int = 1) -> tuple[list[list[int]], int]:
+    """One task per batch, ``batching``'s way: (batches, rows left out or waiting)."""
+    if batching == "paper":
+        return paper_batches(tasks, batch_size, seed, epoch)
+    return plan_batches(row_texts, list(tasks), batch_size, seed, epoch, task_batches=True,
+                        min_batch_size=min_batch_size)

@@ -12,6 +12,7 @@ from gist_mining.loss import FALSE_NEGATIVES, GUIDE_FILTERS, HARDNESS_NEGATIVES,
 from gist_mining.margin import STRATEGIES
 from gist_mining.models import DEFAULT_STUDENT, ModelSettings, Prompts
 from gist_mining.settings import option
+from gist_mining.training.batches import BATCHINGS
 from gist_mining.training.reporting import REPORT_TO
 
 
@@ -57,6 +58,11 @@ class TrainConfig:
     negatives_per_anchor: int = option(1, "mined negatives used per anchor (at most pipeline.mask's "
                                           "--negatives-per-anchor)")
     task_batches: bool = option(False, "each batch from one task (MEDI style)")
+    task_batching: str = option("shuffled", "how one-task batches are made: shuffled within a task, no text twice in "
+                                            "a batch (--task-batches), or paper: GISTEmbed's, the task-sorted rows cut "
+                                            "into consecutive chunks, a chunk spanning two tasks dropped, the chunks "
+                                            "shuffled (implies --task-batches; gist_mining.training.batches)",
+                                choices=BATCHINGS)
     min_batch_size: int = option(1, "smaller batches wait for a later epoch")
     precision: str = option("fp32", "forward-pass dtype; bf16 autocasts on CUDA", choices=("fp32", "bf16"))
     gradient_checkpointing: bool = option(False, "recompute activations in backward: less memory, more time")

@@ -24,7 +24,7 @@ from gist_mining.errors import UsageError
 from gist_mining.loss import GUIDE_FILTERS, GISTLoss, LossRules
 from gist_mining.models import load_model, role_prompts
 from gist_mining.training import hub
-from gist_mining.training.batches import plan_batches
+from gist_mining.training.batches import paper_batches, plan_batches
 from gist_mining.training.checkpoints import latest_checkpoint, restore, run_identity, save_checkpoint
 from gist_mining.training.config import TrainConfig
 from gist_mining.training.data import TrainingData
@@ -63,6 +63,15 @@ def say_rules(config: TrainConfig, manifest: dict) -> None:
 
 
 def epoch_batches(data: TrainingData, config: TrainConfig, world: int, epoch: int, rank: int = 0) -> list[list[int]]:
+    if config.task_batching == "paper":  # GISTEmbed's chunks: the same rows are left out every epoch
+        batches, left_out = paper_batches(data.tasks, config.batch_size * world, config.seed, epoch)
+        if not batches:
+            raise UsageError(f"--task-batching paper: no batch of {config.batch_size * world} rows of one task (each "
+                             "chunk of the task-sorted rows spans two tasks); use a smaller --batch-size")
+        if left_out and rank == 0 and epoch == 0:
+            print(f"train: {left_out} of {len(data.tasks)} rows are in no batch (--task-batching paper: their chunk of "
+                  "the task-sorted rows spans two tasks, or is the short last one)", file=sys.stderr)
+        return batches
     batches, waiting = plan_batches(data.row_texts, data.tasks, config.batch_size * world, config.seed, epoch,
                                     config.task_batches, min_batch_size=max(config.min_batch_size, world))  # a row per rank
     if waiting and rank == 0:
