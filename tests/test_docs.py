@@ -48,7 +48,7 @@ def build(site: Path, docs_dir: Path | None = None) -> subprocess.CompletedProce
 def test_site_builds_strictly_with_the_api_reference(tmp_path):
     result = build(tmp_path / "site")
     assert result.returncode == 0, result.stderr[-3000:]
-    mining = (tmp_path / "site" / "reference" / "gist_mining.mining" / "index.html").read_text()
+    mining = (tmp_path / "site" / "reference" / "gist_mining.mining.rules" / "index.html").read_text()
     margin = (tmp_path / "site" / "reference" / "gist_mining.margin" / "index.html").read_text()
     assert "MiningRules" in mining and "false_negative_threshold" in margin  # rendered from the docstrings
     assert (tmp_path / "site" / "results" / "guide_ablation_runs.jsonl").is_file()  # linked from the pages

@@ -1,0 +1,25 @@
+"""Positive-aware hard-negative selection over stored scores, vectorised over a chunk of anchors.
+
+Per anchor: the k nearest document-side texts by the guide (its own query text and every positive of
+that query excluded), each with its exact guide score, and optionally a cross-encoder's score of each
+(query, text) pair (``gist_mining.rescore``). ``select`` turns them into hard negatives and false negatives
+under ``MiningRules``, from the guide's scores or the cross-encoder's (``MiningRules.score``); it reads only
+the candidates, so new rules never need a new search (the margin rule itself is gist_mining.margin's, shared with the
+trainer's in-batch filter); the FAISS indexes the search runs on are built and sized here too.
+
+The package's modules, each one concern: ``schemas`` (the tables), ``rules`` (``MiningRules``), ``index`` (FAISS
+indexes and their memory plan), ``search`` (candidates from an index), ``select`` (hard and false negatives).
+Their names are this package's: ``gist_mining.mining.NAME``.
+"""
+
+from __future__ import annotations
+
+from gist_mining.mining.index import (ADD_BATCH, AUTO_EXACT_MAX, HNSW_M, KINDS, PQ_DIMS_PER_BYTE, RESCORE_DEPTH,
+                                      STAGE_BYTES_PER_VECTOR, TRAIN_SAMPLE, add_vectors, build_index,
+                                      bytes_per_vector, empty_index, load_index, parse_bytes, resolve_kind,
+                                      save_index, search_depth, set_search_parameters, train_lists)
+from gist_mining.mining.rules import MiningRules
+from gist_mining.mining.schemas import (CANDIDATES_FORMAT, CANDIDATE_SCHEMA, MINED_SCHEMA, RESCORE_SCHEMA, SCORES,
+                                        SEARCHED_SCHEMA, THRESHOLD_SCORES)
+from gist_mining.mining.search import PoolSearch, merge_candidates, search_candidates
+from gist_mining.mining.select import judge_candidates, random_keys, select
