@@ -46,6 +46,9 @@ class InputOptions:
     queries: Path | None = option(None, "BEIR queries (_id, text), with one --corpus and --qrels", type=Path)
     qrels: Path | None = option(None, "BEIR qrels (query-id, corpus-id, score): each qrel scoring above 0 is a pair",
                                 type=Path)
+    skip_bad_rows: bool = option(False, "leave out input rows that fail a check (a blank or null text, a positive "
+                                        "equal to its query, a bad negative), listed with the reason in the work "
+                                        "directory's skipped_rows.parquet, instead of stopping at them")
 
     def hub(self) -> HubSelection:
         return HubSelection(split=self.input_split, subset=self.input_subset, revision=self.input_revision)
