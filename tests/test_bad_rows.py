@@ -40,9 +40,8 @@ def test_a_positive_equal_to_its_query_is_refused_in_one_line(tmp_path, tiny_gui
     rows[2]["positive"] = rows[2]["query"]
     write(tmp_path / "pairs.jsonl", rows)
     assert run_stage(embed, *embed_args(tmp_path / "pairs.jsonl", tmp_path / "w", tiny_guide)) == 2
-    assert capsys.readouterr().err.strip().splitlines() == [
-        f"error: {tmp_path / 'pairs.jsonl'}: row 3: column 'positive' equals column 'query' (a positive must differ "
-        "from its query)"]
+    line = f"error: {tmp_path / 'pairs.jsonl'}: row 3: column 'positive' equals column 'query' (a positive must differ "
+    assert capsys.readouterr().err.strip().splitlines() == [line + "from its query)"]
     assert not (tmp_path / "w").exists() or not any((tmp_path / "w").iterdir())
 
 
