@@ -39,8 +39,8 @@ BUNDLED = ("sample", "sections")  # data/NAME/train.parquet and data/NAME/test/,
 # Where the main job's defaults differ from a stage's (tests/test_cli.py allows exactly these): a short demo.
 DEMO_DEFAULTS = {"max_steps": 60}
 # TrainConfig fields the job leaves at their defaults: it evaluates the three students after training, on --eval;
-# --precision is the embed group's, for every stage.
-NOT_PASSED_TO_TRAIN = ("eval", "eval_steps", "save_steps", "resume")
+# --precision is the embed group's, for every stage; --overwrite the job's own, for every stage.
+NOT_PASSED_TO_TRAIN = ("eval", "eval_steps", "save_steps", "resume", "overwrite")
 
 
 def build_parser(prog: str = "python -m pipeline.run") -> argparse.ArgumentParser:
@@ -93,7 +93,8 @@ def run_job(args, inputs: list[str], split: Path, work: Path) -> dict:
         raise UsageError("--precision fp16: train.run takes fp32 or bf16 (fp16 needs a loss scaler)")
     rules = from_args(MiningRules, args)
     config = from_args(TrainConfig, args, student=from_args(ModelSettings, args, name=args.student),
-                       **{k: getattr(TrainConfig, k) for k in NOT_PASSED_TO_TRAIN})
+                       **{k: getattr(TrainConfig, k) for k in NOT_PASSED_TO_TRAIN if k != "overwrite"},
+                       overwrite=args.overwrite)  # a student made as this run would make it is kept, or resumed
     rules = replace(rules, num_negatives=max(config.negatives_per_anchor, MiningRules.num_negatives))
     executor, seconds = from_args(ExecutorSettings, args), {}
     _, seconds["embed"] = stage("embed", embed, inputs, work, from_args(ModelSettings, args, name=args.guide),

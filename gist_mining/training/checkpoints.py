@@ -1,8 +1,10 @@
 """Checkpoints: everything a resumed run needs to continue exactly (weights, optimizer, schedule, random state,
-where in which epoch), written atomically, and refused when another run's."""
+where in which epoch), written atomically, the newest ``keep_checkpoints`` kept; and the output folder's claim:
+a rerun of the same run resumes (or, finished, does nothing), another run is refused unless --overwrite."""
 
 from __future__ import annotations
 
+import shutil
 import sys
 from pathlib import Path
 
@@ -15,18 +17,75 @@ from gist_mining.training.config import TrainConfig, as_record
 from gist_mining.training.output import save_files
 
 # Settings that change neither the batches nor the updates: a run may resume with others.
-NOT_IN_IDENTITY = {"resume", "eval", "eval_steps", "save_steps", "report_to", "push_to_hub"}
+NOT_IN_IDENTITY = {"resume", "overwrite", "eval", "eval_steps", "save_steps", "save_minutes", "keep_checkpoints",
+                   "report_to", "push_to_hub"}
 
 
-def run_identity(config: TrainConfig, mined_manifest: dict) -> dict:
-    """What a checkpoint must share with the run that resumes it: the mined tables and every setting that
-    changes the sequence of batches or updates."""
+def run_identity(config: TrainConfig, mined_manifest: dict, world: int = 1) -> dict:
+    """What a checkpoint must share with the run that resumes it: the mined tables, the number of processes and
+    every setting that changes the sequence of batches or updates."""
     settings = {k: v for k, v in as_record(config).items() if k not in NOT_IN_IDENTITY}
     settings["student"] = {k: v for k, v in settings["student"].items() if k != "device"}
-    return {"mined_fingerprint": mined_manifest["fingerprint"], "settings": settings}
+    return {"mined_fingerprint": mined_manifest["fingerprint"], "world_size": world, "settings": settings}
 
 
-def save_checkpoint(out: Path, step: int, model, optimizer, scheduler, position: dict) -> None:
+def differences(old: dict | None, new: dict) -> list[str]:
+    """What differs between two run identities, as the options that set it ("an unknown run": no identity)."""
+    if not old:
+        return ["an unknown run (no record of its settings)"]
+    named = [] if old.get("mined_fingerprint") == new["mined_fingerprint"] else ["mined tables"]
+    if old.get("world_size") != new["world_size"]:
+        named.append(f"number of processes ({old.get('world_size')} there, {new['world_size']} now)")
+    settings = old.get("settings", {})
+    for key, value in new["settings"].items():
+        if isinstance(value, dict):
+            named += [f"--{key}" if inner == "name" else f"{key} {inner}" for inner in value
+                      if (settings.get(key) or {}).get(inner) != value[inner]]
+        elif settings.get(key) != value:
+            named.append(f"--{key.replace('_', '-')} ({settings.get(key)!r} there, {value!r} now)")
+    return named
+
+
+def checkpoints(out: Path) -> list[Path]:
+    """The checkpoints in ``out``, oldest first (their names sort by step)."""
+    folder = out / workdir.CHECKPOINTS
+    return sorted(folder.glob(workdir.CHECKPOINT_GLOB)) if folder.exists() else []
+
+
+def claim_output(out: Path, identity: dict, overwrite: bool, rank: int) -> dict | None:
+    """The finished run's record when ``out`` holds this run complete (nothing to do); else None, with ``out``
+    ready to train into: its checkpoints (if any) this run's. Another run's record or checkpoints are refused
+    in one line naming what differs, or with ``overwrite`` removed (and said so)."""
+    record = workdir.read_record(out / workdir.TRAINING_RECORD)
+    found = checkpoints(out)
+    held = record.get("identity") if record else (workdir.read_record(found[-1] / workdir.POSITION) or {}).get("identity") if found else None
+    if record is None and not found:
+        return None
+    if held == identity and record:
+        return record
+    if held == identity:
+        return None
+    what = ", ".join(differences(held, identity))
+    if not overwrite:
+        raise UsageError(f"{out} holds a training run with another {what}; pass --overwrite to start over (it removes "
+                         "that run's checkpoints, metrics and record), or use another --out")
+    if rank == 0:
+        shutil.rmtree(out / workdir.CHECKPOINTS, ignore_errors=True)
+        for name in (workdir.TRAINING_RECORD, workdir.METRICS):
+            (out / name).unlink(missing_ok=True)
+        print(f"train: --overwrite: removed the run in {out} made with another {what} ({len(found)} checkpoint(s), "
+              "metrics, record)", file=sys.stderr)
+    return None
+
+
+def checkpoint_due(config: TrainConfig, step: int, total_steps: int, seconds_since_last: float) -> bool:
+    """--save-steps, --save-minutes, and the last step: a rerun after the loop finds the run at its end."""
+    return (step == total_steps or bool(config.save_steps and step % config.save_steps == 0)
+            or bool(config.save_minutes and seconds_since_last >= 60 * config.save_minutes))
+
+
+def save_checkpoint(out: Path, step: int, model, optimizer, scheduler, position: dict, keep: int = 0) -> None:
+    """Checkpoint ``step``, then remove the checkpoints older than the newest ``keep`` (0: none)."""
     final = out / workdir.CHECKPOINTS / workdir.checkpoint_name(step)
     tmp = tmp_name(final)
     save_files(model, tmp)
@@ -35,15 +94,18 @@ def save_checkpoint(out: Path, step: int, model, optimizer, scheduler, position:
                 "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []}, tmp / workdir.TRAINER_STATE)
     write_json_atomic(dict(position, step=step), tmp / workdir.POSITION)
     commit(tmp, final)  # a checkpoint directory exists whole or not at all
+    for old in checkpoints(out)[:-keep] if keep else []:
+        gone = tmp_name(old)  # renamed first: a kill mid-removal leaves a temporary the next start removes
+        old.rename(gone)
+        shutil.rmtree(gone)
 
 
 def latest_checkpoint(out: Path, identity: dict) -> Path | None:
-    folder = out / workdir.CHECKPOINTS
-    remove_stale_temps(folder)
-    found = sorted(folder.glob(workdir.CHECKPOINT_GLOB)) if folder.exists() else []
-    if found and read_json(found[-1] / workdir.POSITION).get("identity") != identity:
+    remove_stale_temps(out / workdir.CHECKPOINTS)
+    found = checkpoints(out)
+    if found and read_json(found[-1] / workdir.POSITION).get("identity") != identity:  # claim_output checked it
         raise UsageError(f"{found[-1]} was saved by a run with other mined tables or settings; "
-                         "run without --resume to start over, or with the settings it was saved with")
+                         "pass --overwrite to start over, or run with the settings it was saved with")
     return found[-1] if found else None
 
 
