@@ -6,11 +6,14 @@ from __future__ import annotations
 
 import shutil
 
+import test_train
 from conftest import run_stage
 from safetensors.torch import load_file
-from test_train import COMMON, metrics, mined_work  # noqa: F401  (a module fixture: the mined tables)
+from test_train import COMMON, metrics
 
 from train import run as train_command
+
+mined_work = test_train.mined_work  # its module fixture: the mined tables
 
 
 def args(mined_work, tiny_model, out, *extra):
@@ -81,9 +84,9 @@ def test_another_run_is_refused_in_one_line_and_overwrite_starts_over(mined_work
     before = files(out)
     capsys.readouterr()
     assert run_stage(train_command, *args(mined_work, tiny_model, out, "--max-steps", 3, "--lr", 2e-3)) == 2
-    assert capsys.readouterr().err.splitlines() == [
-        f"error: {out} holds a training run with another --lr (0.001 there, 0.002 now); pass --overwrite to start "
-        "over (it removes that run's checkpoints, metrics and record), or use another --out"]
+    refusal = (f"error: {out} holds a training run with another --lr (0.001 there, 0.002 now); pass --overwrite to "
+               "start over (it removes that run's checkpoints, metrics and record), or use another --out")
+    assert capsys.readouterr().err.splitlines() == [refusal]
     assert files(out) == before
     # unfinished (checkpoints, no record): its checkpoints' settings are compared the same way
     (out / "gist_training.json").unlink()

@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 import torch
+import torch.distributed as dist
 
 from gist_mining import workdir
 from gist_mining.errors import UsageError
@@ -56,6 +57,7 @@ def claim_output(out: Path, identity: dict, overwrite: bool, rank: int) -> dict 
     """The finished run's record when ``out`` holds this run complete (nothing to do); else None, with ``out``
     ready to train into: its checkpoints (if any) this run's. Another run's record or checkpoints are refused
     in one line naming what differs, or with ``overwrite`` removed (and said so)."""
+    remove_stale_temps(out)  # a loss log's rewrite cut short by a kill
     record = workdir.read_record(out / workdir.TRAINING_RECORD)
     found = checkpoints(out)
     held = record.get("identity") if record else (workdir.read_record(found[-1] / workdir.POSITION) or {}).get("identity") if found else None
@@ -78,20 +80,43 @@ def claim_output(out: Path, identity: dict, overwrite: bool, rank: int) -> dict 
     return None
 
 
-def checkpoint_due(config: TrainConfig, step: int, total_steps: int, seconds_since_last: float) -> bool:
-    """--save-steps, --save-minutes, and the last step: a rerun after the loop finds the run at its end."""
-    return (step == total_steps or bool(config.save_steps and step % config.save_steps == 0)
-            or bool(config.save_minutes and seconds_since_last >= 60 * config.save_minutes))
+def checkpoint_due(config: TrainConfig, step: int, total_steps: int, seconds_since_last: float, device,
+                   world: int) -> bool:
+    """--save-steps, --save-minutes, and the last step (a rerun after the loop finds the run at its end); under
+    torchrun rank 0's clock decides for every rank, as saving gathers every rank's random state."""
+    due = (step == total_steps or bool(config.save_steps and step % config.save_steps == 0)
+           or bool(config.save_minutes and seconds_since_last >= 60 * config.save_minutes))
+    if world > 1 and config.save_minutes:
+        flag = torch.tensor([int(due)], device=device)
+        dist.broadcast(flag, 0)
+        due = bool(flag.item())
+    return due
 
 
-def save_checkpoint(out: Path, step: int, model, optimizer, scheduler, position: dict, keep: int = 0) -> None:
-    """Checkpoint ``step``, then remove the checkpoints older than the newest ``keep`` (0: none)."""
+def random_states(device, world: int) -> list[dict]:
+    """Every rank's random state, in rank order (a collective under torchrun): ranks draw their own dropout."""
+    cuda = torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []
+    own = torch.get_rng_state()
+    if world == 1:
+        return [{"torch_rng": own, "cuda_rng": cuda}]
+    flat = torch.cat([own, *cuda]).to(device)
+    gathered = [torch.empty_like(flat) for _ in range(world)]
+    dist.all_gather(gathered, flat)
+    sizes = [own.numel(), *(c.numel() for c in cuda)]
+    states = [[part.clone() for part in torch.split(g.cpu(), sizes)] for g in gathered]
+    return [{"torch_rng": parts[0], "cuda_rng": parts[1:]} for parts in states]
+
+
+def save_checkpoint(out: Path, step: int, model, optimizer, scheduler, position: dict, keep: int = 0,
+                    states: list[dict] | None = None) -> None:
+    """Checkpoint ``step`` (``states``: every rank's random state, random_states; default this process's), then
+    remove the checkpoints older than the newest ``keep`` (0: none)."""
     final = out / workdir.CHECKPOINTS / workdir.checkpoint_name(step)
     tmp = tmp_name(final)
     save_files(model, tmp)
-    torch.save({"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
-                "torch_rng": torch.get_rng_state(),
-                "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []}, tmp / workdir.TRAINER_STATE)
+    states = states or random_states(None, 1)
+    torch.save({"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(), **states[0],
+                "rng_per_rank": states}, tmp / workdir.TRAINER_STATE)
     write_json_atomic(dict(position, step=step), tmp / workdir.POSITION)
     commit(tmp, final)  # a checkpoint directory exists whole or not at all
     for old in checkpoints(out)[:-keep] if keep else []:
@@ -109,14 +134,15 @@ def latest_checkpoint(out: Path, identity: dict) -> Path | None:
     return found[-1] if found else None
 
 
-def restore(checkpoint: Path, optimizer, scheduler) -> dict:
-    """The optimizer, schedule and random state as ``checkpoint`` saved them; where the run stood."""
+def restore(checkpoint: Path, optimizer, scheduler, rank: int = 0) -> dict:
+    """The optimizer, schedule and this rank's random state as ``checkpoint`` saved them; where the run stood."""
     state = torch.load(checkpoint / workdir.TRAINER_STATE, weights_only=True)
     optimizer.load_state_dict(state["optimizer"])
     scheduler.load_state_dict(state["scheduler"])
-    torch.set_rng_state(state["torch_rng"])
-    if state["cuda_rng"]:
-        torch.cuda.set_rng_state_all(state["cuda_rng"])
+    own = state.get("rng_per_rank", [state])[rank]  # a checkpoint of an earlier version holds rank 0's only
+    torch.set_rng_state(own["torch_rng"])
+    if own["cuda_rng"]:
+        torch.cuda.set_rng_state_all(own["cuda_rng"])
     position = read_json(checkpoint / workdir.POSITION)
     print(f"resuming from {checkpoint} at step {position['step']}", file=sys.stderr)
     return position

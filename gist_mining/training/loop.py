@@ -28,6 +28,7 @@ from gist_mining.training.checkpoints import (
     checkpoint_due,
     claim_output,
     latest_checkpoint,
+    random_states,
     restore,
     run_identity,
     save_checkpoint,
@@ -77,7 +78,7 @@ def epoch_batches(data: TrainingData, config: TrainConfig, world: int, epoch: in
     return batches
 
 
-def start(config: TrainConfig, out: Path, total_steps: int, device, identity: dict):
+def start(config: TrainConfig, out: Path, total_steps: int, device, identity: dict, rank: int):
     """The student, optimizer and schedule, fresh or from the newest checkpoint (claim_output made them this
     run's); and where the run stands."""
     checkpoint = latest_checkpoint(out, identity)
@@ -93,7 +94,7 @@ def start(config: TrainConfig, out: Path, total_steps: int, device, identity: di
     scheduler = get_linear_schedule_with_warmup(optimizer, int(config.warmup_ratio * total_steps), total_steps)
     if checkpoint is None:
         return model, optimizer, scheduler, {"step": 0, "epoch": 0, "batch_index": 0}
-    return model, optimizer, scheduler, restore(checkpoint, optimizer, scheduler)
+    return model, optimizer, scheduler, restore(checkpoint, optimizer, scheduler, rank)
 
 
 def train(work: Path, out: Path, config: TrainConfig = TrainConfig()) -> dict | None:
@@ -132,7 +133,7 @@ def train(work: Path, out: Path, config: TrainConfig = TrainConfig()) -> dict | 
         say_rules(config, data.manifest)
     batches = epoch_batches(data, config, world, 0, rank)  # its length sets the schedule
     total_steps = config.max_steps or max(1, int(config.epochs * len(batches)))
-    model, optimizer, scheduler, position = start(config, out, total_steps, device, identity)
+    model, optimizer, scheduler, position = start(config, out, total_steps, device, identity, rank)
     step, epoch, batch_index = position["step"], position["epoch"], position["batch_index"]
     full = model.get_embedding_dimension()
     if any(size > full for size in config.matryoshka_dims):
@@ -163,9 +164,11 @@ def train(work: Path, out: Path, config: TrainConfig = TrainConfig()) -> dict | 
                    "lr": scheduler.get_last_lr()[0], "seconds": round(time.perf_counter() - started, 2)})
         progress.set_postfix(loss=f"{loss:.4f}", masked=f"{masked:.3f}")
         progress.update(1)
-        if rank == 0 and checkpoint_due(config, step, total_steps, time.perf_counter() - last_saved):
-            save_checkpoint(out, step, model, optimizer, scheduler,
-                            {"epoch": epoch, "batch_index": batch_index, "identity": identity}, config.keep_checkpoints)
+        if checkpoint_due(config, step, total_steps, time.perf_counter() - last_saved, device, world):
+            states = random_states(device, world)
+            if rank == 0:
+                save_checkpoint(out, step, model, optimizer, scheduler, {"epoch": epoch, "batch_index": batch_index,
+                                "identity": identity}, config.keep_checkpoints, states)
             last_saved = time.perf_counter()
         if evaluator and config.eval_steps and step % config.eval_steps == 0 and step < total_steps:
             evaluate(model, evaluator, log, step, rank)
