@@ -60,13 +60,10 @@ def claim_output(out: Path, identity: dict, overwrite: bool, rank: int) -> dict 
     remove_stale_temps(out)  # a loss log's rewrite cut short by a kill
     record = workdir.read_record(out / workdir.TRAINING_RECORD)
     found = checkpoints(out)
-    held = record.get("identity") if record else (workdir.read_record(found[-1] / workdir.POSITION) or {}).get("identity") if found else None
-    if record is None and not found:
-        return None
-    if held == identity and record:
-        return record
-    if held == identity:
-        return None
+    newest = (workdir.read_record(found[-1] / workdir.POSITION) or {}) if found else {}
+    held = record.get("identity") if record else newest.get("identity")
+    if (record is None and not found) or held == identity:
+        return record  # None: nothing there yet, or this run unfinished
     what = ", ".join(differences(held, identity))
     if not overwrite:
         raise UsageError(f"{out} holds a training run with another {what}; pass --overwrite to start over (it removes "

@@ -35,7 +35,8 @@ def save_model(config: TrainConfig, work: Path, out: Path, model, manifest: dict
               "eval_before": before, "eval_after": after}
     command = cli.command("train.run", ["--work", work, "--out", out, "--student", config.student.name,
                                         *to_argv(config.student), *to_argv(config.prompts),
-                                        *to_argv(replace(config, resume=False, overwrite=False))])  # a resumed run's card is the same
+                                        # a resumed run's card is the same
+                                        *to_argv(replace(config, resume=False, overwrite=False))])
     card.write(out, record, work, command)  # over the card sentence-transformers' save wrote
     write_json_atomic(record, out / workdir.TRAINING_RECORD)
     if after:
