@@ -557,15 +557,14 @@ def _checked_batches(path: Path, kind: str, given: dict[str, str], check,
             for name in (c for cs in roles.values() for c in cs):  # a key absent from a batch of JSON records
                 if name not in frame.columns:
                     frame = frame.with_columns(pl.lit(None, dtype=pl.String).alias(name))
+            bad = _Problems(path) if skipped is not None else problems
+            checked = check(bad, frame, rows + 1, roles)
             if skipped is not None:
-                bad = _Problems(path)
-                check(bad, frame, rows + 1, roles)
                 kept = _skip_rows(skipped, path, bad.rows, frame, rows + 1)
-                checked = check(problems, kept.drop("source_row"), rows + 1, roles)
+                if bad.rows:  # checked again without its bad rows: now valid
+                    checked = check(problems, kept.drop("source_row"), rows + 1, roles)
                 if isinstance(checked, pl.DataFrame):  # pairs: anchors keep their rows' numbers
                     checked = checked.with_columns(kept.get_column("source_row"))
-            else:
-                checked = check(problems, frame, rows + 1, roles)
             if not problems.count:
                 yield checked
         rows += frame.height

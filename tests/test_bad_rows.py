@@ -93,3 +93,16 @@ def test_clean_input_with_the_option_writes_an_empty_record(tmp_path, tiny_guide
     assert run_stage(embed, *embed_args(source, tmp_path / "w", tiny_guide, "--skip-bad-rows")) == 0
     assert pl.read_parquet(tmp_path / "w" / workdir.SKIPPED).height == 0
     assert json.loads((tmp_path / "w" / workdir.EMBED_MANIFEST).read_text())["counts"]["skipped_rows"] == 0
+
+
+def test_skipped_rows_across_batches_keep_the_good_rows_numbers(tmp_path, monkeypatch):
+    from gist_mining import inputs, planning
+
+    monkeypatch.setattr(inputs, "BATCH_ROWS", 3)  # the bad rows fall in three batches of the file
+    source = tmp_path / "pairs.jsonl"
+    write(source, [row for row, _ in ROWS])
+    planned, records = planning.read_inputs([source], [], tmp_path / "plan", skip_bad_rows=True)
+    anchors = pl.read_parquet(planned.path(workdir.ANCHORS))
+    assert anchors["source_row"].to_list() == [i + 1 for i, (_, why) in enumerate(ROWS) if why is None]
+    assert pl.read_parquet(planned.path(workdir.SKIPPED))["row"].to_list() == [i + 1 for i, (_, why) in enumerate(ROWS) if why]
+    assert planned.skipped == {str(source): 5} and records[0]["skipped_rows"] == 5
