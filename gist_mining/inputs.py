@@ -61,14 +61,16 @@ _CSV_FIELD_LIMIT = 2**31 - 1
 class _Problems:
     """One line per problem: the first MAX_PROBLEMS are kept, the rest counted."""
 
-    def __init__(self, path: Path):
+    def __init__(self, path: Path, keep_rows: bool = False):
         self.path, self.lines, self.count = path, [], 0
         self.unparsed = False  # a row that does not parse: the rows after it are only parsed, not checked
-        self.rows: list[tuple[int, str]] = []  # every problem's row and what is wrong, for --skip-bad-rows
+        # --skip-bad-rows: every problem's row and what is wrong (a batch's: the caller keeps one per batch)
+        self.rows: list[tuple[int, str]] | None = [] if keep_rows else None
 
     def add(self, what: str, row: int, line: int | None = None) -> None:
         self.count += 1
-        self.rows.append((row, what))
+        if self.rows is not None:
+            self.rows.append((row, what))
         if len(self.lines) < MAX_PROBLEMS:
             where = f"row {row}" if line in (None, row) else f"row {row} (line {line})"
             self.lines.append(_one_line(f"{self.path}: {where}: {what}"))
@@ -557,7 +559,7 @@ def _checked_batches(path: Path, kind: str, given: dict[str, str], check,
             for name in (c for cs in roles.values() for c in cs):  # a key absent from a batch of JSON records
                 if name not in frame.columns:
                     frame = frame.with_columns(pl.lit(None, dtype=pl.String).alias(name))
-            bad = _Problems(path) if skipped is not None else problems
+            bad = _Problems(path, keep_rows=True) if skipped is not None else problems
             checked = check(bad, frame, rows + 1, roles)
             if skipped is not None:
                 kept = _skip_rows(skipped, path, bad.rows, frame, rows + 1)
