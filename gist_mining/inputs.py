@@ -41,6 +41,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from gist_mining import medi
+from gist_mining.bad_rows import SkippedRows
 from gist_mining.errors import InputError, UsageError
 
 MAX_PROBLEMS = 20
@@ -61,12 +62,16 @@ _CSV_FIELD_LIMIT = 2**31 - 1
 class _Problems:
     """One line per problem: the first MAX_PROBLEMS are kept, the rest counted."""
 
-    def __init__(self, path: Path):
+    def __init__(self, path: Path, keep_rows: bool = False):
         self.path, self.lines, self.count = path, [], 0
         self.unparsed = False  # a row that does not parse: the rows after it are only parsed, not checked
+        # --skip-bad-rows: every problem's row and what is wrong (a batch's: the caller keeps one per batch)
+        self.rows: list[tuple[int, str]] | None = [] if keep_rows else None
 
     def add(self, what: str, row: int, line: int | None = None) -> None:
         self.count += 1
+        if self.rows is not None:
+            self.rows.append((row, what))
         if len(self.lines) < MAX_PROBLEMS:
             where = f"row {row}" if line in (None, row) else f"row {row} (line {line})"
             self.lines.append(_one_line(f"{self.path}: {where}: {what}"))
@@ -539,11 +544,14 @@ def describe_columns(roles: dict[str, list[str]]) -> str:
     return ", ".join(f"{' + '.join(repr(c) for c in columns)} as {role}" for role, columns in roles.items())
 
 
-def _checked_batches(path: Path, kind: str, given: dict[str, str], check) -> Generator[pl.DataFrame, None, dict]:
+def _checked_batches(path: Path, kind: str, given: dict[str, str], check,
+                     skipped: SkippedRows | None = None) -> Generator[pl.DataFrame, None, dict]:
     """The frames of ``path`` through ``check(problems, frame, first_row, roles)``, which adds row problems and
     returns the validated frame; a frame is yielded only while the file has no problem, and the file's problems
     raise at its end (every row is checked: the count of problems is complete). Returns the roles of its
-    columns (resolve_columns)."""
+    columns (resolve_columns). With ``skipped`` (--skip-bad-rows), rows that fail ``check`` are recorded there
+    and left out instead (a frame of pairs then says each row's ``source_row``); a file that does not parse
+    still raises."""
     path = Path(path)
     problems, roles, rows = _Problems(path), None, 0
     for frame in table_batches(path, problems):
@@ -557,7 +565,14 @@ def _checked_batches(path: Path, kind: str, given: dict[str, str], check) -> Gen
             for name in (c for cs in roles.values() for c in cs):  # a key absent from a batch of JSON records
                 if name not in frame.columns:
                     frame = frame.with_columns(pl.lit(None, dtype=pl.String).alias(name))
-            checked = check(problems, frame, rows + 1, roles)
+            bad = _Problems(path, keep_rows=True) if skipped is not None else problems
+            checked = check(bad, frame, rows + 1, roles)
+            if skipped is not None:
+                kept = _skip_rows(skipped, path, bad.rows, frame, rows + 1)
+                if bad.rows:  # checked again without its bad rows: now valid
+                    checked = check(problems, kept.drop("source_row"), rows + 1, roles)
+                if isinstance(checked, pl.DataFrame):  # pairs: anchors keep their rows' numbers
+                    checked = checked.with_columns(kept.get_column("source_row"))
             if not problems.count:
                 yield checked
         rows += frame.height
@@ -567,12 +582,36 @@ def _checked_batches(path: Path, kind: str, given: dict[str, str], check) -> Gen
     return roles
 
 
+def _skip_rows(skipped: SkippedRows, path: Path, problems: list[tuple[int, str]], frame: pl.DataFrame,
+               first_row: int) -> pl.DataFrame:
+    """``frame`` less the rows with ``problems`` (recorded in ``skipped``), with each row's number as source_row."""
+    numbered = frame.with_columns(pl.int_range(first_row, first_row + frame.height, dtype=pl.Int64).alias("source_row"))
+    if not problems:
+        return numbered
+    skipped.add(path, problems)
+    return numbered.filter(~pl.col("source_row").is_in(sorted({row for row, _ in problems})))
+
+
+def _check_distinct(problems: _Problems, query: str, positive: str, frame: pl.DataFrame, first_row: int) -> None:
+    """A positive equal to its query teaches nothing and, mined, leaves the anchor one text; blank ones are
+    named by _check_texts already."""
+    queries, positives = frame.get_column(query), frame.get_column(positive)
+    if queries.dtype == positives.dtype == pl.String:
+        rows = ((queries == positives) & ~queries.str.contains(_BLANK_SUPERSET)).fill_null(False).arg_true().to_list()
+    else:
+        rows = [i for i, (q, p) in enumerate(zip(queries.to_list(), positives.to_list()))
+                if isinstance(q, str) and q == p and _text_problem(q) is None]
+    for i in rows:
+        problems.add(f"column '{positive}' equals column '{query}' (a positive must differ from its query)", first_row + i)
+
+
 def _check_pairs(problems: _Problems, frame: pl.DataFrame, first_row: int, roles: dict[str, list[str]],
                  instructions: str = medi.MODES[0]) -> pl.DataFrame:
     (query,), (positive,) = roles["query"], roles["positive"]
     frame = medi.with_instructions(problems, frame, first_row, roles, instructions)
     for column in (query, positive):
         _check_texts(problems, column, frame.get_column(column), first_row, required=True)
+    _check_distinct(problems, query, positive, frame, first_row)
     negatives = roles.get("negative", [])
     for column in negatives:
         _check_negatives(problems, column, frame.get_column(column), first_row)
@@ -597,13 +636,16 @@ def _strings(values: pl.Series) -> pl.Series:
 
 
 def pair_batches(path: str | Path, columns: dict[str, str] | None = None,
-                 instructions: str = medi.MODES[0]) -> Generator[pl.DataFrame, None, dict]:
+                 instructions: str = medi.MODES[0], skipped: SkippedRows | None = None
+                 ) -> Generator[pl.DataFrame, None, dict]:
     """Validated pairs in frames of at most BATCH_ROWS rows, with columns query, positive, negatives (list of
     strings) and task, one row per input row in order (duplicates kept, see the module docstring). The file's
     problems raise once it is read to its end: a consumer must not keep what it took from a file that raises.
     ``columns``: --columns' {role: column}; returns the roles of the file's columns (see resolve_columns).
-    ``instructions``: what becomes of MEDI-style instructions, dropped or prepended (gist_mining.medi)."""
-    return _checked_batches(Path(path), "pairs", columns or {}, partial(_check_pairs, instructions=instructions))
+    ``instructions``: what becomes of MEDI-style instructions, dropped or prepended (gist_mining.medi).
+    ``skipped``: leave out the rows that fail the checks, recorded there (_checked_batches)."""
+    return _checked_batches(Path(path), "pairs", columns or {}, partial(_check_pairs, instructions=instructions),
+                            skipped)
 
 
 def _check_corpus(problems: _Problems, frame: pl.DataFrame, first_row: int, roles: dict[str, list[str]]) -> pl.Series:
@@ -612,10 +654,11 @@ def _check_corpus(problems: _Problems, frame: pl.DataFrame, first_row: int, role
     return _strings(frame.get_column(column)).alias("text") if not problems.count else frame.get_column(column)
 
 
-def corpus_batches(path: str | Path, columns: dict[str, str] | None = None) -> Generator[pl.Series, None, dict]:
+def corpus_batches(path: str | Path, columns: dict[str, str] | None = None,
+                   skipped: SkippedRows | None = None) -> Generator[pl.Series, None, dict]:
     """A corpus file's column ``text`` (or --columns' text=COLUMN), validated, in series of at most BATCH_ROWS
     texts (as pair_batches)."""
-    return _checked_batches(Path(path), "corpus", columns or {}, _check_corpus)
+    return _checked_batches(Path(path), "corpus", columns or {}, _check_corpus, skipped)
 
 
 def read_pairs(path: str | Path) -> pl.DataFrame:

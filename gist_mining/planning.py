@@ -24,7 +24,7 @@ from __future__ import annotations
 import shutil
 import sys
 from collections.abc import Generator, Iterable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from itertools import pairwise
 from pathlib import Path
 
@@ -34,6 +34,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from gist_mining import medi, workdir
+from gist_mining.bad_rows import SkippedRows
 from gist_mining.errors import InputError
 from gist_mining.inputs import (
     BATCH_ROWS,
@@ -68,6 +69,7 @@ class Planned:
     folder: Path
     counts: dict  # anchors, texts, queries, documents
     dropped: int  # given negatives dropped by clean_given_negatives
+    skipped: dict[str, int] = field(default_factory=dict)  # --skip-bad-rows: rows left out per source file
 
     def path(self, name: str) -> Path:
         return self.folder / name
@@ -75,14 +77,17 @@ class Planned:
 
 def read_inputs(pairs: list, corpora: list, folder: Path, columns: dict[str, str] | None = None,
                 hub: HubSelection | None = None, retrieval: tuple | None = None,
-                instructions: str = medi.MODES[0]) -> tuple[Planned, list[dict]]:
+                instructions: str = medi.MODES[0], skip_bad_rows: bool = False) -> tuple[Planned, list[dict]]:
     """Plan the pairs and corpus inputs (files, folders, globs, Hub datasets: ``inputs.input_files``) into ``folder``, their
     columns taken as ``columns`` says (--columns, else recognised: ``inputs.resolve_columns``); every file is
     read to its end before any problem raises, so that one run names the problems of all of them. Returns the
     plan and one record per file (kind, path, sha256, and the columns when given) for the stage's fingerprint.
     ``retrieval``: (queries, corpus, qrels) as BEIR lays them out (``inputs.retrieval_pairs``): the qrels' pairs,
-    and the corpus as extra texts. ``instructions``: MEDI-style instructions dropped or prepended (gist_mining.medi)."""
+    and the corpus as extra texts. ``instructions``: MEDI-style instructions dropped or prepended (gist_mining.medi).
+    ``skip_bad_rows``: rows that fail a check are left out and listed in the folder's skipped_rows.parquet
+    (``gist_mining.bad_rows``) instead of raising."""
     problems: list[str] = []
+    skipped = SkippedRows(folder / workdir.SKIPPED) if skip_bad_rows else None
 
     def files(given: list) -> list[Path]:
         found = []
@@ -103,8 +108,8 @@ def read_inputs(pairs: list, corpora: list, folder: Path, columns: dict[str, str
             problems.extend(err.problems)
 
     pairs, corpora = files(pairs), files(corpora)
-    sources = [(str(p), checked(p, pair_batches(p, columns, instructions))) for p in pairs]
-    texts = [checked(p, corpus_batches(p, columns)) for p in corpora]
+    sources = [(str(p), checked(p, pair_batches(p, columns, instructions, skipped))) for p in pairs]
+    texts = [checked(p, corpus_batches(p, columns, skipped)) for p in corpora]
     if retrieval:
         folder.mkdir(parents=True, exist_ok=True)
         try:
@@ -114,17 +119,25 @@ def read_inputs(pairs: list, corpora: list, folder: Path, columns: dict[str, str
         except InputError as err:
             problems.extend(err.problems)
 
-    planned = plan_texts(sources, texts, folder, give_up=lambda: bool(problems))
+    try:
+        planned = plan_texts(sources, texts, folder, give_up=lambda: bool(problems))
+    finally:
+        if skipped is not None:
+            skipped.close(keep=not problems)
     if problems:
         raise InputError(problems)
+    if skipped is not None:
+        planned = replace(planned, skipped=dict(skipped.counts))
     for line in said:
         print(line, file=sys.stderr)
     kinds = [("pairs", pairs), ("corpus", corpora)] + ([("queries", retrieval[:1]), ("corpus", retrieval[1:2]),
                                                         ("qrels", retrieval[2:])] if retrieval else [])
     # What the stage's fingerprint covers: each file's role and content, and the columns it was read by.
+    # Rows left out change what is planned from the same bytes: counted, so that the fingerprint tells.
     records = [{"kind": kind, "path": str(p), "sha256": path_sha256(Path(p)),
                 **({"columns": columns} if columns and kind in ("pairs", "corpus") else {}),
-                **({"instructions": instructions} if instructions != medi.MODES[0] and kind == "pairs" else {})}
+                **({"instructions": instructions} if instructions != medi.MODES[0] and kind == "pairs" else {}),
+                **({"skipped_rows": planned.skipped[str(p)]} if planned.skipped.get(str(p)) else {})}
                for kind, paths in kinds for p in paths]
     return planned, records
 

@@ -39,8 +39,8 @@ BUNDLED = ("sample", "sections")  # data/NAME/train.parquet and data/NAME/test/,
 # Where the main job's defaults differ from a stage's (tests/test_cli.py allows exactly these): a short demo.
 DEMO_DEFAULTS = {"max_steps": 60}
 # TrainConfig fields the job leaves at their defaults: it evaluates the three students after training, on --eval;
-# --precision is the embed group's, for every stage.
-NOT_PASSED_TO_TRAIN = ("eval", "eval_steps", "save_steps", "resume")
+# --precision is the embed group's, for every stage; --overwrite the job's own, for every stage.
+NOT_PASSED_TO_TRAIN = ("eval", "eval_steps", "save_steps", "resume", "overwrite")
 EVALUATION = "evaluation"  # in the work directory: the held-out table (results.parquet, .md, .png), kept results
 
 
@@ -94,6 +94,13 @@ def evaluate(models: dict[str, str], split: evaluation.RetrievalFolder, device, 
     return {row["model"]: {m: round(row[m], 4) for m in evaluation.METRICS} for row in table.iter_rows(named=True)}
 
 
+def train_config(args) -> TrainConfig:
+    """The job's TrainConfig: its options, less those it leaves at their defaults; its --overwrite for training too."""
+    return from_args(TrainConfig, args, student=from_args(ModelSettings, args, name=args.student),
+                     **{k: getattr(TrainConfig, k) for k in NOT_PASSED_TO_TRAIN if k != "overwrite"},
+                     overwrite=args.overwrite)  # a student made as this run would make it is kept, or resumed
+
+
 def mine(args, inputs: list[str], work: Path, config: TrainConfig) -> dict:
     """The embed and mask stages of the job on ``inputs``, into ``work``: the seconds of each."""
     if args.precision == "fp16":
@@ -112,8 +119,7 @@ def mine(args, inputs: list[str], work: Path, config: TrainConfig) -> dict:
 def run_job(args, inputs: list[str], split: Path, work: Path) -> dict:
     """One data set through every stage; the held-out scores of the base, plain and GIST students."""
     held_out = evaluation.RetrievalFolder(split)  # read and checked before any stage runs
-    config = from_args(TrainConfig, args, student=from_args(ModelSettings, args, name=args.student),
-                       **{k: getattr(TrainConfig, k) for k in NOT_PASSED_TO_TRAIN})
+    config = train_config(args)
     seconds = mine(args, inputs, work, config)
     models = {"base": args.student}
     for name, guide_filter in (("plain", "none"), ("gist", config.guide_filter)):
@@ -153,8 +159,7 @@ def apply_recipe(parser, argv) -> recipes.Recipe | None:
 def run_recipe(args, recipe: recipes.Recipe) -> Path:
     """The recipe through every stage: embed and mask its data set (or --input), train the student once, with the
     guide's filter; scored on --eval when given. Returns the model's folder."""
-    config = from_args(TrainConfig, args, student=from_args(ModelSettings, args, name=args.student),
-                       **{k: getattr(TrainConfig, k) for k in NOT_PASSED_TO_TRAIN})
+    config = train_config(args)
     # The trainer scores a held-out split before and after, when given, and keeps the published step's checkpoint.
     config = replace(config, eval=args.eval, save_steps=recipe.checkpoint_step)
     seconds = mine(args, args.input or [recipes.DATASET], args.work, config)

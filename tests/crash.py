@@ -1,9 +1,10 @@
 """Crash test: SIGKILL each stage at random moments, resume it, and compare with an uninterrupted run.
 
-    python tests/crash.py --kills 20 --seed 0 [--pairs 600] [--work-root DIR]
+    python tests/crash.py --kills 20 --seed 0 [--pairs 600] [--work-root DIR] [--stages train,train2]
 
 On tiny random models (built on the fly, as in the test suite) and `--pairs` generated pairs, each stage
-(embed, mask, mask --refilter, train with a checkpoint every step) runs once uninterrupted into its own
+(embed, mask, mask --refilter, train with a checkpoint every step, and the same under torchrun with two gloo
+processes: train2; --stages picks some, the ones they start from run uninterrupted) runs once uninterrupted into its own
 directory and is rerun over a copy of that finished directory; then it runs in a third directory
 where it is killed (SIGKILL to its process group) and restarted until `--kills` kills have landed, then
 run to completion. The rerun's and the killed run's directories must equal the uninterrupted run's,
@@ -13,8 +14,11 @@ model weights and trainer state tensor for tensor, anything else byte for byte, 
 Kills land while the stage works, not only while Python imports: each run is killed after it has
 written a random number of new shards or checkpoints (spread so that the kills cover the whole stage,
 up to its finishing steps), plus a random part of the time one shard takes; sometimes instead late in
-its start-up, which the rerun measures (having nothing to do, its wall time is the bare start-up). A
-run that ends before its kill ends the kills for that stage.
+its start-up, which the rerun measures (having nothing to do, its wall time is the bare start-up); and for
+a stage whose writes are seen as temporaries (a checkpoint being written or removed), one kill in three
+lands as soon as one appears, inside the write. A kill reaches every process of the run, also those a
+launcher started in sessions of their own (torchrun's workers). A run that ends before its kill ends the
+kills for that stage.
 
 Then a finished directory is damaged four ways (a truncated embedding shard, bytes flipped inside a
 mined shard, a truncated completion marker, a deleted shard whose marker stays) and the stage rerun:
@@ -31,6 +35,7 @@ import random
 import re
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import tempfile
@@ -47,6 +52,9 @@ ROOT = TESTS.parent
 sys.path.insert(0, str(TESTS))
 from conftest import build_tiny_model, make_pairs  # noqa: E402  (the test suite's tiny models and pairs)
 
+STAGES = ("embed", "mask", "refilter", "train", "train2")
+NEEDS = {"mask": "embed", "refilter": "mask", "train": "mask", "train2": "mask"}  # whose finished directory it reads
+
 
 @dataclass
 class Stage:
@@ -55,12 +63,17 @@ class Stage:
     argv: Callable[[Path], list]  # the command line's arguments for a run into the given directory
     seed: Path | None  # a finished directory every run starts from (copied), or None: an empty one
     units: tuple[str, ...]  # globs of the files that show its progress (shards, checkpoints)
+    writing: tuple[str, ...] = ()  # globs of the temporaries that show a unit being written (or removed)
+    # What it has done, where its units do not stay (only the newest checkpoints are kept): names of done units
+    progress: Callable[[Path], set] | None = None
+    env: dict = field(default_factory=dict)
 
 
 @dataclass
 class Kill:
     after_units: int  # new shards or checkpoints the run must write first (0: time from its start)
     delay: float  # then this many seconds more
+    during_write: bool = False  # then as soon as a temporary of Stage.writing appears (or after ``delay``)
 
 
 @dataclass
@@ -69,6 +82,7 @@ class Attempt:
     rc: int | None
     seconds: float
     log: Path
+    mid_write: bool = False  # killed while a temporary of Stage.writing was there
 
 
 @dataclass
@@ -77,6 +91,7 @@ class StageResult:
     runs: int = 0
     kills: int = 0
     kills_in_work: int = 0  # kills that landed after the run had written a shard or checkpoint
+    kills_mid_write: int = 0  # kills that landed while a checkpoint was being written or removed
     finished_early: bool = False  # a run completed before its kill fired
     differences: list[str] = field(default_factory=list)
 
@@ -95,6 +110,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--seed", type=int, default=0, help="seeds the pairs and the kill times")
     parser.add_argument("--pairs", type=int, default=600, help="generated pairs; sizes every stage's work")
     parser.add_argument("--work-root", type=Path, default=None, help="an empty or new folder (default: a temporary one, kept)")
+    parser.add_argument("--stages", default=",".join(STAGES), help="the stages to kill, comma-separated")
     return parser.parse_args(argv)
 
 
@@ -102,7 +118,7 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 
 def start(stage: Stage, target: Path, log: Path) -> subprocess.Popen:
-    env = dict(os.environ, PYTHONPATH=str(ROOT), HF_HUB_OFFLINE="1")
+    env = dict(os.environ, PYTHONPATH=str(ROOT), HF_HUB_OFFLINE="1", **stage.env)
     log.parent.mkdir(parents=True, exist_ok=True)
     with open(log, "wb") as out:
         # A session of its own, so that one killpg reaches every process the stage started.
@@ -117,20 +133,63 @@ def attempt(stage: Stage, target: Path, log: Path, kill: Kill | None = None, lim
     can take twice as long as the next, and a kill time taken from another run would often come too late.
     """
     began, since = time.perf_counter(), time.time()
+    done_before = stage.progress(target) if stage.progress else set()
     proc = start(stage, target, log)
     fire_at = None  # set once the run has written the kill's shards
     while True:
         now = time.perf_counter() - began
         if proc.poll() is not None:
             return Attempt(False, proc.returncode, now, log)
-        if kill is not None and fire_at is None and new_units(stage, target, since) >= kill.after_units:
+        if kill is not None and fire_at is None and new_units(stage, target, since, done_before) >= kill.after_units:
             fire_at = now + kill.delay
-        if now >= (limit if fire_at is None else min(fire_at, limit)):
-            os.killpg(proc.pid, signal.SIGKILL)
+        in_write = fire_at is not None and kill.during_write and writing(stage, target)
+        if in_write or now >= (limit if fire_at is None else min(fire_at, limit)):
+            kill_tree(proc.pid)
+            mid_write = writing(stage, target)
             # It may have exited between the poll and the kill; then it was not killed.
             killed = proc.wait() == -signal.SIGKILL
-            return Attempt(killed, None if killed else proc.returncode, now, log)
-        time.sleep(0.01)
+            return Attempt(killed, None if killed else proc.returncode, now, log, killed and mid_write)
+        time.sleep(0.002 if fire_at is not None and kill.during_write else 0.01)
+
+
+def writing(stage: Stage, folder: Path) -> bool:
+    return any(True for pattern in stage.writing for _ in folder.glob(pattern))
+
+
+def descendants(pid: int) -> list[int]:
+    """The processes ``pid`` started, and theirs, from /proc (Linux)."""
+    children: dict[int, list[int]] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            parent = int(stat.read_text().rsplit(")", 1)[1].split()[1])
+        except (OSError, IndexError, ValueError):  # gone while we looked
+            continue
+        children.setdefault(parent, []).append(int(stat.parent.name))
+    return _tree(children, pid)
+
+
+def _tree(children: dict[int, list[int]], pid: int) -> list[int]:
+    return [c for child in children.get(pid, []) for c in (child, *_tree(children, child))]
+
+
+def kill_tree(pid: int) -> None:
+    """SIGKILL the run's process group and every process it started, also in sessions of their own: stopped
+    first, so that none starts another or finishes its write in between."""
+    stopped = set()
+    for _ in range(3):  # a process forked while we looked is found on the next pass
+        for p in [pid, *descendants(pid)]:
+            if p not in stopped:
+                try:
+                    os.kill(p, signal.SIGSTOP)
+                    stopped.add(p)
+                except ProcessLookupError:
+                    pass
+    os.killpg(pid, signal.SIGKILL)
+    for p in stopped:
+        try:
+            os.kill(p, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
 
 
 def last_line(log: Path) -> str:
@@ -147,7 +206,9 @@ def units(stage: Stage, folder: Path) -> list[Path]:
     return [p.relative_to(folder) for pattern in stage.units for p in folder.glob(pattern)]
 
 
-def new_units(stage: Stage, folder: Path, since: float) -> int:
+def new_units(stage: Stage, folder: Path, since: float, done_before: set) -> int:
+    if stage.progress:
+        return len(stage.progress(folder) - done_before)
     count = 0
     for unit in units(stage, folder):
         try:
@@ -159,6 +220,8 @@ def new_units(stage: Stage, folder: Path, since: float) -> int:
 
 def units_left(stage: Stage, reference: Path, target: Path) -> int:
     """How many of the reference run's shards or checkpoints ``target`` does not yet hold, byte for byte."""
+    if stage.progress:
+        return len(stage.progress(reference) - stage.progress(target))
     return sum(not (target / u).is_file() or (target / u).read_bytes() != (reference / u).read_bytes()
                for u in units(stage, reference))
 
@@ -188,12 +251,16 @@ def reference_runs(stage: Stage, root: Path, result: StageResult) -> tuple[float
     return rerun.seconds, (written[-1] - written[0]) / (len(written) - 1) if len(written) > 1 else 0.1
 
 
-def choose_kill(rng: random.Random, left: int, kills_left: int, startup: float, unit_seconds: float) -> Kill:
+def choose_kill(rng: random.Random, left: int, kills_left: int, startup: float, unit_seconds: float,
+                first_write: bool = False) -> Kill:
     """On average this run writes 2/(kills_left + 1) of the shards left, so that the kills spread over the
     whole stage, the last ones reaching its finishing steps; the kill lands inside the next shard or, for
-    none, late in the start-up."""
+    none, late in the start-up; inside a write for one kill in three (and for the first that can,
+    ``first_write``)."""
     n = rng.randint(0, min(left, max(1, round(2 * left / (kills_left + 1)))))
-    return Kill(n, rng.uniform(0.0, unit_seconds) if n else rng.uniform(0.8 * startup, startup))
+    during_write = bool(n) and (rng.random() < 1 / 3 or first_write)
+    return Kill(n, rng.uniform(0.0, unit_seconds) if n else rng.uniform(0.8 * startup, startup),
+                during_write=during_write)
 
 
 def crash_stage(stage: Stage, root: Path, kills: int, rng: random.Random) -> StageResult:
@@ -202,12 +269,14 @@ def crash_stage(stage: Stage, root: Path, kills: int, rng: random.Random) -> Sta
     startup, unit_seconds = reference_runs(stage, root, result)
     prepare(stage, crashed)
     while result.kills < kills:
-        kill = choose_kill(rng, units_left(stage, reference, crashed), kills - result.kills, startup, unit_seconds)
+        kill = choose_kill(rng, units_left(stage, reference, crashed), kills - result.kills, startup, unit_seconds,
+                           first_write=bool(stage.writing) and not result.kills_mid_write)
         run = attempt(stage, crashed, logs / f"run-{result.runs:03d}.log", kill)
         result.runs += 1
         if run.killed:
             result.kills += 1
             result.kills_in_work += kill.after_units > 0
+            result.kills_mid_write += run.mid_write
         elif run.rc != 0:
             result.differences.append(failed(f"run {result.runs} (after {result.kills} kill(s))", run))
             return result
@@ -395,8 +464,12 @@ def make_stages(root: Path, pairs: int) -> list[Stage]:
     # the embedding cache, each rerun computes what it embeds.
     embed_args = ["--input", data, "--guide", guide, "--device", "cpu", "--encode-batch-size", 1,
                   "--texts-per-shard", max(4, pairs // 15), "--no-cache"]
-    train_args = ["--work", root / "mask" / "reference", "--student", student, "--device", "cpu", "--batch-size", 8,
-                  "--max-steps", max(8, pairs // 4), "--save-steps", 1, "--resume"]
+    # The command as a user runs it (checkpoints and resuming are the defaults), with a checkpoint every step; the
+    # newest two are kept, so progress is read from the loss log. train2: two gloo processes of 4 anchors each.
+    train_args = ["--work", root / "mask" / "reference", "--student", student, "--device", "cpu",
+                  "--max-steps", max(8, pairs // 4), "--save-steps", 1]
+    checkpoints = {"units": ("checkpoints/step-*/model.safetensors",), "writing": ("checkpoints/.step-*",),
+                   "progress": logged_steps}
     return [
         Stage("embed", "pipeline.embed", lambda d: [*embed_args, "--work", d], None, ("embeddings/shard-*.parquet",)),
         Stage("mask", "pipeline.mask", lambda d: ["--work", d, *mask_args], root / "embed" / "reference",
@@ -404,8 +477,33 @@ def make_stages(root: Path, pairs: int) -> list[Stage]:
         Stage("refilter", "pipeline.mask",
               lambda d: ["--work", d, *mask_args, "--refilter", "--margin-strategy", "absolute", "--margin", 0.1],
               root / "mask" / "reference", ("mined/shard-*.parquet",)),
-        Stage("train", "train.run", lambda d: [*train_args, "--out", d], None, ("checkpoints/step-*/model.safetensors",)),
+        Stage("train", "train.run", lambda d: [*train_args, "--batch-size", 8, "--out", d], None, **checkpoints),
+        Stage("train2", "torch.distributed.run",
+              lambda d: ["--nproc-per-node", 2, "--master-port", free_port(), "-m", "train.run", *train_args,
+                         "--batch-size", 4, "--out", d], None, env={"OMP_NUM_THREADS": "1"}, **checkpoints),
     ]
+
+
+def logged_steps(out: Path) -> set:
+    """The steps train.run's loss log holds (a line cut short by a kill aside)."""
+    try:
+        lines = (out / "metrics.jsonl").read_text().splitlines()
+    except FileNotFoundError:
+        return set()
+    steps = set()
+    for line in lines:
+        try:
+            steps.add(json.loads(line)["step"])
+        except (ValueError, KeyError):
+            pass
+    return steps
+
+
+def free_port() -> int:
+    """A port nobody holds now, for torchrun's rendezvous: runs beside this one cannot collide."""
+    with socket.socket() as free:
+        free.bind(("127.0.0.1", 0))
+        return free.getsockname()[1]
 
 
 def run(args: argparse.Namespace) -> tuple[list[StageResult], list[CaseResult]]:
@@ -418,15 +516,33 @@ def run(args: argparse.Namespace) -> tuple[list[StageResult], list[CaseResult]]:
     build_tiny_model(root / "models" / "student", seed=4)  # dropout on: resuming must restore the RNG too
     make_pairs(args.pairs, seed=args.seed).write_parquet(root / "pairs.parquet")
     stages = make_stages(root, args.pairs)
+    chosen = args.stages.split(",")
+    if set(chosen) - set(STAGES):
+        raise SystemExit(f"--stages: unknown {', '.join(sorted(set(chosen) - set(STAGES)))}; known: {', '.join(STAGES)}")
+    needed = set(chosen)
+    for name in reversed(STAGES):
+        if name in needed and name in NEEDS:
+            needed.add(NEEDS[name])
     results = []
-    for stage in stages:
+    for stage in (s for s in stages if s.name in needed):
         started = time.perf_counter()
+        if stage.name not in chosen:  # only what a chosen stage starts from
+            reference_only(stage, root)
+            continue
         results.append(crash_stage(stage, root, args.kills, random.Random(f"{args.seed}-{stage.name}")))
         print(f"{stage.name}: {results[-1].kills} kill(s), {len(results[-1].differences)} difference(s) "
               f"in {time.perf_counter() - started:.0f}s", flush=True)
     by_name = {stage.name: stage for stage in stages}
-    cases = [damage_case(by_name[stage], rel, damage, what, root) for stage, rel, damage, what in CASES]
+    cases = [damage_case(by_name[stage], rel, damage, what, root) for stage, rel, damage, what in CASES
+             if stage in chosen]
     return results, cases
+
+
+def reference_only(stage: Stage, root: Path) -> None:
+    prepare(stage, root / stage.name / "reference")
+    whole = attempt(stage, root / stage.name / "reference", root / stage.name / "logs" / "reference.log")
+    if whole.rc != 0:
+        raise SystemExit(failed(f"{stage.name}: the uninterrupted run", whole))
 
 
 def grouped(differences: list[str]) -> list[str]:
@@ -438,10 +554,11 @@ def grouped(differences: list[str]) -> list[str]:
 
 
 def report(results: list[StageResult], cases: list[CaseResult]) -> None:
-    print(f"\n{'stage':<10}{'kills':>6}{'in work':>9}{'resumes':>9}{'differences':>13}")
+    print(f"\n{'stage':<10}{'kills':>6}{'in work':>9}{'mid-write':>11}{'resumes':>9}{'differences':>13}")
     for r in results:
         note = "  (a run finished before its kill)" if r.finished_early else ""
-        print(f"{r.name:<10}{r.kills:>6}{r.kills_in_work:>9}{r.runs - 1:>9}{len(r.differences):>13}{note}")
+        print(f"{r.name:<10}{r.kills:>6}{r.kills_in_work:>9}{r.kills_mid_write:>11}{r.runs - 1:>9}"
+              f"{len(r.differences):>13}{note}")
     for r in results:
         for line in grouped(r.differences):
             print(f"  {r.name}: {line}")

@@ -188,7 +188,7 @@ def test_an_unpickled_step_loads_its_own_model_and_writes_the_same_shard(pairs, 
 
 
 @pytest.mark.slow
-def test_the_main_job_takes_a_guide_with_a_query_prompt(pairs, tmp_path, tiny_guide, tiny_model):
+def test_the_main_job_takes_a_guide_with_a_query_prompt(pairs, tmp_path, tiny_guide, tiny_model, capsys):
     """pipeline.run passes the stages' options on (a bge-style guide's query prompt, mining rules, the trainer's
     settings): its work directory and student are what the stages write when run one by one."""
     import polars as pl
@@ -218,6 +218,12 @@ def test_the_main_job_takes_a_guide_with_a_query_prompt(pairs, tmp_path, tiny_gu
     assert again(0.2, "--overwrite") == 0 and workdir.checked_mined_manifest(work)["rules"]["margin"] == 0.2
     assert embedded and vectors() == embedded
     assert again(0.1, "--overwrite") == 0  # back, for the comparison with the stages run alone below
+    # A rerun: every stage done; the two students, complete and made from the same mined tables, are not retrained.
+    students = {p: p.stat().st_mtime_ns for p in (work / workdir.MODELS).rglob("*") if p.is_file()}
+    capsys.readouterr()
+    assert again(0.1) == 0
+    assert capsys.readouterr().err.count("is complete (2 steps, from the same mined tables and settings); nothing to do") == 2
+    assert students and {p: p.stat().st_mtime_ns for p in (work / workdir.MODELS).rglob("*") if p.is_file()} == students
     alone = tmp_path / "alone"
     assert run_stage(embed, "--input", pairs, "--work", alone, "--guide", tiny_guide, "--query-prompt", "q: ",
                      "--texts-per-shard", 30, "--no-cache") == 0

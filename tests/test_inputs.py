@@ -36,6 +36,8 @@ BAD_CASES = [
     ("dataset_null_query", read_pairs, "row 2: column 'query' is null"),
     ("empty_field.csv", read_pairs, "row 2: column 'query' is null"),
     ("empty_positive.jsonl", read_pairs, "row 2: column 'positive' is empty"),
+    ("positive_equals_query.jsonl", read_pairs, "row 3: column 'positive' equals column 'query' (a positive must "
+                                                "differ from its query)"),
     ("whitespace_query.jsonl", read_pairs, "row 1: column 'query' is empty"),
     ("whitespace.csv", read_pairs, "row 1: column 'positive' is empty"),
     ("invisible_query.jsonl", read_pairs, "row 2: column 'query' is empty"),

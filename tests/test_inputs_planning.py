@@ -64,7 +64,7 @@ def messy_inputs(tmp_path, n: int = 700):
     pool = [sentence(rng) for _ in range(n // 2)] + ["x" * 40 + str(i) for i in range(60)]  # one length, many texts
     rows = []
     for i in range(n):
-        query, positive = rng.choice(pool), rng.choice(pool)
+        query, positive = rng.sample(pool, 2)  # a positive equal to its query is a bad row (test_bad_rows.py)
         negatives = rng.sample(pool, rng.randint(0, 3)) + rng.choice([[], [query], [positive], ["fixed negative"] * 2])
         rows.append({"query": query, "positive": positive, "negative": negatives or None, "task": rng.choice(["a", None])})
     frame = pl.DataFrame(rows)

@@ -33,7 +33,7 @@ def plan_for(model_info: dict, settings: EmbedSettings, inputs: list[dict], comm
          "inputs": [{k: v for k, v in i.items() if k != "path"} for i in inputs]})  # a file moved is the same input
     plan.update(
         dimension=model_info["dimension"], dtype=settings.dtype, bounds=shard_bounds(counts["texts"], settings.shard_size),
-        counts={k: counts[k] for k in ("anchors", "texts", "queries", "documents")},
+        counts={k: counts[k] for k in ("anchors", "texts", "queries", "documents", "skipped_rows") if k in counts},
     )
     return plan
 
@@ -41,7 +41,7 @@ def plan_for(model_info: dict, settings: EmbedSettings, inputs: list[dict], comm
 def write_tables(work: Path, plan: dict, planned: planning.Planned, resumed: bool) -> None:
     """texts.parquet and anchors.parquet moved in from planning, recorded in the plan; a resumed run replaces
     them only if damaged."""
-    tables = (workdir.TEXTS, workdir.ANCHORS)
+    tables = (workdir.TEXTS, workdir.ANCHORS) + ((workdir.SKIPPED,) if planned.path(workdir.SKIPPED).exists() else ())
     recorded = plan.get("tables", {}) if resumed else {}
     for name in tables:
         if workdir.problem(work / name, recorded.get(name)) is not None:

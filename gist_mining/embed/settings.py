@@ -49,6 +49,9 @@ class InputOptions:
     instructions: str = option(medi.MODES[0], "MEDI-style instructions (query_instruct columns, [instruction, text] "
                                               "pairs): dropped, as the GIST models were trained, or prepended to "
                                               "their texts", choices=medi.MODES)
+    skip_bad_rows: bool = option(False, "leave out input rows that fail a check (a blank or null text, a positive "
+                                        "equal to its query, a bad negative), listed with the reason in the work "
+                                        "directory's skipped_rows.parquet, instead of stopping at them")
 
     def hub(self) -> HubSelection:
         return HubSelection(split=self.input_split, subset=self.input_subset, revision=self.input_revision)

@@ -54,7 +54,7 @@ def embed(inputs: list[str], work: Path, guide: ModelSettings = ModelSettings(DE
     with tempfile.TemporaryDirectory(prefix="gist-mining-plan-") as scratch:
         planned, records = planning.read_inputs(inputs, [] if retrieval else corpus, Path(scratch),
                                                 parse_columns(reading.columns), reading.hub(), retrieval,
-                                                reading.instructions)
+                                                reading.instructions, reading.skip_bad_rows)
         model = prepare_model(guide, options.precision)
         resolved = role_prompts(model, prompts)
         backend, encoder = onnx_backend.pick_backend(options.backend, model, resolve_model(guide.name, guide.revision),
@@ -64,12 +64,17 @@ def embed(inputs: list[str], work: Path, guide: ModelSettings = ModelSettings(DE
                                                  *(a for p in corpus for a in ("--corpus", p)), "--work", work,
                                                  *to_argv(reading), "--guide", guide.name, *to_argv(guide),
                                                  *to_argv(prompts), *to_argv(replace(options, overwrite=False))])
-        plan = make_plan(guide, model, options, resolved, backend, planned.counts, records, command)
+        counts = dict(planned.counts, skipped_rows=sum(planned.skipped.values())) if reading.skip_bad_rows else planned.counts
+        plan = make_plan(guide, model, options, resolved, backend, counts, records, command)
         claim(work, plan, planned, options.overwrite)
     shards = workdir.Shards(work, workdir.EMBEDDINGS, len(plan["bounds"]), plan["fingerprint"])
     print(f"embed: {plan['counts']['texts']} distinct texts from {plan['counts']['anchors']} anchors "
           f"({planned.dropped} given negatives dropped: equal to the query or one of its positives, or repeated)",
           file=sys.stderr)
+    if planned.skipped:
+        print(f"embed: {sum(planned.skipped.values())} bad input rows skipped "
+              f"({', '.join(f'{source}: {n}' for source, n in planned.skipped.items())}), each with its reason in "
+              f"{work / workdir.SKIPPED}", file=sys.stderr)
     if two_roles(plan["settings"]):
         print(f"embed: query prompt {plan['settings']['query_prompt']!r}, document prompt "
               f"{plan['settings']['document_prompt']!r}: every text in the document role, the queries in the query "

@@ -93,8 +93,14 @@ class TrainConfig:
     eval: Path | None = option(None, "retrieval split: a folder in BEIR's layout (corpus, queries, qrels/test) or the "
                                      "bundled sets' (queries, corpus, qrels .parquet)", type=Path)
     eval_steps: int = option(0, "evaluate every N steps (0: before and after only)")
-    save_steps: int = option(0, "checkpoint every N steps (0: never)")
-    resume: bool = option(False, "continue from the newest checkpoint in --out")
+    # Checkpoints by default: a rerun of the same command resumes from the newest (tests/crash.py kills it).
+    save_steps: int = option(500, "checkpoint every N steps (0: not by steps), and always at the end")
+    save_minutes: float = option(30.0, "checkpoint also when this many minutes passed since the last (0: not by time)")
+    keep_checkpoints: int = option(2, "keep the newest N checkpoints in --out/checkpoints, removing older ones of "
+                                      "this run (0: keep all)")
+    resume: bool = option(False, "accepted for old command lines: a rerun resumes from the newest checkpoint anyway")
+    overwrite: bool = option(False, "start over when --out holds a run made from other mined tables or settings "
+                                    "(its checkpoints, metrics and record are removed); the same run still resumes")
     seed: int = option(42, "seed of every random draw of the stage (batches, dropout, the random control)")
     matryoshka_dims: tuple[int, ...] = option((), "embedding sizes to train at, e.g. 768,512,256: the loss summed over "
                                                   "the embeddings cut to each, as MatryoshkaLoss; evaluation at each "

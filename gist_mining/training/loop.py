@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import os
 import random
-import shutil
 import sys
 import time
 from dataclasses import replace
@@ -25,7 +24,15 @@ from gist_mining.loss import GUIDE_FILTERS, GISTLoss, LossRules
 from gist_mining.models import load_model, role_prompts
 from gist_mining.training import hub
 from gist_mining.training.batches import paper_batches, plan_batches
-from gist_mining.training.checkpoints import latest_checkpoint, restore, run_identity, save_checkpoint
+from gist_mining.training.checkpoints import (
+    checkpoint_due,
+    claim_output,
+    latest_checkpoint,
+    random_states,
+    restore,
+    run_identity,
+    save_checkpoint,
+)
 from gist_mining.training.config import TrainConfig
 from gist_mining.training.data import TrainingData
 from gist_mining.training.evaluate import evaluate, make_evaluator
@@ -80,13 +87,10 @@ def epoch_batches(data: TrainingData, config: TrainConfig, world: int, epoch: in
     return batches
 
 
-def start(config: TrainConfig, out: Path, data: TrainingData, total_steps: int, device, rank: int):
-    """The student, optimizer and schedule, fresh or from the newest checkpoint; and where the run stands."""
-    identity = run_identity(config, data.manifest)
-    if rank == 0 and not config.resume:  # a fresh run: no checkpoint or record of an earlier run may pass for its own
-        shutil.rmtree(out / workdir.CHECKPOINTS, ignore_errors=True)
-        (out / workdir.TRAINING_RECORD).unlink(missing_ok=True)
-    checkpoint = latest_checkpoint(out, identity) if config.resume else None
+def start(config: TrainConfig, out: Path, total_steps: int, device, identity: dict, rank: int):
+    """The student, optimizer and schedule, fresh or from the newest checkpoint (claim_output made them this
+    run's); and where the run stands."""
+    checkpoint = latest_checkpoint(out, identity)
     model = replace(config.student, device=device).load()
     if checkpoint is not None:  # its weights only: a tokenizer re-read from a save would be saved differently
         model.load_state_dict(load_model(str(checkpoint), device=device).state_dict())
@@ -99,7 +103,7 @@ def start(config: TrainConfig, out: Path, data: TrainingData, total_steps: int, 
     scheduler = get_linear_schedule_with_warmup(optimizer, int(config.warmup_ratio * total_steps), total_steps)
     if checkpoint is None:
         return model, optimizer, scheduler, {"step": 0, "epoch": 0, "batch_index": 0}
-    return model, optimizer, scheduler, restore(checkpoint, optimizer, scheduler)
+    return model, optimizer, scheduler, restore(checkpoint, optimizer, scheduler, rank)
 
 
 def train(work: Path, out: Path, config: TrainConfig = TrainConfig()) -> dict | None:
@@ -115,6 +119,17 @@ def train(work: Path, out: Path, config: TrainConfig = TrainConfig()) -> dict | 
     if world > 1:
         dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
     rank = dist.get_rank() if world > 1 else 0
+    identity = run_identity(config, workdir.checked_mined_manifest(work), world)
+    finished = claim_output(out, identity, config.overwrite, rank)
+    if world > 1:
+        dist.barrier()  # rank 0 has removed another run's state (--overwrite) before any rank reads checkpoints
+    if finished is not None:
+        if rank == 0:
+            print(f"train: {out} is complete ({finished['steps']} steps, from the same mined tables and settings); "
+                  "nothing to do", file=sys.stderr)
+        if world > 1:
+            dist.destroy_process_group()
+        return finished["eval_after"]
     reporter = Reporter(config.report_to, out, rank, {"learning_rate": config.lr, "seed": config.seed,
                                                       "per_device_train_batch_size": config.batch_size,
                                                       "weight_decay": config.weight_decay})
@@ -127,7 +142,7 @@ def train(work: Path, out: Path, config: TrainConfig = TrainConfig()) -> dict | 
         say_rules(config, data.manifest)
     batches = epoch_batches(data, config, world, 0, rank)  # its length sets the schedule
     total_steps = config.max_steps or max(1, int(config.epochs * len(batches)))
-    model, optimizer, scheduler, position = start(config, out, data, total_steps, device, rank)
+    model, optimizer, scheduler, position = start(config, out, total_steps, device, identity, rank)
     step, epoch, batch_index = position["step"], position["epoch"], position["batch_index"]
     full = model.get_embedding_dimension()
     if any(size > full for size in config.matryoshka_dims):
@@ -141,7 +156,7 @@ def train(work: Path, out: Path, config: TrainConfig = TrainConfig()) -> dict | 
     if epoch:  # a resumed run continues in a later epoch
         batches = epoch_batches(data, config, world, epoch, rank)
     progress = tqdm(total=total_steps, initial=step, desc="train", disable=rank != 0)
-    started = time.perf_counter()
+    started = last_saved = time.perf_counter()
     while step < total_steps:
         if batch_index >= len(batches):
             epoch, batch_index = epoch + 1, 0
@@ -158,16 +173,19 @@ def train(work: Path, out: Path, config: TrainConfig = TrainConfig()) -> dict | 
                    "lr": scheduler.get_last_lr()[0], "seconds": round(time.perf_counter() - started, 2)})
         progress.set_postfix(loss=f"{loss:.4f}", masked=f"{masked:.3f}")
         progress.update(1)
-        if config.save_steps and step % config.save_steps == 0 and rank == 0:
-            save_checkpoint(out, step, model, optimizer, scheduler,
-                            {"epoch": epoch, "batch_index": batch_index, "identity": run_identity(config, data.manifest)})
+        if checkpoint_due(config, step, total_steps, time.perf_counter() - last_saved, device, world):
+            states = random_states(device, world)
+            if rank == 0:
+                save_checkpoint(out, step, model, optimizer, scheduler, {"epoch": epoch, "batch_index": batch_index,
+                                "identity": identity}, config.keep_checkpoints, states)
+            last_saved = time.perf_counter()
         if evaluator and config.eval_steps and step % config.eval_steps == 0 and step < total_steps:
             evaluate(model, evaluator, log, step, rank)
     progress.close()
     after = evaluate(model, evaluator, log, step, rank) if evaluator else None
     reporter.close()
     if rank == 0:
-        save_model(config, work, out, model, data.manifest, step, world, before, after)
+        save_model(config, work, out, model, data.manifest, step, world, before, after, identity)
         if config.push_to_hub:
             print(f"train: pushed {out} to {hub.push(out, config.push_to_hub)}", file=sys.stderr)
     if world > 1:

@@ -30,7 +30,7 @@ from gist_mining.workdir.layout import (ANCHORS, CANDIDATES, CANDIDATES_MANIFEST
                                         EARLIER, EARLIER_MARKER, EMBEDDINGS, EMBED_MANIFEST, EMBED_PLAN, FN_FRONTIER,
                                         FOLDERS, INDEX, INDEX_FILE, INDEX_MARKER, LOCK, METRICS, MINED,
                                         MINED_MANIFEST, MINE_PLAN, MODELS, POOL_IDS, POSITION, REPORT, RESULTS,
-                                        SEARCH_PLAN, STEPS, SUMMARY, TEXTS, TRAINER_STATE, TRAINING_RECORD, TRUTH,
+                                        SEARCH_PLAN, SKIPPED, STEPS, SUMMARY, TEXTS, TRAINER_STATE, TRAINING_RECORD, TRUTH,
                                         VECTORS, changed_keys, checkpoint_name, index_files, read_plan, read_record,
                                         rebuild_command, shard_name)
 from gist_mining.workdir.markers import Shards, build_once, built, describe_file, index_ready, problem

@@ -8,6 +8,7 @@ from pathlib import Path
 from gist_mining.storage import read_json
 
 TEXTS, ANCHORS, EMBEDDINGS = "texts.parquet", "anchors.parquet", "embeddings"
+SKIPPED = "skipped_rows.parquet"  # the input rows --skip-bad-rows left out, and why (gist_mining.bad_rows)
 EMBED_PLAN, EMBED_MANIFEST = "embed_plan.json", "embed_manifest.json"
 VECTORS, INDEX, CANDIDATES = "vectors", "index", "candidates"
 SEARCH_PLAN, CANDIDATES_MANIFEST = "search_plan.json", "candidates_manifest.json"
@@ -26,7 +27,7 @@ LOCK = ".lock"
 
 # What each step owns, in chain order: removing a step removes every later one with it.
 STEPS = {
-    "embed": (EMBED_PLAN, TEXTS, ANCHORS, EMBEDDINGS, EMBED_MANIFEST),
+    "embed": (EMBED_PLAN, TEXTS, ANCHORS, SKIPPED, EMBEDDINGS, EMBED_MANIFEST),
     "search": (SEARCH_PLAN, VECTORS, INDEX, CANDIDATES, CANDIDATES_MANIFEST),
     "mine": (MINE_PLAN, MINED, MINED_MANIFEST, SUMMARY, REPORT),
     "train": (MODELS, RESULTS),
