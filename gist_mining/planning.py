@@ -33,7 +33,7 @@ import polars as pl
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from gist_mining import medi, workdir
+from gist_mining import workdir
 from gist_mining.bad_rows import SkippedRows
 from gist_mining.errors import InputError
 from gist_mining.inputs import (
@@ -43,6 +43,7 @@ from gist_mining.inputs import (
     corpus_batches,
     describe_columns,
     input_files,
+    medi,
     pair_batches,
     retrieval_pairs,
 )
@@ -83,7 +84,7 @@ def read_inputs(pairs: list, corpora: list, folder: Path, columns: dict[str, str
     read to its end before any problem raises, so that one run names the problems of all of them. Returns the
     plan and one record per file (kind, path, sha256, and the columns when given) for the stage's fingerprint.
     ``retrieval``: (queries, corpus, qrels) as BEIR lays them out (``inputs.retrieval_pairs``): the qrels' pairs,
-    and the corpus as extra texts. ``instructions``: MEDI-style instructions dropped or prepended (gist_mining.medi).
+    and the corpus as extra texts. ``instructions``: MEDI-style instructions dropped or prepended (gist_mining.inputs.medi).
     ``skip_bad_rows``: rows that fail a check are left out and listed in the folder's skipped_rows.parquet
     (``gist_mining.bad_rows``) instead of raising."""
     problems: list[str] = []

@@ -98,7 +98,7 @@ def test_clean_input_with_the_option_writes_an_empty_record(tmp_path, tiny_guide
 def test_skipped_rows_across_batches_keep_the_good_rows_numbers(tmp_path, monkeypatch):
     from gist_mining import inputs, planning
 
-    monkeypatch.setattr(inputs, "BATCH_ROWS", 3)  # the bad rows fall in three batches of the file
+    monkeypatch.setattr(inputs.files, "BATCH_ROWS", 3)  # the bad rows fall in three batches of the file
     source = tmp_path / "pairs.jsonl"
     write(source, [row for row, _ in ROWS])
     planned, records = planning.read_inputs([source], [], tmp_path / "plan", skip_bad_rows=True)

@@ -137,7 +137,7 @@ def test_unreadable_file_simulated(monkeypatch, name):
     def refuse(file, *args, **kwargs):
         raise PermissionError(13, "Permission denied", str(file))
 
-    monkeypatch.setattr(inputs, "open", refuse, raising=False)
+    monkeypatch.setattr(inputs.files, "open", refuse, raising=False)
     assert_reported(problems_of(read_pairs, path), path, "unreadable (Permission denied)")
 
 

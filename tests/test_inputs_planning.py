@@ -79,7 +79,7 @@ def test_streamed_plan_equals_the_in_memory_plan(tmp_path, monkeypatch, batch_ro
     pairs, corpora = messy_inputs(tmp_path)
     expected_texts, expected_anchors, expected_dropped = oracle_plan(
         [read_pairs(p) for p in pairs], [read_corpus(p) for p in corpora], [str(p) for p in pairs])
-    monkeypatch.setattr(inputs, "BATCH_ROWS", batch_rows)
+    monkeypatch.setattr(inputs.files, "BATCH_ROWS", batch_rows)
     monkeypatch.setattr(planning, "RANGE_BYTES", range_bytes)
     planned, records = planning.read_inputs(pairs, corpora, tmp_path / "plan")
     texts, anchors = (pl.read_parquet(planned.path(n)) for n in (workdir.TEXTS, workdir.ANCHORS))
@@ -109,7 +109,7 @@ def test_text_ranges_cover_every_length_and_id_once():
 
 
 def test_bad_rows_in_a_late_batch_name_their_file_and_row(tmp_path, monkeypatch):
-    monkeypatch.setattr(inputs, "BATCH_ROWS", 10)
+    monkeypatch.setattr(inputs.files, "BATCH_ROWS", 10)
     rows = [{"query": f"q {i}", "positive": f"p {i}"} for i in range(35)]
     rows[27]["positive"] = "  "
     pl.DataFrame(rows).write_parquet(tmp_path / "a.parquet")

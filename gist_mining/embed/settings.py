@@ -6,8 +6,8 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from gist_mining import medi, onnx_backend
-from gist_mining.inputs import HubSelection
+from gist_mining import onnx_backend
+from gist_mining.inputs import HubSelection, medi
 from gist_mining.settings import option
 
 

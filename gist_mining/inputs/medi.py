@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import polars as pl
 
+from gist_mining.inputs.checks import text_problem
+
 MODES = ("drop", "prepend")
 SUFFIX = "_instruct"  # the instruction column of a text column COLUMN is COLUMN_instruct
 TEXT_ROLES = ("query", "positive", "negative")
@@ -47,8 +49,7 @@ def with_instructions(problems, frame: pl.DataFrame, first_row: int, roles: dict
                       mode: str) -> pl.DataFrame:
     """The frame with plain texts in its text columns: [instruction, text] pairs split, each instruction dropped
     or prepended (``mode``). A pair that is not two strings, or an instruction that is not a string, is a row
-    problem (``problems.add``); the checks of the texts themselves follow in inputs._check_pairs."""
-    from gist_mining.inputs import _text_problem
+    problem (``problems.add``); the checks of the texts themselves follow (gist_mining.inputs.pairs)."""
 
     paired, beside = roles.get(PAIRED, []), roles.get(BESIDE, [])
     if not paired and not beside:
@@ -71,8 +72,8 @@ def with_instructions(problems, frame: pl.DataFrame, first_row: int, roles: dict
                     texts.append(_STAND_IN)
                     continue
                 instruction, value = pair
-            elif instruction is not None and _text_problem(instruction) not in (None, "empty"):
-                problems.add(f"column '{column}{SUFFIX}' is {_text_problem(instruction)}", first_row + i)
+            elif instruction is not None and text_problem(instruction) not in (None, "empty"):
+                problems.add(f"column '{column}{SUFFIX}' is {text_problem(instruction)}", first_row + i)
             texts.append(_joined(instruction, value) if mode == "prepend" else value)
         plain = all(t is None or isinstance(t, str) for t in texts)
         replaced[column] = pl.Series(column, texts, dtype=pl.String if plain else pl.Object)
