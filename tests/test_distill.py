@@ -1,0 +1,234 @@
+"""The guide as teacher (gist_mining.distill, GISTLoss's ``distill``): score and embedding distillation against a numpy
+oracle written from their definitions, entry by entry; by rows (GradCache) and under two gloo processes, as the
+loss's other rules are checked; the options of train.run."""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+import pytest
+import torch
+from conftest import gist_loss, run_stage
+from test_loss import ANCHOR_SPLIT, NEGATIVE_SPLIT, random_inputs
+from test_loss_rules import oracle as contrastive_oracle
+from test_train import COMMON, metrics, mined_work  # noqa: F401  (the module's mined work directory fixture)
+
+from gist_mining.distill import DISTILL_MASKS, Distillation
+from gist_mining.loss import Column, GuidedBatch, LossRules
+from gist_mining.mining import PAD_ID, false_negative_threshold
+from train import run as train
+
+TEMPERATURE = 0.05
+MAP_SEED = 11
+
+
+def student_units(inputs: dict) -> dict:
+    vectors = {k: inputs[k].detach().double().numpy() for k in ("q", "p", "n")}
+    return {k: v / np.linalg.norm(v, axis=1, keepdims=True) for k, v in vectors.items()}
+
+
+def kl_oracle(inputs: dict, d: Distillation, guided: bool = True, judged_at: dict | None = None) -> float:
+    """Mean over anchors of KL(teacher || student) over the anchor's entries, one entry at a time. The suspects
+    (the guide's rule or mining's known false negatives, as GISTLoss judges them) are taken from ``judged_at``'s
+    guide (held fixed for finite differences; the guide's vectors are constants anyway)."""
+    student = student_units(inputs)
+    guide = {k: inputs["g" + k].double().numpy() for k in ("q", "p", "n")}
+    ids = {k: inputs[f"{k}_ids"].tolist() for k in ("q", "p", "n")}
+    unjudged = [False] * len(ids["q"]) if inputs["unjudged"] is None else inputs["unjudged"].tolist()
+    blocks = [("q", "p"), ("q", "n"), ("q", "q"), ("p", "p")]
+    total = 0.0
+    for i in range(len(ids["q"])):
+        known = {k for k in inputs["known"][i].tolist() if k != PAD_ID}
+        threshold = false_negative_threshold(guide["q"][i] @ guide["p"][i], "absolute", 0.0)
+        teacher, pupil = {}, {}  # entry -> logit, in each distribution's support
+        for b, (row, column) in enumerate(blocks):
+            for j, text in enumerate(ids[column]):
+                label = b == 0 and j == i
+                if not label and text in (ids["q"][i], ids["p"][i]):
+                    continue  # the anchor's own texts: in neither
+                suspect = (not label and guided and not unjudged[i]
+                           and (guide[row][i] @ guide[column][j] > threshold or text in known))
+                if not (suspect and d.mask in ("both", "teacher")):
+                    teacher[b, j] = guide[row][i] @ guide[column][j] / d.temperature
+                if not (suspect and d.mask in ("both", "student")):
+                    pupil[b, j] = student[row][i] @ student[column][j] / TEMPERATURE
+        log_t = {k: v - np.logaddexp.reduce(list(teacher.values())) for k, v in teacher.items()}
+        log_s = {k: v - np.logaddexp.reduce(list(pupil.values())) for k, v in pupil.items()}
+        total += sum(np.exp(log_t[k]) * (log_t[k] - log_s[k]) for k in log_t if k in log_s)
+    return total / len(ids["q"])
+
+
+def embedding_oracle(inputs: dict, weight: np.ndarray | None) -> float:
+    """Per anchor (the sum over all the batch's texts, over the number of anchors): 1 - cos(W s, g)."""
+    total = 0.0
+    for k in ("q", "p", "n"):
+        s = inputs[k].detach().double().numpy()
+        mapped = s if weight is None else s @ weight.T
+        g = inputs["g" + k].double().numpy()
+        total += (1 - (mapped * g).sum(1) / np.linalg.norm(mapped, axis=1) / np.linalg.norm(g, axis=1)).sum()
+    return total / len(inputs["q_ids"])
+
+
+def distilled_loss(d: Distillation, guide_dim: int, **settings):
+    loss = gist_loss(temperature=TEMPERATURE, distill=d, **settings)
+    torch.manual_seed(MAP_SEED)  # the same map in every process
+    loss.fit_embedding_map(16, guide_dim)
+    return loss
+
+
+def run(inputs: dict, d: Distillation, rows: int | None = None, **settings):
+    """The loss, and the gradients of q, p, n and of the map's weight (None without one), one pass or by rows."""
+    loss_fn = distilled_loss(d, inputs["gq"].shape[1], **settings)
+    leaves = [inputs[k].clone().requires_grad_() for k in ("q", "p", "n")]
+    batch = GuidedBatch(*(Column(leaf, inputs["g" + k], inputs[f"{k}_ids"]) for leaf, k in zip(leaves, "qpn")),
+                        inputs["known"], inputs["unjudged"])
+    if rows is None:
+        loss, _ = loss_fn(batch)
+        loss.backward()
+    else:
+        loss, _ = loss_fn.backward_by_rows(batch, rows)
+    linear = loss_fn.embedding_map.linear
+    return loss.item(), [leaf.grad for leaf in leaves], None if linear is None else linear.weight.grad, linear
+
+
+def with_guide_dim(inputs: dict, size: int) -> dict:
+    """The guide's vectors in another size than the student's 16 (zero-padded: the same scores)."""
+    pad = lambda v: torch.nn.functional.pad(v, (0, size - v.shape[1]))  # noqa: E731
+    return dict(inputs, **{k: pad(inputs[k]) for k in ("gq", "gp", "gn")})
+
+
+# Each option alone and together; the guide 16-dimensional as the student (no map) or 24 (a map).
+CASES = {f"scores-{mask}": (Distillation("scores", 0.7, 0.02, mask), 16) for mask in DISTILL_MASKS}
+CASES.update({"embeddings-same-size": (Distillation("embeddings", 0.5), 16),
+              "embeddings-mapped": (Distillation("embeddings", 0.5), 24),
+              "both": (Distillation("scores+embeddings", 2.0, 0.05, "teacher"), 24)})
+
+
+@pytest.mark.parametrize("name", list(CASES))
+def test_distillation_equals_the_numpy_oracle(name):
+    d, size = CASES[name]
+    for seed in (0, 1):
+        inputs = with_guide_dim(random_inputs(seed), size)
+        for unjudged in (inputs["unjudged"], None):
+            inputs["unjudged"] = unjudged
+            value, _, _, linear = run(inputs, d)
+            weight = None if linear is None else linear.weight.detach().double().numpy()
+            expected = contrastive_oracle(inputs)[0]
+            terms = {"scores": kl_oracle(inputs, d) if d.scores else 0.0,
+                     "embeddings": embedding_oracle(inputs, weight) if d.embeddings else 0.0}
+            assert value == pytest.approx(expected + d.weight * sum(terms.values()), rel=1e-5)
+            assert all(abs(term) > 1e-6 for kind, term in terms.items() if kind in d.kind)  # each has work to do
+
+
+def test_the_masks_differ_and_teacher_side_kl_is_a_divergence():
+    inputs = random_inputs(4)
+    values = {mask: kl_oracle(inputs, Distillation("scores", mask=mask)) for mask in DISTILL_MASKS}
+    assert len({round(v, 6) for v in values.values()}) == len(DISTILL_MASKS)  # the batch has suspects to mask
+    assert all(values[mask] > 0 for mask in ("both", "teacher", "none"))
+    # unguided, there are no suspects: the mask option changes nothing
+    plain = {mask: kl_oracle(inputs, Distillation("scores", mask=mask), guided=False) for mask in DISTILL_MASKS}
+    assert max(plain.values()) == pytest.approx(min(plain.values()))
+    assert run(inputs, Distillation("scores", mask="teacher"), guided=False)[0] == pytest.approx(
+        contrastive_oracle(inputs, guided=False)[0] + plain["teacher"], rel=1e-5)
+
+
+@pytest.mark.parametrize("name", ["scores-both", "scores-student", "both"])
+def test_gradients_equal_finite_differences(name):
+    d, size = CASES[name]
+    inputs = with_guide_dim(random_inputs(2), size)
+    _, grads, map_grad, linear = run(inputs, d)
+    weight = None if linear is None else linear.weight.detach().double().numpy()
+
+    def total(moved: dict, w) -> float:
+        return (contrastive_oracle(moved)[0] + d.weight * ((kl_oracle(moved, d) if d.scores else 0.0)
+                                                           + (embedding_oracle(moved, w) if d.embeddings else 0.0)))
+
+    step = 1e-6
+    for k, grad in zip(("q", "p", "n"), grads):
+        numeric = torch.zeros_like(inputs[k], dtype=torch.float64)
+        for index in np.ndindex(*inputs[k].shape):
+            moved = []
+            for sign in (1, -1):
+                shifted = dict(inputs, **{k: inputs[k].double().clone()})
+                shifted[k][index] += sign * step
+                moved.append(total(shifted, weight))
+            numeric[index] = (moved[0] - moved[1]) / (2 * step)
+        torch.testing.assert_close(grad.double(), numeric, rtol=1e-3, atol=1e-4)
+    if weight is not None:  # the map trains: its gradient, entry by entry
+        for index in [(0, 0), (5, 3), (23, 15)]:
+            moved = []
+            for sign in (1, -1):
+                w = weight.copy()
+                w[index] += sign * step
+                moved.append(total(inputs, w))
+            assert map_grad[index].item() == pytest.approx((moved[0] - moved[1]) / (2 * step), rel=1e-3, abs=1e-5)
+
+
+@pytest.mark.parametrize("name", list(CASES))
+def test_by_rows_equals_one_pass(name):
+    """GradCache's memory-bounded loss: the distillation terms too give the loss and gradients of one pass."""
+    d, size = CASES[name]
+    inputs = with_guide_dim(random_inputs(), size)
+    loss, grads, map_grad, _ = run(inputs, d)
+    for rows in (1, 3, 8):
+        by_rows = run(inputs, d, rows)
+        assert by_rows[0] == pytest.approx(loss, rel=1e-5)
+        for mine, theirs in zip([*by_rows[1], by_rows[2]], [*grads, map_grad]):
+            if theirs is None:
+                assert mine is None
+            else:
+                torch.testing.assert_close(mine, theirs, rtol=1e-4, atol=1e-6)
+
+
+def test_bad_options_are_refused():
+    for bad in (dict(kind="logits"), dict(mask="anchor"), dict(weight=0.0), dict(temperature=-1.0)):
+        with pytest.raises(ValueError):
+            Distillation(**{"kind": "scores", **bad})
+    loss = gist_loss(distill=Distillation("embeddings"))
+    inputs = random_inputs()
+    batch = GuidedBatch(*(Column(inputs[k], inputs["g" + k], inputs[f"{k}_ids"]) for k in "qpn"), inputs["known"])
+    with pytest.raises(ValueError, match="fit_embedding_map"):
+        loss(batch)
+    loss.fit_embedding_map(32, 16)
+    with pytest.raises(ValueError, match="maps 32-dimensional student vectors, not 16"):
+        loss(batch)
+
+
+def _ddp_worker(rank: int, world: int, port: int, inputs: dict, out: dict):
+    import torch.distributed as dist
+
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    dist.init_process_group("gloo", rank=rank, world_size=world)
+    for name, (d, size) in CASES.items():
+        full = with_guide_dim(inputs, size)
+        share = {k: v[NEGATIVE_SPLIT[rank]: NEGATIVE_SPLIT[rank + 1]] if k in ("n", "gn", "n_ids")
+                 else v[ANCHOR_SPLIT[rank]: ANCHOR_SPLIT[rank + 1]] for k, v in full.items()}
+        out[name, rank] = run(share, d)[:3]
+        out[name, rank, "by rows"] = run(share, d, 2)[:3]
+    dist.destroy_process_group()
+
+
+@pytest.mark.slow
+def test_two_gloo_processes_with_unequal_shares_equal_one_process():
+    """Averaged over ranks, as DDP averages: the loss and the students' gradients of the global batch; the map's
+    gradient too (train.run averages it with the model's)."""
+    import socket
+
+    import torch.multiprocessing as mp
+
+    inputs = random_inputs()
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    out = mp.Manager().dict()
+    mp.spawn(_ddp_worker, args=(2, port, inputs, out), nprocs=2, join=True)
+    for name, (d, size) in CASES.items():
+        single, grads, map_grad, _ = run(with_guide_dim(inputs, size), d)
+        for by_rows in ((), ("by rows",)):
+            ranks = [out[(name, rank, *by_rows)] for rank in (0, 1)]
+            assert (ranks[0][0] + ranks[1][0]) / 2 == pytest.approx(single, rel=1e-5), name
+            for column, expected in enumerate(grads):
+                torch.testing.assert_close(torch.cat([r[1][column] for r in ranks]) / 2, expected, rtol=1e-4, atol=1e-6)
+            if map_grad is not None:
+                torch.testing.assert_close((ranks[0][2] + ranks[1][2]) / 2, map_grad, rtol=1e-4, atol=1e-6)
