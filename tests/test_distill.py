@@ -5,6 +5,7 @@ loss's other rules are checked; the options of train.run."""
 from __future__ import annotations
 
 import os
+import shutil
 
 import numpy as np
 import pytest
@@ -232,3 +233,101 @@ def test_two_gloo_processes_with_unequal_shares_equal_one_process():
                 torch.testing.assert_close(torch.cat([r[1][column] for r in ranks]) / 2, expected, rtol=1e-4, atol=1e-6)
             if map_grad is not None:
                 torch.testing.assert_close((ranks[0][2] + ranks[1][2]) / 2, map_grad, rtol=1e-4, atol=1e-6)
+
+
+# -- train.run ---------------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def narrow_student(tmp_path_factory):
+    """A student of 24 dimensions (a Dense layer after the tiny model's 32), against the tiny guide's 32: embedding
+    distillation needs its map. No dropout: every path sees the same embeddings."""
+    from conftest import build_tiny_model
+    from sentence_transformers import SentenceTransformer
+    from sentence_transformers.base.modules import Dense
+
+    root = tmp_path_factory.mktemp("narrow")
+    model = SentenceTransformer(str(build_tiny_model(root, seed=4, dropout=0.0)), device="cpu")
+    torch.manual_seed(4)
+    model.append(Dense(32, 24, activation_function=torch.nn.Identity()))
+    model.save(str(root / "narrow"))
+    return root / "narrow"
+
+
+def test_bad_options_stop_with_one_line(mined_work, tiny_model, tmp_path, capsys):  # noqa: F811
+    base = ["--work", mined_work / "w", "--student", tiny_model, "--max-steps", 1, "--out", tmp_path / "m", *COMMON]
+    for bad in (["--distill", "scores", "--distill-weight", "0"], ["--distill", "scores", "--distill-temperature", "-1"],
+                ["--distill", "embeddings", "--matryoshka-dims", "16"]):
+        assert run_stage(train, *base, *bad) == 2
+        assert capsys.readouterr().err.strip().startswith("error: --distill")
+        assert not (tmp_path / "m").exists()
+
+
+def test_the_trainers_first_step_is_the_distilled_loss_of_its_batch(mined_work, narrow_student, tmp_path):  # noqa: F811
+    """train.run's first logged loss with --distill scores is GISTLoss's with that distillation on the first batch
+    of the seed's plan (the student before its first update); more than the plain loss's."""
+    from gist_mining.models import load_model
+
+    base = ["--work", mined_work / "w", "--student", narrow_student, "--max-steps", 1, *COMMON]
+    options = ["--distill", "scores", "--distill-weight", "0.5", "--distill-temperature", "0.02", "--distill-mask", "teacher"]
+    assert run_stage(train, *base, "--out", tmp_path / "plain") == 0
+    assert run_stage(train, *base, "--out", tmp_path / "scores", *options) == 0
+    data = train.TrainingData(mined_work / "w", 1, "cpu")
+    config = train.TrainConfig(batch_size=8, seed=3)
+    batch = data.get_batch(train.epoch_batches(data, config, 1, 0)[0])
+    model = load_model(str(narrow_student), device="cpu")
+    student = {c: train.student_forward(model, batch.texts[c], "cpu", False, "") for c in train.COLUMNS}
+    expected = gist_loss(temperature=0.05, distill=Distillation("scores", 0.5, 0.02, "teacher"))(batch.with_student(student))
+    logged = {name: metrics(tmp_path / name)[0]["loss"] for name in ("plain", "scores")}
+    assert logged["scores"] == pytest.approx(expected[0].item(), rel=1e-5)
+    assert logged["scores"] > logged["plain"] + 1e-3
+
+
+def test_embedding_map_trains_resumes_and_stays_out_of_the_model(mined_work, narrow_student, tmp_path):  # noqa: F811
+    from sentence_transformers import SentenceTransformer
+
+    args = ["--work", mined_work / "w", "--student", narrow_student, "--max-steps", 4, "--save-steps", 2, *COMMON,
+            "--distill", "scores+embeddings"]
+    assert run_stage(train, *args, "--out", tmp_path / "whole") == 0
+    states = [torch.load(tmp_path / "whole" / "checkpoints" / f"step-000000{s}" / "trainer_state.pt", weights_only=True)
+              for s in (2, 4)]
+    maps = [state["loss"]["embedding_map.linear.weight"] for state in states]
+    assert maps[0].shape == (32, 24) and not torch.equal(maps[0], maps[1])  # the map trains
+    saved = SentenceTransformer(str(tmp_path / "whole"), device="cpu").state_dict()
+    assert saved.keys() == SentenceTransformer(str(narrow_student), device="cpu").state_dict().keys()
+    # killed after step 2: the resumed run follows the same losses (the map came back with the optimizer)
+    cut = tmp_path / "cut"
+    shutil.copytree(tmp_path / "whole" / "checkpoints" / "step-0000002", cut / "checkpoints" / "step-0000002")
+    assert run_stage(train, *args, "--out", cut, "--resume") == 0
+    assert [m["loss"] for m in metrics(cut)] == [m["loss"] for m in metrics(tmp_path / "whole")][2:]
+
+
+def test_grad_cache_step_equals_the_plain_step(mined_work, narrow_student):  # noqa: F811
+    """cached_backward with both terms: the loss, the student's gradients and the map's of one plain pass."""
+    from gist_mining.models import load_model
+
+    data = train.TrainingData(mined_work / "w", 2, "cpu")
+    batch = data.get_batch(list(range(12)))
+    model = load_model(str(narrow_student), device="cpu")
+    loss_fn = gist_loss(temperature=0.05, distill=Distillation("scores+embeddings", 0.5, 0.02))
+    torch.manual_seed(MAP_SEED)
+    loss_fn.fit_embedding_map(24, 32)
+
+    def grads_of(step):
+        model.zero_grad()
+        loss_fn.zero_grad()
+        value = step()
+        return value, [p.grad.clone() for p in [*model.parameters(), *loss_fn.parameters()] if p.grad is not None]
+
+    def plain():
+        student = {c: train.student_forward(model, batch.texts[c], "cpu", False, "") for c in train.COLUMNS}
+        loss = loss_fn(batch.with_student(student))[0]
+        loss.backward()
+        return loss.item()
+
+    expected = grads_of(plain)
+    cached = grads_of(lambda: train.cached_backward(model, loss_fn, batch, train.TrainConfig(mini_batch_size=5), "cpu")[0].item())
+    assert cached[0] == pytest.approx(expected[0], rel=1e-5)
+    assert len(cached[1]) == len(expected[1]) > 10
+    for mine, theirs in zip(cached[1], expected[1]):
+        torch.testing.assert_close(mine, theirs, rtol=1e-4, atol=1e-6)

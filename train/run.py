@@ -34,6 +34,7 @@ from tqdm import tqdm
 from transformers import get_linear_schedule_with_warmup
 
 from gist_mining import cli, hub, workdir
+from gist_mining.distill import DISTILL, DISTILL_MASKS, Distillation
 from gist_mining.errors import UsageError
 from gist_mining.loss import (FALSE_NEGATIVES, HARDNESS_NEGATIVES, Column, GISTLoss, GuidedBatch, LossRules,
                                summed_over_sizes)
@@ -122,6 +123,18 @@ class TrainConfig:
                                               "them out of its negatives)")
     suspect_weight: float = option(LossRules.suspect_weight, "weight of a suspect negative in the softmax: 0 masks "
                                                              "it, W in (0, 1] down-weights it")
+    # The guide as teacher (#35; gist_mining.distill.Distillation says what each does).
+    distill: str = option(Distillation.kind, "distil from the guide's stored vectors too: KL toward its softmax over "
+                          "each anchor's in-batch entries (scores), cosine to its vectors through a trained map "
+                          "(embeddings), or both", choices=DISTILL)
+    distill_weight: float = option(Distillation.weight, "each distillation term's weight beside the contrastive loss")
+    distill_temperature: float = option(Distillation.temperature, "score distillation: the teacher's softmax "
+                                                                  "temperature over the guide's cosines")
+    distill_mask: str = option(Distillation.mask, "score distillation: leave the anchor's suspects (the in-batch "
+                                                  "filters' false negatives) out of the teacher's distribution, the "
+                                                  "student's, both or neither", choices=DISTILL_MASKS)
+    distill_map_lr: float = option(1e-3, "embedding distillation: peak learning rate of the map from the student's "
+                                         "size to the guide's (trained from scratch; not saved with the model)")
     eval: Path | None = option(None, "retrieval split: queries, corpus, qrels .parquet", type=Path)
     eval_steps: int = option(0, "evaluate every N steps (0: before and after only)")
     save_steps: int = option(0, "checkpoint every N steps (0: never)")
@@ -368,7 +381,7 @@ def train_step(model, loss_fn: GISTLoss, batch: Batch, optimizer, scheduler, con
         loss, masked = summed_over_sizes(loss_fn, batch.with_student(student), config.matryoshka_dims)
         loss.backward()
     if world > 1:
-        average_gradients(model, world)
+        average_gradients([*model.parameters(), *loss_fn.parameters()], world)
     torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
     optimizer.step()
     scheduler.step()
@@ -400,11 +413,11 @@ def cached_backward(model, loss_fn: GISTLoss, batch: Batch, config: TrainConfig,
     return loss, masked
 
 
-def average_gradients(model, world: int) -> None:
+def average_gradients(parameters, world: int) -> None:
     """All-reduce the gradients in one flat buffer. Instead of DDP's wrapper, which wants one forward pass per
     backward and the same passes on every rank, while a step here runs one per column (see train_step),
     GradCache one per mini-batch, and a rank whose anchors have no mined negatives one fewer."""
-    grads = [p.grad for p in model.parameters() if p.grad is not None]
+    grads = [p.grad for p in parameters if p.grad is not None]
     flat = torch.cat([g.reshape(-1) for g in grads])
     dist.all_reduce(flat)
     flat /= world
@@ -439,13 +452,14 @@ def run_identity(config: TrainConfig, mined_manifest: dict) -> dict:
     return {"mined_fingerprint": mined_manifest["fingerprint"], "settings": settings}
 
 
-def save_checkpoint(out: Path, step: int, model, optimizer, scheduler, position: dict) -> None:
+def save_checkpoint(out: Path, step: int, model, optimizer, scheduler, position: dict, loss_fn=None) -> None:
     final = out / workdir.CHECKPOINTS / workdir.checkpoint_name(step)
     tmp = tmp_name(final)
     save_files(model, tmp)
     torch.save({"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
                 "torch_rng": torch.get_rng_state(),
-                "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []}, tmp / workdir.TRAINER_STATE)
+                "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+                "loss": {} if loss_fn is None else loss_fn.state_dict()}, tmp / workdir.TRAINER_STATE)
     write_json_atomic(dict(position, step=step), tmp / workdir.POSITION)
     commit(tmp, final)  # a checkpoint directory exists whole or not at all
 
@@ -460,8 +474,9 @@ def latest_checkpoint(out: Path, identity: dict) -> Path | None:
     return found[-1] if found else None
 
 
-def start(config: TrainConfig, out: Path, data: TrainingData, total_steps: int, device, rank: int):
-    """The student, optimizer and schedule, fresh or from the newest checkpoint; and where the run stands."""
+def start(config: TrainConfig, out: Path, data: TrainingData, total_steps: int, device, rank: int, loss_fn=None):
+    """The student, optimizer and schedule, fresh or from the newest checkpoint; and where the run stands. The
+    loss's own parameters (embedding distillation's map) train and are checkpointed with the student."""
     identity = run_identity(config, data.manifest)
     if rank == 0 and not config.resume:  # a fresh run: no checkpoint or record of an earlier run may pass for its own
         shutil.rmtree(out / workdir.CHECKPOINTS, ignore_errors=True)
@@ -475,12 +490,20 @@ def start(config: TrainConfig, out: Path, data: TrainingData, total_steps: int, 
     model.prompts.update(role_prompts(model, config.prompts))
     if config.gradient_checkpointing:
         model[0].auto_model.gradient_checkpointing_enable()
-    optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+    groups = [{"params": list(model.parameters())}]
+    if loss_fn is not None and loss_fn.distill.embeddings:
+        loss_fn.fit_embedding_map(model.get_embedding_dimension(), data.guide["document"].shape[1])
+        loss_fn.to(device)
+        own = list(loss_fn.parameters())  # none where the sizes are equal
+        groups += [{"params": own, "lr": config.distill_map_lr}] if own else []
+    optimizer = torch.optim.AdamW(groups, lr=config.lr, weight_decay=config.weight_decay)
     scheduler = get_linear_schedule_with_warmup(optimizer, int(config.warmup_ratio * total_steps), total_steps)
     if checkpoint is None:
         return model, optimizer, scheduler, {"step": 0, "epoch": 0, "batch_index": 0}
     state = torch.load(checkpoint / workdir.TRAINER_STATE, weights_only=True)
     optimizer.load_state_dict(state["optimizer"])
+    if loss_fn is not None:
+        loss_fn.load_state_dict(state.get("loss", {}))
     scheduler.load_state_dict(state["scheduler"])
     torch.set_rng_state(state["torch_rng"])
     if state["cuda_rng"]:
@@ -582,7 +605,7 @@ def train(work: Path, out: Path, config: TrainConfig = TrainConfig()) -> dict | 
         say_rules(config, data.manifest)
     batches = epoch_batches(data, config, world, 0, rank)  # its length sets the schedule
     total_steps = config.max_steps or max(1, int(config.epochs * len(batches)))
-    model, optimizer, scheduler, position = start(config, out, data, total_steps, device, rank)
+    model, optimizer, scheduler, position = start(config, out, data, total_steps, device, rank, loss_fn)
     step, epoch, batch_index = position["step"], position["epoch"], position["batch_index"]
     full = model.get_embedding_dimension()
     if any(size > full for size in config.matryoshka_dims):
@@ -613,7 +636,8 @@ def train(work: Path, out: Path, config: TrainConfig = TrainConfig()) -> dict | 
         progress.update(1)
         if config.save_steps and step % config.save_steps == 0 and rank == 0:
             save_checkpoint(out, step, model, optimizer, scheduler,
-                            {"epoch": epoch, "batch_index": batch_index, "identity": run_identity(config, data.manifest)})
+                            {"epoch": epoch, "batch_index": batch_index, "identity": run_identity(config, data.manifest)},
+                            loss_fn)
         if evaluator and config.eval_steps and step % config.eval_steps == 0 and step < total_steps:
             evaluate(model, evaluator, log, step, rank)
     progress.close()
@@ -636,10 +660,17 @@ def main(argv=None, prog: str = "python -m train.run") -> None:
 def loss_from(config: TrainConfig) -> GISTLoss:
     guided, control, self_filter = GUIDE_FILTERS[config.guide_filter]
     try:
+        distill = Distillation(config.distill, config.distill_weight, config.distill_temperature, config.distill_mask)
+    except ValueError as err:
+        raise UsageError(f"--distill {config.distill}: {err}") from None
+    if distill.embeddings and config.matryoshka_dims:
+        raise UsageError(f"--distill {config.distill}: embedding distillation maps the whole embeddings, not with "
+                         "--matryoshka-dims")
+    try:
         rules = LossRules(self_filter, config.self_margin, config.hardness_strength, config.hardness_negatives,
                           config.false_negatives, config.promote_margin, config.suspect_weight)
         return GISTLoss(config.temperature, config.in_batch_margin_strategy, config.in_batch_margin, guided=guided,
-                        control=control, rules=rules)
+                        control=control, rules=rules, distill=distill)
     except ValueError as err:
         raise UsageError(f"--guide-filter {config.guide_filter}: {err}") from None
 
@@ -671,6 +702,10 @@ def say_rules(config: TrainConfig, manifest: dict) -> None:
         in_batch += f"; suspects weighted {config.suspect_weight} instead of masked"
     if config.hardness_strength:
         in_batch += f"; hardness weighting {config.hardness_strength} on {config.hardness_negatives} negatives"
+    if config.distill != "none":
+        in_batch += (f"; distilling the guide's {config.distill}, weight {config.distill_weight}"
+                     + (f", teacher temperature {config.distill_temperature}, suspects out of {config.distill_mask}"
+                        if "scores" in config.distill else ""))
     print(f"train: mined negatives chosen under: {mined_rules}; in-batch guide filter: {in_batch}", file=sys.stderr)
 
 
