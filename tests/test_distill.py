@@ -13,10 +13,11 @@ import torch
 from conftest import gist_loss, run_stage
 from test_loss import ANCHOR_SPLIT, NEGATIVE_SPLIT, random_inputs
 from test_loss_rules import oracle as contrastive_oracle
+from test_st import work  # noqa: F401  (the stock trainer tests' mined work directory fixture)
 from test_train import COMMON, metrics, mined_work  # noqa: F401  (the module's mined work directory fixture)
 
 from gist_mining.distill import DISTILL_MASKS, Distillation
-from gist_mining.loss import Column, GuidedBatch, LossRules
+from gist_mining.loss import Column, GuidedBatch
 from gist_mining.mining import PAD_ID, false_negative_threshold
 from train import run as train
 
@@ -331,3 +332,80 @@ def test_grad_cache_step_equals_the_plain_step(mined_work, narrow_student):  # n
     assert len(cached[1]) == len(expected[1]) > 10
     for mine, theirs in zip(cached[1], expected[1]):
         torch.testing.assert_close(mine, theirs, rtol=1e-4, atol=1e-6)
+
+
+# -- sentence-transformers' trainer (gist_mining.st) ---------------------------------------------------------
+
+ST_CASES = {"scores": Distillation("scores", 0.5, 0.02, "teacher"), "embeddings": Distillation("embeddings", 0.5),
+            "both": Distillation("scores+embeddings", 1.0, 0.05, "both")}
+
+
+def st_and_train_run(work, model, rows, d: Distillation, mini_batch_size=None):
+    """StoredGuideGISTLoss's loss and gradients (model's and map's) on these data set rows, and GISTLoss's on
+    train.run's batch of the same anchors, with the same map."""
+    from test_st import collate, fresh
+
+    from gist_mining.st import StoredGuideGISTLoss
+
+    features, labels = collate(model, rows)
+    st_loss = StoredGuideGISTLoss(model, work, temperature=0.05, mini_batch_size=mini_batch_size, distill=d)
+    ours = gist_loss(temperature=0.05, distill=d)
+    if d.embeddings:
+        ours.fit_embedding_map(24, 32)
+        ours.load_state_dict(st_loss.gist.state_dict())
+    data = train.TrainingData(work, 1, "cpu")
+    batch = data.get_batch(np.searchsorted(data.anchor_ids, [r[0] for r in rows["label"]]).tolist())
+
+    def grads_of(loss_module, step):
+        model.zero_grad()
+        loss_module.zero_grad()
+        value = step()
+        value.backward()
+        # the loss's parameters after the model's (the stock loss holds the model too: each parameter once)
+        own = [p for p in loss_module.parameters() if all(p is not m for m in model.parameters())]
+        return value.item(), [p.grad.clone() for p in [*model.parameters(), *own] if p.grad is not None]
+
+    def train_run_loss():
+        return ours(batch.with_student({c: train.student_forward(model, batch.texts[c], "cpu", False, "")
+                                        for c in train.COLUMNS}))[0]
+
+    stored = grads_of(st_loss, lambda: st_loss(fresh(features), labels))
+    return stored, grads_of(ours, train_run_loss), st_loss
+
+
+@pytest.mark.parametrize("name", list(ST_CASES))
+def test_stock_trainers_loss_equals_train_runs(work, narrow_student, name):
+    """The same keywords on StoredGuideGISTLoss: the loss and gradients (the student's and the map's) of train.run's
+    GISTLoss on the same anchors; GradCache (mini_batch_size) the same again."""
+    from test_st import assert_same, load
+
+    from gist_mining.st import mined_dataset
+
+    model = load(narrow_student)
+    model.eval()
+    rows = mined_dataset(work, 1).select(range(12))
+    stored, expected, _ = st_and_train_run(work, model, rows, ST_CASES[name])
+    if ST_CASES[name].embeddings:  # the map's gradient is there, after the model's
+        assert stored[1][-1].shape == (32, 24)
+    assert_same(stored, expected)
+    assert_same(*st_and_train_run(work, model, rows, ST_CASES[name], mini_batch_size=3)[:2])  # another map: its own
+    without, _, _ = st_and_train_run(work, model, rows, Distillation())
+    assert stored[0] != pytest.approx(without[0], rel=1e-4)  # the keywords were passed on
+
+
+def test_stock_trainer_trains_the_map_with_the_student(work, narrow_student, tmp_path):
+    from sentence_transformers import SentenceTransformerTrainer
+    from test_st import load, train_args
+
+    from gist_mining.st import StoredGuideGISTLoss, mined_dataset
+
+    model = load(narrow_student)
+    loss = StoredGuideGISTLoss(model, work, distill=Distillation("scores+embeddings"))
+    before = loss.gist.embedding_map.linear.weight.detach().clone()
+    trainer = SentenceTransformerTrainer(model=model, args=train_args(tmp_path, report_to="none"),
+                                         train_dataset=mined_dataset(work, 2), loss=loss)
+    trainer.train()
+    assert not torch.equal(before, loss.gist.embedding_map.linear.weight)  # in the trainer's optimizer
+    assert all(h["loss"] > 0 for h in trainer.state.log_history if "loss" in h)
+    model.save(str(tmp_path / "saved"))
+    assert load(tmp_path / "saved").state_dict().keys() == load(narrow_student).state_dict().keys()
