@@ -79,9 +79,9 @@ def distilled_loss(d: Distillation, guide_dim: int, **settings):
     return loss
 
 
-def run(inputs: dict, d: Distillation, rows: int | None = None, **settings):
+def run(inputs: dict, d: Distillation, rows: int | None = None, device: str = "cpu", **settings):
     """The loss, and the gradients of q, p, n and of the map's weight (None without one), one pass or by rows."""
-    loss_fn = distilled_loss(d, inputs["gq"].shape[1], **settings)
+    loss_fn = distilled_loss(d, inputs["gq"].shape[1], **settings).to(device)
     leaves = [inputs[k].clone().requires_grad_() for k in ("q", "p", "n")]
     batch = GuidedBatch(*(Column(leaf, inputs["g" + k], inputs[f"{k}_ids"]) for leaf, k in zip(leaves, "qpn")),
                         inputs["known"], inputs["unjudged"])
@@ -195,6 +195,20 @@ def test_bad_options_are_refused():
     loss.fit_embedding_map(32, 16)
     with pytest.raises(ValueError, match="maps 32-dimensional student vectors, not 16"):
         loss(batch)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_cuda_and_bf16_autocast_match_cpu():
+    d, size = CASES["both"]
+    inputs = with_guide_dim(random_inputs(5), size)
+    expected = run(inputs, d)
+    on_cuda = {k: v.cuda() if torch.is_tensor(v) else v for k, v in inputs.items()}
+    got = run(on_cuda, d, device="cuda")
+    assert got[0] == pytest.approx(expected[0], rel=1e-4)
+    for mine, theirs in zip([*got[1], got[2]], [*expected[1], expected[2]]):
+        torch.testing.assert_close(mine.cpu(), theirs, rtol=1e-3, atol=1e-5)
+    with torch.autocast("cuda", dtype=torch.bfloat16):
+        assert run(on_cuda, d, device="cuda")[0] == pytest.approx(expected[0], rel=0.05)
 
 
 def _ddp_worker(rank: int, world: int, port: int, inputs: dict, out: dict):
