@@ -12,6 +12,7 @@ import pytest
 import torch
 from conftest import gist_loss, run_stage
 from test_loss import ANCHOR_SPLIT, NEGATIVE_SPLIT, random_inputs
+from test_loss_rules import numeric_gradients
 from test_loss_rules import oracle as contrastive_oracle
 from test_st import work  # noqa: F401  (the stock trainer tests' mined work directory fixture)
 from test_train import COMMON, metrics, mined_work  # noqa: F401  (the module's mined work directory fixture)
@@ -96,8 +97,7 @@ def run(inputs: dict, d: Distillation, rows: int | None = None, device: str = "c
 
 def with_guide_dim(inputs: dict, size: int) -> dict:
     """The guide's vectors in another size than the student's 16 (zero-padded: the same scores)."""
-    pad = lambda v: torch.nn.functional.pad(v, (0, size - v.shape[1]))  # noqa: E731
-    return dict(inputs, **{k: pad(inputs[k]) for k in ("gq", "gp", "gn")})
+    return dict(inputs, **{k: torch.nn.functional.pad(inputs[k], (0, size - inputs[k].shape[1])) for k in ("gq", "gp", "gn")})
 
 
 # Each option alone and together; the guide 16-dimensional as the student (no map) or 24 (a map).
@@ -146,17 +146,9 @@ def test_gradients_equal_finite_differences(name):
         return (contrastive_oracle(moved)[0] + d.weight * ((kl_oracle(moved, d) if d.scores else 0.0)
                                                            + (embedding_oracle(moved, w) if d.embeddings else 0.0)))
 
+    for grad, expected in zip(grads, numeric_gradients(inputs, lambda moved: total(moved, weight))):
+        torch.testing.assert_close(grad.double(), expected, rtol=1e-3, atol=1e-4)
     step = 1e-6
-    for k, grad in zip(("q", "p", "n"), grads):
-        numeric = torch.zeros_like(inputs[k], dtype=torch.float64)
-        for index in np.ndindex(*inputs[k].shape):
-            moved = []
-            for sign in (1, -1):
-                shifted = dict(inputs, **{k: inputs[k].double().clone()})
-                shifted[k][index] += sign * step
-                moved.append(total(shifted, weight))
-            numeric[index] = (moved[0] - moved[1]) / (2 * step)
-        torch.testing.assert_close(grad.double(), numeric, rtol=1e-3, atol=1e-4)
     if weight is not None:  # the map trains: its gradient, entry by entry
         for index in [(0, 0), (5, 3), (23, 15)]:
             moved = []
@@ -184,7 +176,7 @@ def test_by_rows_equals_one_pass(name):
 
 
 def test_bad_options_are_refused():
-    for bad in (dict(kind="logits"), dict(mask="anchor"), dict(weight=0.0), dict(temperature=-1.0)):
+    for bad in ({"kind": "logits"}, {"mask": "anchor"}, {"weight": 0.0}, {"temperature": -1.0}):
         with pytest.raises(ValueError):
             Distillation(**{"kind": "scores", **bad})
     loss = gist_loss(distill=Distillation("embeddings"))
@@ -354,7 +346,7 @@ ST_CASES = {"scores": Distillation("scores", 0.5, 0.02, "teacher"), "embeddings"
             "both": Distillation("scores+embeddings", 1.0, 0.05, "both")}
 
 
-def st_and_train_run(work, model, rows, d: Distillation, mini_batch_size=None):
+def st_and_train_run(work, model, rows, d: Distillation, mini_batch_size=None):  # noqa: F811
     """StoredGuideGISTLoss's loss and gradients (model's and map's) on these data set rows, and GISTLoss's on
     train.run's batch of the same anchors, with the same map."""
     from test_st import collate, fresh
@@ -388,7 +380,7 @@ def st_and_train_run(work, model, rows, d: Distillation, mini_batch_size=None):
 
 
 @pytest.mark.parametrize("name", list(ST_CASES))
-def test_stock_trainers_loss_equals_train_runs(work, narrow_student, name):
+def test_stock_trainers_loss_equals_train_runs(work, narrow_student, name):  # noqa: F811
     """The same keywords on StoredGuideGISTLoss: the loss and gradients (the student's and the map's) of train.run's
     GISTLoss on the same anchors; GradCache (mini_batch_size) the same again."""
     from test_st import assert_same, load
@@ -407,7 +399,7 @@ def test_stock_trainers_loss_equals_train_runs(work, narrow_student, name):
     assert stored[0] != pytest.approx(without[0], rel=1e-4)  # the keywords were passed on
 
 
-def test_stock_trainer_trains_the_map_with_the_student(work, narrow_student, tmp_path):
+def test_stock_trainer_trains_the_map_with_the_student(work, narrow_student, tmp_path):  # noqa: F811
     from sentence_transformers import SentenceTransformerTrainer
     from test_st import load, train_args
 
