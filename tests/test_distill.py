@@ -354,6 +354,7 @@ def st_and_train_run(work, model, rows, d: Distillation, mini_batch_size=None): 
     from gist_mining.st import StoredGuideGISTLoss
 
     features, labels = collate(model, rows)
+    torch.manual_seed(MAP_SEED)  # the map's draw: the same whichever tests ran before
     st_loss = StoredGuideGISTLoss(model, work, temperature=0.05, mini_batch_size=mini_batch_size, distill=d)
     ours = gist_loss(temperature=0.05, distill=d)
     if d.embeddings:
@@ -394,7 +395,10 @@ def test_stock_trainers_loss_equals_train_runs(work, narrow_student, name):  # n
     if ST_CASES[name].embeddings:  # the map's gradient is there, after the model's
         assert stored[1][-1].shape == (32, 24)
     assert_same(stored, expected)
-    assert_same(*st_and_train_run(work, model, rows, ST_CASES[name], mini_batch_size=3)[:2])  # another map: its own
+    cached, expected = st_and_train_run(work, model, rows, ST_CASES[name], mini_batch_size=3)[:2]
+    assert cached[0] == pytest.approx(expected[0], rel=1e-5)
+    for mine, theirs in zip(cached[1], expected[1], strict=True):  # chunks add up in another order: float32 noise
+        torch.testing.assert_close(mine, theirs, rtol=1e-4, atol=1e-5)
     without, _, _ = st_and_train_run(work, model, rows, Distillation())
     assert stored[0] != pytest.approx(without[0], rel=1e-4)  # the keywords were passed on
 
