@@ -6,7 +6,9 @@ One process, the same batches (query, positive, one mined negative per anchor) f
 train.run's own train_step (forward per column, loss, backward, clipping, AdamW, schedule) of its own copy of the
 student, with the loss train.run builds from the options (and the map embedding distillation trains). The rules take
 turns batch by batch, each going first in turn, so that machine noise falls on all alike; the first round is a
-warm-up and does not count. Target (issue #35): a distillation step within 1.1x of a default step.
+warm-up and does not count. Target (issue #35): a distillation step within 1.1x of a default step. Also the loss
+alone (forward and backward from fixed student vectors of the first batch, --loss-repeats times per rule, taking
+turns): what distillation adds to a step, whose student passes are the same for every rule.
 """
 
 from __future__ import annotations
@@ -36,6 +38,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--steps", type=int, default=8)
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--loss-repeats", type=int, default=50)
     args = parser.parse_args(argv)
 
     data = train.TrainingData(args.work, 1, args.device)
@@ -70,6 +73,22 @@ def main(argv: list[str] | None = None) -> list[dict]:
                 torch.cuda.synchronize()
             if round_:
                 times[name].append(time.perf_counter() - started)
+    loss_times = {name: [] for name in RULES}
+    first = data.get_batch(batches[0])
+    with torch.no_grad():
+        fixed = {c: train.student_forward(steps["default"][0], first.texts[c], args.device, False, "") for c in train.COLUMNS}
+    for repeat in range(args.loss_repeats + 1):
+        for name in names[repeat % len(names):] + names[: repeat % len(names)]:
+            student = {c: v.clone().requires_grad_() for c, v in fixed.items()}
+            started = time.perf_counter()
+            steps[name][1](first.with_student(student))[0].backward()
+            if "cuda" in args.device:
+                torch.cuda.synchronize()
+            if repeat:
+                loss_times[name].append(time.perf_counter() - started)
+    loss_mean = {name: statistics.median(t) for name, t in loss_times.items()}
+    print(table([(name, f"{1000 * t:.2f}", f"{t / loss_mean['default']:.2f}") for name, t in loss_mean.items()],
+                ("rule", "loss alone, ms (median)", "this / default")))
     mean = {name: statistics.mean(t) for name, t in times.items()}
     rows_out = [(name, f"{1000 * t:.0f}", f"{t / mean['default']:.3f}") for name, t in mean.items()]
     print(f"\nstudent {args.student}, {args.work}, batch {args.batch_size} (+1 negative each), {len(batches) - 1} timed "

@@ -300,7 +300,8 @@ def summary(records: list[dict], name: str, size: int, arms: list[str]) -> list[
             continue
         rows.append((arm, s["n"], *(f"{s[split][0]:.4f} +- {s[split][1]:.4f}" for split in ("val", "test")),
                      f"{s['masked']:.3f}" if arm not in UNTRAINED else "-",
-                     *(verdict(s, b) for b in (stats.get("guided-mining"), stats.get("gist"), default)),
+                     *(verdict(s, b, judged=arm in UNTRAINED or s["n"] > 1)
+                       for b in (stats.get("guided-mining"), stats.get("gist"), default)),
                      f"{s['seconds']:.0f}"))
     return rows
 
@@ -374,11 +375,14 @@ def guide_gap(records: list[dict], args) -> list[str]:
                 rows, ("data set", "guide test NDCG@10", "default", "gap", *arms))]
 
 
-def verdict(a: dict, b: dict | None) -> str:
-    """Test NDCG@10 difference a - b, and whether it exceeds 2 std of the difference of single runs."""
+def verdict(a: dict, b: dict | None, judged: bool = True) -> str:
+    """Test NDCG@10 difference a - b, and whether it exceeds 2 std of the difference of single runs (not ``judged``:
+    a trained arm of one seed, whose spread is unknown)."""
     if b is None or a == b:
         return "-"
     diff = a["test"][0] - b["test"][0]
+    if not judged:
+        return f"{diff:+.4f} (1 seed)"
     noise = 2 * (a["test"][1] ** 2 + b["test"][1] ** 2) ** 0.5
     return f"{diff:+.4f} ({'real' if abs(diff) > noise and noise > 0 else 'noise'})"
 
