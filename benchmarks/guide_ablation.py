@@ -36,6 +36,11 @@ same anchors and seeds):
                    in multi-dataset batches; no-duplicates sampler; train.run's learning rate, warmup, weight
                    decay, clipping, temperature, steps and seed): the two paths should agree
     st-gist-drop   ... mined_dataset's default short="drop": anchors short of a negative left out
+    distill-*      gist plus the guide as teacher (train.run --distill, gist_mining.distill): scores (KL toward the
+                   guide's softmax over each anchor's in-batch entries; weight 1 or 0.5, teacher temperature 0.05
+                   or 0.02, the suspects out of both distributions, or of the teacher's only, or neither),
+                   embeddings (cosine to the guide's vectors through a trained map), both
+    guide          (untrained, as base) the guide model itself on val/ and test/: the ceiling distillation aims at
 
 Every trained student is scored on val/ (for choices) and test/ (for the table): NDCG@10 mean +- std over
 seeds; a difference is called real only when it exceeds 2 standard deviations of the difference of single
@@ -87,10 +92,20 @@ ARMS = {"unguided": ("topk", "none", []), "guided-mining": ("guided", "none", []
         "gist+hardness": ("guided", "precomputed", ["--hardness-strength", "5"]),
         "fn-positives": ("guided", "precomputed", ["--false-negatives", "positives", "--false-negatives-in-batch", "1"]),
         "suspect-weight": ("guided", "precomputed", ["--suspect-weight", "0.3"]),
-        "st-gist": ("guided", "precomputed", []), "st-gist-drop": ("guided", "precomputed", [])}  # train_st
+        "st-gist": ("guided", "precomputed", []), "st-gist-drop": ("guided", "precomputed", []),  # train_st
+        # the guide as teacher (#35), beside the default's loss: its scores (KL; weight, teacher temperature, the
+        # suspects out of both distributions unless named), its vectors (cosine through a trained map), both
+        "distill-scores": ("guided", "precomputed", ["--distill", "scores"]),
+        "distill-scores-w0.5": ("guided", "precomputed", ["--distill", "scores", "--distill-weight", "0.5"]),
+        "distill-scores-t0.02": ("guided", "precomputed", ["--distill", "scores", "--distill-temperature", "0.02"]),
+        "distill-scores-teacher": ("guided", "precomputed", ["--distill", "scores", "--distill-mask", "teacher"]),
+        "distill-scores-none": ("guided", "precomputed", ["--distill", "scores", "--distill-mask", "none"]),
+        "distill-embeddings": ("guided", "precomputed", ["--distill", "embeddings"]),
+        "distill-both": ("guided", "precomputed", ["--distill", "scores+embeddings"])}
 SPLITS = {"val": 0.1, "test": 0.1}  # fn_truth: the share of lemmas held out for each
 TASK = "wordnet-lemma"
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"  # train.run's own choice; recorded with each run
+UNTRAINED = ("base", "guide")  # scored as they are: the student before training, and the guide model itself
 WITH_CORPUS = {"sections", "fn_truth"}  # embedded with their corpus.parquet (the sample's: left out, as before)
 
 
@@ -213,7 +228,8 @@ def run_all(args) -> list[dict]:
     done = [r for r in done if r.get("anchors") == args.anchors]
     have = {(r["data"], r["arm"], r["seed"], r["batch_size"]) for r in done}
     copies = {name: mined_copies(name, args.work, args.guide) for name in args.data}
-    todo = [(name, "base", 0, 0) for name in args.data]  # deterministic and untrained: one run, no batch size
+    # deterministic and untrained: one run, no batch size; the guide: the ceiling a distilled student aims at
+    todo = [(name, untrained, 0, 0) for name in args.data for untrained in UNTRAINED]
     todo += [(name, arm, seed, size) for seed in args.seeds for size in args.batch_sizes for name in args.data
              for arm in args.arms]
     for name, arm, seed, size in todo:
@@ -223,8 +239,8 @@ def run_all(args) -> list[dict]:
         record = {"data": name, "arm": arm, "seed": seed, "batch_size": size, "anchors": args.anchors,
                   "steps": steps_for(size, args) if size else 0, "device": DEVICE}
         folder = folder_of(name, args.work)
-        if arm == "base":
-            record.update(scores(args.student, folder))
+        if arm in UNTRAINED:
+            record.update(scores(args.student if arm == "base" else args.guide, folder))
         else:
             out = args.work / name / "models" / f"{arm}-{seed}-{size}"
             record.update(train_arm(copies[name][ARMS[arm][0]], out, seed, arm, size, args))
@@ -280,15 +296,16 @@ def firing(name: str, work: Path, folder: Path, batch_size: int, steps: int, see
 
 def summary(records: list[dict], name: str, size: int, arms: list[str]) -> list[tuple]:
     """One table row per arm at this batch size (base: the untrained student)."""
-    stats = {arm: arm_stats(records, name, arm, 0 if arm == "base" else size) for arm in ["base", *arms]}
+    stats = {arm: arm_stats(records, name, arm, 0 if arm in UNTRAINED else size) for arm in [*UNTRAINED, *arms]}
     default = arm_stats(records, name, "gist", TrainConfig().batch_size)
     rows = []
     for arm, s in stats.items():
         if s is None:
             continue
         rows.append((arm, s["n"], *(f"{s[split][0]:.4f} +- {s[split][1]:.4f}" for split in ("val", "test")),
-                     f"{s['masked']:.3f}" if arm != "base" else "-",
-                     *(verdict(s, b) for b in (stats.get("guided-mining"), stats.get("gist"), default)),
+                     f"{s['masked']:.3f}" if arm not in UNTRAINED else "-",
+                     *(verdict(s, b, judged=arm in UNTRAINED or s["n"] > 1)
+                       for b in (stats.get("guided-mining"), stats.get("gist"), default)),
                      f"{s['seconds']:.0f}"))
     return rows
 
@@ -309,7 +326,7 @@ def recipes(records: list[dict], args) -> list[str]:
     test/: it must beat the default by more than 2 std on at least two data sets and lose on none."""
     default_size = TrainConfig().batch_size
     candidates = sorted({(r["arm"], r["batch_size"]) for r in records  # st-*: the default by another trainer
-                         if r["arm"] != "base" and not r["arm"].startswith("st-")} - {("gist", default_size)})
+                         if r["arm"] not in UNTRAINED and not r["arm"].startswith("st-")} - {("gist", default_size)})
     rows, val_gain = [], {}
     for arm, size in candidates:
         per_data, gains = [], []
@@ -337,11 +354,39 @@ def recipes(records: list[dict], args) -> list[str]:
     return lines
 
 
-def verdict(a: dict, b: dict | None) -> str:
-    """Test NDCG@10 difference a - b, and whether it exceeds 2 std of the difference of single runs."""
+def guide_gap(records: list[dict], args) -> list[str]:
+    """The guide's own test NDCG@10 (the ceiling a distilled student aims at) against the default's, and the share of
+    that gap each distillation recipe closes (its gain over the default / the guide's); where the guide scores
+    below the default there is no gap to close, and the recipe's difference is what counts."""
+    default_size = TrainConfig().batch_size
+    arms = sorted({r["arm"] for r in records if r["arm"].startswith("distill")})
+    rows = []
+    for name in args.data:
+        guide, default = arm_stats(records, name, "guide", 0), arm_stats(records, name, "gist", default_size)
+        if guide is None or default is None:
+            continue
+        gap = guide["test"][0] - default["test"][0]
+        shares = []
+        for arm in arms:
+            s = arm_stats(records, name, arm, default_size)
+            shares.append("-" if s is None else f"{(s['test'][0] - default['test'][0]) / gap:+.0%}" if gap > 0
+                          else "no gap")
+        rows.append((name, f"{guide['test'][0]:.4f}", f"{default['test'][0]:.4f}", f"{gap:+.4f}", *shares))
+    if not rows:
+        return []
+    return [f"\nthe guide ({args.guide}) on each test split against the default (gist, batch {default_size}), and the "
+            "share of the gap (guide - default) each distillation recipe closes", table(
+                rows, ("data set", "guide test NDCG@10", "default", "gap", *arms))]
+
+
+def verdict(a: dict, b: dict | None, judged: bool = True) -> str:
+    """Test NDCG@10 difference a - b, and whether it exceeds 2 std of the difference of single runs (not ``judged``:
+    a trained arm of one seed, whose spread is unknown)."""
     if b is None or a == b:
         return "-"
     diff = a["test"][0] - b["test"][0]
+    if not judged:
+        return f"{diff:+.4f} (1 seed)"
     noise = 2 * (a["test"][1] ** 2 + b["test"][1] ** 2) ** 0.5
     return f"{diff:+.4f} ({'real' if abs(diff) > noise and noise > 0 else 'noise'})"
 
@@ -390,7 +435,7 @@ def main() -> None:
         for size in args.batch_sizes:
             lines += [f"\n{name}, batch size {size} ({steps_for(size, args)} steps"
                       f"{', GradCache' if size > args.grad_cache_above else ''}):", table(summary(records, name, size, args.arms), header)]
-    lines += recipes(records, args)
+    lines += recipes(records, args) + guide_gap(records, args)
     text = "\n".join(lines)
     print(text)
     if args.save:

@@ -19,6 +19,7 @@ import torch.distributed.nn  # noqa: F401  (all_gather with gradients)
 import torch.nn.functional as F
 from torch import nn
 
+from gist_mining.distill import Distillation, EmbeddingMap, embedding_distillation, score_distillation
 from gist_mining.margin import is_false_negative
 
 
@@ -141,6 +142,7 @@ class Entries:
     positives: torch.Tensor  # the label, and suspects counted as positives
     hardened: torch.Tensor  # (C,) the columns hardness weighting raises
     labels: torch.Tensor  # (B,) each anchor's own positive's column
+    guide: torch.Tensor | None = None  # the guide's scores of the same pairs, where the rules or distillation use them
 
 
 def same_count(chosen: torch.Tensor, eligible: torch.Tensor, logits: torch.Tensor, how: str) -> torch.Tensor:
@@ -181,12 +183,16 @@ class GISTLoss(nn.Module):
     later rules: the entries the guide (or the control) or the student's own filter flags are the anchor's
     suspects, masked unless the rules down-weight them or count them as positives (then the loss is -log of the
     softmax's mass on the positives).
+    ``distill`` (gist_mining.distill.Distillation) adds the guide as teacher: KL from the guide's softmax over each
+    anchor's entries to the student's, and/or the student's vectors matched to the guide's (the map between their
+    sizes: ``fit_embedding_map``).
     Returns the loss (the global batch's mean once averaged over ranks) and this rank's masked fraction (the
     share of entries taken out of the plain negatives: masked, down-weighted or counted as positives).
     """
 
     def __init__(self, temperature: float, margin_strategy: str, margin: float, guided: bool = True,
-                 control: str | None = None, rules: LossRules = LossRules()):  # the trainer's defaults: train.run.TrainConfig
+                 control: str | None = None, rules: LossRules = LossRules(), distill: Distillation = Distillation()):
+        # the trainer's defaults: train.run.TrainConfig
         super().__init__()
         if control not in CONTROLS:
             raise ValueError(f"control must be one of {CONTROLS}")
@@ -195,11 +201,28 @@ class GISTLoss(nn.Module):
         if rules.false_negatives == "positives" and not guided:
             raise ValueError("false negatives as positives are the guide's and mining's: they need guided=True")
         self.temperature, self.margin_strategy, self.margin, self.guided = temperature, margin_strategy, margin, guided
-        self.control, self.rules = control, rules
+        self.control, self.rules, self.distill = control, rules, distill
+        self.embedding_map: EmbeddingMap | None = None
+
+    def fit_embedding_map(self, student_dim: int, guide_dim: int) -> None:
+        """Embedding distillation's map from the student's size to the guide's (trained with the student: its
+        parameters are the loss's)."""
+        self.embedding_map = EmbeddingMap(student_dim, guide_dim)
 
     def forward(self, batch: GuidedBatch) -> tuple[torch.Tensor, torch.Tensor]:
         entries, total = self._batch_entries(batch)
-        return self._loss(entries, total), (entries.always | entries.suspect).float().mean()
+        loss = self._loss(entries, total)
+        if self.distill.embeddings:
+            loss = loss + self._embedding_term((batch.queries, batch.positives, batch.negatives), total)
+        return loss, (entries.always | entries.suspect).float().mean()
+
+    def _embedding_term(self, columns, total: int) -> torch.Tensor:
+        """Embedding distillation: per anchor, the sum over the texts of the batch of 1 - cos(map(student), guide),
+        weighted, scaled as _loss scales (this rank's columns: every text is some rank's)."""
+        if self.embedding_map is None:
+            raise ValueError("embedding distillation needs the map between the sizes: call fit_embedding_map first")
+        world = dist.get_world_size() if _distributed() else 1
+        return self.distill.weight * embedding_distillation(columns, self.embedding_map) * world / total
 
     def backward_by_rows(self, batch: GuidedBatch, rows: int) -> tuple[torch.Tensor, torch.Tensor]:
         """forward's loss and masked fraction, with the loss's gradient pushed back through the batch's student
@@ -228,10 +251,19 @@ class GISTLoss(nn.Module):
             chunk_loss.backward()
             loss, masked = loss + chunk_loss.detach(), masked + (entries.always | entries.suspect).sum()
             width = entries.cosines.shape[1]
+        roots = [batch.queries.student_vectors, batch.positives.student_vectors, *units]
         leaves = [c.student_vectors for c in (*anchors, *candidates)]
+        if self.distill.embeddings:  # rows, not anchors by candidates: one piece; this rank's negatives are a root too
+            negatives = Column(batch.negatives.student_vectors.detach().requires_grad_(), batch.negatives.guide_vectors,
+                               batch.negatives.ids)
+            term = self._embedding_term((*anchors, negatives), total)
+            term.backward()
+            loss = loss + term.detach()
+            roots.append(batch.negatives.student_vectors)
+            leaves.append(negatives.student_vectors)
         grads = [torch.zeros_like(leaf) if leaf.grad is None else leaf.grad for leaf in leaves]
         # Through the normalisation and the gather once: one collective, whatever the number of chunks.
-        torch.autograd.backward([batch.queries.student_vectors, batch.positives.student_vectors, *units], grads)
+        torch.autograd.backward(roots, grads)
         return loss, masked / max(n * width, 1)
 
     def _loss(self, e: Entries, total: int) -> torch.Tensor:
@@ -245,6 +277,9 @@ class GISTLoss(nn.Module):
         if weight:
             logits = logits + math.log(weight) * suspects
         loss = -logits.log_softmax(1).masked_fill(negatives, float("-inf")).logsumexp(1).sum()
+        if self.distill.scores:
+            loss = loss + self.distill.weight * score_distillation(e.cosines, e.guide, e.always, e.suspect,
+                                                                   self.temperature, self.distill)
         # Scaled so that averaging over ranks (DDP) gives the global batch's mean, whatever each rank's share.
         world = dist.get_world_size() if _distributed() else 1
         return loss * world / total
@@ -277,8 +312,9 @@ class GISTLoss(nn.Module):
         mask &= ~is_label
         suspect = torch.zeros_like(mask)
         promoted = torch.zeros_like(mask)
+        guide, positive_score = self._guide_scores(q, p, all_p, all_n, all_q) if self.guided or self.distill.scores \
+            else (None, None)
         if self.guided:
-            guide, positive_score = self._guide_scores(q, p, all_p, all_n, all_q)
             known = _in_rows(candidate_ids, batch.known_false_negatives)
             guided = is_false_negative(guide, positive_score, self.margin_strategy, self.margin) | known
             if batch.unjudged is not None:
@@ -294,7 +330,7 @@ class GISTLoss(nn.Module):
         block = torch.arange(len(candidate_ids), device=mask.device)
         in_batch, mined = block < len(all_p.ids), (block >= len(all_p.ids)) & (block < len(all_p.ids) + len(all_n.ids))
         hardened = {"in-batch": in_batch, "mined": mined, "all": in_batch | mined}[self.rules.hardness_negatives]
-        return Entries(logits, mask, suspect, is_label | (promoted & (in_batch | mined)[None, :]), hardened, labels)
+        return Entries(logits, mask, suspect, is_label | (promoted & (in_batch | mined)[None, :]), hardened, labels, guide)
 
     def _guide_scores(self, q: Column, p: Column, all_p: Column, all_n: Column, all_q: Column
                       ) -> tuple[torch.Tensor, torch.Tensor]:

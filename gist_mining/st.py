@@ -34,6 +34,7 @@ from torch import nn
 from transformers import TrainerCallback
 
 from gist_mining import export
+from gist_mining.distill import Distillation
 from gist_mining.errors import UsageError
 from gist_mining.loss import GISTLoss, LossRules
 from gist_mining.task_batches import task_batch_sampler  # noqa: F401  (for users of this module: one place to import)
@@ -91,18 +92,25 @@ class StoredGuideGISTLoss(CachedLossMixin, nn.Module):
     passes and the loss both ``mini_batch_size`` at a time. ``masked_fraction`` holds the mean share of masked
     logits since it was last read (``log_masked_fraction`` reports it with the trainer's logs). ``rules``: the
     rules beyond GISTEmbed's mask (gist_mining.loss.LossRules: the student's own filter, hardness weighting, false
-    negatives as positives, down-weighted suspects), as train.run's options set them.
+    negatives as positives, down-weighted suspects), as train.run's options set them. ``distill``: the guide as
+    teacher (gist_mining.distill.Distillation: its scores, its vectors, or both), as train.run's --distill options;
+    embedding distillation's map is a parameter of this loss, which the stock trainer's optimizer takes with the
+    model's, and which the saved model does not hold.
     """
 
     def __init__(self, model, work, temperature: float = DEFAULTS.temperature,
                  margin_strategy: str = DEFAULTS.in_batch_margin_strategy, margin: float = DEFAULTS.in_batch_margin,
-                 mini_batch_size: int | None = None, rules: LossRules = LossRules()):
+                 mini_batch_size: int | None = None, rules: LossRules = LossRules(),
+                 distill: Distillation = Distillation()):
         super().__init__()
         self.model, self.work, self.mini_batch_size = model, Path(work), mini_batch_size
         self.uses_gradient_cache = mini_batch_size is not None  # read by MatryoshkaLoss
-        self.gist = GISTLoss(temperature, margin_strategy, margin, rules=rules)
+        self.gist = GISTLoss(temperature, margin_strategy, margin, rules=rules, distill=distill)
         # Every mined negative's vector, so that any mined_dataset(work, N) fits; checks the fingerprint chain.
         self.data = TrainingData(self.work, checked_mined_manifest(self.work)["rules"]["num_negatives"], model.device)
+        if distill.embeddings:
+            self.gist.fit_embedding_map(model.get_embedding_dimension(), self.data.guide["document"].shape[1])
+            self.gist.to(model.device)
         self._masked = [0.0, 0]  # sum and count since the last read
 
     def forward(self, sentence_features, labels: torch.Tensor) -> torch.Tensor:
@@ -162,7 +170,8 @@ class StoredGuideGISTLoss(CachedLossMixin, nn.Module):
 
     def get_config_dict(self) -> dict:
         return {"work": str(self.work), "temperature": self.gist.temperature, "margin_strategy": self.gist.margin_strategy,
-                "margin": self.gist.margin, "mini_batch_size": self.mini_batch_size}
+                "margin": self.gist.margin, "mini_batch_size": self.mini_batch_size,
+                **({"distill": vars(self.gist.distill)} if self.gist.distill.kind != "none" else {})}
 
     @property
     def citation(self) -> str:

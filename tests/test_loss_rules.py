@@ -98,17 +98,25 @@ def test_gradients_equal_finite_differences_with_the_decisions_held():
     settings = RULES["all"]
     inputs = random_inputs(2)
     _, _, grads = with_grads(inputs, temperature=TEMPERATURE, **settings)
-    step = 1e-6
-    for k, grad in zip(("q", "p", "n"), grads):
+    numeric = numeric_gradients(inputs, lambda moved: oracle(moved, **settings, judged_at=inputs)[0])
+    for grad, expected in zip(grads, numeric):
+        torch.testing.assert_close(grad.double(), expected, rtol=1e-3, atol=1e-4)
+
+
+def numeric_gradients(inputs: dict, value_of, step: float = 1e-6) -> list[torch.Tensor]:
+    """Central differences of ``value_of(inputs)`` with respect to the student columns q, p, n, entry by entry."""
+    out = []
+    for k in ("q", "p", "n"):
         numeric = torch.zeros_like(inputs[k], dtype=torch.float64)
         for index in np.ndindex(*inputs[k].shape):
             moved = []
             for sign in (1, -1):
                 shifted = dict(inputs, **{k: inputs[k].double().clone()})
                 shifted[k][index] += sign * step
-                moved.append(oracle(shifted, **settings, judged_at=inputs)[0])
+                moved.append(value_of(shifted))
             numeric[index] = (moved[0] - moved[1]) / (2 * step)
-        torch.testing.assert_close(grad.double(), numeric, rtol=1e-3, atol=1e-4)
+        out.append(numeric)
+    return out
 
 
 def test_without_rules_the_multi_positive_loss_is_cross_entropy():

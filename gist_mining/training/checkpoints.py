@@ -105,15 +105,17 @@ def random_states(device, world: int) -> list[dict]:
 
 
 def save_checkpoint(out: Path, step: int, model, optimizer, scheduler, position: dict, keep: int = 0,
-                    states: list[dict] | None = None) -> None:
-    """Checkpoint ``step`` (``states``: every rank's random state, random_states; default this process's), then
-    remove the checkpoints older than the newest ``keep`` (0: none)."""
+                    states: list[dict] | None = None, loss_fn=None) -> None:
+    """Checkpoint ``step`` (``states``: every rank's random state, random_states; default this process's; the
+    loss's own parameters, embedding distillation's map), then remove the checkpoints older than the newest ``keep``
+    (0: none)."""
     final = out / workdir.CHECKPOINTS / workdir.checkpoint_name(step)
     tmp = tmp_name(final)
     save_files(model, tmp)
     states = states or random_states(None, 1)
     torch.save({"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(), **states[0],
-                "rng_per_rank": states}, tmp / workdir.TRAINER_STATE)
+                "rng_per_rank": states, "loss": {} if loss_fn is None else loss_fn.state_dict()},
+               tmp / workdir.TRAINER_STATE)
     write_json_atomic(dict(position, step=step), tmp / workdir.POSITION)
     commit(tmp, final)  # a checkpoint directory exists whole or not at all
     for old in checkpoints(out)[:-keep] if keep else []:
@@ -131,10 +133,13 @@ def latest_checkpoint(out: Path, identity: dict) -> Path | None:
     return found[-1] if found else None
 
 
-def restore(checkpoint: Path, optimizer, scheduler, rank: int = 0) -> dict:
-    """The optimizer, schedule and this rank's random state as ``checkpoint`` saved them; where the run stood."""
+def restore(checkpoint: Path, optimizer, scheduler, rank: int = 0, loss_fn=None) -> dict:
+    """The optimizer, schedule, the loss's own parameters and this rank's random state as ``checkpoint`` saved them;
+    where the run stood."""
     state = torch.load(checkpoint / workdir.TRAINER_STATE, weights_only=True)
     optimizer.load_state_dict(state["optimizer"])
+    if loss_fn is not None:
+        loss_fn.load_state_dict(state.get("loss", {}))
     scheduler.load_state_dict(state["scheduler"])
     own = state.get("rng_per_rank", [state])[rank]  # a checkpoint of an earlier version holds rank 0's only
     torch.set_rng_state(own["torch_rng"])

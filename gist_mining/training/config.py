@@ -8,6 +8,7 @@ import json
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from gist_mining.distill import DISTILL, DISTILL_MASKS, Distillation
 from gist_mining.loss import FALSE_NEGATIVES, GUIDE_FILTERS, HARDNESS_NEGATIVES, LossRules
 from gist_mining.margin import STRATEGIES
 from gist_mining.models import DEFAULT_STUDENT, ModelSettings, Prompts
@@ -90,6 +91,18 @@ class TrainConfig:
                                               "them out of its negatives)")
     suspect_weight: float = option(LossRules.suspect_weight, "weight of a suspect negative in the softmax: 0 masks "
                                                              "it, W in (0, 1] down-weights it")
+    # The guide as teacher (#35; gist_mining.distill.Distillation says what each does).
+    distill: str = option(Distillation.kind, "distil from the guide's stored vectors too: KL toward its softmax over "
+                          "each anchor's in-batch entries (scores), cosine to its vectors through a trained map "
+                          "(embeddings), or both", choices=DISTILL)
+    distill_weight: float = option(Distillation.weight, "each distillation term's weight beside the contrastive loss")
+    distill_temperature: float = option(Distillation.temperature, "score distillation: the teacher's softmax "
+                                                                  "temperature over the guide's cosines")
+    distill_mask: str = option(Distillation.mask, "score distillation: leave the anchor's suspects (the in-batch "
+                                                  "filters' false negatives) out of the teacher's distribution, the "
+                                                  "student's, both or neither", choices=DISTILL_MASKS)
+    distill_map_lr: float = option(1e-3, "embedding distillation: peak learning rate of the map from the student's "
+                                         "size to the guide's (trained from scratch; not saved with the model)")
     eval: Path | None = option(None, "retrieval split: a folder in BEIR's layout (corpus, queries, qrels/test) or the "
                                      "bundled sets' (queries, corpus, qrels .parquet)", type=Path)
     eval_steps: int = option(0, "evaluate every N steps (0: before and after only)")

@@ -19,6 +19,7 @@ from tqdm import tqdm
 from transformers import get_linear_schedule_with_warmup
 
 from gist_mining import workdir
+from gist_mining.distill import Distillation
 from gist_mining.errors import UsageError
 from gist_mining.loss import GUIDE_FILTERS, GISTLoss, LossRules
 from gist_mining.models import load_model, role_prompts
@@ -44,10 +45,17 @@ from gist_mining.training.step import global_mean, train_step
 def loss_from(config: TrainConfig) -> GISTLoss:
     choice = GUIDE_FILTERS[config.guide_filter]
     try:
+        distill = Distillation(config.distill, config.distill_weight, config.distill_temperature, config.distill_mask)
+    except ValueError as err:
+        raise UsageError(f"--distill {config.distill}: {err}") from None
+    if distill.embeddings and config.matryoshka_dims:
+        raise UsageError(f"--distill {config.distill}: embedding distillation maps the whole embeddings, not with "
+                         "--matryoshka-dims")
+    try:
         rules = LossRules(choice.self_filter, config.self_margin, config.hardness_strength, config.hardness_negatives,
                           config.false_negatives, config.promote_margin, config.suspect_weight)
         return GISTLoss(config.temperature, config.in_batch_margin_strategy, config.in_batch_margin,
-                        guided=choice.guided, control=choice.control, rules=rules)
+                        guided=choice.guided, control=choice.control, rules=rules, distill=distill)
     except ValueError as err:
         raise UsageError(f"--guide-filter {config.guide_filter}: {err}") from None
 
@@ -66,6 +74,10 @@ def say_rules(config: TrainConfig, manifest: dict) -> None:
         in_batch += f"; suspects weighted {config.suspect_weight} instead of masked"
     if config.hardness_strength:
         in_batch += f"; hardness weighting {config.hardness_strength} on {config.hardness_negatives} negatives"
+    if config.distill != "none":
+        in_batch += (f"; distilling the guide's {config.distill}, weight {config.distill_weight}"
+                     + (f", teacher temperature {config.distill_temperature}, suspects out of {config.distill_mask}"
+                        if "scores" in config.distill else ""))
     print(f"train: mined negatives chosen under: {mined_rules}; in-batch guide filter: {in_batch}", file=sys.stderr)
 
 
@@ -87,9 +99,11 @@ def epoch_batches(data: TrainingData, config: TrainConfig, world: int, epoch: in
     return batches
 
 
-def start(config: TrainConfig, out: Path, total_steps: int, device, identity: dict, rank: int):
+def start(config: TrainConfig, out: Path, total_steps: int, device, identity: dict, rank: int, loss_fn: GISTLoss,
+          guide_dimension: int):
     """The student, optimizer and schedule, fresh or from the newest checkpoint (claim_output made them this
-    run's); and where the run stands."""
+    run's); and where the run stands. The loss's own parameters (embedding distillation's map from the student's
+    size to ``guide_dimension``) train and are checkpointed with the student."""
     checkpoint = latest_checkpoint(out, identity)
     model = replace(config.student, device=device).load()
     if checkpoint is not None:  # its weights only: a tokenizer re-read from a save would be saved differently
@@ -99,11 +113,17 @@ def start(config: TrainConfig, out: Path, total_steps: int, device, identity: di
     model.prompts.update(role_prompts(model, config.prompts))
     if config.gradient_checkpointing:
         model[0].auto_model.gradient_checkpointing_enable()
-    optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+    groups = [{"params": list(model.parameters())}]
+    if loss_fn.distill.embeddings:
+        loss_fn.fit_embedding_map(model.get_embedding_dimension(), guide_dimension)
+        loss_fn.to(device)
+        own = list(loss_fn.parameters())  # none where the sizes are equal
+        groups += [{"params": own, "lr": config.distill_map_lr}] if own else []
+    optimizer = torch.optim.AdamW(groups, lr=config.lr, weight_decay=config.weight_decay)
     scheduler = get_linear_schedule_with_warmup(optimizer, int(config.warmup_ratio * total_steps), total_steps)
     if checkpoint is None:
         return model, optimizer, scheduler, {"step": 0, "epoch": 0, "batch_index": 0}
-    return model, optimizer, scheduler, restore(checkpoint, optimizer, scheduler, rank)
+    return model, optimizer, scheduler, restore(checkpoint, optimizer, scheduler, rank, loss_fn)
 
 
 def train(work: Path, out: Path, config: TrainConfig = TrainConfig()) -> dict | None:
@@ -142,7 +162,8 @@ def train(work: Path, out: Path, config: TrainConfig = TrainConfig()) -> dict | 
         say_rules(config, data.manifest)
     batches = epoch_batches(data, config, world, 0, rank)  # its length sets the schedule
     total_steps = config.max_steps or max(1, int(config.epochs * len(batches)))
-    model, optimizer, scheduler, position = start(config, out, total_steps, device, identity, rank)
+    model, optimizer, scheduler, position = start(config, out, total_steps, device, identity, rank, loss_fn,
+                                                  data.guide["document"].shape[1])
     step, epoch, batch_index = position["step"], position["epoch"], position["batch_index"]
     full = model.get_embedding_dimension()
     if any(size > full for size in config.matryoshka_dims):
@@ -177,7 +198,7 @@ def train(work: Path, out: Path, config: TrainConfig = TrainConfig()) -> dict | 
             states = random_states(device, world)
             if rank == 0:
                 save_checkpoint(out, step, model, optimizer, scheduler, {"epoch": epoch, "batch_index": batch_index,
-                                "identity": identity}, config.keep_checkpoints, states)
+                                "identity": identity}, config.keep_checkpoints, states, loss_fn)
             last_saved = time.perf_counter()
         if evaluator and config.eval_steps and step % config.eval_steps == 0 and step < total_steps:
             evaluate(model, evaluator, log, step, rank)

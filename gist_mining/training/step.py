@@ -34,7 +34,7 @@ def train_step(model, loss_fn: GISTLoss, batch: Batch, optimizer, scheduler, dev
         loss, masked = summed_over_sizes(loss_fn, batch.with_student(student), sizes)
         loss.backward()
     if world > 1:
-        average_gradients(model, world)
+        average_gradients([*model.parameters(), *loss_fn.parameters()], world)
     torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
     optimizer.step()
     scheduler.step()
@@ -67,11 +67,11 @@ def cached_backward(model, loss_fn: GISTLoss, batch: Batch, device, mini_batch_s
     return loss, masked
 
 
-def average_gradients(model, world: int) -> None:
+def average_gradients(parameters, world: int) -> None:
     """All-reduce the gradients in one flat buffer. Instead of DDP's wrapper, which wants one forward pass per
     backward and the same passes on every rank, while a step here runs one per column (see train_step),
     GradCache one per mini-batch, and a rank whose anchors have no mined negatives one fewer."""
-    grads = [p.grad for p in model.parameters() if p.grad is not None]
+    grads = [p.grad for p in parameters if p.grad is not None]
     flat = torch.cat([g.reshape(-1) for g in grads])
     dist.all_reduce(flat)
     flat /= world

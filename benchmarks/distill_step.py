@@ -1,0 +1,107 @@
+"""Step time of each distillation rule (train.run --distill) against the default loss, in one run.
+
+    flock /tmp/bench.lock python benchmarks/distill_step.py --work runs/ablation/sample/guided --steps 8
+
+One process, the same batches (query, positive, one mined negative per anchor) for every rule; each step is
+train.run's own train_step (forward per column, loss, backward, clipping, AdamW, schedule) of its own copy of the
+student, with the loss train.run builds from the options (and the map embedding distillation trains). The rules take
+turns batch by batch, each going first in turn, so that machine noise falls on all alike; the first round is a
+warm-up and does not count. Target (issue #35): a distillation step within 1.1x of a default step. Also the loss
+alone (forward and backward from fixed student vectors of the first batch, --loss-repeats times per rule, taking
+turns): what distillation adds to a step, whose student passes are the same for every rule.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import torch
+from transformers import get_constant_schedule
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from benchmarks.common import figure, table  # noqa: E402
+from gist_mining.models import load_model  # noqa: E402
+from gist_mining.training.batches import plan_batches  # noqa: E402
+from gist_mining.training.data import COLUMNS, TrainingData  # noqa: E402
+from gist_mining.training.loop import loss_from  # noqa: E402
+from gist_mining.training.step import student_forward, train_step  # noqa: E402
+from train import run as train_command  # noqa: E402
+
+RULES = {"default": [], "scores": ["--distill", "scores"], "embeddings": ["--distill", "embeddings"],
+         "scores+embeddings": ["--distill", "scores+embeddings"]}
+
+
+def main(argv: list[str] | None = None) -> list[dict]:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--work", type=Path, default=Path("runs/ablation/sample/guided"))
+    parser.add_argument("--student", default="all-MiniLM-L6-v2")
+    parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--steps", type=int, default=8)
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--loss-repeats", type=int, default=50)
+    args = parser.parse_args(argv)
+
+    data = TrainingData(args.work, 1, args.device)
+    batches, _ = plan_batches(data.row_texts, data.tasks, args.batch_size, seed=0, epoch=0)
+    batches = [b for b in batches if len(b) == args.batch_size][: args.steps + 1]
+    steps = {}
+    for name, options in RULES.items():
+        parsed = train_command.build_parser().parse_args(["--work", str(args.work), "--out", "-", "--student", args.student,
+                                                  *options])
+        config = train_command.config_from(parsed)
+        loss_fn = loss_from(config)
+        model = load_model(args.student, device=args.device)
+        model.train()
+        groups = [{"params": list(model.parameters())}]
+        if loss_fn.distill.embeddings:  # as train.run's start does
+            loss_fn.fit_embedding_map(model.get_embedding_dimension(), data.guide["document"].shape[1])
+            loss_fn.to(args.device)
+            groups.append({"params": list(loss_fn.parameters()), "lr": config.distill_map_lr})
+        optimizer = torch.optim.AdamW(groups, lr=config.lr)
+        steps[name] = (model, loss_fn, optimizer, get_constant_schedule(optimizer), config)
+    times = {name: [] for name in RULES}
+    names = list(RULES)
+    for round_, rows in enumerate(batches):
+        batch = data.get_batch(rows)
+        for name in names[round_ % len(names):] + names[: round_ % len(names)]:
+            model, loss_fn, optimizer, scheduler, config = steps[name]
+            if "cuda" in args.device:
+                torch.cuda.synchronize()
+            started = time.perf_counter()
+            train_step(model, loss_fn, batch, optimizer, scheduler, args.device, 1, bf16=False, mini_batch_size=0, sizes=())
+            if "cuda" in args.device:
+                torch.cuda.synchronize()
+            if round_:
+                times[name].append(time.perf_counter() - started)
+    loss_times = {name: [] for name in RULES}
+    first = data.get_batch(batches[0])
+    with torch.no_grad():
+        fixed = {c: student_forward(steps["default"][0], first.texts[c], args.device, False, "") for c in COLUMNS}
+    for repeat in range(args.loss_repeats + 1):
+        for name in names[repeat % len(names):] + names[: repeat % len(names)]:
+            student = {c: v.clone().requires_grad_() for c, v in fixed.items()}
+            started = time.perf_counter()
+            steps[name][1](first.with_student(student))[0].backward()
+            if "cuda" in args.device:
+                torch.cuda.synchronize()
+            if repeat:
+                loss_times[name].append(time.perf_counter() - started)
+    loss_mean = {name: statistics.median(t) for name, t in loss_times.items()}
+    print(table([(name, f"{1000 * t:.2f}", f"{t / loss_mean['default']:.2f}") for name, t in loss_mean.items()],
+                ("rule", "loss alone, ms (median)", "this / default")))
+    mean = {name: statistics.mean(t) for name, t in times.items()}
+    rows_out = [(name, f"{1000 * t:.0f}", f"{t / mean['default']:.3f}") for name, t in mean.items()]
+    print(f"\nstudent {args.student}, {args.work}, batch {args.batch_size} (+1 negative each), {len(batches) - 1} timed "
+          f"steps, device {args.device}")
+    print(table(rows_out, ("rule", "ms/step", "this / default")))
+    print("target: <= 1.1 against the default")
+    return [figure(f"distillation step ({name}) / default step, {args.device}", mean[name] / mean["default"], "<= 1.1")
+            for name in names[1:]]
+
+
+if __name__ == "__main__":
+    main()
