@@ -53,6 +53,20 @@ def test_checkpoints_by_default_at_steps_minutes_and_the_end_newest_kept(mined_w
     assert same_weights(tmp_path / "k2", tmp_path / "k2" / "checkpoints" / "step-0000007")
 
 
+def test_a_run_killed_before_removing_old_checkpoints_removes_them_when_rerun(mined_work, tiny_model, tmp_path):
+    """Killed between its last checkpoint and the removal of the older ones: the rerun resumes at the end, and keeps
+    the newest --keep-checkpoints, as the uninterrupted run does."""
+    every = tmp_path / "every"
+    assert run_stage(train_command, *args(mined_work, tiny_model, every, "--max-steps", 4, "--save-steps", 1,
+                                          "--keep-checkpoints", 0)) == 0
+    cut = tmp_path / "cut"
+    for step in ("step-0000002", "step-0000003", "step-0000004"):  # step 4 written, step 2 not yet removed
+        shutil.copytree(every / "checkpoints" / step, cut / "checkpoints" / step)
+    assert run_stage(train_command, *args(mined_work, tiny_model, cut, "--max-steps", 4, "--save-steps", 1)) == 0
+    assert kept(cut) == ["step-0000003", "step-0000004"]
+    assert same_weights(cut, every)
+
+
 def test_a_rerun_resumes_bit_for_bit_and_a_finished_run_is_left_alone(mined_work, tiny_model, tmp_path, capsys):
     command = ("--max-steps", 6, "--save-steps", 2, "--keep-checkpoints", 0)
     whole = tmp_path / "whole"

@@ -118,6 +118,12 @@ def save_checkpoint(out: Path, step: int, model, optimizer, scheduler, position:
                tmp / workdir.TRAINER_STATE)
     write_json_atomic(dict(position, step=step), tmp / workdir.POSITION)
     commit(tmp, final)  # a checkpoint directory exists whole or not at all
+    prune_checkpoints(out, keep)
+
+
+def prune_checkpoints(out: Path, keep: int) -> None:
+    """Remove the checkpoints older than the newest ``keep`` (0: keep all); also at a resumed start, for a run killed
+    between writing a checkpoint and removing the old ones."""
     for old in checkpoints(out)[:-keep] if keep else []:
         gone = tmp_name(old)  # renamed first: a kill mid-removal leaves a temporary the next start removes
         old.rename(gone)

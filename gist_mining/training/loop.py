@@ -29,6 +29,7 @@ from gist_mining.training.checkpoints import (
     checkpoint_due,
     claim_output,
     latest_checkpoint,
+    prune_checkpoints,
     random_states,
     restore,
     run_identity,
@@ -141,8 +142,10 @@ def train(work: Path, out: Path, config: TrainConfig = TrainConfig()) -> dict | 
     rank = dist.get_rank() if world > 1 else 0
     identity = run_identity(config, workdir.checked_mined_manifest(work), world)
     finished = claim_output(out, identity, config.overwrite, rank)
+    if rank == 0 and finished is None:
+        prune_checkpoints(out, config.keep_checkpoints)
     if world > 1:
-        dist.barrier()  # rank 0 has removed another run's state (--overwrite) before any rank reads checkpoints
+        dist.barrier()  # rank 0 has removed another run's state (--overwrite) and old checkpoints before any rank reads them
     if finished is not None:
         if rank == 0:
             print(f"train: {out} is complete ({finished['steps']} steps, from the same mined tables and settings); "
