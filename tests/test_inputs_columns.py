@@ -126,6 +126,7 @@ def test_folder_or_glob_without_files(tmp_path, make, expected):
     assert not (tmp_path / "w").exists()
 
 
+@pytest.mark.slow  # a fresh interpreter
 def test_the_embed_stage_takes_columns_and_globs(tmp_path, tiny_model):
     for i in range(2):
         pl.DataFrame({"question": [f"q {i} {j}" for j in range(3)], "answer": [f"a {i} {j}" for j in range(3)],
@@ -141,6 +142,7 @@ def test_the_embed_stage_takes_columns_and_globs(tmp_path, tiny_model):
         (f"q {i} {j}", f"a {i} {j}", [f"n {i} {j}"]) for i in range(2) for j in range(3)]
 
 
+@pytest.mark.slow  # fresh interpreters
 def test_other_columns_or_roles_are_another_plan(tmp_path, tiny_model):
     """The same files read by other columns, or in another role, are other inputs: refused in one line, not resumed
     with the old tables (the files' hashes alone are equal)."""

@@ -276,6 +276,7 @@ def _ddp_worker(rank: int, world: int, port: int, work, student, out: dict):
     dist.destroy_process_group()
 
 
+@pytest.mark.slow  # concurrent processes
 def test_two_gloo_processes_equal_one(work, student):
     import torch.multiprocessing as mp
 
@@ -325,6 +326,7 @@ def assert_logged(first: dict, value: float, grads: list[torch.Tensor], masked_f
     assert first["masked_fraction"] == pytest.approx(masked_fraction, abs=1e-4)
 
 
+@pytest.mark.slow  # torchrun
 def test_stock_trainer_under_torchrun_equals_one_process(work, student, tmp_path):
     """2 gloo processes of the stock trainer, 4 anchors each: the first step's logged loss, gradient norm and masked
     fraction are those of one process over both ranks' anchors (candidates gathered with their gradients)."""
