@@ -160,8 +160,9 @@ def run_recipe(args, recipe: recipes.Recipe) -> Path:
     """The recipe through every stage: embed and mask its data set (or --input), train the student once, with the
     guide's filter; scored on --eval when given. Returns the model's folder."""
     config = train_config(args)
-    # The trainer scores a held-out split before and after, when given, and keeps the published step's checkpoint.
-    config = replace(config, eval=args.eval, save_steps=recipe.checkpoint_step)
+    # The trainer scores a held-out split before and after, when given, and keeps the published step's checkpoint:
+    # every checkpoint is kept, or the later ones (every --save-minutes, the end) would remove it.
+    config = replace(config, eval=args.eval, save_steps=recipe.checkpoint_step, keep_checkpoints=0)
     seconds = mine(args, args.input or [recipes.DATASET], args.work, config)
     out = args.work / workdir.MODELS / recipe.name
     _, seconds["train"] = stage(f"train ({recipe.name})", train, args.work, out, config)

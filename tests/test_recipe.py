@@ -70,6 +70,7 @@ def test_gist_small_end_to_end_from_a_fake_hub(tmp_path, monkeypatch, tiny_model
         "temperature": 0.01, "lr": 5e-6, "warmup_ratio": 0.1, "batch_size": 16, "task_batching": "paper",
         "precision": "fp32", "negatives_per_anchor": 1}  # fp32: no CUDA here
     assert settings["save_steps"] == 102_000  # the published checkpoint's step is kept
+    assert settings["keep_checkpoints"] == 0  # and no later checkpoint removes it
     assert settings["student"]["name"] == str(tiny_model) and settings["student"]["max_seq_length"] == 64
     # sorted by task: eli5 rows 0-8, banking 9-48, quora 49-59; of the chunks of 16, rows 16-31 and 32-47 are of one
     # task: two batches an epoch
