@@ -141,8 +141,8 @@ def main(argv: list[str] | None = None) -> list[dict]:
         with WorkerPeaks(work / grid.GRID) as peaks:
             mask.main([str(a) for a in ["--work", work, *search, "--pool-slice-size", args.slice, "--executor", "ray"]])
         seconds = time.time() - started
-        plan = workdir.read_plan(work, "search")
-        n_cells = plan["pool_slices"] * workdir.anchor_shard_count(plan)
+        plan = workdir.SearchPlan.from_json(workdir.read_plan(work, "search"))
+        n_cells = plan.pool_slices * plan.anchor_shards
         cells_s = peaks.last_cell - started
         pool_ids = workdir.candidate_pool(work, False)
         rec, worst = recall(work, args.sample, args.k, pool_ids), score_error(work, args.sample)

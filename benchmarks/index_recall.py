@@ -22,8 +22,8 @@ import polars as pl
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from benchmarks.common import ROOT, figure, table, wordnet_pairs  # noqa: E402
-from gist_mining.mining import build_index  # noqa: E402
 from gist_mining import workdir  # noqa: E402
+from gist_mining.mining.index import build_index  # noqa: E402
 from gist_mining.workdir import VectorStore  # noqa: E402
 from pipeline import embed  # noqa: E402
 

@@ -24,7 +24,7 @@ import polars as pl
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from benchmarks.common import figure, measured, table  # noqa: E402
 from gist_mining import workdir  # noqa: E402
-from gist_mining.mining import parse_bytes, resolve_kind  # noqa: E402
+from gist_mining.mining.index import parse_bytes, resolve_kind  # noqa: E402
 from gist_mining.workdir import VectorStore  # noqa: E402
 
 BLOCK = 1 << 17  # pool rows scored at a time by the exact search

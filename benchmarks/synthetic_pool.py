@@ -102,9 +102,9 @@ def main(argv: list[str] | None = None) -> Path:
     plan = plan_for(model_info, EmbedSettings(dtype="float16", precision="fp32", shard_size=args.texts_per_shard,
                                                 query_prompt="", document_prompt="", backend="torch"), inputs, command,
                     planned.counts)
-    claim(args.work, plan, planned, overwrite=True)
+    plan = claim(args.work, plan, planned, overwrite=True)
     scratch.cleanup()
-    shards = workdir.Shards(args.work, workdir.EMBEDDINGS, len(plan["bounds"]), plan["fingerprint"])
+    shards = workdir.Shards(args.work, workdir.EMBEDDINGS, len(plan.bounds), plan.fingerprint)
     guide = SyntheticGuide(args.pool, args.anchors, args.dim, args.seed)
     run_step(EmbedStep(shards, plan, ModelSettings("synthetic"), batch_size=0, loaded=guide), ExecutorSettings())
     finish(shards, plan, started)

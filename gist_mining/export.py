@@ -74,7 +74,7 @@ def build(work: Path, format: str, num_negatives: int | None = None, short: str 
 def mined_rows(work: Path, num_negatives: int | None, short: str) -> tuple[pl.DataFrame, int, int, int]:
     """Mined anchors in sentence-transformers' order with their texts, each cut to its first N negatives."""
     manifest = workdir.checked_mined_manifest(work)
-    mined_n = manifest["rules"]["num_negatives"]
+    mined_n = manifest.rules.num_negatives
     n = mined_n if num_negatives is None else num_negatives
     if n < 1:
         raise UsageError(f"--negatives-per-anchor must be at least 1, not {n}")

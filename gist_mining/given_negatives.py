@@ -22,8 +22,8 @@ POOL_SEARCH = "pool_search"  # the search plan's key: present (false) only when 
 CANDIDATE_COLUMNS = ("candidate_ids", "candidate_scores", "rescore_candidate_scores")
 
 
-def searches_pool(search: dict) -> bool:
-    return search.get(POOL_SEARCH, True)
+def searches_pool(search) -> bool:
+    return search.pool_search
 
 
 def search_record(negatives_from: str) -> dict:
@@ -31,7 +31,7 @@ def search_record(negatives_from: str) -> dict:
     return {POOL_SEARCH: False} if negatives_from == "given" else {}
 
 
-def check(negatives_from: str, search: dict, work, *, pool_slice_size, update_from) -> None:
+def check(negatives_from: str, search, work, *, pool_slice_size, update_from) -> None:
     """Usage errors of the combination: pool options without a pool search, or re-filtering for corpus negatives
     candidates that hold none."""
     if negatives_from == "given" and (pool_slice_size is not None or update_from):

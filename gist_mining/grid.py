@@ -27,7 +27,8 @@ import pyarrow.parquet as pq
 from gist_mining import workdir
 from gist_mining.errors import UsageError
 from gist_mining.lists import PAD_ID, padded, ragged
-from gist_mining.mining import PoolSearch, build_index, merge_candidates
+from gist_mining.mining.index import build_index
+from gist_mining.mining.search import PoolSearch, merge_candidates
 from gist_mining.storage import AtomicParquetWriter
 from gist_mining.workdir import VectorStore, read_anchors
 
@@ -40,10 +41,10 @@ class Cells(workdir.Shards):
     """The grid's cells: cell c is anchor shard ``c // n_slices`` x pool slice ``c % n_slices`` (the search plan's
     ``pool_slices``). Only the cells of the anchor shards in ``needed`` (not yet searched) are ever pending."""
 
-    def __init__(self, work, plan: dict, needed: list[int]):
-        self.n_slices, self.needed = plan["pool_slices"], set(needed)
-        self.command = plan["command"]  # what rebuilds a cell that does not match its marker
-        super().__init__(work, GRID, workdir.anchor_shard_count(plan) * self.n_slices, plan["fingerprint"])
+    def __init__(self, work, plan: workdir.SearchPlan, needed: list[int]):
+        self.n_slices, self.needed = plan.pool_slices, set(needed)
+        self.command = plan.command  # what rebuilds a cell that does not match its marker
+        super().__init__(work, GRID, plan.anchor_shards * self.n_slices, plan.fingerprint)
 
     def of_shard(self, s: int) -> range:
         return range(s * self.n_slices, (s + 1) * self.n_slices)
@@ -65,23 +66,23 @@ class CellStep:
     """The grid's step (``gist_mining.executor.ShardStep``): cell c's anchors searched against its slice."""
 
     shards: Cells
-    plan: dict
+    plan: workdir.SearchPlan
     chunk: int  # anchors searched at a time: the search step's, so each query's scores come out bit for bit equal
     name: str = "grid"
 
     def open(self) -> tuple:
         work = self.shards.work
         anchors, exclusions = workdir.anchor_exclusions(work)
-        pool_ids = workdir.candidate_pool(work, self.plan["include_queries"])
+        pool_ids = workdir.candidate_pool(work, self.plan.include_queries)
         return VectorStore(work), VectorStore(work, "query"), pool_ids, anchors, exclusions
 
     def run(self, state: tuple, c: int) -> None:
         store, query_store, pool_ids, anchors, exclusions = state
         s, j = divmod(c, self.shards.n_slices)
-        size, k = self.plan["pool_slice_size"], self.plan["k"]
+        size, k = self.plan.pool_slice_size, self.plan.k
         slice_ids = pool_ids[j * size: (j + 1) * size]
         search = PoolSearch(build_index(store.view(slice_ids), "flat", k), slice_ids, None, k)
-        part = read_anchors(anchors, exclusions, s * self.plan["shard_size"], self.plan["shard_size"])
+        part = read_anchors(anchors, exclusions, s * self.plan.shard_size, self.plan.shard_size)
         with AtomicParquetWriter(self.shards.path(c), CELL_SCHEMA) as out:
             for start in range(0, part.height, self.chunk):
                 chunk = part.slice(start, self.chunk)

@@ -111,9 +111,9 @@ def fn_frontier(results: pl.DataFrame, path: Path, highlight: str | None = None)
     return path.name
 
 
-def fn_section(work: Path, truth: Path, rules: dict, out: Path) -> str:
+def fn_section(work: Path, truth: Path, rules: MiningRules, out: Path) -> str:
     """The frontier plot and table for the sweep plus this run's rules, when the pairs have known false negatives."""
-    sweep = {"this run": MiningRules(**rules), **fn_quality.default_sweep(rules["num_negatives"])}
+    sweep = {"this run": rules, **fn_quality.default_sweep(rules.num_negatives)}
     results = fn_quality.rates(fn_quality.sweep(fn_quality.candidate_chunks(work, CHUNK), fn_quality.read_truth(truth), sweep),
                                ["rule"])
     image = fn_frontier(results, out / Path(workdir.FN_FRONTIER).name, highlight="this run")
@@ -147,7 +147,7 @@ def training_runs(run_dirs: list[Path], manifest: dict) -> dict[str, list[dict]]
     """Each finished run's metrics; a run trained from other mined tables is left out, and said so."""
     runs = {}
     for folder in run_dirs:
-        if workdir.trained_from(folder) != manifest["fingerprint"]:
+        if workdir.trained_from(folder) != manifest.fingerprint:
             print(f"report: leaving out {folder}: not trained from the current mined tables "
                   f"(or unfinished; see its {workdir.TRAINING_RECORD})", file=sys.stderr)
             continue
@@ -210,11 +210,11 @@ def write_report(work: Path, out: Path | None = None, runs: list[Path] = (), n_e
     out.mkdir(parents=True, exist_ok=True)
     runs = training_runs(list(runs) or sorted(p.parent for p in (work / workdir.MODELS).glob(f"*/{workdir.METRICS}")), manifest)
     summary = read_json(work / workdir.SUMMARY)
-    images = [score_histograms(mined, out, manifest["rules"]["score"]), per_task(mined, out), negatives_found(mined, out)]
+    images = [score_histograms(mined, out, manifest.rules.score), per_task(mined, out), negatives_found(mined, out)]
     curves = training_curves(runs, out)
     truth = fn_quality.truth_path(work, truth)
-    fn_html = fn_section(work, truth, manifest["rules"], out) if truth else ""
-    rules = ", ".join(f"{k} {v}" for k, v in manifest["rules"].items() if v is not None)
+    fn_html = fn_section(work, truth, manifest.rules, out) if truth else ""
+    rules = manifest.rules.described()
     unjudged = ", ".join(f"{task} {v['anchors_the_guide_cannot_judge']:,} of {v['anchors']:,}"
                          for task, v in summary["per_task"].items())
     page = f"""<!doctype html><html><head><meta charset=utf-8><title>gist-mining report: {html.escape(str(work))}</title>
@@ -222,7 +222,7 @@ def write_report(work: Path, out: Path | None = None, runs: list[Path] = (), n_e
 <h1>gist-mining report</h1>
 <p>{html.escape(str(work))}: {summary['anchors']:,} anchors, {summary['candidates_per_anchor']:.0f} candidates each;
 {summary['negatives_per_anchor']:.2f} hard negatives and {summary['false_negatives_per_anchor']:.2f} false negatives
-per anchor; {summary['anchors_short_of_negatives']:,} anchors short of {manifest['rules']['num_negatives']}.
+per anchor; {summary['anchors_short_of_negatives']:,} anchors short of {manifest.rules.num_negatives}.
 Rules: {html.escape(rules)}.</p>
 <p>Anchors the guide cannot judge (it scores the labelled positive below most of the candidates, so a margin
 rule flags nearly all of them): {summary['anchors_the_guide_cannot_judge']:,}; by task:

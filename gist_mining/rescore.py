@@ -58,16 +58,16 @@ def add_arguments(parser) -> None:
     add_options(group, ModelSettings, exclude=("device", "max_seq_length"))
 
 
-def refilter_clash(settings: RescoreSettings | None, stored: dict) -> list[str]:
+def refilter_clash(settings: RescoreSettings | None, stored: workdir.SearchPlan) -> list[str]:
     """--refilter never scores: a --rescore-model must be the one the stored candidates were scored with."""
-    scored_by = (stored.get("rescore") or {}).get("name")
+    scored_by = (stored.rescore or {}).get("name")
     if settings is None or settings.model is None or settings.model == scored_by:
         return []
     return [f"--rescore-model {settings.model} (candidates/ have {scored_by or 'no rescores'})"]
 
 
-def require_scores(rules: MiningRules, search: dict, work: Path) -> None:
-    if rules.score == "rescore" and not search.get("rescore"):
+def require_scores(rules: MiningRules, search: workdir.SearchPlan, work: Path) -> None:
+    if rules.score == "rescore" and not search.rescore:
         raise UsageError(f"--score rescore: {work / workdir.CANDIDATES} hold no cross-encoder scores; search with "
                          "--rescore-model NAME (and --overwrite to replace candidates searched without it)")
 

@@ -107,7 +107,7 @@ class StoredGuideGISTLoss(CachedLossMixin, nn.Module):
         self.uses_gradient_cache = mini_batch_size is not None  # read by MatryoshkaLoss
         self.gist = GISTLoss(temperature, margin_strategy, margin, rules=rules, distill=distill)
         # Every mined negative's vector, so that any mined_dataset(work, N) fits; checks the fingerprint chain.
-        self.data = TrainingData(self.work, checked_mined_manifest(self.work)["rules"]["num_negatives"], model.device)
+        self.data = TrainingData(self.work, checked_mined_manifest(self.work).rules.num_negatives, model.device)
         if distill.embeddings:
             self.gist.fit_embedding_map(model.get_embedding_dimension(), self.data.guide["document"].shape[1])
             self.gist.to(model.device)

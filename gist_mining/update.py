@@ -31,7 +31,8 @@ import pyarrow.parquet as pq
 from gist_mining import workdir
 from gist_mining.errors import UsageError
 from gist_mining.lists import PAD_ID, padded
-from gist_mining.mining import ADD_BATCH, PoolSearch, add_vectors, build_index, merge_candidates, set_search_parameters
+from gist_mining.mining.index import ADD_BATCH, add_vectors, build_index, set_search_parameters
+from gist_mining.mining.search import PoolSearch, merge_candidates
 from gist_mining.storage import AtomicParquetWriter
 from gist_mining.workdir import VectorStore
 
@@ -55,18 +56,18 @@ def earlier_search(earlier: Path, work: Path) -> str:
     """The fingerprint of the earlier run's search: part of the new search plan's (the lists depend on it)."""
     if Path(earlier).resolve() == Path(work).resolve():
         raise UsageError(f"--update-from {earlier}: that is --work itself; name the earlier work directory")
-    return workdir.checked_candidates_manifest(earlier)["fingerprint"]
+    return workdir.checked_candidates_manifest(earlier).fingerprint
 
 
-def checked_files(earlier: Path, work: Path, plan: dict) -> list[Path]:
+def checked_files(earlier: Path, work: Path, plan: workdir.SearchPlan) -> list[Path]:
     """The candidate shards of ``earlier``, checked, when they can serve the search ``plan`` of ``work``."""
     manifest = workdir.checked_candidates_manifest(earlier)
     embed, earlier_embed = workdir.checked_embed_manifest(work), workdir.checked_embed_manifest(earlier)
-    differ = [name for name in GUIDE if embed["settings"].get(name) != earlier_embed["settings"].get(name)]
-    differ += ["guide model"] * (embed["model"]["fingerprint"] != earlier_embed["model"]["fingerprint"])
-    differ += ["version (candidates format)"] * (manifest.get("candidates_format") != plan["candidates_format"])
-    differ += [f"--{name.replace('_', '-')} ({manifest.get(name)} there, {plan[name]} here)" for name in LISTS
-               if manifest.get(name) != plan[name]]
+    differ = [name for name in GUIDE if embed.settings.get(name) != earlier_embed.settings.get(name)]
+    differ += ["guide model"] * (embed.model["fingerprint"] != earlier_embed.model["fingerprint"])
+    differ += ["version (candidates format)"] * (manifest.candidates_format != plan.candidates_format)
+    differ += [f"--{name.replace('_', '-')} ({getattr(manifest, name)} there, {getattr(plan, name)} here)"
+               for name in LISTS if getattr(manifest, name) != getattr(plan, name)]
     if differ:
         raise UsageError(f"--update-from {earlier}: its candidates were made with another {', '.join(differ)}; "
                          "mine without --update-from")
@@ -74,24 +75,24 @@ def checked_files(earlier: Path, work: Path, plan: dict) -> list[Path]:
 
 
 class EarlierCandidates:
-    """The candidates of the earlier run ``plan["update_from"]`` names (its ``checked_files``) for the search of
+    """The candidates of the earlier run ``plan.update_from`` names (its ``checked_files``) for the search of
     ``work`` under ``plan``."""
 
-    def __init__(self, files: list[Path], work: Path, plan: dict, store: VectorStore):
-        self.earlier, self.files, self.k, self.kind = Path(plan["update_from"]["work"]), files, plan["k"], plan["index"]
+    def __init__(self, files: list[Path], work: Path, plan: workdir.SearchPlan, store: VectorStore):
+        self.earlier, self.files, self.k, self.kind = Path(plan.update_from["work"]), files, plan.k, plan.index
         try:
             self.store, self.query_store = VectorStore(self.earlier), VectorStore(self.earlier, "query")
         except OSError as err:  # its vectors/ matrix deleted, in a directory this user cannot write
             raise UsageError(f"--update-from {self.earlier}: cannot rebuild {self.earlier / workdir.VECTORS} "
                              f"({err.strerror}); make it writable, or copy it and name the copy") from None
-        new_pool = workdir.candidate_pool(work, plan["include_queries"])
-        old_pool = workdir.candidate_pool(self.earlier, plan["include_queries"])
+        new_pool = workdir.candidate_pool(work, plan.include_queries)
+        old_pool = workdir.candidate_pool(self.earlier, plan.include_queries)
         kept = self._same_vectors(np.intersect1d(new_pool, old_pool), store)
         self.new_texts = new_pool[~np.isin(new_pool, kept)]
         self.gone = np.setdiff1d(old_pool, kept)
         self.exclusions = sorted_exclusions(workdir.anchor_exclusions(self.earlier)[1])
-        self.search_new = self._index_new_texts(store, plan["index"]) if len(self.new_texts) else None
-        self.search_fingerprint = plan["update_from"]["fingerprint"]  # what its index marker names
+        self.search_new = self._index_new_texts(store, plan.index) if len(self.new_texts) else None
+        self.search_fingerprint = plan.update_from["fingerprint"]  # what its index marker names
         self.lists = pl.DataFrame(schema=LIST_SCHEMA)
         self.reused = self.searched = 0
 
@@ -110,7 +111,7 @@ class EarlierCandidates:
             same[start: start + len(part)] = (store.get(part) == self.store.get(part)).all(axis=1)
         return ids[same]
 
-    def split_by_shard(self, work: Path, plan: dict) -> None:
+    def split_by_shard(self, work: Path, plan: workdir.SearchPlan) -> None:
         """The earlier lists each shard of this run asks for, in a file of its own (``workdir.EARLIER``), so that a
         shard reads its lists, not all of them: one pass over the earlier candidates per OPEN_FILES shards. Made
         once per plan, behind a marker, like the index."""
@@ -119,13 +120,13 @@ class EarlierCandidates:
         def build():
             shutil.rmtree(folder, ignore_errors=True)
             anchors = workdir.read_table(work, workdir.ANCHORS, ["anchor_id", "query_id"])
-            need = anchors.select("query_id", (pl.col("anchor_id") // plan["shard_size"]).alias("shard")).unique()
+            need = anchors.select("query_id", (pl.col("anchor_id") // plan.shard_size).alias("shard")).unique()
             schema = pa.schema([pq.read_schema(self.files[0]).field(name) for name in LIST_COLUMNS])
-            for first in range(0, workdir.anchor_shard_count(plan), OPEN_FILES):
+            for first in range(0, plan.anchor_shards, OPEN_FILES):
                 self._write_shards(need.filter(pl.col("shard").is_between(first, first + OPEN_FILES - 1)), folder, schema)
             return sorted(folder.glob("*.parquet")), {}
 
-        workdir.build_once(work, work / workdir.EARLIER_MARKER, plan["fingerprint"], build)
+        workdir.build_once(work, work / workdir.EARLIER_MARKER, plan.fingerprint, build)
         pa.default_memory_pool().release_unused()  # the split's buffers, which Arrow's allocator would keep
 
     def _write_shards(self, need: pl.DataFrame, folder: Path, schema: pa.Schema) -> None:

@@ -157,8 +157,8 @@ def test_python_api_writes_what_the_command_line_writes(pairs, tmp_path, tiny_gu
     mined = api.mask(str(api_work), api.SearchSettings(k=8, shard_size=15), api.MiningRules(num_negatives=2))
     api.train(str(api_work), str(api_work / "m"), api.TrainConfig(student=api.ModelSettings(str(tiny_model)),
                                                                   max_steps=2, batch_size=8))
-    assert embedded["fingerprint"] == workdir.checked_embed_manifest(cli_work)["fingerprint"]
-    assert mined["fingerprint"] == workdir.checked_mined_manifest(cli_work)["fingerprint"]
+    assert embedded.fingerprint == workdir.checked_embed_manifest(cli_work).fingerprint
+    assert mined.fingerprint == workdir.checked_mined_manifest(cli_work).fingerprint
     for folder in (workdir.EMBEDDINGS, workdir.CANDIDATES, workdir.MINED):
         assert shard_bytes(api_work, folder) == shard_bytes(cli_work, folder)
     assert (api_work / "m" / "model.safetensors").read_bytes() == (cli_work / "m" / "model.safetensors").read_bytes()
@@ -171,8 +171,8 @@ def test_python_api_writes_what_the_command_line_writes(pairs, tmp_path, tiny_gu
 def test_an_unpickled_step_loads_its_own_model_and_writes_the_same_shard(pairs, tmp_path, tiny_guide, tiny_model):
     work = tmp_path / "w"
     embed_stage([pairs], work, ModelSettings(str(tiny_guide)), EmbedOptions(texts_per_shard=30, no_cache=True))
-    plan = workdir.read_plan(work, "embed")
-    shards = workdir.Shards(work, workdir.EMBEDDINGS, len(plan["bounds"]), plan["fingerprint"])
+    plan = workdir.EmbedPlan.from_json(workdir.read_plan(work, "embed"))
+    shards = workdir.Shards(work, workdir.EMBEDDINGS, len(plan.bounds), plan.fingerprint)
     reference = shard_bytes(work, workdir.EMBEDDINGS)
     shutil.rmtree(work / workdir.EMBEDDINGS)
     (work / workdir.EMBED_MANIFEST).unlink()
@@ -201,7 +201,7 @@ def test_the_main_job_takes_a_guide_with_a_query_prompt(pairs, tmp_path, tiny_gu
                      "--batch-size", 8, "--no-cache") == 0
     plan = workdir.read_plan(work, "embed")
     assert plan["settings"]["query_prompt"] == "q: " and plan["settings"]["shard_size"] == 30
-    assert workdir.checked_mined_manifest(work)["rules"]["margin"] == 0.1
+    assert workdir.checked_mined_manifest(work).rules.margin == 0.1
     results = (work / workdir.RESULTS).read_text()
     assert all(name in results for name in ("base", "plain", "gist"))
     # Another mining rule: the job refuses, and with --overwrite redoes the mining alone (embeddings resumed).
@@ -214,8 +214,8 @@ def test_the_main_job_takes_a_guide_with_a_query_prompt(pairs, tmp_path, tiny_gu
         return {p: p.stat().st_mtime_ns for p in (work / workdir.VECTORS).rglob("*") if p.is_file()}
 
     embedded = vectors()
-    assert again(0.2) == 2 and workdir.checked_mined_manifest(work)["rules"]["margin"] == 0.1
-    assert again(0.2, "--overwrite") == 0 and workdir.checked_mined_manifest(work)["rules"]["margin"] == 0.2
+    assert again(0.2) == 2 and workdir.checked_mined_manifest(work).rules.margin == 0.1
+    assert again(0.2, "--overwrite") == 0 and workdir.checked_mined_manifest(work).rules.margin == 0.2
     assert embedded and vectors() == embedded
     assert again(0.1, "--overwrite") == 0  # back, for the comparison with the stages run alone below
     # A rerun: every stage done; the two students, complete and made from the same mined tables, are not retrained.

@@ -92,7 +92,7 @@ def test_a_corrupted_cell_is_found_and_redone(embedded, tmp_path, capsys):
     assert run_stage(mask, *args) == 0
     reference = candidates(work)
     (work / "candidates" / workdir.shard_name(1)).unlink()
-    plan = workdir.read_plan(work, "search")
+    plan = workdir.SearchPlan.from_json(workdir.read_plan(work, "search"))
     cells = grid.Cells(work, plan, needed=[1])
     run_step(grid.CellStep(cells, plan, chunk=chunk_size(K, 1, 32)), ExecutorSettings())
     damaged = cells.path(cells.n_slices + 2)  # anchor shard 1 x slice 2
@@ -136,8 +136,8 @@ def test_a_search_task_retried_before_its_marker_finds_its_cells(embedded, tmp_p
         shutil.rmtree(work / folder)
     (work / "candidates_manifest.json").unlink()
     (work / "mined_manifest.json").unlink()
-    plan = workdir.read_plan(work, "search")
-    shards = workdir.Shards(work, workdir.CANDIDATES, workdir.anchor_shard_count(plan), plan["fingerprint"])
+    plan = workdir.SearchPlan.from_json(workdir.read_plan(work, "search"))
+    shards = workdir.Shards(work, workdir.CANDIDATES, plan.anchor_shards, plan.fingerprint)
     run_step(grid.CellStep(grid.Cells(work, plan, needed=[0]), plan, chunk=chunk_size(K, 1, 32)),
              ExecutorSettings())
     step = SearchStep(shards, plan)

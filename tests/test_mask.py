@@ -11,7 +11,8 @@ import pytest
 from conftest import make_pairs, pairs_with_second_positives, run_stage, st_range_max
 
 from gist_mining.lists import PAD_ID
-from gist_mining.mining import build_index, search_candidates
+from gist_mining.mining.index import build_index
+from gist_mining.mining.search import search_candidates
 from gist_mining.workdir import load_embeddings
 from pipeline import embed, mask
 

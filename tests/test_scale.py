@@ -20,7 +20,7 @@ from gist_mining import cpu_flags, openblas_kernel
 from gist_mining.errors import UsageError
 from gist_mining.lists import PAD_ID, padded
 from gist_mining.mask import settings as mask_settings
-from gist_mining.mining import (
+from gist_mining.mining.index import (
     STAGE_BYTES_PER_VECTOR,
     build_index,
     bytes_per_vector,
@@ -28,9 +28,9 @@ from gist_mining.mining import (
     parse_bytes,
     resolve_kind,
     save_index,
-    search_candidates,
     search_depth,
 )
+from gist_mining.mining.search import search_candidates
 from gist_mining.workdir import load_embeddings
 from pipeline import mask
 

@@ -119,10 +119,10 @@ def test_a_refusal_names_the_mined_tables_processes_and_settings_that_differ():
     from gist_mining.training.checkpoints import differences, run_identity
     from gist_mining.training.config import TrainConfig
 
-    old = run_identity(TrainConfig(lr=1e-3), {"fingerprint": "a"}, world=1)
+    old = run_identity(TrainConfig(lr=1e-3), "a", world=1)
     assert differences(old, old) == []
-    assert differences(old, run_identity(TrainConfig(lr=1e-3), {"fingerprint": "b"}, world=2)) == [
+    assert differences(old, run_identity(TrainConfig(lr=1e-3), "b", world=2)) == [
         "mined tables", "number of processes (1 there, 2 now)"]
-    assert differences(old, run_identity(TrainConfig(lr=2e-3, seed=7, eval_steps=5, save_steps=9), {"fingerprint": "a"})) == [
+    assert differences(old, run_identity(TrainConfig(lr=2e-3, seed=7, eval_steps=5, save_steps=9), "a")) == [
         "--lr (0.001 there, 0.002 now)", "--seed (42 there, 7 now)"]  # how often to evaluate or save is no difference
     assert differences(None, old) == ["an unknown run (no record of its settings)"]

@@ -23,9 +23,9 @@ from gist_mining.settings import to_argv
 from gist_mining.workdir import two_roles
 
 
-def finish(shards: workdir.Shards, plan: dict, started: float) -> dict | None:
+def finish(shards: workdir.Shards, plan: workdir.EmbedPlan, started: float) -> workdir.EmbedManifest | None:
     """The manifest once every shard is done (None before)."""
-    manifest = shards.finish(workdir.EMBED_MANIFEST, {k: v for k, v in plan.items() if k != "bounds"})
+    manifest = shards.finish(workdir.EMBED_MANIFEST, workdir.EmbedManifest, plan.to_json())
     if manifest is None:
         print("embed: shards left for other processes or a rerun", file=sys.stderr)
     else:
@@ -66,18 +66,18 @@ def embed(inputs: list[str], work: Path, guide: ModelSettings = ModelSettings(DE
                                                  *to_argv(prompts), *to_argv(replace(options, overwrite=False))])
         counts = dict(planned.counts, skipped_rows=sum(planned.skipped.values())) if reading.skip_bad_rows else planned.counts
         plan = make_plan(guide, model, options, resolved, backend, counts, records, command)
-        claim(work, plan, planned, options.overwrite)
-    shards = workdir.Shards(work, workdir.EMBEDDINGS, len(plan["bounds"]), plan["fingerprint"])
-    print(f"embed: {plan['counts']['texts']} distinct texts from {plan['counts']['anchors']} anchors "
+        plan = claim(work, plan, planned, options.overwrite)
+    shards = workdir.Shards(work, workdir.EMBEDDINGS, len(plan.bounds), plan.fingerprint)
+    print(f"embed: {plan.counts['texts']} distinct texts from {plan.counts['anchors']} anchors "
           f"({planned.dropped} given negatives dropped: equal to the query or one of its positives, or repeated)",
           file=sys.stderr)
     if planned.skipped:
         print(f"embed: {sum(planned.skipped.values())} bad input rows skipped "
               f"({', '.join(f'{source}: {n}' for source, n in planned.skipped.items())}), each with its reason in "
               f"{work / workdir.SKIPPED}", file=sys.stderr)
-    if two_roles(plan["settings"]):
-        print(f"embed: query prompt {plan['settings']['query_prompt']!r}, document prompt "
-              f"{plan['settings']['document_prompt']!r}: every text in the document role, the queries in the query "
+    if two_roles(plan.settings):
+        print(f"embed: query prompt {plan.settings['query_prompt']!r}, document prompt "
+              f"{plan.settings['document_prompt']!r}: every text in the document role, the queries in the query "
               "role too", file=sys.stderr)
     step = EmbedStep(shards, plan, guide, options.encode_batch_size, options.token_budget,
                      None if options.no_cache else options.cache_dir or default_root(), loaded=encoder)

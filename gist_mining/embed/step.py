@@ -81,12 +81,12 @@ def embed_shard(embedded, texts: pl.DataFrame, path: Path, settings: EmbedSettin
 
 @dataclass
 class EmbedStep:
-    """The embed stage's step (``gist_mining.executor.ShardStep``): shard i holds the texts ``plan["bounds"][i]``
+    """The embed stage's step (``gist_mining.executor.ShardStep``): shard i holds the texts ``plan.bounds[i]``
     of texts.parquet, embedded by the plan's guide. ``loaded``: the driver's own encoder, reused by a local
     executor; it is never pickled, so a remote worker loads the guide itself (``open``)."""
 
     shards: workdir.Shards
-    plan: dict
+    plan: workdir.EmbedPlan
     model: ModelSettings
     batch_size: int
     token_budget: int = onnx_backend.TOKEN_BUDGET
@@ -98,24 +98,24 @@ class EmbedStep:
         return {**self.__dict__, "loaded": None}
 
     def open(self) -> EmbedWorker:
-        settings = EmbedSettings(**self.plan["settings"])
+        settings = EmbedSettings(**self.plan.settings)
         encoder = self.loaded
         if encoder is None:  # a worker of another process or machine: the plan's guide, checked, never another
             model, model_dir = prepare_model(self.model, settings.precision), resolve_model(self.model.name,
                                                                                             self.model.revision)
-            if model_fingerprint(model, model_dir)["fingerprint"] != self.plan["model"]["fingerprint"]:
+            if model_fingerprint(model, model_dir)["fingerprint"] != self.plan.model["fingerprint"]:
                 raise UsageError(f"{self.model.name}: this worker loads another model than the plan's "
                                  f"({model_dir}); give every worker the same files")
             _, encoder = onnx_backend.pick_backend(settings.backend, model, model_dir,
                                                    [settings.query_prompt, settings.document_prompt],
                                                    settings.precision, self.token_budget, self.model.name)
-        cache = None if self.cache_dir is None else EmbeddingCache(self.cache_dir, self.plan["model"],
+        cache = None if self.cache_dir is None else EmbeddingCache(self.cache_dir, self.plan.model,
                                                                    backend=settings.backend)
-        workdir.checked_file(self.shards.work / workdir.TEXTS, self.plan["tables"][workdir.TEXTS], self.plan["command"])
+        workdir.checked_file(self.shards.work / workdir.TEXTS, self.plan.tables[workdir.TEXTS], self.plan.command)
         return EmbedWorker(encoder_for(encoder, settings, self.batch_size, cache), settings, cache)
 
     def run(self, worker: EmbedWorker, i: int) -> None:
-        start, stop = self.plan["bounds"][i]
+        start, stop = self.plan.bounds[i]
         texts = pl.scan_parquet(self.shards.work / workdir.TEXTS).slice(start, stop - start).collect()
         embed_shard(worker.embedded, texts, self.shards.path(i), worker.settings)
 

@@ -19,12 +19,14 @@ from gist_mining import given_negatives, grid, rescore, update, workdir
 from gist_mining.executor import ExecutorSettings, run_here, run_step, share
 from gist_mining.lists import PAD_ID, padded, ragged
 from gist_mining.mask.settings import chunk_size
-from gist_mining.mining import CANDIDATE_SCHEMA, SEARCHED_SCHEMA, PoolSearch, build_index, load_index, save_index, search_depth
+from gist_mining.mining import CANDIDATE_SCHEMA, SEARCHED_SCHEMA
+from gist_mining.mining.index import build_index, load_index, save_index, search_depth
+from gist_mining.mining.search import PoolSearch
 from gist_mining.storage import AtomicParquetWriter, write_npy_atomic
 from gist_mining.workdir import VectorStore, read_anchors
 
 
-def prepare_index(work: Path, store: VectorStore, plan: dict, earlier: update.EarlierCandidates | None):
+def prepare_index(work: Path, store: VectorStore, plan: workdir.SearchPlan, earlier: update.EarlierCandidates | None):
     """Built once per search plan, behind a marker (from the earlier run's index where it can be: ``earlier``);
     shard processes and resumed runs load it."""
     index_path, ids_path, marker = workdir.index_files(work)
@@ -33,19 +35,19 @@ def prepare_index(work: Path, store: VectorStore, plan: dict, earlier: update.Ea
         started = time.perf_counter()
         extended = earlier.extended_index(store) if earlier else None
         if extended is None:
-            pool_ids = workdir.candidate_pool(work, plan["include_queries"])
-            index = build_index(store.view(pool_ids), plan["index"], plan["k"])
+            pool_ids = workdir.candidate_pool(work, plan.include_queries)
+            index = build_index(store.view(pool_ids), plan.index, plan.k)
         else:
             index, pool_ids = extended
         save_index(index, index_path)
         del index  # the copy loaded below is the one searched
         write_npy_atomic(pool_ids, ids_path)
-        return [index_path, ids_path], {"kind": plan["index"], "vectors": len(pool_ids),
+        return [index_path, ids_path], {"kind": plan.index, "vectors": len(pool_ids),
                                         "seconds": round(time.perf_counter() - started, 2),
                                         "extended_from": str(earlier.earlier) if extended else None}
 
-    workdir.build_once(work, marker, plan["fingerprint"], build)
-    return load_index(index_path, plan["k"]), np.load(ids_path, allow_pickle=False)
+    workdir.build_once(work, marker, plan.fingerprint, build)
+    return load_index(index_path, plan.k), np.load(ids_path, allow_pickle=False)
 
 
 def search_chunk(anchors: pl.DataFrame, store: VectorStore, query_store: VectorStore, find) -> pa.Table:
@@ -84,7 +86,7 @@ class SearchStep:
     executor and never pickled."""
 
     shards: workdir.Shards
-    plan: dict
+    plan: workdir.SearchPlan
     rescore: rescore.RescoreSettings | None = None  # None: the candidates carry no cross-encoder scores
     earlier_files: list[Path] | None = None  # --update-from: the earlier run's checked candidates
     loaded_rescorer: rescore.Rescorer | None = field(default=None, repr=False, compare=False)
@@ -101,23 +103,23 @@ class SearchStep:
             earlier.split_by_shard(work, plan)
         lists = None
         if not given_negatives.searches_pool(plan):  # --negatives-from given: the given negatives alone, no index
-            find, chunk = given_negatives.no_candidates, chunk_size(plan["k"], 1, store.dimension)
-        elif plan.get("pool_slice_size"):  # the grid's cells hold each slice's lists: no index of the pool
-            chunk = chunk_size(plan["k"], 1, store.dimension)
-            find = lists = grid.GridLists(grid.Cells(work, plan, needed=[]), plan["k"], chunk)
+            find, chunk = given_negatives.no_candidates, chunk_size(plan.k, 1, store.dimension)
+        elif plan.pool_slice_size:  # the grid's cells hold each slice's lists: no index of the pool
+            chunk = chunk_size(plan.k, 1, store.dimension)
+            find = lists = grid.GridLists(grid.Cells(work, plan, needed=[]), plan.k, chunk)
         else:
             index, pool_ids = prepare_index(work, store, plan, earlier)  # the pool in the document role, queries too
             # Only an approximate index needs the pool's vectors again, read row by row, to score its finds exactly.
-            search_all = PoolSearch(index, pool_ids, None if plan["index"] == "flat" else store.view(pool_ids), plan["k"])
+            search_all = PoolSearch(index, pool_ids, None if plan.index == "flat" else store.view(pool_ids), plan.k)
             find = partial(earlier.find, search_all=search_all) if earlier else \
                 lambda _query_ids, queries, exclude: search_all(queries, exclude)
-            chunk = chunk_size(plan["k"], search_depth(index), store.dimension)
+            chunk = chunk_size(plan.k, search_depth(index), store.dimension)
         rescorer = self.loaded_rescorer or (rescore.Rescorer(work, self.rescore) if self.rescore else None)
         path, exclusions = workdir.anchor_exclusions(work)
         return SearchWorker(store, query_store, find, earlier, lists, rescorer, path, exclusions, chunk)
 
     def run(self, worker: SearchWorker, s: int) -> None:
-        size = self.plan["shard_size"]
+        size = self.plan.shard_size
         part = read_anchors(worker.anchors, worker.exclusions, s * size, size)  # one shard's anchors at a time
         if worker.earlier:
             worker.earlier.load(part, s, self.shards.work)
@@ -151,13 +153,13 @@ class SearchWorker:
     chunk: int  # anchors searched at a time
 
 
-def search_cells(search: dict, candidates: workdir.Shards, executor: ExecutorSettings, dimension: int) -> None:
+def search_cells(search: workdir.SearchPlan, candidates: workdir.Shards, executor: ExecutorSettings, dimension: int) -> None:
     """The grid's cells of the anchor shards left to search: on Ray all of them, locally those of this process's
     share, done by this process (the search of a shard reads all its cells)."""
     mine = list(range(candidates.n)) if executor.executor == "ray" else share(executor, candidates.n, "mask")
     cells = grid.Cells(candidates.work, search, needed=candidates.pending(mine))
     VectorStore(candidates.work), VectorStore(candidates.work, "query")  # built here once, not by each worker at once
-    step = grid.CellStep(cells, search, chunk_size(search["k"], 1, dimension))  # the search step's chunks
+    step = grid.CellStep(cells, search, chunk_size(search.k, 1, dimension))  # the search step's chunks
     print(f"grid: {len(cells.needed)} anchor shard(s) x {cells.n_slices} pool slice(s) to search", file=sys.stderr)
     if executor.executor == "ray":
         run_step(step, executor)

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from gist_mining.mining import KINDS
+from gist_mining.mining.index import KINDS
 from gist_mining.settings import option
 
 CHUNK = 1024  # anchors searched and selected at a time: bounds memory whatever the number of anchors

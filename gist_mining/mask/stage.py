@@ -47,17 +47,17 @@ def run_mask(work: Path, given: dict, rules: MiningRules, *, rescore_settings, r
     earlier_files = update.checked_files(update_from, work, search) if update_from else None
     claim(work, search, mining, refilter=refilter, overwrite=overwrite)
 
-    n_shards = workdir.anchor_shard_count(search)
-    candidates = workdir.Shards(work, workdir.CANDIDATES, n_shards, search["fingerprint"])
-    mined = workdir.Shards(work, workdir.MINED, n_shards, mining["fingerprint"])
+    n_shards = search.anchor_shards
+    candidates = workdir.Shards(work, workdir.CANDIDATES, n_shards, search.fingerprint)
+    mined = workdir.Shards(work, workdir.MINED, n_shards, mining.fingerprint)
     started = time.perf_counter()
     if not refilter:
-        if search["pool_slice_size"]:
-            search_cells(search, candidates, executor, embed["dimension"])
+        if search.pool_slice_size:
+            search_cells(search, candidates, executor, embed.dimension)
         run_step(SearchStep(candidates, search, rescore_settings, earlier_files, loaded_rescorer=rescorer), executor)
-        if search["pool_slice_size"]:
+        if search.pool_slice_size:
             grid.Cells(work, search, needed=[]).remove_searched(candidates)
-        candidates.finish(workdir.CANDIDATES_MANIFEST, {k: v for k, v in search.items() if k != "fingerprint"})
+        candidates.finish(workdir.CANDIDATES_MANIFEST, workdir.CandidatesManifest, search.to_json())
     searched = time.perf_counter() - started
     run_step(MineStep(mined, candidates, rules), executor)
     timing = {"search_seconds": round(searched, 2), "total_seconds": round(time.perf_counter() - started, 2),
@@ -65,18 +65,19 @@ def run_mask(work: Path, given: dict, rules: MiningRules, *, rescore_settings, r
     return finish(work, search, mined, rules, timing)
 
 
-def finish(work: Path, search: dict, mined: workdir.Shards, rules: MiningRules, timing: dict) -> dict | None:
+def finish(work: Path, search: workdir.SearchPlan, mined: workdir.Shards, rules: MiningRules,
+           timing: dict) -> workdir.MinedManifest | None:
     """Whichever process finds every mined shard done writes the summary and the manifest later stages read."""
     if not (mined.complete() and (work / workdir.CANDIDATES_MANIFEST).exists()):
         print("mask: shards left for other processes or a rerun", file=sys.stderr)
         return None
     summary = summarize(pl.scan_parquet([str(mined.path(i)) for i in range(mined.n)]), rules.num_negatives)
-    scored_by = {"score": rules.score, "rescore_model": (search.get("rescore") or {}).get("name")}
-    summary.update(rules=rules.as_dict(), k=search["k"], index=search["index"], timing=timing, **scored_by)
+    scored_by = {"score": rules.score, "rescore_model": (search.rescore or {}).get("name")}
+    summary.update(rules=rules.as_dict(), k=search.k, index=search.index, timing=timing, **scored_by)
     write_json_atomic(summary, work / workdir.SUMMARY)
-    manifest = mined.finish(workdir.MINED_MANIFEST, {"parent_fingerprint": search["fingerprint"], **scored_by,
-                                                     "embed_fingerprint": search["parent_fingerprint"],
-                                                     "rules": rules.as_dict()})
+    manifest = mined.finish(workdir.MINED_MANIFEST, workdir.MinedManifest,
+                            {"parent_fingerprint": search.fingerprint, "embed_fingerprint": search.parent_fingerprint,
+                             "rules": rules.as_dict(), **scored_by})
     print(f"mask: {summary['anchors']} anchors, {rules.score} scores, {summary['negatives_per_anchor']:.2f} hard negatives and "
           f"{summary['false_negatives_per_anchor']:.2f} false negatives per anchor, "
           f"{summary['anchors_short_of_negatives']} short of {rules.num_negatives}, "

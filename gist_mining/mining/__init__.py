@@ -9,17 +9,14 @@ trainer's in-batch filter); the FAISS indexes the search runs on are built and s
 
 The package's modules, each one concern: ``schemas`` (the tables), ``rules`` (``MiningRules``), ``index`` (FAISS
 indexes and their memory plan), ``search`` (candidates from an index), ``select`` (hard and false negatives).
-Their names are this package's: ``gist_mining.mining.NAME``.
+The rules, schemas and selection need no FAISS and are this package's names (``gist_mining.mining.NAME``), so
+that the trainer and every reader of mined/ import no FAISS; the index and search ones are their modules'
+(``gist_mining.mining.index.NAME``, ``gist_mining.mining.search.NAME``).
 """
 
 from __future__ import annotations
 
-from gist_mining.mining.index import (ADD_BATCH, AUTO_EXACT_MAX, HNSW_M, KINDS, PQ_DIMS_PER_BYTE, RESCORE_DEPTH,
-                                      STAGE_BYTES_PER_VECTOR, TRAIN_SAMPLE, add_vectors, build_index,
-                                      bytes_per_vector, empty_index, load_index, parse_bytes, resolve_kind,
-                                      save_index, search_depth, set_search_parameters, train_lists)
 from gist_mining.mining.rules import MiningRules
 from gist_mining.mining.schemas import (CANDIDATES_FORMAT, CANDIDATE_SCHEMA, MINED_SCHEMA, RESCORE_SCHEMA, SCORES,
                                         SEARCHED_SCHEMA, THRESHOLD_SCORES)
-from gist_mining.mining.search import PoolSearch, merge_candidates, search_candidates
 from gist_mining.mining.select import judge_candidates, random_keys, select

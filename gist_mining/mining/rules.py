@@ -54,6 +54,10 @@ class MiningRules:
         if self.rank_min < 0 or self.num_negatives < 0 or (self.unjudged_rank_min or 0) < 0:
             raise ValueError("rank_min, unjudged_rank_min and num_negatives must be >= 0")
 
+    def described(self) -> str:
+        """The rules as a log line reads them: each set one, by name."""
+        return ", ".join(f"{k} {v}" for k, v in sorted(self.as_dict().items()) if v is not None)
+
     def as_dict(self) -> dict:
         rules = asdict(self)
         if self.negatives_from == "corpus":  # the default leaves out: mined/ made before it existed stays current

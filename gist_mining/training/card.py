@@ -16,13 +16,13 @@ CARD = "README.md"
 def render(record: dict, work: Path, command: str) -> str:
     """The card's Markdown from gist_training.json's ``record``, the work directory's manifests and the command."""
     settings = record["settings"]
-    embedded = read_json(Path(work) / workdir.EMBED_MANIFEST)
+    embedded = workdir.EmbedManifest.from_json(read_json(Path(work) / workdir.EMBED_MANIFEST))
     summary_path = Path(work) / workdir.SUMMARY
     summary = read_json(summary_path) if summary_path.exists() else {}
-    guide = embedded.get("model", {})
+    guide = embedded.model
     student = settings["student"]["name"]
-    inputs = "\n".join(f"- `{i['path']}` ({i['kind']}, sha256 `{i['sha256'][:12]}`)" for i in embedded["inputs"])
-    counts = ", ".join(f"{v} {k}" for k, v in embedded["counts"].items())
+    inputs = "\n".join(f"- `{i['path']}` ({i['kind']}, sha256 `{i['sha256'][:12]}`)" for i in embedded.inputs)
+    counts = ", ".join(f"{v} {k}" for k, v in embedded.counts.items())
     mined = ", ".join(f"{k} {v}" for k, v in summary.items() if isinstance(v, (int, float)) and k != "k")
     rules = ", ".join(f"`{k}` {v}" for k, v in record["mining_rules"].items() if v is not None)
     in_batch = (f"GISTEmbed's guided in-batch loss (arXiv 2402.16829) from the guide's stored vectors: an in-batch "

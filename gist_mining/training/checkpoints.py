@@ -22,12 +22,12 @@ NOT_IN_IDENTITY = {"resume", "overwrite", "eval", "eval_steps", "save_steps", "s
                    "report_to", "push_to_hub"}
 
 
-def run_identity(config: TrainConfig, mined_manifest: dict, world: int = 1) -> dict:
+def run_identity(config: TrainConfig, mined_fingerprint: str, world: int = 1) -> dict:
     """What a checkpoint must share with the run that resumes it: the mined tables, the number of processes and
     every setting that changes the sequence of batches or updates."""
     settings = {k: v for k, v in as_record(config).items() if k not in NOT_IN_IDENTITY}
     settings["student"] = {k: v for k, v in settings["student"].items() if k != "device"}
-    return {"mined_fingerprint": mined_manifest["fingerprint"], "world_size": world, "settings": settings}
+    return {"mined_fingerprint": mined_fingerprint, "world_size": world, "settings": settings}
 
 
 def differences(old: dict | None, new: dict) -> list[str]:

@@ -63,7 +63,7 @@ class TrainingData:
                                 .select(pl.concat_list("false_negative_ids", others)).to_series().to_arrow())
         # Mining took the anchors the guide cannot judge out of its margin rule: so does the in-batch rule.
         self.unjudged = (is_unjudged(rows["candidates_above_positive"], rows["n_candidates"]).to_numpy()
-                         if self.manifest["rules"].get("unjudged_rank_min") is not None else None)
+                         if self.manifest.rules.unjudged_rank_min is not None else None)
         self.guide_ids = {"query": np.unique(self.ids["queries"]),
                           "document": np.unique(np.concatenate([self.ids["positives"], self.negatives.values]))}
         texts = workdir.read_texts(work, np.union1d(*self.guide_ids.values()))

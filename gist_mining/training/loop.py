@@ -63,11 +63,11 @@ def loss_from(config: TrainConfig) -> GISTLoss:
 
 def say_rules(config: TrainConfig, manifest: dict) -> None:
     """The two rules stack: mining removed its false negatives, the loss masks in-batch ones."""
-    mined_rules = ", ".join(f"{k} {v}" for k, v in manifest["rules"].items() if v is not None)
+    mined_rules = manifest.rules.described()
     choice = GUIDE_FILTERS[config.guide_filter]
     in_batch = choice.says.format(strategy=config.in_batch_margin_strategy, margin=config.in_batch_margin,
                                   self_margin=config.self_margin)
-    if manifest["rules"].get("unjudged_rank_min") is not None and choice.guided:
+    if manifest.rules.unjudged_rank_min is not None and choice.guided:
         in_batch += " (not for anchors the guide cannot judge, as in mining)"
     if config.false_negatives == "positives":
         in_batch += f"; known false negatives and guide scores above the positive + {config.promote_margin} are positives"
@@ -140,7 +140,7 @@ def train(work: Path, out: Path, config: TrainConfig = TrainConfig()) -> dict | 
     if world > 1:
         dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
     rank = dist.get_rank() if world > 1 else 0
-    identity = run_identity(config, workdir.checked_mined_manifest(work), world)
+    identity = run_identity(config, workdir.checked_mined_manifest(work).fingerprint, world)
     finished = claim_output(out, identity, config.overwrite, rank)
     if rank == 0 and finished is None:
         prune_checkpoints(out, config.keep_checkpoints)

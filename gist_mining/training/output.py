@@ -30,8 +30,8 @@ def save_model(config: TrainConfig, work: Path, out: Path, model, manifest: dict
     save_files(model, out)
     settings = dict(as_record(config), work=str(work), out=str(out))
     record = {"settings": settings, "identity": identity, "steps": step, "world_size": world,
-              "mined_fingerprint": manifest["fingerprint"],
-              "embed_fingerprint": manifest["embed_fingerprint"], "mining_rules": manifest["rules"],
+              "mined_fingerprint": manifest.fingerprint,
+              "embed_fingerprint": manifest.embed_fingerprint, "mining_rules": manifest.rules.as_dict(),
               "eval_before": before, "eval_after": after}
     command = cli.command("train.run", ["--work", work, "--out", out, "--student", config.student.name,
                                         *to_argv(config.student), *to_argv(config.prompts),

@@ -18,13 +18,13 @@ with the command that rebuilds it, and rebuilt by that command, never read.
 Every table of the chain names a text by its ``text_id``: a fingerprint of its content (``ids.text_id``).
 
 The package's modules, each one concern: ``layout`` (names, plans, rebuild commands), ``claims`` (locks and
-claims), ``markers`` (shards, build-once files, checks against records), ``readers`` (chain-checked readers),
-``vectors`` (the vector store), ``ids`` (text ids). Their names are this package's: ``workdir.NAME``.
+claims), ``records`` (the typed plans and manifests, and their JSON), ``markers`` (shards, build-once files, checks
+against records), ``readers`` (chain-checked readers), ``vectors`` (the vector store), ``ids`` (text ids). Their names are this package's: ``workdir.NAME``.
 """
 
 from __future__ import annotations
 
-from gist_mining.workdir.claims import anchor_shard_count, claim, locked, remove_steps, remove_temps
+from gist_mining.workdir.claims import claim, locked, remove_steps, remove_temps
 from gist_mining.workdir.ids import text_id, text_ids
 from gist_mining.workdir.layout import (ANCHORS, CANDIDATES, CANDIDATES_MANIFEST, CHECKPOINTS, CHECKPOINT_GLOB,
                                         EARLIER, EARLIER_MARKER, EMBEDDINGS, EMBED_MANIFEST, EMBED_PLAN, FN_FRONTIER,
@@ -34,6 +34,8 @@ from gist_mining.workdir.layout import (ANCHORS, CANDIDATES, CANDIDATES_MANIFEST
                                         VECTORS, changed_keys, checkpoint_name, index_files, read_plan, read_record,
                                         rebuild_command, shard_name)
 from gist_mining.workdir.markers import Shards, build_once, built, describe_file, index_ready, problem
+from gist_mining.workdir.records import (CandidatesManifest, EmbedManifest, EmbedPlan, MinedManifest, MinePlan,
+                                         SearchPlan)
 from gist_mining.workdir.readers import (anchor_exclusions, candidate_pool, checked_candidates_manifest,
                                          checked_embed_manifest, checked_file, checked_mined_manifest, read_anchors,
                                          read_table, read_texts, trained_from, verified, verified_table)

@@ -11,6 +11,7 @@ from pathlib import Path
 from gist_mining.errors import UsageError
 from gist_mining.storage import remove_stale_temps, write_json_atomic
 from gist_mining.workdir.layout import FOLDERS, LOCK, STEPS, read_plan
+from gist_mining.workdir.records import Record
 
 
 @contextmanager
@@ -32,11 +33,7 @@ def remove_steps(work: Path, first: str, last: str | None = None, keep: tuple[st
             path = Path(work) / name
             shutil.rmtree(path, ignore_errors=True) if path.is_dir() else path.unlink(missing_ok=True)
 
-def anchor_shard_count(search_plan: dict) -> int:
-    """How many shards candidates/ and mined/ have: the search plan's anchors in shards of its shard size."""
-    return -(-search_plan["n_anchors"] // search_plan["shard_size"])
-
-def claim(work: Path, step: str, plan: dict, *, replace: bool, refusal: str) -> bool:
+def claim(work: Path, step: str, plan: Record, *, replace: bool, refusal: str) -> bool:
     """Make ``plan`` (with its ``fingerprint``) the plan of ``step``; True when it resumes an equal plan.
 
     No readable plan: whatever the step and later steps hold comes from an unfinished or unknown run and is
@@ -45,12 +42,12 @@ def claim(work: Path, step: str, plan: dict, *, replace: bool, refusal: str) -> 
     """
     path = Path(work) / STEPS[step][0]
     old = read_plan(work, step)
-    if old is not None and old["fingerprint"] == plan["fingerprint"]:
+    if old is not None and old["fingerprint"] == plan.fingerprint:
         return True
     if old is not None and not replace:
         raise UsageError(refusal)
     remove_steps(work, step)
-    write_json_atomic(plan, path)
+    write_json_atomic(plan.to_json(), path)
     return False
 
 def remove_temps(work: Path) -> None:

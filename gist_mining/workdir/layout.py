@@ -57,9 +57,10 @@ def read_plan(work: Path, step: str) -> dict | None:
     path = Path(work) / STEPS[step][0]
     return read_record(path)
 
-def changed_keys(work: Path, step: str, plan: dict, keys) -> list[str]:
-    old = read_plan(work, step) or {}
-    return [k for k in keys if old.get(k) != plan.get(k)]
+def changed_keys(work: Path, step: str, plan, keys) -> list[str]:
+    """Which of ``keys`` the step's stored plan holds otherwise than ``plan`` (a workdir.records record)."""
+    old, new = read_plan(work, step) or {}, plan.to_json()
+    return [k for k in keys if old.get(k) != new.get(k)]
 
 def rebuild_command(work: Path, step: str) -> str:
     if step == "embed":  # the command that made the plan, with its inputs

@@ -12,6 +12,7 @@ import pyarrow.parquet as pq
 from gist_mining.storage import file_sha256, write_json_atomic
 from gist_mining.workdir.claims import locked
 from gist_mining.workdir.layout import INDEX_MARKER, read_record, shard_name
+from gist_mining.workdir.records import Sharded
 
 
 def describe_file(path: Path) -> dict:
@@ -106,13 +107,14 @@ class Shards:
         """Every shard done (markers and sizes; the bytes were verified when each was written or resumed)."""
         return all(problem(self.path(i), self.record(i), verify=False) is None for i in range(self.n))
 
-    def finish(self, manifest: str, contents: dict) -> dict | None:
-        """The step's manifest, written once every shard is done; None while some are not."""
+    def finish(self, manifest: str, kind: type[Sharded], contents: dict) -> Sharded | None:
+        """The step's manifest (a ``kind``: ``contents`` with the fingerprint and the shards' records), written
+        once every shard is done; None while some are not."""
         if not self.complete():
             return None
         records = [self.record(i) for i in range(self.n)]
         shards = [{"file": f"{self.folder}/{shard_name(i)}", **{k: r[k] for k in ("rows", "bytes", "sha256")}}
                   for i, r in enumerate(records)]
-        out = {**contents, "fingerprint": self.fingerprint, "shards": shards}
-        write_json_atomic(out, self.work / manifest)
+        out = kind.from_json({**contents, "fingerprint": self.fingerprint, "shards": shards})
+        write_json_atomic(out.to_json(), self.work / manifest)
         return out

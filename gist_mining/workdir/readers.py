@@ -20,36 +20,37 @@ from gist_mining.workdir.layout import (
     rebuild_command,
 )
 from gist_mining.workdir.markers import problem
+from gist_mining.workdir.records import CandidatesManifest, EmbedManifest, MinedManifest, Sharded
 
 
-def _manifest(work: Path, name: str, before: str) -> dict:
+def _manifest(work: Path, name: str, kind, before: str):
     manifest = read_record(Path(work) / name)
     if manifest is None:
         raise UsageError(f"{work}: no {name}; run `{before}` to completion first")
+    return kind.from_json(manifest)
+
+
+def _check_parent(work: Path, name: str, manifest, parent, step: str):
+    if manifest.parent_fingerprint != parent.fingerprint:
+        raise UsageError(f"{Path(work) / name} is stale: made from {manifest.parent_fingerprint[:12]}, but its "
+                         f"parent is now {parent.fingerprint[:12]}; rebuild with `{rebuild_command(work, step)}`")
     return manifest
 
 
-def _check_parent(work: Path, name: str, manifest: dict, parent: dict, step: str) -> dict:
-    if manifest["parent_fingerprint"] != parent["fingerprint"]:
-        raise UsageError(f"{Path(work) / name} is stale: made from {manifest['parent_fingerprint'][:12]}, but its "
-                         f"parent is now {parent['fingerprint'][:12]}; rebuild with `{rebuild_command(work, step)}`")
-    return manifest
-
-
-def checked_embed_manifest(work: Path) -> dict:
+def checked_embed_manifest(work: Path) -> EmbedManifest:
     """embed_manifest.json; a missing one names the command that makes it."""
-    return _manifest(work, EMBED_MANIFEST, rebuild_command(work, "embed"))
+    return _manifest(work, EMBED_MANIFEST, EmbedManifest, rebuild_command(work, "embed"))
 
 
-def checked_candidates_manifest(work: Path) -> dict:
+def checked_candidates_manifest(work: Path) -> CandidatesManifest:
     """candidates_manifest.json, checked to be made from the current embeddings."""
-    manifest = _manifest(work, CANDIDATES_MANIFEST, f"python -m pipeline.mask --work {work}")
+    manifest = _manifest(work, CANDIDATES_MANIFEST, CandidatesManifest, f"python -m pipeline.mask --work {work}")
     return _check_parent(work, CANDIDATES_MANIFEST, manifest, checked_embed_manifest(work), "search")
 
 
-def checked_mined_manifest(work: Path) -> dict:
-    """mined_manifest.json, checked along the chain: embeddings -> candidates -> mined."""
-    manifest = _manifest(work, MINED_MANIFEST, f"python -m pipeline.mask --work {work}")
+def checked_mined_manifest(work: Path) -> MinedManifest:
+    """mined_manifest.json, checked along the chain: embeddings -> candidates -> mined; its rules a MiningRules."""
+    manifest = _manifest(work, MINED_MANIFEST, MinedManifest, f"python -m pipeline.mask --work {work}")
     return _check_parent(work, MINED_MANIFEST, manifest, checked_candidates_manifest(work), "mine")
 
 
@@ -62,14 +63,14 @@ def checked_file(path: Path, record: dict | None, rebuild: str) -> Path:
     return path
 
 
-def verified(work: Path, manifest: dict, step: str) -> list[Path]:
+def verified(work: Path, manifest: Sharded, step: str) -> list[Path]:
     """The manifest's shard files, each checked against the manifest (bytes and SHA-256) before it is read."""
-    return [checked_file(Path(work) / record["file"], record, rebuild_command(work, step)) for record in manifest["shards"]]
+    return [checked_file(Path(work) / record["file"], record, rebuild_command(work, step)) for record in manifest.shards]
 
 
 def verified_table(work: Path, name: str) -> Path:
     """The path of texts.parquet or anchors.parquet, checked against the embed manifest."""
-    return checked_file(Path(work) / name, checked_embed_manifest(work)["tables"][name], rebuild_command(work, "embed"))
+    return checked_file(Path(work) / name, checked_embed_manifest(work).tables[name], rebuild_command(work, "embed"))
 
 
 def read_table(work: Path, name: str, columns: list[str] | None = None) -> pl.DataFrame:

@@ -51,7 +51,7 @@ def load_embeddings(work: Path, role: str = "document") -> tuple[np.ndarray, np.
     """All text ids and their guide embeddings in ``role`` (float32, rows L2-normalised), in shard order: every
     text in the document role, the queries in the query role."""
     manifest = checked_embed_manifest(work)
-    column = role_column(manifest["settings"], role)
+    column = role_column(manifest.settings, role)
     shards = [read_shard(p, column) for p in verified(work, manifest, "embed")]
     return np.concatenate([i for i, _ in shards]), np.concatenate([v for _, v in shards])
 
@@ -67,13 +67,13 @@ class VectorStore:
 
     def __init__(self, work: Path, role: str = "document"):
         manifest = checked_embed_manifest(work)
-        self.column = role_column(manifest["settings"], role)
+        self.column = role_column(manifest.settings, role)
         prefix = "" if self.column == "embedding" else "query_"
         folder = Path(work) / VECTORS
         self.path, ids_path = folder / f"{prefix}matrix.npy", folder / f"{prefix}ids.npy"
         marker = folder / f"_{prefix}matrix.done"
         # Sizes only: hashing an 8 GB matrix at every start would cost more than the search of a shard.
-        build_once(work, marker, manifest["fingerprint"], lambda: self._build(work, manifest, ids_path), verify=False)
+        build_once(work, marker, manifest.fingerprint, lambda: self._build(work, manifest, ids_path), verify=False)
         ids = np.load(ids_path, allow_pickle=False)
         self.sorter = np.argsort(ids, kind="stable")
         self.sorted_ids = ids[self.sorter]
@@ -84,14 +84,14 @@ class VectorStore:
 
     def _build(self, work: Path, manifest: dict, ids_path: Path) -> tuple[list[Path], dict]:
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        total = (manifest["counts"]["queries"] if self.column == QUERY_COLUMN
-                 else sum(s["rows"] for s in manifest["shards"]))
-        tmp, dtype = tmp_name(self.path), np.dtype(manifest["dtype"])
+        total = (manifest.counts["queries"] if self.column == QUERY_COLUMN
+                 else sum(s["rows"] for s in manifest.shards))
+        tmp, dtype = tmp_name(self.path), np.dtype(manifest.dtype)
         ids = []
         # Written through the file, not a memory map: a map's written pages would count in RSS until it closes.
         with open(tmp, "wb") as fh:
             np.lib.format.write_array_header_1_0(fh, {"descr": np.lib.format.dtype_to_descr(dtype),
-                                                      "fortran_order": False, "shape": (total, manifest["dimension"])})
+                                                      "fortran_order": False, "shape": (total, manifest.dimension)})
             for path in verified(work, manifest, "embed"):
                 shard_ids, vectors = read_shard(path, self.column, dtype)
                 fh.write(np.ascontiguousarray(vectors).data)
