@@ -13,9 +13,9 @@ from gist_mining.storage import read_json, write_bytes_atomic
 CARD = "README.md"
 
 
-def render(record: dict, work: Path, command: str) -> str:
+def render(record: workdir.TrainingRecord, work: Path, command: str) -> str:
     """The card's Markdown from gist_training.json's ``record``, the work directory's manifests and the command."""
-    settings = record["settings"]
+    settings = record.settings
     embedded = workdir.EmbedManifest.from_json(read_json(Path(work) / workdir.EMBED_MANIFEST))
     summary_path = Path(work) / workdir.SUMMARY
     summary = read_json(summary_path) if summary_path.exists() else {}
@@ -24,7 +24,7 @@ def render(record: dict, work: Path, command: str) -> str:
     inputs = "\n".join(f"- `{i['path']}` ({i['kind']}, sha256 `{i['sha256'][:12]}`)" for i in embedded.inputs)
     counts = ", ".join(f"{v} {k}" for k, v in embedded.counts.items())
     mined = ", ".join(f"{k} {v}" for k, v in summary.items() if isinstance(v, (int, float)) and k != "k")
-    rules = ", ".join(f"`{k}` {v}" for k, v in record["mining_rules"].items() if v is not None)
+    rules = ", ".join(f"`{k}` {v}" for k, v in sorted(record.mining_rules.as_dict().items()) if v is not None)
     in_batch = (f"GISTEmbed's guided in-batch loss (arXiv 2402.16829) from the guide's stored vectors: an in-batch "
                 f"candidate is masked when the guide scores it above the anchor's positive by the "
                 f"`{settings['in_batch_margin_strategy']}` rule with margin {settings['in_batch_margin']}, when mining "
@@ -45,7 +45,7 @@ tags:
 # {Path(settings['out']).name}
 
 A sentence-transformers model fine-tuned from `{student}` with gist-mining on hard negatives mined offline
-by the guide `{guide.get('name', '?')}`, {record['steps']} steps on {record['world_size']} process(es).
+by the guide `{guide.get('name', '?')}`, {record.steps} steps on {record.world_size} process(es).
 
 ## Data
 
@@ -71,12 +71,12 @@ Student prompts: `{json.dumps(settings["prompts"])}`.
 
 ## Evaluation
 
-| | {' | '.join(sorted(record['eval_after'] or {}))} |
-|---|{'---|' * len(record['eval_after'] or {})}
-| before | {' | '.join(str((record['eval_before'] or {}).get(k, '')) for k in sorted(record['eval_after'] or {}))} |
-| after | {' | '.join(str(v) for _, v in sorted((record['eval_after'] or {}).items()))} |
+| | {' | '.join(sorted(record.eval_after or {}))} |
+|---|{'---|' * len(record.eval_after or {})}
+| before | {' | '.join(str((record.eval_before or {}).get(k, '')) for k in sorted(record.eval_after or {}))} |
+| after | {' | '.join(str(v) for _, v in sorted((record.eval_after or {}).items()))} |
 
-{'' if record['eval_after'] else 'No held-out split was given (--eval).'}
+{'' if record.eval_after else 'No held-out split was given (--eval).'}
 
 ## Command
 
@@ -84,9 +84,9 @@ Student prompts: `{json.dumps(settings["prompts"])}`.
 {command}
 ```
 
-Fingerprints: mined `{record['mined_fingerprint']}`, embeddings `{record['embed_fingerprint']}`.
+Fingerprints: mined `{record.mined_fingerprint}`, embeddings `{record.embed_fingerprint}`.
 """
 
 
-def write(out: Path, record: dict, work: Path, command: str) -> None:
+def write(out: Path, record: workdir.TrainingRecord, work: Path, command: str) -> None:
     write_bytes_atomic(render(record, work, command).encode(), Path(out) / CARD)

@@ -53,15 +53,16 @@ def checkpoints(out: Path) -> list[Path]:
     return sorted(folder.glob(workdir.CHECKPOINT_GLOB)) if folder.exists() else []
 
 
-def claim_output(out: Path, identity: dict, overwrite: bool, rank: int) -> dict | None:
+def claim_output(out: Path, identity: dict, overwrite: bool, rank: int) -> workdir.TrainingRecord | None:
     """The finished run's record when ``out`` holds this run complete (nothing to do); else None, with ``out``
     ready to train into: its checkpoints (if any) this run's. Another run's record or checkpoints are refused
     in one line naming what differs, or with ``overwrite`` removed (and said so)."""
     remove_stale_temps(out)  # a loss log's rewrite cut short by a kill
     record = workdir.read_record(out / workdir.TRAINING_RECORD)
+    record = workdir.TrainingRecord.from_json(record) if record else None
     found = checkpoints(out)
     newest = (workdir.read_record(found[-1] / workdir.POSITION) or {}) if found else {}
-    held = record.get("identity") if record else newest.get("identity")
+    held = record.identity if record else newest.get("identity")
     if (record is None and not found) or held == identity:
         return record  # None: nothing there yet, or this run unfinished
     what = ", ".join(differences(held, identity))

@@ -148,11 +148,11 @@ def train(work: Path, out: Path, config: TrainConfig = TrainConfig()) -> dict | 
         dist.barrier()  # rank 0 has removed another run's state (--overwrite) and old checkpoints before any rank reads them
     if finished is not None:
         if rank == 0:
-            print(f"train: {out} is complete ({finished['steps']} steps, from the same mined tables and settings); "
+            print(f"train: {out} is complete ({finished.steps} steps, from the same mined tables and settings); "
                   "nothing to do", file=sys.stderr)
         if world > 1:
             dist.destroy_process_group()
-        return finished["eval_after"]
+        return finished.eval_after
     reporter = Reporter(config.report_to, out, rank, {"learning_rate": config.lr, "seed": config.seed,
                                                       "per_device_train_batch_size": config.batch_size,
                                                       "weight_decay": config.weight_decay})

@@ -24,20 +24,19 @@ def save_files(model, path: Path) -> None:
     model.save(str(path))
 
 
-def save_model(config: TrainConfig, work: Path, out: Path, model, manifest: dict, step: int, world: int, before, after,
+def save_model(config: TrainConfig, work: Path, out: Path, model, manifest: workdir.MinedManifest, step: int, world: int, before, after,
                identity: dict | None = None) -> None:
     """``identity``: what a rerun must share to find this run done (checkpoints.run_identity)."""
     save_files(model, out)
     settings = dict(as_record(config), work=str(work), out=str(out))
-    record = {"settings": settings, "identity": identity, "steps": step, "world_size": world,
-              "mined_fingerprint": manifest.fingerprint,
-              "embed_fingerprint": manifest.embed_fingerprint, "mining_rules": manifest.rules.as_dict(),
-              "eval_before": before, "eval_after": after}
+    record = workdir.TrainingRecord(settings=settings, identity=identity, steps=step, world_size=world,
+                                    mined_fingerprint=manifest.fingerprint, embed_fingerprint=manifest.embed_fingerprint,
+                                    mining_rules=manifest.rules, eval_before=before, eval_after=after)
     command = cli.command("train.run", ["--work", work, "--out", out, "--student", config.student.name,
                                         *to_argv(config.student), *to_argv(config.prompts),
                                         # a resumed run's card is the same
                                         *to_argv(replace(config, resume=False, overwrite=False))])
     card.write(out, record, work, command)  # over the card sentence-transformers' save wrote
-    write_json_atomic(record, out / workdir.TRAINING_RECORD)
+    write_json_atomic(record.to_json(), out / workdir.TRAINING_RECORD)
     if after:
         print(f"eval after training:  {after}", file=sys.stderr)

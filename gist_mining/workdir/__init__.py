@@ -35,7 +35,7 @@ from gist_mining.workdir.layout import (ANCHORS, CANDIDATES, CANDIDATES_MANIFEST
                                         rebuild_command, shard_name)
 from gist_mining.workdir.markers import Shards, build_once, built, describe_file, index_ready, problem
 from gist_mining.workdir.records import (CandidatesManifest, EmbedManifest, EmbedPlan, MinedManifest, MinePlan,
-                                         SearchPlan)
+                                         SearchPlan, TrainingRecord)
 from gist_mining.workdir.readers import (anchor_exclusions, candidate_pool, checked_candidates_manifest,
                                          checked_embed_manifest, checked_file, checked_mined_manifest, read_anchors,
                                          read_table, read_texts, trained_from, verified, verified_table)

@@ -113,5 +113,4 @@ def read_texts(work: Path, ids: np.ndarray) -> pl.DataFrame:
 
 def trained_from(model_dir: Path) -> str | None:
     """The mined manifest fingerprint a trained model records (None: not a model of this project)."""
-    record = Path(model_dir) / TRAINING_RECORD
-    return (read_record(record) or {}).get("mined_fingerprint")
+    return (read_record(Path(model_dir) / TRAINING_RECORD) or {}).get("mined_fingerprint")

@@ -7,15 +7,11 @@ computed by the stages from what made the record, never from these objects, so t
 from __future__ import annotations
 
 from dataclasses import dataclass, field, fields
-from typing import Any
-
 from gist_mining.mining.rules import MiningRules
 
 
 @dataclass(frozen=True, kw_only=True)
-class Record:
-    fingerprint: str
-
+class JsonRecord:
     @classmethod
     def from_json(cls, data: dict):
         names = {f.name for f in fields(cls)}
@@ -23,6 +19,11 @@ class Record:
 
     def to_json(self) -> dict:
         return {f.name: getattr(self, f.name) for f in fields(self)}
+
+
+@dataclass(frozen=True, kw_only=True)
+class Record(JsonRecord):
+    fingerprint: str
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -110,6 +111,24 @@ class MinedManifest(MinePlan, Sharded):
     rescore_model: str | None = None
 
 
-def as_json(record: Any) -> dict:
-    """A record's JSON, or a plain dict as it is (a marker or summary)."""
-    return record.to_json() if isinstance(record, Record) else record
+
+@dataclass(frozen=True, kw_only=True)
+class TrainingRecord(JsonRecord):
+    """gist_training.json, written last beside a trained model: what it was trained from and how."""
+
+    settings: dict  # gist_mining.training.config.TrainConfig's record, with work and out
+    identity: dict | None = None  # what a rerun must share to find the run done (training.checkpoints.run_identity)
+    steps: int
+    world_size: int
+    mined_fingerprint: str
+    embed_fingerprint: str
+    mining_rules: MiningRules
+    eval_before: dict | None = None
+    eval_after: dict | None = None
+
+    @classmethod
+    def from_json(cls, data: dict):
+        return super().from_json({**data, "mining_rules": MiningRules(**data["mining_rules"])})
+
+    def to_json(self) -> dict:
+        return {**super().to_json(), "mining_rules": self.mining_rules.as_dict()}
