@@ -22,7 +22,7 @@ from train import run as train_command  # noqa: E402
 
 SETTINGS = {
     "random batches, 1 negative": [],
-    "task batches, 3 negatives": ["--task-batches", "--negatives-per-anchor", "3"],
+    "task batches, 3 negatives": ["--task-batches", "--negatives-in-batch", "3"],
     "random batches, 1 negative, temperature 0.01": ["--temperature", "0.01"],
 }
 

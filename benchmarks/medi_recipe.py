@@ -58,7 +58,7 @@ MINING = {"given": ["--negatives-from", "given", "--margin-strategy", "absolute"
 ARMS = {"recipe": ("given", ["--task-batching", "paper"]), "corpus-paper": ("corpus", ["--task-batching", "paper"]),
         "given-shuffled": ("given", ["--task-batches"])}
 RECIPE = ["--batch-size", "16", "--temperature", "0.01", "--warmup-ratio", "0.1", "--lr", "2e-5",
-          "--negatives-per-anchor", "1"]
+          "--negatives-in-batch", "1"]
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 
 

@@ -69,9 +69,7 @@ def build_parser(prog: str = "python -m pipeline.run") -> argparse.ArgumentParse
                    help="redo each stage whose work directory state was made with other inputs, settings or rules "
                         "(and everything made from it); without it such a stage refuses")
     add_options(p.add_argument_group("search"), SearchSettings)
-    # --negatives-per-anchor is the trainer's: mining keeps at least MiningRules' default, so that a later
-    # train.run can take more without mining again.
-    add_options(p.add_argument_group("mining rules"), MiningRules, exclude=("num_negatives", "seed"))
+    add_options(p.add_argument_group("mining rules"), MiningRules, exclude=("seed",))
     train_group = p.add_argument_group("training (--precision and --seed apply to every stage)")
     add_options(train_group, TrainConfig, exclude=(*NOT_PASSED_TO_TRAIN, "precision"))
     add_options(p.add_argument_group("executor (embed and mask)"), ExecutorSettings)
@@ -106,7 +104,7 @@ def mine(args, inputs: list[str], work: Path, config: TrainConfig) -> dict:
     if args.precision == "fp16":
         raise UsageError("--precision fp16: train.run takes fp32 or bf16 (fp16 needs a loss scaler)")
     rules = from_args(MiningRules, args)
-    rules = replace(rules, num_negatives=max(config.negatives_per_anchor, MiningRules.num_negatives))
+    rules = replace(rules, num_negatives=max(config.negatives_per_anchor, rules.num_negatives))  # enough to train
     executor, seconds = from_args(ExecutorSettings, args), {}
     _, seconds["embed"] = stage("embed", embed, inputs, work, from_args(ModelSettings, args, name=args.guide),
                                 from_args(EmbedOptions, args), from_args(Prompts, args),

@@ -40,8 +40,7 @@ PARSERS = {"embed": embed.build_parser(), "mask": mask.build_parser(), "train": 
 RETIRED = {"--num-negatives": "--negatives-per-anchor", "--shard-size": "--texts-per-shard / --anchors-per-shard",
            "--steps": "--max-steps", "--bf16": "--precision bf16"}
 # Options whose default is a stage's own on purpose, and why.
-STAGE_DEFAULTS = {"--negatives-per-anchor": "mask mines more (3) than train uses (1), so that train can take more "
-                                            "without mining again; export takes the mining run's (None)"}
+STAGE_DEFAULTS = {"--negatives-per-anchor": "mask mines 3; export takes the mining run's (None)"}
 
 
 SEARCH_DEFAULTS = {dest_of(f): f.default for f in fields(SearchSettings)}
@@ -74,6 +73,8 @@ def test_retired_spellings_are_gone_and_the_model_options_name_their_model():
     assert [stage for stage in ("embed", "mask", "train", "run") if "--model" in flags[stage]] == []
     assert {"--margin", "--margin-strategy"} & flags["train"] == set()  # the in-batch rule has its own names
     assert {"--in-batch-margin", "--in-batch-margin-strategy"} <= flags["train"]
+    # how many are mined (mask, export) and how many of those train: two flags
+    assert "--negatives-per-anchor" not in flags["train"] and "--negatives-in-batch" in flags["train"]
 
 
 def test_help_says_every_default():
@@ -88,7 +89,7 @@ def test_help_says_every_default():
 def test_pipeline_run_takes_the_stages_options():
     run_flags = set(options(PARSERS["run"]))
     for needed in ("--query-prompt", "--document-prompt-name", "--precision", "--margin-strategy", "--k",
-                   "--negatives-per-anchor", "--in-batch-margin", "--executor", "--texts-per-shard"):
+                   "--negatives-per-anchor", "--negatives-in-batch", "--in-batch-margin", "--executor", "--texts-per-shard"):
         assert needed in run_flags
 
 

@@ -14,7 +14,7 @@ from gist_mining.training.data import TrainingData
 from gist_mining.training.loop import epoch_batches
 from train import run as train_command
 
-COMMON = ["--batch-size", 8, "--lr", 1e-3, "--seed", 3, "--negatives-per-anchor", 1]
+COMMON = ["--batch-size", 8, "--lr", 1e-3, "--seed", 3, "--negatives-in-batch", 1]
 
 
 @pytest.fixture(scope="module")

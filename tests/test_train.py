@@ -44,7 +44,7 @@ def metrics(out) -> list[dict]:
     return [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
 
 
-COMMON = ["--batch-size", 8, "--lr", 1e-3, "--temperature", 0.05, "--negatives-per-anchor", 1, "--seed", 3]
+COMMON = ["--batch-size", 8, "--lr", 1e-3, "--temperature", 0.05, "--negatives-in-batch", 1, "--seed", 3]
 
 
 @pytest.mark.slow
@@ -166,7 +166,7 @@ def test_torchrun_two_gloo_processes_equal_one_process(mined_work, tmp_path):
 
     student = build_tiny_model(tmp_path / "student", seed=4, dropout=0.0)  # no dropout: the same forward either way
     common = ["--work", mined_work / "w", "--student", student, "--max-steps", 3, "--lr", 1e-3, "--temperature", 0.05,
-              "--negatives-per-anchor", 2]
+              "--negatives-in-batch", 2]
     assert run_stage(train_command, *common, "--batch-size", 8, "--out", tmp_path / "one") == 0
     env = dict(os.environ, HF_HUB_OFFLINE="1", PYTHONPATH=str(ROOT), OMP_NUM_THREADS="1")
     # two ranks, and two ranks with GradCache mini-batches (no_sync on all but the last backward)

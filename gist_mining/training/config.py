@@ -56,8 +56,9 @@ class TrainConfig:
                                                        "(absolute; relative: less margin x |score|; none: never)",
                                            choices=STRATEGIES)
     in_batch_margin: float = option(0.0, "the in-batch guide rule's margin")
-    negatives_per_anchor: int = option(1, "mined negatives used per anchor (at most pipeline.mask's "
-                                          "--negatives-per-anchor)")
+    # Its own flag: pipeline.mask's --negatives-per-anchor is how many are mined (3), this how many of those train.
+    negatives_per_anchor: int = option(1, "each anchor's first N mined negatives in its batch (at most the N "
+                                          "pipeline.mask's --negatives-per-anchor mined)", flag="--negatives-in-batch")
     task_batches: bool = option(False, "each batch from one task (MEDI style)")
     task_batching: str = option("shuffled", "how one-task batches are made: shuffled within a task, no text twice in "
                                             "a batch (--task-batches), or paper: GISTEmbed's, the task-sorted rows cut "
