@@ -1,0 +1,111 @@
+"""What the distillation terms read besides the mined rows (gist_mining.distill): the work directory's texts as
+unlabelled rows (``CorpusSample``, --distill-corpus) and a cross-encoder's scores of the mined pairs
+(``CrossEncoderMargins``, --distill-margin-mse); ``Teacher`` adds both to a step's batch."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import polars as pl
+import pyarrow.parquet as pq
+import torch
+
+from gist_mining import workdir
+from gist_mining.distill import Distillation, SoftLabels
+from gist_mining.errors import UsageError
+from gist_mining.training.data import Batch
+from gist_mining.workdir import VectorStore
+
+
+class CorpusSample:
+    """``per_batch`` texts of texts.parquet per step, each with the guide's stored vector in the document role (every
+    text the guide embedded has one, queries included): the pool the guide embedded for mining, not only the pairs.
+
+    The draw is a function of (seed, step, rank), so a resumed run draws what an uninterrupted one drew; distinct
+    rows within a draw, drawn again each step. Memory holds a step's draw: the texts are read from the row groups
+    that hold them (texts.parquet: 65,536 rows a group), the vectors row by row from the vector store."""
+
+    def __init__(self, work: Path, per_batch: int, seed: int, device):
+        self.file = pq.ParquetFile(workdir.verified_table(work, workdir.TEXTS))
+        sizes = [self.file.metadata.row_group(g).num_rows for g in range(self.file.num_row_groups)]
+        self.group_starts = np.concatenate([[0], np.cumsum(sizes)]).astype(np.int64)
+        self.per_batch, self.seed, self.device = per_batch, seed, device
+        self.store = VectorStore(work, "document")
+
+    def rows(self, step: int, rank: int) -> np.ndarray:
+        """The rows of texts.parquet drawn for ``step`` on ``rank``, ascending."""
+        total = int(self.group_starts[-1])
+        rng = np.random.default_rng([self.seed, step, rank])
+        return np.sort(rng.choice(total, size=min(self.per_batch, total), replace=False))
+
+    def read(self, step: int, rank: int) -> tuple[list[str], torch.Tensor, torch.Tensor]:
+        """The drawn texts, their guide vectors (float16, as TrainingData holds them) and ids, on the device."""
+        rows = self.rows(step, rank)
+        groups = np.searchsorted(self.group_starts, rows, side="right") - 1
+        ids, texts = [], []
+        for group in np.unique(groups):
+            part = self.file.read_row_group(int(group), columns=["text_id", "text"]).take(
+                rows[groups == group] - self.group_starts[group])
+            ids.append(part["text_id"].to_numpy())
+            texts += part["text"].to_pylist()
+        ids = np.concatenate(ids) if ids else np.zeros(0, np.int64)
+        vectors = torch.from_numpy(self.store.get(ids)).to(self.device, torch.float16)
+        return texts, vectors, torch.from_numpy(ids).to(self.device)
+
+
+def require_cross_encoder_scores(work: Path, manifest: dict) -> None:
+    """MarginMSE reads a cross-encoder's scores from mined/: there only when it was mined with them."""
+    if manifest["rules"].get("score", "guide") != "rescore":
+        raise UsageError(f"--distill-margin-mse: {Path(work) / workdir.MINED} holds the guide's scores, not a "
+                         "cross-encoder's; mine with pipeline.mask --rescore-model NAME --score rescore (or --refilter "
+                         "--score rescore where candidates/ were searched with --rescore-model)")
+
+
+class CrossEncoderMargins:
+    """Per mined row (in anchor_id order, as TrainingData's rows), the cross-encoder's margin of its first
+    ``negatives`` mined negatives: its score of the positive less its score of the negative. Mined with --score
+    rescore, positive_score and negative_scores are the cross-encoder's (gist_mining.mining.select), sigmoid(logit)
+    each (gist_mining.rescore). A float per negative, for the life of the run."""
+
+    def __init__(self, work: Path, manifest: dict, anchor_ids: np.ndarray, negatives: int):
+        require_cross_encoder_scores(work, manifest)
+        rows = (pl.read_parquet(workdir.verified(work, manifest, "mine"),
+                                columns=["anchor_id", "positive_score", "negative_scores"]).sort("anchor_id"))
+        if not np.array_equal(rows["anchor_id"].to_numpy(), anchor_ids):
+            raise UsageError(f"{Path(work) / workdir.MINED}: its rows changed while the run read them; run again")
+        scores = rows["negative_scores"].list.head(negatives)
+        counts = scores.list.len().to_numpy()
+        self.starts = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
+        flat = scores.explode().drop_nulls().to_numpy().astype(np.float32)
+        self.margins = np.repeat(rows["positive_score"].to_numpy().astype(np.float32), counts) - flat
+
+    def soft_labels(self, rows: np.ndarray, lengths: np.ndarray, device) -> SoftLabels:
+        """The margins of a batch whose negatives column holds, row after row, ``lengths[i]`` texts of ``rows[i]``:
+        its mined negatives first (those have margins), then any known false negatives (NaN)."""
+        rows, lengths = np.asarray(rows, np.int64), np.asarray(lengths, np.int64)
+        owner = np.repeat(np.arange(len(rows)), lengths)
+        position = np.arange(lengths.sum()) - np.repeat(np.cumsum(lengths) - lengths, lengths)
+        scored = position < (self.starts[rows + 1] - self.starts[rows])[owner]
+        margins = np.full(len(owner), np.nan, np.float32)
+        margins[scored] = self.margins[self.starts[rows][owner][scored] + position[scored]]
+        return SoftLabels(torch.from_numpy(owner).to(device), torch.from_numpy(margins).to(device))
+
+
+class Teacher:
+    """The corpus rows and the cross-encoder's margins a Distillation asks for, added to each step's batch."""
+
+    def __init__(self, work: Path, distill: Distillation, manifest: dict, anchor_ids: np.ndarray, negatives: int,
+                 seed: int, device):
+        self.device = device
+        self.corpus = CorpusSample(work, distill.corpus, seed, device) if distill.corpus else None
+        self.margins = (CrossEncoderMargins(work, manifest, anchor_ids, negatives) if distill.margin_mse else None)
+
+    def add(self, batch: Batch, rows, lengths, step: int, rank: int) -> Batch:
+        """``batch`` with the corpus texts drawn for ``step`` (a fourth column, "corpus") and the margins of its
+        negatives (``lengths``: how many of the negatives column each row holds)."""
+        if self.corpus is not None:
+            batch.texts["corpus"], batch.guide["corpus"], batch.ids["corpus"] = self.corpus.read(step, rank)
+        if self.margins is not None:
+            batch.soft_labels = self.margins.soft_labels(rows, lengths, self.device)
+        return batch
