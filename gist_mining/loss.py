@@ -247,7 +247,7 @@ class GISTLoss(nn.Module):
         if self.distill.embeddings:
             if self.embedding_map is None:
                 raise ValueError("embedding distillation needs the map between the sizes: call fit_embedding_map first")
-            columns = (batch.queries, batch.positives, batch.negatives) + ((batch.corpus,) if batch.corpus else ())
+            columns = (batch.queries, batch.positives, batch.negatives) + ((batch.corpus,) if self.distill.corpus else ())
             terms.append(self.distill.weight * embedding_distillation(columns, self.embedding_map))
         if self.distill.margin_mse:
             if batch.soft_labels is None:
@@ -289,7 +289,7 @@ class GISTLoss(nn.Module):
         leaves = [c.student_vectors for c in (*anchors, *candidates)]
         # The row terms in one piece (rows, not anchors by candidates); this rank's negatives and corpus texts are
         # roots too.
-        own = {name: getattr(batch, name) for name in ("negatives", "corpus") if getattr(batch, name) is not None}
+        own = {"negatives": batch.negatives, **({"corpus": batch.corpus} if self.distill.corpus else {})}
         cut = {name: Column(c.student_vectors.detach().requires_grad_(), c.guide_vectors, c.ids) for name, c in own.items()}
         term = self._row_terms(replace(batch, queries=anchors[0], positives=anchors[1], **cut), total)
         if term is not None:
@@ -330,7 +330,7 @@ class GISTLoss(nn.Module):
 
     def _corpus_candidates(self, batch: GuidedBatch) -> bool:
         """Whether the batch's corpus texts join the candidates: for score distillation's softmax."""
-        return self.distill.scores and batch.corpus is not None
+        return bool(self.distill.corpus) and self.distill.scores and batch.corpus is not None
 
     def _batch_entries(self, batch: GuidedBatch) -> tuple[Entries, int]:
         *columns, start, total = _gather_candidates(batch, self._corpus_candidates(batch))
