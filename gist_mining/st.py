@@ -118,7 +118,7 @@ class StoredGuideGISTLoss(CachedLossMixin, nn.Module):
         self.margins = (CrossEncoderMargins(self.work, manifest, self.data.anchor_ids, manifest["rules"]["num_negatives"])
                         if distill.margin_mse else None)
         self.corpus = CorpusSample(self.work, distill.corpus, seed, model.device) if distill.corpus else None
-        self._draws = 0  # training calls so far: the corpus sample's step
+        self.draws = 0  # training calls so far: the corpus sample's step
         if distill.embeddings:
             self.gist.fit_embedding_map(model.get_embedding_dimension(), self.data.guide["document"].shape[1])
             self.gist.to(model.device)
@@ -138,8 +138,8 @@ class StoredGuideGISTLoss(CachedLossMixin, nn.Module):
         batch = self._batch(labels, columns[0], columns[1], negatives)
         if self.corpus is not None:
             rank = dist.get_rank() if dist.is_available() and dist.is_initialized() else 0
-            texts, guide, ids = self.corpus.read(self._draws, rank)
-            self._draws += self.model.training
+            texts, guide, ids = self.corpus.read(self.draws, rank)
+            self.draws += self.model.training
             batch.corpus = Column(student_forward(self.model, texts, self.model.device, False,
                                                   self.model.prompts.get("document", "")), guide, ids)
         if with_backward:

@@ -335,7 +335,8 @@ def narrow_student(tmp_path_factory):
 def test_bad_options_stop_with_one_line(mined_work, tiny_model, tmp_path, capsys):  # noqa: F811
     base = ["--work", mined_work / "w", "--student", tiny_model, "--max-steps", 1, "--out", tmp_path / "m", *COMMON]
     for bad in (["--distill", "scores", "--distill-weight", "0"], ["--distill", "scores", "--distill-temperature", "-1"],
-                ["--distill", "embeddings", "--matryoshka-dims", "16"]):
+                ["--distill", "embeddings", "--matryoshka-dims", "16"], ["--distill-corpus", "4"],
+                ["--distill-margin-mse", "1"]):  # corpus rows for no term; no cross-encoder scores in mined/
         assert run_stage(train_command, *base, *bad) == 2
         assert capsys.readouterr().err.strip().startswith("error: --distill")
         assert not (tmp_path / "m").exists()
@@ -382,12 +383,26 @@ def test_embedding_map_trains_resumes_and_stays_out_of_the_model(mined_work, nar
 
 def test_grad_cache_step_equals_the_plain_step(mined_work, narrow_student):  # noqa: F811
     """cached_backward with both terms: the loss, the student's gradients and the map's of one plain pass."""
+    grad_cache_equals_plain(mined_work / "w", narrow_student, Distillation("scores+embeddings", 0.5, 0.02))
+
+
+def with_teacher(work, data: TrainingData, batch, rows, d: Distillation, negatives: int, step: int = 0):
+    """train.run's batch of ``rows`` with the corpus texts and margins ``d`` asks for, as its loop adds them."""
+    from gist_mining.training.teacher_data import Teacher
+
+    if d.corpus or d.margin_mse:
+        Teacher(work, d, data.manifest, data.anchor_ids, negatives, TrainConfig().seed, "cpu").add(
+            batch, rows, [len(data.negatives.row(r)) for r in rows], step, 0)
+    return batch
+
+
+def grad_cache_equals_plain(work, narrow_student, d: Distillation):  # noqa: F811
     from gist_mining.models import load_model
 
-    data = TrainingData(mined_work / "w", 2, "cpu")
-    batch = data.get_batch(list(range(12)))
+    data = TrainingData(work, 2, "cpu")
+    batch = with_teacher(work, data, data.get_batch(list(range(12))), list(range(12)), d, 2)
     model = load_model(str(narrow_student), device="cpu")
-    loss_fn = gist_loss(temperature=0.05, distill=Distillation("scores+embeddings", 0.5, 0.02))
+    loss_fn = gist_loss(temperature=0.05, distill=d)
     torch.manual_seed(MAP_SEED)
     loss_fn.fit_embedding_map(24, 32)
 
@@ -398,7 +413,7 @@ def test_grad_cache_step_equals_the_plain_step(mined_work, narrow_student):  # n
         return value, [p.grad.clone() for p in [*model.parameters(), *loss_fn.parameters()] if p.grad is not None]
 
     def plain():
-        student = {c: student_forward(model, batch.texts[c], "cpu", False, "") for c in COLUMNS}
+        student = {c: student_forward(model, batch.texts[c], "cpu", False, "") for c in batch.columns}
         loss = loss_fn(batch.with_student(student))[0]
         loss.backward()
         return loss.item()
@@ -432,7 +447,8 @@ def st_and_train_run(work, model, rows, d: Distillation, mini_batch_size=None): 
         ours.fit_embedding_map(24, 32)
         ours.load_state_dict(st_loss.gist.state_dict())
     data = TrainingData(work, 1, "cpu")
-    batch = data.get_batch(np.searchsorted(data.anchor_ids, [r[0] for r in rows["label"]]).tolist())
+    batch_rows = np.searchsorted(data.anchor_ids, [r[0] for r in rows["label"]]).tolist()
+    batch = with_teacher(work, data, data.get_batch(batch_rows), batch_rows, d, 1)
 
     def grads_of(loss_module, step):
         model.zero_grad()
@@ -445,7 +461,7 @@ def st_and_train_run(work, model, rows, d: Distillation, mini_batch_size=None): 
 
     def train_run_loss():
         return ours(batch.with_student({c: student_forward(model, batch.texts[c], "cpu", False, "")
-                                        for c in COLUMNS}))[0]
+                                        for c in batch.columns}))[0]
 
     stored = grads_of(st_loss, lambda: st_loss(fresh(features), labels))
     return stored, grads_of(ours, train_run_loss), st_loss
