@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import shutil
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -45,7 +46,10 @@ def with_teacher_rows(inputs: dict, seed: int = 0) -> dict:
     cross-encoder's margin for each negative, owned by an anchor of the same gloo process (ANCHOR_SPLIT,
     NEGATIVE_SPLIT), one without a margin (NaN)."""
     g = torch.Generator().manual_seed(100 + seed)
-    unit = lambda *shape: torch.nn.functional.normalize(torch.randn(*shape, generator=g), dim=-1)  # noqa: E731
+
+    def unit(*shape):
+        return torch.nn.functional.normalize(torch.randn(*shape, generator=g), dim=-1)
+
     margins = torch.rand(8, generator=g) * 2 - 1
     margins[3] = float("nan")
     return dict(inputs, c=unit(6, 16), gc=unit(6, 16), c_ids=torch.tensor([300, 101, 302, 201, 304, 305]),
@@ -163,8 +167,6 @@ CASES.update({"embeddings-same-size": (Distillation("embeddings", 0.5), 16),
               "both": (Distillation("scores+embeddings", 2.0, 0.05, "teacher"), 24),
               # the corpus texts and MarginMSE (6 corpus texts in the batch; the option's number is the sampler's)
               "corpus-scores": (Distillation("scores", 0.7, 0.02, "both", corpus=6), 16),
-              "corpus-scores-student": (Distillation("scores", 0.7, 0.05, "student", corpus=6), 16),
-              "corpus-embeddings": (Distillation("embeddings", 0.5, corpus=6), 24),
               "margin-mse": (Distillation(margin_mse=3.0), 16),
               "all-terms": (Distillation("scores+embeddings", 1.5, 0.05, "teacher", corpus=6, margin_mse=2.0), 24)})
 
@@ -197,7 +199,18 @@ def test_the_masks_differ_and_teacher_side_kl_is_a_divergence():
         contrastive_oracle(inputs, guided=False)[0] + plain["teacher"], rel=1e-5)
 
 
-@pytest.mark.parametrize("name", ["scores-both", "scores-student", "both", "corpus-scores-student", "all-terms"])
+def test_corpus_texts_leave_the_masked_fraction_alone():
+    """The masked fraction is the contrastive loss's (its entries only), whatever corpus texts the KL adds."""
+    d = CASES["corpus-scores"][0]
+    inputs = case_inputs(d, 16)
+    columns = {k: Column(inputs[k], inputs["g" + k], inputs[f"{k}_ids"]) for k in "qpnc"}
+    plain = GuidedBatch(columns["q"], columns["p"], columns["n"], inputs["known"], inputs["unjudged"])
+    masked = gist_loss(temperature=TEMPERATURE, distill=d)(replace(plain, corpus=columns["c"]))[1]
+    assert masked.item() == pytest.approx(gist_loss(temperature=TEMPERATURE)(plain)[1].item())
+    assert 0 < masked.item() < 1
+
+
+@pytest.mark.parametrize("name", ["scores-both", "scores-student", "both", "all-terms"])
 def test_gradients_equal_finite_differences(name):
     d, size = CASES[name]
     inputs = case_inputs(d, size, 2)

@@ -15,7 +15,6 @@ from test_distill import (
     grad_cache_equals_plain,
     narrow_student,  # noqa: F401  (the module fixture: a 24-dimensional student against the 32-dimensional guide)
     st_and_train_run,
-    with_teacher,
 )
 from test_train import COMMON, metrics
 from test_train_resume import same_weights
@@ -141,6 +140,7 @@ def test_resumed_run_with_corpus_and_margins_equals_the_uninterrupted_one(rescor
     assert same_weights(cut, tmp_path / "whole")
 
 
+@pytest.mark.slow  # 10 s; the loss by rows with both is in tests/test_distill.py's fast tier
 def test_grad_cache_step_with_corpus_and_margins_equals_the_plain_step(rescored, narrow_student):  # noqa: F811
     grad_cache_equals_plain(rescored, narrow_student, Distillation("scores+embeddings", 0.5, 0.02, "teacher", corpus=4,
                                                                   margin_mse=2.0))
@@ -148,8 +148,9 @@ def test_grad_cache_step_with_corpus_and_margins_equals_the_plain_step(rescored,
 
 def test_margin_mse_is_refused_without_cross_encoder_scores(tmp_path, tiny_guide):
     """Mined with the guide's scores, mined/ holds no cross-encoder's: the stock loss's constructor says so."""
-    from gist_mining.st import StoredGuideGISTLoss
     from test_st import load
+
+    from gist_mining.st import StoredGuideGISTLoss
 
     root = tmp_path
     make_pairs(24, seed=1).write_parquet(root / "pairs.parquet")
