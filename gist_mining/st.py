@@ -98,9 +98,9 @@ class StoredGuideGISTLoss(CachedLossMixin, nn.Module):
     teacher (gist_mining.distill.Distillation: its scores, its vectors, or both), as train.run's --distill options;
     embedding distillation's map is a parameter of this loss, which the stock trainer's optimizer takes with the
     model's, and which the saved model does not hold. ``Distillation(corpus=N)``: N texts of the work directory per
-    loss call, embedded by this loss with the model's document prompt (their forward pass is not cached under
-    GradCache), drawn from ``seed`` and the number of training calls so far (a resumed stock trainer starts that
-    count again: its draws are not an uninterrupted run's); ``Distillation(margin_mse=W)``: MarginMSE on the
+    batch, embedded by this loss with the model's document prompt (their forward pass is not cached under
+    GradCache), drawn from ``seed``, the rank and the batch's anchor ids: the same draw for each of MatryoshkaLoss's
+    calls on a batch, and for a batch a resumed trainer meets again; ``Distillation(margin_mse=W)``: MarginMSE on the
     cross-encoder's scores of mined/ (refused here when it was not mined with them).
     """
 
@@ -118,7 +118,6 @@ class StoredGuideGISTLoss(CachedLossMixin, nn.Module):
         self.margins = (CrossEncoderMargins(self.work, manifest, self.data.anchor_ids, manifest["rules"]["num_negatives"])
                         if distill.margin_mse else None)
         self.corpus = CorpusSample(self.work, distill.corpus, seed, model.device) if distill.corpus else None
-        self.draws = 0  # training calls so far: the corpus sample's step
         if distill.embeddings:
             self.gist.fit_embedding_map(model.get_embedding_dimension(), self.data.guide["document"].shape[1])
             self.gist.to(model.device)
@@ -138,10 +137,10 @@ class StoredGuideGISTLoss(CachedLossMixin, nn.Module):
         batch = self._batch(labels, columns[0], columns[1], negatives)
         if self.corpus is not None:
             rank = dist.get_rank() if dist.is_available() and dist.is_initialized() else 0
-            texts, guide, ids = self.corpus.read(self.draws, rank)
-            self.draws += self.model.training
-            batch.corpus = Column(student_forward(self.model, texts, self.model.device, False,
-                                                  self.model.prompts.get("document", "")), guide, ids)
+            texts, guide, ids = self.corpus.read(rank, *labels[:, 0].cpu().numpy().astype(np.uint64).tolist())
+            vectors = student_forward(self.model, texts, self.model.device, False, self.model.prompts.get("document", ""))
+            # Cut as the columns are (MatryoshkaLoss hands this loss each size in turn).
+            batch.corpus = Column(vectors[:, : columns[0].shape[-1]], guide, ids)
         if with_backward:
             loss, masked = self.gist.backward_by_rows(batch, self.mini_batch_size)
         else:

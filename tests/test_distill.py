@@ -399,13 +399,14 @@ def test_grad_cache_step_equals_the_plain_step(mined_work, narrow_student):  # n
     grad_cache_equals_plain(mined_work / "w", narrow_student, Distillation("scores+embeddings", 0.5, 0.02))
 
 
-def with_teacher(work, data: TrainingData, batch, rows, d: Distillation, negatives: int, step: int = 0):
-    """train.run's batch of ``rows`` with the corpus texts and margins ``d`` asks for, as its loop adds them."""
+def with_teacher(work, data: TrainingData, batch, rows, d: Distillation, negatives: int, key=(1, 0)):
+    """train.run's batch of ``rows`` with the corpus texts and margins ``d`` asks for, as its loop adds them (the
+    corpus texts drawn for ``key``: train.run's step and rank)."""
     from gist_mining.training.teacher_data import Teacher
 
     if d.corpus or d.margin_mse:
         Teacher(work, d, data.manifest, data.anchor_ids, negatives, TrainConfig().seed, "cpu").add(
-            batch, rows, [len(data.negatives.row(r)) for r in rows], step, 0)
+            batch, rows, [len(data.negatives.row(r)) for r in rows], key)
     return batch
 
 
@@ -461,7 +462,9 @@ def st_and_train_run(work, model, rows, d: Distillation, mini_batch_size=None): 
         ours.load_state_dict(st_loss.gist.state_dict())
     data = TrainingData(work, 1, "cpu")
     batch_rows = np.searchsorted(data.anchor_ids, [r[0] for r in rows["label"]]).tolist()
-    batch = with_teacher(work, data, data.get_batch(batch_rows), batch_rows, d, 1)
+    # the corpus texts StoredGuideGISTLoss draws: for rank 0 and the batch's anchors
+    key = (0, *np.asarray([r[0] for r in rows["label"]]).astype(np.uint64).tolist())
+    batch = with_teacher(work, data, data.get_batch(batch_rows), batch_rows, d, 1, key)
 
     def grads_of(loss_module, step):
         model.zero_grad()

@@ -116,7 +116,7 @@ def test_the_trainers_first_step_is_the_loss_of_its_batch_with_corpus_and_margin
     d = Distillation("scores", 0.5, 0.02, corpus=5, margin_mse=2.0)
     rows = epoch_batches(data, TrainConfig(batch_size=8, seed=3), 1, 0)[0]
     batch = Teacher(rescored, d, data.manifest, data.anchor_ids, 1, 3, "cpu").add(
-        data.get_batch(rows), rows, [len(data.negatives.row(r)) for r in rows], 1, 0)
+        data.get_batch(rows), rows, [len(data.negatives.row(r)) for r in rows], (1, 0))
     assert len(batch.texts["corpus"]) == 5 and not batch.soft_labels.margins.isnan().all()
     model = load_model(str(narrow_student), device="cpu")
     student = {c: student_forward(model, batch.texts[c], "cpu", False, "") for c in batch.columns}
@@ -167,7 +167,8 @@ ST_CASES = {"corpus-scores": Distillation("scores", 0.5, 0.02, "teacher", corpus
 @pytest.mark.parametrize("name", list(ST_CASES))
 def test_stock_trainers_loss_equals_train_runs(rescored, narrow_student, name):  # noqa: F811
     """StoredGuideGISTLoss with corpus rows and margins: train.run's loss and gradients on the same anchors with the
-    same draw of corpus texts (its first call's, seed 42: train.run's default) and margins; GradCache too."""
+    same draw of corpus texts (seed 42, train.run's default; rank 0 and the batch's anchors) and margins; GradCache
+    too."""
     from test_st import assert_same, load
 
     from gist_mining.st import mined_dataset
@@ -195,6 +196,32 @@ def test_stock_trainer_trains_with_corpus_rows_and_margins(rescored, tiny_model,
     trainer = SentenceTransformerTrainer(model=model, args=train_args(tmp_path, report_to="none"),
                                          train_dataset=mined_dataset(rescored, 1), loss=loss)
     trainer.train()
-    assert loss.draws == 5  # a corpus draw per training call
     assert all(np.isfinite(h["loss"]) and h["loss"] > 0 for h in trainer.state.log_history if "loss" in h)
     assert any(not torch.equal(a, b) for a, b in zip(before, model.parameters()))
+
+
+def test_matryoshka_sees_one_corpus_draw_per_batch(rescored, tiny_model):
+    """MatryoshkaLoss calls the loss once per size on one batch (reusing the first call's forward passes, the loss's
+    own corpus pass too): each call must draw the same corpus texts, so the wrapped loss is the sum over the sizes
+    of the loss on the cut embeddings, computed by hand; another batch draws other texts."""
+    from sentence_transformers.sentence_transformer.losses import MatryoshkaLoss
+    from test_st import collate, fresh, grads_of, load
+
+    from gist_mining.st import StoredGuideGISTLoss, mined_dataset
+
+    model = load(tiny_model)
+    model.eval()
+    features, labels = collate(model, mined_dataset(rescored, 1, short="drop").select(range(10)))
+    loss = StoredGuideGISTLoss(model, rescored, distill=Distillation("scores", corpus=6, margin_mse=1.0))
+
+    def by_hand():
+        full = [model(f)["sentence_embedding"] for f in fresh(features)]
+        return sum(loss.calculate_loss([[e[:, :dim]] for e in full], labels) for dim in (32, 16, 8))
+
+    wrapped = MatryoshkaLoss(model, loss, [32, 16, 8])
+    got, expected = grads_of(model, lambda: wrapped(fresh(features), labels)), grads_of(model, by_hand)
+    assert got[0] == pytest.approx(expected[0], rel=1e-5)
+    for mine, theirs in zip(got[1], expected[1], strict=True):  # the sizes add up in another order: float32 noise
+        torch.testing.assert_close(mine, theirs, rtol=1e-4, atol=1e-5)
+    draw = loss.corpus.rows(0, *labels[:, 0].numpy().astype(np.uint64).tolist())
+    assert not np.array_equal(draw, loss.corpus.rows(0, *labels[1:, 0].numpy().astype(np.uint64).tolist()))

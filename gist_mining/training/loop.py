@@ -199,7 +199,7 @@ def train(work: Path, out: Path, config: TrainConfig = TrainConfig()) -> dict | 
         batch_index, step = batch_index + 1, step + 1
         batch = data.get_batch(rows)
         if teacher is not None:
-            teacher.add(batch, rows, [len(data.negatives.row(r)) for r in rows], step, rank)
+            teacher.add(batch, rows, [len(data.negatives.row(r)) for r in rows], (step, rank))
         loss, masked = train_step(model, loss_fn, batch, optimizer, scheduler, device, world,
                                   bf16=config.precision == "bf16", mini_batch_size=config.mini_batch_size,
                                   sizes=config.matryoshka_dims)

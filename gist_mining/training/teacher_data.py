@@ -22,8 +22,9 @@ class CorpusSample:
     """``per_batch`` texts of texts.parquet per step, each with the guide's stored vector in the document role (every
     text the guide embedded has one, queries included): the pool the guide embedded for mining, not only the pairs.
 
-    The draw is a function of (seed, step, rank), so a resumed run draws what an uninterrupted one drew; distinct
-    rows within a draw, drawn again each step. Memory holds a step's draw: the texts are read from the row groups
+    The draw is a function of the seed and a key (train.run: the step and the rank; the stock trainer's loss: the
+    rank and the batch's anchors), so a resumed run draws what an uninterrupted one drew; distinct rows within a
+    draw, drawn again for each key. Memory holds a step's draw: the texts are read from the row groups
     that hold them (texts.parquet: 65,536 rows a group), the vectors row by row from the vector store."""
 
     def __init__(self, work: Path, per_batch: int, seed: int, device):
@@ -33,15 +34,16 @@ class CorpusSample:
         self.per_batch, self.seed, self.device = per_batch, seed, device
         self.store = VectorStore(work, "document")
 
-    def rows(self, step: int, rank: int) -> np.ndarray:
-        """The rows of texts.parquet drawn for ``step`` on ``rank``, ascending."""
+    def rows(self, *key: int) -> np.ndarray:
+        """The rows of texts.parquet drawn for ``key`` (non-negative integers), ascending."""
         total = int(self.group_starts[-1])
-        rng = np.random.default_rng([self.seed, step, rank])
+        rng = np.random.default_rng([self.seed, *key])
         return np.sort(rng.choice(total, size=min(self.per_batch, total), replace=False))
 
-    def read(self, step: int, rank: int) -> tuple[list[str], torch.Tensor, torch.Tensor]:
-        """The drawn texts, their guide vectors (float16, as TrainingData holds them) and ids, on the device."""
-        rows = self.rows(step, rank)
+    def read(self, *key: int) -> tuple[list[str], torch.Tensor, torch.Tensor]:
+        """The texts drawn for ``key``, their guide vectors (float16, as TrainingData holds them) and ids, on the
+        device."""
+        rows = self.rows(*key)
         groups = np.searchsorted(self.group_starts, rows, side="right") - 1
         ids, texts = [], []
         for group in np.unique(groups):
@@ -101,11 +103,11 @@ class Teacher:
         self.corpus = CorpusSample(work, distill.corpus, seed, device) if distill.corpus else None
         self.margins = (CrossEncoderMargins(work, manifest, anchor_ids, negatives) if distill.margin_mse else None)
 
-    def add(self, batch: Batch, rows, lengths, step: int, rank: int) -> Batch:
-        """``batch`` with the corpus texts drawn for ``step`` (a fourth column, "corpus") and the margins of its
-        negatives (``lengths``: how many of the negatives column each row holds)."""
+    def add(self, batch: Batch, rows, lengths, key: tuple[int, ...]) -> Batch:
+        """``batch`` with the corpus texts drawn for ``key`` (train.run: the step and the rank; a fourth column,
+        "corpus") and the margins of its negatives (``lengths``: how many of the negatives column each row holds)."""
         if self.corpus is not None:
-            batch.texts["corpus"], batch.guide["corpus"], batch.ids["corpus"] = self.corpus.read(step, rank)
+            batch.texts["corpus"], batch.guide["corpus"], batch.ids["corpus"] = self.corpus.read(*key)
         if self.margins is not None:
             batch.soft_labels = self.margins.soft_labels(rows, lengths, self.device)
         return batch
