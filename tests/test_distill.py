@@ -271,9 +271,10 @@ def test_bad_options_are_refused():
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
-def test_cuda_and_bf16_autocast_match_cpu():
-    d, size = CASES["both"]
-    inputs = with_guide_dim(random_inputs(5), size)
+@pytest.mark.parametrize("name", ["both", "all-terms"])
+def test_cuda_and_bf16_autocast_match_cpu(name):
+    d, size = CASES[name]
+    inputs = case_inputs(d, size, 5)
     expected = run(inputs, d)
     on_cuda = {k: v.cuda() if torch.is_tensor(v) else v for k, v in inputs.items()}
     got = run(on_cuda, d, device="cuda")
