@@ -42,7 +42,7 @@ same anchors and seeds):
                    embeddings (cosine to the guide's vectors through a trained map), both; distill-corpus and
                    distill-embeddings-corpus: the same with 16 texts of the work directory per batch as extra rows
                    (--distill-corpus: candidates in the KL's softmaxes only, or vectors matched). No MarginMSE arm
-                   (--distill-margin-mse): the data sets are mined without a cross-encoder, so mined/ holds none
+                   (--distill-margin-mse): the data sets are searched without a cross-encoder, so no table holds its scores
     guide          (untrained, as base) the guide model itself on val/ and test/: the ceiling distillation aims at
 
 Every trained student is scored on val/ (for choices) and test/ (for the table): NDCG@10 mean +- std over

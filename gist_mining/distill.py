@@ -18,9 +18,9 @@ corpus      the guide embedded every text of the pool for mining, not only the p
             never in the contrastive loss: they are unlabelled, so no anchor's cross-entropy may count them as its
             negatives; the KL still teaches the student how the guide ranks texts the pairs never show.
 margin_mse  Hofstaetter et al. 2020 (arXiv 2010.02666): (s(q, p) - s(q, n) - (t(q, p) - t(q, n)))^2 over each anchor's
-            own mined negatives, the student's cosines s against a cross-encoder's scores t, stored when pipeline.mask
-            rescored the candidates and mined with them (--rescore-model, --score rescore). Those scores are
-            sigmoid(logit) (gist_mining.rescore), so the teacher's margins lie in (-1, 1), on the cosines' scale.
+            own mined negatives, the student's cosines s against a cross-encoder's scores t, stored where pipeline.mask
+            rescored the candidates (--rescore-model; gist_mining.training.teacher_data reads them). Those scores
+            are sigmoid(logit) (gist_mining.rescore), so the teacher's margins lie in (-1, 1), on the cosines' scale.
 """
 
 from __future__ import annotations

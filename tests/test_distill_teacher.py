@@ -65,27 +65,59 @@ def test_the_corpus_sample_is_a_function_of_seed_step_and_rank(rescored):
     torch.testing.assert_close(guide, torch.from_numpy(expected).half())
 
 
-def test_cross_encoder_margins_are_the_mined_scores(rescored):
-    """Each negative's margin: mined/'s positive_score less its negative score (the cross-encoder's, mined with
-    --score rescore), owned by its row; a known false negative the batch brings in has none."""
+@pytest.fixture(scope="module")
+def guide_mined(rescored, tmp_path_factory):
+    """The same rescored candidates, mined with the guide's scores (the default rule): mined/ holds the guide's
+    scores, candidates/ still the cross-encoder's."""
+    work = tmp_path_factory.mktemp("guide-mined") / "w"
+    shutil.copytree(rescored, work)
+    assert run_stage(mask, "--work", work, "--refilter", "--score", "guide", "--negatives-per-anchor", 2) == 0
+    return work
+
+
+def cross_encoder_scores_by_hand(work) -> dict:
+    """(anchor_id, text_id) -> the cross-encoder's score, from candidates/ entry by entry; (anchor_id, None): the
+    positive's."""
+    found = {}
+    for row in pl.read_parquet(work / "candidates" / "*.parquet").iter_rows(named=True):
+        found[row["anchor_id"], None] = row["rescore_positive_score"]
+        for ids, scores in (("candidate_ids", "rescore_candidate_scores"), ("given_negative_ids",
+                                                                             "rescore_given_negative_scores")):
+            found.update({(row["anchor_id"], i): score for i, score in zip(row[ids], row[scores])})
+    return found
+
+
+@pytest.mark.parametrize("mined_with", ["rescore", "guide"])
+def test_cross_encoder_margins_are_the_stored_scores(rescored, guide_mined, mined_with):
+    """Each negative's margin: the cross-encoder's score of the positive less its score of the negative, as
+    candidates/ stored them (mined/ holds the same scores when mined with them), owned by its row; a known false
+    negative the batch brings in has none."""
     from gist_mining.training.teacher_data import CrossEncoderMargins
 
-    data = TrainingData(rescored, 2, "cpu", false_negatives=1)
-    margins = CrossEncoderMargins(rescored, data.manifest, data.anchor_ids, 2)
-    mined = pl.read_parquet(rescored / "mined" / "*.parquet").sort("anchor_id")
-    with_fn = np.flatnonzero(mined["false_negative_ids"].list.len().to_numpy() > 0)
-    rows = [int(with_fn[-1]), 0, int(with_fn[0]), 3]  # in no order; rows with a known false negative among them
+    work = {"rescore": rescored, "guide": guide_mined}[mined_with]
+    data = TrainingData(work, 2, "cpu", false_negatives=1)
+    margins = CrossEncoderMargins(work, data.manifest, data.anchor_ids, 2)
+    by_hand = cross_encoder_scores_by_hand(work)
+    mined = pl.read_parquet(work / "mined" / "*.parquet").sort("anchor_id")
+    counts = {name: mined[name].list.len().to_numpy() for name in ("negative_ids", "false_negative_ids")}
+    with_fn = np.flatnonzero((counts["false_negative_ids"] > 0) & (counts["negative_ids"] > 0))
+    with_negatives = np.flatnonzero(counts["negative_ids"] > 0)
+    # in no order; rows with a known false negative among them
+    rows = [int(with_fn[-1]), int(with_negatives[0]), int(with_fn[0]), int(with_negatives[1]), 0]
     lengths = [len(data.negatives.row(r)) for r in rows]
     labels = margins.soft_labels(rows, lengths, "cpu")
     expected_owner, expected = [], []
     for i, r in enumerate(rows):
         row = mined.row(r, named=True)
-        scored = [row["positive_score"] - s for s in row["negative_scores"][:2]]
+        scored = [by_hand[row["anchor_id"], None] - by_hand[row["anchor_id"], i] for i in row["negative_ids"][:2]]
         expected_owner += [i] * lengths[i]
         expected += scored + [float("nan")] * (lengths[i] - len(scored))
     assert labels.owner.tolist() == expected_owner
     np.testing.assert_allclose(labels.margins.numpy(), np.array(expected, np.float32), rtol=1e-6)
-    assert np.isnan(labels.margins.numpy()).any() and (~np.isnan(labels.margins.numpy())).sum() > 4
+    assert np.isnan(labels.margins.numpy()).any() and (~np.isnan(labels.margins.numpy())).sum() >= 4
+    if mined_with == "rescore":  # mined/'s own scores are the cross-encoder's
+        assert [row["negative_scores"][:2] for row in mined.iter_rows(named=True)] == [
+            [by_hand[row["anchor_id"], i] for i in row["negative_ids"][:2]] for row in mined.iter_rows(named=True)]
 
 
 def test_new_options_at_their_defaults_leave_the_run_identity_alone():
@@ -147,7 +179,7 @@ def test_grad_cache_step_with_corpus_and_margins_equals_the_plain_step(rescored,
 
 
 def test_margin_mse_is_refused_without_cross_encoder_scores(tmp_path, tiny_guide):
-    """Mined with the guide's scores, mined/ holds no cross-encoder's: the stock loss's constructor says so."""
+    """Searched without a cross-encoder, no table holds its scores: the stock loss's constructor says so."""
     from test_st import load
 
     from gist_mining.st import StoredGuideGISTLoss
@@ -156,7 +188,7 @@ def test_margin_mse_is_refused_without_cross_encoder_scores(tmp_path, tiny_guide
     make_pairs(24, seed=1).write_parquet(root / "pairs.parquet")
     assert run_stage(embed, "--input", root / "pairs.parquet", "--work", root / "w", "--guide", tiny_guide) == 0
     assert run_stage(mask, "--work", root / "w", "--k", 10) == 0
-    with pytest.raises(UsageError, match="--score rescore"):
+    with pytest.raises(UsageError, match="hold no cross-encoder's scores"):
         StoredGuideGISTLoss(load(tiny_guide), root / "w", distill=Distillation(margin_mse=1.0))
 
 

@@ -110,8 +110,7 @@ class TrainConfig:
                                  "and the step (0: none)")
     distill_margin_mse: float = option(Distillation.margin_mse, "MarginMSE's weight: the student's cos(q, p) - "
                                        "cos(q, n) toward a cross-encoder's margin on each anchor's mined negatives, "
-                                       "from mined/ mined with pipeline.mask --rescore-model NAME --score rescore "
-                                       "(0: off)")
+                                       "its scores stored by pipeline.mask --rescore-model NAME (0: off)")
     distill_map_lr: float = option(1e-3, "embedding distillation: peak learning rate of the map from the student's "
                                          "size to the guide's (trained from scratch; not saved with the model)")
     eval: Path | None = option(None, "retrieval split: a folder in BEIR's layout (corpus, queries, qrels/test) or the "

@@ -41,7 +41,7 @@ from gist_mining.training.evaluate import evaluate, make_evaluator
 from gist_mining.training.output import save_model
 from gist_mining.training.reporting import Log, Reporter
 from gist_mining.training.step import global_mean, train_step
-from gist_mining.training.teacher_data import Teacher, require_cross_encoder_scores
+from gist_mining.training.teacher_data import Teacher, cross_encoder_scores
 
 
 def loss_from(config: TrainConfig) -> GISTLoss:
@@ -147,7 +147,7 @@ def train(work: Path, out: Path, config: TrainConfig = TrainConfig()) -> dict | 
     rank = dist.get_rank() if world > 1 else 0
     manifest = workdir.checked_mined_manifest(work)
     if config.distill_margin_mse:
-        require_cross_encoder_scores(work, manifest)  # before anything is written
+        cross_encoder_scores(work, manifest)  # refuses before anything is written
     identity = run_identity(config, manifest, world)
     finished = claim_output(out, identity, config.overwrite, rank)
     if rank == 0 and finished is None:

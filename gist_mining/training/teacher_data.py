@@ -56,26 +56,59 @@ class CorpusSample:
         return texts, vectors, torch.from_numpy(ids).to(self.device)
 
 
-def require_cross_encoder_scores(work: Path, manifest: dict) -> None:
-    """MarginMSE reads a cross-encoder's scores from mined/: there only when it was mined with them."""
-    if manifest["rules"].get("score", "guide") != "rescore":
-        raise UsageError(f"--distill-margin-mse: {Path(work) / workdir.MINED} holds the guide's scores, not a "
-                         "cross-encoder's; mine with pipeline.mask --rescore-model NAME --score rescore (or --refilter "
-                         "--score rescore where candidates/ were searched with --rescore-model)")
+def cross_encoder_scores(work: Path, manifest: dict) -> str:
+    """Where a cross-encoder's scores of the mined pairs are: "mined" when mined/ was mined with them (--score
+    rescore: its positive_score and negative_scores are the cross-encoder's), "candidates" when only the search
+    stored them (--rescore-model, the rules on the guide's scores); refused in one line when neither holds any."""
+    if manifest["rules"].get("score", "guide") == "rescore":
+        return "mined"
+    if workdir.checked_candidates_manifest(work).get("rescore"):
+        return "candidates"
+    raise UsageError(f"--distill-margin-mse: {Path(work) / workdir.CANDIDATES} hold no cross-encoder's scores; search "
+                     "with pipeline.mask --rescore-model NAME (and --overwrite to replace candidates searched without it)")
+
+
+def _rescored_negatives(work: Path, mined: pl.DataFrame) -> pl.DataFrame:
+    """Per mined row (anchor_id, negative_ids), the cross-encoder's scores of its positive and of each negative,
+    looked up in candidates/ a shard at a time: a negative is one of its anchor's candidates or given negatives,
+    whose pairs the search scored."""
+    wanted = mined.select("anchor_id", pl.col("negative_ids").alias("id")).with_row_index("row").explode("id")
+    wanted = wanted.drop_nulls("id").with_columns(pl.int_range(pl.len()).over("row").alias("position"))
+    found = []
+    for path in workdir.verified(work, workdir.checked_candidates_manifest(work), "search"):
+        shard = pl.read_parquet(path, columns=["anchor_id", "rescore_positive_score", "candidate_ids",
+                                               "rescore_candidate_scores", "given_negative_ids",
+                                               "rescore_given_negative_scores"])
+        pairs = pl.concat([shard.select("anchor_id", pl.col(ids).alias("id"), pl.col(scores).alias("score"))
+                           .explode("id", "score") for ids, scores in (("candidate_ids", "rescore_candidate_scores"),
+                                                                        ("given_negative_ids",
+                                                                         "rescore_given_negative_scores"))])
+        found.append(shard.select("anchor_id", pl.col("rescore_positive_score").alias("positive_score"))
+                     .join(pairs.drop_nulls().unique(["anchor_id", "id"], keep="first"), on="anchor_id"))
+    scored = wanted.join(pl.concat(found), on=["anchor_id", "id"], how="left").sort("row", "position")
+    if scored["score"].null_count():
+        raise UsageError(f"{Path(work) / workdir.CANDIDATES}: a mined negative has no cross-encoder score; run "
+                         "pipeline.mask --work again")
+    negatives = scored.group_by("row", maintain_order=True).agg(pl.col("score").alias("negative_scores"),
+                                                                 pl.col("positive_score").first())
+    return (mined.with_row_index("row").join(negatives, on="row", how="left").sort("row")
+            .select("anchor_id", "positive_score", pl.col("negative_scores").fill_null([])))
 
 
 class CrossEncoderMargins:
     """Per mined row (in anchor_id order, as TrainingData's rows), the cross-encoder's margin of its first
-    ``negatives`` mined negatives: its score of the positive less its score of the negative. Mined with --score
-    rescore, positive_score and negative_scores are the cross-encoder's (gist_mining.mining.select), sigmoid(logit)
-    each (gist_mining.rescore). A float per negative, for the life of the run."""
+    ``negatives`` mined negatives: its score of the positive less its score of the negative, sigmoid(logit) each
+    (gist_mining.rescore), read from mined/ or candidates/ (``cross_encoder_scores``). A float per negative, for
+    the life of the run."""
 
     def __init__(self, work: Path, manifest: dict, anchor_ids: np.ndarray, negatives: int):
-        require_cross_encoder_scores(work, manifest)
-        rows = (pl.read_parquet(workdir.verified(work, manifest, "mine"),
-                                columns=["anchor_id", "positive_score", "negative_scores"]).sort("anchor_id"))
-        if not np.array_equal(rows["anchor_id"].to_numpy(), anchor_ids):
+        source = cross_encoder_scores(work, manifest)
+        mined = pl.read_parquet(workdir.verified(work, manifest, "mine"),
+                                columns=["anchor_id", "positive_score", "negative_ids", "negative_scores"]).sort("anchor_id")
+        if not np.array_equal(mined["anchor_id"].to_numpy(), anchor_ids):
             raise UsageError(f"{Path(work) / workdir.MINED}: its rows changed while the run read them; run again")
+        mined = mined.with_columns(pl.col("negative_ids").list.head(negatives))
+        rows = mined if source == "mined" else _rescored_negatives(work, mined.select("anchor_id", "negative_ids"))
         scores = rows["negative_scores"].list.head(negatives)
         counts = scores.list.len().to_numpy()
         self.starts = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
