@@ -14,7 +14,7 @@ import torch
 from gist_mining import workdir
 from gist_mining.distill import Distillation, SoftLabels
 from gist_mining.errors import UsageError
-from gist_mining.training.data import Batch
+from gist_mining.training.data import CORPUS, Batch
 from gist_mining.workdir import VectorStore
 
 
@@ -24,8 +24,9 @@ class CorpusSample:
 
     The draw is a function of the seed and a key (train.run: the step and the rank; the stock trainer's loss: the
     rank and the batch's anchors), so a resumed run draws what an uninterrupted one drew; distinct rows within a
-    draw, drawn again for each key. Memory holds a step's draw: the texts are read from the row groups
-    that hold them (texts.parquet: 65,536 rows a group), the vectors row by row from the vector store."""
+    draw, drawn again for each key. Memory holds a step's draw and one row group of texts: the texts are read from
+    the row groups that hold them (texts.parquet: 65,536 rows a group), the vectors row by row from the vector
+    store."""
 
     def __init__(self, work: Path, per_batch: int, seed: int, device):
         self.file = pq.ParquetFile(workdir.verified_table(work, workdir.TEXTS))
@@ -35,9 +36,9 @@ class CorpusSample:
         self.store = VectorStore(work, "document")
 
     def rows(self, *key: int) -> np.ndarray:
-        """The rows of texts.parquet drawn for ``key`` (non-negative integers), ascending."""
+        """The rows of texts.parquet drawn for ``key`` (integers), ascending."""
         total = int(self.group_starts[-1])
-        rng = np.random.default_rng([self.seed, *key])
+        rng = np.random.default_rng([int(k) % 2**64 for k in (self.seed, *key)])  # a seed sequence takes no negatives
         return np.sort(rng.choice(total, size=min(self.per_batch, total), replace=False))
 
     def read(self, *key: int) -> tuple[list[str], torch.Tensor, torch.Tensor]:
@@ -140,7 +141,7 @@ class Teacher:
         """``batch`` with the corpus texts drawn for ``key`` (train.run: the step and the rank; a fourth column,
         "corpus") and the margins of its negatives (``lengths``: how many of the negatives column each row holds)."""
         if self.corpus is not None:
-            batch.texts["corpus"], batch.guide["corpus"], batch.ids["corpus"] = self.corpus.read(*key)
+            batch.texts[CORPUS], batch.guide[CORPUS], batch.ids[CORPUS] = self.corpus.read(*key)
         if self.margins is not None:
             batch.soft_labels = self.margins.soft_labels(rows, lengths, self.device)
         return batch
