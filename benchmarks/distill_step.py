@@ -8,7 +8,9 @@ student, with the loss train.run builds from the options (and the map embedding 
 turns batch by batch, each going first in turn, so that machine noise falls on all alike; the first round is a
 warm-up and does not count. Target (issue #35): a distillation step within 1.1x of a default step. Also the loss
 alone (forward and backward from fixed student vectors of the first batch, --loss-repeats times per rule, taking
-turns): what distillation adds to a step, whose student passes are the same for every rule.
+turns): what distillation adds to a step, whose student passes are the same for every rule. The corpus rules
+(--distill-corpus 16) also read and embed their corpus texts each step, and that counts: reading them is part of the
+timed step there.
 """
 
 from __future__ import annotations
@@ -26,13 +28,16 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from benchmarks.common import figure, table  # noqa: E402
 from gist_mining.models import load_model  # noqa: E402
 from gist_mining.training.batches import plan_batches  # noqa: E402
-from gist_mining.training.data import COLUMNS, TrainingData  # noqa: E402
+from gist_mining.training.data import TrainingData  # noqa: E402
 from gist_mining.training.loop import loss_from  # noqa: E402
 from gist_mining.training.step import student_forward, train_step  # noqa: E402
+from gist_mining.training.teacher_data import Teacher  # noqa: E402
 from train import run as train_command  # noqa: E402
 
 RULES = {"default": [], "scores": ["--distill", "scores"], "embeddings": ["--distill", "embeddings"],
-         "scores+embeddings": ["--distill", "scores+embeddings"]}
+         "scores+embeddings": ["--distill", "scores+embeddings"],
+         "scores+corpus16": ["--distill", "scores", "--distill-corpus", "16"],
+         "embeddings+corpus16": ["--distill", "embeddings", "--distill-corpus", "16"]}
 
 
 def main(argv: list[str] | None = None) -> list[dict]:
@@ -62,30 +67,41 @@ def main(argv: list[str] | None = None) -> list[dict]:
             loss_fn.to(args.device)
             groups.append({"params": list(loss_fn.parameters()), "lr": config.distill_map_lr})
         optimizer = torch.optim.AdamW(groups, lr=config.lr)
-        steps[name] = (model, loss_fn, optimizer, get_constant_schedule(optimizer), config)
+        teacher = (Teacher(args.work, loss_fn.distill, data.manifest, data.anchor_ids, 1, config.seed, args.device)
+                   if config.distill_corpus else None)
+        steps[name] = (model, loss_fn, optimizer, get_constant_schedule(optimizer), teacher)
+
+    def batch_of(rows, name, step):
+        """The rows' batch, with the corpus texts the rule's teacher draws for the step (timed where it reads)."""
+        batch, teacher = data.get_batch(rows), steps[name][4]
+        return batch if teacher is None else teacher.add(batch, rows, [len(data.negatives.row(r)) for r in rows],
+                                                         (step, 0))
+
     times = {name: [] for name in RULES}
     names = list(RULES)
     for round_, rows in enumerate(batches):
-        batch = data.get_batch(rows)
         for name in names[round_ % len(names):] + names[: round_ % len(names)]:
-            model, loss_fn, optimizer, scheduler, config = steps[name]
+            model, loss_fn, optimizer, scheduler, teacher = steps[name]
+            plain = data.get_batch(rows) if teacher is None else None  # untimed: train.run's get_batch, as before
             if "cuda" in args.device:
                 torch.cuda.synchronize()
             started = time.perf_counter()
+            batch = plain if plain is not None else batch_of(rows, name, round_)
             train_step(model, loss_fn, batch, optimizer, scheduler, args.device, 1, bf16=False, mini_batch_size=0, sizes=())
             if "cuda" in args.device:
                 torch.cuda.synchronize()
             if round_:
                 times[name].append(time.perf_counter() - started)
     loss_times = {name: [] for name in RULES}
-    first = data.get_batch(batches[0])
+    first = {name: batch_of(batches[0], name, 0) for name in names}
     with torch.no_grad():
-        fixed = {c: student_forward(steps["default"][0], first.texts[c], args.device, False, "") for c in COLUMNS}
+        fixed = {name: {c: student_forward(steps["default"][0], b.texts[c], args.device, False, "") for c in b.columns}
+                 for name, b in first.items()}
     for repeat in range(args.loss_repeats + 1):
         for name in names[repeat % len(names):] + names[: repeat % len(names)]:
-            student = {c: v.clone().requires_grad_() for c, v in fixed.items()}
+            student = {c: v.clone().requires_grad_() for c, v in fixed[name].items()}
             started = time.perf_counter()
-            steps[name][1](first.with_student(student))[0].backward()
+            steps[name][1](first[name].with_student(student))[0].backward()
             if "cuda" in args.device:
                 torch.cuda.synchronize()
             if repeat:

@@ -39,7 +39,10 @@ same anchors and seeds):
     distill-*      gist plus the guide as teacher (train.run --distill, gist_mining.distill): scores (KL toward the
                    guide's softmax over each anchor's in-batch entries; weight 1 or 0.5, teacher temperature 0.05
                    or 0.02, the suspects out of both distributions, or of the teacher's only, or neither),
-                   embeddings (cosine to the guide's vectors through a trained map), both
+                   embeddings (cosine to the guide's vectors through a trained map), both; distill-corpus and
+                   distill-embeddings-corpus: the same with 16 texts of the work directory per batch as extra rows
+                   (--distill-corpus: candidates in the KL's softmaxes only, or vectors matched). No MarginMSE arm
+                   (--distill-margin-mse): the data sets are searched without a cross-encoder, so no table holds its scores
     guide          (untrained, as base) the guide model itself on val/ and test/: the ceiling distillation aims at
 
 Every trained student is scored on val/ (for choices) and test/ (for the table): NDCG@10 mean +- std over
@@ -101,7 +104,9 @@ ARMS = {"unguided": ("topk", "none", []), "guided-mining": ("guided", "none", []
         "distill-scores-teacher": ("guided", "precomputed", ["--distill", "scores", "--distill-mask", "teacher"]),
         "distill-scores-none": ("guided", "precomputed", ["--distill", "scores", "--distill-mask", "none"]),
         "distill-embeddings": ("guided", "precomputed", ["--distill", "embeddings"]),
-        "distill-both": ("guided", "precomputed", ["--distill", "scores+embeddings"])}
+        "distill-both": ("guided", "precomputed", ["--distill", "scores+embeddings"]),
+        "distill-corpus": ("guided", "precomputed", ["--distill", "scores", "--distill-corpus", "16"]),
+        "distill-embeddings-corpus": ("guided", "precomputed", ["--distill", "embeddings", "--distill-corpus", "16"])}
 SPLITS = {"val": 0.1, "test": 0.1}  # fn_truth: the share of lemmas held out for each
 TASK = "wordnet-lemma"
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"  # train.run's own choice; recorded with each run

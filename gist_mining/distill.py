@@ -11,6 +11,16 @@ embeddings  EmbeddingGemma (arXiv 2509.20354) and jina-embeddings-v5 (arXiv 2602
             here 1 - cos(map(student vector), guide vector) for every query, positive and negative of the batch,
             through a trained linear map where the two sizes differ (a parameter of the loss, not of the model, so
             the saved student does not hold it); sentence-transformers' EmbedDistillLoss does the same from a column.
+corpus      the guide embedded every text of the pool for mining, not only the pairs', so any of them is a distillation
+            row with its teacher vector already stored: ``corpus`` texts per batch (gist_mining.training.teacher_data
+            samples them), whose student vectors are matched to the guide's (embeddings), and which join each anchor's
+            candidates as a query-corpus block (scores) in the teacher's and the student's softmax of the KL only,
+            never in the contrastive loss: they are unlabelled, so no anchor's cross-entropy may count them as its
+            negatives; the KL still teaches the student how the guide ranks texts the pairs never show.
+margin_mse  Hofstaetter et al. 2020 (arXiv 2010.02666): (s(q, p) - s(q, n) - (t(q, p) - t(q, n)))^2 over each anchor's
+            own mined negatives, the student's cosines s against a cross-encoder's scores t, stored where pipeline.mask
+            rescored the candidates (--rescore-model; gist_mining.training.teacher_data reads them). Those scores
+            are sigmoid(logit) (gist_mining.rescore), so the teacher's margins lie in (-1, 1), on the cosines' scale.
 """
 
 from __future__ import annotations
@@ -38,18 +48,27 @@ class Distillation:
         a suspect gets probability 0, so the KL pushes the student's mass there down; left out of the student's
         alone, the teacher's mass on it is not matched (its terms are dropped from the sum), so "student" is
         "both" with each anchor's KL weighted by the teacher's mass off its suspects.
+    corpus: unlabelled texts of the work directory per batch (per process) as extra rows of the terms ``kind``
+        names (0: none).
+    margin_mse: MarginMSE's weight on the cross-encoder's stored scores (0: off; with any ``kind``).
     """
 
     kind: str = "none"
     weight: float = 1.0
     temperature: float = 0.05
     mask: str = "both"
+    corpus: int = 0
+    margin_mse: float = 0.0
 
     def __post_init__(self):
         if self.kind not in DISTILL or self.mask not in DISTILL_MASKS:
             raise ValueError(f"distill must be one of {DISTILL}, distill_mask one of {DISTILL_MASKS}")
         if self.weight <= 0 or self.temperature <= 0:
             raise ValueError("distill_weight and distill_temperature must be > 0")
+        if self.corpus < 0 or self.margin_mse < 0:
+            raise ValueError("distill_corpus and distill_margin_mse must be >= 0")
+        if self.corpus and self.kind == "none":
+            raise ValueError("distill_corpus rows are distilled by --distill scores or embeddings: name one")
 
     @property
     def scores(self) -> bool:
@@ -96,3 +115,24 @@ def embedding_distillation(columns, embedding_map: EmbeddingMap) -> torch.Tensor
     1 - cos(map(student vector), guide vector)."""
     return sum((1 - F.cosine_similarity(embedding_map(c.student_vectors), c.guide_vectors.float(), dim=-1)).sum()
                for c in columns)
+
+
+@dataclass
+class SoftLabels:
+    """A cross-encoder's margins for this rank's mined negatives (the batch's negatives column, row for row):
+    ``owner`` (M,) the anchor (its row among this rank's queries) each negative is mined for, ``margins`` (M,) the
+    cross-encoder's score of that anchor's positive less its score of the negative; NaN where it scored none (a
+    known false negative the batch brought in, --false-negatives-in-batch)."""
+
+    owner: torch.Tensor
+    margins: torch.Tensor
+
+
+def margin_mse(queries: torch.Tensor, positives: torch.Tensor, negatives: torch.Tensor, labels: SoftLabels
+               ) -> torch.Tensor:
+    """Sum over the (anchor, own negative) pairs with a margin of (cos(q, p) - cos(q, n) - margin)^2 (MarginMSE)."""
+    q, p, n = (F.normalize(v.float(), dim=-1) for v in (queries, positives, negatives))
+    scored = ~labels.margins.isnan()
+    owner = labels.owner[scored]
+    student = (q[owner] * p[owner]).sum(-1) - (q[owner] * n[scored]).sum(-1)
+    return ((student - labels.margins[scored].float()) ** 2).sum()

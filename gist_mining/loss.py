@@ -19,7 +19,14 @@ import torch.distributed.nn  # noqa: F401  (all_gather with gradients)
 import torch.nn.functional as F
 from torch import nn
 
-from gist_mining.distill import Distillation, EmbeddingMap, embedding_distillation, score_distillation
+from gist_mining.distill import (
+    Distillation,
+    EmbeddingMap,
+    SoftLabels,
+    embedding_distillation,
+    margin_mse,
+    score_distillation,
+)
 from gist_mining.margin import is_false_negative
 
 
@@ -37,13 +44,17 @@ class GuidedBatch:
     """B anchors: their queries and positives (B rows each), their mined negatives (M rows, all of which
     are candidates for every anchor), and per anchor the ids mining flagged as false negatives (B, F),
     padded with PAD_ID; optionally (B,) which anchors the guide cannot judge, when mining took them out of
-    the margin rule (MiningRules.unjudged_rank_min): the in-batch rule leaves them out too."""
+    the margin rule (MiningRules.unjudged_rank_min): the in-batch rule leaves them out too. For the distillation
+    terms (gist_mining.distill): ``corpus``, unlabelled texts of the work directory (document role), and
+    ``soft_labels``, a cross-encoder's margins for the mined negatives."""
 
     queries: Column
     positives: Column
     negatives: Column
     known_false_negatives: torch.Tensor
     unjudged: torch.Tensor | None = None
+    corpus: Column | None = None
+    soft_labels: SoftLabels | None = None
 
 
 def _distributed() -> bool:
@@ -61,21 +72,22 @@ def _all_gather(tensor: torch.Tensor, sizes: list[int]) -> list[torch.Tensor]:
     return [part[:size] for part, size in zip(parts, sizes)]
 
 
-def _gather_candidates(batch: GuidedBatch) -> tuple[Column, Column, Column, int, int]:
-    """The global batch's positives, negatives and queries; where this rank's anchors start among all
-    anchors, and how many there are. Ranks may hold different numbers of rows; four collectives in all:
-    the row counts, then the student embeddings, guide embeddings and ids of the three columns together."""
-    columns = (batch.positives, batch.negatives, batch.queries)
+def _gather_candidates(batch: GuidedBatch, corpus: bool = False) -> tuple:
+    """The global batch's positives, negatives and queries (and its corpus texts, with ``corpus``); where this
+    rank's anchors start among all anchors, and how many there are. Ranks may hold different numbers of rows;
+    four collectives in all: the row counts, then the student embeddings, guide embeddings and ids of the
+    columns together."""
+    columns = (batch.positives, batch.negatives, batch.queries) + ((batch.corpus,) if corpus else ())
     if not _distributed():
         return (*columns, 0, batch.queries.ids.shape[0])
     counts = torch.tensor([c.ids.shape[0] for c in columns], device=batch.queries.ids.device)
-    per_rank = [c.tolist() for c in _all_gather(counts, [3] * dist.get_world_size())]
+    per_rank = [c.tolist() for c in _all_gather(counts, [len(columns)] * dist.get_world_size())]
     gathered = {name: [part.split(n) for part, n in
                        zip(_all_gather(torch.cat([getattr(c, name) for c in columns]), [sum(n) for n in per_rank]),
                            per_rank)]
                 for name in ("student_vectors", "guide_vectors", "ids")}
     out = [Column(**{name: torch.cat([by_rank[column] for by_rank in parts]) for name, parts in gathered.items()})
-           for column in range(3)]
+           for column in range(len(columns))]
     return (*out, sum(n[0] for n in per_rank[: dist.get_rank()]), sum(n[0] for n in per_rank))
 
 
@@ -143,6 +155,12 @@ class Entries:
     hardened: torch.Tensor  # (C,) the columns hardness weighting raises
     labels: torch.Tensor  # (B,) each anchor's own positive's column
     guide: torch.Tensor | None = None  # the guide's scores of the same pairs, where the rules or distillation use them
+    distill_only: torch.Tensor | None = None  # (C,) the corpus columns: in score distillation's softmax only
+
+    def masked(self) -> torch.Tensor:
+        """The entries the rules take out of the contrastive loss's plain negatives (over its own columns)."""
+        taken = self.always | self.suspect
+        return taken if self.distill_only is None else taken[:, ~self.distill_only]
 
 
 def same_count(chosen: torch.Tensor, eligible: torch.Tensor, logits: torch.Tensor, how: str) -> torch.Tensor:
@@ -185,7 +203,9 @@ class GISTLoss(nn.Module):
     softmax's mass on the positives).
     ``distill`` (gist_mining.distill.Distillation) adds the guide as teacher: KL from the guide's softmax over each
     anchor's entries to the student's, and/or the student's vectors matched to the guide's (the map between their
-    sizes: ``fit_embedding_map``).
+    sizes: ``fit_embedding_map``), over the batch's ``corpus`` texts too (score distillation: a fifth block
+    s(q_i, corpus) in both softmaxes, masked as the others, and never in the contrastive loss), and MarginMSE on a
+    cross-encoder's margins (``batch.soft_labels``).
     Returns the loss (the global batch's mean once averaged over ranks) and this rank's masked fraction (the
     share of entries taken out of the plain negatives: masked, down-weighted or counted as positives).
     """
@@ -200,6 +220,8 @@ class GISTLoss(nn.Module):
             raise ValueError("a control moves the guide's masks alone: not with self_filter or false negatives as positives")
         if rules.false_negatives == "positives" and not guided:
             raise ValueError("false negatives as positives are the guide's and mining's: they need guided=True")
+        if control is not None and distill.corpus:
+            raise ValueError("a control moves the guide's masks within the contrastive loss: not with corpus rows")
         self.temperature, self.margin_strategy, self.margin, self.guided = temperature, margin_strategy, margin, guided
         self.control, self.rules, self.distill = control, rules, distill
         self.embedding_map: EmbeddingMap | None = None
@@ -212,17 +234,29 @@ class GISTLoss(nn.Module):
     def forward(self, batch: GuidedBatch) -> tuple[torch.Tensor, torch.Tensor]:
         entries, total = self._batch_entries(batch)
         loss = self._loss(entries, total)
-        if self.distill.embeddings:
-            loss = loss + self._embedding_term((batch.queries, batch.positives, batch.negatives), total)
-        return loss, (entries.always | entries.suspect).float().mean()
+        rows = self._row_terms(batch, total)
+        return loss if rows is None else loss + rows, entries.masked().float().mean()
 
-    def _embedding_term(self, columns, total: int) -> torch.Tensor:
-        """Embedding distillation: per anchor, the sum over the texts of the batch of 1 - cos(map(student), guide),
-        weighted, scaled as _loss scales (this rank's columns: every text is some rank's)."""
-        if self.embedding_map is None:
-            raise ValueError("embedding distillation needs the map between the sizes: call fit_embedding_map first")
+    def _row_terms(self, batch: GuidedBatch, total: int) -> torch.Tensor | None:
+        """The terms over this rank's rows, not anchors by candidates (every text is some rank's), weighted and
+        scaled as _loss scales: embedding distillation (per anchor, the sum over the batch's texts, its corpus texts
+        included, of 1 - cos(map(student), guide)) and MarginMSE; None without either."""
+        if self.distill.corpus and batch.corpus is None:
+            raise ValueError("corpus distillation needs the batch's corpus texts (GuidedBatch.corpus)")
+        terms = []
+        if self.distill.embeddings:
+            if self.embedding_map is None:
+                raise ValueError("embedding distillation needs the map between the sizes: call fit_embedding_map first")
+            columns = (batch.queries, batch.positives, batch.negatives) + ((batch.corpus,) if self.distill.corpus else ())
+            terms.append(self.distill.weight * embedding_distillation(columns, self.embedding_map))
+        if self.distill.margin_mse:
+            if batch.soft_labels is None:
+                raise ValueError("MarginMSE needs the cross-encoder's margins of the batch (GuidedBatch.soft_labels)")
+            terms.append(self.distill.margin_mse * margin_mse(batch.queries.student_vectors,
+                                                              batch.positives.student_vectors,
+                                                              batch.negatives.student_vectors, batch.soft_labels))
         world = dist.get_world_size() if _distributed() else 1
-        return self.distill.weight * embedding_distillation(columns, self.embedding_map) * world / total
+        return sum(terms) * world / total if terms else None
 
     def backward_by_rows(self, batch: GuidedBatch, rows: int) -> tuple[torch.Tensor, torch.Tensor]:
         """forward's loss and masked fraction, with the loss's gradient pushed back through the batch's student
@@ -232,7 +266,7 @@ class GISTLoss(nn.Module):
         candidates are gathered and normalised once, and their gradients go back through both in one backward
         call, so ranks may run different numbers of chunks. The "random" control draws per chunk (on CPU the
         same numbers as one draw; on CUDA other numbers from the same distribution)."""
-        *columns, start, total = _gather_candidates(batch)
+        *columns, start, total = _gather_candidates(batch, self._corpus_candidates(batch))
         units = [F.normalize(c.student_vectors, dim=-1) for c in columns]
         # Cut from the graph, so that each chunk's backward stops at these leaves; the candidates' guide vectors
         # in float32 once (each chunk would convert them all again).
@@ -249,18 +283,20 @@ class GISTLoss(nn.Module):
             entries = self._entries(chunk, candidates, start + first)
             chunk_loss = self._loss(entries, total)
             chunk_loss.backward()
-            loss, masked = loss + chunk_loss.detach(), masked + (entries.always | entries.suspect).sum()
-            width = entries.cosines.shape[1]
+            loss, masked = loss + chunk_loss.detach(), masked + entries.masked().sum()
+            width = entries.masked().shape[1]
         roots = [batch.queries.student_vectors, batch.positives.student_vectors, *units]
         leaves = [c.student_vectors for c in (*anchors, *candidates)]
-        if self.distill.embeddings:  # rows, not anchors by candidates: one piece; this rank's negatives are a root too
-            negatives = Column(batch.negatives.student_vectors.detach().requires_grad_(), batch.negatives.guide_vectors,
-                               batch.negatives.ids)
-            term = self._embedding_term((*anchors, negatives), total)
+        # The row terms in one piece (rows, not anchors by candidates); this rank's negatives and corpus texts are
+        # roots too.
+        own = {"negatives": batch.negatives, **({"corpus": batch.corpus} if self.distill.corpus else {})}
+        cut = {name: Column(c.student_vectors.detach().requires_grad_(), c.guide_vectors, c.ids) for name, c in own.items()}
+        term = self._row_terms(replace(batch, queries=anchors[0], positives=anchors[1], **cut), total)
+        if term is not None:
             term.backward()
             loss = loss + term.detach()
-            roots.append(batch.negatives.student_vectors)
-            leaves.append(negatives.student_vectors)
+            roots += [c.student_vectors for c in own.values()]
+            leaves += [c.student_vectors for c in cut.values()]
         grads = [torch.zeros_like(leaf) if leaf.grad is None else leaf.grad for leaf in leaves]
         # Through the normalisation and the gather once: one collective, whatever the number of chunks.
         torch.autograd.backward(roots, grads)
@@ -273,7 +309,8 @@ class GISTLoss(nn.Module):
         if self.rules.hardness_strength:
             logits = logits + self.rules.hardness_strength * e.cosines.detach() * (negatives & e.hardened)
         suspects, weight = e.suspect & negatives, self.rules.suspect_weight
-        logits = logits.masked_fill(e.always | suspects if weight == 0 else e.always, float("-inf"))
+        out = e.always if e.distill_only is None else e.always | e.distill_only  # never the corpus columns
+        logits = logits.masked_fill(out | suspects if weight == 0 else out, float("-inf"))
         if weight:
             logits = logits + math.log(weight) * suspects
         loss = -logits.log_softmax(1).masked_fill(negatives, float("-inf")).logsumexp(1).sum()
@@ -291,28 +328,33 @@ class GISTLoss(nn.Module):
         e, total = self._batch_entries(batch)
         return e.cosines, e.always | e.suspect, e.labels, total
 
+    def _corpus_candidates(self, batch: GuidedBatch) -> bool:
+        """Whether the batch's corpus texts join the candidates: for score distillation's softmax."""
+        return bool(self.distill.corpus) and self.distill.scores and batch.corpus is not None
+
     def _batch_entries(self, batch: GuidedBatch) -> tuple[Entries, int]:
-        *columns, start, total = _gather_candidates(batch)
+        *columns, start, total = _gather_candidates(batch, self._corpus_candidates(batch))
         units = [Column(F.normalize(c.student_vectors, dim=-1), c.guide_vectors, c.ids) for c in columns]
         return self._entries(batch, units, start), total
 
     def _entries(self, batch: GuidedBatch, candidates: list[Column], start: int) -> Entries:
-        """The anchors' entries over the gathered candidates (positives, negatives, queries), their student
-        embeddings L2-normalised already; ``start``: where this batch's anchors start among all."""
+        """The anchors' entries over the gathered candidates (positives, negatives, queries, and the corpus texts
+        where score distillation takes them), their student embeddings L2-normalised already; ``start``: where this
+        batch's anchors start among all."""
         q, p = batch.queries, batch.positives
-        all_p, all_n, all_q = candidates
+        all_p, all_n, all_q, *corpus = candidates
         labels = torch.arange(q.ids.shape[0], device=q.ids.device) + start
         qs, ps = F.normalize(q.student_vectors, dim=-1), F.normalize(p.student_vectors, dim=-1)
-        P, N, Q = (c.student_vectors for c in candidates)
-        logits = torch.cat([qs @ P.T, qs @ N.T, qs @ Q.T, ps @ P.T], dim=1)
-        candidate_ids = torch.cat([all_p.ids, all_n.ids, all_q.ids, all_p.ids])
+        P, N, Q, *C = (c.student_vectors for c in candidates)
+        logits = torch.cat([qs @ P.T, qs @ N.T, qs @ Q.T, ps @ P.T, *(qs @ c.T for c in C)], dim=1)
+        candidate_ids = torch.cat([all_p.ids, all_n.ids, all_q.ids, all_p.ids, *(c.ids for c in corpus)])
         mask = (candidate_ids[None, :] == q.ids[:, None]) | (candidate_ids[None, :] == p.ids[:, None])
         is_label = torch.zeros_like(mask)
         is_label[torch.arange(len(labels), device=mask.device), labels] = True  # the true positive is never masked
         mask &= ~is_label
         suspect = torch.zeros_like(mask)
         promoted = torch.zeros_like(mask)
-        guide, positive_score = self._guide_scores(q, p, all_p, all_n, all_q) if self.guided or self.distill.scores \
+        guide, positive_score = self._guide_scores(q, p, *candidates) if self.guided or self.distill.scores \
             else (None, None)
         if self.guided:
             known = _in_rows(candidate_ids, batch.known_false_negatives)
@@ -330,16 +372,18 @@ class GISTLoss(nn.Module):
         block = torch.arange(len(candidate_ids), device=mask.device)
         in_batch, mined = block < len(all_p.ids), (block >= len(all_p.ids)) & (block < len(all_p.ids) + len(all_n.ids))
         hardened = {"in-batch": in_batch, "mined": mined, "all": in_batch | mined}[self.rules.hardness_negatives]
-        return Entries(logits, mask, suspect, is_label | (promoted & (in_batch | mined)[None, :]), hardened, labels, guide)
+        distill_only = block >= len(candidate_ids) - sum(len(c.ids) for c in corpus) if corpus else None
+        return Entries(logits, mask, suspect, is_label | (promoted & (in_batch | mined)[None, :]), hardened, labels, guide,
+                       distill_only)
 
-    def _guide_scores(self, q: Column, p: Column, all_p: Column, all_n: Column, all_q: Column
+    def _guide_scores(self, q: Column, p: Column, all_p: Column, all_n: Column, all_q: Column, *corpus: Column
                       ) -> tuple[torch.Tensor, torch.Tensor]:
         """The guide's score of every entry and of each anchor's positive, (B, C) and (B, 1)."""
         # Float32 even under autocast: a bf16 score near the threshold flips mask decisions.
         with torch.autocast(device_type=q.guide_vectors.device.type, enabled=False):
             gq, gp = q.guide_vectors.float(), p.guide_vectors.float()
-            P, N, Q = (c.guide_vectors.float() for c in (all_p, all_n, all_q))
-            guide = torch.cat([gq @ P.T, gq @ N.T, gq @ Q.T, gp @ P.T], dim=1)
+            P, N, Q, *C = (c.guide_vectors.float() for c in (all_p, all_n, all_q, *corpus))
+            guide = torch.cat([gq @ P.T, gq @ N.T, gq @ Q.T, gp @ P.T, *(gq @ c.T for c in C)], dim=1)
             return guide, (gq * gp).sum(-1, keepdim=True)
 
 
@@ -348,7 +392,8 @@ def truncated(batch: GuidedBatch, size: int) -> GuidedBatch:
     def cut(column: Column) -> Column:
         return replace(column, student_vectors=column.student_vectors[..., :size])
 
-    return replace(batch, queries=cut(batch.queries), positives=cut(batch.positives), negatives=cut(batch.negatives))
+    return replace(batch, queries=cut(batch.queries), positives=cut(batch.positives), negatives=cut(batch.negatives),
+                   corpus=None if batch.corpus is None else cut(batch.corpus))
 
 
 def summed_over_sizes(loss_of, batch: GuidedBatch, sizes: tuple[int, ...]) -> tuple[torch.Tensor, torch.Tensor]:

@@ -36,10 +36,12 @@ from transformers import TrainerCallback
 from gist_mining import export
 from gist_mining.distill import Distillation
 from gist_mining.errors import UsageError
-from gist_mining.loss import GISTLoss, LossRules
+from gist_mining.loss import Column, GISTLoss, LossRules
 from gist_mining.task_batches import task_batch_sampler  # noqa: F401  (for users of this module: one place to import)
 from gist_mining.training.config import TrainConfig
 from gist_mining.training.data import COLUMNS, TrainingData
+from gist_mining.training.step import student_forward
+from gist_mining.training.teacher_data import CorpusSample, CrossEncoderMargins
 from gist_mining.workdir import checked_mined_manifest
 
 LABEL = "label"  # the column the stock collator hands to the loss as a tensor
@@ -95,19 +97,27 @@ class StoredGuideGISTLoss(CachedLossMixin, nn.Module):
     negatives as positives, down-weighted suspects), as train.run's options set them. ``distill``: the guide as
     teacher (gist_mining.distill.Distillation: its scores, its vectors, or both), as train.run's --distill options;
     embedding distillation's map is a parameter of this loss, which the stock trainer's optimizer takes with the
-    model's, and which the saved model does not hold.
+    model's, and which the saved model does not hold. ``Distillation(corpus=N)``: N texts of the work directory per
+    batch, embedded by this loss with the model's document prompt (their forward pass is not cached under
+    GradCache), drawn from ``seed``, the rank and the batch's anchor ids: the same draw for each of MatryoshkaLoss's
+    calls on a batch, and for a batch a resumed trainer meets again; ``Distillation(margin_mse=W)``: MarginMSE on the
+    cross-encoder's scores of mined/ (refused here when it was not mined with them).
     """
 
     def __init__(self, model, work, temperature: float = DEFAULTS.temperature,
                  margin_strategy: str = DEFAULTS.in_batch_margin_strategy, margin: float = DEFAULTS.in_batch_margin,
                  mini_batch_size: int | None = None, rules: LossRules = LossRules(),
-                 distill: Distillation = Distillation()):
+                 distill: Distillation = Distillation(), seed: int = DEFAULTS.seed):
         super().__init__()
         self.model, self.work, self.mini_batch_size = model, Path(work), mini_batch_size
         self.uses_gradient_cache = mini_batch_size is not None  # read by MatryoshkaLoss
         self.gist = GISTLoss(temperature, margin_strategy, margin, rules=rules, distill=distill)
         # Every mined negative's vector, so that any mined_dataset(work, N) fits; checks the fingerprint chain.
-        self.data = TrainingData(self.work, checked_mined_manifest(self.work).rules.num_negatives, model.device)
+        manifest = checked_mined_manifest(self.work)
+        self.data = TrainingData(self.work, manifest.rules.num_negatives, model.device)
+        self.margins = (CrossEncoderMargins(self.work, manifest, self.data.anchor_ids, manifest.rules.num_negatives)
+                        if distill.margin_mse else None)
+        self.corpus = CorpusSample(self.work, distill.corpus, seed, model.device) if distill.corpus else None
         if distill.embeddings:
             self.gist.fit_embedding_map(model.get_embedding_dimension(), self.data.guide["document"].shape[1])
             self.gist.to(model.device)
@@ -125,6 +135,12 @@ class StoredGuideGISTLoss(CachedLossMixin, nn.Module):
         columns = [torch.cat(column) for column in reps]
         negatives = torch.stack(columns[2:], dim=1).flatten(0, 1) if len(columns) > 2 else columns[1][:0]
         batch = self._batch(labels, columns[0], columns[1], negatives)
+        if self.corpus is not None:
+            rank = dist.get_rank() if dist.is_available() and dist.is_initialized() else 0
+            texts, guide, ids = self.corpus.read(rank, *labels[:, 0].cpu().numpy().astype(np.uint64).tolist())
+            vectors = student_forward(self.model, texts, self.model.device, False, self.model.prompts.get("document", ""))
+            # Cut as the columns are (MatryoshkaLoss hands this loss each size in turn).
+            batch.corpus = Column(vectors[:, : columns[0].shape[-1]], guide, ids)
         if with_backward:
             loss, masked = self.gist.backward_by_rows(batch, self.mini_batch_size)
         else:
@@ -151,6 +167,8 @@ class StoredGuideGISTLoss(CachedLossMixin, nn.Module):
             raise ValueError(f"{self.work}: the batch's row with anchor_id {anchor[~fits][0]} is not what mined/ holds "
                              f"now; rebuild the data set with mined_dataset({str(self.work)!r})")
         batch = data.lookup(rows, dict(zip(COLUMNS, (query, positive, negative.reshape(-1)))))
+        if self.margins is not None:
+            batch.soft_labels = self.margins.soft_labels(rows, np.full(len(rows), n), data.device)
         return batch.with_student(dict(zip(COLUMNS, (queries, positives, negatives))))
 
     def masked_fraction(self) -> float | None:

@@ -1,11 +1,14 @@
-"""The guide as teacher (gist_mining.distill, GISTLoss's ``distill``): score and embedding distillation against a numpy
-oracle written from their definitions, entry by entry; by rows (GradCache) and under two gloo processes, as the
-loss's other rules are checked; the options of train.run."""
+"""The guide as teacher (gist_mining.distill, GISTLoss's ``distill``): score and embedding distillation, over the
+batch's corpus texts too, and MarginMSE on a cross-encoder's margins, against a numpy oracle written from their
+definitions, entry by entry; by rows (GradCache) and under two gloo processes, as the loss's other rules are checked;
+the options of train.run. (tests/test_distill_teacher.py: the corpus rows and the margins as train.run and the stock
+trainer read them.)"""
 
 from __future__ import annotations
 
 import os
 import shutil
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -17,7 +20,7 @@ from test_loss_rules import oracle as contrastive_oracle
 from test_st import work  # noqa: F401  (the stock trainer tests' mined work directory fixture)
 from test_train import COMMON, metrics, mined_work  # noqa: F401  (the module's mined work directory fixture)
 
-from gist_mining.distill import DISTILL_MASKS, Distillation
+from gist_mining.distill import DISTILL_MASKS, Distillation, SoftLabels
 from gist_mining.lists import PAD_ID
 from gist_mining.loss import Column, GuidedBatch
 from gist_mining.margin import false_negative_threshold
@@ -29,10 +32,32 @@ from train import run as train_command
 
 TEMPERATURE = 0.05
 MAP_SEED = 11
+# The corpus texts' split between the two gloo processes (beside test_loss's anchors' and negatives').
+CORPUS_SPLIT = (0, 2, 6)
+
+
+def columns_of(inputs: dict) -> tuple[str, ...]:
+    """The student columns: queries, positives, negatives, and the corpus texts where the batch has them."""
+    return ("q", "p", "n", "c") if "c" in inputs else ("q", "p", "n")
+
+
+def with_teacher_rows(inputs: dict, seed: int = 0) -> dict:
+    """random_inputs with 6 corpus texts (one is anchor 1's positive, one anchor 0-3's known false negative) and a
+    cross-encoder's margin for each negative, owned by an anchor of the same gloo process (ANCHOR_SPLIT,
+    NEGATIVE_SPLIT), one without a margin (NaN)."""
+    g = torch.Generator().manual_seed(100 + seed)
+
+    def unit(*shape):
+        return torch.nn.functional.normalize(torch.randn(*shape, generator=g), dim=-1)
+
+    margins = torch.rand(8, generator=g) * 2 - 1
+    margins[3] = float("nan")
+    return dict(inputs, c=unit(6, 16), gc=unit(6, 16), c_ids=torch.tensor([300, 101, 302, 201, 304, 305]),
+                owner=torch.tensor([0, 1, 1, 2, 2, 3, 4, 7]), margins=margins)
 
 
 def student_units(inputs: dict) -> dict:
-    vectors = {k: inputs[k].detach().double().numpy() for k in ("q", "p", "n")}
+    vectors = {k: inputs[k].detach().double().numpy() for k in columns_of(inputs)}
     return {k: v / np.linalg.norm(v, axis=1, keepdims=True) for k, v in vectors.items()}
 
 
@@ -41,10 +66,11 @@ def kl_oracle(inputs: dict, d: Distillation, guided: bool = True, judged_at: dic
     (the guide's rule or mining's known false negatives, as GISTLoss judges them) are taken from ``judged_at``'s
     guide (held fixed for finite differences; the guide's vectors are constants anyway)."""
     student = student_units(inputs)
-    guide = {k: inputs["g" + k].double().numpy() for k in ("q", "p", "n")}
-    ids = {k: inputs[f"{k}_ids"].tolist() for k in ("q", "p", "n")}
+    guide = {k: inputs["g" + k].double().numpy() for k in columns_of(inputs)}
+    ids = {k: inputs[f"{k}_ids"].tolist() for k in columns_of(inputs)}
     unjudged = [False] * len(ids["q"]) if inputs["unjudged"] is None else inputs["unjudged"].tolist()
-    blocks = [("q", "p"), ("q", "n"), ("q", "q"), ("p", "p")]
+    # The corpus texts: a fifth block, anchors' queries against them, where the loss is asked for them.
+    blocks = [("q", "p"), ("q", "n"), ("q", "q"), ("p", "p")] + ([("q", "c")] if d.corpus and "c" in ids else [])
     total = 0.0
     for i in range(len(ids["q"])):
         known = {k for k in inputs["known"][i].tolist() if k != PAD_ID}
@@ -67,15 +93,34 @@ def kl_oracle(inputs: dict, d: Distillation, guided: bool = True, judged_at: dic
     return total / len(ids["q"])
 
 
-def embedding_oracle(inputs: dict, weight: np.ndarray | None) -> float:
-    """Per anchor (the sum over all the batch's texts, over the number of anchors): 1 - cos(W s, g)."""
+def embedding_oracle(inputs: dict, weight: np.ndarray | None, corpus: bool = False) -> float:
+    """Per anchor (the sum over all the batch's texts, its corpus texts with ``corpus``, over the number of anchors):
+    1 - cos(W s, g)."""
     total = 0.0
-    for k in ("q", "p", "n"):
+    for k in ("q", "p", "n", "c") if corpus else ("q", "p", "n"):
         s = inputs[k].detach().double().numpy()
         mapped = s if weight is None else s @ weight.T
         g = inputs["g" + k].double().numpy()
         total += (1 - (mapped * g).sum(1) / np.linalg.norm(mapped, axis=1) / np.linalg.norm(g, axis=1)).sum()
     return total / len(inputs["q_ids"])
+
+
+def margin_oracle(inputs: dict) -> float:
+    """MarginMSE, per anchor: the sum over (anchor, its negative) with a margin of (s(q, p) - s(q, n) - margin)^2."""
+    s = student_units(inputs)
+    total = 0.0
+    for j, (i, margin) in enumerate(zip(inputs["owner"].tolist(), inputs["margins"].tolist())):
+        if not np.isnan(margin):
+            total += (s["q"][i] @ s["p"][i] - s["q"][i] @ s["n"][j] - margin) ** 2
+    return total / len(inputs["q_ids"])
+
+
+def oracle(inputs: dict, d: Distillation, weight: np.ndarray | None, **settings) -> float:
+    """The whole loss: the contrastive oracle's, plus each term ``d`` asks for."""
+    return (contrastive_oracle(inputs, **settings)[0]
+            + d.weight * ((kl_oracle(inputs, d, **settings) if d.scores else 0.0)
+                          + (embedding_oracle(inputs, weight, bool(d.corpus)) if d.embeddings else 0.0))
+            + d.margin_mse * (margin_oracle(inputs) if d.margin_mse else 0.0))
 
 
 def distilled_loss(d: Distillation, guide_dim: int, **settings):
@@ -86,11 +131,13 @@ def distilled_loss(d: Distillation, guide_dim: int, **settings):
 
 
 def run(inputs: dict, d: Distillation, rows: int | None = None, device: str = "cpu", **settings):
-    """The loss, and the gradients of q, p, n and of the map's weight (None without one), one pass or by rows."""
+    """The loss, and the gradients of q, p, n (and the corpus texts, c) and of the map's weight (None without one),
+    one pass or by rows."""
     loss_fn = distilled_loss(d, inputs["gq"].shape[1], **settings).to(device)
-    leaves = [inputs[k].clone().requires_grad_() for k in ("q", "p", "n")]
-    batch = GuidedBatch(*(Column(leaf, inputs["g" + k], inputs[f"{k}_ids"]) for leaf, k in zip(leaves, "qpn")),
-                        inputs["known"], inputs["unjudged"])
+    leaves = [inputs[k].clone().requires_grad_() for k in columns_of(inputs)]
+    columns = [Column(leaf, inputs["g" + k], inputs[f"{k}_ids"]) for leaf, k in zip(leaves, "qpnc")]
+    batch = GuidedBatch(*columns[:3], inputs["known"], inputs["unjudged"], corpus=columns[3] if len(columns) > 3 else None,
+                        soft_labels=SoftLabels(inputs["owner"], inputs["margins"]) if "owner" in inputs else None)
     if rows is None:
         loss, _ = loss_fn(batch)
         loss.backward()
@@ -102,30 +149,42 @@ def run(inputs: dict, d: Distillation, rows: int | None = None, device: str = "c
 
 def with_guide_dim(inputs: dict, size: int) -> dict:
     """The guide's vectors in another size than the student's 16 (zero-padded: the same scores)."""
-    return dict(inputs, **{k: torch.nn.functional.pad(inputs[k], (0, size - inputs[k].shape[1])) for k in ("gq", "gp", "gn")})
+    return dict(inputs, **{"g" + k: torch.nn.functional.pad(inputs["g" + k], (0, size - inputs["g" + k].shape[1]))
+                           for k in columns_of(inputs)})
+
+
+def case_inputs(d: Distillation, size: int, seed: int = 0) -> dict:
+    """random_inputs for a case: with the corpus texts and the margins where it uses them."""
+    unused = ({"c", "gc", "c_ids"} if not d.corpus else set()) | ({"owner", "margins"} if not d.margin_mse else set())
+    inputs = {k: v for k, v in with_teacher_rows(random_inputs(seed), seed).items() if k not in unused}
+    return with_guide_dim(inputs, size)
 
 
 # Each option alone and together; the guide 16-dimensional as the student (no map) or 24 (a map).
 CASES = {f"scores-{mask}": (Distillation("scores", 0.7, 0.02, mask), 16) for mask in DISTILL_MASKS}
 CASES.update({"embeddings-same-size": (Distillation("embeddings", 0.5), 16),
               "embeddings-mapped": (Distillation("embeddings", 0.5), 24),
-              "both": (Distillation("scores+embeddings", 2.0, 0.05, "teacher"), 24)})
+              "both": (Distillation("scores+embeddings", 2.0, 0.05, "teacher"), 24),
+              # the corpus texts and MarginMSE (6 corpus texts in the batch; the option's number is the sampler's)
+              "corpus-scores": (Distillation("scores", 0.7, 0.02, "both", corpus=6), 16),
+              "margin-mse": (Distillation(margin_mse=3.0), 16),
+              "all-terms": (Distillation("scores+embeddings", 1.5, 0.05, "teacher", corpus=6, margin_mse=2.0), 24)})
 
 
 @pytest.mark.parametrize("name", list(CASES))
 def test_distillation_equals_the_numpy_oracle(name):
     d, size = CASES[name]
     for seed in (0, 1):
-        inputs = with_guide_dim(random_inputs(seed), size)
+        inputs = case_inputs(d, size, seed)
         for unjudged in (inputs["unjudged"], None):
             inputs["unjudged"] = unjudged
             value, _, _, linear = run(inputs, d)
             weight = None if linear is None else linear.weight.detach().double().numpy()
-            expected = contrastive_oracle(inputs)[0]
-            terms = {"scores": kl_oracle(inputs, d) if d.scores else 0.0,
-                     "embeddings": embedding_oracle(inputs, weight) if d.embeddings else 0.0}
-            assert value == pytest.approx(expected + d.weight * sum(terms.values()), rel=1e-5)
-            assert all(abs(term) > 1e-6 for kind, term in terms.items() if kind in d.kind)  # each has work to do
+            assert value == pytest.approx(oracle(inputs, d, weight), rel=1e-5)
+            terms = {"scores": kl_oracle(inputs, d), "embeddings": embedding_oracle(inputs, weight, bool(d.corpus)),
+                     "margin_mse": margin_oracle(inputs) if d.margin_mse else 0.0}
+            assert all(abs(term) > 1e-6 for kind, term in terms.items() if kind in d.kind or kind == "margin_mse"
+                       and d.margin_mse)  # each has work to do
 
 
 def test_the_masks_differ_and_teacher_side_kl_is_a_divergence():
@@ -140,18 +199,29 @@ def test_the_masks_differ_and_teacher_side_kl_is_a_divergence():
         contrastive_oracle(inputs, guided=False)[0] + plain["teacher"], rel=1e-5)
 
 
-@pytest.mark.parametrize("name", ["scores-both", "scores-student", "both"])
+def test_corpus_texts_leave_the_masked_fraction_alone():
+    """The masked fraction is the contrastive loss's (its entries only), whatever corpus texts the KL adds."""
+    d = CASES["corpus-scores"][0]
+    inputs = case_inputs(d, 16)
+    columns = {k: Column(inputs[k], inputs["g" + k], inputs[f"{k}_ids"]) for k in "qpnc"}
+    plain = GuidedBatch(columns["q"], columns["p"], columns["n"], inputs["known"], inputs["unjudged"])
+    masked = gist_loss(temperature=TEMPERATURE, distill=d)(replace(plain, corpus=columns["c"]))[1]
+    assert masked.item() == pytest.approx(gist_loss(temperature=TEMPERATURE)(plain)[1].item())
+    assert 0 < masked.item() < 1
+
+
+@pytest.mark.parametrize("name", ["scores-both", "scores-student", "both", "all-terms"])
 def test_gradients_equal_finite_differences(name):
     d, size = CASES[name]
-    inputs = with_guide_dim(random_inputs(2), size)
+    inputs = case_inputs(d, size, 2)
     _, grads, map_grad, linear = run(inputs, d)
     weight = None if linear is None else linear.weight.detach().double().numpy()
 
     def total(moved: dict, w) -> float:
-        return (contrastive_oracle(moved)[0] + d.weight * ((kl_oracle(moved, d) if d.scores else 0.0)
-                                                           + (embedding_oracle(moved, w) if d.embeddings else 0.0)))
+        return oracle(moved, d, w)
 
-    for grad, expected in zip(grads, numeric_gradients(inputs, lambda moved: total(moved, weight))):
+    for grad, expected in zip(grads, numeric_gradients(inputs, lambda moved: total(moved, weight),
+                                                       keys=columns_of(inputs)), strict=True):
         torch.testing.assert_close(grad.double(), expected, rtol=1e-3, atol=1e-4)
     step = 1e-6
     if weight is not None:  # the map trains: its gradient, entry by entry
@@ -168,7 +238,7 @@ def test_gradients_equal_finite_differences(name):
 def test_by_rows_equals_one_pass(name):
     """GradCache's memory-bounded loss: the distillation terms too give the loss and gradients of one pass."""
     d, size = CASES[name]
-    inputs = with_guide_dim(random_inputs(), size)
+    inputs = case_inputs(d, size)
     loss, grads, map_grad, _ = run(inputs, d)
     for rows in (1, 3, 8):
         by_rows = run(inputs, d, rows)
@@ -181,23 +251,30 @@ def test_by_rows_equals_one_pass(name):
 
 
 def test_bad_options_are_refused():
-    for bad in ({"kind": "logits"}, {"mask": "anchor"}, {"weight": 0.0}, {"temperature": -1.0}):
+    for bad in ({"kind": "logits"}, {"mask": "anchor"}, {"weight": 0.0}, {"temperature": -1.0}, {"corpus": -1},
+                {"margin_mse": -0.5}, {"kind": "none", "corpus": 4}):
         with pytest.raises(ValueError):
             Distillation(**{"kind": "scores", **bad})
-    loss = gist_loss(distill=Distillation("embeddings"))
+    with pytest.raises(ValueError, match="control"):
+        gist_loss(control="random", distill=Distillation("scores", corpus=4))
     inputs = random_inputs()
-    batch = GuidedBatch(*(Column(inputs[k], inputs["g" + k], inputs[f"{k}_ids"]) for k in "qpn"), inputs["known"])
+    plain = GuidedBatch(*(Column(inputs[k], inputs["g" + k], inputs[f"{k}_ids"]) for k in "qpn"), inputs["known"])
+    for d, missing in ((Distillation("scores", corpus=4), "corpus texts"), (Distillation(margin_mse=1.0), "margins")):
+        with pytest.raises(ValueError, match=missing):
+            gist_loss(distill=d)(plain)
+    loss = gist_loss(distill=Distillation("embeddings"))
     with pytest.raises(ValueError, match="fit_embedding_map"):
-        loss(batch)
+        loss(plain)
     loss.fit_embedding_map(32, 16)
     with pytest.raises(ValueError, match="maps 32-dimensional student vectors, not 16"):
-        loss(batch)
+        loss(plain)
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
-def test_cuda_and_bf16_autocast_match_cpu():
-    d, size = CASES["both"]
-    inputs = with_guide_dim(random_inputs(5), size)
+@pytest.mark.parametrize("name", ["both", "all-terms"])
+def test_cuda_and_bf16_autocast_match_cpu(name):
+    d, size = CASES[name]
+    inputs = case_inputs(d, size, 5)
     expected = run(inputs, d)
     on_cuda = {k: v.cuda() if torch.is_tensor(v) else v for k, v in inputs.items()}
     got = run(on_cuda, d, device="cuda")
@@ -208,15 +285,19 @@ def test_cuda_and_bf16_autocast_match_cpu():
         assert run(on_cuda, d, device="cuda")[0] == pytest.approx(expected[0], rel=0.05)
 
 
-def _ddp_worker(rank: int, world: int, port: int, inputs: dict, out: dict):
+def _ddp_worker(rank: int, world: int, port: int, out: dict):
     import torch.distributed as dist
 
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     dist.init_process_group("gloo", rank=rank, world_size=world)
     for name, (d, size) in CASES.items():
-        full = with_guide_dim(inputs, size)
-        share = {k: v[NEGATIVE_SPLIT[rank]: NEGATIVE_SPLIT[rank + 1]] if k in ("n", "gn", "n_ids")
-                 else v[ANCHOR_SPLIT[rank]: ANCHOR_SPLIT[rank + 1]] for k, v in full.items()}
+        full = case_inputs(d, size)
+        split = {k: NEGATIVE_SPLIT for k in ("n", "gn", "n_ids", "owner", "margins")}
+        split.update({k: CORPUS_SPLIT for k in ("c", "gc", "c_ids")})
+        share = {k: None if v is None else v[split.get(k, ANCHOR_SPLIT)[rank]: split.get(k, ANCHOR_SPLIT)[rank + 1]]
+                 for k, v in full.items()}
+        if "owner" in share:  # each negative's anchor, among this process's anchors
+            share["owner"] = share["owner"] - ANCHOR_SPLIT[rank]
         out[name, rank] = run(share, d)[:3]
         out[name, rank, "by rows"] = run(share, d, 2)[:3]
     dist.destroy_process_group()
@@ -230,14 +311,13 @@ def test_two_gloo_processes_with_unequal_shares_equal_one_process():
 
     import torch.multiprocessing as mp
 
-    inputs = random_inputs()
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     out = mp.Manager().dict()
-    mp.spawn(_ddp_worker, args=(2, port, inputs, out), nprocs=2, join=True)
+    mp.spawn(_ddp_worker, args=(2, port, out), nprocs=2, join=True)
     for name, (d, size) in CASES.items():
-        single, grads, map_grad, _ = run(with_guide_dim(inputs, size), d)
+        single, grads, map_grad, _ = run(case_inputs(d, size), d)
         for by_rows in ((), ("by rows",)):
             ranks = [out[(name, rank, *by_rows)] for rank in (0, 1)]
             assert (ranks[0][0] + ranks[1][0]) / 2 == pytest.approx(single, rel=1e-5), name
@@ -269,7 +349,8 @@ def narrow_student(tmp_path_factory):
 def test_bad_options_stop_with_one_line(mined_work, tiny_model, tmp_path, capsys):  # noqa: F811
     base = ["--work", mined_work / "w", "--student", tiny_model, "--max-steps", 1, "--out", tmp_path / "m", *COMMON]
     for bad in (["--distill", "scores", "--distill-weight", "0"], ["--distill", "scores", "--distill-temperature", "-1"],
-                ["--distill", "embeddings", "--matryoshka-dims", "16"]):
+                ["--distill", "embeddings", "--matryoshka-dims", "16"], ["--distill-corpus", "4"],
+                ["--distill-margin-mse", "1"]):  # corpus rows for no term; no cross-encoder scores in mined/
         assert run_stage(train_command, *base, *bad) == 2
         assert capsys.readouterr().err.strip().startswith("error: --distill")
         assert not (tmp_path / "m").exists()
@@ -316,12 +397,27 @@ def test_embedding_map_trains_resumes_and_stays_out_of_the_model(mined_work, nar
 
 def test_grad_cache_step_equals_the_plain_step(mined_work, narrow_student):  # noqa: F811
     """cached_backward with both terms: the loss, the student's gradients and the map's of one plain pass."""
+    grad_cache_equals_plain(mined_work / "w", narrow_student, Distillation("scores+embeddings", 0.5, 0.02))
+
+
+def with_teacher(work, data: TrainingData, batch, rows, d: Distillation, negatives: int, key=(1, 0)):
+    """train.run's batch of ``rows`` with the corpus texts and margins ``d`` asks for, as its loop adds them (the
+    corpus texts drawn for ``key``: train.run's step and rank)."""
+    from gist_mining.training.teacher_data import Teacher
+
+    if d.corpus or d.margin_mse:
+        Teacher(work, d, data.manifest, data.anchor_ids, negatives, TrainConfig().seed, "cpu").add(
+            batch, rows, [len(data.negatives.row(r)) for r in rows], key)
+    return batch
+
+
+def grad_cache_equals_plain(work, narrow_student, d: Distillation):  # noqa: F811
     from gist_mining.models import load_model
 
-    data = TrainingData(mined_work / "w", 2, "cpu")
-    batch = data.get_batch(list(range(12)))
+    data = TrainingData(work, 2, "cpu")
+    batch = with_teacher(work, data, data.get_batch(list(range(12))), list(range(12)), d, 2)
     model = load_model(str(narrow_student), device="cpu")
-    loss_fn = gist_loss(temperature=0.05, distill=Distillation("scores+embeddings", 0.5, 0.02))
+    loss_fn = gist_loss(temperature=0.05, distill=d)
     torch.manual_seed(MAP_SEED)
     loss_fn.fit_embedding_map(24, 32)
 
@@ -332,7 +428,7 @@ def test_grad_cache_step_equals_the_plain_step(mined_work, narrow_student):  # n
         return value, [p.grad.clone() for p in [*model.parameters(), *loss_fn.parameters()] if p.grad is not None]
 
     def plain():
-        student = {c: student_forward(model, batch.texts[c], "cpu", False, "") for c in COLUMNS}
+        student = {c: student_forward(model, batch.texts[c], "cpu", False, "") for c in batch.columns}
         loss = loss_fn(batch.with_student(student))[0]
         loss.backward()
         return loss.item()
@@ -366,7 +462,10 @@ def st_and_train_run(work, model, rows, d: Distillation, mini_batch_size=None): 
         ours.fit_embedding_map(24, 32)
         ours.load_state_dict(st_loss.gist.state_dict())
     data = TrainingData(work, 1, "cpu")
-    batch = data.get_batch(np.searchsorted(data.anchor_ids, [r[0] for r in rows["label"]]).tolist())
+    batch_rows = np.searchsorted(data.anchor_ids, [r[0] for r in rows["label"]]).tolist()
+    # the corpus texts StoredGuideGISTLoss draws: for rank 0 and the batch's anchors
+    key = (0, *np.asarray([r[0] for r in rows["label"]]).astype(np.uint64).tolist())
+    batch = with_teacher(work, data, data.get_batch(batch_rows), batch_rows, d, 1, key)
 
     def grads_of(loss_module, step):
         model.zero_grad()
@@ -379,7 +478,7 @@ def st_and_train_run(work, model, rows, d: Distillation, mini_batch_size=None): 
 
     def train_run_loss():
         return ours(batch.with_student({c: student_forward(model, batch.texts[c], "cpu", False, "")
-                                        for c in COLUMNS}))[0]
+                                        for c in batch.columns}))[0]
 
     stored = grads_of(st_loss, lambda: st_loss(fresh(features), labels))
     return stored, grads_of(ours, train_run_loss), st_loss

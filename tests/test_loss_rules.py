@@ -103,10 +103,10 @@ def test_gradients_equal_finite_differences_with_the_decisions_held():
         torch.testing.assert_close(grad.double(), expected, rtol=1e-3, atol=1e-4)
 
 
-def numeric_gradients(inputs: dict, value_of, step: float = 1e-6) -> list[torch.Tensor]:
-    """Central differences of ``value_of(inputs)`` with respect to the student columns q, p, n, entry by entry."""
+def numeric_gradients(inputs: dict, value_of, step: float = 1e-6, keys=("q", "p", "n")) -> list[torch.Tensor]:
+    """Central differences of ``value_of(inputs)`` with respect to the student columns ``keys``, entry by entry."""
     out = []
-    for k in ("q", "p", "n"):
+    for k in keys:
         numeric = torch.zeros_like(inputs[k], dtype=torch.float64)
         for index in np.ndindex(*inputs[k].shape):
             moved = []

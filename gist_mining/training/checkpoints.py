@@ -20,12 +20,15 @@ from gist_mining.training.output import save_files
 # Settings that change neither the batches nor the updates: a run may resume with others.
 NOT_IN_IDENTITY = {"resume", "overwrite", "eval", "eval_steps", "save_steps", "save_minutes", "keep_checkpoints",
                    "report_to", "push_to_hub"}
+# Settings added after runs were checkpointed: in the identity only away from their defaults, so those runs resume.
+LATER = ("distill_corpus", "distill_margin_mse")
 
 
 def run_identity(config: TrainConfig, mined_fingerprint: str, world: int = 1) -> dict:
     """What a checkpoint must share with the run that resumes it: the mined tables, the number of processes and
     every setting that changes the sequence of batches or updates."""
-    settings = {k: v for k, v in as_record(config).items() if k not in NOT_IN_IDENTITY}
+    settings = {k: v for k, v in as_record(config).items()
+                if k not in NOT_IN_IDENTITY and not (k in LATER and v == getattr(TrainConfig, k))}
     settings["student"] = {k: v for k, v in settings["student"].items() if k != "device"}
     return {"mined_fingerprint": mined_fingerprint, "world_size": world, "settings": settings}
 

@@ -102,6 +102,16 @@ class TrainConfig:
     distill_mask: str = option(Distillation.mask, "score distillation: leave the anchor's suspects (the in-batch "
                                                   "filters' false negatives) out of the teacher's distribution, the "
                                                   "student's, both or neither", choices=DISTILL_MASKS)
+    # Corpus rows and MarginMSE: runs from before these two existed resume (checkpoints.run_identity leaves them out
+    # at their defaults).
+    distill_corpus: int = option(Distillation.corpus, "texts of the work directory (any the guide embedded, not only "
+                                 "the pairs') drawn per batch (per process) as extra rows of --distill's terms: their "
+                                 "vectors matched to the guide's (embeddings), extra candidates of each anchor in the "
+                                 "KL's two softmaxes only, never in the contrastive loss (scores); drawn from --seed "
+                                 "and the step (0: none)")
+    distill_margin_mse: float = option(Distillation.margin_mse, "MarginMSE's weight: the student's cos(q, p) - "
+                                       "cos(q, n) toward a cross-encoder's margin on each anchor's mined negatives, "
+                                       "its scores stored by pipeline.mask --rescore-model NAME (0: off)")
     distill_map_lr: float = option(1e-3, "embedding distillation: peak learning rate of the map from the student's "
                                          "size to the guide's (trained from scratch; not saved with the model)")
     eval: Path | None = option(None, "retrieval split: a folder in BEIR's layout (corpus, queries, qrels/test) or the "

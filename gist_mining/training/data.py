@@ -11,6 +11,7 @@ import polars as pl
 import torch
 
 from gist_mining import workdir
+from gist_mining.distill import SoftLabels
 from gist_mining.lists import PAD_ID, Ragged, padded
 from gist_mining.loss import Column, GuidedBatch
 from gist_mining.margin import is_unjudged
@@ -18,22 +19,31 @@ from gist_mining.training.batches import RowTexts
 from gist_mining.workdir import VectorStore
 
 COLUMNS = ("queries", "positives", "negatives")
-COLUMN_ROLES = {"queries": "query", "positives": "document", "negatives": "document"}  # the guide's role of each
+CORPUS = "corpus"  # a batch's optional fourth column: unlabelled texts for distillation (training.teacher_data)
+COLUMN_ROLES = {"queries": "query", "positives": "document", "negatives": "document", CORPUS: "document"}  # the guide's
 
 
 @dataclass
 class Batch:
-    """One step's anchors: texts, stored guide vectors and ids per column, and the known false negatives."""
+    """One step's anchors: texts, stored guide vectors and ids per column, and the known false negatives; for
+    distillation, maybe corpus texts (a column) and a cross-encoder's margins."""
 
     texts: dict[str, list[str]]
     guide: dict[str, torch.Tensor]
     ids: dict[str, torch.Tensor]
     known: torch.Tensor
     unjudged: torch.Tensor | None
+    soft_labels: SoftLabels | None = None
+
+    @property
+    def columns(self) -> tuple[str, ...]:
+        """The columns the student embeds: COLUMNS, and the corpus texts where the batch has them."""
+        return COLUMNS + ((CORPUS,) if CORPUS in self.ids else ())
 
     def with_student(self, student: dict[str, torch.Tensor]) -> GuidedBatch:
+        corpus = Column(student[CORPUS], self.guide[CORPUS], self.ids[CORPUS]) if CORPUS in self.ids else None
         return GuidedBatch(*(Column(student[c], self.guide[c], self.ids[c]) for c in COLUMNS), self.known,
-                           self.unjudged)
+                           self.unjudged, corpus, self.soft_labels)
 
 
 class TrainingData:

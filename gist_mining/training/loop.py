@@ -41,12 +41,14 @@ from gist_mining.training.evaluate import evaluate, make_evaluator
 from gist_mining.training.output import save_model
 from gist_mining.training.reporting import Log, Reporter
 from gist_mining.training.step import global_mean, train_step
+from gist_mining.training.teacher_data import Teacher, cross_encoder_scores
 
 
 def loss_from(config: TrainConfig) -> GISTLoss:
     choice = GUIDE_FILTERS[config.guide_filter]
     try:
-        distill = Distillation(config.distill, config.distill_weight, config.distill_temperature, config.distill_mask)
+        distill = Distillation(config.distill, config.distill_weight, config.distill_temperature, config.distill_mask,
+                               config.distill_corpus, config.distill_margin_mse)
     except ValueError as err:
         raise UsageError(f"--distill {config.distill}: {err}") from None
     if distill.embeddings and config.matryoshka_dims:
@@ -78,7 +80,10 @@ def say_rules(config: TrainConfig, manifest: dict) -> None:
     if config.distill != "none":
         in_batch += (f"; distilling the guide's {config.distill}, weight {config.distill_weight}"
                      + (f", teacher temperature {config.distill_temperature}, suspects out of {config.distill_mask}"
-                        if "scores" in config.distill else ""))
+                        if "scores" in config.distill else "")
+                     + (f", {config.distill_corpus} corpus texts a batch" if config.distill_corpus else ""))
+    if config.distill_margin_mse:
+        in_batch += f"; MarginMSE on the cross-encoder's scores, weight {config.distill_margin_mse}"
     print(f"train: mined negatives chosen under: {mined_rules}; in-batch guide filter: {in_batch}", file=sys.stderr)
 
 
@@ -140,7 +145,10 @@ def train(work: Path, out: Path, config: TrainConfig = TrainConfig()) -> dict | 
     if world > 1:
         dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
     rank = dist.get_rank() if world > 1 else 0
-    identity = run_identity(config, workdir.checked_mined_manifest(work).fingerprint, world)
+    manifest = workdir.checked_mined_manifest(work)
+    if config.distill_margin_mse:
+        cross_encoder_scores(work, manifest)  # refuses before anything is written
+    identity = run_identity(config, manifest.fingerprint, world)
     finished = claim_output(out, identity, config.overwrite, rank)
     if rank == 0 and finished is None:
         prune_checkpoints(out, config.keep_checkpoints)
@@ -161,6 +169,8 @@ def train(work: Path, out: Path, config: TrainConfig = TrainConfig()) -> dict | 
     torch.manual_seed(config.seed)
 
     data = TrainingData(work, config.negatives_per_anchor, device, config.false_negatives_in_batch)
+    teacher = (Teacher(work, loss_fn.distill, data.manifest, data.anchor_ids, config.negatives_per_anchor, config.seed,
+                       device) if config.distill_corpus or config.distill_margin_mse else None)
     if rank == 0:
         say_rules(config, data.manifest)
     batches = epoch_batches(data, config, world, 0, rank)  # its length sets the schedule
@@ -188,6 +198,8 @@ def train(work: Path, out: Path, config: TrainConfig = TrainConfig()) -> dict | 
         rows = batches[batch_index][rank::world]  # ranks' shares differ by one at most
         batch_index, step = batch_index + 1, step + 1
         batch = data.get_batch(rows)
+        if teacher is not None:
+            teacher.add(batch, rows, [len(data.negatives.row(r)) for r in rows], (step, rank))
         loss, masked = train_step(model, loss_fn, batch, optimizer, scheduler, device, world,
                                   bf16=config.precision == "bf16", mini_batch_size=config.mini_batch_size,
                                   sizes=config.matryoshka_dims)

@@ -7,7 +7,7 @@ import torch
 import torch.distributed as dist
 
 from gist_mining.loss import GISTLoss, summed_over_sizes
-from gist_mining.training.data import COLUMN_ROLES, COLUMNS, Batch
+from gist_mining.training.data import COLUMN_ROLES, Batch
 
 
 def student_forward(model, texts: list[str], device, bf16: bool, prompt: str) -> torch.Tensor:
@@ -30,7 +30,7 @@ def train_step(model, loss_fn: GISTLoss, batch: Batch, optimizer, scheduler, dev
         # pads every query to the longest document; measured 1.8x slower (MiniLM, batch 32 of the sample,
         # CPU: 2.46 s against 1.34 s a step).
         student = {c: student_forward(model, batch.texts[c], device, bf16, model.prompts[COLUMN_ROLES[c]])
-                   for c in COLUMNS}
+                   for c in batch.columns}
         loss, masked = summed_over_sizes(loss_fn, batch.with_student(student), sizes)
         loss.backward()
     if world > 1:
@@ -51,13 +51,14 @@ def cached_backward(model, loss_fn: GISTLoss, batch: Batch, device, mini_batch_s
     same dropout, and push its part of that gradient through it. Gradients are averaged across ranks once,
     after the last."""
     size, states, cached = mini_batch_size, [], []
-    pieces = [(c, batch.texts[c][start: start + size]) for c in COLUMNS for start in range(0, len(batch.texts[c]), size)]
+    pieces = [(c, batch.texts[c][start: start + size]) for c in batch.columns
+              for start in range(0, len(batch.texts[c]), size)]
     with torch.no_grad():
         for c, texts in pieces:
             states.append(_rng_state(device))
             cached.append(student_forward(model, texts, device, bf16, model.prompts[COLUMN_ROLES[c]]))
     student = torch.cat(cached).requires_grad_()
-    columns = dict(zip(COLUMNS, student.split([len(batch.texts[c]) for c in COLUMNS])))
+    columns = dict(zip(batch.columns, student.split([len(batch.texts[c]) for c in batch.columns])))
     loss, masked = summed_over_sizes(lambda b: loss_fn.backward_by_rows(b, rows or size), batch.with_student(columns),
                                      sizes)
     for (c, texts), state, grad in zip(pieces, states, student.grad.split([len(t) for _, t in pieces])):
