@@ -16,6 +16,7 @@ import pytest
 from conftest import ROOT, run_stage
 from test_mask import candidates, mined
 
+from benchmarks import synthetic_pool
 from gist_mining import cpu_flags, openblas_kernel
 from gist_mining.errors import UsageError
 from gist_mining.lists import PAD_ID, padded
@@ -33,9 +34,6 @@ from gist_mining.mining.index import (
 from gist_mining.mining.search import search_candidates
 from gist_mining.workdir import load_embeddings
 from pipeline import mask
-
-sys.path.insert(0, str(ROOT))
-from benchmarks import synthetic_pool  # noqa: E402
 
 pytestmark = pytest.mark.slow  # scale: every index kind, shard processes
 

@@ -32,7 +32,7 @@ class RowTexts(Ragged):
         self.values, self.n_texts = np.searchsorted(universe, self.values).astype(np.int32), len(universe)
 
 
-class _NextWithRoom:
+class NextWithRoom:
     """Union-find over batch indices: the first batch at or after i that is not full, in near O(1)."""
 
     def __init__(self, n_batches: int):
@@ -56,7 +56,7 @@ def _fill(rows: list[int], texts: RowTexts, batch_size: int, min_batch_size: int
     # Python arrays, not numpy: the loop reads and writes one item at a time, and a numpy item is a new scalar object.
     values, starts = array("i", texts.values.tobytes()), array("q", texts.starts.tobytes())
     after = array("i", bytes(4 * texts.n_texts))  # text -> the first batch that may still take it
-    room = _NextWithRoom(n_batches)
+    room = NextWithRoom(n_batches)
     waiting = 0
     for row in rows:
         row_texts = values[starts[row]: starts[row + 1]]
