@@ -22,7 +22,7 @@ from gist_mining.embed.step import EmbedStep
 from gist_mining.errors import UsageError
 from gist_mining.executor import ExecutorSettings, run_locally, run_step
 from gist_mining.mask import SearchSettings
-from gist_mining.mask.select import MineStep
+from gist_mining.mask.mine_step import MineStep
 from gist_mining.mining import MiningRules
 from gist_mining.models import ModelSettings
 from gist_mining.settings import dest_of

@@ -31,7 +31,7 @@ from __future__ import annotations
 
 from gist_mining.inputs.checks import (BLANK, as_strings, check_distinct, check_negatives, check_texts,
                                        as_negative_lists, text_problem)
-from gist_mining.inputs.columns import (NEGATIVE_NAMES, PAIR_CONVENTIONS, ROLES, TASK_NAMES, describe_columns,
+from gist_mining.inputs.columns import (NEGATIVE_NAMES, PAIR_CONVENTIONS, SLOTS, TASK_NAMES, describe_columns,
                                         parse_columns, resolve_columns)
 from gist_mining.inputs.files import BATCH_ROWS, TEXT_READERS, data_file, data_suffix, table_batches
 from gist_mining.inputs.hub import HUB_PATHS, HubSelection, hub_files, input_files

@@ -105,8 +105,8 @@ def epoch_batches(data: TrainingData, config: TrainConfig, world: int, epoch: in
     return batches
 
 
-def start(config: TrainConfig, out: Path, total_steps: int, device, identity: dict, rank: int, loss_fn: GISTLoss,
-          guide_dimension: int):
+def training_state(config: TrainConfig, out: Path, total_steps: int, device, identity: dict, rank: int,
+                   loss_fn: GISTLoss, guide_dimension: int):
     """The student, optimizer and schedule, fresh or from the newest checkpoint (claim_output made them this
     run's); and where the run stands. The loss's own parameters (embedding distillation's map from the student's
     size to ``guide_dimension``) train and are checkpointed with the student."""
@@ -175,8 +175,8 @@ def train(work: Path, out: Path, config: TrainConfig = TrainConfig()) -> dict | 
         say_rules(config, data.manifest)
     batches = epoch_batches(data, config, world, 0, rank)  # its length sets the schedule
     total_steps = config.max_steps or max(1, int(config.epochs * len(batches)))
-    model, optimizer, scheduler, position = start(config, out, total_steps, device, identity, rank, loss_fn,
-                                                  data.guide["document"].shape[1])
+    model, optimizer, scheduler, position = training_state(config, out, total_steps, device, identity, rank, loss_fn,
+                                                           data.guide["document"].shape[1])
     step, epoch, batch_index = position["step"], position["epoch"], position["batch_index"]
     full = model.get_embedding_dimension()
     if any(size > full for size in config.matryoshka_dims):
