@@ -94,7 +94,8 @@ def test_pipeline_run_takes_the_stages_options():
 
 
 def gist_mining(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "gist_mining", *args], cwd=ROOT, capture_output=True, text=True)
+    """The console script, as ``python -m pipeline.cli`` runs it (the library has no __main__: it imports no command)."""
+    return subprocess.run([sys.executable, "-m", "pipeline.cli", *args], cwd=ROOT, capture_output=True, text=True)
 
 
 @pytest.mark.slow  # fresh interpreters
