@@ -117,12 +117,3 @@ def corpus_batches(path: str | Path, columns: dict[str, str] | None = None,
     """A corpus file's column ``text`` (or --columns' text=COLUMN), validated, in series of at most BATCH_ROWS
     texts (as pair_batches)."""
     return _checked_batches(Path(path), "corpus", columns or {}, _check_corpus, skipped)
-
-
-def read_pairs(path: str | Path) -> pl.DataFrame:
-    """Every validated pair of a file at once (pair_batches, concatenated): for small files and tests."""
-    return pl.concat(list(pair_batches(path)))
-
-
-def read_corpus(path: str | Path) -> list[str]:
-    return pl.concat(list(corpus_batches(path))).to_list()

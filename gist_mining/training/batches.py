@@ -113,10 +113,10 @@ def paper_batches(tasks: Sequence[str], batch_size: int, seed: int, epoch: int) 
     return kept, len(tasks) - batch_size * len(kept)
 
 
-def task_epoch_batches(batching: str, row_texts: RowTexts, tasks: Sequence[str], batch_size: int, seed: int, epoch: int,
-                       min_batch_size: int = 1) -> tuple[list[list[int]], int]:
-    """One task per batch, ``batching``'s way: (batches, rows left out or waiting)."""
+def epoch_plan(batching: str, row_texts: RowTexts, tasks: list[str], batch_size: int, seed: int, epoch: int,
+               task_batches: bool, min_batch_size: int = 1) -> tuple[list[list[int]], int]:
+    """One epoch's batches ``batching``'s way (``BATCHINGS``; ``paper`` is one task a batch whatever
+    ``task_batches``), and how many rows they leave out (``paper``) or leave waiting (``shuffled``)."""
     if batching == "paper":
         return paper_batches(tasks, batch_size, seed, epoch)
-    return plan_batches(row_texts, list(tasks), batch_size, seed, epoch, task_batches=True,
-                        min_batch_size=min_batch_size)
+    return plan_batches(row_texts, tasks, batch_size, seed, epoch, task_batches, min_batch_size)
