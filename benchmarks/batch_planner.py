@@ -1,6 +1,6 @@
 """The trainer's batch planner at a million rows: train.run's RowTexts planner against the reference it replaced.
 
-    flock /tmp/gist-bench.lock python benchmarks/batch_planner.py --rows 1000000 --negatives 7
+    flock /tmp/gist-bench.lock python -m benchmarks.batch_planner --rows 1000000 --negatives 7
 
 Rows of a query, a positive and --negatives negatives drawn from a pool of 11 texts per row (seeded; the first
 negative repeats the query in a tenth of the rows, as a duplicate text within a row does). The reference holds
@@ -18,16 +18,14 @@ import ctypes
 import hashlib
 import json
 import random
-import sys
 import time
 from pathlib import Path
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from benchmarks.common import figure, measured, table  # noqa: E402
-from benchmarks.peak_rss import status_mib  # noqa: E402
-from gist_mining.training.batches import RowTexts, _NextWithRoom, plan_batches  # noqa: E402
+from benchmarks.common import figure, measured, table
+from benchmarks.peak_rss import status_mib
+from gist_mining.training.batches import NextWithRoom, RowTexts, plan_batches
 
 
 def make_rows(n: int, negatives: int) -> tuple[np.ndarray, np.ndarray]:
@@ -45,7 +43,7 @@ def reference_plan(texts: list[set[int]], batch_size: int, seed: int) -> list[li
     n_batches = -(-len(rows) // batch_size)
     batches: list[list[int]] = [[] for _ in range(n_batches)]
     after: dict[int, int] = {}
-    room = _NextWithRoom(n_batches)
+    room = NextWithRoom(n_batches)
     for row in rows:
         target = room.find(max([after.get(t, 0) for t in texts[row]], default=0))
         if target == n_batches:
@@ -93,7 +91,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
         side(args.side, args.rows, args.negatives, args.batch_size)
         return []
     sizes = ["--rows", args.rows, "--negatives", args.negatives, "--batch-size", args.batch_size]
-    result = {name: json.loads(measured(["benchmarks/batch_planner.py", "--side", name, *sizes])["stdout"]
+    result = {name: json.loads(measured(["-m", "benchmarks.batch_planner", "--side", name, *sizes])["stdout"]
                                .strip().splitlines()[-2]) for name in ("reference", "ours")}
     if result["reference"]["hash"] != result["ours"]["hash"]:
         raise SystemExit("the two planners' plans differ")

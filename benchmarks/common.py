@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import subprocess
 import sys
 import time
 from pathlib import Path
+from types import ModuleType
 
 import polars as pl
 
@@ -23,12 +25,22 @@ def sample_texts(sample: Path = SAMPLE) -> list[str]:
     return pl.concat(parts).unique(maintain_order=True).to_list()
 
 
+def script(path: Path) -> ModuleType:
+    """A script of this repository outside its packages (data/, tests/), loaded from its file: its folder is not
+    put on sys.path, where its other files would shadow installed modules."""
+    spec = importlib.util.spec_from_file_location(path.stem, path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
 def measured(argv: list[str]) -> dict:
-    """Run a Python module or script in a fresh process; its wall seconds, peak RSS (MiB) and standard output."""
+    """Run a Python module (``-m NAME``) or script in a fresh process; its wall seconds, peak RSS (MiB) and
+    standard output. This checkout's packages, ``benchmarks`` among them, come first on the child's path."""
     started = time.perf_counter()
     env = dict(os.environ, HF_HUB_OFFLINE="1",
                PYTHONPATH=os.pathsep.join(p for p in (str(ROOT), os.environ.get("PYTHONPATH")) if p))
-    proc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "peak_rss.py"), *map(str, argv)], cwd=ROOT,
+    proc = subprocess.run([sys.executable, "-m", "benchmarks.peak_rss", *map(str, argv)], cwd=ROOT,
                           env=env, capture_output=True, text=True)
     if proc.returncode != 0:
         raise SystemExit(f"{' '.join(map(str, argv))} failed:\n{proc.stderr[-3000:]}")
@@ -43,7 +55,7 @@ def table(rows: list[tuple], header: tuple) -> str:
 
 
 def figure(name: str, value: float, target: str = "", unit: str = "") -> dict:
-    """One line of the benchmarks' summary table (benchmarks/run_all.py)."""
+    """One line of the benchmarks' summary table (benchmarks.run_all)."""
     return {"figure": name, "value": value, "unit": unit, "target": target}
 
 
@@ -55,10 +67,7 @@ def wordnet_pairs(out: Path, n_pairs: int, n_corpus: int, seed: int = 0) -> tupl
     """
     import random
 
-    sys.path.insert(0, str(ROOT / "data"))
-    from build_sample import read_synsets
-
-    synsets = read_synsets()
+    synsets = script(ROOT / "data" / "build_sample.py").read_synsets()
     random.Random(seed).shuffle(synsets)
     synsets = synsets[:n_corpus]
     pairs = [(example, s["gloss"]) for s in synsets for example in s["examples"][:1]]

@@ -1,6 +1,6 @@
 """Step time of each distillation rule (train.run --distill) against the default loss, in one run.
 
-    flock /tmp/bench.lock python benchmarks/distill_step.py --work runs/ablation/sample/guided --steps 8
+    flock /tmp/bench.lock python -m benchmarks.distill_step --work runs/ablation/sample/guided --steps 8
 
 One process, the same batches (query, positive, one mined negative per anchor) for every rule; each step is
 train.run's own train_step (forward per column, loss, backward, clipping, AdamW, schedule) of its own copy of the
@@ -17,22 +17,20 @@ from __future__ import annotations
 
 import argparse
 import statistics
-import sys
 import time
 from pathlib import Path
 
 import torch
 from transformers import get_constant_schedule
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from benchmarks.common import figure, table  # noqa: E402
-from gist_mining.models import load_model  # noqa: E402
-from gist_mining.training.batches import plan_batches  # noqa: E402
-from gist_mining.training.data import TrainingData  # noqa: E402
-from gist_mining.training.loop import loss_from  # noqa: E402
-from gist_mining.training.step import student_forward, train_step  # noqa: E402
-from gist_mining.training.teacher_data import Teacher  # noqa: E402
-from train import run as train_command  # noqa: E402
+from benchmarks.common import figure, table
+from gist_mining.models import load_model
+from gist_mining.training.batches import plan_batches
+from gist_mining.training.data import TrainingData
+from gist_mining.training.loop import loss_from
+from gist_mining.training.step import student_forward, train_step
+from gist_mining.training.teacher_data import Teacher
+from train import run as train_command
 
 RULES = {"default": [], "scores": ["--distill", "scores"], "embeddings": ["--distill", "embeddings"],
          "scores+embeddings": ["--distill", "scores+embeddings"],

@@ -1,7 +1,7 @@
 """Mining again after adding 10% new pairs, with the embedding cache warm, against a fresh mining run.
 
-    flock /tmp/gist-bench.lock python benchmarks/embed_cache.py [--pairs 2640] [--model all-mpnet-base-v2]
-    flock /tmp/gist-bench.lock python benchmarks/embed_cache.py --wordnet --pairs 10000
+    flock /tmp/gist-bench.lock python -m benchmarks.embed_cache [--pairs 2640] [--model all-mpnet-base-v2]
+    flock /tmp/gist-bench.lock python -m benchmarks.embed_cache --wordnet --pairs 10000
 
 Real text: the first --pairs pairs of the bundled sample (WordNet examples and lemmas, Python docstrings), or
 with --wordnet as many pairs drawn from all of WordNet (benchmarks/common.wordnet_pairs: a usage example or a
@@ -22,17 +22,15 @@ from __future__ import annotations
 
 import argparse
 import shutil
-import sys
 import tempfile
 from pathlib import Path
 
 import numpy as np
 import polars as pl
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from benchmarks.common import SAMPLE, figure, measured, table, wordnet_pairs  # noqa: E402
-from gist_mining.models import DEFAULT_GUIDE  # noqa: E402
-from gist_mining.workdir import load_embeddings, remove_steps  # noqa: E402
+from benchmarks.common import SAMPLE, figure, measured, table, wordnet_pairs
+from gist_mining.models import DEFAULT_GUIDE
+from gist_mining.workdir import load_embeddings, remove_steps
 
 
 def mine(pairs: Path, work: Path, cache: Path, args, *mask_args) -> dict:

@@ -1,6 +1,6 @@
 """Embed stage throughput against the bare forward pass of the same backend over the same texts (target >= 0.95x).
 
-    python benchmarks/embed_throughput.py --model all-mpnet-base-v2 --n 2000 [--backend onnx|torch] [--profile]
+    python -m benchmarks.embed_throughput --model all-mpnet-base-v2 --n 2000 [--backend onnx|torch] [--profile]
 
 The stage is timed whole (reading and validating input, model load, weight hashing, dedup, the ONNX
 session, writing shards and manifest); the bare pass only encodes, with the model (and for onnx the
@@ -16,18 +16,16 @@ from __future__ import annotations
 import argparse
 import cProfile
 import pstats
-import sys
 import tempfile
 import time
 from pathlib import Path
 
 import polars as pl
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from benchmarks.common import SAMPLE, figure, sample_texts, table  # noqa: E402
-from gist_mining import onnx_backend  # noqa: E402
-from gist_mining.models import load_model, resolve_model  # noqa: E402
-from pipeline import embed  # noqa: E402
+from benchmarks.common import SAMPLE, figure, sample_texts, table
+from gist_mining import onnx_backend
+from gist_mining.models import load_model, resolve_model
+from pipeline import embed
 
 # The stage's parts, by the functions that do them (cumulative time; the forward pass includes tokenization).
 PARTS = {

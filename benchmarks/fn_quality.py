@@ -1,7 +1,7 @@
 """Mining rules against known false negatives: contamination, recall, negatives per anchor, hardness.
 
-    python benchmarks/fn_quality.py                                   # data/fn_truth, the default guide
-    python benchmarks/fn_quality.py --model all-MiniLM-L6-v2 --work runs/fn_truth-minilm
+    python -m benchmarks.fn_quality                                   # data/fn_truth, the default guide
+    python -m benchmarks.fn_quality --model all-MiniLM-L6-v2 --work runs/fn_truth-minilm
 
 Embeds and searches data/fn_truth (data/build_fn_truth.py: bare polysemous lemmas whose other senses'
 glosses are known false negatives) once, unless the work directory has candidates already; then re-applies
@@ -22,14 +22,13 @@ from pathlib import Path
 
 import polars as pl
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from benchmarks.common import ROOT, table  # noqa: E402
-from gist_mining import fn_quality, workdir  # noqa: E402
-from gist_mining.errors import UsageError  # noqa: E402
-from gist_mining.mask.settings import CHUNK  # noqa: E402
-from gist_mining.models import DEFAULT_GUIDE  # noqa: E402
-from pipeline import embed, mask  # noqa: E402
-from pipeline.report import fn_frontier  # noqa: E402
+from benchmarks.common import ROOT, table
+from gist_mining import fn_quality, workdir
+from gist_mining.errors import UsageError
+from gist_mining.mask.settings import CHUNK
+from gist_mining.models import DEFAULT_GUIDE
+from gist_mining.report import fn_frontier
+from pipeline import embed, mask
 
 
 def ensure_candidates(args) -> None:

@@ -1,6 +1,6 @@
 """GIST-filtered against unfiltered fine-tuning on the validation split, for a few training settings.
 
-    python benchmarks/gist_vs_plain.py --work runs/sample --eval data/sample/val --max-steps 60
+    python -m benchmarks.gist_vs_plain --work runs/sample --eval data/sample/val --max-steps 60
 
 Needs a mined work directory (pipeline.run or pipeline.embed + pipeline.mask; a copy re-filtered with
 --margin-strategy none gives negatives mined without the positive-aware filter). For each setting, two
@@ -11,14 +11,12 @@ gives NDCG@10 on the split. Choices are made here, on validation, never on the h
 from __future__ import annotations
 
 import argparse
-import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from benchmarks.common import table  # noqa: E402
-from gist_mining import workdir  # noqa: E402
-from gist_mining.storage import read_json  # noqa: E402
-from train import run as train_command  # noqa: E402
+from benchmarks.common import table
+from gist_mining import workdir
+from gist_mining.storage import read_json
+from train import run as train_command
 
 SETTINGS = {
     "random batches, 1 negative": [],

@@ -1,6 +1,6 @@
 """GradCache against plain steps: peak memory and time per anchor of a big batch made of mini-batches.
 
-    python benchmarks/grad_cache.py --device cuda [--big 4096] [--mini 64] [--steps 3] [--loss-rows R]
+    python -m benchmarks.grad_cache --device cuda [--big 4096] [--mini 64] [--steps 3] [--loss-rows R]
 
 A student with all-MiniLM-L6-v2's architecture (6 layers, 384 wide; random weights, which change no
 timing or memory) and stored 768-d guide vectors; each anchor has a query, a positive and one negative
@@ -17,18 +17,16 @@ from __future__ import annotations
 import argparse
 import ctypes
 import random
-import sys
 import time
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from gist_mining.loss import GISTLoss  # noqa: E402
-from gist_mining.training.config import TrainConfig  # noqa: E402
-from gist_mining.training.data import COLUMN_ROLES, COLUMNS, Batch  # noqa: E402
-from gist_mining.training.step import cached_backward, student_forward  # noqa: E402
+from gist_mining.loss import GISTLoss
+from gist_mining.training.config import TrainConfig
+from gist_mining.training.data import COLUMN_ROLES, COLUMNS, Batch
+from gist_mining.training.step import cached_backward, student_forward
 
 WORDS = ("the a of to and in bank river money loan water fish boat cat dog mat quick brown fox jumps over lazy "
          "function returns value list string number file path open close read write data table model text").split()

@@ -1,6 +1,6 @@
 """Mining as a grid through a local Ray on synthetic pools of growing size: peak RSS per worker, time, recall@k.
 
-    flock /tmp/bench.lock python benchmarks/grid_scale.py --pools 1000000 2000000 4000000 --slice 1000000 \
+    flock /tmp/bench.lock python -m benchmarks.grid_scale --pools 1000000 2000000 4000000 --slice 1000000 \
         --anchors 2000 --shard-size 1000
 
 For each pool size a work directory is written by benchmarks/synthetic_pool.py (float16 384-d vectors, as
@@ -19,21 +19,19 @@ from __future__ import annotations
 import argparse
 import os
 import shutil
-import sys
 import threading
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-import numpy as np  # noqa: E402
-import polars as pl  # noqa: E402
+import numpy as np
+import polars as pl
 
-from benchmarks.common import ROOT, figure, measured, table  # noqa: E402
-from benchmarks.mask_scale import recall  # noqa: E402
-from gist_mining import grid, workdir  # noqa: E402
-from gist_mining.errors import UsageError  # noqa: E402
-from gist_mining.workdir import VectorStore  # noqa: E402
-from pipeline import mask  # noqa: E402
+from benchmarks.common import ROOT, figure, measured, table
+from benchmarks.mask_scale import recall
+from gist_mining import grid, workdir
+from gist_mining.errors import UsageError
+from gist_mining.workdir import VectorStore
+from pipeline import mask
 
 WORKER_TITLE = b"ray::ShardWorker"  # Ray names an actor's process after its class (``ray::ShardWorker.run`` in a task)
 
@@ -128,7 +126,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
             made = {"seconds": None}  # written by an earlier run; its searches and lists go, its vectors/ stay
             workdir.remove_steps(work, "search", keep=(workdir.VECTORS,))
         else:
-            made = measured(["benchmarks/synthetic_pool.py", "--work", work, "--pool", size, "--anchors", args.anchors,
+            made = measured(["-m", "benchmarks.synthetic_pool", "--work", work, "--pool", size, "--anchors", args.anchors,
                              "--dim", args.dim])
         if reference is None and not args.no_reference:  # the single exact index on the smallest pool, then it goes
             single = measured(["-m", "pipeline.mask", "--work", work, "--index", "flat", *search])

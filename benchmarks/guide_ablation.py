@@ -1,7 +1,7 @@
 """What the guide contributes: the same student, data and steps, with and without it, over several seeds.
 
-    flock /tmp/bench.lock python benchmarks/guide_ablation.py         # 3 data sets, 3 batch sizes, 3 seeds
-    python benchmarks/guide_ablation.py --data fn_truth --seeds 42 --batch-sizes 32 --anchors 320   # a quick look
+    flock /tmp/bench.lock python -m benchmarks.guide_ablation         # 3 data sets, 3 batch sizes, 3 seeds
+    python -m benchmarks.guide_ablation --data fn_truth --seeds 42 --batch-sizes 32 --anchors 320   # a quick look
 
 Data sets: ``sections`` (data/build_sections.py: Debian package descriptions, anchor and positive share a
 section, so every same-section text in a batch is a false negative by construction), ``sample`` (the
@@ -63,25 +63,23 @@ import json
 import random
 import shutil
 import statistics
-import sys
 import time
 from pathlib import Path
 
 import polars as pl
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from benchmarks.common import ROOT, table  # noqa: E402
-from gist_mining import workdir  # noqa: E402
-from gist_mining.errors import UsageError  # noqa: E402
-from gist_mining.loss import GISTLoss  # noqa: E402
-from gist_mining.models import DEFAULT_GUIDE, DEFAULT_STUDENT, load_model  # noqa: E402
-from gist_mining.training.config import TrainConfig  # noqa: E402
-from gist_mining.training.data import COLUMNS, TrainingData  # noqa: E402
-from gist_mining.training.evaluate import headline, make_evaluator  # noqa: E402
-from gist_mining.training.loop import epoch_batches  # noqa: E402
-from pipeline import embed, mask  # noqa: E402
-from train import run as train_command  # noqa: E402
+from benchmarks.common import ROOT, table
+from gist_mining import workdir
+from gist_mining.errors import UsageError
+from gist_mining.loss import GISTLoss
+from gist_mining.models import DEFAULT_GUIDE, DEFAULT_STUDENT, load_model
+from gist_mining.training.config import TrainConfig
+from gist_mining.training.data import COLUMNS, TrainingData
+from gist_mining.training.evaluate import headline, make_evaluator
+from gist_mining.training.loop import epoch_batches
+from pipeline import embed, mask
+from train import run as train_command
 
 FN_TRUTH = ROOT / "data" / "fn_truth"
 DATA = {"sections": ROOT / "data" / "sections", "sample": ROOT / "data" / "sample", "fn_truth": None}  # None: built

@@ -1,6 +1,6 @@
 """Recall@k and speed of FAISS's approximate indexes against exact search, at growing pool sizes.
 
-    python benchmarks/index_recall.py --sizes 10000 30000 100000 --queries 2000 --k 100
+    python -m benchmarks.index_recall --sizes 10000 30000 100000 --queries 2000 --k 100
 
 The pool is WordNet glosses, the queries are usage examples and lemma lists of the same synsets, all
 embedded by pipeline.embed (all-MiniLM-L6-v2 by default: an mpnet pass over 100k texts takes an hour on
@@ -13,19 +13,17 @@ flat (the reference), IVF and HNSW as gist_mining.mining builds them. This is wh
 from __future__ import annotations
 
 import argparse
-import sys
 import time
 from pathlib import Path
 
 import numpy as np
 import polars as pl
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from benchmarks.common import ROOT, figure, table, wordnet_pairs  # noqa: E402
-from gist_mining import workdir  # noqa: E402
-from gist_mining.mining.index import build_index  # noqa: E402
-from gist_mining.workdir import VectorStore  # noqa: E402
-from pipeline import embed  # noqa: E402
+from benchmarks.common import ROOT, figure, table, wordnet_pairs
+from gist_mining import workdir
+from gist_mining.mining.index import build_index
+from gist_mining.workdir import VectorStore
+from pipeline import embed
 
 
 def embedded_wordnet(model: str, n_queries: int, n_pool: int) -> Path:

@@ -1,6 +1,6 @@
 """The mask stage's peak memory when the anchors grow 10x over the same candidate pool (target: within 10%).
 
-    python benchmarks/mask_memory.py --anchors 1000 --growth 10 --pool 20000
+    python -m benchmarks.mask_memory --anchors 1000 --growth 10 --pool 20000
 
 Two work directories over WordNet (gloss corpus of --pool texts; pairs whose positives are among those
 glosses, so the pool is the same in both): --anchors pairs and growth x as many. Both are embedded once
@@ -11,13 +11,10 @@ runs/; then pipeline.mask runs on each in a fresh process and its peak RSS is re
 from __future__ import annotations
 
 import argparse
-import sys
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from benchmarks.common import ROOT, figure, measured, table, wordnet_pairs  # noqa: E402
-from gist_mining import workdir  # noqa: E402
-from pipeline import embed  # noqa: E402
+from benchmarks.common import ROOT, figure, measured, table, wordnet_pairs
+from gist_mining import workdir
+from pipeline import embed
 
 
 def main(argv: list[str] | None = None) -> list[dict]:

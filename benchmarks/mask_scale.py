@@ -1,6 +1,6 @@
 """pipeline.mask on synthetic pools of growing size: peak RSS, wall time and recall@k against exact search.
 
-    flock /tmp/gist-bench.lock python benchmarks/mask_scale.py --sizes 10000000 1000000 3000000 --anchors 100000
+    flock /tmp/gist-bench.lock python -m benchmarks.mask_scale --sizes 10000000 1000000 3000000 --anchors 100000
 
 For each pool size a work directory is written by benchmarks/synthetic_pool.py (float16 vectors, as
 `pipeline.embed --dtype float16` writes them) under --root, pipeline.mask runs on it in a fresh process
@@ -15,17 +15,15 @@ from __future__ import annotations
 import argparse
 import json
 import shutil
-import sys
 from pathlib import Path
 
 import numpy as np
 import polars as pl
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from benchmarks.common import figure, measured, table  # noqa: E402
-from gist_mining import workdir  # noqa: E402
-from gist_mining.mining.index import parse_bytes, resolve_kind  # noqa: E402
-from gist_mining.workdir import VectorStore  # noqa: E402
+from benchmarks.common import figure, measured, table
+from gist_mining import workdir
+from gist_mining.mining.index import parse_bytes, resolve_kind
+from gist_mining.workdir import VectorStore
 
 BLOCK = 1 << 17  # pool rows scored at a time by the exact search
 
@@ -83,7 +81,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
 
     for size in args.sizes:  # any order: the largest first gets its figure soonest
         work = args.root / f"scale-{size}"
-        made = measured(["benchmarks/synthetic_pool.py", "--work", work, "--pool", size, "--anchors", args.anchors,
+        made = measured(["-m", "benchmarks.synthetic_pool", "--work", work, "--pool", size, "--anchors", args.anchors,
                          "--dim", args.dim])
         run = measured(["-m", "pipeline.mask", "--work", work, "--index", args.index, "--k", args.k,
                         "--memory-budget", args.memory_budget])

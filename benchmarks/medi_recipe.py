@@ -1,9 +1,9 @@
 """The GIST recipe's mechanics scaled down on CPU: a MEDI-shaped set from the bundled data, GISTEmbed's own choices
 against ours, over several seeds.
 
-    flock /tmp/bench.lock python benchmarks/medi_recipe.py              # 3 seeds, 150 steps of 16
-    python benchmarks/medi_recipe.py --seeds 1 --steps 20               # a quick look
-    python benchmarks/medi_recipe.py --mining-only                      # the two minings only, seconds
+    flock /tmp/bench.lock python -m benchmarks.medi_recipe              # 3 seeds, 150 steps of 16
+    python -m benchmarks.medi_recipe --seeds 1 --steps 20               # a quick look
+    python -m benchmarks.medi_recipe --mining-only                      # the two minings only, seconds
 
 The set: the bundled sample's and sections' training pairs (4 tasks: python-doc, wordnet-synonyms, wordnet-example,
 debian-section) written as GISTEmbed's data set writes them (query, pos, neg, task_name and *_instruct columns,
@@ -33,6 +33,7 @@ from __future__ import annotations
 import argparse
 import json
 import random
+import shlex
 import shutil
 import statistics
 import sys
@@ -42,7 +43,6 @@ from pathlib import Path
 import polars as pl
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from benchmarks.common import ROOT, table
 from gist_mining import workdir
 from gist_mining.errors import UsageError
@@ -201,7 +201,7 @@ def main() -> None:
     if not args.mining_only:
         text = report(run_all(args), copies, args) + "\n\n" + text
     print(text)
-    Path(args.out).write_text(f"# The GIST recipe's mechanics, scaled down\n\n`{' '.join(sys.argv)}`, "
+    Path(args.out).write_text(f"# The GIST recipe's mechanics, scaled down\n\n`{shlex.join(['python', '-m', 'benchmarks.medi_recipe', *sys.argv[1:]])}`, "
                               f"{time.strftime('%Y-%m-%d')}, {DEVICE}, guide {args.guide}\n\n{text}\n")
 
 

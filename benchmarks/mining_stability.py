@@ -1,6 +1,6 @@
 """How many anchors' mined decisions move when the stored vectors move by as much as the two embed backends differ.
 
-    python benchmarks/mining_stability.py --noise 1e-7 --seeds 3     # the whole sample, as mining_vs_st --whole-sample
+    python -m benchmarks.mining_stability --noise 1e-7 --seeds 3     # the whole sample, as mining_vs_st --whole-sample
 
 ``mining_vs_st.py --compare-backends`` finds the ONNX and torch vectors within 1e-6 of each other and yet a
 few anchors mined differently. This mines the whole sample once as the stage stores it, then again with
@@ -13,16 +13,14 @@ a cold one runs the guide once); the noise is added as the stage reads them, and
 from __future__ import annotations
 
 import argparse
-import sys
 import tempfile
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-import numpy as np  # noqa: E402
+import numpy as np
 
-from benchmarks.mining_vs_st import MASK_RULES, compare, whole_sample  # noqa: E402
-from gist_mining.embed_cache import EmbeddingCache  # noqa: E402
-from pipeline import embed, mask  # noqa: E402
+from benchmarks.mining_vs_st import MASK_RULES, compare, whole_sample
+from gist_mining.embed_cache import EmbeddingCache
+from pipeline import embed, mask
 
 
 def mine(work: Path, pairs: str, corpus: str, model: str) -> None:

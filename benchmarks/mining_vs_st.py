@@ -1,7 +1,7 @@
 """End-to-end mining against sentence-transformers' mine_hard_negatives, and the re-filter speed-up.
 
-    python benchmarks/mining_vs_st.py --pairs data/sample/train.parquet --corpus data/sample/corpus.parquet
-    python benchmarks/mining_vs_st.py --whole-sample --model all-MiniLM-L6-v2 --compare-backends   # 13 683 texts
+    python -m benchmarks.mining_vs_st --pairs data/sample/train.parquet --corpus data/sample/corpus.parquet
+    python -m benchmarks.mining_vs_st --whole-sample --model all-MiniLM-L6-v2 --compare-backends   # 13 683 texts
 
 Both sides start from the same pairs file and guide, each in a fresh process, with the same rules
 (relative margin 0.05, 3 negatives, top sampling, FAISS search): ours is pipeline.embed then
@@ -16,15 +16,13 @@ model, cached) before anything is timed; the embedding cache starts empty.
 from __future__ import annotations
 
 import argparse
-import sys
 import tempfile
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-import numpy as np  # noqa: E402
-import polars as pl  # noqa: E402
+import numpy as np
+import polars as pl
 
-from benchmarks.common import SAMPLE, figure, measured, table  # noqa: E402
+from benchmarks.common import SAMPLE, figure, measured, table
 
 ST_SCRIPT = '''
 import sys, polars as pl

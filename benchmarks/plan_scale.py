@@ -1,6 +1,6 @@
 """Planning at scale: the embed stage's reading and planning, up to its first encoded batch, for 1M-10M pairs.
 
-    flock /tmp/bench.lock python benchmarks/plan_scale.py --sizes 1000000 3000000 10000000 --data /tmp/plan-scale
+    flock /tmp/bench.lock python -m benchmarks.plan_scale --sizes 1000000 3000000 10000000 --data /tmp/plan-scale
 
 The reference is the in-memory planner this one replaced (commit REFERENCE, checked out under --data), run in
 the same session for the sizes up to --reference-max (it needs about 2.3 GB per million pairs).
@@ -28,10 +28,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-ROOT = Path(__file__).resolve().parents[1]
-# A child measures the code under PLAN_SCALE_CODE: this checkout, or the reference's.
-sys.path.insert(0, os.environ.get("PLAN_SCALE_CODE", str(ROOT)))
-from benchmarks.common import table
+from benchmarks.common import ROOT, script, table
 from benchmarks.peak_rss import status_mib
 
 VOCABULARY, ROW_GROUP, SEED = 20_000, 100_000, 0
@@ -87,7 +84,8 @@ def child(argv: list[str]) -> None:
 def measure(pairs: Path, work: Path, model: Path, code: Path) -> dict:
     argv = ["--input", str(pairs), "--work", str(work), "--guide", str(model), "--backend", "torch", "--no-cache",
             "--overwrite"]
-    env = dict(os.environ, HF_HUB_OFFLINE="1", PYTHONPATH=str(code), PLAN_SCALE_CODE=str(code))
+    # The child imports the code it measures (this checkout or the reference) first, this checkout's benchmarks after.
+    env = dict(os.environ, HF_HUB_OFFLINE="1", PYTHONPATH=os.pathsep.join([str(code), str(ROOT)]))
     proc = subprocess.run([sys.executable, __file__, "--child", *argv], capture_output=True, text=True, env=env,
                           check=False)
     line = next((x for x in proc.stdout.splitlines() if x.startswith(FIRST_ENCODE)), None)
@@ -106,12 +104,9 @@ def main() -> None:
     parser.add_argument("--reference-max", type=int, default=3_000_000, help="largest size the reference runs at")
     args = parser.parse_args()
     args.data.mkdir(parents=True, exist_ok=True)
-    sys.path.insert(0, str(ROOT / "tests"))
-    from conftest import build_tiny_model
-
     model = args.data / "tiny" / "st"
     if not model.exists():
-        build_tiny_model(args.data / "tiny")
+        script(ROOT / "tests" / "conftest.py").build_tiny_model(args.data / "tiny")
     reference = args.data / f"reference-{REFERENCE}"
     if not reference.exists():
         reference.mkdir()

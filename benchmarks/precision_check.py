@@ -1,6 +1,6 @@
 """A faster forward pass for the guide (bf16 or fp16) against fp32: score differences and changed mask decisions.
 
-    python benchmarks/precision_check.py --n 300 --precision bf16 [--device cuda]
+    python -m benchmarks.precision_check --n 300 --precision bf16 [--device cuda]
 
 The same sample pairs and corpus texts are embedded twice by pipeline.embed, in fp32 and in the faster
 precision (text ids are content hashes, so the two work directories line up). The fp32 directory is
@@ -14,19 +14,17 @@ has AVX512-BF16 without AMX, and is slower in bf16).
 from __future__ import annotations
 
 import argparse
-import sys
 import tempfile
 from pathlib import Path
 
 import numpy as np
 import polars as pl
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from benchmarks.common import SAMPLE, figure, measured, table  # noqa: E402
-from gist_mining import workdir  # noqa: E402
-from gist_mining.margin import is_false_negative  # noqa: E402
-from gist_mining.workdir import VectorStore  # noqa: E402
-from pipeline import mask  # noqa: E402
+from benchmarks.common import SAMPLE, figure, measured, table
+from gist_mining import workdir
+from gist_mining.margin import is_false_negative
+from gist_mining.workdir import VectorStore
+from pipeline import mask
 
 MARGIN_STRATEGY, MARGIN = "relative", 0.05
 

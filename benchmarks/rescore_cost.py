@@ -1,6 +1,6 @@
 """What cross-encoder rescoring adds to the mask stage on the bundled sample.
 
-    python benchmarks/rescore_cost.py [--k 10] [--guide all-MiniLM-L6-v2] [--rescore-model DIR] [--device cpu]
+    python -m benchmarks.rescore_cost [--k 10] [--guide all-MiniLM-L6-v2] [--rescore-model DIR] [--device cpu]
 
 The sample's train pairs are embedded once under runs/ (all-MiniLM-L6-v2 by default: what rescoring costs
 does not depend on which guide chose the candidates). Then pipeline.mask runs in fresh processes, without
@@ -14,16 +14,14 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 from pathlib import Path
 
 import polars as pl
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from benchmarks.common import ROOT, SAMPLE, figure, measured, table  # noqa: E402
-from gist_mining import workdir  # noqa: E402
-from gist_mining.models import resolve_model  # noqa: E402
-from pipeline import embed  # noqa: E402
+from benchmarks.common import ROOT, SAMPLE, figure, measured, table
+from gist_mining import workdir
+from gist_mining.models import resolve_model
+from pipeline import embed
 
 
 def random_minilm_cross_encoder(out: Path) -> Path:

@@ -1,6 +1,6 @@
 """Where a stage's peak memory comes from: run `-m module args` in this process while a thread samples VmRSS.
 
-    python benchmarks/rss_trace.py -m pipeline.embed --input data/sample/train.parquet --work /tmp/w --no-cache
+    python -m benchmarks.rss_trace -m pipeline.embed --input data/sample/train.parquet --work /tmp/w --no-cache
 
 Every 20 ms a thread reads VmRSS from /proc/self/status; whenever it climbs past the previous high by 25 MiB it
 records the main thread's innermost project and library frames. At the end it prints those steps (RSS, the
@@ -16,8 +16,7 @@ import time
 import traceback
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # this checkout's packages, not an installed copy
-from benchmarks.peak_rss import status_mib  # noqa: E402
+from benchmarks.peak_rss import status_mib
 
 STEP_MIB = 25
 

@@ -1,6 +1,6 @@
 """Every benchmark on real data at a size that takes about 20 minutes on 2 CPU cores; one table of figures.
 
-    python benchmarks/run_all.py [--device cuda] [--out benchmarks/latest.json]
+    python -m benchmarks.run_all [--device cuda] [--out benchmarks/latest.json]
 
 Needs the bundled sample mined in runs/sample, as the main job leaves it (made here when missing). Each script
 can also be run alone at other sizes; see its docstring.
@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -18,12 +17,11 @@ from pathlib import Path
 import polars as pl
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from benchmarks import (embed_cache, embed_throughput, index_recall, mask_memory, mining_vs_st,  # noqa: E402
-                        precision_check, rescore_cost, train_step)
-from benchmarks.common import ROOT, SAMPLE, table  # noqa: E402
-from gist_mining import workdir  # noqa: E402
-from pipeline import embed, mask  # noqa: E402
+from benchmarks import (embed_cache, embed_throughput, index_recall, mask_memory, mining_vs_st, precision_check,
+                        rescore_cost, train_step)
+from benchmarks.common import ROOT, SAMPLE, table
+from gist_mining import workdir
+from pipeline import embed, mask
 
 
 def mined_sample(work: Path) -> Path:

@@ -1,6 +1,6 @@
 """Two mask shard processes on one machine share one memory-mapped index: their memory, sampled while they run.
 
-    flock /tmp/gist-bench.lock python benchmarks/shared_index.py --pool 300000 --anchors 4000 --index flat
+    flock /tmp/gist-bench.lock python -m benchmarks.shared_index --pool 300000 --anchors 4000 --index flat
 
 A synthetic work directory (benchmarks/synthetic_pool.py) is masked twice: by one process, and by two shard
 processes started together (`--num-shards 2 --shard-index i`; one builds the index, the other waits for its
@@ -20,10 +20,9 @@ import sys
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from benchmarks import synthetic_pool  # noqa: E402
-from benchmarks.common import ROOT, figure, table  # noqa: E402
-from gist_mining import workdir  # noqa: E402
+from benchmarks import synthetic_pool
+from benchmarks.common import ROOT, figure, table
+from gist_mining import workdir
 
 FIELDS = ("Rss", "Pss", "Anonymous", "index Rss", "index Pss")
 

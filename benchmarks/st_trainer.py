@@ -1,7 +1,7 @@
 """Step time of sentence-transformers' own trainer with StoredGuideGISTLoss (gist_mining.st) against the same trainer
 with GISTEmbedLoss (live guide) and with MultipleNegativesRankingLoss (no guide).
 
-    flock /tmp/bench.lock python benchmarks/st_trainer.py --work runs/sample --steps 8
+    flock /tmp/bench.lock python -m benchmarks.st_trainer --work runs/sample --steps 8
 
 One student, one SentenceTransformerTrainer per loss, the same batches for all three (the stock collator's, from
 mined_dataset(work, 1, short="drop") under BatchSamplers.NO_DUPLICATES; the other two get them without the label column); a step
@@ -13,7 +13,6 @@ machine noise falls on all alike; the first round is a warm-up and does not coun
 from __future__ import annotations
 
 import argparse
-import sys
 import tempfile
 import time
 from itertools import islice
@@ -21,10 +20,9 @@ from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from benchmarks.common import figure, table  # noqa: E402
-from gist_mining.models import DEFAULT_GUIDE, DEFAULT_STUDENT, load_model  # noqa: E402
-from gist_mining.st import StoredGuideGISTLoss, mined_dataset  # noqa: E402
+from benchmarks.common import figure, table
+from gist_mining.models import DEFAULT_GUIDE, DEFAULT_STUDENT, load_model
+from gist_mining.st import StoredGuideGISTLoss, mined_dataset
 
 OURS = "StoredGuideGISTLoss (stored guide)"
 

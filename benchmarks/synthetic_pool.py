@@ -1,6 +1,6 @@
 """Write a complete work directory as pipeline.embed would, with synthetic clustered unit vectors as the guide's.
 
-    python benchmarks/synthetic_pool.py --work /tmp/scale-1m --pool 1000000 --anchors 100000 --dim 384
+    python -m benchmarks.synthetic_pool --work /tmp/scale-1m --pool 1000000 --anchors 100000 --dim 384
 
 Texts are "doc N" (the pool: N < --pool) and "query N" (N < --anchors). Anchor N asks query N, whose
 positive is doc N; every third anchor also gives doc (anchors + N) as a negative. Documents lie around
@@ -23,15 +23,14 @@ from pathlib import Path
 import numpy as np
 import polars as pl
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from gist_mining import planning, workdir  # noqa: E402
-from gist_mining.embed.plan import claim, plan_for  # noqa: E402
-from gist_mining.embed.settings import EmbedOptions, EmbedSettings  # noqa: E402
-from gist_mining.embed.stage import finish  # noqa: E402
-from gist_mining.embed.step import EmbedStep  # noqa: E402
-from gist_mining.executor import ExecutorSettings, run_step  # noqa: E402
-from gist_mining.models import ModelSettings  # noqa: E402
-from gist_mining.storage import config_fingerprint  # noqa: E402
+from gist_mining import planning, workdir
+from gist_mining.embed.plan import claim, plan_for
+from gist_mining.embed.settings import EmbedOptions, EmbedSettings
+from gist_mining.embed.stage import finish
+from gist_mining.embed.step import EmbedStep
+from gist_mining.executor import ExecutorSettings, run_step
+from gist_mining.models import ModelSettings
+from gist_mining.storage import config_fingerprint
 
 DOCUMENT_SPREAD, QUERY_SPREAD = 1.0, 0.6  # noise norm relative to the unit centre (document) or positive (query)
 
@@ -98,7 +97,7 @@ def main(argv: list[str] | None = None) -> Path:
     recipe = {"pool": args.pool, "anchors": args.anchors, "dim": args.dim, "seed": args.seed}
     model_info = {"name": "synthetic", "fingerprint": config_fingerprint(recipe), "dimension": args.dim, **recipe}
     inputs = [{"kind": "synthetic", "path": "benchmarks/synthetic_pool.py", "sha256": config_fingerprint(recipe)}]
-    command = shlex.join(["python", "benchmarks/synthetic_pool.py", *map(str, sys.argv[1:] if argv is None else argv)])
+    command = shlex.join(["python", "-m", "benchmarks.synthetic_pool", *map(str, sys.argv[1:] if argv is None else argv)])
     plan = plan_for(model_info, EmbedSettings(dtype="float16", precision="fp32", shard_size=args.texts_per_shard,
                                                 query_prompt="", document_prompt="", backend="torch"), inputs, command,
                     planned.counts)

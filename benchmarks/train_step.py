@@ -1,6 +1,6 @@
 """Step time of train.run against sentence-transformers' GISTEmbedLoss (live guide) and MNRL (no guide).
 
-    python benchmarks/train_step.py --work runs/sample --steps 8
+    python -m benchmarks.train_step --work runs/sample --steps 8
 
 One process, the same batches (query, positive, one mined negative per anchor) and sequence lengths for
 all three; each step is forward, backward and an AdamW step of the student. Targets: <= 0.45x the
@@ -11,19 +11,17 @@ noise falls on all of them alike, each going first in turn; the first round is a
 from __future__ import annotations
 
 import argparse
-import sys
 import time
 from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from benchmarks.common import figure, table  # noqa: E402
-from gist_mining.loss import GISTLoss  # noqa: E402
-from gist_mining.models import load_model  # noqa: E402
-from gist_mining.training.batches import plan_batches  # noqa: E402
-from gist_mining.training.data import COLUMN_ROLES, COLUMNS, TrainingData  # noqa: E402
-from gist_mining.training.step import student_forward  # noqa: E402
+from benchmarks.common import figure, table
+from gist_mining.loss import GISTLoss
+from gist_mining.models import load_model
+from gist_mining.training.batches import plan_batches
+from gist_mining.training.data import COLUMN_ROLES, COLUMNS, TrainingData
+from gist_mining.training.step import student_forward
 
 
 def main(argv: list[str] | None = None) -> list[dict]:

@@ -81,13 +81,13 @@ class CellStep:
         s, j = divmod(c, self.shards.n_slices)
         size, k = self.plan.pool_slice_size, self.plan.k
         slice_ids = pool_ids[j * size: (j + 1) * size]
-        search = PoolSearch(build_index(store.view(slice_ids), "flat", k), slice_ids, None, k)
+        find = PoolSearch(build_index(store.view(slice_ids), "flat", k), slice_ids, None, k)
         part = read_anchors(anchors, exclusions, s * self.plan.shard_size, self.plan.shard_size)
         with AtomicParquetWriter(self.shards.path(c), CELL_SCHEMA) as out:
             for start in range(0, part.height, self.chunk):
                 chunk = part.slice(start, self.chunk)
                 query_ids = chunk["query_id"].to_numpy()
-                ids, scores = search(query_store.get(query_ids), padded(chunk["exclude_ids"].to_arrow(), PAD_ID, np.int64))
+                ids, scores = find(query_store.get(query_ids), padded(chunk["exclude_ids"].to_arrow(), PAD_ID, np.int64))
                 out.write(pa.table({"anchor_id": chunk["anchor_id"].to_arrow(), "query_id": chunk["query_id"].to_arrow(),
                                     "candidate_ids": ragged(ids, ids != PAD_ID, pa.int64()),
                                     "candidate_scores": ragged(scores, ids != PAD_ID, pa.float32())}, schema=CELL_SCHEMA))

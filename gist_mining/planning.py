@@ -103,8 +103,8 @@ def read_inputs(pairs: list, corpora: list, folder: Path, columns: dict[str, str
 
     def checked(path: Path, batches: Generator) -> Iterator:
         try:
-            roles = yield from batches
-            said.append(f"embed: {path}: {describe_columns(roles)}{medi.describe(roles, instructions)}")
+            slots = yield from batches
+            said.append(f"embed: {path}: {describe_columns(slots)}{medi.describe(slots, instructions)}")
         except InputError as err:
             problems.extend(err.problems)
 
@@ -133,7 +133,7 @@ def read_inputs(pairs: list, corpora: list, folder: Path, columns: dict[str, str
         print(line, file=sys.stderr)
     kinds = [("pairs", pairs), ("corpus", corpora)] + ([("queries", retrieval[:1]), ("corpus", retrieval[1:2]),
                                                         ("qrels", retrieval[2:])] if retrieval else [])
-    # What the stage's fingerprint covers: each file's role and content, and the columns it was read by.
+    # What the stage's fingerprint covers: each file's kind and content, and the columns it was read by.
     # Rows left out change what is planned from the same bytes: counted, so that the fingerprint tells.
     records = [{"kind": kind, "path": str(p), "sha256": path_sha256(Path(p)),
                 **({"columns": columns} if columns and kind in ("pairs", "corpus") else {}),

@@ -18,7 +18,7 @@ import polars as pl
 from sentence_transformers.base.sampler import DefaultBatchSampler
 
 from gist_mining import workdir
-from gist_mining.training.batches import BATCHINGS, RowTexts, task_epoch_batches
+from gist_mining.training.batches import BATCHINGS, RowTexts, epoch_plan
 
 
 def task_batch_sampler(work, batching: str = "paper"):
@@ -44,7 +44,7 @@ def task_batch_sampler(work, batching: str = "paper"):
 
 class _TaskBatchSampler(DefaultBatchSampler):
     """sentence-transformers' batch sampler interface (``__iter__``, ``__len__``, ``set_epoch``) over
-    ``task_epoch_batches``; with ``drop_last``, shuffled batches smaller than the batch size wait as train.run's
+    ``epoch_plan``; with ``drop_last``, shuffled batches smaller than the batch size wait as train.run's
     --min-batch-size makes them."""
 
     def __init__(self, dataset, batch_size, drop_last, valid_label_columns, generator, seed, *, task_of, batching):
@@ -58,9 +58,8 @@ class _TaskBatchSampler(DefaultBatchSampler):
 
     def _batches(self) -> list[list[int]]:
         if self.epoch not in self._planned:
-            self._planned = {self.epoch: task_epoch_batches(self.batching, self.row_texts, self.tasks, self.batch_size,
-                                                       self.seed, self.epoch,
-                                                       self.batch_size if self.drop_last else 1)[0]}
+            self._planned = {self.epoch: epoch_plan(self.batching, self.row_texts, self.tasks, self.batch_size, self.seed,
+                                                    self.epoch, True, self.batch_size if self.drop_last else 1)[0]}
         return self._planned[self.epoch]
 
     def __iter__(self):

@@ -1,5 +1,5 @@
 """The gist-mining console script: ``gist-mining COMMAND ...`` runs the command's own parser, as ``python -m MODULE``
-does."""
+does (``python -m pipeline.cli COMMAND ...`` where the script is not on the path)."""
 
 from __future__ import annotations
 
@@ -44,3 +44,7 @@ def _first_line(module: str) -> str:
     with open(source) as fh:
         doc = ast.get_docstring(ast.parse(fh.read())) or ""
     return doc.split("\n")[0]
+
+
+if __name__ == "__main__":
+    main()

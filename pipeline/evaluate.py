@@ -66,7 +66,7 @@ def build_parser(prog: str = "python -m pipeline.evaluate") -> argparse.Argument
 def main(argv=None, prog: str = "python -m pipeline.evaluate") -> None:
     args = build_parser(prog).parse_args(argv)
     suites = from_args(Suites, args).build()
-    options = ModelOptions(from_args(ModelSettings, args, name=""), from_args(Prompts, args))
+    options = from_args(ModelOptions, args, prompts=from_args(Prompts, args))
     say(evaluate(args.models, suites, args.out, options), args.out)
 
 

@@ -87,8 +87,7 @@ def stage(name: str, run, *args, **kwargs):
 def evaluate(models: dict[str, str], split: evaluation.RetrievalFolder, device, out: Path) -> dict:
     """Each model's held-out scores, to 4 digits, through the evaluate command's code (``gist_mining.evaluation``),
     which also writes its table and chart to ``out`` and reuses the results of unchanged models on a rerun."""
-    table = evaluation.evaluate(models, [split], out,
-                                evaluation.ModelOptions(ModelSettings("", device=device)), quiet=True)
+    table = evaluation.evaluate(models, [split], out, evaluation.ModelOptions(device=device), quiet=True)
     return {row["model"]: {m: round(row[m], 4) for m in evaluation.METRICS} for row in table.iter_rows(named=True)}
 
 

@@ -93,6 +93,20 @@ def make_pairs(n: int, seed: int = 0, tasks=("a", "b")) -> pl.DataFrame:
     return pl.DataFrame(rows)
 
 
+def read_pairs(path) -> pl.DataFrame:
+    """Every validated pair of a file at once (inputs.pair_batches, concatenated)."""
+    from gist_mining.inputs import pair_batches
+
+    return pl.concat(list(pair_batches(path)))
+
+
+def read_corpus(path) -> list[str]:
+    """Every validated text of a corpus file at once (inputs.corpus_batches, concatenated)."""
+    from gist_mining.inputs import corpus_batches
+
+    return pl.concat(list(corpus_batches(path))).to_list()
+
+
 def pairs_with_second_positives(n: int, seed: int, repeated: int) -> pl.DataFrame:
     """make_pairs, and its first ``repeated`` queries asked again with another positive: a query with several
     positives, none of which may be a candidate or negative of either row."""

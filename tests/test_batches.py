@@ -3,11 +3,9 @@
 from __future__ import annotations
 
 import random
-import sys
 
 import numpy as np
 import polars as pl
-from conftest import ROOT
 
 from gist_mining.training.batches import RowTexts
 from gist_mining.training.batches import plan_batches as plan_from
@@ -61,7 +59,6 @@ def test_batches_under_the_minimum_wait():
 def test_same_plans_as_the_set_based_planner_it_replaced():
     """Against the planner before RowTexts (a set per row, a dict per text; kept in benchmarks/batch_planner.py):
     rows whose texts repeat within the row and across rows, so that some rows wait."""
-    sys.path.insert(0, str(ROOT))
     from benchmarks.batch_planner import reference_plan
 
     rng = random.Random(3)

@@ -22,7 +22,7 @@ from gist_mining.embed.step import EmbedStep
 from gist_mining.errors import UsageError
 from gist_mining.executor import ExecutorSettings, run_locally, run_step
 from gist_mining.mask import SearchSettings
-from gist_mining.mask.select import MineStep
+from gist_mining.mask.mine_step import MineStep
 from gist_mining.mining import MiningRules
 from gist_mining.models import ModelSettings
 from gist_mining.settings import dest_of
@@ -94,7 +94,8 @@ def test_pipeline_run_takes_the_stages_options():
 
 
 def gist_mining(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "gist_mining", *args], cwd=ROOT, capture_output=True, text=True)
+    """The console script, as ``python -m pipeline.cli`` runs it (the library has no __main__: it imports no command)."""
+    return subprocess.run([sys.executable, "-m", "pipeline.cli", *args], cwd=ROOT, capture_output=True, text=True)
 
 
 @pytest.mark.slow  # fresh interpreters

@@ -113,8 +113,9 @@ def test_readme_quickstart_runs_as_written(tiny_guide, tiny_model, tmp_path, mon
 OTHER_TOOLS = {"--nproc-per-node": "torchrun", "--nnodes": "torchrun", "--array": "sbatch", "--wrap": "sbatch",
                "--no-deps": "pip", "--require-hashes": "pip", "--index-url": "pip", "--local-dir": "hf download", "--exclude": "hf download",
                "--repo-type": "hf download", "--strict": "mkdocs build", "--head": "ray start", "--address": "ray start"}
-# A command as the pages write it: gist-mining COMMAND, (python|torchrun ...) -m MODULE or a bare MODULE, a script.
-COMMAND = re.compile(r"gist-mining (\w+)|\b(pipeline\.\w+|train\.run)\b|python ((?:benchmarks|tests|data)/\w+\.py)")
+# A command as the pages write it: gist-mining COMMAND, (python|torchrun ...) -m MODULE or a bare MODULE, a
+# benchmark (-m benchmarks.NAME), a script.
+COMMAND = re.compile(r"gist-mining (\w+)|\b(pipeline\.\w+|train\.run)\b|-m (benchmarks\.\w+)|python ((?:tests|data)/\w+\.py)")
 FLAG = re.compile(r"(?<![\w-])--[a-z][a-z0-9-]*")
 
 
@@ -132,7 +133,7 @@ def documented_flags() -> list[tuple[str, int, str | None, str]]:
             prose, end = line, len(line)
             for match in reversed(list(COMMAND.finditer(line))):  # from the right: a command ends at the next
                 segment = re.split(r"`| #", line[match.end():end], maxsplit=1)[0]
-                command = match.group(1) or match.group(2) or match.group(3)
+                command = match.group(1) or match.group(2) or match.group(3) or match.group(4)
                 found += [(page.name, number, command, flag) for flag in FLAG.findall(segment)]
                 stop = match.end() + len(segment)
                 prose, end = prose[:match.start()] + " " * (stop - match.start()) + prose[stop:], match.start()
@@ -141,7 +142,8 @@ def documented_flags() -> list[tuple[str, int, str | None, str]]:
 
 
 def command_flags() -> dict[str, set[str]]:
-    """Each command's options, by the names the pages use for it: its module, its gist-mining name, a script."""
+    """Each command's options, by the names the pages use for it: its module, its gist-mining name, a script (a
+    benchmark by its file and its module)."""
     from test_cli import PARSERS
 
     from pipeline.cli import COMMANDS
@@ -154,6 +156,7 @@ def command_flags() -> dict[str, set[str]]:
             flags[key] = flags.get(key, set()) | options
     for script in [*(ROOT / "benchmarks").glob("*.py"), *(ROOT / "tests").glob("*.py"), *(ROOT / "data").glob("*.py")]:
         flags[str(script.relative_to(ROOT))] = set(re.findall(r"[\"'](--[a-z][a-z0-9-]*)[\"']", script.read_text()))
+        flags[".".join(script.relative_to(ROOT).with_suffix("").parts)] = flags[str(script.relative_to(ROOT))]
     return flags
 
 
@@ -164,7 +167,7 @@ def test_every_documented_option_exists_in_its_command():
     stages = set().union(*(flags[module] for module in COMMANDS.values())) | set(OTHER_TOOLS)
     prose = {}  # outside a command: any stage's option, or one of a script the page names
     for page in [ROOT / "README.md", *(ROOT / "docs").glob("*.md")]:
-        scripts = re.findall(r"(?:benchmarks|tests|data)/\w+\.py", page.read_text())
+        scripts = re.findall(r"(?:benchmarks|tests|data)/\w+\.py|benchmarks\.\w+", page.read_text())
         prose[page.name] = stages.union(*(flags.get(script, set()) for script in scripts))
     unknown = [(page, line, command, flag) for page, line, command, flag in documented_flags()
                if flag not in (flags.get(command, set()) if command else prose[page])]

@@ -356,3 +356,16 @@ def test_sentence_transformers_trainer_logs_the_folder_score_every_n_steps(tmp_p
     logged = [(r["step"], r["eval_held_cosine_ndcg@10"]) for r in trainer.state.log_history if "eval_held_cosine_ndcg@10" in r]
     assert [step for step, _ in logged] == [1, 2]
     assert logged[-1][1] == pytest.approx(oracle(student, data)["ndcg@10"], abs=1e-6)  # the trained weights' score
+
+
+def test_model_options_are_model_settings_less_the_name():
+    """Every model of an evaluation loads as ModelSettings would, from the same options (pipeline.evaluate parses
+    ModelSettings' options into ModelOptions)."""
+    from dataclasses import fields
+
+    from gist_mining.models import ModelSettings
+
+    loading = {f.name: f.default for f in fields(ModelSettings) if f.name != "name"}
+    assert {f.name: f.default for f in fields(ModelOptions) if f.name != "prompts"} == loading
+    options = ModelOptions(revision="r", trust_remote_code=True, device="cpu", max_seq_length=9)
+    assert options.settings("m") == ModelSettings("m", "r", True, "cpu", 9)

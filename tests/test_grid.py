@@ -11,7 +11,7 @@ from conftest import pairs_with_second_positives, run_stage
 
 from gist_mining import grid, workdir
 from gist_mining.executor import ExecutorSettings, run_step
-from gist_mining.mask.search import SearchStep
+from gist_mining.mask.search_step import SearchStep
 from gist_mining.mask.settings import chunk_size
 from pipeline import embed, mask
 

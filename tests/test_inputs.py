@@ -10,11 +10,10 @@ from pathlib import Path
 
 import polars as pl
 import pytest
-from conftest import run_module
+from conftest import read_corpus, read_pairs, run_module
 
 from gist_mining import inputs
 from gist_mining.errors import InputError
-from gist_mining.inputs import read_corpus, read_pairs
 
 BAD = Path(__file__).resolve().parent / "bad_inputs"
 

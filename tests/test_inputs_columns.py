@@ -50,7 +50,7 @@ def test_columns_option_maps_a_users_names(tmp_path, capsys):
     assert pairs.rows() == [("a1", "p1", ["n1"], "wiki"), ("a2", "p2", ["n2"], "default")]
     planning.read_inputs([tmp_path / "pairs.parquet"], [], tmp_path / "plan", given)
     assert "'question' as query, 'answer' as positive, 'hard_negative' as negative, 'source' as task" in capsys.readouterr().err
-    # Only some roles named: the others are recognised around them.
+    # Only some slots named: the others are recognised around them.
     assert read_frame(frame, tmp_path, {"positive": "answer"})["query"].to_list() == ["not this", "nor this"]
 
 

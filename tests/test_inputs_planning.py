@@ -9,11 +9,10 @@ from itertools import pairwise
 import numpy as np
 import polars as pl
 import pytest
-from conftest import WORDS, sentence
+from conftest import WORDS, read_corpus, read_pairs, sentence
 
 from gist_mining import inputs, planning, workdir
 from gist_mining.errors import InputError
-from gist_mining.inputs import read_corpus, read_pairs
 
 
 def oracle_clean(anchors: pl.DataFrame) -> tuple[pl.DataFrame, int]:

@@ -16,6 +16,7 @@ import pytest
 from conftest import ROOT, run_stage
 from test_mask import candidates, mined
 
+from benchmarks import synthetic_pool
 from gist_mining import cpu_flags, openblas_kernel
 from gist_mining.errors import UsageError
 from gist_mining.lists import PAD_ID, padded
@@ -33,9 +34,6 @@ from gist_mining.mining.index import (
 from gist_mining.mining.search import search_candidates
 from gist_mining.workdir import load_embeddings
 from pipeline import mask
-
-sys.path.insert(0, str(ROOT))
-from benchmarks import synthetic_pool  # noqa: E402
 
 pytestmark = pytest.mark.slow  # scale: every index kind, shard processes
 
@@ -76,7 +74,7 @@ def test_synthetic_pool_is_an_embed_work_directory_and_flat_search_is_exact(work
 
 
 def test_chunked_reads_equal_the_in_memory_path(work, monkeypatch):
-    """Anchors read one shard at a time, searched a few at a time, candidates rescored from rows read off disk:
+    """Anchors read one shard at a time, searched a few at a time, candidates scored exactly from rows read off disk:
     the same ids and scores as one search over all anchors with the whole pool in RAM."""
     monkeypatch.setattr(mask_settings, "CHUNK_BYTES", 7 * 3 * 20 * DIM * 4)  # 7 anchors per chunk at depth 3
     assert run_stage(mask, "--work", work, "--k", 20, "--index", "auto", "--memory-budget", "500K",

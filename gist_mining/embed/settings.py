@@ -39,7 +39,7 @@ class InputOptions:
 
     columns: str | None = option(None, "which columns are what, e.g. query=question,positive=answer,"
                                        "negative=hard_negative,task=source,text=body (default: recognised, as "
-                                       "sentence-transformers names them)", type=str, metavar="ROLE=COLUMN,...")
+                                       "sentence-transformers names them)", type=str, metavar="SLOT=COLUMN,...")
     input_split: str = option(HubSelection.split, "split of Hub dataset inputs")
     input_subset: str | None = option(None, "subset (config) of Hub dataset inputs", type=str)
     input_revision: str | None = option(None, "branch, tag or commit of Hub dataset inputs", type=str)

@@ -28,18 +28,23 @@ SCHEMA = {"model": pl.String, "suite": pl.String, "task": pl.String, **{m: pl.Fl
 
 @dataclass(frozen=True)
 class ModelOptions:
-    """How every model of an evaluation is loaded and prompted (ModelSettings less its name, and the prompts)."""
+    """How every model of an evaluation is loaded and prompted: ModelSettings less its name (its options set
+    them: ``settings.from_args(ModelOptions, parsed)``), and the prompts."""
 
-    settings: ModelSettings = field(default_factory=lambda: ModelSettings(""))
+    revision: str | None = None
+    trust_remote_code: bool = False
+    device: str | None = None
+    max_seq_length: int | None = None
     prompts: Prompts = field(default_factory=Prompts)
+
+    def settings(self, name: str) -> ModelSettings:
+        return ModelSettings(name, self.revision, self.trust_remote_code, self.device, self.max_seq_length)
 
 
 def load(name: str, options: ModelOptions):
     """The model, or one line saying why it does not load."""
-    settings = ModelSettings(name, options.settings.revision, options.settings.trust_remote_code,
-                             options.settings.device, options.settings.max_seq_length)
     try:
-        return settings.load()
+        return options.settings(name).load()
     except UsageError:
         raise
     except Exception as err:  # a damaged folder: unreadable weights, a broken config
@@ -54,7 +59,7 @@ def evaluate(models: list[str] | dict[str, str], suites: list, out: Path, option
     to ``out``. Every model is located before any is scored, so a bad name stops the run with nothing written."""
     out = Path(out)
     named = dict(models) if isinstance(models, dict) else {m: m for m in models}
-    paths = {label: resolve_model(name, options.settings.revision) for label, name in named.items()}
+    paths = {label: resolve_model(name, options.revision) for label, name in named.items()}
     rows = []
     try:
         for label, name in tqdm(named.items(), desc="models", disable=quiet or len(named) < 2):

@@ -31,10 +31,10 @@ from __future__ import annotations
 
 from gist_mining.inputs.checks import (BLANK, as_strings, check_distinct, check_negatives, check_texts,
                                        as_negative_lists, text_problem)
-from gist_mining.inputs.columns import (NEGATIVE_NAMES, PAIR_CONVENTIONS, ROLES, TASK_NAMES, describe_columns,
+from gist_mining.inputs.columns import (NEGATIVE_NAMES, PAIR_CONVENTIONS, SLOTS, TASK_NAMES, describe_columns,
                                         parse_columns, resolve_columns)
 from gist_mining.inputs.files import BATCH_ROWS, TEXT_READERS, data_file, data_suffix, table_batches
 from gist_mining.inputs.hub import HUB_PATHS, HubSelection, hub_files, input_files
-from gist_mining.inputs.pairs import DEFAULT_TASK, corpus_batches, pair_batches, read_corpus, read_pairs
+from gist_mining.inputs.pairs import DEFAULT_TASK, corpus_batches, pair_batches
 from gist_mining.inputs.problems import MAX_PROBLEMS, Problems, describe_error, file_error
 from gist_mining.inputs.retrieval import RETRIEVAL_ALIASES, RETRIEVAL_COLUMNS, retrieval_pairs, retrieval_tables

@@ -21,65 +21,65 @@ NEGATIVE_NAMES = ("negative", "negatives", "neg")  # the first present; else neg
 TASK_NAMES = ("task", "task_name", "task_type")  # the first present; the last two: MEDI's
 
 
-ROLES = {"pairs": ("query", "positive", "negative", "task"), "corpus": ("text",)}
+SLOTS = {"pairs": ("query", "positive", "negative", "task"), "corpus": ("text",)}
 
 
 _NUMBERED_NEGATIVE = re.compile(r"negative_(\d+)")
 
 
 def parse_columns(text: str | None) -> dict[str, str]:
-    """``--columns query=question,positive=answer,negative=hard_negative,task=source`` as {role: column}."""
+    """``--columns query=question,positive=answer,negative=hard_negative,task=source`` as {slot: column}."""
     if not text:
         return {}
-    roles = [r for kind in ROLES.values() for r in kind]
+    slots = [r for kind in SLOTS.values() for r in kind]
     given = {}
     for item in text.split(","):
-        role, sep, column = (part.strip() for part in item.partition("="))
-        if not sep or not column or role not in roles:
-            raise UsageError(f"--columns takes ROLE=COLUMN items separated by commas, ROLE one of {', '.join(roles)}; "
+        slot, sep, column = (part.strip() for part in item.partition("="))
+        if not sep or not column or slot not in slots:
+            raise UsageError(f"--columns takes SLOT=COLUMN items separated by commas, SLOT one of {', '.join(slots)}; "
                              f"not {item!r}")
-        given[role] = column
+        given[slot] = column
     return given
 
 
 def resolve_columns(path: Path, columns: list[str], kind: str, given: dict[str, str]) -> dict[str, list[str]]:
-    """Which of a file's ``columns`` play which role ({role: [column, ...]}; several only for negatives): those
+    """Which of a file's ``columns`` fill which slot ({slot: [column, ...]}; several only for negatives): those
     ``given`` (--columns), the rest as the project, sentence-transformers and MEDI name them (PAIR_CONVENTIONS;
     negatives NEGATIVE_NAMES, else ``negative_1`` .. ``negative_n``; the task TASK_NAMES)."""
     has = f"has: {', '.join(columns) or 'none'}"
-    given = {role: column for role, column in given.items() if role in ROLES[kind]}
-    for role, column in given.items():
+    given = {slot: column for slot, column in given.items() if slot in SLOTS[kind]}
+    for slot, column in given.items():
         if column not in columns:
-            raise file_error(path, f"--columns takes '{column}' as {role}, but there is no such column ({has})")
+            raise file_error(path, f"--columns takes '{column}' as {slot}, but there is no such column ({has})")
     taken = set(given.values())
     if kind == "corpus":
         if "text" not in given and "text" not in columns:
             raise file_error(path, f"missing column 'text' ({has}); name it with --columns text=COLUMN")
         return {"text": [given.get("text", "text")]}
-    roles = {role: [column] for role, column in given.items()}
-    if not {"query", "positive"} <= roles.keys():
+    slots = {slot: [column] for slot, column in given.items()}
+    if not {"query", "positive"} <= slots.keys():
         for query, positive in PAIR_CONVENTIONS:
-            want = {"query": roles.get("query", [query])[0], "positive": roles.get("positive", [positive])[0]}
+            want = {"query": slots.get("query", [query])[0], "positive": slots.get("positive", [positive])[0]}
             if all(c in columns for c in want.values()) and want["query"] != want["positive"]:
-                roles.update({role: [column] for role, column in want.items()})
+                slots.update({slot: [column] for slot, column in want.items()})
                 break
         else:
             raise file_error(path, f"no columns to take as query and positive ({has}); expected one of "
                                     f"{', '.join('/'.join(c) for c in PAIR_CONVENTIONS)}, or name them with "
                                     "--columns query=COLUMN,positive=COLUMN")
-    taken |= {c for cs in roles.values() for c in cs}
-    if "negative" not in roles:
+    taken |= {c for cs in slots.values() for c in cs}
+    if "negative" not in slots:
         numbered = sorted((int(m.group(1)), c) for c in columns if (m := _NUMBERED_NEGATIVE.fullmatch(c)) and c not in taken)
         named = [c for c in NEGATIVE_NAMES if c in columns and c not in taken][:1]
         negatives = named or [c for _, c in numbered]
         if negatives:
-            roles["negative"] = negatives
+            slots["negative"] = negatives
     task = next((c for c in TASK_NAMES if c in columns and c not in taken), None)
-    if "task" not in roles and task:
-        roles["task"] = [task]
-    return roles
+    if "task" not in slots and task:
+        slots["task"] = [task]
+    return slots
 
 
-def describe_columns(roles: dict[str, list[str]]) -> str:
+def describe_columns(slots: dict[str, list[str]]) -> str:
     """How the log says which columns were taken as what."""
-    return ", ".join(f"{' + '.join(repr(c) for c in columns)} as {role}" for role, columns in roles.items())
+    return ", ".join(f"{' + '.join(repr(c) for c in columns)} as {slot}" for slot, columns in slots.items())

@@ -16,42 +16,42 @@ from gist_mining.inputs.checks import text_problem
 
 MODES = ("drop", "prepend")
 SUFFIX = "_instruct"  # the instruction column of a text column COLUMN is COLUMN_instruct
-TEXT_ROLES = ("query", "positive", "negative")
-# Keys resolve_columns' roles get for them: the instruction columns beside the texts, or the text columns that hold
-# [instruction, text] pairs. Not --columns roles: they follow from the text columns.
+TEXT_SLOTS = ("query", "positive", "negative")
+# Keys resolve_columns' slots get for them: the instruction columns beside the texts, or the text columns that hold
+# [instruction, text] pairs. Not --columns slots: they follow from the text columns.
 BESIDE, PAIRED = "instructions", "[instruction, text] pairs"
 _STAND_IN = "-"
 
 
-def instruction_roles(frame: pl.DataFrame, roles: dict[str, list[str]]) -> dict[str, list[str]]:
-    """``roles`` (inputs.resolve_columns') with the instructions found in the first frame of a pairs file: the text
+def instruction_slots(frame: pl.DataFrame, slots: dict[str, list[str]]) -> dict[str, list[str]]:
+    """``slots`` (inputs.resolve_columns') with the instructions found in the first frame of a pairs file: the text
     columns holding [instruction, text] pairs when the query column holds lists (MEDI's JSON), else the
     ``COLUMN_instruct`` columns of the text columns."""
-    texts = [c for role in TEXT_ROLES for c in roles.get(role, [])]
-    query = frame.get_column(roles["query"][0])
+    texts = [c for slot in TEXT_SLOTS for c in slots.get(slot, [])]
+    query = frame.get_column(slots["query"][0])
     first = None if query.dtype == pl.String else next((v for v in query.to_list() if v is not None), None)
     if isinstance(first, (list, pl.Series)):
-        return {**roles, PAIRED: texts}
+        return {**slots, PAIRED: texts}
     beside = [c + SUFFIX for c in texts if c + SUFFIX in frame.columns]
-    return {**roles, BESIDE: beside} if beside else roles
+    return {**slots, BESIDE: beside} if beside else slots
 
 
-def describe(roles: dict[str, list[str]], mode: str) -> str:
+def describe(slots: dict[str, list[str]], mode: str) -> str:
     """What the log adds to the columns line: what becomes of the instructions."""
-    if BESIDE not in roles and PAIRED not in roles:
+    if BESIDE not in slots and PAIRED not in slots:
         return ""
     if mode == "prepend":
         return "; each instruction prepended to its text (--instructions prepend)"
     return "; instructions dropped, as the GIST models were trained (--instructions prepend keeps them)"
 
 
-def with_instructions(problems, frame: pl.DataFrame, first_row: int, roles: dict[str, list[str]],
+def with_instructions(problems, frame: pl.DataFrame, first_row: int, slots: dict[str, list[str]],
                       mode: str) -> pl.DataFrame:
     """The frame with plain texts in its text columns: [instruction, text] pairs split, each instruction dropped
     or prepended (``mode``). A pair that is not two strings, or an instruction that is not a string, is a row
     problem (``problems.add``); the checks of the texts themselves follow (gist_mining.inputs.pairs)."""
 
-    paired, beside = roles.get(PAIRED, []), roles.get(BESIDE, [])
+    paired, beside = slots.get(PAIRED, []), slots.get(BESIDE, [])
     if not paired and not beside:
         return frame
     replaced = {}

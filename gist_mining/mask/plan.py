@@ -38,8 +38,8 @@ def search_plan(work: Path, given: dict, embed: workdir.EmbedManifest, *, refilt
                              f"{stored.candidates_format}, this one reads {CANDIDATES_FORMAT}); search again: "
                              f"`{workdir.rebuild_command(work, 'search')}`")
         return stored
-    search = SearchSettings(**given)
-    settings = asdict(search)
+    search_settings = SearchSettings(**given)
+    settings = asdict(search_settings)
     # Every text is a query or a document (or both: a text in both roles is one pool entry), so with the queries
     # the pool is every text: what workdir.candidate_pool ranks.
     n_pool = embed.counts["texts" if settings["include_queries"] else "documents"]
@@ -49,8 +49,8 @@ def search_plan(work: Path, given: dict, embed: workdir.EmbedManifest, *, refilt
                              f"{settings['index']} and --update-from")
         settings["index"] = "flat"
         settings["memory_budget"] = None  # it only chooses an index kind, and the grid's is flat: not in the fingerprint
-    kind = resolve_kind(settings["index"], n_pool, embed.dimension, parse_bytes(search.memory_budget))
-    command = cli.command("pipeline.mask", ["--work", work, *to_argv(search),
+    kind = resolve_kind(settings["index"], n_pool, embed.dimension, parse_bytes(search_settings.memory_budget))
+    command = cli.command("pipeline.mask", ["--work", work, *to_argv(search_settings),
                                             *(["--update-from", update_from] if update_from else []),
                                             *(to_argv(rescore_settings) if rescore_settings else [])])
     plan = dict(settings, index=kind, parent_fingerprint=embed.fingerprint,

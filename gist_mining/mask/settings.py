@@ -9,7 +9,7 @@ from gist_mining.mining.index import KINDS
 from gist_mining.settings import option
 
 CHUNK = 1024  # anchors searched and selected at a time: bounds memory whatever the number of anchors
-# A search chunk's working set: its candidates' vectors (float32) read from the store and rescored. Fewer
+# A search chunk's working set: its candidates' vectors (float32) read from the store and scored exactly. Fewer
 # anchors per chunk when k, the index's search depth or the dimension is large; results do not depend on it.
 CHUNK_BYTES = 256 << 20
 
@@ -20,7 +20,7 @@ class SearchSettings:
 
     k: int = option(100, "candidates kept per anchor")
     index: str = option("auto", "exact while it fits the memory budget, then HNSW, HNSW over 8-bit vectors, IVF-PQ; "
-                                "approximate finds are always rescored from the stored vectors", choices=KINDS)
+                                "approximate finds are always scored exactly from the stored vectors", choices=KINDS)
     memory_budget: str = option("8G", "memory --index auto may plan for, e.g. 8G or 512M "
                                       "(gist_mining.mining.resolve_kind)")
     include_queries: bool = option(False, "other anchors' queries are candidates too (symmetric tasks, e.g. "

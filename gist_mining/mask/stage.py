@@ -12,9 +12,9 @@ import polars as pl
 
 from gist_mining import given_negatives, grid, rescore, update, workdir
 from gist_mining.executor import ExecutorSettings, run_step
+from gist_mining.mask.mine_step import MineStep
 from gist_mining.mask.plan import claim, mine_plan, search_plan
-from gist_mining.mask.search import SearchStep, search_cells
-from gist_mining.mask.select import MineStep
+from gist_mining.mask.search_step import SearchStep, search_cells
 from gist_mining.mask.settings import SearchSettings
 from gist_mining.mining import MiningRules
 from gist_mining.storage import write_json_atomic

@@ -21,14 +21,14 @@ from gist_mining.storage import commit, tmp_name
 # the true neighbours. At 300k exact search answers about a third of that (it reads the whole pool per query),
 # while mpnet embeds ~130 texts/s on the same cores: the search is a small share of the mining cost. Above
 # that, exact search grows as anchors x pool and HNSW takes over. Whatever the index, the mask stage scores
-# every candidate from the stored vectors; quantised indexes are asked for RESCORE_DEPTH x k candidates, which
-# are rescored exactly and cut to k.
+# every candidate from the stored vectors; quantised indexes are asked for APPROXIMATE_DEPTH x k candidates,
+# which are scored exactly and cut to k.
 
 KINDS = ("flat", "ivf", "hnsw", "hnswsq", "ivfpq", "auto")
 AUTO_EXACT_MAX = 300_000
 HNSW_M = 32
 PQ_DIMS_PER_BYTE = 8  # IVF-PQ: one 8-bit code per 8 dimensions (48 bytes for a 384-d vector)
-RESCORE_DEPTH = 3  # quantised scores rank roughly: ask for 3k, rescore exactly, keep the best k
+APPROXIMATE_DEPTH = 3  # quantised scores rank roughly: ask for 3k, score them exactly, keep the best k
 # Training points: k-means over 256 per list for IVF; fewer for IVF-PQ, whose lists only route the search
 # (64 per list keeps its k-means to minutes at 10M vectors on 2 cores); SQ8 learns each dimension's range.
 # The PQ codebooks (256 codes per sub-vector) want >= 39 x 256 points.
@@ -99,7 +99,7 @@ def empty_index(kind: str, n: int, dim: int) -> faiss.Index:
 
 def search_depth(index: faiss.Index) -> int:
     """How many times k candidates to ask of ``index``: more where its scores are quantised."""
-    return RESCORE_DEPTH if isinstance(index, (faiss.IndexHNSWSQ, faiss.IndexIVFPQ)) else 1
+    return APPROXIMATE_DEPTH if isinstance(index, (faiss.IndexHNSWSQ, faiss.IndexIVFPQ)) else 1
 
 
 def set_search_parameters(index: faiss.Index, k: int) -> faiss.Index:

@@ -32,7 +32,7 @@ class RowTexts(Ragged):
         self.values, self.n_texts = np.searchsorted(universe, self.values).astype(np.int32), len(universe)
 
 
-class _NextWithRoom:
+class NextWithRoom:
     """Union-find over batch indices: the first batch at or after i that is not full, in near O(1)."""
 
     def __init__(self, n_batches: int):
@@ -56,7 +56,7 @@ def _fill(rows: list[int], texts: RowTexts, batch_size: int, min_batch_size: int
     # Python arrays, not numpy: the loop reads and writes one item at a time, and a numpy item is a new scalar object.
     values, starts = array("i", texts.values.tobytes()), array("q", texts.starts.tobytes())
     after = array("i", bytes(4 * texts.n_texts))  # text -> the first batch that may still take it
-    room = _NextWithRoom(n_batches)
+    room = NextWithRoom(n_batches)
     waiting = 0
     for row in rows:
         row_texts = values[starts[row]: starts[row + 1]]
@@ -113,10 +113,10 @@ def paper_batches(tasks: Sequence[str], batch_size: int, seed: int, epoch: int) 
     return kept, len(tasks) - batch_size * len(kept)
 
 
-def task_epoch_batches(batching: str, row_texts: RowTexts, tasks: Sequence[str], batch_size: int, seed: int, epoch: int,
-                       min_batch_size: int = 1) -> tuple[list[list[int]], int]:
-    """One task per batch, ``batching``'s way: (batches, rows left out or waiting)."""
+def epoch_plan(batching: str, row_texts: RowTexts, tasks: list[str], batch_size: int, seed: int, epoch: int,
+               task_batches: bool, min_batch_size: int = 1) -> tuple[list[list[int]], int]:
+    """One epoch's batches ``batching``'s way (``BATCHINGS``; ``paper`` is one task a batch whatever
+    ``task_batches``), and how many rows they leave out (``paper``) or leave waiting (``shuffled``)."""
     if batching == "paper":
         return paper_batches(tasks, batch_size, seed, epoch)
-    return plan_batches(row_texts, list(tasks), batch_size, seed, epoch, task_batches=True,
-                        min_batch_size=min_batch_size)
+    return plan_batches(row_texts, tasks, batch_size, seed, epoch, task_batches, min_batch_size)

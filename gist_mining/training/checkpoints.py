@@ -134,12 +134,10 @@ def prune_checkpoints(out: Path, keep: int) -> None:
         shutil.rmtree(gone)
 
 
-def latest_checkpoint(out: Path, identity: dict) -> Path | None:
+def latest_checkpoint(out: Path) -> Path | None:
+    """The newest checkpoint in ``out``: this run's, as claim_output left ``out`` (another run's refused or removed)."""
     remove_stale_temps(out / workdir.CHECKPOINTS)
     found = checkpoints(out)
-    if found and read_json(found[-1] / workdir.POSITION).get("identity") != identity:  # claim_output checked it
-        raise UsageError(f"{found[-1]} was saved by a run with other mined tables or settings; "
-                         "pass --overwrite to start over, or run with the settings it was saved with")
     return found[-1] if found else None
 
 

@@ -24,7 +24,7 @@ from gist_mining.errors import UsageError
 from gist_mining.loss import GUIDE_FILTERS, GISTLoss, LossRules
 from gist_mining.models import load_model, role_prompts
 from gist_mining.training import hub
-from gist_mining.training.batches import paper_batches, plan_batches
+from gist_mining.training.batches import epoch_plan
 from gist_mining.training.checkpoints import (
     checkpoint_due,
     claim_output,
@@ -88,29 +88,28 @@ def say_rules(config: TrainConfig, manifest: dict) -> None:
 
 
 def epoch_batches(data: TrainingData, config: TrainConfig, world: int, epoch: int, rank: int = 0) -> list[list[int]]:
+    batches, unused = epoch_plan(config.task_batching, data.row_texts, data.tasks, config.batch_size * world,
+                                 config.seed, epoch, config.task_batches,
+                                 min_batch_size=max(config.min_batch_size, world))  # a row per rank
     if config.task_batching == "paper":  # GISTEmbed's chunks: the same rows are left out every epoch
-        batches, left_out = paper_batches(data.tasks, config.batch_size * world, config.seed, epoch)
         if not batches:
             raise UsageError(f"--task-batching paper: no batch of {config.batch_size * world} rows of one task (each "
                              "chunk of the task-sorted rows spans two tasks); use a smaller --batch-size")
-        if left_out and rank == 0 and epoch == 0:
-            print(f"train: {left_out} of {len(data.tasks)} rows are in no batch (--task-batching paper: their chunk of "
+        if unused and rank == 0 and epoch == 0:
+            print(f"train: {unused} of {len(data.tasks)} rows are in no batch (--task-batching paper: their chunk of "
                   "the task-sorted rows spans two tasks, or is the short last one)", file=sys.stderr)
-        return batches
-    batches, waiting = plan_batches(data.row_texts, data.tasks, config.batch_size * world, config.seed, epoch,
-                                    config.task_batches, min_batch_size=max(config.min_batch_size, world))  # a row per rank
-    if waiting and rank == 0:
-        print(f"train: epoch {epoch}: {waiting} of {len(data.tasks)} rows wait for a later epoch (a text they share "
+    elif unused and rank == 0:
+        print(f"train: epoch {epoch}: {unused} of {len(data.tasks)} rows wait for a later epoch (a text they share "
               f"would repeat in a batch, or their batch is under --min-batch-size)", file=sys.stderr)
     return batches
 
 
-def start(config: TrainConfig, out: Path, total_steps: int, device, identity: dict, rank: int, loss_fn: GISTLoss,
-          guide_dimension: int):
+def training_state(config: TrainConfig, out: Path, total_steps: int, device, rank: int, loss_fn: GISTLoss,
+                   guide_dimension: int):
     """The student, optimizer and schedule, fresh or from the newest checkpoint (claim_output made them this
     run's); and where the run stands. The loss's own parameters (embedding distillation's map from the student's
     size to ``guide_dimension``) train and are checkpointed with the student."""
-    checkpoint = latest_checkpoint(out, identity)
+    checkpoint = latest_checkpoint(out)
     model = replace(config.student, device=device).load()
     if checkpoint is not None:  # its weights only: a tokenizer re-read from a save would be saved differently
         model.load_state_dict(load_model(str(checkpoint), device=device).state_dict())
@@ -175,8 +174,8 @@ def train(work: Path, out: Path, config: TrainConfig = TrainConfig()) -> dict | 
         say_rules(config, data.manifest)
     batches = epoch_batches(data, config, world, 0, rank)  # its length sets the schedule
     total_steps = config.max_steps or max(1, int(config.epochs * len(batches)))
-    model, optimizer, scheduler, position = start(config, out, total_steps, device, identity, rank, loss_fn,
-                                                  data.guide["document"].shape[1])
+    model, optimizer, scheduler, position = training_state(config, out, total_steps, device, rank, loss_fn,
+                                                           data.guide["document"].shape[1])
     step, epoch, batch_index = position["step"], position["epoch"], position["batch_index"]
     full = model.get_embedding_dimension()
     if any(size > full for size in config.matryoshka_dims):

@@ -156,8 +156,8 @@ class SearchWorker:
 def search_cells(search: workdir.SearchPlan, candidates: workdir.Shards, executor: ExecutorSettings, dimension: int) -> None:
     """The grid's cells of the anchor shards left to search: on Ray all of them, locally those of this process's
     share, done by this process (the search of a shard reads all its cells)."""
-    mine = list(range(candidates.n)) if executor.executor == "ray" else share(executor, candidates.n, "mask")
-    cells = grid.Cells(candidates.work, search, needed=candidates.pending(mine))
+    own = list(range(candidates.n)) if executor.executor == "ray" else share(executor, candidates.n, "mask")
+    cells = grid.Cells(candidates.work, search, needed=candidates.pending(own))
     VectorStore(candidates.work), VectorStore(candidates.work, "query")  # built here once, not by each worker at once
     step = grid.CellStep(cells, search, chunk_size(search.k, 1, dimension))  # the search step's chunks
     print(f"grid: {len(cells.needed)} anchor shard(s) x {cells.n_slices} pool slice(s) to search", file=sys.stderr)
