@@ -39,7 +39,7 @@ from gist_mining.errors import UsageError
 from gist_mining.loss import GISTLoss, LossRules
 from gist_mining.task_batches import task_batch_sampler  # noqa: F401  (for users of this module: one place to import)
 from gist_mining.training.config import TrainConfig
-from gist_mining.training.data import COLUMNS, TrainingData
+from gist_mining.training.data import COLUMNS, TrainingData, guide_cache_bytes
 from gist_mining.workdir import checked_mined_manifest
 
 LABEL = "label"  # the column the stock collator hands to the loss as a tensor
@@ -95,21 +95,23 @@ class StoredGuideGISTLoss(CachedLossMixin, nn.Module):
     negatives as positives, down-weighted suspects), as train.run's options set them. ``distill``: the guide as
     teacher (gist_mining.distill.Distillation: its scores, its vectors, or both), as train.run's --distill options;
     embedding distillation's map is a parameter of this loss, which the stock trainer's optimizer takes with the
-    model's, and which the saved model does not hold.
+    model's, and which the saved model does not hold. ``guide_cache``: train.run's --guide-cache (by default each
+    batch's guide vectors are read from the work directory, so memory does not grow with the anchors).
     """
 
     def __init__(self, model, work, temperature: float = DEFAULTS.temperature,
                  margin_strategy: str = DEFAULTS.in_batch_margin_strategy, margin: float = DEFAULTS.in_batch_margin,
                  mini_batch_size: int | None = None, rules: LossRules = LossRules(),
-                 distill: Distillation = Distillation()):
+                 distill: Distillation = Distillation(), guide_cache: str = DEFAULTS.guide_cache):
         super().__init__()
         self.model, self.work, self.mini_batch_size = model, Path(work), mini_batch_size
         self.uses_gradient_cache = mini_batch_size is not None  # read by MatryoshkaLoss
         self.gist = GISTLoss(temperature, margin_strategy, margin, rules=rules, distill=distill)
         # Every mined negative's vector, so that any mined_dataset(work, N) fits; checks the fingerprint chain.
-        self.data = TrainingData(self.work, checked_mined_manifest(self.work)["rules"]["num_negatives"], model.device)
+        self.data = TrainingData(self.work, checked_mined_manifest(self.work)["rules"]["num_negatives"], model.device,
+                                 guide_cache=guide_cache_bytes(guide_cache))
         if distill.embeddings:
-            self.gist.fit_embedding_map(model.get_embedding_dimension(), self.data.guide["document"].shape[1])
+            self.gist.fit_embedding_map(model.get_embedding_dimension(), self.data.guide_dimension)
             self.gist.to(model.device)
         self._masked = [0.0, 0]  # sum and count since the last read
 

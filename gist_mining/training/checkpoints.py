@@ -19,7 +19,7 @@ from gist_mining.training.output import save_files
 
 # Settings that change neither the batches nor the updates: a run may resume with others.
 NOT_IN_IDENTITY = {"resume", "overwrite", "eval", "eval_steps", "save_steps", "save_minutes", "keep_checkpoints",
-                   "report_to", "push_to_hub"}
+                   "report_to", "push_to_hub", "guide_cache"}
 
 
 def run_identity(config: TrainConfig, mined_manifest: dict, world: int = 1) -> dict:
