@@ -37,10 +37,10 @@ class TextTable:
         manifest = checked_embed_manifest(work)
         self.path, marker = work / TEXT_TABLE, work / TEXT_TABLE_MARKER
         fingerprint = config_fingerprint({"embed": manifest["fingerprint"], "format": FORMAT})
+        # The matrices first: each is built behind the work directory's lock, which the table's build holds.
+        self.documents, self.queries = VectorStore(work, "document"), VectorStore(work, "query")
         record = build_once(work, marker, fingerprint, lambda: self._build(work, manifest), verify=False)
         checked_file(self.path, {**record["files"][TEXT_TABLE], **record["table"]}, f"rm {marker}")
-        self.documents = VectorStore(work, "document")
-        self.queries = VectorStore(work, "query")
         reader = pa.ipc.open_file(pa.memory_map(str(self.path)))
         batch = reader.get_batch(0) if reader.num_record_batches else SCHEMA.empty_table().to_batches(1)[0]
         self.ids = batch.column("text_id").to_numpy()  # views of the map, not copies
@@ -51,11 +51,11 @@ class TextTable:
     def _build(self, work: Path, manifest: dict) -> tuple[list[Path], dict]:
         """One sort of the pool, in memory: the one time the table is made."""
         frame = pl.read_parquet(verified_table(work, TEXTS), columns=["text_id", "text"])
-        documents = VectorStore(work, "document").ids()
+        documents = self.documents.ids()
         frame = frame.join(pl.DataFrame({"text_id": documents, "document_row": np.arange(len(documents))}),
                            on="text_id", how="left")
         if two_roles(manifest["settings"]):
-            queries = VectorStore(work, "query").ids()
+            queries = self.queries.ids()
             frame = frame.join(pl.DataFrame({"text_id": queries, "query_row": np.arange(len(queries))}),
                                on="text_id", how="left").with_columns(pl.col("query_row").fill_null(NO_ROW))
         else:
