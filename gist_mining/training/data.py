@@ -60,11 +60,13 @@ class TrainingData:
         judged = self.manifest["rules"].get("unjudged_rank_min") is not None
         columns = ["anchor_id", "query_id", "positive_id", "task", "negative_ids", "false_negative_ids",
                    *(["candidates_above_positive", "n_candidates"] if judged else [])]
-        rows = pl.read_parquet(workdir.verified(work, self.manifest, "mine"), columns=columns).sort("anchor_id")
+        rows = pl.read_parquet(workdir.verified(work, self.manifest, "mine"), columns=columns)
+        if not rows["anchor_id"].is_sorted():  # the shards are in anchor order: no copy of every row
+            rows = rows.sort("anchor_id")
         self.anchor_ids = rows["anchor_id"].to_numpy()
         # One str object per task, shared by its rows: 8 bytes a row, where a str per row took ~60.
         names = rows["task"].unique().sort().to_list()
-        self.tasks = list(map(names.__getitem__, (rows["task"].rank("dense").to_numpy() - 1).tolist()))
+        self.tasks = list(map(names.__getitem__, rows["task"].rank("dense").to_numpy() - 1))
         self.ids = {"queries": rows["query_id"].to_numpy(), "positives": rows["positive_id"].to_numpy()}
         documents = pl.concat_list(pl.col("negative_ids").list.head(negatives),
                                    pl.col("false_negative_ids").list.head(false_negatives))
@@ -74,7 +76,8 @@ class TrainingData:
         # not taken as extra positives, so that the loss stays GISTEmbed's one-positive cross-entropy.
         positives = rows.group_by("query_id").agg(pl.col("positive_id").unique().alias("query_positives"))
         others = pl.col("query_positives").list.set_difference(pl.concat_list("positive_id"))  # not the row's own
-        self.false_negatives = (rows.join(positives, on="query_id", how="left", maintain_order="left")
+        self.false_negatives = (rows.select("query_id", "positive_id", "false_negative_ids")
+                                .join(positives, on="query_id", how="left", maintain_order="left")
                                 .select(pl.concat_list("false_negative_ids", others)).to_series().to_arrow())
         # Mining took the anchors the guide cannot judge out of its margin rule: so does the in-batch rule.
         self.unjudged = (is_unjudged(rows["candidates_above_positive"], rows["n_candidates"]).to_numpy()
