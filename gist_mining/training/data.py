@@ -74,8 +74,11 @@ class TrainingData:
         # Known false negatives: mining's, and every positive of the anchor's query (a query repeated with other
         # positives, or with several qrels): another anchor's positive or negative in the batch may be one. Masked,
         # not taken as extra positives, so that the loss stays GISTEmbed's one-positive cross-entropy.
-        positives = rows.group_by("query_id").agg(pl.col("positive_id").unique().alias("query_positives"))
-        others = pl.col("query_positives").list.set_difference(pl.concat_list("positive_id"))  # not the row's own
+        # Only a repeated query has others: grouping those alone keeps the group table small.
+        repeated = rows.select("query_id", "positive_id").filter(pl.col("query_id").is_duplicated())
+        positives = repeated.group_by("query_id").agg(pl.col("positive_id").unique().alias("query_positives"))
+        others = (pl.col("query_positives").list.set_difference(pl.concat_list("positive_id"))  # not the row's own
+                  .fill_null(pl.lit([], dtype=pl.List(pl.Int64))))
         self.false_negatives = (rows.select("query_id", "positive_id", "false_negative_ids")
                                 .join(positives, on="query_id", how="left", maintain_order="left")
                                 .select(pl.concat_list("false_negative_ids", others)).to_series().to_arrow())
