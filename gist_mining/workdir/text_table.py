@@ -42,7 +42,7 @@ class TextTable:
         record = build_once(work, marker, fingerprint, lambda: self._build(work, manifest), verify=False)
         checked_file(self.path, {**record["files"][TEXT_TABLE], **record["table"]}, f"rm {marker}")
         reader = pa.ipc.open_file(pa.memory_map(str(self.path)))
-        batch = reader.get_batch(0) if reader.num_record_batches else SCHEMA.empty_table().to_batches(1)[0]
+        batch = reader.get_batch(0) if reader.num_record_batches else pa.RecordBatch.from_pylist([], schema=SCHEMA)
         self.ids = batch.column("text_id").to_numpy()  # views of the map, not copies
         self.text = batch.column("text")
         self.row = {"document": batch.column("document_row").to_numpy(),
