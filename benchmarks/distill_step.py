@@ -61,7 +61,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
         model.train()
         groups = [{"params": list(model.parameters())}]
         if loss_fn.distill.embeddings:  # as train.run's start does
-            loss_fn.fit_embedding_map(model.get_embedding_dimension(), data.guide["document"].shape[1])
+            loss_fn.fit_embedding_map(model.get_embedding_dimension(), data.guide_dimension)
             loss_fn.to(args.device)
             groups.append({"params": list(loss_fn.parameters()), "lr": config.distill_map_lr})
         optimizer = torch.optim.AdamW(groups, lr=config.lr)

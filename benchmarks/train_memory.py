@@ -1,124 +1,194 @@
-"""The trainer's data at scale: peak RSS of loading the mined rows, their texts and guide vectors (TrainingData).
+"""The trainer's memory against the number of anchors: peak RSS of train.run for a few steps, and its step time.
 
-    flock /tmp/gist-bench.lock python benchmarks/train_memory.py --sizes 300000 1000000 --anchors 100000
-    python benchmarks/train_memory.py --readers /tmp/scale-1m /tmp/scale-10m
+    python -m benchmarks.train_memory --root /work/bench/flat --sizes 100000 1000000 10000000     # memory
+    flock /tmp/bench.lock python -m benchmarks.train_memory --root /work/bench/flat --timing 100000  # step time
 
-For each pool size a work directory is written by benchmarks/synthetic_pool.py under --root and mined by
-pipeline.mask (--index ivfpq, as benchmarks/mask_scale.py runs it); then gist_mining.training.data.TrainingData loads it in
-a fresh process (peak RSS is its VmHWM, benchmarks/peak_rss.py) with --negatives per anchor, and the work
-directory is deleted (unless --keep). With --readers DIR..., only the part of loading that grows with the
-pool runs, on embedded work directories that need not be mined (the texts and guide vectors of each
-anchor's query, positive and one random stored text). A process that only imports train.run is measured too: the data's
-own memory is the difference. The growth between sizes, per million pool texts, is what a larger pool adds.
+For each number of anchors a work directory is made under --root (kept, and reused when it is complete): the
+embed stage's files by benchmarks/synthetic_pool.py (real shards, manifest and tables: anchor N asks "query N",
+whose positive is "doc N", a pool of 1.1 x anchors documents, --dim-d float16 vectors), then candidates and mined
+manifests and mined shards written directly, as pipeline.mask writes them (the schema, records and fingerprint
+chain the readers check; a 10M-anchor search would take hours here): one mined negative per anchor, the positive
+of anchor (N + anchors/2) mod anchors, so every text is used twice. The vector matrix and the text table are built
+once, in a process of their own (measured apart: the one time the pool is sorted). Then `train.run` trains a tiny
+random BERT (tests/conftest.py's) for --steps steps in a fresh process (peak RSS is its VmHWM,
+benchmarks/peak_rss.py), and `TrainingData` alone is loaded in another: the data's own part of the peak.
+
+--timing: the step time at that size, by default (--guide-cache 0: each batch's vectors read from the vector
+store) against --guide-cache all (every vector the rows use moved to the device once: the old path), alternating
+for --repeats runs each: the fastest run's mean seconds per step (its first step left out) of each.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import shutil
-import sys
+import statistics
+import tempfile
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from benchmarks.common import figure, measured, table  # noqa: E402
-from gist_mining.training import TrainConfig  # noqa: E402
-from gist_mining.training.data import TrainingData  # noqa: E402
+import numpy as np
+import pyarrow as pa
+
+from benchmarks.common import ROOT, figure, measured, script, table
+from gist_mining import workdir
+from gist_mining.mining import MINED_SCHEMA, MiningRules
+from gist_mining.storage import config_fingerprint, write_json_atomic, write_parquet_atomic
+
+ROWS_PER_SHARD = 1_000_000
 
 
-def load(work: Path | None, negatives: int) -> None:
-    """In the measured process: load the data as train.run does, and say what it holds; without a work
-    directory, import train.run only (the baseline)."""
-    if work is None:
-        print(json.dumps({}))
-        return
-    data = TrainingData(work, negatives, "cpu")
-    guide = sum(t.numel() * t.element_size() for t in data.guide.values())
-    print(json.dumps({"rows": len(data.tasks), "texts": len(data.text_ids), "guide_mib": guide / 2**20,
-                      "texts_mib": data.texts.estimated_size() / 2**20}))
+def prepare(root: Path, anchors: int, dim: int) -> tuple[Path, dict]:
+    """The work directory of ``anchors`` (made unless complete), and what making its text table cost."""
+    work = root / f"anchors-{anchors}-d{dim}"
+    if workdir.read_record(work / workdir.MINED_MANIFEST) is None:
+        measured(["-m", "benchmarks.synthetic_pool", "--work", work, "--pool", anchors + max(1, anchors // 10),
+                  "--anchors", anchors, "--dim", dim])
+        write_mined(work)
+    built = measured(["-m", "benchmarks.train_memory", "--build", work])
+    return work, built
 
 
-def readers(work: Path) -> None:
-    """In the measured process: the part of TrainingData's loading that grows with the pool, on a work directory
-    that is embedded but need not be mined (a 10M pool's mask stage takes longer than this machine can give):
-    the texts and float16 guide vectors of the anchors' queries and positives and of one more stored text per
-    anchor, drawn at random, standing in for its mined negative."""
-    import numpy as np
+def write_mined(work: Path) -> None:
+    """candidates and mined manifests, and mined shards, as pipeline.mask writes them (no candidates shards: the
+    trainer does not read them)."""
+    embed = workdir.checked_embed_manifest(work)
+    pairs = workdir.read_table(work, workdir.ANCHORS, ["query_id", "positive_id", "task"])
+    n = pairs.height
+    rules = MiningRules(num_negatives=1)
+    candidates = {"fingerprint": config_fingerprint({"synthetic candidates": embed["fingerprint"]}),
+                  "parent_fingerprint": embed["fingerprint"], "n_anchors": n, "k": 1, "shards": []}
+    shards = []
+    for i, start in enumerate(range(0, n, ROWS_PER_SHARD)):
+        part = pairs.slice(start, ROWS_PER_SHARD)
+        anchor = np.arange(start, start + part.height)
+        negative = pairs["positive_id"].to_numpy()[(anchor + n // 2) % n]
+        one = lambda values, kind: pa.ListArray.from_arrays(np.arange(part.height + 1, dtype=np.int32),  # noqa: E731
+                                                             pa.array(values, kind.value_type))
+        empty = lambda kind: pa.ListArray.from_arrays(np.zeros(part.height + 1, np.int32), pa.array([], kind))  # noqa: E731
+        frame = pa.table({
+            "anchor_id": anchor, "query_id": part["query_id"].to_numpy(), "positive_id": part["positive_id"].to_numpy(),
+            "task": part["task"].to_arrow(), "positive_score": np.ones(part.height, np.float32),
+            "threshold": np.full(part.height, 0.95, np.float32), "negative_ids": one(negative, pa.list_(pa.int64())),
+            "negative_scores": one(np.full(part.height, 0.5, np.float32), pa.list_(pa.float32())),
+            "negative_ranks": one(np.zeros(part.height, np.int32), pa.list_(pa.int32())),
+            "false_negative_ids": empty(pa.int64()), "false_negative_scores": empty(pa.float32()),
+            "given_negative_flagged": empty(pa.bool_()), "given_negative_ids": empty(pa.int64()),
+            "n_candidates": np.ones(part.height, np.int32), "candidates_above_positive": np.zeros(part.height, np.int32),
+        }).cast(MINED_SCHEMA)
+        path = work / workdir.MINED / workdir.shard_name(i)
+        write_parquet_atomic(frame, path)
+        shards.append({"file": f"{workdir.MINED}/{path.name}", **workdir.describe_file(path)})
+    mined = {"fingerprint": config_fingerprint({"synthetic mined": candidates["fingerprint"]}),
+             "parent_fingerprint": candidates["fingerprint"], "embed_fingerprint": embed["fingerprint"],
+             "rules": rules.as_dict(), "score": "guide",
+             "rescore_model": None, "shards": shards}
+    write_json_atomic(candidates, work / workdir.CANDIDATES_MANIFEST)
+    write_json_atomic(mined, work / workdir.MINED_MANIFEST)
 
-    from gist_mining import workdir
-    from gist_mining.training.data import on_device
 
-    anchors = workdir.read_table(work, workdir.ANCHORS, ["query_id", "positive_id"])
-    documents = workdir.VectorStore(work, "document")
-    drawn = np.random.default_rng(0).choice(documents.sorted_ids, len(anchors), replace=False)
-    ids = {"query": np.unique(anchors["query_id"].to_numpy()),
-           "document": np.unique(np.concatenate([anchors["positive_id"].to_numpy(), drawn]))}
-    texts = workdir.read_texts(work, np.union1d(*ids.values()))
-    guide = [on_device(documents, ids["document"], "cpu"), on_device(workdir.VectorStore(work, "query"), ids["query"], "cpu")]
-    print(json.dumps({"rows": len(anchors), "texts": len(texts), "pool": len(documents.sorted_ids),
-                      "guide_mib": sum(t.numel() * t.element_size() for t in guide) / 2**20,
-                      "texts_mib": texts["text"].estimated_size() / 2**20}))
+def student(root: Path) -> Path:
+    path = root / "tiny-student" / "st"
+    if not path.exists():
+        script(ROOT / "tests" / "conftest.py").build_tiny_model(path.parent)
+    return path
+
+
+def train(work: Path, model: Path, steps: int, batch_size: int, guide_cache: str) -> dict:
+    """train.run in a fresh process: its peak RSS and mean seconds per step after its first (metrics.jsonl's clock
+    is in hundredths of a second, too coarse for one step of a tiny student)."""
+    with tempfile.TemporaryDirectory(prefix="train-memory-") as out:
+        run = measured(["-m", "train.run", "--work", work, "--out", out, "--student", model, "--max-steps", steps,
+                        "--batch-size", batch_size, "--guide-cache", guide_cache, "--save-steps", 0,
+                        "--save-minutes", 0])
+        seconds = [json.loads(line)["seconds"] for line in (Path(out) / workdir.METRICS).read_text().splitlines()
+                   if '"loss"' in line]
+    run["step_s"] = (seconds[-1] - seconds[0]) / (len(seconds) - 1)
+    return run
+
+
+def load(work: Path) -> None:
+    """In the measured process: TrainingData as train.run loads it, and what it holds per anchor."""
+    from gist_mining.training.data import TrainingData
+
+    data = TrainingData(work, 1, "cpu")
+    held = [data.anchor_ids, *data.ids.values(), data.negatives.values, data.negatives.starts, data.row_texts.values,
+            data.row_texts.starts]
+    print(json.dumps({"rows": len(data.tasks), "held_bytes": sum(a.nbytes for a in held) + data.false_negatives.nbytes
+                      + 8 * len(data.tasks)}))
+
+
+def build(work: Path) -> None:
+    """In the measured process: the vector matrix and the text table, once."""
+    table = workdir.TextTable(work)
+    print(json.dumps({"texts": len(table)}))
+
+
+def memory(args) -> list[dict]:
+    model = student(args.root)
+    baseline = measured(["-m", "benchmarks.train_memory", "--imports-only"])["peak_rss_mib"]
+    header = ("anchors", "texts", "held bytes / anchor", "TrainingData peak RSS MiB", "train.run peak RSS MiB",
+              "ratio to first", "s / step", "text table build: peak MiB, s")
+    rows, results = [], []
+    for anchors in args.sizes:
+        work, built = prepare(args.root, anchors, args.dim)
+        loaded = measured(["-m", "benchmarks.train_memory", "--load", work])
+        said = json.loads(loaded["stdout"].strip().splitlines()[-2])  # the last line is peak_rss.py's
+        run = train(work, model, args.steps, args.batch_size, args.guide_cache)
+        results.append(run["peak_rss_mib"])
+        texts = json.loads(built["stdout"].strip().splitlines()[-2])["texts"]
+        rows.append((anchors, texts, f"{said['held_bytes'] / said['rows']:.0f}", f"{loaded['peak_rss_mib']:.0f}",
+                     f"{run['peak_rss_mib']:.0f}", f"{run['peak_rss_mib'] / results[0]:.2f}x", f"{run['step_s']:.4f}",
+                     f"{built['peak_rss_mib']:.0f}, {built['seconds']:.0f}"))
+        print(table(rows[-1:], header), flush=True)
+    print(f"\ntrain.run --max-steps {args.steps} --batch-size {args.batch_size} --guide-cache {args.guide_cache}, a tiny "
+          f"random BERT student, {args.dim}-d float16 guide vectors, one negative per anchor; a process that imports "
+          f"train.run and loads nothing peaks at {baseline:.0f} MiB")
+    print(table(rows, header))
+    return [figure(f"train.run peak RSS at {args.sizes[-1]} anchors over {args.sizes[0]}", results[-1] / results[0],
+                   target="<= 1.10", unit="x")]
+
+
+def timing(args) -> list[dict]:
+    model = student(args.root)
+    work, _ = prepare(args.root, args.timing, args.dim)
+    times = {"0": [], "all": []}
+    for _ in range(args.repeats):
+        for cache in times:
+            times[cache].append(train(work, model, args.steps, args.batch_size, cache)["step_s"])
+            print(f"--guide-cache {cache}: {times[cache][-1]:.4f} s/step", flush=True)
+    # The fastest run of each: on a shared machine a run is only ever slowed by others, never sped up.
+    ratio = min(times["0"]) / min(times["all"])
+    print(f"\n{args.timing} anchors, train.run --max-steps {args.steps} --batch-size {args.batch_size}, the fastest of "
+          f"{args.repeats} runs each: per batch (--guide-cache 0) {min(times['0']):.4f} s/step, all on the device "
+          f"(--guide-cache all) {min(times['all']):.4f} s/step: {ratio:.3f}x (medians {statistics.median(times['0']):.4f} "
+          f"and {statistics.median(times['all']):.4f})")
+    return [figure(f"train.run step time per batch over all on the device, {args.timing} anchors", ratio,
+                   target="<= 1.05", unit="x")]
 
 
 def main(argv: list[str] | None = None) -> list[dict]:
-    parser = argparse.ArgumentParser()
-    parser.add_argument("--sizes", type=int, nargs="+", default=[300_000, 1_000_000])
-    parser.add_argument("--anchors", type=int, default=100_000)
-    parser.add_argument("--dim", type=int, default=384)
-    parser.add_argument("--negatives", type=int, default=TrainConfig.negatives_per_anchor, help="mined negatives per anchor")
-    parser.add_argument("--root", type=Path, default=Path("/tmp"))
-    parser.add_argument("--keep", action="store_true", help="keep the work directories")
-    parser.add_argument("--load", type=Path, default=None, help=argparse.SUPPRESS)
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--root", type=Path, default=Path("/tmp/train-memory"), help="where the work directories go")
+    parser.add_argument("--sizes", type=int, nargs="+", default=[100_000, 1_000_000, 10_000_000], help="anchors")
+    parser.add_argument("--dim", type=int, default=64)
+    parser.add_argument("--steps", type=int, default=20)
+    parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--guide-cache", default="0")
+    parser.add_argument("--timing", type=int, default=None, help="anchors: time steps instead of measuring memory")
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--load", type=Path, help=argparse.SUPPRESS)
+    parser.add_argument("--build", type=Path, help=argparse.SUPPRESS)
     parser.add_argument("--imports-only", action="store_true", help=argparse.SUPPRESS)
-    parser.add_argument("--readers", type=Path, nargs="+", default=None,
-                        help="embedded work directories: measure only the readers that grow with the pool (no mask run)")
-    parser.add_argument("--read", type=Path, default=None, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
-    if args.load or args.imports_only:
-        return load(args.load, args.negatives)
-    if args.read:
-        return readers(args.read)
-    if args.readers:
-        return measure_readers(args.readers)
-    rows, results = [], []
-    baseline = measured(["benchmarks/train_memory.py", "--imports-only"])["peak_rss_mib"]
-    header = ("pool", "anchors", "texts loaded", "guide MiB (float16)", "texts MiB", "peak RSS MiB", "load s")
-    for size in args.sizes:
-        work = args.root / f"train-memory-{size}"
-        measured(["benchmarks/synthetic_pool.py", "--work", work, "--pool", size, "--anchors", args.anchors,
-                  "--dim", args.dim])
-        measured(["-m", "pipeline.mask", "--work", work, "--index", "ivfpq"])
-        run = measured(["benchmarks/train_memory.py", "--load", work, "--negatives", args.negatives])
-        if not args.keep:
-            shutil.rmtree(work)
-        said = json.loads(run["stdout"].strip().splitlines()[-2])  # the last line is peak_rss.py's
-        results.append(dict(size=size, rss=run["peak_rss_mib"]))
-        rows.append((size, said["rows"], said["texts"], f"{said['guide_mib']:.0f}", f"{said['texts_mib']:.0f}",
-                     f"{run['peak_rss_mib']:.0f}", f"{run['seconds']:.1f}"))
-        print(table(rows[-1:], header), flush=True)
-    print(f"\ngist_mining.training.data.TrainingData, synthetic {args.dim}-d float16 vectors, {args.negatives} negative(s) per anchor; "
-          f"a process that imports train.run and loads nothing peaks at {baseline:.0f} MiB")
-    print(table(rows, header))
-    first, last = results[0], results[-1]
-    if last["size"] > first["size"]:
-        per_million = (last["rss"] - first["rss"]) / ((last["size"] - first["size"]) / 1e6)
-        print(f"growth: {per_million:.1f} MiB of peak RSS per million pool texts")
-    return [figure(f"trainer data peak RSS at {last['size']} texts, {args.anchors} anchors", last["rss"], unit="MiB")]
-
-
-def measure_readers(works: list[Path]) -> list[dict]:
-    header = ("pool", "anchors", "texts loaded", "guide MiB (float16)", "texts MiB", "peak RSS MiB", "load s")
-    rows = []
-    for work in works:
-        run = measured(["benchmarks/train_memory.py", "--read", work])
-        said = json.loads(run["stdout"].strip().splitlines()[-2])
-        rows.append((said["pool"], said["rows"], said["texts"], f"{said['guide_mib']:.0f}", f"{said['texts_mib']:.0f}",
-                     f"{run['peak_rss_mib']:.0f}", f"{run['seconds']:.1f}"))
-        print(table(rows[-1:], header), flush=True)
-    print("\nthe readers of gist_mining.training.data.TrainingData that grow with the pool: texts and guide vectors of the anchors' "
-          "queries, positives and one random stored text each")
-    print(table(rows, header))
-    return [figure(f"trainer readers peak RSS at {rows[-1][0]} texts", float(rows[-1][5]), unit="MiB")]
+    if args.imports_only:
+        import train.run  # noqa: F401
+        return []
+    if args.load:
+        return load(args.load)
+    if args.build:
+        return build(args.build)
+    args.root.mkdir(parents=True, exist_ok=True)
+    return timing(args) if args.timing else memory(args)
 
 
 if __name__ == "__main__":

@@ -15,6 +15,8 @@ from __future__ import annotations
 import argparse
 from dataclasses import MISSING, field, fields
 
+from gist_mining.errors import UsageError
+
 HELP, FLAG, PARSER = "help", "flag", "argparse"
 
 
@@ -22,6 +24,17 @@ def option(default, help: str, *, flag: str | None = None, **argparse_kwargs):
     """A settings field with its command-line option: ``--NAME`` (``flag``: another spelling), the help text and
     what argparse needs besides (``type``, ``choices``, ``metavar``; the type is the default's unless given)."""
     return field(default=default, metadata={HELP: help, FLAG: flag, PARSER: argparse_kwargs})
+
+
+def parse_bytes(text: str, option: str = "--memory-budget") -> int:
+    """'8G', '512M', '2.5GiB' or a number of bytes (``option``: the flag a bad one is named by)."""
+    units = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
+    value = text.strip().upper().removesuffix("B").removesuffix("I")
+    unit = value[-1:] if value[-1:] in units else ""
+    try:
+        return int(float(value.removesuffix(unit)) * units[unit])
+    except ValueError:
+        raise UsageError(f"{option} must be a size like 8G or 512M, not {text!r}") from None
 
 
 def flag_of(settings_field) -> str:

@@ -39,7 +39,7 @@ from gist_mining.errors import UsageError
 from gist_mining.loss import Column, GISTLoss, LossRules
 from gist_mining.task_batches import task_batch_sampler  # noqa: F401  (for users of this module: one place to import)
 from gist_mining.training.config import TrainConfig
-from gist_mining.training.data import COLUMNS, TrainingData
+from gist_mining.training.data import COLUMNS, TrainingData, guide_cache_bytes
 from gist_mining.training.step import student_forward
 from gist_mining.training.teacher_data import CorpusSample, CrossEncoderMargins
 from gist_mining.workdir import checked_mined_manifest
@@ -101,25 +101,29 @@ class StoredGuideGISTLoss(CachedLossMixin, nn.Module):
     batch, embedded by this loss with the model's document prompt (their forward pass is not cached under
     GradCache), drawn from ``seed``, the rank and the batch's anchor ids: the same draw for each of MatryoshkaLoss's
     calls on a batch, and for a batch a resumed trainer meets again; ``Distillation(margin_mse=W)``: MarginMSE on the
-    cross-encoder's scores of mined/ (refused here when it was not mined with them).
+    cross-encoder's scores of mined/ (refused here when it was not mined with them). ``guide_cache``: train.run's
+    --guide-cache (by default each batch's guide vectors are read from the work directory, so memory does not grow
+    with the anchors).
     """
 
     def __init__(self, model, work, temperature: float = DEFAULTS.temperature,
                  margin_strategy: str = DEFAULTS.in_batch_margin_strategy, margin: float = DEFAULTS.in_batch_margin,
                  mini_batch_size: int | None = None, rules: LossRules = LossRules(),
-                 distill: Distillation = Distillation(), seed: int = DEFAULTS.seed):
+                 distill: Distillation = Distillation(), seed: int = DEFAULTS.seed,
+                 guide_cache: str = DEFAULTS.guide_cache):
         super().__init__()
         self.model, self.work, self.mini_batch_size = model, Path(work), mini_batch_size
         self.uses_gradient_cache = mini_batch_size is not None  # read by MatryoshkaLoss
         self.gist = GISTLoss(temperature, margin_strategy, margin, rules=rules, distill=distill)
         # Every mined negative's vector, so that any mined_dataset(work, N) fits; checks the fingerprint chain.
         manifest = checked_mined_manifest(self.work)
-        self.data = TrainingData(self.work, manifest.rules.num_negatives, model.device)
+        self.data = TrainingData(self.work, manifest.rules.num_negatives, model.device,
+                                 guide_cache=guide_cache_bytes(guide_cache))
         self.margins = (CrossEncoderMargins(self.work, manifest, self.data.anchor_ids, manifest.rules.num_negatives)
                         if distill.margin_mse else None)
         self.corpus = CorpusSample(self.work, distill.corpus, seed, model.device) if distill.corpus else None
         if distill.embeddings:
-            self.gist.fit_embedding_map(model.get_embedding_dimension(), self.data.guide["document"].shape[1])
+            self.gist.fit_embedding_map(model.get_embedding_dimension(), self.data.guide_dimension)
             self.gist.to(model.device)
         self._masked = [0.0, 0]  # sum and count since the last read
 

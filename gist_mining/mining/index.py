@@ -10,6 +10,7 @@ import faiss
 import numpy as np
 
 from gist_mining.errors import UsageError
+from gist_mining.settings import parse_bytes  # noqa: F401  (gist_mining.mining's name for it)
 from gist_mining.storage import commit, tmp_name
 
 # ``auto`` is exact (IndexFlatIP) up to AUTO_EXACT_MAX vectors and HNSW above, as long as the index takes at
@@ -46,17 +47,6 @@ def bytes_per_vector(kind: str, dim: int) -> int:
     links = HNSW_M * 2 * 4 + 16  # level-0 neighbours (2M int32); upper levels, level and offset, on average
     return {"flat": 4 * dim, "ivf": 4 * dim + 8, "hnsw": 4 * dim + links, "hnswsq": dim + links,
             "ivfpq": max(1, dim // PQ_DIMS_PER_BYTE) + 8}[kind]
-
-
-def parse_bytes(text: str) -> int:
-    """'8G', '512M', '2.5GiB' or a number of bytes."""
-    units = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
-    value = text.strip().upper().removesuffix("B").removesuffix("I")
-    unit = value[-1:] if value[-1:] in units else ""
-    try:
-        return int(float(value.removesuffix(unit)) * units[unit])
-    except ValueError:
-        raise UsageError(f"--memory-budget must be a size like 8G or 512M, not {text!r}") from None
 
 
 def resolve_kind(kind: str, n_vectors: int, dim: int, budget: int) -> str:

@@ -19,7 +19,7 @@ from gist_mining.training.output import save_files
 
 # Settings that change neither the batches nor the updates: a run may resume with others.
 NOT_IN_IDENTITY = {"resume", "overwrite", "eval", "eval_steps", "save_steps", "save_minutes", "keep_checkpoints",
-                   "report_to", "push_to_hub"}
+                   "report_to", "push_to_hub", "guide_cache"}
 # Settings added after runs were checkpointed: in the identity only away from their defaults, so those runs resume.
 LATER = ("distill_corpus", "distill_margin_mse")
 

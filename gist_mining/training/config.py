@@ -66,6 +66,9 @@ class TrainConfig:
                                             "shuffled (implies --task-batches; gist_mining.training.batches)",
                                 choices=BATCHINGS)
     min_batch_size: int = option(1, "smaller batches wait for a later epoch")
+    guide_cache: str = option("0", "device memory for the guide's float16 vectors, e.g. 2G: when all the rows use fit, "
+                              "they are moved there once (all: whatever their size); else each batch's are read from "
+                              "the vector store (0, the default: memory flat in the anchors)")
     precision: str = option("fp32", "forward-pass dtype; bf16 autocasts on CUDA", choices=("fp32", "bf16"))
     gradient_checkpointing: bool = option(False, "recompute activations in backward: less memory, more time")
     mini_batch_size: int = option(0, "GradCache: texts per forward pass; the batch's loss is exact, memory that of "

@@ -36,7 +36,7 @@ from gist_mining.training.checkpoints import (
     save_checkpoint,
 )
 from gist_mining.training.config import TrainConfig
-from gist_mining.training.data import TrainingData
+from gist_mining.training.data import TrainingData, guide_cache_bytes
 from gist_mining.training.evaluate import evaluate, make_evaluator
 from gist_mining.training.output import save_model
 from gist_mining.training.reporting import Log, Reporter
@@ -167,7 +167,8 @@ def train(work: Path, out: Path, config: TrainConfig = TrainConfig()) -> dict | 
     random.seed(config.seed)
     torch.manual_seed(config.seed)
 
-    data = TrainingData(work, config.negatives_per_anchor, device, config.false_negatives_in_batch)
+    data = TrainingData(work, config.negatives_per_anchor, device, config.false_negatives_in_batch,
+                        guide_cache_bytes(config.guide_cache))
     teacher = (Teacher(work, loss_fn.distill, data.manifest, data.anchor_ids, config.negatives_per_anchor, config.seed,
                        device) if config.distill_corpus or config.distill_margin_mse else None)
     if rank == 0:
@@ -175,7 +176,7 @@ def train(work: Path, out: Path, config: TrainConfig = TrainConfig()) -> dict | 
     batches = epoch_batches(data, config, world, 0, rank)  # its length sets the schedule
     total_steps = config.max_steps or max(1, int(config.epochs * len(batches)))
     model, optimizer, scheduler, position = training_state(config, out, total_steps, device, rank, loss_fn,
-                                                           data.guide["document"].shape[1])
+                                                           data.guide_dimension)
     step, epoch, batch_index = position["step"], position["epoch"], position["batch_index"]
     full = model.get_embedding_dimension()
     if any(size > full for size in config.matryoshka_dims):

@@ -19,7 +19,8 @@ Every table of the chain names a text by its ``text_id``: a fingerprint of its c
 
 The package's modules, each one concern: ``layout`` (names, plans, rebuild commands), ``claims`` (locks and
 claims), ``records`` (the typed plans and manifests, and their JSON), ``markers`` (shards, build-once files, checks
-against records), ``readers`` (chain-checked readers), ``vectors`` (the vector store), ``ids`` (text ids). Their names are this package's: ``workdir.NAME``.
+against records), ``readers`` (chain-checked readers), ``vectors`` (the vector store), ``text_table`` (the texts,
+memory-mapped), ``ids`` (text ids). Their names are this package's: ``workdir.NAME``.
 """
 
 from __future__ import annotations
@@ -30,7 +31,8 @@ from gist_mining.workdir.layout import (ANCHORS, CANDIDATES, CANDIDATES_MANIFEST
                                         EARLIER, EARLIER_MARKER, EMBEDDINGS, EMBED_MANIFEST, EMBED_PLAN, FN_FRONTIER,
                                         FOLDERS, INDEX, INDEX_FILE, INDEX_MARKER, LOCK, METRICS, MINED,
                                         MINED_MANIFEST, MINE_PLAN, MODELS, POOL_IDS, POSITION, REPORT, RESULTS,
-                                        SEARCH_PLAN, SKIPPED, STEPS, SUMMARY, TEXTS, TRAINER_STATE, TRAINING_RECORD, TRUTH,
+                                        SEARCH_PLAN, SKIPPED, STEPS, SUMMARY, TEXT_TABLE, TEXT_TABLE_MARKER, TEXTS,
+                                        TRAINER_STATE, TRAINING_RECORD, TRUTH,
                                         VECTORS, changed_keys, checkpoint_name, index_files, read_plan, read_record,
                                         rebuild_command, shard_name)
 from gist_mining.workdir.markers import Shards, build_once, built, describe_file, index_ready, problem
@@ -39,5 +41,6 @@ from gist_mining.workdir.records import (CandidatesManifest, EmbedManifest, Embe
 from gist_mining.workdir.readers import (anchor_exclusions, candidate_pool, checked_candidates_manifest,
                                          checked_embed_manifest, checked_file, checked_mined_manifest, read_anchors,
                                          read_table, read_texts, trained_from, verified, verified_table)
+from gist_mining.workdir.text_table import TextTable
 from gist_mining.workdir.vectors import (QUERY_COLUMN, StoredRows, VectorStore, load_embeddings, read_shard,
                                          role_column, shard_arrays, two_roles)

@@ -4,6 +4,7 @@ shards' columns."""
 from __future__ import annotations
 
 import os
+from functools import cached_property
 from pathlib import Path
 
 import numpy as np
@@ -62,7 +63,8 @@ class VectorStore:
 
     The matrix keeps the shards' dtype (float16 with ``pipeline.embed --dtype float16``: half the disk and
     page cache); lookups return float32. Lookups read just the asked rows from the file, so memory holds what
-    a chunk needs, never the pool.
+    a chunk needs, never the pool. The id index (24 bytes a text) is loaded at the first lookup by id: a reader
+    that knows the matrix rows (``read``) never holds it.
     """
 
     def __init__(self, work: Path, role: str = "document"):
@@ -70,13 +72,11 @@ class VectorStore:
         self.column = role_column(manifest.settings, role)
         prefix = "" if self.column == "embedding" else "query_"
         folder = Path(work) / VECTORS
-        self.path, ids_path = folder / f"{prefix}matrix.npy", folder / f"{prefix}ids.npy"
+        self.path, self.ids_path = folder / f"{prefix}matrix.npy", folder / f"{prefix}ids.npy"
         marker = folder / f"_{prefix}matrix.done"
         # Sizes only: hashing an 8 GB matrix at every start would cost more than the search of a shard.
-        build_once(work, marker, manifest.fingerprint, lambda: self._build(work, manifest, ids_path), verify=False)
-        ids = np.load(ids_path, allow_pickle=False)
-        self.sorter = np.argsort(ids, kind="stable")
-        self.sorted_ids = ids[self.sorter]
+        build_once(work, marker, manifest.fingerprint, lambda: self._build(work, manifest, self.ids_path),
+                   verify=False)
         with open(self.path, "rb") as fh:
             np.lib.format.read_magic(fh)
             shape, _, self.dtype = np.lib.format.read_array_header_1_0(fh)
@@ -100,6 +100,18 @@ class VectorStore:
         commit(tmp, self.path)
         return [self.path, ids_path], {}
 
+    @cached_property
+    def sorter(self) -> np.ndarray:
+        return np.argsort(self.ids(), kind="stable")
+
+    @cached_property
+    def sorted_ids(self) -> np.ndarray:
+        return self.ids()[self.sorter]
+
+    def ids(self) -> np.ndarray:
+        """The text id of each matrix row, read from disk."""
+        return np.load(self.ids_path, allow_pickle=False)
+
     def rows(self, ids: np.ndarray) -> np.ndarray:
         positions = np.searchsorted(self.sorted_ids, ids)
         positions = np.minimum(positions, len(self.sorted_ids) - 1)
@@ -109,8 +121,12 @@ class VectorStore:
 
     def get(self, ids: np.ndarray) -> np.ndarray:
         ids = np.asarray(ids, dtype=np.int64)
-        rows, where = np.unique(self.rows(ids.reshape(-1)), return_inverse=True)
-        return self._read(rows)[where].astype(np.float32).reshape(*ids.shape, self.dimension)
+        return self.read(self.rows(ids.reshape(-1))).reshape(*ids.shape, self.dimension)
+
+    def read(self, rows: np.ndarray) -> np.ndarray:
+        """The matrix rows ``rows`` (any order, repeats allowed) as float32, each distinct row read once."""
+        rows, where = np.unique(rows, return_inverse=True)
+        return self._read(rows)[where].astype(np.float32)
 
     def _read(self, rows: np.ndarray) -> np.ndarray:
         """Sorted distinct rows, one read per run of consecutive rows. Read, not memory-mapped: mapped pages
