@@ -17,7 +17,7 @@ from gist_mining.st import StoredGuideGISTLoss, mined_dataset
 ANCHORS = 12  # the global batch; 6 a rank
 
 
-def train_step(model, work, features, labels, mini_batch_size):
+def train_step(model, work, features, labels, mini_batch_size):  # noqa: F811
     """One optimizer step of StoredGuideGISTLoss: the loss, the gradients and the weights after the step. SGD with
     momentum, not AdamW: Adam divides by the gradient's size, so rounding noise on gradients that are zero in exact
     arithmetic (attention's key bias) becomes a step of lr in either direction."""
@@ -29,7 +29,7 @@ def train_step(model, work, features, labels, mini_batch_size):
     return loss.item(), grads, [p.detach().clone() for p in model.parameters()]
 
 
-def _fsdp_worker(rank: int, world: int, port: int, work, student, out: dict):
+def _fsdp_worker(rank: int, world: int, port: int, work, student, out: dict):  # noqa: F811
     import torch.distributed as dist
     from torch.distributed.fsdp import fully_shard
     from torch.distributed.tensor import DTensor
