@@ -78,3 +78,51 @@ def test_fully_sharded_two_gloo_processes_equal_one(work, student):  # noqa: F81
             for mine, theirs in zip(rank[2], weights, strict=True):  # the sharded optimizer step, gathered
                 torch.testing.assert_close(mine, theirs, rtol=1e-4, atol=1e-6)
         assert any(not torch.equal(w, p) for w, p in zip(weights, load(student).parameters()))
+
+
+def torchrun_st_fsdp_run(work_dir, model_path, out, sharding: str) -> tuple[list[dict], list[dict]]:
+    """2 gloo processes of tests/st_fsdp_run.py: the logs, and each rank's peak memory and parameter values held."""
+    import json
+    import subprocess
+    import sys
+
+    from conftest import ROOT
+
+    with socket.socket() as free:
+        free.bind(("127.0.0.1", 0))
+        port = str(free.getsockname()[1])
+    env = dict(os.environ, HF_HUB_OFFLINE="1", PYTHONPATH=str(ROOT), OMP_NUM_THREADS="1")
+    proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-port", port,
+                           str(ROOT / "tests" / "st_fsdp_run.py"), str(work_dir), str(model_path), str(out),
+                           sharding], check=False, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-6000:]
+    return (json.loads((out / "log.json").read_text()),
+            [json.loads((out / f"rank-{rank}.json").read_text()) for rank in (0, 1)])
+
+
+@pytest.mark.slow  # torchrun, twice
+def test_stock_trainer_under_fsdp2_equals_ddp(work, student, tmp_path):  # noqa: F811
+    """The stock trainer under accelerate's FSDP2 (TrainingArguments fsdp="full_shard", fsdp_config version 2) on two
+    gloo processes: each rank holds half the parameters, and the three steps' logged losses and gradient norms, and
+    the saved model's weights, are plain DDP's (which test_st checks against one process)."""
+    sharded, sharded_ranks = torchrun_st_fsdp_run(work, student, tmp_path / "fsdp", "full_shard")
+    replicated, replicated_ranks = torchrun_st_fsdp_run(work, student, tmp_path / "ddp", "ddp")
+    total = sum(p.numel() for p in load(student).parameters())
+    assert [r["held"] for r in replicated_ranks] == [total, total]
+    assert sum(r["held"] for r in sharded_ranks) == total and all(r["held"] < 0.6 * total for r in sharded_ranks)
+    assert len(sharded) == 3
+    for mine, theirs in zip(sharded, replicated, strict=True):
+        assert mine["step"] == theirs["step"]
+        assert mine["loss"] == pytest.approx(theirs["loss"], rel=1e-5)
+        assert mine["grad_norm"] == pytest.approx(theirs["grad_norm"], rel=1e-5)
+    trained, oracle, start = load(tmp_path / "fsdp" / "model"), load(tmp_path / "ddp" / "model"), load(student)
+    assert [type(m).__name__ for m in trained] == ["Transformer", "Pooling", "Normalize"]
+    for (name, mine), theirs, before in zip(trained.state_dict().items(), oracle.state_dict().values(),
+                                            start.state_dict().values(), strict=True):
+        if name.endswith("key.bias"):
+            # softmax ignores the key bias: its exact gradient is zero, and AdamW turns the rounding noise either run
+            # has there into steps of up to lr (1e-3) each way; so only bounded
+            assert (mine - before).abs().max() <= 3 * 1e-3 * 1.01
+        else:
+            torch.testing.assert_close(mine, theirs, rtol=1e-4, atol=1e-6, msg=name)
+    assert any(not torch.equal(a, b) for a, b in zip(trained.state_dict().values(), start.state_dict().values()))
