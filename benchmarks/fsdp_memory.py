@@ -84,7 +84,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
              for b in args.batch_sizes for s in ("ddp", "full_shard")}
     small, big = args.batch_sizes
     parameters = cells["ddp", small]["held"]
-    rows = [(s, b, cells[s, b]["held"], cells[s, b]["peak_rss_mib"]) for (s, b) in cells]
+    rows = [(s, b, cells[s, b]["held"], round(cells[s, b]["peak_rss_mib"], 1)) for (s, b) in cells]
     print(table(rows, ("sharding", "anchors per process", "parameter values held", "peak RSS per process (MiB)")))
     saved = {b: (cells["ddp", b]["peak_rss_mib"] - cells["full_shard", b]["peak_rss_mib"]) * 2**20 / parameters
              for b in args.batch_sizes}
