@@ -277,18 +277,27 @@ def _ddp_worker(rank: int, world: int, port: int, work, student, out: dict):
 
 
 @pytest.mark.slow  # concurrent processes
-def test_two_gloo_processes_equal_one(work, student):
+def free_port() -> int:
+    with socket.socket() as free:
+        free.bind(("127.0.0.1", 0))
+        return free.getsockname()[1]
+
+
+def two_gloo_ranks(worker, *args) -> dict:
+    """What ``worker(rank, 2, port, *args, out)`` leaves in ``out`` in two gloo processes."""
     import torch.multiprocessing as mp
 
+    out = mp.Manager().dict()
+    mp.spawn(worker, args=(2, free_port(), *args, out), nprocs=2, join=True)
+    return out
+
+
+def test_two_gloo_processes_equal_one(work, student):
     model = load(student)
     model.eval()
     features, labels = collate(model, mined_dataset(work, 2, short="drop").select(range(12)))
     single = grads_of(model, lambda: StoredGuideGISTLoss(model, work)(fresh(features), labels))
-    with socket.socket() as free:
-        free.bind(("127.0.0.1", 0))
-        port = free.getsockname()[1]
-    out = mp.Manager().dict()
-    mp.spawn(_ddp_worker, args=(2, port, work, student, out), nprocs=2, join=True)
+    out = two_gloo_ranks(_ddp_worker, work, student)
     # averaged over ranks, as DDP averages, the loss and gradients of the whole batch in one process
     for name in ("plain", "cached"):
         ranks = [out[rank, name] for rank in (0, 1)]
@@ -305,11 +314,9 @@ def torchrun_stock_trainer(work, student, out, short: str = "drop") -> tuple[dic
 
     from conftest import ROOT
 
-    with socket.socket() as free:
-        free.bind(("127.0.0.1", 0))
-        port = str(free.getsockname()[1])
     env = dict(os.environ, HF_HUB_OFFLINE="1", PYTHONPATH=str(ROOT), OMP_NUM_THREADS="1")
-    proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-port", port,
+    proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-port",
+                           str(free_port()),
                            str(ROOT / "tests" / "st_trainer_run.py"), str(work), str(student), str(out), short],
                           cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-6000:]

@@ -6,11 +6,10 @@ stock trainer wraps the model in DDP), so the shards are made here with fully_sh
 from __future__ import annotations
 
 import os
-import socket
 
 import pytest
 import torch
-from test_st import collate, fresh, load, student, work  # noqa: F401  (fixtures)
+from test_st import collate, free_port, fresh, load, student, two_gloo_ranks, work  # noqa: F401  (fixtures)
 
 from gist_mining.st import StoredGuideGISTLoss, mined_dataset
 
@@ -54,18 +53,12 @@ def _fsdp_worker(rank: int, world: int, port: int, work, student, out: dict):  #
 
 @pytest.mark.slow  # concurrent processes
 def test_fully_sharded_two_gloo_processes_equal_one(work, student):  # noqa: F811
-    import torch.multiprocessing as mp
-
     model = load(student)
     model.eval()
     features, labels = collate(model, mined_dataset(work, 2, short="drop").select(range(ANCHORS)))
     value, grads, weights = train_step(model, work, features, labels, None)
     total = sum(p.numel() for p in model.parameters())
-    with socket.socket() as free:
-        free.bind(("127.0.0.1", 0))
-        port = free.getsockname()[1]
-    out = mp.Manager().dict()
-    mp.spawn(_fsdp_worker, args=(2, port, work, student, out), nprocs=2, join=True)
+    out = two_gloo_ranks(_fsdp_worker, work, student)
     for name in ("plain", "cached"):
         ranks = [out[rank, name] for rank in (0, 1)]
         # each rank holds a half of every parameter (dim 0, padded): together the whole model, once
@@ -88,11 +81,9 @@ def torchrun_st_fsdp_run(work_dir, model_path, out, sharding: str) -> tuple[list
 
     from conftest import ROOT
 
-    with socket.socket() as free:
-        free.bind(("127.0.0.1", 0))
-        port = str(free.getsockname()[1])
     env = dict(os.environ, HF_HUB_OFFLINE="1", PYTHONPATH=str(ROOT), OMP_NUM_THREADS="1")
-    proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-port", port,
+    proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-port",
+                           str(free_port()),
                            str(ROOT / "tests" / "st_fsdp_run.py"), str(work_dir), str(model_path), str(out),
                            sharding], check=False, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-6000:]
