@@ -292,6 +292,7 @@ def two_gloo_ranks(worker, *args) -> dict:
     return out
 
 
+@pytest.mark.slow  # concurrent processes
 def test_two_gloo_processes_equal_one(work, student):
     model = load(student)
     model.eval()
