@@ -143,7 +143,7 @@ def training_curves(runs: dict[str, list[dict]], out: Path) -> str | None:
     return save(fig, out, "training.png")
 
 
-def training_runs(run_dirs: list[Path], manifest: dict) -> dict[str, list[dict]]:
+def training_runs(run_dirs: list[Path], manifest: workdir.MinedManifest) -> dict[str, list[dict]]:
     """Each finished run's metrics; a run trained from other mined tables is left out, and said so."""
     runs = {}
     for folder in run_dirs:

@@ -41,7 +41,7 @@ from gist_mining.task_batches import task_batch_sampler  # noqa: F401  (for user
 from gist_mining.training.config import TrainConfig
 from gist_mining.training.data import COLUMNS, TrainingData, guide_cache_bytes
 from gist_mining.training.step import student_forward
-from gist_mining.training.teacher_data import CorpusSample, CrossEncoderMargins
+from gist_mining.training.teacher_data import Teacher
 from gist_mining.workdir import checked_mined_manifest
 
 LABEL = "label"  # the column the stock collator hands to the loss as a tensor
@@ -119,9 +119,8 @@ class StoredGuideGISTLoss(CachedLossMixin, nn.Module):
         manifest = checked_mined_manifest(self.work)
         self.data = TrainingData(self.work, manifest.rules.num_negatives, model.device,
                                  guide_cache=guide_cache_bytes(guide_cache))
-        self.margins = (CrossEncoderMargins(self.work, manifest, self.data.anchor_ids, manifest.rules.num_negatives)
-                        if distill.margin_mse else None)
-        self.corpus = CorpusSample(self.work, distill.corpus, seed, model.device) if distill.corpus else None
+        self.teacher = Teacher(self.work, distill, manifest, self.data.anchor_ids, manifest.rules.num_negatives, seed,
+                               model.device)
         if distill.embeddings:
             self.gist.fit_embedding_map(model.get_embedding_dimension(), self.data.guide_dimension)
             self.gist.to(model.device)
@@ -139,9 +138,9 @@ class StoredGuideGISTLoss(CachedLossMixin, nn.Module):
         columns = [torch.cat(column) for column in reps]
         negatives = torch.stack(columns[2:], dim=1).flatten(0, 1) if len(columns) > 2 else columns[1][:0]
         batch = self._batch(labels, columns[0], columns[1], negatives)
-        if self.corpus is not None:
+        if self.teacher.corpus is not None:
             rank = dist.get_rank() if dist.is_available() and dist.is_initialized() else 0
-            texts, guide, ids = self.corpus.read(rank, *labels[:, 0].cpu().numpy().astype(np.uint64).tolist())
+            texts, guide, ids = self.teacher.corpus.read(rank, *labels[:, 0].cpu().numpy().astype(np.uint64).tolist())
             vectors = student_forward(self.model, texts, self.model.device, False, self.model.prompts.get("document", ""))
             # Cut as the columns are (MatryoshkaLoss hands this loss each size in turn).
             batch.corpus = Column(vectors[:, : columns[0].shape[-1]], guide, ids)
@@ -171,8 +170,8 @@ class StoredGuideGISTLoss(CachedLossMixin, nn.Module):
             raise ValueError(f"{self.work}: the batch's row with anchor_id {anchor[~fits][0]} is not what mined/ holds "
                              f"now; rebuild the data set with mined_dataset({str(self.work)!r})")
         batch = data.lookup(rows, dict(zip(COLUMNS, (query, positive, negative.reshape(-1)))))
-        if self.margins is not None:
-            batch.soft_labels = self.margins.soft_labels(rows, np.full(len(rows), n), data.device)
+        if self.teacher.margins is not None:
+            batch.soft_labels = self.teacher.margins.soft_labels(rows, np.full(len(rows), n), data.device)
         return batch.with_student(dict(zip(COLUMNS, (queries, positives, negatives))))
 
     def masked_fraction(self) -> float | None:

@@ -255,5 +255,5 @@ def test_matryoshka_sees_one_corpus_draw_per_batch(rescored, tiny_model):
     assert got[0] == pytest.approx(expected[0], rel=1e-5)
     for mine, theirs in zip(got[1], expected[1], strict=True):  # the sizes add up in another order: float32 noise
         torch.testing.assert_close(mine, theirs, rtol=1e-4, atol=1e-5)
-    draw = loss.corpus.rows(0, *labels[:, 0].numpy().astype(np.uint64).tolist())
-    assert not np.array_equal(draw, loss.corpus.rows(0, *labels[1:, 0].numpy().astype(np.uint64).tolist()))
+    draw = loss.teacher.corpus.rows(0, *labels[:, 0].numpy().astype(np.uint64).tolist())
+    assert not np.array_equal(draw, loss.teacher.corpus.rows(0, *labels[1:, 0].numpy().astype(np.uint64).tolist()))

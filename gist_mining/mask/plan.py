@@ -23,9 +23,10 @@ def search_plan(work: Path, given: dict, embed: workdir.EmbedManifest, *, refilt
     stored ones, which ``given`` must not contradict. ``negatives_from`` given: no pool search
     (gist_mining.given_negatives)."""
     if refilter:
-        if workdir.read_plan(work, "search") is None:
+        stored = workdir.read_plan(work, "search")
+        if stored is None:
             raise UsageError(f"{work}: no candidates/ to refilter; run `python -m pipeline.mask --work {work}` first")
-        stored = workdir.SearchPlan.from_json(workdir.read_plan(work, "search"))
+        stored = workdir.SearchPlan.from_json(stored)
         flags = {f.name: flag_of(f) for f in fields(SearchSettings)}
         clash = [f"{flags[k]} {v} (candidates/ have {getattr(stored, k)})" for k, v in given.items()
                  if getattr(stored, k) != v]

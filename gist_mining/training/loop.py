@@ -63,7 +63,7 @@ def loss_from(config: TrainConfig) -> GISTLoss:
         raise UsageError(f"--guide-filter {config.guide_filter}: {err}") from None
 
 
-def say_rules(config: TrainConfig, manifest: dict) -> None:
+def say_rules(config: TrainConfig, manifest: workdir.MinedManifest) -> None:
     """The two rules stack: mining removed its false negatives, the loss masks in-batch ones."""
     mined_rules = manifest.rules.described()
     choice = GUIDE_FILTERS[config.guide_filter]

@@ -15,6 +15,7 @@ from gist_mining.storage import commit, config_fingerprint, file_sha256, tmp_nam
 from gist_mining.workdir.layout import TEXT_TABLE, TEXT_TABLE_MARKER, TEXTS, rebuild_command
 from gist_mining.workdir.markers import build_once
 from gist_mining.workdir.readers import checked_embed_manifest, checked_file, verified_table
+from gist_mining.workdir.records import EmbedManifest
 from gist_mining.workdir.vectors import VectorStore, two_roles
 
 # NO_ROW: a text without a vector in that role (not a query, when the query prompt differs).
@@ -48,7 +49,7 @@ class TextTable:
         self.row = {"document": batch.column("document_row").to_numpy(),
                     "query": batch.column("query_row").to_numpy()}
 
-    def _build(self, work: Path, manifest: dict) -> tuple[list[Path], dict]:
+    def _build(self, work: Path, manifest: EmbedManifest) -> tuple[list[Path], dict]:
         """One sort of the pool, in memory: the one time the table is made."""
         frame = pl.read_parquet(verified_table(work, TEXTS), columns=["text_id", "text"])
         documents = self.documents.ids()

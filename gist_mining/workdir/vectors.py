@@ -15,6 +15,7 @@ from gist_mining.storage import commit, tmp_name, write_npy_atomic
 from gist_mining.workdir.layout import VECTORS
 from gist_mining.workdir.markers import build_once
 from gist_mining.workdir.readers import checked_embed_manifest, verified
+from gist_mining.workdir.records import EmbedManifest
 
 # The embedding shards' vector columns: see role_column.
 QUERY_COLUMN = "query_embedding"
@@ -82,7 +83,7 @@ class VectorStore:
             shape, _, self.dtype = np.lib.format.read_array_header_1_0(fh)
             self.offset, self.dimension = fh.tell(), shape[1]
 
-    def _build(self, work: Path, manifest: dict, ids_path: Path) -> tuple[list[Path], dict]:
+    def _build(self, work: Path, manifest: EmbedManifest, ids_path: Path) -> tuple[list[Path], dict]:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         total = (manifest.counts["queries"] if self.column == QUERY_COLUMN
                  else sum(s["rows"] for s in manifest.shards))
@@ -101,23 +102,22 @@ class VectorStore:
         return [self.path, ids_path], {}
 
     @cached_property
-    def sorter(self) -> np.ndarray:
-        return np.argsort(self.ids(), kind="stable")
-
-    @cached_property
-    def sorted_ids(self) -> np.ndarray:
-        return self.ids()[self.sorter]
+    def _index(self) -> tuple[np.ndarray, np.ndarray]:
+        """The row order that sorts the ids, and the sorted ids: read once, at the first lookup by id."""
+        ids = self.ids()
+        sorter = np.argsort(ids, kind="stable")
+        return sorter, ids[sorter]
 
     def ids(self) -> np.ndarray:
         """The text id of each matrix row, read from disk."""
         return np.load(self.ids_path, allow_pickle=False)
 
     def rows(self, ids: np.ndarray) -> np.ndarray:
-        positions = np.searchsorted(self.sorted_ids, ids)
-        positions = np.minimum(positions, len(self.sorted_ids) - 1)
-        if not np.array_equal(self.sorted_ids[positions], ids):
+        sorter, sorted_ids = self._index
+        positions = np.minimum(np.searchsorted(sorted_ids, ids), len(sorted_ids) - 1)
+        if not np.array_equal(sorted_ids[positions], ids):
             raise UsageError("a text_id has no embedding: the work directory is incomplete or mixed")
-        return self.sorter[positions]
+        return sorter[positions]
 
     def get(self, ids: np.ndarray) -> np.ndarray:
         ids = np.asarray(ids, dtype=np.int64)
