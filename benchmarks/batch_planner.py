@@ -5,7 +5,7 @@
 Rows of a query, a positive and --negatives negatives drawn from a pool of 11 texts per row (seeded; the first
 negative repeats the query in a tenth of the rows, as a duplicate text within a row does). The reference holds
 each row's texts as a Python set and the planner's last batch per text in a dict (train.run at
-commit 419a786); ours holds them as RowTexts (each text's position among the sorted ids, int32, end to end) and
+commit 419a786); ours holds them as RowTexts (each text's position among the rows' distinct ids, int32, end to end) and
 Python arrays. Each side runs in a fresh process: the rows and their sorted ids are made, the peak RSS is reset
 there (Linux's clear_refs, after the heap's free pages go back), then the side builds its rows once and
 plans one epoch; its memory is the peak above that start. Both plans must be equal.
@@ -25,15 +25,15 @@ import numpy as np
 
 from benchmarks.common import figure, measured, table
 from benchmarks.peak_rss import status_mib
-from gist_mining.training.batches import NextWithRoom, RowTexts, plan_batches
+from gist_mining.training.batches import EpochPlan, NextWithRoom, PlanRows
 
 
-def make_rows(n: int, negatives: int) -> tuple[np.ndarray, np.ndarray]:
-    """The rows' text ids, and every id they use, sorted (train.run has them: the texts it reads)."""
+def make_rows(n: int, negatives: int) -> np.ndarray:
+    """The rows' text ids."""
     rng = np.random.default_rng(0)
     rows = rng.integers(0, 11 * n, (n, 2 + negatives))
     rows[::10, 2] = rows[::10, 0]
-    return rows, np.unique(rows)
+    return rows
 
 
 def reference_plan(texts: list[set[int]], batch_size: int, seed: int) -> list[list[int]]:
@@ -59,7 +59,7 @@ def reference_plan(texts: list[set[int]], batch_size: int, seed: int) -> list[li
 def side(which: str, n: int, negatives: int, batch_size: int) -> None:
     """In the measured process: build the rows as ``which`` holds them and plan one epoch; print the times, the
     peak RSS above the start and a hash of the plan."""
-    rows, universe = make_rows(n, negatives)
+    rows = make_rows(n, negatives)
     ctypes.CDLL("libc.so.6").malloc_trim(0)
     Path("/proc/self/clear_refs").write_text("5")  # VmHWM starts again from VmRSS
     start = status_mib("VmRSS")
@@ -69,12 +69,12 @@ def side(which: str, n: int, negatives: int, batch_size: int) -> None:
     elif which == "ours":
         import polars as pl
 
-        texts = RowTexts(pl.Series(rows).cast(pl.List(pl.Int64)), universe)
+        texts = PlanRows.of(pl.Series(rows).cast(pl.List(pl.Int64)), ["t"] * n)
     built = time.perf_counter()
     if which == "reference":
         plan = reference_plan(texts, batch_size, seed=0)
     elif which == "ours":
-        plan = plan_batches(texts, ["t"] * n, batch_size, seed=0, epoch=0)[0]
+        plan = list(EpochPlan(texts, batch_size, seed=0, epoch=0, window=n))  # one window: the reference's plan
     planned = time.perf_counter()
     print(json.dumps({"build": built - started, "plan": planned - built, "memory": status_mib() - start,
                       "hash": hashlib.sha256(json.dumps(plan).encode()).hexdigest()}))

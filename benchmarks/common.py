@@ -35,8 +35,8 @@ def script(path: Path) -> ModuleType:
 
 
 def measured(argv: list[str]) -> dict:
-    """Run a Python module (``-m NAME``) or script in a fresh process; its wall seconds, peak RSS (MiB) and
-    standard output. This checkout's packages, ``benchmarks`` among them, come first on the child's path."""
+    """Run a Python module (``-m NAME``) or script in a fresh process; its wall seconds, peak RSS and peak anonymous
+    RSS (MiB; benchmarks/peak_rss.py) and standard output. This checkout's packages, ``benchmarks`` among them, come first on the child's path."""
     started = time.perf_counter()
     env = dict(os.environ, HF_HUB_OFFLINE="1",
                PYTHONPATH=os.pathsep.join(p for p in (str(ROOT), os.environ.get("PYTHONPATH")) if p))
@@ -45,7 +45,8 @@ def measured(argv: list[str]) -> dict:
     if proc.returncode != 0:
         raise SystemExit(f"{' '.join(map(str, argv))} failed:\n{proc.stderr[-3000:]}")
     report = json.loads(proc.stdout.strip().splitlines()[-1])
-    return {"seconds": time.perf_counter() - started, "peak_rss_mib": report["peak_rss_mib"], "stdout": proc.stdout}
+    return {"seconds": time.perf_counter() - started, "peak_rss_mib": report["peak_rss_mib"],
+            "peak_anonymous_mib": report["peak_anonymous_mib"], "stdout": proc.stdout}
 
 
 def table(rows: list[tuple], header: tuple) -> str:

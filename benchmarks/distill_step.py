@@ -25,7 +25,7 @@ from transformers import get_constant_schedule
 
 from benchmarks.common import figure, table
 from gist_mining.models import load_model
-from gist_mining.training.batches import plan_batches
+from gist_mining.training.batches import EpochPlan
 from gist_mining.training.data import TrainingData
 from gist_mining.training.loop import loss_from
 from gist_mining.training.step import student_forward, train_step
@@ -49,8 +49,8 @@ def main(argv: list[str] | None = None) -> list[dict]:
     args = parser.parse_args(argv)
 
     data = TrainingData(args.work, 1, args.device)
-    batches, _ = plan_batches(data.row_texts, data.tasks, args.batch_size, seed=0, epoch=0)
-    batches = [b for b in batches if len(b) == args.batch_size][: args.steps + 1]
+    batches = [b for b in EpochPlan(data.plan_rows, args.batch_size, seed=0, epoch=0) if len(b) == args.batch_size]
+    batches = batches[: args.steps + 1]
     steps = {}
     for name, options in RULES.items():
         parsed = train_command.build_parser().parse_args(["--work", str(args.work), "--out", "-", "--student", args.student,

@@ -59,6 +59,7 @@ later session or a GPU machine goes on where this one stopped) and is skipped; e
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import random
 import shutil
@@ -276,7 +277,7 @@ def firing(name: str, work: Path, folder: Path, batch_size: int, steps: int, see
     plan = epoch_batches(data, TrainConfig(seed=seed, batch_size=batch_size), 1, 0)
     label = labels_of(name, work, folder)
     n = {"logits": 0, "eligible": 0, "same": 0, "fired": 0, "fired_same": 0}
-    for rows in plan[:steps]:
+    for rows in itertools.islice(plan, steps):
         batch = data.get_batch(rows)
         guided = batch.with_student({c: batch.guide[c].float() for c in COLUMNS})
         d = TrainConfig()

@@ -47,7 +47,7 @@ from benchmarks.common import ROOT, table
 from gist_mining import workdir
 from gist_mining.errors import UsageError
 from gist_mining.models import DEFAULT_GUIDE, DEFAULT_STUDENT, load_model
-from gist_mining.training.batches import paper_batches
+from gist_mining.training.batches import PaperPlan
 from gist_mining.training.data import TrainingData
 from gist_mining.training.evaluate import headline, make_evaluator
 from pipeline import embed, mask
@@ -174,13 +174,13 @@ def report(records: list[dict], copies: dict[str, Path], args) -> str:
         rows.append((arm, *cells, *diffs, f"{statistics.mean(per_step):.2f}" if per_step else "-"))
     given = json.loads((copies["given"] / workdir.SUMMARY).read_text())
     data = TrainingData(copies["given"], 1, "cpu")
-    _, left_out = paper_batches(data.tasks, 16, 42, 0)
+    left_out = PaperPlan(data.plan_rows, 16, 42, 0).waiting
     lines = [(f"Seeds {', '.join(map(str, args.seeds))}; {args.steps} steps of 16 anchors; device {DEVICE}; guide "
               f"{args.guide}, student {args.student}. Test NDCG@10; differences against the recipe, * beyond 2 std."),
              "", table(rows, ("arm", *(f"{n} test" for n in DATA), *(f"{n} vs recipe" for n in DATA), "s/step")), "",
              (f"Given negatives the guide flags (absolute margin 0): {given['given_negatives_flagged']} of "
               f"{given['anchors']} ({given['given_negatives_flagged'] / given['anchors']:.1%}); rows paper batching "
-              f"leaves out at batch 16: {left_out} of {len(data.tasks)}.")]
+              f"leaves out at batch 16: {left_out} of {len(data)}.")]
     return "\n".join(lines)
 
 

@@ -1,12 +1,15 @@
 """Run `-m module args` or `script.py args` in this process, then print its peak RSS as JSON on the last line.
 
 The peak is VmHWM from /proc/self/status: it starts afresh at exec, unlike getrusage's ru_maxrss, which
-a child started with fork and exec inherits from a larger parent.
+a child started with fork and exec inherits from a larger parent. Beside it, the peak of the process's own memory
+(RssAnon, sampled every 20 ms by a thread): RSS also counts the pages of memory-mapped files it has read, which are
+the kernel's page cache, shared with every reader of the files and reclaimed under pressure.
 """
 
 import json
 import runpy
 import sys
+import threading
 from pathlib import Path
 
 
@@ -18,7 +21,17 @@ def status_mib(field: str = "VmHWM") -> float:
     raise SystemExit(f"no {field} in /proc/self/status: peak RSS needs Linux")
 
 
+def sample_anonymous(peak: list[float], stop: threading.Event) -> None:
+    while True:
+        peak[0] = max(peak[0], status_mib("RssAnon"))
+        if stop.wait(0.02):
+            return
+
+
 if __name__ == "__main__":
+    anonymous, stop = [0.0], threading.Event()
+    sampler = threading.Thread(target=sample_anonymous, args=(anonymous, stop), daemon=True)
+    sampler.start()
     args = sys.argv[1:]
     if args[0] == "-m":
         sys.argv = [args[1], *args[2:]]
@@ -26,4 +39,6 @@ if __name__ == "__main__":
     else:
         sys.argv = args
         runpy.run_path(args[0], run_name="__main__")
-    print(json.dumps({"peak_rss_mib": status_mib()}))
+    stop.set()
+    sampler.join()
+    print(json.dumps({"peak_rss_mib": status_mib(), "peak_anonymous_mib": anonymous[0]}))

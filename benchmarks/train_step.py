@@ -19,7 +19,7 @@ import torch
 from benchmarks.common import figure, table
 from gist_mining.loss import GISTLoss
 from gist_mining.models import load_model
-from gist_mining.training.batches import plan_batches
+from gist_mining.training.batches import EpochPlan
 from gist_mining.training.data import COLUMN_ROLES, COLUMNS, TrainingData
 from gist_mining.training.step import student_forward
 
@@ -37,8 +37,8 @@ def main(argv: list[str] | None = None) -> list[dict]:
     from sentence_transformers.sentence_transformer.losses import GISTEmbedLoss, MultipleNegativesRankingLoss
 
     data = TrainingData(args.work, 1, args.device)
-    batches, _ = plan_batches(data.row_texts, data.tasks, args.batch_size, seed=0, epoch=0)
-    batches = [b for b in batches if len(b) == args.batch_size][: args.steps + 1]
+    batches = [b for b in EpochPlan(data.plan_rows, args.batch_size, seed=0, epoch=0) if len(b) == args.batch_size]
+    batches = batches[: args.steps + 1]
     student = load_model(args.student, device=args.device)
     guide = load_model(args.guide, device=args.device)
     student.train()

@@ -4,7 +4,6 @@ a chunk of anchors at a time) and ``Ragged`` (training, every row's ids end to e
 from __future__ import annotations
 
 import numpy as np
-import polars as pl
 import pyarrow as pa
 
 # Mining: a chunk of anchors crosses each step once each way: the search and select() read its list columns into
@@ -37,9 +36,8 @@ def ragged(matrix: np.ndarray, keep: np.ndarray, arrow_type) -> pa.ListArray:
 class Ragged:
     """A list of ids per row, as two numpy arrays: every row's ids end to end, and where each row starts."""
 
-    def __init__(self, lists: pl.Series):
-        self.starts = np.concatenate([[0], np.cumsum(lists.list.len().to_numpy())]).astype(np.int64)
-        self.values = lists.explode().drop_nulls().to_numpy().astype(np.int64)  # an empty list explodes to a null
+    def __init__(self, starts: np.ndarray, values: np.ndarray):
+        self.starts, self.values = starts, values
 
     def __len__(self) -> int:
         return len(self.starts) - 1

@@ -2,7 +2,7 @@
 sampler over gist_mining.training.batches' plans, the two ways train.run's ``--task-batching`` makes them:
 
 - ``shuffled`` (ours, train.run's ``--task-batches``): each task's rows shuffled each epoch and packed into batches
-  with no text twice in a batch (``gist_mining.training.batches.plan_batches``); every row trains every epoch, or waits for the next.
+  with no text twice in a batch (``gist_mining.training.batches.EpochPlan``); every row trains every epoch, or waits for the next.
 - ``paper`` (GISTEmbed's, as its trainer batches MEDI): the rows sorted by task (input order within a task) and cut
   into consecutive chunks of the batch size; a chunk that spans two tasks is dropped, as is a short last chunk, and
   the chunks are shuffled. The chunks are the same every epoch (their order is drawn again per epoch, seeded), so
@@ -11,14 +11,14 @@ sampler over gist_mining.training.batches' plans, the two ways train.run's ``--t
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 
-import numpy as np
 import polars as pl
 from sentence_transformers.base.sampler import DefaultBatchSampler
 
 from gist_mining import workdir
-from gist_mining.training.batches import BATCHINGS, RowTexts, epoch_plan
+from gist_mining.training.batches import BATCHINGS, PlanRows, epoch_plan
 
 
 def task_batch_sampler(work, batching: str = "paper"):
@@ -51,15 +51,14 @@ class _TaskBatchSampler(DefaultBatchSampler):
         super().__init__(dataset, batch_size=batch_size, drop_last=drop_last, valid_label_columns=valid_label_columns,
                          generator=generator, seed=seed)
         labels = pl.Series(dataset["label"], dtype=pl.List(pl.Int64))
-        self.tasks = [task_of[a] for a in labels.list.first().to_list()]
-        texts = labels.list.slice(1)  # query, positive and negatives' ids
-        self.row_texts = RowTexts(texts, np.unique(texts.explode().drop_nulls().to_numpy()))
+        tasks = [task_of[a] for a in labels.list.first().to_list()]
+        self.rows = PlanRows.of(labels.list.slice(1), tasks)  # query, positive and negatives' ids
         self.batching, self._planned = batching, {}
 
-    def _batches(self) -> list[list[int]]:
+    def _batches(self) -> Sequence[list[int]]:
         if self.epoch not in self._planned:
-            self._planned = {self.epoch: epoch_plan(self.batching, self.row_texts, self.tasks, self.batch_size, self.seed,
-                                                    self.epoch, True, self.batch_size if self.drop_last else 1)[0]}
+            self._planned = {self.epoch: epoch_plan(self.batching, self.rows, self.batch_size, self.seed, self.epoch, True,
+                                                    self.batch_size if self.drop_last else 1)}
         return self._planned[self.epoch]
 
     def __iter__(self):

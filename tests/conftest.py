@@ -163,3 +163,20 @@ def st_range_max(k: int) -> int:
     from sentence_transformers import __version__
 
     return k - 1 if Version(__version__) >= Version("6.3") else k
+
+
+def paper_batches(tasks: list[str], batch_size: int, seed: int, epoch: int) -> tuple[list[list[int]], int]:
+    """GISTEmbed's batches of rows with these tasks (training.batches.PaperPlan), and how many rows they leave out."""
+    from gist_mining.training.batches import PaperPlan, PlanRows
+
+    plan = PaperPlan(PlanRows.of(pl.Series([[]] * len(tasks), dtype=pl.List(pl.Int64)), tasks), batch_size, seed, epoch)
+    return list(plan), plan.waiting
+
+
+def plan_batches(texts: list, tasks: list[str], *args, **kwargs) -> tuple[list[list[int]], int]:
+    """train.run's batches of rows with these texts (a collection of ints each) and tasks (training.batches.EpochPlan),
+    and how many rows wait."""
+    from gist_mining.training.batches import EpochPlan, PlanRows
+
+    plan = EpochPlan(PlanRows.of(pl.Series([sorted(row) for row in texts], dtype=pl.List(pl.Int64)), tasks), *args, **kwargs)
+    return list(plan), plan.waiting

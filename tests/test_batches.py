@@ -6,15 +6,7 @@ import random
 
 import numpy as np
 import polars as pl
-
-from gist_mining.training.batches import RowTexts
-from gist_mining.training.batches import plan_batches as plan_from
-
-
-def plan_batches(texts: list[set[int]], *args, **kwargs):
-    """The planner over rows given as sets of any ints (it takes them as RowTexts)."""
-    universe = np.unique([t for row in texts for t in row])
-    return plan_from(RowTexts(pl.Series([sorted(row) for row in texts]), universe), *args, **kwargs)
+from conftest import plan_batches
 
 
 def check_plan(texts, tasks, batch_size, plan, waiting, task_batches=False):
@@ -65,7 +57,43 @@ def test_same_plans_as_the_set_based_planner_it_replaced():
     rows = [[rng.randrange(200) for _ in range(5)] for _ in range(3000)]  # a text in ~75 rows, 47 batches
     for row in rows[::7]:
         row[3] = row[0]  # a negative that is the row's own query
-    universe = np.unique([t for row in rows for t in row])
     for seed in (0, 1):
-        plan, waiting = plan_from(RowTexts(pl.Series(rows), universe), ["t"] * len(rows), 64, seed=seed, epoch=0)
+        plan, waiting = plan_batches(rows, ["t"] * len(rows), 64, seed=seed, epoch=0)
         assert plan == reference_plan([set(row) for row in rows], 64, seed) and waiting > 0
+
+
+def test_shuffled_range_is_a_seeded_permutation():
+    from gist_mining.training.batches import shuffled_range
+
+    for n in (1, 2, 3, 5, 64, 1000, 4097):
+        whole = shuffled_range(n, (7, 0), 0, n)
+        assert sorted(whole.tolist()) == list(range(n))  # each position one row
+        cut = n // 3
+        assert np.array_equal(np.concatenate([shuffled_range(n, (7, 0), 0, cut), shuffled_range(n, (7, 0), cut, n)]),
+                              whole)  # a window of it is the same slice
+        if n >= 64:
+            assert not np.array_equal(whole, shuffled_range(n, (7, 1), 0, n))  # another epoch, another order
+            assert not np.array_equal(whole, np.arange(n))
+
+
+def test_windowed_plans_are_valid_and_hold_one_window():
+    """Rows past the window: planned a window at a time (window 100 over 1 000 rows), each plan valid (no text twice
+    in a batch, every row used or waiting once, one task per batch), and the same batches in any order of access."""
+    from gist_mining.training.batches import EpochPlan, PlanRows
+
+    rng = random.Random(2)
+    texts = [{rng.randrange(300), 1000 + rng.randrange(500), 2000 + i} for i in range(1000)]
+    tasks = [rng.choice("xy") for _ in range(1000)]
+    rows = PlanRows.of(pl.Series([sorted(t) for t in texts], dtype=pl.List(pl.Int64)), tasks)
+    for task_batches in (False, True):
+        plan = EpochPlan(rows, 16, seed=3, epoch=0, task_batches=task_batches, window=100)
+        batches = list(plan)
+        check_plan(texts, tasks, 16, batches, plan.waiting, task_batches)
+        assert plan.waiting < 100 and len(plan.ends) == 10
+        order = list(range(len(plan)))
+        rng.shuffle(order)
+        assert [plan[i] for i in order] == [batches[i] for i in order]
+        # windows hold rows from all over the table, in another draw each epoch
+        first = sorted(r for b in batches[: int(plan.ends[0])] for r in b)
+        assert first[-1] - first[0] > 800
+        assert batches != list(EpochPlan(rows, 16, seed=3, epoch=1, task_batches=task_batches, window=100))

@@ -7,11 +7,10 @@ import json
 from pathlib import Path
 
 import polars as pl
-from conftest import run_stage
+from conftest import paper_batches, run_stage
 from medi_hub import REPO, REVISION, medi_rows, serve, use_cache
 
 from gist_mining import workdir
-from gist_mining.training.batches import paper_batches
 from pipeline import run as job
 
 

@@ -8,13 +8,13 @@ from dataclasses import replace
 
 import polars as pl
 import pytest
-from conftest import make_pairs, run_stage
+from conftest import make_pairs, paper_batches, run_stage
 
 from gist_mining.errors import UsageError
 from gist_mining.st import StoredGuideGISTLoss, mined_dataset
 from gist_mining.task_batches import task_batch_sampler
 from gist_mining.training import train
-from gist_mining.training.batches import paper_batches, plan_batches
+from gist_mining.training.batches import EpochPlan, PaperPlan
 from gist_mining.training.config import TrainConfig
 from gist_mining.training.data import TrainingData
 from gist_mining.training.loop import epoch_batches
@@ -80,8 +80,8 @@ def test_train_run_takes_the_paper_batches(work, tiny_model, tmp_path, monkeypat
     config = replace(TrainConfig(), student=replace(TrainConfig().student, name=str(tiny_model)),
                      batch_size=4, epochs=2, task_batching="paper", seed=5, lr=1e-4)
     train(work, tmp_path / "model", config)
-    tasks = TrainingData(work, 1, "cpu").tasks
-    expected = [b for e in range(2) for b in paper_batches(tasks, 4, seed=5, epoch=e)[0]]
+    rows = TrainingData(work, 1, "cpu").plan_rows
+    expected = [b for e in range(2) for b in PaperPlan(rows, 4, seed=5, epoch=e)]
     assert seen == expected and len(seen) == 2 * 6
     assert "10 of 34 rows are in no batch" in capsys.readouterr().err
 
@@ -96,8 +96,8 @@ def test_no_batch_of_one_task_is_refused(work):
 def test_the_shuffled_task_batches_are_unchanged(work):
     data = TrainingData(work, 1, "cpu")
     config = replace(TrainConfig(), batch_size=4, task_batches=True, seed=5)
-    expected, _ = plan_batches(data.row_texts, data.tasks, 4, 5, 0, task_batches=True)
-    assert epoch_batches(data, config, 1, 0) == expected
+    expected = list(EpochPlan(data.plan_rows, 4, 5, 0, task_batches=True))
+    assert list(epoch_batches(data, config, 1, 0)) == expected
 
 
 @pytest.mark.slow
@@ -107,7 +107,7 @@ def test_sentence_transformers_trainer_takes_the_paper_batches(work, tiny_model,
     dataset = mined_dataset(work, 1, short="drop")  # one data set: every row has its negative
     anchors = [label[0] for label in dataset["label"]]
     data = TrainingData(work, 1, "cpu")
-    task_of = dict(zip(data.anchor_ids.tolist(), data.tasks))
+    task_of = dict(zip(data.anchor_ids.tolist(), [data.task_names[c] for c in data.plan_rows.tasks]))
     row_tasks = [task_of[a] for a in anchors]
     sampler = task_batch_sampler(work, "paper")(dataset, batch_size=4, drop_last=False, seed=3)
     for epoch in (0, 1):

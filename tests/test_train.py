@@ -131,9 +131,10 @@ def test_batches_come_from_the_mined_table_texts_and_store(mined_work):
     torch.testing.assert_close(batch.guide["negatives"], torch.from_numpy(store.get(np.array(negatives))).half())
     # the batch planner sees each row's query, positive and negatives, one small int for each distinct text
     rows_ids = table.select("query_id", "positive_id", "negative_ids").iter_rows()
+    row_texts = data.plan_rows.texts_of(np.arange(len(data)))
     seen = {(int(small), text_id) for r, (q, p, n) in enumerate(rows_ids)
-            for small, text_id in zip(data.row_texts.row(r), [q, p, *n[:2]], strict=True)}
-    assert len({small for small, _ in seen}) == len({text_id for _, text_id in seen}) == len(seen) == data.row_texts.n_texts
+            for small, text_id in zip(row_texts.row(r), [q, p, *n[:2]], strict=True)}
+    assert len({small for small, _ in seen}) == len({text_id for _, text_id in seen}) == len(seen) == row_texts.n_texts
 
 
 def test_report_renders_and_links_only_existing_files(mined_work, tiny_model, tmp_path):

@@ -1,9 +1,10 @@
 """The batch plans: which rows train together in each epoch (seeded, no text twice in a batch, optionally one task
-per batch), in linear time; or GISTEmbed's one-task chunks (``paper_batches``). The two ways of one task per batch
+per batch), in linear time and a window of rows at a time (``EpochPlan``); or GISTEmbed's one-task chunks
+(``PaperPlan``). The two ways of one task per batch
 (``BATCHINGS``):
 
 - ``shuffled`` (ours, train.run's ``--task-batches``): each task's rows shuffled each epoch and packed into batches
-  with no text twice in a batch (``plan_batches``); every row trains every epoch, or waits for the next.
+  with no text twice in a batch (``EpochPlan``); every row trains every epoch, or waits for the next.
 - ``paper`` (GISTEmbed's, as its trainer batches MEDI): the rows sorted by task (input order within a task) and cut
   into consecutive chunks of the batch size; a chunk that spans two tasks is dropped, as is a short last chunk, and
   the chunks are shuffled. The chunks are the same every epoch (their order is drawn again per epoch, seeded), so
@@ -15,21 +16,58 @@ from __future__ import annotations
 import random
 from array import array
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 import numpy as np
 import polars as pl
 
-from gist_mining.lists import Ragged
+
+@dataclass
+class RowTexts:
+    """Each row's texts as their positions among the distinct texts of the rows (``n_texts``), end to end from
+    ``starts``, for the batch planner: 4 bytes a text, where a Python set a row took ~1.2 kB."""
+
+    values: np.ndarray
+    starts: np.ndarray
+    n_texts: int
+
+    def __len__(self) -> int:
+        return len(self.starts) - 1
+
+    def row(self, r: int) -> np.ndarray:
+        return self.values[self.starts[r]: self.starts[r + 1]]
 
 
-class RowTexts(Ragged):
-    """Each row's texts as their positions in ``universe`` (the sorted ids of every text the rows use), end to end,
-    for the batch planner: 4 bytes a text, where a Python set a row took ~1.2 kB (1.15 GB at a million rows of
-    9 texts)."""
+@dataclass
+class PlanRows:
+    """What the planner reads of every row: its texts' ids (``values``, end to end from ``starts``), its task's
+    code (codes in the order of the task names) and the rows sorted by task, stably (``by_task``). In memory, or
+    views of training's memory-mapped row table (``workdir.RowTable``), of which a plan reads a window at a time."""
 
-    def __init__(self, lists: pl.Series, universe: np.ndarray):
-        super().__init__(lists)
-        self.values, self.n_texts = np.searchsorted(universe, self.values).astype(np.int32), len(universe)
+    starts: np.ndarray
+    values: np.ndarray
+    tasks: np.ndarray
+    by_task: np.ndarray
+
+    @classmethod
+    def of(cls, texts: pl.Series, tasks: Sequence[str]) -> PlanRows:
+        """From a list column of each row's text ids and each row's task name."""
+        names = sorted(set(tasks))
+        codes = np.searchsorted(np.array(names, dtype=object), np.array(tasks, dtype=object)).astype(np.int32)
+        starts = np.concatenate([[0], np.cumsum(texts.list.len().to_numpy())]).astype(np.int64)
+        return cls(starts, texts.explode().drop_nulls().to_numpy().astype(np.int64), codes,
+                   np.argsort(codes, kind="stable"))
+
+    def __len__(self) -> int:
+        return len(self.tasks)
+
+    def texts_of(self, rows: np.ndarray) -> RowTexts:
+        """The texts of ``rows`` (row i of the result is rows[i]) as positions among their own distinct texts."""
+        firsts, lengths = self.starts[rows], self.starts[rows + 1] - self.starts[rows]
+        starts = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64)
+        ids = self.values[np.repeat(firsts - starts[:-1], lengths) + np.arange(starts[-1])]
+        distinct, positions = np.unique(ids, return_inverse=True)
+        return RowTexts(positions.astype(np.int32), starts, len(distinct))
 
 
 class NextWithRoom:
@@ -73,21 +111,17 @@ def _fill(rows: list[int], texts: RowTexts, batch_size: int, min_batch_size: int
     return kept, waiting + sum(len(b) for b in batches if len(b) < min_batch_size)
 
 
-def plan_batches(texts: RowTexts, tasks: list[str], batch_size: int, seed: int, epoch: int,
-                 task_batches: bool = False, min_batch_size: int = 1) -> tuple[list[list[int]], int]:
-    """Row indices for each batch of one epoch, and how many rows wait for a later epoch: seeded, no text twice
-    in a batch, optionally one task per batch (MEDI style), linear time.
+WINDOW = 1 << 17  # rows planned together: a plan holds one window's texts and batches, whatever the rows
 
-    An epoch of n rows has ceil(n / batch_size) batches (per task with task batches). Rows are taken in a
-    seeded shuffle; each goes into the first batch with room at or after the last batch holding one of its
-    texts. A row that finds no such batch (its text repeats in more rows than there are batches, e.g. one
-    positive shared by many queries) waits for the next epoch, which shuffles again; so do the rows of a batch
-    left smaller than ``min_batch_size``.
-    """
-    rng = random.Random(seed * 100_003 + epoch)
+
+def plan_window(texts: RowTexts, tasks: np.ndarray, batch_size: int, rng: random.Random, task_batches: bool,
+                min_batch_size: int) -> tuple[list[list[int]], int]:
+    """The batches of rows 0..len(texts)-1, taken in that order (each into the first batch with room at or after the
+    last batch holding one of its texts), per task with ``task_batches`` (tasks in code order, the batches then
+    shuffled by ``rng``); and how many rows wait."""
     rows = list(range(len(texts)))
-    rng.shuffle(rows)
-    groups = [[r for r in rows if tasks[r] == task] for task in sorted(set(tasks))] if task_batches else [rows]
+    groups = ([g.tolist() for g in np.split(np.argsort(tasks, kind="stable"), np.flatnonzero(np.diff(np.sort(tasks))) + 1)]
+              if task_batches and len(rows) else [rows])
     batches, waiting = [], 0
     for group in groups:
         kept, left = _fill(group, texts, batch_size, min_batch_size)
@@ -98,25 +132,109 @@ def plan_batches(texts: RowTexts, tasks: list[str], batch_size: int, seed: int, 
     return batches, waiting
 
 
+def shuffled_range(n: int, key: tuple[int, ...], start: int, stop: int) -> np.ndarray:
+    """Positions ``start`` .. ``stop`` of a seeded permutation of range(n), without the permutation: a four-round
+    Feistel network over the smallest even number of bits that holds n, walked again where it lands past n (cycle
+    walking, so each position maps to one row of range(n))."""
+    half = max(1, ((n - 1).bit_length() + 1) // 2)
+    mask = np.uint64((1 << half) - 1)
+    keys = np.random.default_rng(list(key)).integers(0, 2**62, size=4, dtype=np.uint64)
+
+    def permute(x: np.ndarray) -> np.ndarray:
+        left, right = x >> np.uint64(half), x & mask
+        for k in keys:  # splitmix64's finalizer as the round function
+            z = (right ^ k) * np.uint64(0xBF58476D1CE4E5B9)
+            z = (z ^ (z >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+            left, right = right, left ^ ((z ^ (z >> np.uint64(31))) & mask)
+        return (left << np.uint64(half)) | right
+
+    with np.errstate(over="ignore"):  # the round function multiplies modulo 2**64
+        out = permute(np.arange(start, stop, dtype=np.uint64))
+        while (outside := out >= n).any():
+            out[outside] = permute(out[outside])
+    return out.astype(np.int64)
+
+
+class EpochPlan(Sequence):
+    """One epoch's batches (row indices; seeded, no text twice in a batch, optionally one task per batch) in linear
+    time, planned ``window`` rows at a time and held one window at a time, so that a plan's memory does not grow
+    with the rows. ``waiting``: how many rows wait for a later epoch.
+
+    Rows up to ``window``: one window, in a seeded shuffle. More: window k holds positions k*window .. of a seeded
+    permutation of the rows (``shuffled_range``). In a window, each row goes into the first batch with room at or
+    after the last batch holding one of its texts; a window of n rows has ceil(n / batch_size) batches (per task
+    with task batches). A row that finds no such batch (its text repeats in more rows than there are batches, e.g.
+    one positive shared by many queries) waits for the next epoch, which shuffles again; so do the rows of a batch
+    left smaller than ``min_batch_size``. Every window is planned once here to count the batches, and again when
+    a batch of it is asked for (one window: planned once)."""
+
+    def __init__(self, rows: PlanRows, batch_size: int, seed: int, epoch: int, task_batches: bool = False,
+                 min_batch_size: int = 1, window: int = WINDOW):
+        self.rows, self.seed, self.epoch, self.window = rows, seed, epoch, window
+        self.settings = (batch_size, task_batches, min_batch_size)
+        counts, self.waiting = [], 0
+        for k in range(max(1, -(-len(rows) // window))):
+            self.held = (k, *self.plan(k))
+            counts.append(len(self.held[1]))
+            self.waiting += self.held[2]
+        self.ends = np.cumsum(counts)
+
+    def plan(self, k: int) -> tuple[list[list[int]], int]:
+        n = len(self.rows)
+        if n <= self.window:  # one window: a shuffle of every row (and its rng shuffles task batches)
+            rng = random.Random(self.seed * 100_003 + self.epoch)
+            order = list(range(n))
+            rng.shuffle(order)
+            order = np.array(order, dtype=np.int64)
+        else:
+            rng = random.Random(f"{self.seed}/{self.epoch}/{k}")
+            order = shuffled_range(n, (self.seed, self.epoch), k * self.window, min(n, (k + 1) * self.window))
+        batches, waiting = plan_window(self.rows.texts_of(order), self.rows.tasks[order], *self.settings[:1], rng,
+                                       *self.settings[1:])
+        rows = order.tolist()
+        return [[rows[i] for i in batch] for batch in batches], waiting
+
+    def __len__(self) -> int:
+        return int(self.ends[-1])
+
+    def __getitem__(self, i: int) -> list[int]:
+        if not 0 <= i < len(self):
+            raise IndexError(i)
+        k = int(np.searchsorted(self.ends, i, side="right"))
+        if self.held[0] != k:
+            self.held = (k, *self.plan(k))
+        return self.held[1][i - (int(self.ends[k - 1]) if k else 0)]
+
+
 BATCHINGS = ("shuffled", "paper")
 
 
-def paper_batches(tasks: Sequence[str], batch_size: int, seed: int, epoch: int) -> tuple[list[list[int]], int]:
-    """GISTEmbed's batches of one epoch (row indices) and how many rows they leave out: the task-sorted rows in
-    consecutive chunks of ``batch_size``, each of one task and full, in a seeded order per epoch (the seeding of
-    plan_batches)."""
-    order = sorted(range(len(tasks)), key=tasks.__getitem__)  # stable: input order within a task
-    chunks = [order[start: start + batch_size] for start in range(0, len(order), batch_size)]
-    # Sorted, so a chunk spans two tasks exactly when its first and last rows differ in task.
-    kept = [c for c in chunks if len(c) == batch_size and tasks[c[0]] == tasks[c[-1]]]
-    random.Random(seed * 100_003 + epoch).shuffle(kept)
-    return kept, len(tasks) - batch_size * len(kept)
+class PaperPlan(Sequence):
+    """GISTEmbed's batches of one epoch (row indices) and how many rows they leave out (``waiting``): the
+    task-sorted rows (``PlanRows.by_task``; input order within a task) in consecutive chunks of ``batch_size``,
+    each of one task and full, in a seeded order per epoch (EpochPlan's seeding). Only the chunks' starts are held."""
+
+    def __init__(self, rows: PlanRows, batch_size: int, seed: int, epoch: int):
+        self.by_task, self.size = rows.by_task, batch_size
+        starts = np.arange(0, len(rows) - batch_size + 1, batch_size)
+        # Sorted, so a chunk spans two tasks exactly when its first and last rows differ in task.
+        same = rows.tasks[self.by_task[starts]] == rows.tasks[self.by_task[starts + batch_size - 1]]
+        self.starts = starts[same].tolist()
+        random.Random(seed * 100_003 + epoch).shuffle(self.starts)
+        self.waiting = len(rows) - batch_size * len(self.starts)
+
+    def __len__(self) -> int:
+        return len(self.starts)
+
+    def __getitem__(self, i: int) -> list[int]:
+        start = self.starts[i]
+        return self.by_task[start: start + self.size].tolist()
 
 
-def epoch_plan(batching: str, row_texts: RowTexts, tasks: list[str], batch_size: int, seed: int, epoch: int,
-               task_batches: bool, min_batch_size: int = 1) -> tuple[list[list[int]], int]:
+def epoch_plan(batching: str, rows: PlanRows, batch_size: int, seed: int, epoch: int, task_batches: bool,
+               min_batch_size: int = 1) -> EpochPlan | PaperPlan:
     """One epoch's batches ``batching``'s way (``BATCHINGS``; ``paper`` is one task a batch whatever
-    ``task_batches``), and how many rows they leave out (``paper``) or leave waiting (``shuffled``)."""
+    ``task_batches``); its ``waiting``: how many rows it leaves out (``paper``) or leaves waiting (``shuffled``)."""
     if batching == "paper":
-        return paper_batches(tasks, batch_size, seed, epoch)
-    return plan_batches(row_texts, tasks, batch_size, seed, epoch, task_batches, min_batch_size)
+        return PaperPlan(rows, batch_size, seed, epoch)
+    return EpochPlan(rows, batch_size, seed, epoch, task_batches, min_batch_size)

@@ -7,16 +7,14 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-import polars as pl
 import torch
 
 from gist_mining import workdir
 from gist_mining.distill import SoftLabels
 from gist_mining.lists import PAD_ID, Ragged, padded
 from gist_mining.loss import Column, GuidedBatch
-from gist_mining.margin import is_unjudged
 from gist_mining.settings import parse_bytes
-from gist_mining.training.batches import RowTexts
+from gist_mining.training.batches import PlanRows
 
 COLUMNS = ("queries", "positives", "negatives")
 CORPUS = "corpus"  # a batch's optional fourth column: unlabelled texts for distillation (training.teacher_data)
@@ -57,53 +55,33 @@ def guide_cache_bytes(text: str) -> int | None:
 class TrainingData:
     """The mined rows, and per batch their texts and the guide vectors of each text in the role it has (queries
     in the query role, positives and negatives in the document role), as float16 on the training device (the
-    loss computes their scores in float32). What is held in memory is the rows' id lists (numpy arrays, and the
-    batch planner's int32 positions), whatever the pool's size: a batch's texts and vectors are read from the
-    memory-mapped text table and the vector store (``workdir.TextTable``), so nothing per text is held.
-    ``guide_cache``: bytes of float16 vectors the device may hold (None: no bound): when every vector the rows
-    use fits, they are moved there once and a step's guide blocks are an index lookup there; else each batch's
-    are read. ``false_negatives``: each row's first that many known false negatives join its negatives column,
-    where the loss's rules can count them as the anchor's extra positives (LossRules.false_negatives)."""
+    loss computes their scores in float32). Nothing per row or per text is held in memory: the rows are views of
+    the memory-mapped row table (``workdir.RowTable``), a batch's texts and vectors are read from the
+    memory-mapped text table and the vector store (``workdir.TextTable``), and an epoch is planned a window of rows
+    at a time (``plan_rows``, training.batches). ``guide_cache``: bytes of float16 vectors the device may hold
+    (None: no bound): when every vector the rows use fits, they are moved there once and a step's guide blocks are
+    an index lookup there; else each batch's are read. ``false_negatives``: each row's first that many known false
+    negatives join its negatives column, where the loss's rules can count them as the anchor's extra positives
+    (LossRules.false_negatives)."""
 
     def __init__(self, work: Path, negatives: int, device, false_negatives: int = 0, guide_cache: int | None = 0):
-        self.manifest = workdir.checked_mined_manifest(work)  # checks the chain embeddings -> candidates -> mined
-        judged = self.manifest.rules.unjudged_rank_min is not None
-        columns = ["anchor_id", "query_id", "positive_id", "task", "negative_ids", "false_negative_ids",
-                   *(["candidates_above_positive", "n_candidates"] if judged else [])]
-        rows = pl.read_parquet(workdir.verified(work, self.manifest, "mine"), columns=columns)
-        if not rows["anchor_id"].is_sorted():  # the shards are in anchor order: no copy of every row
-            rows = rows.sort("anchor_id")
-        self.anchor_ids = rows["anchor_id"].to_numpy()
-        # One str object per task, shared by its rows: 8 bytes a row, where a str per row took ~60.
-        names = rows["task"].unique().sort().to_list()
-        self.tasks = list(map(names.__getitem__, rows["task"].cast(pl.Enum(names)).to_physical().to_numpy()))
-        self.ids = {"queries": rows["query_id"].to_numpy(), "positives": rows["positive_id"].to_numpy()}
-        documents = pl.concat_list(pl.col("negative_ids").list.head(negatives),
-                                   pl.col("false_negative_ids").list.head(false_negatives))
-        self.negatives = Ragged(rows.select(documents).to_series())
-        # Known false negatives: mining's, and every positive of the anchor's query (a query repeated with other
-        # positives, or with several qrels): another anchor's positive or negative in the batch may be one. Masked,
-        # not taken as extra positives, so that the loss stays GISTEmbed's one-positive cross-entropy.
-        # Only a repeated query has others: grouping those alone keeps the group table small.
-        repeated = rows.select("query_id", "positive_id").filter(pl.col("query_id").is_duplicated())
-        positives = repeated.group_by("query_id").agg(pl.col("positive_id").unique().alias("query_positives"))
-        others = (pl.col("query_positives").list.set_difference(pl.concat_list("positive_id"))  # not the row's own
-                  .fill_null(pl.lit([], dtype=pl.List(pl.Int64))))
-        self.false_negatives = (rows.select("query_id", "positive_id", "false_negative_ids")
-                                .join(positives, on="query_id", how="left", maintain_order="left")
-                                .select(pl.concat_list("false_negative_ids", others)).to_series().to_arrow())
+        rows = workdir.RowTable(work, negatives, false_negatives)
+        self.manifest, self.anchor_ids, self.task_names = rows.manifest, rows.anchor_ids, rows.task_names
+        self.ids = {"queries": rows.query_ids, "positives": rows.positive_ids}
+        self.negatives = Ragged(*rows.documents)
+        # Known false negatives: mining's, and every positive of the anchor's query (another anchor's positive or
+        # negative in the batch may be one).
+        self.false_negatives = rows.known
         # Mining took the anchors the guide cannot judge out of its margin rule: so does the in-batch rule.
-        self.unjudged = (is_unjudged(rows["candidates_above_positive"], rows["n_candidates"]).to_numpy()
-                         if judged else None)
+        self.unjudged = rows.unjudged if self.manifest.rules.unjudged_rank_min is not None else None
+        self.plan_rows = PlanRows(*rows.texts, rows.tasks, rows.by_task)
         self.table = workdir.TextTable(work)
         self.guide_dimension = self.table.documents.dimension
         self.device = device
-        # Each row's texts, for the batch planner; built once, as every epoch plans from them.
-        lists = rows.select(pl.concat_list("query_id", "positive_id", documents)).to_series()
-        del rows
-        self.row_texts = RowTexts(lists, np.unique(np.concatenate([self.ids["queries"], self.ids["positives"],
-                                                                    self.negatives.values])))
         self.guide_ids, self.guide = self._cached(guide_cache)
+
+    def __len__(self) -> int:
+        return len(self.anchor_ids)
 
     def _cached(self, budget: int | None) -> tuple[dict, dict]:
         """The guide vectors the rows use on the device, by role, when they fit ``budget``; else none."""

@@ -10,6 +10,7 @@ import os
 import random
 import sys
 import time
+from collections.abc import Sequence
 from dataclasses import replace
 from pathlib import Path
 
@@ -87,19 +88,18 @@ def say_rules(config: TrainConfig, manifest: workdir.MinedManifest) -> None:
     print(f"train: mined negatives chosen under: {mined_rules}; in-batch guide filter: {in_batch}", file=sys.stderr)
 
 
-def epoch_batches(data: TrainingData, config: TrainConfig, world: int, epoch: int, rank: int = 0) -> list[list[int]]:
-    batches, unused = epoch_plan(config.task_batching, data.row_texts, data.tasks, config.batch_size * world,
-                                 config.seed, epoch, config.task_batches,
-                                 min_batch_size=max(config.min_batch_size, world))  # a row per rank
+def epoch_batches(data: TrainingData, config: TrainConfig, world: int, epoch: int, rank: int = 0) -> Sequence[list[int]]:
+    batches = epoch_plan(config.task_batching, data.plan_rows, config.batch_size * world, config.seed, epoch,
+                         config.task_batches, min_batch_size=max(config.min_batch_size, world))  # a row per rank
     if config.task_batching == "paper":  # GISTEmbed's chunks: the same rows are left out every epoch
         if not batches:
             raise UsageError(f"--task-batching paper: no batch of {config.batch_size * world} rows of one task (each "
                              "chunk of the task-sorted rows spans two tasks); use a smaller --batch-size")
-        if unused and rank == 0 and epoch == 0:
-            print(f"train: {unused} of {len(data.tasks)} rows are in no batch (--task-batching paper: their chunk of "
-                  "the task-sorted rows spans two tasks, or is the short last one)", file=sys.stderr)
-    elif unused and rank == 0:
-        print(f"train: epoch {epoch}: {unused} of {len(data.tasks)} rows wait for a later epoch (a text they share "
+        if batches.waiting and rank == 0 and epoch == 0:
+            print(f"train: {batches.waiting} of {len(data)} rows are in no batch (--task-batching paper: their chunk "
+                  "of the task-sorted rows spans two tasks, or is the short last one)", file=sys.stderr)
+    elif batches.waiting and rank == 0:
+        print(f"train: epoch {epoch}: {batches.waiting} of {len(data)} rows wait for a later epoch (a text they share "
               f"would repeat in a batch, or their batch is under --min-batch-size)", file=sys.stderr)
     return batches
 

@@ -20,7 +20,8 @@ Every table of the chain names a text by its ``text_id``: a fingerprint of its c
 The package's modules, each one concern: ``layout`` (names, plans, rebuild commands), ``claims`` (locks and
 claims), ``records`` (the typed plans and manifests, and their JSON), ``markers`` (shards, build-once files, checks
 against records), ``readers`` (chain-checked readers), ``vectors`` (the vector store), ``text_table`` (the texts,
-memory-mapped), ``ids`` (text ids). Their names are this package's: ``workdir.NAME``.
+memory-mapped), ``row_table`` (the mined rows as the trainer reads them, memory-mapped), ``ids`` (text ids). Their
+names are this package's: ``workdir.NAME``.
 """
 
 from __future__ import annotations
@@ -41,6 +42,7 @@ from gist_mining.workdir.records import (CandidatesManifest, EmbedManifest, Embe
 from gist_mining.workdir.readers import (anchor_exclusions, candidate_pool, checked_candidates_manifest,
                                          checked_embed_manifest, checked_file, checked_mined_manifest, read_anchors,
                                          read_table, read_texts, trained_from, verified, verified_table)
+from gist_mining.workdir.row_table import RowTable
 from gist_mining.workdir.text_table import TextTable
 from gist_mining.workdir.vectors import (QUERY_COLUMN, StoredRows, VectorStore, load_embeddings, read_shard,
                                          role_column, shard_arrays, two_roles)
