@@ -34,19 +34,20 @@ def script(path: Path) -> ModuleType:
     return module
 
 
-def measured(argv: list[str]) -> dict:
+def measured(argv: list[str], root: Path = ROOT) -> dict:
     """Run a Python module (``-m NAME``) or script in a fresh process; its wall seconds, peak RSS and peak anonymous
-    RSS (MiB; benchmarks/peak_rss.py) and standard output. This checkout's packages, ``benchmarks`` among them, come first on the child's path."""
+    RSS (MiB; benchmarks/peak_rss.py) and standard output. The packages of ``root`` (this checkout, or another one
+    to compare against), ``benchmarks`` among them, come first on the child's path."""
     started = time.perf_counter()
     env = dict(os.environ, HF_HUB_OFFLINE="1",
-               PYTHONPATH=os.pathsep.join(p for p in (str(ROOT), os.environ.get("PYTHONPATH")) if p))
-    proc = subprocess.run([sys.executable, "-m", "benchmarks.peak_rss", *map(str, argv)], cwd=ROOT,
+               PYTHONPATH=os.pathsep.join(p for p in (str(root), os.environ.get("PYTHONPATH")) if p))
+    proc = subprocess.run([sys.executable, "-m", "benchmarks.peak_rss", *map(str, argv)], cwd=root,
                           env=env, capture_output=True, text=True)
     if proc.returncode != 0:
         raise SystemExit(f"{' '.join(map(str, argv))} failed:\n{proc.stderr[-3000:]}")
     report = json.loads(proc.stdout.strip().splitlines()[-1])
     return {"seconds": time.perf_counter() - started, "peak_rss_mib": report["peak_rss_mib"],
-            "peak_anonymous_mib": report["peak_anonymous_mib"], "stdout": proc.stdout}
+            "peak_anonymous_mib": report.get("peak_anonymous_mib"), "stdout": proc.stdout}  # None: an older checkout
 
 
 def table(rows: list[tuple], header: tuple) -> str:

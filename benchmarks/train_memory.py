@@ -2,6 +2,7 @@
 
     python -m benchmarks.train_memory --root /work/bench/flat --sizes 100000 1000000 10000000     # memory
     flock /tmp/bench.lock python -m benchmarks.train_memory --root /work/bench/flat --timing 100000  # step time
+    flock /tmp/bench.lock python -m benchmarks.train_memory --root /work/bench/flat --timing 100000 --against ../before
 
 For each number of anchors a work directory is made under --root (kept, and reused when it is complete): the
 embed stage's files by benchmarks/synthetic_pool.py (real shards, manifest and tables: anchor N asks "query N",
@@ -16,8 +17,9 @@ figures (benchmarks/peak_rss.py): peak RSS (VmHWM), which counts the pages of th
 (page cache: an epoch's plan reads every row's texts), and the peak of its own, anonymous memory.
 
 --timing: the step time at that size, by default (--guide-cache 0: each batch's vectors read from the vector
-store) against --guide-cache all (every vector the rows use moved to the device once: the old path), alternating
-for --repeats runs each: the fastest run's mean seconds per step (its first step left out) of each.
+store) against --guide-cache all (every vector the rows use moved to the device once: the old path), or with
+--against DIR against the train.run of the checkout in DIR, alternating for --repeats runs each: the fastest run's
+mean seconds per step (its first step left out) of each.
 """
 
 from __future__ import annotations
@@ -97,13 +99,13 @@ def student(root: Path) -> Path:
     return path
 
 
-def train(work: Path, model: Path, steps: int, batch_size: int, guide_cache: str) -> dict:
+def train(work: Path, model: Path, steps: int, batch_size: int, guide_cache: str, root: Path = ROOT) -> dict:
     """train.run in a fresh process: its peak RSS and mean seconds per step after its first (metrics.jsonl's clock
     is in hundredths of a second, too coarse for one step of a tiny student)."""
     with tempfile.TemporaryDirectory(prefix="train-memory-") as out:
         run = measured(["-m", "train.run", "--work", work, "--out", out, "--student", model, "--max-steps", steps,
                         "--batch-size", batch_size, "--guide-cache", guide_cache, "--save-steps", 0,
-                        "--save-minutes", 0])
+                        "--save-minutes", 0], root)
         seconds = [json.loads(line)["seconds"] for line in (Path(out) / workdir.METRICS).read_text().splitlines()
                    if '"loss"' in line]
     run["step_s"] = (seconds[-1] - seconds[0]) / (len(seconds) - 1)
@@ -153,21 +155,25 @@ def memory(args) -> list[dict]:
 
 
 def timing(args) -> list[dict]:
+    """Step time at one size: this checkout's default (--guide-cache 0) against --guide-cache all, or with
+    --against, against that checkout's train.run (the code before a change), alternating."""
     model = student(args.root)
     work, _ = prepare(args.root, args.timing, args.dim)
-    times = {"0": [], "all": []}
+    arms = ({"this checkout": ("0", ROOT), str(args.against): ("0", args.against)} if args.against else
+            {"--guide-cache 0": ("0", ROOT), "--guide-cache all": ("all", ROOT)})
+    times = {arm: [] for arm in arms}
     for _ in range(args.repeats):
-        for cache in times:
-            times[cache].append(train(work, model, args.steps, args.batch_size, cache)["step_s"])
-            print(f"--guide-cache {cache}: {times[cache][-1]:.4f} s/step", flush=True)
+        for arm, (cache, root) in arms.items():
+            times[arm].append(train(work, model, args.steps, args.batch_size, cache, root)["step_s"])
+            print(f"{arm}: {times[arm][-1]:.4f} s/step", flush=True)
     # The fastest run of each: on a shared machine a run is only ever slowed by others, never sped up.
-    ratio = min(times["0"]) / min(times["all"])
+    (ours, best), (theirs, reference) = ((arm, min(t)) for arm, t in times.items())
+    ratio = best / reference
     print(f"\n{args.timing} anchors, train.run --max-steps {args.steps} --batch-size {args.batch_size}, the fastest of "
-          f"{args.repeats} runs each: per batch (--guide-cache 0) {min(times['0']):.4f} s/step, all on the device "
-          f"(--guide-cache all) {min(times['all']):.4f} s/step: {ratio:.3f}x (medians {statistics.median(times['0']):.4f} "
-          f"and {statistics.median(times['all']):.4f})")
-    return [figure(f"train.run step time per batch over all on the device, {args.timing} anchors", ratio,
-                   target="<= 1.05", unit="x")]
+          f"{args.repeats} runs each: {ours} {best:.4f} s/step, {theirs} {reference:.4f} s/step: {ratio:.3f}x (medians "
+          f"{statistics.median(times[ours]):.4f} and {statistics.median(times[theirs]):.4f})")
+    return [figure(f"train.run step time, {ours} over {theirs}, {args.timing} anchors", ratio, target="<= 1.05",
+                   unit="x")]
 
 
 def main(argv: list[str] | None = None) -> list[dict]:
@@ -180,6 +186,8 @@ def main(argv: list[str] | None = None) -> list[dict]:
     parser.add_argument("--guide-cache", default="0")
     parser.add_argument("--timing", type=int, default=None, help="anchors: time steps instead of measuring memory")
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--against", type=Path, default=None,
+                        help="with --timing: a checkout of other code (e.g. before a change) to time against")
     parser.add_argument("--load", type=Path, help=argparse.SUPPRESS)
     parser.add_argument("--build", type=Path, help=argparse.SUPPRESS)
     parser.add_argument("--imports-only", action="store_true", help=argparse.SUPPRESS)

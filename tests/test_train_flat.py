@@ -64,8 +64,8 @@ def test_batches_read_per_batch_equal_the_whole_tables(work):
     per_batch, on_device = TrainingData(work, 2, "cpu"), TrainingData(work, 2, "cpu", guide_cache=None)
     assert not per_batch.guide and on_device.guide  # the default holds no vector; all: every one the rows use
     rng = np.random.default_rng(0)
-    for size in (1, 5, 17, len(per_batch.tasks)):
-        rows = rng.choice(len(per_batch.tasks), size, replace=False).tolist()
+    for size in (1, 5, 17, len(per_batch)):
+        rows = rng.choice(len(per_batch), size, replace=False).tolist()
         texts, guide = plain_batch(work, rows, 2)
         assert size < 17 or len(texts["negatives"]) > 5
         for data in (per_batch, on_device):
@@ -140,3 +140,23 @@ def test_the_table_is_built_where_the_vector_matrix_is_not_yet(work, tmp_path):
     thread.start()
     thread.join(120)
     assert opened and len(opened[0]) == pl.read_parquet(copy / "texts.parquet").height
+
+
+def test_a_changed_row_table_is_refused_in_one_line_and_a_stale_one_built_again(work, tmp_path):
+    copy = tmp_path / "w"
+    shutil.copytree(work, copy)
+    rows = workdir.RowTable(copy, 2)
+    path, marker = rows.path, rows.path.parent / f"_{rows.path.stem}.done"
+    expected = rows.texts[1].copy()
+    data = bytearray(path.read_bytes())
+    data[len(data) // 2] ^= 0xFF  # same size: only the SHA-256 can tell
+    path.write_bytes(bytes(data))
+    with pytest.raises(UsageError) as refused:
+        TrainingData(copy, 2, "cpu")
+    line = str(refused.value)
+    assert "\n" not in line and str(path) in line and f"rm {marker}" in line
+    record = json.loads(marker.read_text())
+    marker.write_text(json.dumps({**record, "fingerprint": "0" * 64}))  # as after a refilter: other mined tables
+    assert np.array_equal(workdir.RowTable(copy, 2).texts[1], expected)
+    assert json.loads(marker.read_text())["fingerprint"] == record["fingerprint"]
+    assert workdir.RowTable(copy, 1).path != path  # another share of the lists: a table of its own

@@ -171,7 +171,7 @@ class EpochPlan(Sequence):
     def __init__(self, rows: PlanRows, batch_size: int, seed: int, epoch: int, task_batches: bool = False,
                  min_batch_size: int = 1, window: int = WINDOW):
         self.rows, self.seed, self.epoch, self.window = rows, seed, epoch, window
-        self.settings = (batch_size, task_batches, min_batch_size)
+        self.batch_size, self.task_batches, self.min_batch_size = batch_size, task_batches, min_batch_size
         counts, self.waiting = [], 0
         for k in range(max(1, -(-len(rows) // window))):
             self.held = (k, *self.plan(k))
@@ -189,8 +189,8 @@ class EpochPlan(Sequence):
         else:
             rng = random.Random(f"{self.seed}/{self.epoch}/{k}")
             order = shuffled_range(n, (self.seed, self.epoch), k * self.window, min(n, (k + 1) * self.window))
-        batches, waiting = plan_window(self.rows.texts_of(order), self.rows.tasks[order], *self.settings[:1], rng,
-                                       *self.settings[1:])
+        batches, waiting = plan_window(self.rows.texts_of(order), self.rows.tasks[order], self.batch_size, rng,
+                                       self.task_batches, self.min_batch_size)
         rows = order.tolist()
         return [[rows[i] for i in batch] for batch in batches], waiting
 
