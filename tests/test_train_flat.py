@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import shutil
 import threading
+from pathlib import Path
 
 import numpy as np
 import polars as pl
@@ -160,3 +161,26 @@ def test_a_changed_row_table_is_refused_in_one_line_and_a_stale_one_built_again(
     assert np.array_equal(workdir.RowTable(copy, 2).texts[1], expected)
     assert json.loads(marker.read_text())["fingerprint"] == record["fingerprint"]
     assert workdir.RowTable(copy, 1).path != path  # another share of the lists: a table of its own
+
+
+def mapped_rss_kib(path: Path) -> int:
+    """This process's resident KiB of the mapping of ``path`` (/proc/self/smaps)."""
+    total, inside = 0, False
+    for line in Path("/proc/self/smaps").read_text().splitlines():
+        if "-" in line.split(" ", 1)[0]:  # a mapping's header line: address range, perms, ..., path
+            inside = line.endswith(" " + str(path))
+        elif inside and line.startswith("Rss:"):
+            total += int(line.split()[1])
+    return total
+
+
+def test_release_hands_back_the_mapped_pages_and_reads_stay_equal(work):
+    data = TrainingData(work, 2, "cpu")
+    before = data.get_batch([0, 3, 5])
+    paths = [data.rows.path, data.table.path]
+    int(np.asarray(data.rows.texts[1]).sum()), data.table.texts(np.arange(len(data.table)))  # every page read
+    assert all(mapped_rss_kib(p) > 0 for p in paths)
+    data.release()
+    assert [mapped_rss_kib(p) for p in paths] == [0, 0]
+    after = data.get_batch([0, 3, 5])
+    assert after.texts == before.texts and all(torch.equal(after.ids[c], before.ids[c]) for c in before.ids)

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import random
 from array import array
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -42,12 +42,14 @@ class RowTexts:
 class PlanRows:
     """What the planner reads of every row: its texts' ids (``values``, end to end from ``starts``), its task's
     code (codes in the order of the task names) and the rows sorted by task, stably (``by_task``). In memory, or
-    views of training's memory-mapped row table (``workdir.RowTable``), of which a plan reads a window at a time."""
+    views of training's memory-mapped row table (``workdir.RowTable``), of which a plan reads a window at a time and
+    then calls ``release`` (the table hands back the pages it read)."""
 
     starts: np.ndarray
     values: np.ndarray
     tasks: np.ndarray
     by_task: np.ndarray
+    release: Callable[[], None] = lambda: None
 
     @classmethod
     def of(cls, texts: pl.Series, tasks: Sequence[str]) -> PlanRows:
@@ -192,6 +194,7 @@ class EpochPlan(Sequence):
         batches, waiting = plan_window(self.rows.texts_of(order), self.rows.tasks[order], self.batch_size, rng,
                                        self.task_batches, self.min_batch_size)
         rows = order.tolist()
+        self.rows.release()
         return [[rows[i] for i in batch] for batch in batches], waiting
 
     def __len__(self) -> int:

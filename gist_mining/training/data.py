@@ -44,6 +44,7 @@ class Batch:
                            self.unjudged, corpus, self.soft_labels)
 
 
+RELEASE_EVERY = 256  # batches between hand-backs of the mapped tables' pages (TrainingData.release)
 ALL = "all"  # --guide-cache: every vector the rows use on the device, whatever their size
 
 
@@ -65,7 +66,7 @@ class TrainingData:
     (LossRules.false_negatives)."""
 
     def __init__(self, work: Path, negatives: int, device, false_negatives: int = 0, guide_cache: int | None = 0):
-        rows = workdir.RowTable(work, negatives, false_negatives)
+        self.rows = rows = workdir.RowTable(work, negatives, false_negatives)
         self.manifest, self.anchor_ids, self.task_names = rows.manifest, rows.anchor_ids, rows.task_names
         self.ids = {"queries": rows.query_ids, "positives": rows.positive_ids}
         self.negatives = Ragged(*rows.documents)
@@ -74,11 +75,17 @@ class TrainingData:
         self.false_negatives = rows.known
         # Mining took the anchors the guide cannot judge out of its margin rule: so does the in-batch rule.
         self.unjudged = rows.unjudged if self.manifest.rules.unjudged_rank_min is not None else None
-        self.plan_rows = PlanRows(*rows.texts, rows.tasks, rows.by_task)
+        self.plan_rows = PlanRows(*rows.texts, rows.tasks, rows.by_task, self.release)
         self.table = workdir.TextTable(work)
         self.guide_dimension = self.table.documents.dimension
         self.device = device
         self.guide_ids, self.guide = self._cached(guide_cache)
+        self.batches_read = 0
+
+    def release(self) -> None:
+        """Hand back the pages of the mapped tables read so far (workdir.MappedTable.release)."""
+        self.rows.mapped.release()
+        self.table.mapped.release()
 
     def __len__(self) -> int:
         return len(self.anchor_ids)
@@ -104,6 +111,9 @@ class TrainingData:
     def lookup(self, rows, ids: dict[str, np.ndarray]) -> Batch:
         """A batch of ``rows`` whose texts per column have ``ids`` (a subset of what the rows use), without the
         texts: the stored guide vectors of each column in its role, the ids, the known false negatives."""
+        self.batches_read += 1
+        if self.batches_read % RELEASE_EVERY == 0:  # a long run holds what it read lately, not every table it read
+            self.release()
         return Batch(texts={},
                      guide={c: self.guide_vectors(v, COLUMN_ROLES[c]) for c, v in ids.items()},
                      ids={c: torch.from_numpy(v).to(self.device) for c, v in ids.items()},

@@ -7,6 +7,7 @@ computed by the stages from what made the record, never from these objects, so t
 from __future__ import annotations
 
 from dataclasses import dataclass, field, fields
+
 from gist_mining.mining.rules import MiningRules
 
 

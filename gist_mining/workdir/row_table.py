@@ -14,6 +14,7 @@ import pyarrow as pa
 from gist_mining.margin import is_unjudged
 from gist_mining.storage import commit, config_fingerprint, file_sha256, tmp_name
 from gist_mining.workdir.layout import MINED
+from gist_mining.workdir.mapped import MappedTable
 from gist_mining.workdir.markers import build_once
 from gist_mining.workdir.readers import checked_file, checked_mined_manifest, verified
 from gist_mining.workdir.records import MinedManifest
@@ -58,10 +59,9 @@ class RowTable:
                             lambda: self._build(work, self.manifest, negatives, false_negatives), verify=False)
         checked_file(self.path, {**record["files"][self.path.relative_to(work).as_posix()], **record["table"]},
                      f"rm {marker}")
-        reader = pa.ipc.open_file(pa.memory_map(str(self.path)))
-        batch = reader.get_batch(0) if reader.num_record_batches else pa.RecordBatch.from_pylist([], schema=SCHEMA)
-        self.task_names = json.loads(reader.schema.metadata[TASKS])
-        column = {name: batch.column(name) for name in SCHEMA.names}
+        self.mapped = MappedTable(self.path, SCHEMA)
+        self.task_names = json.loads(self.mapped.metadata[TASKS])
+        column = {name: self.mapped.batch.column(name) for name in SCHEMA.names}
         self.anchor_ids, self.query_ids, self.positive_ids, self.tasks, self.by_task = (
             column[c].to_numpy() for c in ("anchor_id", "query_id", "positive_id", "task", "by_task"))
         self.unjudged = column["unjudged"].to_numpy().view(bool)

@@ -13,6 +13,7 @@ import pyarrow as pa
 from gist_mining.errors import UsageError
 from gist_mining.storage import commit, config_fingerprint, file_sha256, tmp_name
 from gist_mining.workdir.layout import TEXT_TABLE, TEXT_TABLE_MARKER, TEXTS, rebuild_command
+from gist_mining.workdir.mapped import MappedTable
 from gist_mining.workdir.markers import build_once
 from gist_mining.workdir.readers import checked_embed_manifest, checked_file, verified_table
 from gist_mining.workdir.records import EmbedManifest
@@ -42,8 +43,8 @@ class TextTable:
         self.documents, self.queries = VectorStore(work, "document"), VectorStore(work, "query")
         record = build_once(work, marker, fingerprint, lambda: self._build(work, manifest), verify=False)
         checked_file(self.path, {**record["files"][TEXT_TABLE], **record["table"]}, f"rm {marker}")
-        reader = pa.ipc.open_file(pa.memory_map(str(self.path)))
-        batch = reader.get_batch(0) if reader.num_record_batches else pa.RecordBatch.from_pylist([], schema=SCHEMA)
+        self.mapped = MappedTable(self.path, SCHEMA)
+        batch = self.mapped.batch
         self.ids = batch.column("text_id").to_numpy()  # views of the map, not copies
         self.text = batch.column("text")
         self.row = {"document": batch.column("document_row").to_numpy(),
