@@ -71,9 +71,8 @@ def build(work: Path, format: str, num_negatives: int | None = None, short: str 
     return Export(as_arrow(layout(rows, n)), n, anchors, n_short)
 
 
-def mined_rows(work: Path, num_negatives: int | None, short: str) -> tuple[pl.DataFrame, int, int, int]:
-    """Mined anchors in sentence-transformers' order with their texts, each cut to its first N negatives."""
-    manifest = workdir.checked_mined_manifest(work)
+def negatives_wanted(work: Path, manifest: workdir.MinedManifest, num_negatives: int | None) -> int:
+    """N, the negatives per anchor asked for (None: as many as were mined), refused in one line past what was mined."""
     mined_n = manifest.rules.num_negatives
     n = mined_n if num_negatives is None else num_negatives
     if n < 1:
@@ -81,6 +80,13 @@ def mined_rows(work: Path, num_negatives: int | None, short: str) -> tuple[pl.Da
     if n > mined_n:
         raise UsageError(f"--negatives-per-anchor {n}: mined/ holds at most {mined_n} negatives per anchor; mine more with "
                          f"`python -m pipeline.mask --work {work} --refilter --negatives-per-anchor {n}`")
+    return n
+
+
+def mined_rows(work: Path, num_negatives: int | None, short: str) -> tuple[pl.DataFrame, int, int, int]:
+    """Mined anchors in sentence-transformers' order with their texts, each cut to its first N negatives."""
+    manifest = workdir.checked_mined_manifest(work)
+    n = negatives_wanted(work, manifest, num_negatives)
     mined = pl.read_parquet(workdir.verified(work, manifest, "mine"), columns=MINED_COLUMNS).with_columns(
         pl.col("negative_ids", "negative_scores").list.head(n))
     anchors, is_short = mined.height, pl.col("negative_ids").list.len() < n

@@ -20,12 +20,9 @@ self-pairs and duplicates masked. One task per batch (train.run's --task-batches
 
 from __future__ import annotations
 
-import warnings
 from pathlib import Path
 
 import numpy as np
-import polars as pl
-import pyarrow as pa
 import torch
 import torch.distributed as dist
 from sentence_transformers.base.losses.gradcache import CachedLossMixin
@@ -33,10 +30,9 @@ from sentence_transformers.base.losses.merged_forward import embed_columns
 from torch import nn
 from transformers import TrainerCallback
 
-from gist_mining import export
 from gist_mining.distill import Distillation
-from gist_mining.errors import UsageError
 from gist_mining.loss import Column, GISTLoss, LossRules
+from gist_mining.st_dataset import ID_COLUMNS, mined_dataset  # noqa: F401  (mined_dataset: for users of this module)
 from gist_mining.task_batches import task_batch_sampler  # noqa: F401  (for users of this module: one place to import)
 from gist_mining.training.config import TrainConfig
 from gist_mining.training.data import COLUMNS, TrainingData, guide_cache_bytes
@@ -44,41 +40,7 @@ from gist_mining.training.step import student_forward
 from gist_mining.training.teacher_data import Teacher
 from gist_mining.workdir import checked_mined_manifest
 
-LABEL = "label"  # the column the stock collator hands to the loss as a tensor
-ID_COLUMNS = ("anchor_id", "query_id", "positive_id")  # the label's first entries; the negatives' ids follow
 DEFAULTS = TrainConfig()  # train.run's, so that both paths train alike by default
-
-
-def mined_dataset(work, num_negatives: int = 1, short: str = "keep"):
-    """The mined anchors for the stock ``SentenceTransformerTrainer``: the texts in columns anchor, positive,
-    negative_1 .. negative_N (``pipeline.export --format n-tuple``'s layout, with sentence-transformers' first
-    column name), and ``label``: each row's ids, for StoredGuideGISTLoss.
-
-    ``short``: anchors with fewer than N negatives are kept (``"keep"``, the default, as train.run keeps them: a
-    ``datasets.DatasetDict`` with one data set per number of negatives, ``negatives_N`` .. ``negatives_0``, for
-    the trainer's multi-dataset batches, each batch from one of them), or left out (``"drop"``, as the n-tuple
-    export leaves them out: a ``datasets.Dataset``). Where mining leaves most anchors short (a classification-style
-    set whose candidates are mostly false negatives), dropping them trains on few anchors, and trains worse
-    (docs/benchmarks.md, "In sentence-transformers' trainer")."""
-    from datasets import Dataset, DatasetDict
-
-    if short not in export.SHORT:
-        raise UsageError(f"short must be drop or keep, not {short!r}")
-    rows, n, anchors, n_short = export.mined_rows(Path(work), num_negatives, short)
-    if n_short and short == "drop":
-        warnings.warn(f"mined_dataset: {n_short} of {anchors} anchors in {work} have fewer than {n} negatives and are "
-                      "left out; short='keep' trains them too, as train.run does", stacklevel=2)
-
-    def dataset(rows: pl.DataFrame, n: int) -> Dataset:
-        texts = export.as_arrow(export.n_tuple(rows, n).rename({"query": "anchor"}))
-        ids = rows.select(pl.concat_list(*ID_COLUMNS, "negative_ids").alias(LABEL)).to_arrow()
-        return Dataset(texts.append_column(LABEL, ids[LABEL].cast(pa.list_(pa.int64()))))
-
-    if short == "drop":
-        return dataset(rows, n)
-    count = rows["negative_ids"].list.len()
-    return DatasetDict({f"negatives_{k}": dataset(rows.filter(count == k), k) for k in range(n, -1, -1)
-                        if (count == k).any()})
 
 
 class StoredGuideGISTLoss(CachedLossMixin, nn.Module):

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import os
 import socket
+from pathlib import Path
 
 import numpy as np
+import polars as pl
 import pytest
 import torch
 from conftest import build_tiny_model, make_pairs, run_stage
@@ -431,3 +433,25 @@ def test_stock_trainer_takes_the_kept_data_sets(mostly_short, tiny_model, tmp_pa
     trainer.train()
     logged = [h for h in trainer.state.log_history if "loss" in h]
     assert len(logged) == 5 and all(h["loss"] > 0 for h in logged)
+
+
+@pytest.mark.parametrize("n", [1, 2])
+def test_mined_dataset_is_the_n_tuple_export_mapped_from_the_work_directory(work, n):
+    """Against the export's own n-tuple (built in memory with Polars): the same rows in the same order, with the
+    ids as label; kept short anchors in one data set per number of negatives; the files memory-mapped from mined/."""
+    from gist_mining import export
+
+    mined = pl.read_parquet(work / "mined" / "*.parquet").sort("anchor_id")
+    ids = {row[0]: row for row in mined.select("anchor_id", "query_id", "positive_id", "negative_ids").iter_rows()}
+    for short in ("drop", "keep"):
+        built = mined_dataset(work, n, short)
+        parts = {f"negatives_{n}": built} if short == "drop" else dict(built)
+        rows, _, _, _ = export.mined_rows(work, n, short)
+        counts = rows["negative_ids"].list.len()
+        assert sorted(parts) == sorted(f"negatives_{k}" for k in counts.unique().to_list())
+        for name, part in parts.items():
+            k = int(name.split("_")[1])
+            expected = export.n_tuple(rows.filter(counts == k), k).rename({"query": "anchor"}).to_dicts()
+            assert [{c: r[c] for c in r if c != "label"} for r in part.to_list()] == expected
+            assert all(r["label"] == [*ids[r["label"][0]][:3], *ids[r["label"][0]][3][:k]] for r in part.to_list())
+            assert part.cache_files and all(Path(f["filename"]).parent == work / "mined" for f in part.cache_files)

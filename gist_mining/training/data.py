@@ -44,7 +44,7 @@ class Batch:
                            self.unjudged, corpus, self.soft_labels)
 
 
-RELEASE_EVERY = 256  # batches between hand-backs of the mapped tables' pages (TrainingData.release)
+RELEASE_EVERY = 64  # batches between hand-backs of the mapped tables' pages (TrainingData.release)
 ALL = "all"  # --guide-cache: every vector the rows use on the device, whatever their size
 
 
