@@ -101,17 +101,23 @@ def test_guide_cache_sizes():
         guide_cache_bytes("plenty")
 
 
+def refused_after_a_flipped_byte(table: Path, work: Path) -> str:
+    """What loading the training data says once a byte of ``table`` is flipped (the same size: only the SHA-256
+    can tell)."""
+    data = bytearray(table.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    table.write_bytes(bytes(data))
+    with pytest.raises(UsageError) as refused:
+        TrainingData(work, 2, "cpu")
+    return str(refused.value)
+
+
 def test_a_changed_text_table_is_refused_in_one_line_naming_the_rebuild(work, tmp_path):
     copy = tmp_path / "w"
     shutil.copytree(work, copy)
     table = copy / workdir.TEXT_TABLE
     workdir.TextTable(copy)
-    data = bytearray(table.read_bytes())
-    data[len(data) // 2] ^= 0xFF  # same size: only the SHA-256 can tell
-    table.write_bytes(bytes(data))
-    with pytest.raises(UsageError) as refused:
-        TrainingData(copy, 1, "cpu")
-    line = str(refused.value)
+    line = refused_after_a_flipped_byte(table, copy)
     assert "\n" not in line and str(table) in line and f"rm {copy / workdir.TEXT_TABLE_MARKER}" in line
     (copy / workdir.TEXT_TABLE_MARKER).unlink()  # what the line says to do
     assert workdir.TextTable(copy).texts(np.arange(3)) == workdir.TextTable(work).texts(np.arange(3))
@@ -147,14 +153,8 @@ def test_a_changed_row_table_is_refused_in_one_line_and_a_stale_one_built_again(
     copy = tmp_path / "w"
     shutil.copytree(work, copy)
     rows = workdir.RowTable(copy, 2)
-    path, marker = rows.path, rows.path.parent / f"_{rows.path.stem}.done"
-    expected = rows.texts[1].copy()
-    data = bytearray(path.read_bytes())
-    data[len(data) // 2] ^= 0xFF  # same size: only the SHA-256 can tell
-    path.write_bytes(bytes(data))
-    with pytest.raises(UsageError) as refused:
-        TrainingData(copy, 2, "cpu")
-    line = str(refused.value)
+    path, marker, expected = rows.path, rows.marker, rows.texts[1].copy()
+    line = refused_after_a_flipped_byte(path, copy)
     assert "\n" not in line and str(path) in line and f"rm {marker}" in line
     record = json.loads(marker.read_text())
     marker.write_text(json.dumps({**record, "fingerprint": "0" * 64}))  # as after a refilter: other mined tables
@@ -163,24 +163,25 @@ def test_a_changed_row_table_is_refused_in_one_line_and_a_stale_one_built_again(
     assert workdir.RowTable(copy, 1).path != path  # another share of the lists: a table of its own
 
 
-def mapped_rss_kib(path: Path) -> int:
-    """This process's resident KiB of the mapping of ``path`` (/proc/self/smaps)."""
-    total, inside = 0, False
+def mapped_rss_kib(table: workdir.MappedTable) -> int:
+    """This process's resident KiB of ``table``'s map (/proc/self/smaps)."""
+    inside = False
     for line in Path("/proc/self/smaps").read_text().splitlines():
-        if "-" in line.split(" ", 1)[0]:  # a mapping's header line: address range, perms, ..., path
-            inside = line.endswith(" " + str(path))
+        first = line.split(" ", 1)[0]
+        if "-" in first:  # a mapping's header line: address range, perms, ..., path
+            inside = int(first.split("-")[0], 16) == table.buffer.address
         elif inside and line.startswith("Rss:"):
-            total += int(line.split()[1])
-    return total
+            return int(line.split()[1])
+    raise AssertionError("no such mapping")
 
 
 def test_release_hands_back_the_mapped_pages_and_reads_stay_equal(work):
     data = TrainingData(work, 2, "cpu")
     before = data.get_batch([0, 3, 5])
-    paths = [data.rows.path, data.table.path]
+    tables = [data.rows.mapped, data.table.mapped]
     int(np.asarray(data.rows.texts[1]).sum()), data.table.texts(np.arange(len(data.table)))  # every page read
-    assert all(mapped_rss_kib(p) > 0 for p in paths)
+    assert all(mapped_rss_kib(t) > 0 for t in tables)
     data.release()
-    assert [mapped_rss_kib(p) for p in paths] == [0, 0]
+    assert [mapped_rss_kib(t) for t in tables] == [0, 0]
     after = data.get_batch([0, 3, 5])
     assert after.texts == before.texts and all(torch.equal(after.ids[c], before.ids[c]) for c in before.ids)

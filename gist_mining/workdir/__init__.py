@@ -97,6 +97,7 @@ from gist_mining.workdir.records import (
                                         SearchPlan,
                                         TrainingRecord,
 )
+from gist_mining.workdir.mapped import MappedTable
 from gist_mining.workdir.row_table import RowTable
 from gist_mining.workdir.text_table import TextTable
 from gist_mining.workdir.vectors import (

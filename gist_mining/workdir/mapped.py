@@ -17,7 +17,8 @@ class MappedTable:
     def __init__(self, path: Path, schema: pa.Schema):
         with open(path, "rb") as fh:
             self.map = mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ)
-        reader = pa.ipc.open_file(pa.py_buffer(self.map))
+        self.buffer = pa.py_buffer(self.map)  # its address is the map's
+        reader = pa.ipc.open_file(self.buffer)
         self.metadata = reader.schema.metadata or {}
         self.batch = reader.get_batch(0) if reader.num_record_batches else pa.RecordBatch.from_pylist([], schema=schema)
 

@@ -52,13 +52,13 @@ class RowTable:
         work = Path(work)
         self.manifest = checked_mined_manifest(work)  # checks the chain embeddings -> candidates -> mined
         name = f"{MINED}/rows-n{negatives}-f{false_negatives}"
-        self.path, marker = work / f"{name}.arrow", work / f"{MINED}/_{name.split('/')[1]}.done"
+        self.path, self.marker = work / f"{name}.arrow", work / f"{MINED}/_{name.split('/')[1]}.done"
         fingerprint = config_fingerprint({"mined": self.manifest.fingerprint, "negatives": negatives,
                                           "false_negatives": false_negatives, "format": FORMAT})
-        record = build_once(work, marker, fingerprint,
+        record = build_once(work, self.marker, fingerprint,
                             lambda: self._build(work, self.manifest, negatives, false_negatives), verify=False)
         checked_file(self.path, {**record["files"][self.path.relative_to(work).as_posix()], **record["table"]},
-                     f"rm {marker}")
+                     f"rm {self.marker}")
         self.mapped = MappedTable(self.path, SCHEMA)
         self.task_names = json.loads(self.mapped.metadata[TASKS])
         column = {name: self.mapped.batch.column(name) for name in SCHEMA.names}
