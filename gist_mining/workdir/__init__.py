@@ -73,6 +73,7 @@ from gist_mining.workdir.layout import (
                                         rebuild_command,
                                         shard_name,
 )
+from gist_mining.workdir.mapped import MappedTable
 from gist_mining.workdir.markers import Shards, build_once, built, describe_file, index_ready, problem
 from gist_mining.workdir.readers import (
                                         anchor_exclusions,
@@ -97,7 +98,6 @@ from gist_mining.workdir.records import (
                                         SearchPlan,
                                         TrainingRecord,
 )
-from gist_mining.workdir.mapped import MappedTable
 from gist_mining.workdir.row_table import RowTable
 from gist_mining.workdir.text_table import TextTable
 from gist_mining.workdir.vectors import (
