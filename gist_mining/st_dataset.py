@@ -17,14 +17,14 @@ from gist_mining.storage import commit, config_fingerprint, tmp_name
 LABEL = "label"  # the column the stock collator hands to the loss as a tensor
 ID_COLUMNS = ("anchor_id", "query_id", "positive_id")  # the label's first entries; the negatives' ids follow
 CHUNK = 16_384  # rows written at a time
-FORMAT = 1  # in the marker's fingerprint: files of another layout are built again
+FORMAT = 2  # in the marker's fingerprint: files of another layout are built again
 
 
-def export_order(rows: workdir.RowTable) -> np.ndarray:
-    """The rows in export's order (gist_mining.export.mined_rows): by the first anchor of each row's query, then
-    by anchor, so that a repeated query's rows are together."""
-    _, first, inverse = np.unique(rows.query_ids, return_index=True, return_inverse=True)
-    return np.argsort(rows.anchor_ids[first][inverse], kind="stable")  # the rows are in anchor order
+def export_order(rows: workdir.RowTable, kept: np.ndarray) -> np.ndarray:
+    """The ``kept`` rows in export's order (gist_mining.export.mined_rows): by the first kept anchor of each row's
+    query, then by anchor, so that a repeated query's rows are together."""
+    _, first, inverse = np.unique(rows.query_ids[kept], return_index=True, return_inverse=True)
+    return kept[np.argsort(rows.anchor_ids[kept][first][inverse], kind="stable")]  # the rows are in anchor order
 
 
 def _write(path: Path, rows: workdir.RowTable, table: workdir.TextTable, chosen: np.ndarray, k: int) -> None:
@@ -71,7 +71,9 @@ def mined_dataset(work, num_negatives: int = 1, short: str = "keep"):
     name = f"{workdir.MINED}/st-n{n}-{short}"
 
     def build():
-        order, paths = export_order(rows), []
+        # drop: the order of the rows with N negatives alone, as the export orders what it keeps
+        order = export_order(rows, np.flatnonzero(counts == n) if short == "drop" else np.arange(len(rows)))
+        paths = []
         for k in ([n] if short == "drop" else range(n, -1, -1)):
             chosen = order[counts[order] == k]
             if len(chosen) or short == "drop":

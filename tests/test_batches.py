@@ -97,3 +97,10 @@ def test_windowed_plans_are_valid_and_hold_one_window():
         first = sorted(r for b in batches[: int(plan.ends[0])] for r in b)
         assert first[-1] - first[0] > 800
         assert batches != list(EpochPlan(rows, 16, seed=3, epoch=1, task_batches=task_batches, window=100))
+
+
+def test_any_seed_plans_past_one_window():
+    from gist_mining.training.batches import EpochPlan, PlanRows
+
+    rows = PlanRows.of(pl.Series([[i] for i in range(50)], dtype=pl.List(pl.Int64)), ["t"] * 50)
+    assert sorted(r for b in EpochPlan(rows, 8, seed=-1, epoch=0, window=20) for r in b) == list(range(50))

@@ -455,3 +455,24 @@ def test_mined_dataset_is_the_n_tuple_export_mapped_from_the_work_directory(work
             assert [{c: r[c] for c in r if c != "label"} for r in part.to_list()] == expected
             assert all(r["label"] == [*ids[r["label"][0]][:3], *ids[r["label"][0]][3][:k]] for r in part.to_list())
             assert part.cache_files and all(Path(f["filename"]).parent == work / "mined" for f in part.cache_files)
+
+
+def test_the_kept_rows_are_in_the_exports_order():
+    """export.mined_rows' order (each query's first anchor among the rows it keeps, then the anchor) on random rows:
+    repeated queries whose first anchor is left out too (anchors 1, 3, 5 of queries Q, P, Q, the first left out:
+    3 before 5)."""
+    from types import SimpleNamespace
+
+    from gist_mining.st_dataset import export_order
+
+    rng = np.random.default_rng(0)
+    cases = [(np.array([1, 3, 5]), np.array([7, 8, 7]), np.array([1, 2]))]
+    for _ in range(30):
+        anchors = np.sort(rng.choice(1000, 40, replace=False))
+        cases.append((anchors, rng.integers(0, 8, 40), np.flatnonzero(rng.random(40) < 0.6)))
+    for anchors, queries, kept in cases:
+        frame = pl.DataFrame({"row": np.arange(len(anchors)), "anchor_id": anchors, "query_id": queries})[kept]
+        expected = (frame.with_columns(pl.col("anchor_id").min().over("query_id").alias("first_anchor"))
+                    .sort("first_anchor", "anchor_id")["row"].to_list())
+        assert export_order(SimpleNamespace(anchor_ids=anchors, query_ids=queries), kept).tolist() == expected
+    assert export_order(SimpleNamespace(anchor_ids=cases[0][0], query_ids=cases[0][1]), cases[0][2]).tolist() == [1, 2]

@@ -140,7 +140,7 @@ def shuffled_range(n: int, key: tuple[int, ...], start: int, stop: int) -> np.nd
     walking, so each position maps to one row of range(n))."""
     half = max(1, ((n - 1).bit_length() + 1) // 2)
     mask = np.uint64((1 << half) - 1)
-    keys = np.random.default_rng(list(key)).integers(0, 2**62, size=4, dtype=np.uint64)
+    keys = np.random.default_rng([k % 2**64 for k in key]).integers(0, 2**62, size=4, dtype=np.uint64)  # any seed
 
     def permute(x: np.ndarray) -> np.ndarray:
         left, right = x >> np.uint64(half), x & mask
@@ -215,7 +215,8 @@ BATCHINGS = ("shuffled", "paper")
 class PaperPlan(Sequence):
     """GISTEmbed's batches of one epoch (row indices) and how many rows they leave out (``waiting``): the
     task-sorted rows (``PlanRows.by_task``; input order within a task) in consecutive chunks of ``batch_size``,
-    each of one task and full, in a seeded order per epoch (EpochPlan's seeding). Only the chunks' starts are held."""
+    each of one task and full, in a seeded order per epoch (seeded as a one-window EpochPlan). Only the chunks'
+    starts are held."""
 
     def __init__(self, rows: PlanRows, batch_size: int, seed: int, epoch: int):
         self.by_task, self.size = rows.by_task, batch_size

@@ -45,8 +45,9 @@ class RowTable:
     - ``by_task``: row indices sorted by task, stably (GISTEmbed's chunks).
 
     Built once per mined fingerprint and share, behind its marker, by the first reader (the one time every row is
-    in memory, as the text table's sort is); checked against its marker's record at every open (bytes; a file
-    that does not match is built again)."""
+    in memory, as the text table's sort is), built again when its marker names other mined tables, and checked
+    against its marker's record (size and SHA-256) at every open: one whose bytes changed is refused in one line
+    naming the command that rebuilds it."""
 
     def __init__(self, work: Path, negatives: int, false_negatives: int = 0):
         work = Path(work)
