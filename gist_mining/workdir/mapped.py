@@ -1,4 +1,5 @@
-"""Arrow IPC tables memory-mapped for reads by position, whose pages a reader hands back (``MappedTable``)."""
+"""Arrow IPC tables built once behind a marker and memory-mapped for reads by position, whose pages a reader hands
+back (``MappedTable``, ``mapped_once``, ``write_one_batch``)."""
 
 from __future__ import annotations
 
@@ -6,6 +7,10 @@ import mmap
 from pathlib import Path
 
 import pyarrow as pa
+
+from gist_mining.storage import commit, file_sha256, tmp_name
+from gist_mining.workdir.markers import build_once
+from gist_mining.workdir.readers import checked_file
 
 
 class MappedTable:
@@ -24,3 +29,22 @@ class MappedTable:
 
     def release(self) -> None:
         self.map.madvise(mmap.MADV_DONTNEED)
+
+
+def write_one_batch(path: Path, table: pa.Table) -> tuple[list[Path], dict]:
+    """``table`` written atomically to ``path`` as one uncompressed record batch, so that a reader maps every column
+    as one array in place; what ``build_once`` records of it (``mapped_once`` checks it at every open)."""
+    tmp = tmp_name(path)
+    with pa.OSFile(str(tmp), "wb") as sink, pa.ipc.new_file(sink, table.schema) as writer:
+        writer.write_table(table, max_chunksize=max(1, len(table)))
+    commit(tmp, path)
+    return [path], {"table": {"rows": len(table), "sha256": file_sha256(path)}}
+
+
+def mapped_once(work: Path, path: Path, marker: Path, fingerprint: str, build, schema: pa.Schema) -> MappedTable:
+    """The table at ``path``, built by ``build`` (returning ``write_one_batch``'s result) once per ``fingerprint``
+    behind ``marker`` by whichever reader asks first, checked against the marker's record (size and SHA-256) at
+    every open: one whose bytes changed is refused in one line naming ``rm <marker>``. Then mapped."""
+    record = build_once(work, marker, fingerprint, build, verify=False)
+    checked_file(path, {**record["files"][path.relative_to(work).as_posix()], **record["table"]}, f"rm {marker}")
+    return MappedTable(path, schema)

@@ -12,11 +12,10 @@ import polars as pl
 import pyarrow as pa
 
 from gist_mining.margin import is_unjudged
-from gist_mining.storage import commit, config_fingerprint, file_sha256, tmp_name
+from gist_mining.storage import config_fingerprint
 from gist_mining.workdir.layout import MINED
-from gist_mining.workdir.mapped import MappedTable
-from gist_mining.workdir.markers import build_once
-from gist_mining.workdir.readers import checked_file, checked_mined_manifest, verified
+from gist_mining.workdir.mapped import mapped_once, write_one_batch
+from gist_mining.workdir.readers import checked_mined_manifest, verified
 from gist_mining.workdir.records import MinedManifest
 
 IDS = pa.large_list(pa.int64())  # 64-bit offsets: a billion rows of lists fit
@@ -56,11 +55,8 @@ class RowTable:
         self.path, self.marker = work / f"{name}.arrow", work / f"{MINED}/_{name.split('/')[1]}.done"
         fingerprint = config_fingerprint({"mined": self.manifest.fingerprint, "negatives": negatives,
                                           "false_negatives": false_negatives, "format": FORMAT})
-        record = build_once(work, self.marker, fingerprint,
-                            lambda: self._build(work, self.manifest, negatives, false_negatives), verify=False)
-        checked_file(self.path, {**record["files"][self.path.relative_to(work).as_posix()], **record["table"]},
-                     f"rm {self.marker}")
-        self.mapped = MappedTable(self.path, SCHEMA)
+        self.mapped = mapped_once(work, self.path, self.marker, fingerprint,
+                                  lambda: self._build(work, self.manifest, negatives, false_negatives), SCHEMA)
         self.task_names = json.loads(self.mapped.metadata[TASKS])
         column = {name: self.mapped.batch.column(name) for name in SCHEMA.names}
         self.anchor_ids, self.query_ids, self.positive_ids, self.tasks, self.by_task = (
@@ -96,11 +92,5 @@ class RowTable:
                          unjudged.cast(pl.UInt8).alias("unjudged")))  # a byte: Arrow packs booleans in bits
         table = table.with_columns(by_task=np.argsort(table["task"].to_numpy(), kind="stable"))
         schema = SCHEMA.with_metadata({TASKS: json.dumps(names).encode()})
-        arrow = table.to_arrow().cast(schema).combine_chunks()
-        tmp = tmp_name(self.path)
-        # Uncompressed and one record batch, so that a reader maps every column as one array in place.
-        with pa.OSFile(str(tmp), "wb") as sink, pa.ipc.new_file(sink, schema) as writer:
-            writer.write_table(arrow, max_chunksize=max(1, len(arrow)))
-        commit(tmp, self.path)
-        return [self.path], {"table": {"rows": len(arrow), "sha256": file_sha256(self.path)}}
+        return write_one_batch(self.path, table.to_arrow().cast(schema).combine_chunks())
 

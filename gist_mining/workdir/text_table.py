@@ -11,11 +11,10 @@ import polars as pl
 import pyarrow as pa
 
 from gist_mining.errors import UsageError
-from gist_mining.storage import commit, config_fingerprint, file_sha256, tmp_name
+from gist_mining.storage import config_fingerprint
 from gist_mining.workdir.layout import TEXT_TABLE, TEXT_TABLE_MARKER, TEXTS, rebuild_command
-from gist_mining.workdir.mapped import MappedTable
-from gist_mining.workdir.markers import build_once
-from gist_mining.workdir.readers import checked_embed_manifest, checked_file, verified_table
+from gist_mining.workdir.mapped import mapped_once, write_one_batch
+from gist_mining.workdir.readers import checked_embed_manifest, verified_table
 from gist_mining.workdir.records import EmbedManifest
 from gist_mining.workdir.vectors import VectorStore, two_roles
 
@@ -41,9 +40,7 @@ class TextTable:
         fingerprint = config_fingerprint({"embed": manifest.fingerprint, "format": FORMAT})
         # The matrices first: each is built behind the work directory's lock, which the table's build holds.
         self.documents, self.queries = VectorStore(work, "document"), VectorStore(work, "query")
-        record = build_once(work, marker, fingerprint, lambda: self._build(work, manifest), verify=False)
-        checked_file(self.path, {**record["files"][TEXT_TABLE], **record["table"]}, f"rm {marker}")
-        self.mapped = MappedTable(self.path, SCHEMA)
+        self.mapped = mapped_once(work, self.path, marker, fingerprint, lambda: self._build(work, manifest), SCHEMA)
         batch = self.mapped.batch
         self.ids = batch.column("text_id").to_numpy()  # views of the map, not copies
         self.text = batch.column("text")
@@ -65,13 +62,7 @@ class TextTable:
         if frame["document_row"].null_count():
             raise UsageError(f"{work / TEXTS}: {frame['document_row'].null_count()} texts have no stored vector; "
                              f"rebuild them with `{rebuild_command(work, 'search')}`")
-        table = frame.sort("text_id").to_arrow().cast(SCHEMA).combine_chunks()
-        tmp = tmp_name(self.path)
-        # Uncompressed and one record batch, so that a reader maps every column as one array in place.
-        with pa.OSFile(str(tmp), "wb") as sink, pa.ipc.new_file(sink, SCHEMA) as writer:
-            writer.write_table(table, max_chunksize=max(1, len(table)))
-        commit(tmp, self.path)
-        return [self.path], {"table": {"rows": len(table), "sha256": file_sha256(self.path)}}
+        return write_one_batch(self.path, frame.sort("text_id").to_arrow().cast(SCHEMA).combine_chunks())
 
     def __len__(self) -> int:
         return len(self.ids)
