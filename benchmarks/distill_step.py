@@ -65,15 +65,14 @@ def main(argv: list[str] | None = None) -> list[dict]:
             loss_fn.to(args.device)
             groups.append({"params": list(loss_fn.parameters()), "lr": config.distill_map_lr})
         optimizer = torch.optim.AdamW(groups, lr=config.lr)
-        teacher = (Teacher(args.work, loss_fn.distill, data.manifest, data.anchor_ids, 1, config.seed, args.device)
+        teacher = (Teacher(args.work, loss_fn.distill, data.manifest, data.rows, 1, config.seed, args.device)
                    if config.distill_corpus else None)
         steps[name] = (model, loss_fn, optimizer, get_constant_schedule(optimizer), teacher)
 
     def batch_of(rows, name, step):
         """The rows' batch, with the corpus texts the rule's teacher draws for the step (timed where it reads)."""
         batch, teacher = data.get_batch(rows), steps[name][4]
-        return batch if teacher is None else teacher.add(batch, rows, [len(data.negatives.row(r)) for r in rows],
-                                                         (step, 0))
+        return batch if teacher is None else teacher.add(batch, rows, (step, 0))
 
     times = {name: [] for name in RULES}
     names = list(RULES)

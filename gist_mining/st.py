@@ -10,8 +10,9 @@
     trainer.train()
 
 The data set's text columns are the stock ones (anchor, positive, negative_1..N); its ``label`` column carries each
-row's ids, [anchor_id, query_id, positive_id, negative ids...], which the stock collator turns into a tensor. The
-loss looks the guide's vectors up by those ids (the embed stage stored them), so no guide runs during training, and
+row's ids and its row in the work directory's row table, [anchor_id, query_id, positive_id, negative ids..., row],
+which the stock collator turns into a tensor. The loss reads the row and the guide's vectors of its texts (the embed
+stage stored them), so no guide runs during training, and
 applies gist_mining.loss.GISTLoss: the in-batch guide rule, the anchors' known false negatives from mined/,
 self-pairs and duplicates masked. One task per batch (train.run's --task-batches, or GISTEmbed's batches,
 --task-batching paper): ``args = SentenceTransformerTrainingArguments(..., batch_sampler=task_batch_sampler(work,
@@ -81,7 +82,7 @@ class StoredGuideGISTLoss(CachedLossMixin, nn.Module):
         manifest = checked_mined_manifest(self.work)
         self.data = TrainingData(self.work, manifest.rules.num_negatives, model.device,
                                  guide_cache=guide_cache_bytes(guide_cache))
-        self.teacher = Teacher(self.work, distill, manifest, self.data.anchor_ids, manifest.rules.num_negatives, seed,
+        self.teacher = Teacher(self.work, distill, manifest, self.data.rows, manifest.rules.num_negatives, seed,
                                model.device)
         if distill.embeddings:
             self.gist.fit_embedding_map(model.get_embedding_dimension(), self.data.guide_dimension)
@@ -117,21 +118,21 @@ class StoredGuideGISTLoss(CachedLossMixin, nn.Module):
 
     def _batch(self, labels: torch.Tensor, queries, positives, negatives):
         """The GuidedBatch of these rows (label: ids), the negatives row by row as the label lists them."""
-        if labels is None or labels.ndim != 2 or labels.shape[1] < len(ID_COLUMNS):
+        if labels is None or labels.ndim != 2 or labels.shape[1] < len(ID_COLUMNS) + 1:
             raise ValueError("StoredGuideGISTLoss needs mined_dataset's label column: [anchor_id, query_id, "
-                             "positive_id, negative ids...] per row")
+                             "positive_id, negative ids..., row] per row")
         ids = labels.cpu().numpy()
-        anchor, query, positive, negative = ids[:, 0], ids[:, 1], ids[:, 2], ids[:, len(ID_COLUMNS):]
-        data = self.data
-        rows = np.searchsorted(data.anchor_ids, anchor).clip(max=len(data.anchor_ids) - 1)
-        n = negative.shape[1]
-        mined, has_n = data.negatives.first(rows, n)
-        fits = ((data.anchor_ids[rows] == anchor) & (data.ids["queries"][rows] == query)
-                & (data.ids["positives"][rows] == positive) & has_n & (mined == negative).all(axis=1))
+        data, n = self.data, ids.shape[1] - len(ID_COLUMNS) - 1
+        rows = ids[:, -1].clip(0, max(len(data) - 1, 0))
+        records = data.rows.read(rows)
+        fits = ((ids[:, -1] == rows) & (records["n_documents"] >= n)
+                & (np.column_stack([records[c] for c in ID_COLUMNS] + [records["documents"][:, :n]]) == ids[:, :-1]).all(axis=1))
         if not fits.all():
-            raise ValueError(f"{self.work}: the batch's row with anchor_id {anchor[~fits][0]} is not what mined/ holds "
+            raise ValueError(f"{self.work}: the batch's row with anchor_id {ids[~fits, 0][0]} is not what mined/ holds "
                              f"now; rebuild the data set with mined_dataset({str(self.work)!r})")
-        batch = data.lookup(rows, dict(zip(COLUMNS, (query, positive, negative.reshape(-1)))))
+        negatives_at = records["documents_at"][:, :n].reshape(-1)
+        batch = data.batch(records, (ids[:, len(ID_COLUMNS): -1].reshape(-1), negatives_at), np.full(len(rows), n),
+                           with_texts=False)
         if self.teacher.margins is not None:
             batch.soft_labels = self.teacher.margins.soft_labels(rows, np.full(len(rows), n), data.device)
         return batch.with_student(dict(zip(COLUMNS, (queries, positives, negatives))))

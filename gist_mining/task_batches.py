@@ -24,20 +24,19 @@ from gist_mining.training.batches import BATCHINGS, PlanRows, epoch_plan
 def task_batch_sampler(work, batching: str = "paper"):
     """A ``batch_sampler`` for ``SentenceTransformerTrainingArguments``: one task per batch, ``batching``'s way, over
     ``gist_mining.st.mined_dataset(work, ...)`` (each data set of its ``keep`` DatasetDict apart). The tasks are
-    mined/'s, found by each row's anchor id (the label's first entry)::
+    the trainer's row table's (``workdir.RowTable``), found by each row's index there (the label's last entry)::
 
         args = SentenceTransformerTrainingArguments("out", batch_sampler=task_batch_sampler("runs/medi", "paper"))
 
     The trainer calls set_epoch at each epoch, which draws that epoch's batches (seeded by ``args.seed``)."""
     if batching not in BATCHINGS:
         raise ValueError(f"batching must be one of {', '.join(BATCHINGS)}, not {batching!r}")
-    manifest = workdir.checked_mined_manifest(Path(work))
-    mined = pl.read_parquet(workdir.verified(Path(work), manifest, "mine"), columns=["anchor_id", "task"])
-    task_of = dict(mined.iter_rows())
+    # The table StoredGuideGISTLoss reads (every mined negative): the rows of every share are the same.
+    rows = workdir.RowTable(Path(work), workdir.checked_mined_manifest(Path(work)).rules.num_negatives)
 
     def make(dataset, batch_size: int, drop_last: bool, valid_label_columns=None, generator=None, seed: int = 0):
         return _TaskBatchSampler(dataset, batch_size, drop_last, valid_label_columns, generator, seed,
-                                 task_of=task_of, batching=batching)
+                                 rows=rows, batching=batching)
 
     return make
 
@@ -47,12 +46,14 @@ class _TaskBatchSampler(DefaultBatchSampler):
     ``epoch_plan``; with ``drop_last``, shuffled batches smaller than the batch size wait as train.run's
     --min-batch-size makes them."""
 
-    def __init__(self, dataset, batch_size, drop_last, valid_label_columns, generator, seed, *, task_of, batching):
+    def __init__(self, dataset, batch_size, drop_last, valid_label_columns, generator, seed, *, rows, batching):
         super().__init__(dataset, batch_size=batch_size, drop_last=drop_last, valid_label_columns=valid_label_columns,
                          generator=generator, seed=seed)
-        labels = pl.Series(dataset["label"], dtype=pl.List(pl.Int64))
-        tasks = [task_of[a] for a in labels.list.first().to_list()]
-        self.rows = PlanRows.of(labels.list.slice(1), tasks)  # query, positive and negatives' ids
+        label = pl.Series("label", dataset["label"], dtype=pl.List(pl.Int64))
+        tasks = [rows.task_names[code] for code in rows.read(label.list.last().to_numpy())["task"]]
+        # the label between the anchor id and the row: the query's, the positive's and the negatives' ids
+        texts = label.to_frame().select(pl.col("label").list.slice(1, pl.col("label").list.len() - 2))["label"]
+        self.rows = PlanRows.of(texts, tasks)
         self.batching, self._planned = batching, {}
 
     def _batches(self) -> Sequence[list[int]]:

@@ -124,10 +124,10 @@ def test_trainer_exempts_the_anchors_mining_exempted(mined_work, tiny_model, tmp
     candidates = pl.read_parquet(work / "candidates" / "*.parquet").sort("anchor_id")
     above = [sum(s > p for s in scores) for scores, p in zip(candidates["candidate_scores"], candidates["positive_score"])]
     expected = np.array([2 * a > len(c) for a, c in zip(above, candidates["candidate_ids"])])
-    assert 0 < expected.sum() < len(expected) and np.array_equal(data.unjudged, expected)
+    assert 0 < expected.sum() < len(expected) and np.array_equal(data.rows.every("unjudged") == 1, expected)
     rows = list(range(16))
     batch = data.get_batch(rows)
     student = {c: batch.guide[c].float() for c in COLUMNS}  # any vectors will do
     exempt = batch.with_student(student)
-    assert torch.equal(exempt.unjudged, torch.from_numpy(data.unjudged[rows]))
-    assert TrainingData(mined_work / "w", 1, "cpu").unjudged is None
+    assert torch.equal(exempt.unjudged, torch.from_numpy(expected[rows]))
+    assert TrainingData(mined_work / "w", 1, "cpu").get_batch(rows).unjudged is None

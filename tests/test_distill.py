@@ -406,8 +406,7 @@ def with_teacher(work, data: TrainingData, batch, rows, d: Distillation, negativ
     from gist_mining.training.teacher_data import Teacher
 
     if d.corpus or d.margin_mse:
-        Teacher(work, d, data.manifest, data.anchor_ids, negatives, TrainConfig().seed, "cpu").add(
-            batch, rows, [len(data.negatives.row(r)) for r in rows], key)
+        Teacher(work, d, data.manifest, data.rows, negatives, TrainConfig().seed, "cpu").add(batch, rows, key)
     return batch
 
 
@@ -462,7 +461,7 @@ def st_and_train_run(work, model, rows, d: Distillation, mini_batch_size=None): 
         ours.fit_embedding_map(24, 32)
         ours.load_state_dict(st_loss.gist.state_dict())
     data = TrainingData(work, 1, "cpu")
-    batch_rows = np.searchsorted(data.anchor_ids, [r[0] for r in rows["label"]]).tolist()
+    batch_rows = [r[-1] for r in rows["label"]]
     # the corpus texts StoredGuideGISTLoss draws: for rank 0 and the batch's anchors
     key = (0, *np.asarray([r[0] for r in rows["label"]]).astype(np.uint64).tolist())
     batch = with_teacher(work, data, data.get_batch(batch_rows), batch_rows, d, 1, key)

@@ -96,7 +96,7 @@ def test_cross_encoder_margins_are_the_stored_scores(rescored, guide_mined, mine
 
     work = {"rescore": rescored, "guide": guide_mined}[mined_with]
     data = TrainingData(work, 2, "cpu", false_negatives=1)
-    margins = CrossEncoderMargins(work, data.manifest, data.anchor_ids, 2)
+    margins = CrossEncoderMargins(work, data.manifest, data.rows.every("anchor_id"), 2)
     by_hand = cross_encoder_scores_by_hand(work)
     mined = pl.read_parquet(work / "mined" / "*.parquet").sort("anchor_id")
     counts = {name: mined[name].list.len().to_numpy() for name in ("negative_ids", "false_negative_ids")}
@@ -104,7 +104,7 @@ def test_cross_encoder_margins_are_the_stored_scores(rescored, guide_mined, mine
     with_negatives = np.flatnonzero(counts["negative_ids"] > 0)
     # in no order; rows with a known false negative among them
     rows = [int(with_fn[-1]), int(with_negatives[0]), int(with_fn[0]), int(with_negatives[1]), 0]
-    lengths = [len(data.negatives.row(r)) for r in rows]
+    lengths = data.rows.read(rows)["n_documents"]
     labels = margins.soft_labels(rows, lengths, "cpu")
     expected_owner, expected = [], []
     for i, r in enumerate(rows):
@@ -147,8 +147,7 @@ def test_the_trainers_first_step_is_the_loss_of_its_batch_with_corpus_and_margin
     data = TrainingData(rescored, 1, "cpu")
     d = Distillation("scores", 0.5, 0.02, corpus=5, margin_mse=2.0)
     rows = epoch_batches(data, TrainConfig(batch_size=8, seed=3), 1, 0)[0]
-    batch = Teacher(rescored, d, data.manifest, data.anchor_ids, 1, 3, "cpu").add(
-        data.get_batch(rows), rows, [len(data.negatives.row(r)) for r in rows], (1, 0))
+    batch = Teacher(rescored, d, data.manifest, data.rows, 1, 3, "cpu").add(data.get_batch(rows), rows, (1, 0))
     assert len(batch.texts["corpus"]) == 5 and not batch.soft_labels.margins.isnan().all()
     model = load_model(str(narrow_student), device="cpu")
     student = {c: student_forward(model, batch.texts[c], "cpu", False, "") for c in batch.columns}

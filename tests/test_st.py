@@ -83,9 +83,11 @@ def test_dataset_holds_the_mined_rows(work):
     assert 0 < len(dataset) == full.height < mined.height  # short anchors dropped, as the n-tuple export does
     text = dict(pl.read_parquet(work / "texts.parquet").select("text_id", "text").iter_rows())
     by_anchor = {r["anchor_id"]: r for r in full.iter_rows(named=True)}
+    in_anchor_order = mined.sort("anchor_id")["anchor_id"].to_list()
     for row in dataset:
-        anchor_id, query_id, positive_id, *negatives = row["label"]
+        anchor_id, query_id, positive_id, *negatives, at = row["label"]
         mined_row = by_anchor[anchor_id]
+        assert in_anchor_order[at] == anchor_id  # the row of the trainer's row table, in anchor order
         assert (query_id, positive_id, negatives) == (mined_row["query_id"], mined_row["positive_id"],
                                                       mined_row["negative_ids"][:2])
         assert [row[c] for c in ("anchor", "positive", "negative_1", "negative_2")] == [text[i] for i in
@@ -108,14 +110,14 @@ def loss_and_grads(model, work, rows, strategy, margin, rules=LossRules()) -> tu
     features, labels = collate(model, rows)
     ours = StoredGuideGISTLoss(model, work, temperature=0.05, margin_strategy=strategy, margin=margin, rules=rules)
     data = TrainingData(work, 1, "cpu")
-    batch = data.get_batch(np.searchsorted(data.anchor_ids, [r[0] for r in rows["label"]]).tolist())
+    batch = data.get_batch([r[-1] for r in rows["label"]])
     assert batch.texts == {"queries": rows["anchor"], "positives": rows["positive"], "negatives": rows["negative_1"]}
     return grads_of(model, lambda: ours(fresh(features), labels)), batch
 
 
 def distinct_texts(dataset, n: int):
     chosen, seen = [], set()
-    for i, (_, *ids) in enumerate(dataset["label"]):
+    for i, (_, *ids, _) in enumerate(dataset["label"]):
         if not seen & set(ids):
             chosen, seen = chosen + [i], seen | set(ids)
     assert len(chosen) >= n
@@ -365,7 +367,7 @@ def test_kept_data_sets_under_torchrun_equal_one_process(work, student, tmp_path
     assert batches[0][1] != batches[1][1]
     model = load(student)
     data = TrainingData(mixed, 2, "cpu")
-    batch = data.get_batch(np.searchsorted(data.anchor_ids, [a for anchors, _ in batches for a in anchors]).tolist())
+    batch = data.get_batch(np.searchsorted(data.rows.every("anchor_id"), [a for anchors, _ in batches for a in anchors]).tolist())
     loss = StoredGuideGISTLoss(model, mixed)
     masked = []
 
@@ -399,7 +401,7 @@ def test_keep_holds_every_anchor_one_data_set_per_number_of_negatives(mostly_sho
     for name, rows in kept.items():
         n = int(name.rsplit("_", 1)[1])
         assert rows.column_names == ["anchor", "positive", *(f"negative_{i + 1}" for i in range(n)), "label"]
-        for anchor_id, query_id, positive_id, *negatives in rows["label"]:
+        for anchor_id, query_id, positive_id, *negatives, _ in rows["label"]:
             seen.append(anchor_id)
             assert (query_id, positive_id, negatives) == (mined[anchor_id]["query_id"], mined[anchor_id]["positive_id"],
                                                           mined[anchor_id]["negative_ids"][:2])
@@ -414,7 +416,7 @@ def test_a_batch_without_negatives_equals_train_runs(mostly_short, student):
     features, labels = collate(model, rows)
     stored = grads_of(model, lambda: StoredGuideGISTLoss(model, mostly_short)(fresh(features), labels))
     data = TrainingData(mostly_short, 2, "cpu")
-    batch = data.get_batch(np.searchsorted(data.anchor_ids, [r[0] for r in rows["label"]]).tolist())
+    batch = data.get_batch([r[-1] for r in rows["label"]])
     assert batch.texts["negatives"] == [] and batch.texts["queries"] == rows["anchor"]
     embed_ = lambda c: student_forward(model, batch.texts[c], "cpu", False, "")  # noqa: E731
     assert_same(stored, grads_of(model, lambda: GISTLoss(0.05, "absolute", 0.0)(
@@ -442,7 +444,8 @@ def test_mined_dataset_is_the_n_tuple_export_mapped_from_the_work_directory(work
     from gist_mining import export
 
     mined = pl.read_parquet(work / "mined" / "*.parquet").sort("anchor_id")
-    ids = {row[0]: row for row in mined.select("anchor_id", "query_id", "positive_id", "negative_ids").iter_rows()}
+    ids = {row[0]: (*row, at) for at, row in
+           enumerate(mined.select("anchor_id", "query_id", "positive_id", "negative_ids").iter_rows())}
     for short in ("drop", "keep"):
         built = mined_dataset(work, n, short)
         parts = {f"negatives_{n}": built} if short == "drop" else dict(built)
@@ -453,7 +456,9 @@ def test_mined_dataset_is_the_n_tuple_export_mapped_from_the_work_directory(work
             k = int(name.split("_")[1])
             expected = export.n_tuple(rows.filter(counts == k), k).rename({"query": "anchor"}).to_dicts()
             assert [{c: r[c] for c in r if c != "label"} for r in part.to_list()] == expected
-            assert all(r["label"] == [*ids[r["label"][0]][:3], *ids[r["label"][0]][3][:k]] for r in part.to_list())
+            # the ids, then the row's index in anchor order (the trainer's row table)
+            assert all(r["label"] == [*ids[r["label"][0]][:3], *ids[r["label"][0]][3][:k], ids[r["label"][0]][4]]
+                       for r in part.to_list())
             assert part.cache_files and all(Path(f["filename"]).parent == work / "mined" for f in part.cache_files)
 
 
@@ -461,8 +466,6 @@ def test_the_kept_rows_are_in_the_exports_order():
     """export.mined_rows' order (each query's first anchor among the rows it keeps, then the anchor) on random rows:
     repeated queries whose first anchor is left out too (anchors 1, 3, 5 of queries Q, P, Q, the first left out:
     3 before 5)."""
-    from types import SimpleNamespace
-
     from gist_mining.st_dataset import export_order
 
     rng = np.random.default_rng(0)
@@ -474,5 +477,5 @@ def test_the_kept_rows_are_in_the_exports_order():
         frame = pl.DataFrame({"row": np.arange(len(anchors)), "anchor_id": anchors, "query_id": queries})[kept]
         expected = (frame.with_columns(pl.col("anchor_id").min().over("query_id").alias("first_anchor"))
                     .sort("first_anchor", "anchor_id")["row"].to_list())
-        assert export_order(SimpleNamespace(anchor_ids=anchors, query_ids=queries), kept).tolist() == expected
-    assert export_order(SimpleNamespace(anchor_ids=cases[0][0], query_ids=cases[0][1]), cases[0][2]).tolist() == [1, 2]
+        assert export_order(anchors, queries, kept).tolist() == expected
+    assert export_order(*cases[0]).tolist() == [1, 2]

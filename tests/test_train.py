@@ -12,6 +12,7 @@ import torch
 from conftest import eval_split, gist_loss, make_pairs, run_stage
 
 from gist_mining.loss import GISTLoss
+from gist_mining.training.batches import row_texts
 from gist_mining.training.config import TrainConfig
 from gist_mining.training.data import COLUMNS, TrainingData
 from gist_mining.training.step import cached_backward, student_forward
@@ -131,10 +132,11 @@ def test_batches_come_from_the_mined_table_texts_and_store(mined_work):
     torch.testing.assert_close(batch.guide["negatives"], torch.from_numpy(store.get(np.array(negatives))).half())
     # the batch planner sees each row's query, positive and negatives, one small int for each distinct text
     rows_ids = table.select("query_id", "positive_id", "negative_ids").iter_rows()
-    row_texts = data.plan_rows.texts_of(np.arange(len(data)))
+    values, counts, _ = data.plan_rows.texts_and_tasks(np.arange(len(data)))
+    texts = row_texts(values, counts)
     seen = {(int(small), text_id) for r, (q, p, n) in enumerate(rows_ids)
-            for small, text_id in zip(row_texts.row(r), [q, p, *n[:2]], strict=True)}
-    assert len({small for small, _ in seen}) == len({text_id for _, text_id in seen}) == len(seen) == row_texts.n_texts
+            for small, text_id in zip(texts.row(r), [q, p, *n[:2]], strict=True)}
+    assert len({small for small, _ in seen}) == len({text_id for _, text_id in seen}) == len(seen) == texts.n_texts
 
 
 def test_report_renders_and_links_only_existing_files(mined_work, tiny_model, tmp_path):

@@ -1,6 +1,7 @@
-"""The trainer's memory flat in the anchors: a batch's texts and guide vectors read from the memory-mapped text table
-and the vector store equal the whole tables read plainly, a run logs the same losses with every vector on the device
-or none, and the text table is checked against its record like every other file."""
+"""The trainer's memory flat in the anchors: a batch's texts and guide vectors read from the row and text tables and
+the vector store equal the whole tables read plainly, nothing of them is mapped into memory, a run logs the same
+losses with every vector on the device or none, and the tables are checked against their records like every other
+file."""
 
 from __future__ import annotations
 
@@ -17,6 +18,7 @@ from conftest import make_pairs, run_stage
 
 from gist_mining import workdir
 from gist_mining.errors import UsageError
+from gist_mining.training.batches import EpochPlan, PaperPlan
 from gist_mining.training.data import TrainingData, guide_cache_bytes
 from pipeline import embed, mask
 from train import run as train_command
@@ -134,7 +136,7 @@ def test_a_table_from_other_embeddings_is_built_again(work, tmp_path):
     table = workdir.TextTable(copy)
     assert json.loads(marker.read_text())["fingerprint"] == record["fingerprint"]
     texts = dict(pl.read_parquet(copy / "texts.parquet").select("text_id", "text").iter_rows())
-    assert table.ids.tolist() == sorted(texts) and table.texts(np.arange(len(table))) == [texts[i] for i in sorted(texts)]
+    assert table.ids().tolist() == sorted(texts) and table.texts(np.arange(len(table))) == [texts[i] for i in sorted(texts)]
 
 
 def test_the_table_is_built_where_the_vector_matrix_is_not_yet(work, tmp_path):
@@ -153,35 +155,45 @@ def test_a_changed_row_table_is_refused_in_one_line_and_a_stale_one_built_again(
     copy = tmp_path / "w"
     shutil.copytree(work, copy)
     rows = workdir.RowTable(copy, 2)
-    path, marker, expected = rows.path, rows.marker, rows.texts[1].copy()
+    path, marker, expected = rows.path, rows.marker, rows.read(np.arange(len(rows)))
     line = refused_after_a_flipped_byte(path, copy)
     assert "\n" not in line and str(path) in line and f"rm {marker}" in line
     record = json.loads(marker.read_text())
     marker.write_text(json.dumps({**record, "fingerprint": "0" * 64}))  # as after a refilter: other mined tables
-    assert np.array_equal(workdir.RowTable(copy, 2).texts[1], expected)
+    rebuilt = workdir.RowTable(copy, 2)
+    assert np.array_equal(rebuilt.read(np.arange(len(rebuilt))), expected)
     assert json.loads(marker.read_text())["fingerprint"] == record["fingerprint"]
     assert workdir.RowTable(copy, 1).path != path  # another share of the lists: a table of its own
 
 
-def mapped_rss_kib(table: workdir.MappedTable) -> int:
-    """This process's resident KiB of ``table``'s map (/proc/self/smaps)."""
-    inside = False
-    for line in Path("/proc/self/smaps").read_text().splitlines():
-        first = line.split(" ", 1)[0]
-        if "-" in first:  # a mapping's header line: address range, perms, ..., path
-            inside = int(first.split("-")[0], 16) == table.buffer.address
-        elif inside and line.startswith("Rss:"):
-            return int(line.split()[1])
-    raise AssertionError("no such mapping")
+def test_fixed_rows_read_what_numpy_loads(tmp_path):
+    rng = np.random.default_rng(0)
+    records = np.zeros(1000, workdir.row_table.record_type(3))
+    for field in records.dtype.names:
+        records[field] = rng.integers(-5, 1 << 40, records[field].shape).astype(records.dtype[field].base)
+    matrix = rng.standard_normal((50, 8)).astype(np.float16)
+    np.save(tmp_path / "records.npy", records)
+    np.save(tmp_path / "matrix.npy", matrix)
+    rows, lines = workdir.FixedRows(tmp_path / "records.npy"), workdir.FixedRows(tmp_path / "matrix.npy")
+    for picks in ([], [5], [3, 3, 2, 4], [999, 0], rng.integers(0, 1000, 300)):
+        assert rows.read(picks).tobytes() == records[picks].tobytes()
+        assert np.array_equal(lines.read(np.asarray(picks, int) % 50), matrix[np.asarray(picks, int) % 50])
+    starts, counts = [10, 0, 990, 10, 500], [5, 0, 10, 1, 0]
+    assert rows.read_spans(starts, counts).tobytes() == np.concatenate(
+        [records[s: s + c] for s, c in zip(starts, counts)]).tobytes()
+    assert np.array_equal(rows.column("documents", chunk=7), records["documents"])
+    np.save(tmp_path / "empty.npy", records[:0])
+    assert workdir.FixedRows(tmp_path / "empty.npy").column("documents").shape == (0, 3)
 
 
-def test_release_hands_back_the_mapped_pages_and_reads_stay_equal(work):
-    data = TrainingData(work, 2, "cpu")
-    before = data.get_batch([0, 3, 5])
-    tables = [data.rows.mapped, data.table.mapped]
-    int(np.asarray(data.rows.texts[1]).sum()), data.table.texts(np.arange(len(data.table)))  # every page read
-    assert all(mapped_rss_kib(t) > 0 for t in tables)
-    data.release()
-    assert [mapped_rss_kib(t) for t in tables] == [0, 0]
-    after = data.get_batch([0, 3, 5])
-    assert after.texts == before.texts and all(torch.equal(after.ids[c], before.ids[c]) for c in before.ids)
+def test_training_maps_none_of_the_tables_into_memory(work, tmp_path):
+    """Reads by row, not a memory map: a mapped table's pages count in RSS, and they grow with the table. After a
+    batch, an epoch's plan both ways and a cached run's start, no file of the work directory is mapped."""
+    copy = tmp_path / "w"
+    shutil.copytree(work, copy)
+    data = TrainingData(copy, 2, "cpu")
+    batch = data.get_batch([0, 3, 5])
+    assert list(EpochPlan(data.plan_rows, 4, 0, 0)) and list(PaperPlan(data.plan_rows, 4, 0, 0)) is not None
+    assert TrainingData(copy, 2, "cpu", guide_cache=None).get_batch([0, 3, 5]).texts == batch.texts
+    mapped = Path("/proc/self/maps").read_text()
+    assert str(copy) not in mapped and (copy / workdir.TEXT_TABLE).is_file()

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import random
 from array import array
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -38,18 +38,24 @@ class RowTexts:
         return self.values[self.starts[r]: self.starts[r + 1]]
 
 
+def row_texts(values: np.ndarray, counts: np.ndarray) -> RowTexts:
+    """Rows whose text ids are ``values``, ``counts[i]`` for row i, end to end, as positions among their distinct
+    texts."""
+    distinct, positions = np.unique(values, return_inverse=True)
+    return RowTexts(positions.astype(np.int32), np.concatenate([[0], np.cumsum(counts)]).astype(np.int64),
+                    len(distinct))
+
+
 @dataclass
 class PlanRows:
-    """What the planner reads of every row: its texts' ids (``values``, end to end from ``starts``), its task's
-    code (codes in the order of the task names) and the rows sorted by task, stably (``by_task``). In memory, or
-    views of training's memory-mapped row table (``workdir.RowTable``), of which a plan reads a window at a time and
-    then calls ``release`` (the table hands back the pages it read)."""
+    """What the planner reads of every row, in memory: its texts' ids (``values``, end to end from ``starts``), its
+    task's code (codes in the order of the task names) and the rows sorted by task, stably (``by_task``). Training
+    reads the same from its row table on disk (``workdir.RowTable``: the methods below), a window at a time."""
 
     starts: np.ndarray
     values: np.ndarray
     tasks: np.ndarray
     by_task: np.ndarray
-    release: Callable[[], None] = lambda: None
 
     @classmethod
     def of(cls, texts: pl.Series, tasks: Sequence[str]) -> PlanRows:
@@ -63,13 +69,19 @@ class PlanRows:
     def __len__(self) -> int:
         return len(self.tasks)
 
-    def texts_of(self, rows: np.ndarray) -> RowTexts:
-        """The texts of ``rows`` (row i of the result is rows[i]) as positions among their own distinct texts."""
-        firsts, lengths = self.starts[rows], self.starts[rows + 1] - self.starts[rows]
-        starts = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64)
-        ids = self.values[np.repeat(firsts - starts[:-1], lengths) + np.arange(starts[-1])]
-        distinct, positions = np.unique(ids, return_inverse=True)
-        return RowTexts(positions.astype(np.int32), starts, len(distinct))
+    @property
+    def task_counts(self) -> np.ndarray:
+        return np.bincount(self.tasks, minlength=int(self.tasks.max(initial=-1)) + 1)
+
+    def texts_and_tasks(self, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """The texts of ``rows`` end to end, each row's count of them, and each row's task code."""
+        firsts, counts = self.starts[rows], self.starts[rows + 1] - self.starts[rows]
+        ends = np.cumsum(counts)
+        at = np.repeat(firsts - (ends - counts), counts) + np.arange(int(ends[-1]) if len(ends) else 0)
+        return self.values[at], counts, self.tasks[rows]
+
+    def sorted_by_task(self, start: int, stop: int) -> np.ndarray:
+        return self.by_task[start: stop]
 
 
 class NextWithRoom:
@@ -191,10 +203,10 @@ class EpochPlan(Sequence):
         else:
             rng = random.Random(f"{self.seed}/{self.epoch}/{k}")
             order = shuffled_range(n, (self.seed, self.epoch), k * self.window, min(n, (k + 1) * self.window))
-        batches, waiting = plan_window(self.rows.texts_of(order), self.rows.tasks[order], self.batch_size, rng,
-                                       self.task_batches, self.min_batch_size)
+        values, counts, tasks = self.rows.texts_and_tasks(order)
+        batches, waiting = plan_window(row_texts(values, counts), tasks, self.batch_size, rng, self.task_batches,
+                                       self.min_batch_size)
         rows = order.tolist()
-        self.rows.release()
         return [[rows[i] for i in batch] for batch in batches], waiting
 
     def __len__(self) -> int:
@@ -214,15 +226,16 @@ BATCHINGS = ("shuffled", "paper")
 
 class PaperPlan(Sequence):
     """GISTEmbed's batches of one epoch (row indices) and how many rows they leave out (``waiting``): the
-    task-sorted rows (``PlanRows.by_task``; input order within a task) in consecutive chunks of ``batch_size``,
+    task-sorted rows (``PlanRows.sorted_by_task``; input order within a task) in consecutive chunks of ``batch_size``,
     each of one task and full, in a seeded order per epoch (seeded as a one-window EpochPlan). Only the chunks'
     starts are held."""
 
     def __init__(self, rows: PlanRows, batch_size: int, seed: int, epoch: int):
-        self.by_task, self.size = rows.by_task, batch_size
+        self.rows, self.size = rows, batch_size
         starts = np.arange(0, len(rows) - batch_size + 1, batch_size)
         # Sorted, so a chunk spans two tasks exactly when its first and last rows differ in task.
-        same = rows.tasks[self.by_task[starts]] == rows.tasks[self.by_task[starts + batch_size - 1]]
+        ends = np.cumsum(rows.task_counts)
+        same = np.searchsorted(ends, starts, side="right") == np.searchsorted(ends, starts + batch_size - 1, side="right")
         self.starts = starts[same].tolist()
         random.Random(seed * 100_003 + epoch).shuffle(self.starts)
         self.waiting = len(rows) - batch_size * len(self.starts)
@@ -232,7 +245,7 @@ class PaperPlan(Sequence):
 
     def __getitem__(self, i: int) -> list[int]:
         start = self.starts[i]
-        return self.by_task[start: start + self.size].tolist()
+        return self.rows.sorted_by_task(start, start + self.size).tolist()
 
 
 def epoch_plan(batching: str, rows: PlanRows, batch_size: int, seed: int, epoch: int, task_batches: bool,

@@ -11,10 +11,8 @@ import torch
 
 from gist_mining import workdir
 from gist_mining.distill import SoftLabels
-from gist_mining.lists import PAD_ID, Ragged, padded
 from gist_mining.loss import Column, GuidedBatch
 from gist_mining.settings import parse_bytes
-from gist_mining.training.batches import PlanRows
 
 COLUMNS = ("queries", "positives", "negatives")
 CORPUS = "corpus"  # a batch's optional fourth column: unlabelled texts for distillation (training.teacher_data)
@@ -32,6 +30,7 @@ class Batch:
     known: torch.Tensor
     unjudged: torch.Tensor | None
     soft_labels: SoftLabels | None = None
+    negatives_per_row: np.ndarray | None = None  # the negatives column holds, row after row, this many of each row
 
     @property
     def columns(self) -> tuple[str, ...]:
@@ -44,7 +43,6 @@ class Batch:
                            self.unjudged, corpus, self.soft_labels)
 
 
-RELEASE_EVERY = 64  # batches between hand-backs of the mapped tables' pages (TrainingData.release)
 ALL = "all"  # --guide-cache: every vector the rows use on the device, whatever their size
 
 
@@ -56,76 +54,74 @@ def guide_cache_bytes(text: str) -> int | None:
 class TrainingData:
     """The mined rows, and per batch their texts and the guide vectors of each text in the role it has (queries
     in the query role, positives and negatives in the document role), as float16 on the training device (the
-    loss computes their scores in float32). Nothing per row or per text is held in memory: the rows are views of
-    the memory-mapped row table (``workdir.RowTable``), a batch's texts and vectors are read from the
-    memory-mapped text table and the vector store (``workdir.TextTable``), and an epoch is planned a window of rows
-    at a time (``plan_rows``, training.batches). ``guide_cache``: bytes of float16 vectors the device may hold
-    (None: no bound): when every vector the rows use fits, they are moved there once and a step's guide blocks are
-    an index lookup there; else each batch's are read. ``false_negatives``: each row's first that many known false
+    loss computes their scores in float32). Nothing per row or per text is held in memory: a batch reads its rows'
+    records from the row table (``workdir.RowTable``, which also serves the epoch's planner a window of rows at a
+    time: ``plan_rows``), and its texts and vectors from the text table and the vector store (``workdir.TextTable``)
+    at the positions the records hold. ``guide_cache``: bytes of float16 vectors the device may hold (None: no
+    bound): when every vector the rows use fits, they are moved there once and a step's guide blocks are an index
+    lookup there; else each batch's are read. ``false_negatives``: each row's first that many known false
     negatives join its negatives column, where the loss's rules can count them as the anchor's extra positives
     (LossRules.false_negatives)."""
 
     def __init__(self, work: Path, negatives: int, device, false_negatives: int = 0, guide_cache: int | None = 0):
-        self.rows = rows = workdir.RowTable(work, negatives, false_negatives)
-        self.manifest, self.anchor_ids, self.task_names = rows.manifest, rows.anchor_ids, rows.task_names
-        self.ids = {"queries": rows.query_ids, "positives": rows.positive_ids}
-        self.negatives = Ragged(*rows.documents)
-        # Known false negatives: mining's, and every positive of the anchor's query (another anchor's positive or
-        # negative in the batch may be one).
-        self.false_negatives = rows.known
-        # Mining took the anchors the guide cannot judge out of its margin rule: so does the in-batch rule.
-        self.unjudged = rows.unjudged if self.manifest.rules.unjudged_rank_min is not None else None
-        self.plan_rows = PlanRows(*rows.texts, rows.tasks, rows.by_task, self.release)
         self.table = workdir.TextTable(work)
+        self.rows = self.plan_rows = workdir.RowTable(work, negatives, false_negatives, self.table)
+        self.manifest, self.task_names = self.rows.manifest, self.rows.task_names
+        # Mining took the anchors the guide cannot judge out of its margin rule: so does the in-batch rule.
+        self.judges_all = self.manifest.rules.unjudged_rank_min is None
         self.guide_dimension = self.table.documents.dimension
         self.device = device
-        self.guide_ids, self.guide = self._cached(guide_cache)
-        self.batches_read = 0
-
-    def release(self) -> None:
-        """Hand back the pages of the mapped tables read so far (workdir.MappedTable.release)."""
-        self.rows.mapped.release()
-        self.table.mapped.release()
+        self.guide_at, self.guide = self._cached(guide_cache)
 
     def __len__(self) -> int:
-        return len(self.anchor_ids)
+        return len(self.rows)
 
     def _cached(self, budget: int | None) -> tuple[dict, dict]:
-        """The guide vectors the rows use on the device, by role, when they fit ``budget``; else none."""
+        """The guide vectors the rows use on the device, by role (keyed by text table position), when they fit
+        ``budget``; else none."""
         if budget == 0:
             return {}, {}
-        ids = {"query": np.unique(self.ids["queries"]),
-               "document": np.unique(np.concatenate([self.ids["positives"], self.negatives.values]))}
-        if budget is not None and sum(map(len, ids.values())) * self.guide_dimension * 2 > budget:
+        documents = self.rows.every("documents_at")
+        at = {"query": np.unique(self.rows.every("query_at")),
+              "document": np.unique(np.concatenate([self.rows.every("positive_at"), documents[documents >= 0]]))}
+        if budget is not None and sum(map(len, at.values())) * self.guide_dimension * 2 > budget:
             return {}, {}
-        return ids, {role: on_device(lambda part, role=role: self.table.vectors(self.table.positions(part), role),
-                                     ids[role], self.guide_dimension, self.device) for role in ids}
+        return at, {role: on_device(lambda part, role=role: self.table.vectors(part, role), at[role],
+                                    self.guide_dimension, self.device) for role in at}
 
     def get_batch(self, rows: list[int]) -> Batch:
-        ids = {column: values[rows] for column, values in self.ids.items()}
-        ids["negatives"] = np.concatenate([self.negatives.row(r) for r in rows] + [np.empty(0, np.int64)])
-        batch = self.lookup(rows, ids)
-        batch.texts = {c: self.table.texts(self.table.positions(v)) for c, v in ids.items()}
-        return batch
+        """Rows ``rows``, each with every document of its row (``RowTable``) in the negatives column."""
+        records = self.rows.read(rows)
+        (ids, counts), (positions, _) = workdir.documents_of(records), workdir.documents_of(records, "_at")
+        return self.batch(records, (ids, positions), counts, with_texts=True)
 
-    def lookup(self, rows, ids: dict[str, np.ndarray]) -> Batch:
-        """A batch of ``rows`` whose texts per column have ``ids`` (a subset of what the rows use), without the
-        texts: the stored guide vectors of each column in its role, the ids, the known false negatives."""
-        self.batches_read += 1
-        if self.batches_read % RELEASE_EVERY == 0:  # a long run holds what it read lately, not every table it read
-            self.release()
-        return Batch(texts={},
-                     guide={c: self.guide_vectors(v, COLUMN_ROLES[c]) for c, v in ids.items()},
-                     ids={c: torch.from_numpy(v).to(self.device) for c, v in ids.items()},
-                     known=torch.from_numpy(padded(self.false_negatives.take(rows), PAD_ID, np.int64)).to(self.device),
-                     unjudged=None if self.unjudged is None else torch.from_numpy(self.unjudged[rows]).to(self.device))
-
-    def guide_vectors(self, ids: np.ndarray, role: str) -> torch.Tensor:
-        """The stored guide vectors of ``ids`` in ``role`` on the device in float16: from the device cache when
-        there is one, else read from the vector store."""
-        if self.guide:
-            return self.guide[role][torch.from_numpy(np.searchsorted(self.guide_ids[role], ids)).to(self.device)]
-        return torch.from_numpy(self.table.vectors(self.table.positions(ids), role)).to(self.device, torch.float16)
+    def batch(self, records: np.ndarray, negatives: tuple[np.ndarray, np.ndarray], counts: np.ndarray,
+              with_texts: bool) -> Batch:
+        """The batch of the rows with ``records`` whose negatives column holds ``negatives`` (ids, text table
+        positions), ``counts[i]`` of row i, end to end: the stored guide vectors of each column in its role, the
+        ids, the known false negatives, and ``with_texts`` the texts."""
+        columns = {"queries": (records["query_id"], records["query_at"]),
+                   "positives": (records["positive_id"], records["positive_at"]), "negatives": negatives}
+        texts, guide = {}, {}
+        for column, (_, at) in columns.items():
+            role = COLUMN_ROLES[column]
+            if self.guide:
+                where = torch.from_numpy(np.searchsorted(self.guide_at[role], at)).to(self.device)
+                guide[column] = self.guide[role][where]
+                if with_texts:
+                    texts[column] = self.table.texts(at)
+            else:
+                if with_texts:
+                    texts[column], vectors = self.table.read(at, role)
+                else:
+                    vectors = self.table.vectors(at, role)
+                guide[column] = torch.from_numpy(vectors).to(self.device, torch.float16)
+        unjudged = None if self.judges_all else torch.from_numpy(records["unjudged"] == 1).to(self.device)
+        # A copy of each: a field of the records is strided, which torch refuses.
+        return Batch(texts=texts, guide=guide,
+                     ids={c: torch.from_numpy(ids.copy()).to(self.device) for c, (ids, _) in columns.items()},
+                     known=torch.from_numpy(self.rows.known_of(records)).to(self.device), unjudged=unjudged,
+                     negatives_per_row=counts)
 
 
 def on_device(read, ids: np.ndarray, dimension: int, device, chunk: int = 1 << 15) -> torch.Tensor:

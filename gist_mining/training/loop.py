@@ -169,7 +169,7 @@ def train(work: Path, out: Path, config: TrainConfig = TrainConfig()) -> dict | 
 
     data = TrainingData(work, config.negatives_per_anchor, device, config.false_negatives_in_batch,
                         guide_cache_bytes(config.guide_cache))
-    teacher = (Teacher(work, loss_fn.distill, data.manifest, data.anchor_ids, config.negatives_per_anchor, config.seed,
+    teacher = (Teacher(work, loss_fn.distill, data.manifest, data.rows, config.negatives_per_anchor, config.seed,
                        device) if config.distill_corpus or config.distill_margin_mse else None)
     if rank == 0:
         say_rules(config, data.manifest)
@@ -199,7 +199,7 @@ def train(work: Path, out: Path, config: TrainConfig = TrainConfig()) -> dict | 
         batch_index, step = batch_index + 1, step + 1
         batch = data.get_batch(rows)
         if teacher is not None:
-            teacher.add(batch, rows, [len(data.negatives.row(r)) for r in rows], (step, rank))
+            teacher.add(batch, rows, (step, rank))
         loss, masked = train_step(model, loss_fn, batch, optimizer, scheduler, device, world,
                                   bf16=config.precision == "bf16", mini_batch_size=config.mini_batch_size,
                                   sizes=config.matryoshka_dims)

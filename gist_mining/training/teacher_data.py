@@ -131,17 +131,18 @@ class CrossEncoderMargins:
 class Teacher:
     """The corpus rows and the cross-encoder's margins a Distillation asks for, added to each step's batch."""
 
-    def __init__(self, work: Path, distill: Distillation, manifest: workdir.MinedManifest, anchor_ids: np.ndarray, negatives: int,
-                 seed: int, device):
+    def __init__(self, work: Path, distill: Distillation, manifest: workdir.MinedManifest, rows: workdir.RowTable,
+                 negatives: int, seed: int, device):
         self.device = device
         self.corpus = CorpusSample(work, distill.corpus, seed, device) if distill.corpus else None
-        self.margins = (CrossEncoderMargins(work, manifest, anchor_ids, negatives) if distill.margin_mse else None)
+        self.margins = (CrossEncoderMargins(work, manifest, rows.every("anchor_id"), negatives) if distill.margin_mse
+                        else None)
 
-    def add(self, batch: Batch, rows, lengths, key: tuple[int, ...]) -> Batch:
-        """``batch`` with the corpus texts drawn for ``key`` (train.run: the step and the rank; a fourth column,
-        "corpus") and the margins of its negatives (``lengths``: how many of the negatives column each row holds)."""
+    def add(self, batch: Batch, rows, key: tuple[int, ...]) -> Batch:
+        """``batch`` of ``rows`` with the corpus texts drawn for ``key`` (train.run: the step and the rank; a fourth
+        column, "corpus") and the margins of its negatives."""
         if self.corpus is not None:
             batch.texts[CORPUS], batch.guide[CORPUS], batch.ids[CORPUS] = self.corpus.read(*key)
         if self.margins is not None:
-            batch.soft_labels = self.margins.soft_labels(rows, lengths, self.device)
+            batch.soft_labels = self.margins.soft_labels(rows, batch.negatives_per_row, self.device)
         return batch

@@ -19,14 +19,16 @@ Every table of the chain names a text by its ``text_id``: a fingerprint of its c
 
 The package's modules, each one concern: ``layout`` (names, plans, rebuild commands), ``claims`` (locks and
 claims), ``records`` (the typed plans and manifests, and their JSON), ``markers`` (shards, build-once files, checks
-against records), ``readers`` (chain-checked readers), ``vectors`` (the vector store), ``text_table`` (the texts,
-memory-mapped), ``row_table`` (the mined rows as the trainer reads them, memory-mapped), ``ids`` (text ids). Their
+against records), ``readers`` (chain-checked readers), ``vectors`` (the vector store), ``fixed_rows`` (tables of
+fixed-width records, read by row), ``text_table`` (the texts by position), ``row_table`` (the mined rows as the
+trainer reads them), ``ids`` (text ids). Their
 names are this package's: ``workdir.NAME``.
 """
 
 from __future__ import annotations
 
 from gist_mining.workdir.claims import claim, locked, remove_steps, remove_temps
+from gist_mining.workdir.fixed_rows import FixedRows
 from gist_mining.workdir.ids import text_id, text_ids
 from gist_mining.workdir.layout import (
                                         ANCHORS,
@@ -58,6 +60,7 @@ from gist_mining.workdir.layout import (
                                         SKIPPED,
                                         STEPS,
                                         SUMMARY,
+                                        TEXT_BYTES,
                                         TEXT_TABLE,
                                         TEXT_TABLE_MARKER,
                                         TEXTS,
@@ -73,7 +76,6 @@ from gist_mining.workdir.layout import (
                                         rebuild_command,
                                         shard_name,
 )
-from gist_mining.workdir.mapped import MappedTable
 from gist_mining.workdir.markers import Shards, build_once, built, describe_file, index_ready, problem
 from gist_mining.workdir.readers import (
                                         anchor_exclusions,
@@ -98,7 +100,7 @@ from gist_mining.workdir.records import (
                                         SearchPlan,
                                         TrainingRecord,
 )
-from gist_mining.workdir.row_table import RowTable
+from gist_mining.workdir.row_table import RowTable, documents_of
 from gist_mining.workdir.text_table import TextTable
 from gist_mining.workdir.vectors import (
                                         QUERY_COLUMN,

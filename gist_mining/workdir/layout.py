@@ -13,8 +13,10 @@ EMBED_PLAN, EMBED_MANIFEST = "embed_plan.json", "embed_manifest.json"
 VECTORS, INDEX, CANDIDATES = "vectors", "index", "candidates"
 SEARCH_PLAN, CANDIDATES_MANIFEST = "search_plan.json", "candidates_manifest.json"
 MINED, MINE_PLAN, MINED_MANIFEST, SUMMARY = "mined", "mine_plan.json", "mined_manifest.json", "mined_summary.json"
-# Every text sorted by text_id, with its vector matrix rows, memory-mapped by the trainer (workdir.TextTable)
-TEXT_TABLE, TEXT_TABLE_MARKER = f"{VECTORS}/texts.arrow", f"{VECTORS}/_texts.done"
+# Every text sorted by text_id, with where its UTF-8 bytes are and its vector matrix rows, and the bytes end to end,
+# read by the trainer (workdir.TextTable)
+TEXT_TABLE, TEXT_BYTES = f"{VECTORS}/texts.npy", f"{VECTORS}/texts-utf8.npy"
+TEXT_TABLE_MARKER = f"{VECTORS}/_texts.done"
 INDEX_FILE, POOL_IDS, INDEX_MARKER = f"{INDEX}/index.faiss", f"{INDEX}/pool_ids.npy", f"{INDEX}/_index.done"
 # pipeline.mask --update-from: the earlier run's lists that each shard asks for, one file per shard (gist_mining.update)
 EARLIER, EARLIER_MARKER = f"{INDEX}/earlier", f"{INDEX}/_earlier.done"

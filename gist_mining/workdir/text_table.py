@@ -1,6 +1,6 @@
-"""Every text of a work directory in one Arrow IPC file sorted by text_id, with its rows in the guide's vector
-matrices (``TextTable``): memory-mapped, so that a reader finds a batch's texts and vectors by a binary search and
-a take, and holds what the batch uses, never the pool."""
+"""Every text of a work directory by its position in text_id order, with its rows in the guide's vector matrices
+(``TextTable``): fixed-width records and the texts' bytes end to end, read by position, so that a reader holds
+what a batch uses, never the pool."""
 
 from __future__ import annotations
 
@@ -8,44 +8,40 @@ from pathlib import Path
 
 import numpy as np
 import polars as pl
-import pyarrow as pa
 
 from gist_mining.errors import UsageError
-from gist_mining.storage import config_fingerprint
-from gist_mining.workdir.layout import TEXT_TABLE, TEXT_TABLE_MARKER, TEXTS, rebuild_command
-from gist_mining.workdir.mapped import mapped_once, write_one_batch
+from gist_mining.storage import config_fingerprint, write_npy_atomic
+from gist_mining.workdir.fixed_rows import FixedRows, built_checked
+from gist_mining.workdir.layout import TEXT_BYTES, TEXT_TABLE, TEXT_TABLE_MARKER, TEXTS, rebuild_command
 from gist_mining.workdir.readers import checked_embed_manifest, verified_table
 from gist_mining.workdir.records import EmbedManifest
 from gist_mining.workdir.vectors import VectorStore, two_roles
 
 # NO_ROW: a text without a vector in that role (not a query, when the query prompt differs).
 NO_ROW = -1
-SCHEMA = pa.schema([("text_id", pa.int64()), ("text", pa.large_string()), ("document_row", pa.int64()),
-                    ("query_row", pa.int64())])
-FORMAT = 1  # in the marker's fingerprint: a table of another layout is built again
+RECORD = np.dtype([("text_id", np.int64), ("start", np.int64), ("length", np.int64), ("document_row", np.int64),
+                   ("query_row", np.int64)])
+FORMAT = 2  # in the marker's fingerprint: a table of another layout is built again
 
 
 class TextTable:
-    """texts.parquet sorted by text_id as an uncompressed Arrow IPC file (``vectors/texts.arrow``), memory-mapped,
-    with each text's row in the document and query vector matrices (``VectorStore.read``). Built once per
+    """texts.parquet sorted by text_id as records (``vectors/texts.npy``: text_id, where its UTF-8 bytes start in
+    ``vectors/texts-utf8.npy`` and how many, its rows in the document and query vector matrices). Built once per
     embedding fingerprint behind its marker, by whichever reader asks first (as the vector matrix is), and checked
     against its marker's record (bytes and SHA-256) at every open: one that does not match is refused with the
-    command that rebuilds it. Nothing of it is copied into memory: the ids are searched in place, and a take
-    copies just the asked texts."""
+    command that rebuilds it. Read by position (``workdir.FixedRows``): a batch reads its texts' records and
+    bytes; nothing is held."""
 
     def __init__(self, work: Path):
         work = Path(work)
         manifest = checked_embed_manifest(work)
-        self.path, marker = work / TEXT_TABLE, work / TEXT_TABLE_MARKER
+        self.path, self.bytes_path, marker = work / TEXT_TABLE, work / TEXT_BYTES, work / TEXT_TABLE_MARKER
         fingerprint = config_fingerprint({"embed": manifest.fingerprint, "format": FORMAT})
         # The matrices first: each is built behind the work directory's lock, which the table's build holds.
         self.documents, self.queries = VectorStore(work, "document"), VectorStore(work, "query")
-        self.mapped = mapped_once(work, self.path, marker, fingerprint, lambda: self._build(work, manifest), SCHEMA)
-        batch = self.mapped.batch
-        self.ids = batch.column("text_id").to_numpy()  # views of the map, not copies
-        self.text = batch.column("text")
-        self.row = {"document": batch.column("document_row").to_numpy(),
-                    "query": batch.column("query_row").to_numpy()}
+        built_checked(work, marker, fingerprint, lambda: self._build(work, manifest))
+        self.fingerprint = fingerprint
+        self.records, self.utf8 = FixedRows(self.path), FixedRows(self.bytes_path)
 
     def _build(self, work: Path, manifest: EmbedManifest) -> tuple[list[Path], dict]:
         """One sort of the pool, in memory: the one time the table is made."""
@@ -62,26 +58,52 @@ class TextTable:
         if frame["document_row"].null_count():
             raise UsageError(f"{work / TEXTS}: {frame['document_row'].null_count()} texts have no stored vector; "
                              f"rebuild them with `{rebuild_command(work, 'search')}`")
-        return write_one_batch(self.path, frame.sort("text_id").to_arrow().cast(SCHEMA).combine_chunks())
+        frame = frame.sort("text_id").with_columns(length=pl.col("text").str.len_bytes().cast(pl.Int64))
+        records = np.empty(len(frame), RECORD)
+        for name in ("text_id", "length", "document_row", "query_row"):
+            records[name] = frame[name].to_numpy()
+        records["start"] = np.cumsum(records["length"]) - records["length"]
+        write_npy_atomic(np.frombuffer("".join(frame["text"].to_list()).encode(), np.uint8), self.bytes_path)
+        write_npy_atomic(records, self.path)
+        return [self.path, self.bytes_path], {}
 
     def __len__(self) -> int:
-        return len(self.ids)
+        return len(self.records)
+
+    def ids(self) -> np.ndarray:
+        """Every text id in table order, read a chunk at a time (8 bytes a text: for the one-time builds that find
+        texts by id; readers use the positions the row table stores)."""
+        return self.records.column("text_id")
 
     def positions(self, ids: np.ndarray) -> np.ndarray:
         """Where each of ``ids`` sits in the table; one line naming the table when one is not there."""
-        positions = np.searchsorted(self.ids, ids).clip(max=max(len(self.ids) - 1, 0))
-        missing = ids[self.ids[positions] != ids] if len(self.ids) else ids
+        table = self.ids()
+        positions = np.searchsorted(table, ids).clip(max=max(len(self) - 1, 0))
+        missing = ids[table[positions] != ids] if len(self) else ids
         if len(missing):
             raise UsageError(f"{self.path}: text id {missing[0]} of the mined tables has no text; the work directory "
                              "is incomplete or mixed")
         return positions
 
+    def read(self, positions: np.ndarray, role: str) -> tuple[list[str], np.ndarray]:
+        """The texts at ``positions`` and their stored guide vectors in ``role`` ("query" or "document", float32),
+        from one read of their records."""
+        records = self.records.read(positions)
+        return self._texts(records), self._vectors(records, role)
+
     def texts(self, positions: np.ndarray) -> list[str]:
-        return self.text.take(pa.array(positions, pa.int64())).to_pylist()
+        return self._texts(self.records.read(positions))
 
     def vectors(self, positions: np.ndarray, role: str) -> np.ndarray:
-        """The stored guide vectors of the texts at ``positions`` in ``role`` ("query" or "document"), float32."""
-        rows = self.row[role][positions]
+        return self._vectors(self.records.read(positions), role)
+
+    def _texts(self, records: np.ndarray) -> list[str]:
+        utf8 = self.utf8.read_spans(records["start"], records["length"]).tobytes()
+        ends = np.cumsum(records["length"]).tolist()
+        return [utf8[start: end].decode() for start, end in zip([0, *ends[:-1]], ends)]
+
+    def _vectors(self, records: np.ndarray, role: str) -> np.ndarray:
+        rows = records[f"{role}_row"]
         if (rows == NO_ROW).any():
-            raise UsageError(f"{self.path}: text id {self.ids[positions[rows == NO_ROW][0]]} has no {role} vector")
+            raise UsageError(f"{self.path}: text id {records['text_id'][rows == NO_ROW][0]} has no {role} vector")
         return (self.queries if role == "query" else self.documents).read(rows)

@@ -3,7 +3,6 @@ shards' columns."""
 
 from __future__ import annotations
 
-import os
 from functools import cached_property
 from pathlib import Path
 
@@ -12,6 +11,7 @@ import polars as pl
 
 from gist_mining.errors import UsageError
 from gist_mining.storage import commit, tmp_name, write_npy_atomic
+from gist_mining.workdir.fixed_rows import FixedRows
 from gist_mining.workdir.layout import VECTORS
 from gist_mining.workdir.markers import build_once
 from gist_mining.workdir.readers import checked_embed_manifest, verified
@@ -78,10 +78,8 @@ class VectorStore:
         # Sizes only: hashing an 8 GB matrix at every start would cost more than the search of a shard.
         build_once(work, marker, manifest.fingerprint, lambda: self._build(work, manifest, self.ids_path),
                    verify=False)
-        with open(self.path, "rb") as fh:
-            np.lib.format.read_magic(fh)
-            shape, _, self.dtype = np.lib.format.read_array_header_1_0(fh)
-            self.offset, self.dimension = fh.tell(), shape[1]
+        self.matrix = FixedRows(self.path)
+        self.dtype, self.dimension = self.matrix.dtype, self.matrix.shape[1]
 
     def _build(self, work: Path, manifest: EmbedManifest, ids_path: Path) -> tuple[list[Path], dict]:
         self.path.parent.mkdir(parents=True, exist_ok=True)
@@ -124,28 +122,8 @@ class VectorStore:
         return self.read(self.rows(ids.reshape(-1))).reshape(*ids.shape, self.dimension)
 
     def read(self, rows: np.ndarray) -> np.ndarray:
-        """The matrix rows ``rows`` (any order, repeats allowed) as float32, each distinct row read once."""
-        rows, where = np.unique(rows, return_inverse=True)
-        return self._read(rows)[where].astype(np.float32)
-
-    def _read(self, rows: np.ndarray) -> np.ndarray:
-        """Sorted distinct rows, one read per run of consecutive rows. Read, not memory-mapped: mapped pages
-        count in RSS, and the kernel maps cached neighbours of each touched page too (fault-around), so
-        scattered rows of a mapped 8 GB matrix would soon hold all of it."""
-        out = np.empty((len(rows), self.dimension), dtype=self.dtype)
-        if not len(rows):
-            return out  # (a memoryview cannot be cast over no bytes)
-        buffer, size = memoryview(out).cast("B"), self.dimension * self.dtype.itemsize
-        starts = np.flatnonzero(np.diff(rows, prepend=-2) != 1)
-        with open(self.path, "rb", buffering=0) as fh:
-            for start, stop in zip(starts.tolist(), [*starts[1:].tolist(), len(rows)]):
-                done, offset = start * size, self.offset + int(rows[start]) * size - start * size
-                while done < stop * size:  # a read may return less than asked (Linux: at most ~2 GB)
-                    got = os.preadv(fh.fileno(), [buffer[done: stop * size]], offset + done)
-                    if got == 0:
-                        raise UsageError(f"{self.path}: shorter than its header says; delete it to rebuild it")
-                    done += got
-        return out
+        """The matrix rows ``rows`` (any order, repeats allowed) as float32, read from the file (``FixedRows``)."""
+        return self.matrix.read(rows).astype(np.float32)
 
     def view(self, ids: np.ndarray) -> "StoredRows":
         return StoredRows(self, ids)

@@ -1,0 +1,81 @@
+"""Tables on disk as .npy files of fixed-width records, read by row with ``preadv`` (``FixedRows``), and such files
+built once behind a marker and checked at every open (``built_checked``). Read, never memory-mapped: mapped pages
+count in RSS, and the kernel maps cached neighbours of each touched page too (fault-around, and on some kernels
+whole 2 MiB folios), so scattered reads of a mapped table of millions of rows soon hold all of it."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+
+from gist_mining.errors import UsageError
+from gist_mining.storage import file_sha256
+from gist_mining.workdir.markers import build_once
+from gist_mining.workdir.readers import checked_file
+
+
+class FixedRows:
+    """The rows of a .npy file (one dimension of records, or a matrix: a row is then one line of it), read with a
+    system call a run of consecutive rows: nothing of the file is held but what a read returns."""
+
+    def __init__(self, path: Path):
+        self.path = Path(path)
+        with open(self.path, "rb") as fh:
+            version = np.lib.format.read_magic(fh)
+            read_header = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
+            shape, _, self.dtype = read_header(fh)
+            self.offset = fh.tell()
+        self.shape = shape
+        self.row_bytes = self.dtype.itemsize * int(np.prod(shape[1:], dtype=np.int64))
+
+    def __len__(self) -> int:
+        return self.shape[0]
+
+    def read(self, rows: np.ndarray) -> np.ndarray:
+        """The rows ``rows`` (any order, repeats allowed), each distinct row read once."""
+        rows = np.asarray(rows, dtype=np.int64)
+        distinct, where = np.unique(rows, return_inverse=True)
+        starts = np.flatnonzero(np.diff(distinct, prepend=-2) != 1)
+        counts = np.diff(np.append(starts, len(distinct)))
+        return self.read_spans(distinct[starts], counts)[where]
+
+    def column(self, field: str, chunk: int = 1 << 20) -> np.ndarray:
+        """One field of every record, read ``chunk`` records at a time (never the whole file at once)."""
+        starts = range(0, max(len(self), 1), chunk)  # no records: one empty read, for the field's shape
+        return np.concatenate([self.read_spans([s], [min(chunk, len(self) - s)])[field] for s in starts])
+
+    def read_spans(self, starts: np.ndarray, counts: np.ndarray) -> np.ndarray:
+        """Rows starts[i] .. starts[i] + counts[i] - 1 for each i, end to end: one read a span."""
+        starts, counts = np.asarray(starts, dtype=np.int64), np.asarray(counts, dtype=np.int64)
+        out = np.empty((int(counts.sum()), *self.shape[1:]), dtype=self.dtype)
+        if not len(out):
+            return out  # (a memoryview cannot be cast over no bytes)
+        buffer, size = memoryview(out).cast("B"), self.row_bytes
+        ends = np.cumsum(counts) * size
+        with open(self.path, "rb", buffering=0) as fh:
+            for start, stop, at in zip((ends - counts * size).tolist(), ends.tolist(), starts.tolist()):
+                done, offset = start, self.offset + at * size - start
+                while done < stop:  # a read may return less than asked (Linux: at most ~2 GB)
+                    got = os.preadv(fh.fileno(), [buffer[done: stop]], offset + done)
+                    if got == 0:
+                        raise UsageError(f"{self.path}: shorter than its header says; delete it to rebuild it")
+                    done += got
+        return out
+
+
+def built_checked(work: Path, marker: Path, fingerprint: str, build) -> dict:
+    """The record of the files ``build`` writes (it returns them, and what else the record holds), built once per
+    ``fingerprint`` behind ``marker`` by whichever reader asks first, each checked against the record (bytes and
+    SHA-256) at every open: one whose bytes changed is refused in one line naming ``rm <marker>``, not built again
+    behind the reader's back."""
+
+    def hashed():
+        files, extra = build()
+        return files, {**extra, "sha256": {f.relative_to(work).as_posix(): file_sha256(f) for f in files}}
+
+    record = build_once(work, marker, fingerprint, hashed, verify=False)
+    for name, file in record["files"].items():
+        checked_file(work / name, {**file, "sha256": record["sha256"][name]}, f"rm {marker}")
+    return record
