@@ -16,6 +16,9 @@ from gist_mining.workdir.markers import build_once
 from gist_mining.workdir.readers import checked_file
 
 
+SPANS = 8192  # spans read per loop over Python ints: a window of scattered rows needs no list of them all
+
+
 class FixedRows:
     """The rows of a .npy file (one dimension of records, or a matrix: a row is then one line of it), read with a
     system call a run of consecutive rows: nothing of the file is held but what a read returns."""
@@ -54,14 +57,17 @@ class FixedRows:
             return out  # (a memoryview cannot be cast over no bytes)
         buffer, size = memoryview(out).cast("B"), self.row_bytes
         ends = np.cumsum(counts) * size
+        begins, offsets = ends - counts * size, self.offset + starts * size
         with open(self.path, "rb", buffering=0) as fh:
-            for start, stop, at in zip((ends - counts * size).tolist(), ends.tolist(), starts.tolist()):
-                done, offset = start, self.offset + at * size - start
-                while done < stop:  # a read may return less than asked (Linux: at most ~2 GB)
-                    got = os.preadv(fh.fileno(), [buffer[done: stop]], offset + done)
-                    if got == 0:
-                        raise UsageError(f"{self.path}: shorter than its header says; delete it to rebuild it")
-                    done += got
+            for part in range(0, len(starts), SPANS):  # Python ints for a part of the spans at a time
+                cut = slice(part, part + SPANS)
+                for start, stop, offset in zip(begins[cut].tolist(), ends[cut].tolist(), offsets[cut].tolist()):
+                    done = start
+                    while done < stop:  # a read may return less than asked (Linux: at most ~2 GB)
+                        got = os.preadv(fh.fileno(), [buffer[done: stop]], offset + done - start)
+                        if got == 0:
+                            raise UsageError(f"{self.path}: shorter than its header says; delete it to rebuild it")
+                        done += got
         return out
 
 

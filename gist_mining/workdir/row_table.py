@@ -20,6 +20,7 @@ from gist_mining.workdir.records import MinedManifest
 from gist_mining.workdir.text_table import TextTable
 
 FORMAT = 2  # in the marker's fingerprint: a table of another layout is built again
+PLAN_CHUNK = 16_384  # rows whose records the planner holds at a time
 
 
 def record_type(documents: int) -> np.dtype:
@@ -89,8 +90,11 @@ class RowTable:
     def texts_and_tasks(self, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """What the batch planner reads of ``rows``: each one's texts (query, positive, documents) as their
         positions in the text table, end to end, with each row's count, and its task's code."""
-        records = self.read(rows)
-        return *documents_of(records, "_at", lead=("query_at", "positive_at")), records["task"]
+        parts = []
+        for start in range(0, max(len(rows), 1), PLAN_CHUNK):  # records a chunk at a time: a window's are 10s of MB
+            records = self.read(rows[start: start + PLAN_CHUNK])
+            parts.append((*documents_of(records, "_at", lead=("query_at", "positive_at")), records["task"]))
+        return tuple(np.concatenate(column) for column in zip(*parts))
 
     def _build(self, work: Path, documents: int, share: tuple[int, int], paths: tuple[Path, Path]):
         negatives, false_negatives = share
