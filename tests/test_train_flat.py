@@ -184,6 +184,11 @@ def test_fixed_rows_read_what_numpy_loads(tmp_path):
     assert np.array_equal(rows.column("documents", chunk=7), records["documents"])
     np.save(tmp_path / "empty.npy", records[:0])
     assert workdir.FixedRows(tmp_path / "empty.npy").column("documents").shape == (0, 3)
+    cut = tmp_path / "cut.npy"  # a file shorter than its header says: refused in one line naming it
+    cut.write_bytes((tmp_path / "records.npy").read_bytes()[:-10])
+    assert np.array_equal(workdir.FixedRows(cut).read([0, 5]), records[[0, 5]])
+    with pytest.raises(UsageError, match=f"{cut}: shorter than its header says"):
+        workdir.FixedRows(cut).read([3, 999])
 
 
 def test_training_maps_none_of_the_tables_into_memory(work, tmp_path):

@@ -102,19 +102,18 @@ class TrainingData:
         ids, the known false negatives, and ``with_texts`` the texts."""
         columns = {"queries": (records["query_id"], records["query_at"]),
                    "positives": (records["positive_id"], records["positive_at"]), "negatives": negatives}
+        ends = np.cumsum([len(at) for _, at in columns.values()]).tolist()
+        entries = self.table.entries(np.concatenate([at for _, at in columns.values()]))  # one read for the batch
+        every_text = self.table.texts_of(entries) if with_texts else []
         texts, guide = {}, {}
-        for column, (_, at) in columns.items():
+        for (column, (_, at)), start, end in zip(columns.items(), [0, *ends], ends):
             role = COLUMN_ROLES[column]
+            if with_texts:
+                texts[column] = every_text[start: end]
             if self.guide:
-                where = torch.from_numpy(np.searchsorted(self.guide_at[role], at)).to(self.device)
-                guide[column] = self.guide[role][where]
-                if with_texts:
-                    texts[column] = self.table.texts(at)
+                guide[column] = self.guide[role][torch.from_numpy(np.searchsorted(self.guide_at[role], at)).to(self.device)]
             else:
-                if with_texts:
-                    texts[column], vectors = self.table.read(at, role)
-                else:
-                    vectors = self.table.vectors(at, role)
+                vectors = self.table.vectors_of(entries[start: end], role)
                 guide[column] = torch.from_numpy(vectors).to(self.device, torch.float16)
         unjudged = None if self.judges_all else torch.from_numpy(records["unjudged"] == 1).to(self.device)
         # A copy of each: a field of the records is strided, which torch refuses.

@@ -85,25 +85,22 @@ class TextTable:
                              "is incomplete or mixed")
         return positions
 
-    def read(self, positions: np.ndarray, role: str) -> tuple[list[str], np.ndarray]:
-        """The texts at ``positions`` and their stored guide vectors in ``role`` ("query" or "document", float32),
-        from one read of their records."""
-        records = self.records.read(positions)
-        return self._texts(records), self._vectors(records, role)
+    def entries(self, positions: np.ndarray) -> np.ndarray:
+        """The records of the texts at ``positions``: where their bytes are, their vector rows."""
+        return self.records.read(positions)
+
+    def texts_of(self, entries: np.ndarray) -> list[str]:
+        return [text.decode() for text in self.utf8.spans(entries["start"], entries["length"])]
+
+    def vectors_of(self, entries: np.ndarray, role: str) -> np.ndarray:
+        """The stored guide vectors of the texts with ``entries`` in ``role`` ("query" or "document"), float32."""
+        rows = entries[f"{role}_row"]
+        if (rows == NO_ROW).any():
+            raise UsageError(f"{self.path}: text id {entries['text_id'][rows == NO_ROW][0]} has no {role} vector")
+        return (self.queries if role == "query" else self.documents).read(rows)
 
     def texts(self, positions: np.ndarray) -> list[str]:
-        return self._texts(self.records.read(positions))
+        return self.texts_of(self.entries(positions))
 
     def vectors(self, positions: np.ndarray, role: str) -> np.ndarray:
-        return self._vectors(self.records.read(positions), role)
-
-    def _texts(self, records: np.ndarray) -> list[str]:
-        utf8 = self.utf8.read_spans(records["start"], records["length"]).tobytes()
-        ends = np.cumsum(records["length"]).tolist()
-        return [utf8[start: end].decode() for start, end in zip([0, *ends[:-1]], ends)]
-
-    def _vectors(self, records: np.ndarray, role: str) -> np.ndarray:
-        rows = records[f"{role}_row"]
-        if (rows == NO_ROW).any():
-            raise UsageError(f"{self.path}: text id {records['text_id'][rows == NO_ROW][0]} has no {role} vector")
-        return (self.queries if role == "query" else self.documents).read(rows)
+        return self.vectors_of(self.entries(positions), role)
