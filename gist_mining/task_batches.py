@@ -50,7 +50,10 @@ class _TaskBatchSampler(DefaultBatchSampler):
         super().__init__(dataset, batch_size=batch_size, drop_last=drop_last, valid_label_columns=valid_label_columns,
                          generator=generator, seed=seed)
         label = pl.Series("label", dataset["label"], dtype=pl.List(pl.Int64))
-        tasks = [rows.task_names[code] for code in rows.read(label.list.last().to_numpy())["task"]]
+        at = label.list.last().to_numpy()
+        if len(at) and (at.min() < 0 or at.max() >= len(rows)):
+            raise ValueError(f"{rows.path}: the data set's rows are not this table's; rebuild it with mined_dataset")
+        tasks = [rows.task_names[code] for code in rows.every("task")[at]]  # the task column alone
         # the label between the anchor id and the row: the query's, the positive's and the negatives' ids
         texts = label.to_frame().select(pl.col("label").list.slice(1, pl.col("label").list.len() - 2))["label"]
         self.rows = PlanRows.of(texts, tasks)

@@ -1,4 +1,4 @@
-"""Tables on disk as .npy files of fixed-width records, read by row with ``preadv`` (``FixedRows``), and such files
+"""Tables on disk as .npy files of fixed-width records, read by row with ``pread`` (``FixedRows``), and such files
 built once behind a marker and checked at every open (``built_checked``). Read, never memory-mapped: mapped pages
 count in RSS, and the kernel maps cached neighbours of each touched page too (fault-around, and on some kernels
 whole 2 MiB folios), so scattered reads of a mapped table of millions of rows soon hold all of it."""
@@ -29,15 +29,16 @@ class FixedRows:
 
     def __init__(self, path: Path):
         self.path = Path(path)
-        with open(self.path, "rb") as fh:
-            version = np.lib.format.read_magic(fh)
-            read_header = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
-            shape, _, self.dtype = read_header(fh)
-            self.offset = fh.tell()
-        self.shape = shape
-        self.row_bytes = self.dtype.itemsize * int(np.prod(shape[1:], dtype=np.int64))
         self.fd = os.open(self.path, os.O_RDONLY)
         weakref.finalize(self, os.close, self.fd)
+        with os.fdopen(os.dup(self.fd), "rb") as fh:  # the header of the file the reads will read
+            version = np.lib.format.read_magic(fh)
+            read_header = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
+            self.shape, fortran_order, self.dtype = read_header(fh)
+            self.offset = fh.tell()
+        if fortran_order and len(self.shape) > 1:
+            raise UsageError(f"{self.path}: in Fortran order, not rows; delete it to rebuild it")
+        self.row_bytes = self.dtype.itemsize * int(np.prod(self.shape[1:], dtype=np.int64))
 
     def __len__(self) -> int:
         return self.shape[0]

@@ -53,7 +53,7 @@ class RowTable:
     def __init__(self, work: Path, negatives: int, false_negatives: int = 0, texts: TextTable | None = None):
         work = Path(work)
         self.manifest = checked_mined_manifest(work)  # checks the chain embeddings -> candidates -> mined
-        self.texts = texts or TextTable(work)  # before the build below takes the work directory's lock: it may build
+        self.texts = texts if texts is not None else TextTable(work)  # before the build below takes the work directory's lock: it may build
         name = f"{MINED}/rows-n{negatives}-f{false_negatives}"
         self.path, self.marker = work / f"{name}.npy", work / f"{MINED}/_{name.split('/')[1]}.done"
         known_path, by_task_path = work / f"{name}-known.npy", work / f"{name}-by-task.npy"

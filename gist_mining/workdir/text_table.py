@@ -8,6 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import polars as pl
+import pyarrow as pa
 
 from gist_mining.errors import UsageError
 from gist_mining.storage import config_fingerprint, write_npy_atomic
@@ -58,12 +59,17 @@ class TextTable:
         if frame["document_row"].null_count():
             raise UsageError(f"{work / TEXTS}: {frame['document_row'].null_count()} texts have no stored vector; "
                              f"rebuild them with `{rebuild_command(work, 'search')}`")
-        frame = frame.sort("text_id").with_columns(length=pl.col("text").str.len_bytes().cast(pl.Int64))
+        frame = frame.sort("text_id")
         records = np.empty(len(frame), RECORD)
-        for name in ("text_id", "length", "document_row", "query_row"):
+        for name in ("text_id", "document_row", "query_row"):
             records[name] = frame[name].to_numpy()
-        records["start"] = np.cumsum(records["length"]) - records["length"]
-        write_npy_atomic(np.frombuffer("".join(frame["text"].to_list()).encode(), np.uint8), self.bytes_path)
+        # The UTF-8 bytes as Arrow holds them, end to end: no Python string is made.
+        text = frame["text"].to_arrow().cast(pa.large_string())
+        offsets = (np.frombuffer(text.buffers()[1], np.int64)[text.offset: text.offset + len(text) + 1] if len(text)
+                   else np.zeros(1, np.int64))
+        records["start"], records["length"] = offsets[:-1] - offsets[0], np.diff(offsets)
+        utf8 = np.frombuffer(text.buffers()[2] or b"", np.uint8)[offsets[0]: offsets[-1]]
+        write_npy_atomic(utf8, self.bytes_path)
         write_npy_atomic(records, self.path)
         return [self.path, self.bytes_path], {}
 
