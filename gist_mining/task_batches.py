@@ -12,13 +12,17 @@ sampler over gist_mining.training.batches' plans, the two ways train.run's ``--t
 from __future__ import annotations
 
 from collections.abc import Sequence
+from functools import cached_property
 from pathlib import Path
 
-import polars as pl
+import numpy as np
+import pyarrow.compute as pc
 from sentence_transformers.base.sampler import DefaultBatchSampler
 
 from gist_mining import workdir
-from gist_mining.training.batches import BATCHINGS, PlanRows, epoch_plan
+from gist_mining.training.batches import BATCHINGS, epoch_plan
+
+LABELS = 1 << 20  # labels read at a time where every row's is read
 
 
 def task_batch_sampler(work, batching: str = "paper"):
@@ -41,6 +45,51 @@ def task_batch_sampler(work, batching: str = "paper"):
     return make
 
 
+class DatasetRows:
+    """What the batch planner reads of a ``mined_dataset`` data set's rows (``training.batches.PlanRows``' methods):
+    each row's texts' ids from its label column, read for the rows a window asks for (``datasets`` maps the file),
+    and its task from the trainer's row table, by its index there (the label's last entry). The shuffled plan holds
+    nothing per row; GISTEmbed's chunks need the rows sorted by task (8 bytes a row), made at their first ask."""
+
+    def __init__(self, dataset, table: workdir.RowTable):
+        self.labels, self.table = dataset.select_columns(["label"]).with_format("arrow"), table
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def _read(self, rows) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """The rows' texts' ids end to end (the label between the anchor id and the row: query, positive,
+        negatives), each row's count of them, and each row's index in the row table."""
+        labels = self.labels[rows]["label"].combine_chunks()
+        lengths = pc.list_value_length(labels).to_numpy(zero_copy_only=False).astype(np.int64)
+        values = pc.list_flatten(labels).to_numpy(zero_copy_only=False).astype(np.int64)
+        ends = np.cumsum(lengths)
+        at = values[ends - 1]
+        if len(at) and (at.min() < 0 or at.max() >= len(self.table)):
+            raise ValueError(f"{self.table.path}: the data set's rows are not this table's; rebuild it with mined_dataset")
+        inner = np.ones(len(values), bool)
+        inner[ends - lengths], inner[ends - 1] = False, False
+        return values[inner], lengths - 2, at
+
+    def texts_and_tasks(self, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        texts, counts, at = self._read(rows)
+        return texts, counts, self.table.tasks_of(at)
+
+    @cached_property
+    def _by_task(self) -> tuple[np.ndarray, np.ndarray]:
+        """Every row's task (labels read a chunk at a time): the rows sorted by task, stably, and each task's count."""
+        tasks = np.concatenate([self.table.tasks_of(self._read(slice(start, start + LABELS))[2])
+                                for start in range(0, max(len(self), 1), LABELS)])
+        return np.argsort(tasks, kind="stable"), np.bincount(tasks, minlength=len(self.table.task_names))
+
+    @property
+    def task_counts(self) -> np.ndarray:
+        return self._by_task[1]
+
+    def sorted_by_task(self, start: int, stop: int) -> np.ndarray:
+        return self._by_task[0][start: stop]
+
+
 class _TaskBatchSampler(DefaultBatchSampler):
     """sentence-transformers' batch sampler interface (``__iter__``, ``__len__``, ``set_epoch``) over
     ``epoch_plan``; with ``drop_last``, shuffled batches smaller than the batch size wait as train.run's
@@ -49,14 +98,7 @@ class _TaskBatchSampler(DefaultBatchSampler):
     def __init__(self, dataset, batch_size, drop_last, valid_label_columns, generator, seed, *, rows, batching):
         super().__init__(dataset, batch_size=batch_size, drop_last=drop_last, valid_label_columns=valid_label_columns,
                          generator=generator, seed=seed)
-        label = pl.Series("label", dataset["label"], dtype=pl.List(pl.Int64))
-        at = label.list.last().to_numpy()
-        if len(at) and (at.min() < 0 or at.max() >= len(rows)):
-            raise ValueError(f"{rows.path}: the data set's rows are not this table's; rebuild it with mined_dataset")
-        tasks = [rows.task_names[code] for code in rows.every("task")[at]]  # the task column alone
-        # the label between the anchor id and the row: the query's, the positive's and the negatives' ids
-        texts = label.to_frame().select(pl.col("label").list.slice(1, pl.col("label").list.len() - 2))["label"]
-        self.rows = PlanRows.of(texts, tasks)
+        self.rows = DatasetRows(dataset, rows)
         self.batching, self._planned = batching, {}
 
     def _batches(self) -> Sequence[list[int]]:

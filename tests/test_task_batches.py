@@ -126,3 +126,23 @@ def test_sentence_transformers_trainer_takes_the_paper_batches(work, tiny_model,
     assert seen == [[anchors[r] for r in b] for b in paper_batches(row_tasks, 4, seed=3, epoch=0)[0]]
     shuffled = task_batch_sampler(work, "shuffled")(dataset, batch_size=4, drop_last=False, seed=3)
     assert all(len({row_tasks[r] for r in b}) == 1 for b in shuffled) and sum(map(len, shuffled)) == len(dataset)
+
+
+def test_the_sampler_reads_a_data_sets_rows_as_the_oracle_plans_them(work):
+    """Each data set's batches, read a window at a time from its label column and the row table, equal the plans of
+    its rows held in memory (conftest's oracles), also through datasets' indices mapping (a select); a data set of
+    another table's rows is refused."""
+    from conftest import plan_batches
+
+    task_of = dict(pl.read_parquet(work / "mined" / "*.parquet").select("anchor_id", "task").iter_rows())
+    dataset = mined_dataset(work, 1, short="drop")
+    for chosen in (dataset, dataset.select(range(len(dataset) - 1, -1, -2))):
+        labels = chosen["label"]
+        tasks = [task_of[label[0]] for label in labels]
+        shuffled = task_batch_sampler(work, "shuffled")(chosen, batch_size=4, drop_last=False, seed=3)
+        assert list(shuffled) == plan_batches([label[1:-1] for label in labels], tasks, 4, 3, 0, True)[0]
+        paper = task_batch_sampler(work, "paper")(chosen, batch_size=4, drop_last=False, seed=3)
+        assert list(paper) == paper_batches(tasks, 4, seed=3, epoch=0)[0]
+    foreign = dataset.map(lambda row: {"label": [*row["label"][:-1], 10**6]})
+    with pytest.raises(ValueError, match="not this table's; rebuild it with mined_dataset"):
+        list(task_batch_sampler(work, "shuffled")(foreign, batch_size=4, drop_last=False, seed=3))
