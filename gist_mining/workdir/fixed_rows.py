@@ -17,7 +17,6 @@ from gist_mining.storage import file_sha256
 from gist_mining.workdir.markers import build_once
 from gist_mining.workdir.readers import checked_file
 
-
 SPANS = 8192  # spans read per loop over Python ints: a window of scattered rows needs no list of them all
 
 
