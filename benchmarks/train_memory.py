@@ -3,6 +3,7 @@
     python -m benchmarks.train_memory --root /work/bench/flat --sizes 100000 1000000 10000000     # memory
     flock /tmp/bench.lock python -m benchmarks.train_memory --root /work/bench/flat --timing 100000  # step time
     flock /tmp/bench.lock python -m benchmarks.train_memory --root /work/bench/flat --timing 100000 --against ../before
+    python -m benchmarks.train_memory --root /work/bench/flat --sizes 100000 1000000 10000000 --trainer st
 
 For each number of anchors a work directory is made under --root (kept, and reused when it is complete): the
 embed stage's files by benchmarks/synthetic_pool.py (real shards, manifest and tables: anchor N asks "query N",
@@ -15,6 +16,10 @@ Then `train.run` trains a tiny random BERT (tests/conftest.py's) for --steps ste
 `TrainingData` with its first epoch's plan is loaded in another: the data's own part of the peak. Each has two
 figures (benchmarks/peak_rss.py): peak RSS (VmHWM: also the pages of any file it maps, shared libraries among them)
 and the peak of its own, anonymous memory.
+
+--trainer st: sentence-transformers' trainer instead, with StoredGuideGISTLoss on mined_dataset(work) (built first,
+measured apart) and task_batch_sampler(work, "shuffled"): its peak RSS (with the pages of the data set's files,
+which ``datasets`` maps) and its own memory.
 
 --timing: the step time at that size, by default (--guide-cache 0: each batch's vectors read from the vector
 store) against --guide-cache all (every vector the rows use moved to the device once: the old path), or with
@@ -127,6 +132,55 @@ def build(work: Path) -> None:
     print(json.dumps({"texts": len(texts), "row_table_mib": rows.path.stat().st_size / 2**20}))
 
 
+def stock_data(work: Path) -> None:
+    """In the measured process: the stock trainer's data set, once (mined_dataset's build)."""
+    from gist_mining.st import mined_dataset
+
+    print(json.dumps({"rows": len(mined_dataset(work, 1, short="drop"))}))
+
+
+def stock(work: Path, model: Path, steps: int, batch_size: int) -> None:
+    """In the measured process: sentence-transformers' trainer with StoredGuideGISTLoss on mined_dataset(work) and
+    our one-task-a-batch sampler (shuffled, as train.run plans; the stock samplers draw a permutation of every row)."""
+    from sentence_transformers import SentenceTransformer, SentenceTransformerTrainer, SentenceTransformerTrainingArguments
+
+    from gist_mining.st import StoredGuideGISTLoss, mined_dataset, task_batch_sampler
+
+    dataset = mined_dataset(work, 1, short="drop")
+    student = SentenceTransformer(str(model), device="cpu")
+    with tempfile.TemporaryDirectory(prefix="train-memory-st-") as out:
+        args = SentenceTransformerTrainingArguments(out, max_steps=steps, per_device_train_batch_size=batch_size,
+                                                    save_strategy="no", report_to="none", disable_tqdm=True,
+                                                    batch_sampler=task_batch_sampler(work, "shuffled"))
+        SentenceTransformerTrainer(model=student, args=args, train_dataset=dataset,
+                                   loss=StoredGuideGISTLoss(student, work)).train()
+
+
+def stock_memory(args) -> list[dict]:
+    """The stock trainer's peak RSS and own memory against the anchors (--trainer st)."""
+    model = student(args.root)
+    header = ("anchors", "data set build: peak MiB, s", "trainer peak RSS MiB", "trainer own (anonymous) MiB",
+              "RSS, own: ratio to first")
+    rows, results = [], []
+    for anchors in args.sizes:
+        work, _ = prepare(args.root, anchors, args.dim)
+        built = measured(["-m", "benchmarks.train_memory", "--stock-data", work])
+        run = measured(["-m", "benchmarks.train_memory", "--stock", work, "--root", args.root, "--steps", args.steps,
+                        "--batch-size", args.batch_size])
+        results.append((run["peak_rss_mib"], run["peak_anonymous_mib"]))
+        rows.append((anchors, f"{built['peak_rss_mib']:.0f}, {built['seconds']:.0f}", f"{run['peak_rss_mib']:.0f}",
+                     f"{run['peak_anonymous_mib']:.0f}",
+                     f"{results[-1][0] / results[0][0]:.2f}x, {results[-1][1] / results[0][1]:.2f}x"))
+        print(table(rows[-1:], header), flush=True)
+    print(f"\nSentenceTransformerTrainer, StoredGuideGISTLoss, task_batch_sampler(work, 'shuffled'), {args.steps} steps "
+          f"of {args.batch_size}, a tiny random BERT student, {args.dim}-d float16 guide vectors, one negative per anchor")
+    print(table(rows, header))
+    return [figure(f"stock trainer peak RSS at {args.sizes[-1]} anchors over {args.sizes[0]}",
+                   results[-1][0] / results[0][0], target="<= 1.10", unit="x"),
+            figure(f"stock trainer peak anonymous RSS at {args.sizes[-1]} anchors over {args.sizes[0]}",
+                   results[-1][1] / results[0][1], target="<= 1.10", unit="x")]
+
+
 def memory(args) -> list[dict]:
     model = student(args.root)
     baseline = measured(["-m", "benchmarks.train_memory", "--imports-only"])["peak_rss_mib"]
@@ -190,6 +244,10 @@ def main(argv: list[str] | None = None) -> list[dict]:
                         help="with --timing: a checkout of other code (e.g. before a change) to time against")
     parser.add_argument("--load", type=Path, help=argparse.SUPPRESS)
     parser.add_argument("--build", type=Path, help=argparse.SUPPRESS)
+    parser.add_argument("--stock", type=Path, help=argparse.SUPPRESS)
+    parser.add_argument("--stock-data", type=Path, help=argparse.SUPPRESS)
+    parser.add_argument("--trainer", choices=["train.run", "st"], default="train.run",
+                        help="st: sentence-transformers' trainer with StoredGuideGISTLoss (memory only)")
     parser.add_argument("--imports-only", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.imports_only:
@@ -199,8 +257,14 @@ def main(argv: list[str] | None = None) -> list[dict]:
         return load(args.load)
     if args.build:
         return build(args.build)
+    if args.stock_data:
+        return stock_data(args.stock_data)
+    if args.stock:
+        return stock(args.stock, student(args.root), args.steps, args.batch_size)
     args.root.mkdir(parents=True, exist_ok=True)
-    return timing(args) if args.timing else memory(args)
+    if args.timing:
+        return timing(args)
+    return stock_memory(args) if args.trainer == "st" else memory(args)
 
 
 if __name__ == "__main__":

@@ -53,7 +53,8 @@ class FixedRows:
     def column(self, field: str, chunk: int = 1 << 20) -> np.ndarray:
         """One field of every record, read ``chunk`` records at a time (never the whole file at once)."""
         starts = range(0, max(len(self), 1), chunk)  # no records: one empty read, for the field's shape
-        return np.concatenate([self.read_spans([s], [min(chunk, len(self) - s)])[field] for s in starts])
+        # a copy of the field each chunk: a view would hold the chunk's whole records until the end
+        return np.concatenate([self.read_spans([s], [min(chunk, len(self) - s)])[field].copy() for s in starts])
 
     def read_spans(self, starts: np.ndarray, counts: np.ndarray) -> np.ndarray:
         """Rows starts[i] .. starts[i] + counts[i] - 1 for each i, end to end: one read a span."""

@@ -91,15 +91,16 @@ class RowTable:
         """What the batch planner reads of ``rows``: each one's texts (query, positive, documents) as their
         positions in the text table, end to end, with each row's count, and its task's code."""
         parts = self._chunks(rows, lambda records: (*documents_of(records, "_at", lead=("query_at", "positive_at")),
-                                                    records["task"]))
+                                                    records["task"].copy()))
         return tuple(np.concatenate(column) for column in zip(*parts))
 
     def tasks_of(self, rows: np.ndarray) -> np.ndarray:
         """The task codes of ``rows``."""
-        return np.concatenate(self._chunks(rows, lambda records: records["task"]))
+        return np.concatenate(self._chunks(rows, lambda records: records["task"].copy()))
 
     def _chunks(self, rows: np.ndarray, take) -> list:
-        """``take`` of the records of ``rows``, a chunk of rows at a time (a window's records are 10s of MB)."""
+        """``take`` of the records of ``rows``, a chunk of rows at a time (a window's records are 10s of MB), each a
+        copy: a view of a field would hold its chunk's records."""
         return [take(self.read(rows[start: start + PLAN_CHUNK])) for start in range(0, max(len(rows), 1), PLAN_CHUNK)]
 
     def _build(self, work: Path, documents: int, share: tuple[int, int], paths: tuple[Path, Path]):
