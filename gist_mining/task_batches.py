@@ -23,6 +23,7 @@ from gist_mining import workdir
 from gist_mining.training.batches import BATCHINGS, epoch_plan
 
 LABELS = 1 << 20  # labels read at a time where every row's is read
+GATHER = 16_384  # scattered rows' labels read at a time
 
 
 def task_batch_sampler(work, batching: str = "paper"):
@@ -72,7 +73,9 @@ class DatasetRows:
         return values[inner], lengths - 2, at
 
     def texts_and_tasks(self, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        texts, counts, at = self._read(rows)
+        # a part of a window at a time: datasets gathers scattered rows one Arrow slice each (~1 kB a row)
+        parts = [self._read(rows[start: start + GATHER]) for start in range(0, max(len(rows), 1), GATHER)]
+        texts, counts, at = (np.concatenate(column) for column in zip(*parts))
         return texts, counts, self.table.tasks_of(at)
 
     @cached_property
