@@ -19,7 +19,7 @@ LABEL = "label"  # the column the stock collator hands to the loss as a tensor
 # where the loss reads what else it needs of the row.
 ID_COLUMNS = ("anchor_id", "query_id", "positive_id")
 CHUNK = 16_384  # rows written at a time
-FORMAT = 3  # in the marker's fingerprint: files of another layout are built again
+FORMAT = 4  # in the marker's fingerprint: files of another layout are built again
 
 
 def export_order(anchor_ids: np.ndarray, query_ids: np.ndarray, kept: np.ndarray) -> np.ndarray:
@@ -65,11 +65,12 @@ def mined_dataset(work, num_negatives: int = 1, short: str = "keep"):
     work = Path(work)
     manifest = workdir.checked_mined_manifest(work)
     n = export.negatives_wanted(work, manifest, num_negatives)
-    rows = workdir.RowTable(work, n)  # each row's first n negatives (opened before the build below takes the work
-    counts = rows.every("n_documents")  # directory's lock: it may build too)
+    # Each row's first n negatives (opened before the build below takes the work directory's lock: it may build too).
+    rows = workdir.RowTable(work, n)
     name = f"{workdir.MINED}/st-n{n}-{short}"
 
     def build():
+        counts = rows.every("n_documents")
         # drop: the order of the rows with N negatives alone, as the export orders what it keeps
         order = export_order(rows.every("anchor_id"), rows.every("query_id"),
                              np.flatnonzero(counts == n) if short == "drop" else np.arange(len(rows)))
@@ -79,11 +80,11 @@ def mined_dataset(work, num_negatives: int = 1, short: str = "keep"):
             if len(chosen) or short == "drop":
                 paths.append(work / f"{name}-{k}.arrow")
                 _write(paths[-1], rows, chosen, k)
-        return paths, {}
+        return paths, {"short": int((counts < n).sum())}
 
     fingerprint = config_fingerprint({"mined": manifest.fingerprint, "n": n, "short": short, "format": FORMAT})
     record = workdir.build_once(work, work / f"{workdir.MINED}/_st-n{n}-{short}.done", fingerprint, build, verify=False)
-    n_short = int((counts < n).sum())
+    n_short = record["short"]
     if n_short and short == "drop":
         warnings.warn(f"mined_dataset: {n_short} of {len(rows)} anchors in {work} have fewer than {n} negatives and are "
                       "left out; short='keep' trains them too, as train.run does", stacklevel=2)

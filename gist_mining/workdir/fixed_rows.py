@@ -50,7 +50,7 @@ class FixedRows:
         counts = np.diff(np.append(starts, len(distinct)))
         return self.read_spans(distinct[starts], counts)[where]
 
-    def column(self, field: str, chunk: int = 1 << 20) -> np.ndarray:
+    def column(self, field: str, chunk: int = 1 << 16) -> np.ndarray:
         """One field of every record, read ``chunk`` records at a time (never the whole file at once)."""
         starts = range(0, max(len(self), 1), chunk)  # no records: one empty read, for the field's shape
         # a copy of the field each chunk: a view would hold the chunk's whole records until the end
