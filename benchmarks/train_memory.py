@@ -156,6 +156,12 @@ def stock(work: Path, model: Path, steps: int, batch_size: int) -> None:
                                    loss=StoredGuideGISTLoss(student, work)).train()
 
 
+def flatness(trainer: str, sizes: list[int], results: list[tuple[float, float]]) -> list[dict]:
+    """The peak RSS and peak anonymous memory (``results``, one pair a size) at the last size over the first."""
+    return [figure(f"{trainer} {what} at {sizes[-1]} anchors over {sizes[0]}", results[-1][i] / results[0][i],
+                   target="<= 1.10", unit="x") for i, what in enumerate(("peak RSS", "peak anonymous RSS"))]
+
+
 def stock_memory(args) -> list[dict]:
     """The stock trainer's peak RSS and own memory against the anchors (--trainer st)."""
     model = student(args.root)
@@ -175,10 +181,7 @@ def stock_memory(args) -> list[dict]:
     print(f"\nSentenceTransformerTrainer, StoredGuideGISTLoss, task_batch_sampler(work, 'shuffled'), {args.steps} steps "
           f"of {args.batch_size}, a tiny random BERT student, {args.dim}-d float16 guide vectors, one negative per anchor")
     print(table(rows, header))
-    return [figure(f"stock trainer peak RSS at {args.sizes[-1]} anchors over {args.sizes[0]}",
-                   results[-1][0] / results[0][0], target="<= 1.10", unit="x"),
-            figure(f"stock trainer peak anonymous RSS at {args.sizes[-1]} anchors over {args.sizes[0]}",
-                   results[-1][1] / results[0][1], target="<= 1.10", unit="x")]
+    return flatness("stock trainer", args.sizes, results)
 
 
 def memory(args) -> list[dict]:
@@ -202,10 +205,7 @@ def memory(args) -> list[dict]:
           f"random BERT student, {args.dim}-d float16 guide vectors, one negative per anchor; a process that imports "
           f"train.run and loads nothing peaks at {baseline:.0f} MiB")
     print(table(rows, header))
-    return [figure(f"train.run peak anonymous RSS at {args.sizes[-1]} anchors over {args.sizes[0]}",
-                   results[-1][1] / results[0][1], target="<= 1.10", unit="x"),
-            figure(f"train.run peak RSS at {args.sizes[-1]} anchors over {args.sizes[0]}",
-                   results[-1][0] / results[0][0], target="<= 1.10", unit="x")]
+    return flatness("train.run", args.sizes, results)
 
 
 def timing(args) -> list[dict]:
