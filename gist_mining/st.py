@@ -125,10 +125,10 @@ class StoredGuideGISTLoss(CachedLossMixin, nn.Module):
         data, n = self.data, ids.shape[1] - len(ID_COLUMNS) - 1
         rows = ids[:, -1].clip(0, max(len(data) - 1, 0))
         records = data.rows.read(rows)
-        # (a label with more negatives than mining kept comes from other mined tables: it fits no row)
-        fits = ((ids[:, -1] == rows) & (records["n_documents"] >= n) & (n <= records["documents"].shape[1])
-                & (np.column_stack([records[c] for c in ID_COLUMNS] + [records["documents"][:, :n]])
-                   == ids[:, : len(ID_COLUMNS) + min(n, records["documents"].shape[1])]).all(axis=1))
+        held = np.column_stack([records[c] for c in ID_COLUMNS] + [records["documents"][:, :n]])
+        # (a label with more negatives than the table holds comes from other mined tables: it fits no row)
+        fits = ((ids[:, -1] == rows) & (records["n_documents"] >= n)
+                & ((held == ids[:, :-1]).all(axis=1) if held.shape == ids[:, :-1].shape else False))
         if not fits.all():
             raise ValueError(f"{self.work}: the batch's row with anchor_id {ids[~fits, 0][0]} is not what mined/ holds "
                              f"now; rebuild the data set with mined_dataset({str(self.work)!r})")

@@ -70,10 +70,9 @@ def mined_dataset(work, num_negatives: int = 1, short: str = "keep"):
     name = f"{workdir.MINED}/st-n{n}-{short}"
 
     def build():
-        counts = rows.every("n_documents")
+        counts, anchor_ids, query_ids = rows.every("n_documents", "anchor_id", "query_id")
         # drop: the order of the rows with N negatives alone, as the export orders what it keeps
-        order = export_order(rows.every("anchor_id"), rows.every("query_id"),
-                             np.flatnonzero(counts == n) if short == "drop" else np.arange(len(rows)))
+        order = export_order(anchor_ids, query_ids, np.flatnonzero(counts == n) if short == "drop" else np.arange(len(rows)))
         paths = []
         for k in ([n] if short == "drop" else range(n, -1, -1)):
             chosen = order[counts[order] == k]

@@ -96,7 +96,7 @@ def test_cross_encoder_margins_are_the_stored_scores(rescored, guide_mined, mine
 
     work = {"rescore": rescored, "guide": guide_mined}[mined_with]
     data = TrainingData(work, 2, "cpu", false_negatives=1)
-    margins = CrossEncoderMargins(work, data.manifest, data.rows.every("anchor_id"), 2)
+    margins = CrossEncoderMargins(work, data.manifest, data.rows.every("anchor_id")[0], 2)
     by_hand = cross_encoder_scores_by_hand(work)
     mined = pl.read_parquet(work / "mined" / "*.parquet").sort("anchor_id")
     counts = {name: mined[name].list.len().to_numpy() for name in ("negative_ids", "false_negative_ids")}

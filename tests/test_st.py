@@ -367,7 +367,7 @@ def test_kept_data_sets_under_torchrun_equal_one_process(work, student, tmp_path
     assert batches[0][1] != batches[1][1]
     model = load(student)
     data = TrainingData(mixed, 2, "cpu")
-    batch = data.get_batch(np.searchsorted(data.rows.every("anchor_id"), [a for anchors, _ in batches for a in anchors]).tolist())
+    batch = data.get_batch(np.searchsorted(data.rows.every("anchor_id")[0], [a for anchors, _ in batches for a in anchors]).tolist())
     loss = StoredGuideGISTLoss(model, mixed)
     masked = []
 

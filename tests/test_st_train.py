@@ -44,7 +44,7 @@ def test_matryoshka_report_to_tensorboard_and_model_card(work, split, student, t
     # the first step's loss: sentence-transformers' MatryoshkaLoss over the stored-guide loss, same anchors
     data = TrainingData(work, 1, "cpu")
     config = TrainConfig(batch_size=8, seed=3)
-    first = [int(a) for a in data.rows.every("anchor_id")[epoch_batches(data, config, 1, 0)[0]]]
+    first = [int(a) for a in data.rows.every("anchor_id")[0][epoch_batches(data, config, 1, 0)[0]]]
     dataset = mined_dataset(work, 1, short="drop")
     position = {label[0]: i for i, label in enumerate(dataset["label"])}
     model = SentenceTransformer(str(student), device="cpu")

@@ -107,7 +107,8 @@ def test_sentence_transformers_trainer_takes_the_paper_batches(work, tiny_model,
     dataset = mined_dataset(work, 1, short="drop")  # one data set: every row has its negative
     anchors = [label[0] for label in dataset["label"]]
     data = TrainingData(work, 1, "cpu")
-    task_of = dict(zip(data.rows.every("anchor_id").tolist(), [data.task_names[c] for c in data.rows.every("task")]))
+    anchor_ids, tasks = data.rows.every("anchor_id", "task")
+    task_of = dict(zip(anchor_ids.tolist(), [data.task_names[c] for c in tasks]))
     row_tasks = [task_of[a] for a in anchors]
     sampler = task_batch_sampler(work, "paper")(dataset, batch_size=4, drop_last=False, seed=3)
     for epoch in (0, 1):

@@ -74,8 +74,12 @@ def test_batches_read_per_batch_equal_the_whole_tables(work):
         for data in (per_batch, on_device):
             batch = data.get_batch(rows)
             assert batch.texts == texts
+            records = data.rows.read(rows)  # as the stock trainer's loss asks: no texts
+            (ids, counts), (at, _) = workdir.documents_of(records), workdir.documents_of(records, "_at")
+            untexted = data.batch(records, (ids, at), counts, with_texts=False)
+            assert untexted.texts == {}
             for column, vectors in guide.items():
-                assert torch.equal(batch.guide[column], vectors), column
+                assert torch.equal(batch.guide[column], vectors) and torch.equal(untexted.guide[column], vectors), column
 
 
 def test_a_run_logs_the_same_losses_with_every_vector_on_the_device_or_none(two_roles, tiny_model, tmp_path):
@@ -181,9 +185,10 @@ def test_fixed_rows_read_what_numpy_loads(tmp_path):
     starts, counts = [10, 0, 990, 10, 500], [5, 0, 10, 1, 0]
     assert rows.read_spans(starts, counts).tobytes() == np.concatenate(
         [records[s: s + c] for s, c in zip(starts, counts)]).tobytes()
-    assert np.array_equal(rows.column("documents", chunk=7), records["documents"])
+    documents, anchors = rows.columns("documents", "anchor_id", chunk=7)
+    assert np.array_equal(documents, records["documents"]) and np.array_equal(anchors, records["anchor_id"])
     np.save(tmp_path / "empty.npy", records[:0])
-    assert workdir.FixedRows(tmp_path / "empty.npy").column("documents").shape == (0, 3)
+    assert workdir.FixedRows(tmp_path / "empty.npy").columns("documents")[0].shape == (0, 3)
     cut = tmp_path / "cut.npy"  # a file shorter than its header says: refused in one line naming it
     cut.write_bytes((tmp_path / "records.npy").read_bytes()[:-10])
     assert np.array_equal(workdir.FixedRows(cut).read([0, 5]), records[[0, 5]])

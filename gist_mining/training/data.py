@@ -81,9 +81,8 @@ class TrainingData:
         ``budget``; else none."""
         if budget == 0:
             return {}, {}
-        documents = self.rows.every("documents_at")
-        at = {"query": np.unique(self.rows.every("query_at")),
-              "document": np.unique(np.concatenate([self.rows.every("positive_at"), documents[documents >= 0]]))}
+        queries, positives, documents = self.rows.every("query_at", "positive_at", "documents_at")
+        at = {"query": np.unique(queries), "document": np.unique(np.concatenate([positives, documents[documents >= 0]]))}
         if budget is not None and sum(map(len, at.values())) * self.guide_dimension * 2 > budget:
             return {}, {}
         return at, {role: on_device(lambda part, role=role: self.table.vectors(part, role), at[role],
@@ -103,7 +102,9 @@ class TrainingData:
         columns = {"queries": (records["query_id"], records["query_at"]),
                    "positives": (records["positive_id"], records["positive_at"]), "negatives": negatives}
         ends = np.cumsum([len(at) for _, at in columns.values()]).tolist()
-        entries = self.table.entries(np.concatenate([at for _, at in columns.values()]))  # one read for the batch
+        # The texts' records, one read for the batch: for the texts, and the vectors unless the device holds them.
+        entries = (self.table.entries(np.concatenate([at for _, at in columns.values()]))
+                   if with_texts or not self.guide else None)
         every_text = self.table.texts_of(entries) if with_texts else []
         texts, guide = {}, {}
         for (column, (_, at)), start, end in zip(columns.items(), [0, *ends], ends):

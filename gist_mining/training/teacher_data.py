@@ -135,7 +135,7 @@ class Teacher:
                  negatives: int, seed: int, device):
         self.device = device
         self.corpus = CorpusSample(work, distill.corpus, seed, device) if distill.corpus else None
-        self.margins = (CrossEncoderMargins(work, manifest, rows.every("anchor_id"), negatives) if distill.margin_mse
+        self.margins = (CrossEncoderMargins(work, manifest, rows.every("anchor_id")[0], negatives) if distill.margin_mse
                         else None)
 
     def add(self, batch: Batch, rows, key: tuple[int, ...]) -> Batch:

@@ -50,11 +50,15 @@ class FixedRows:
         counts = np.diff(np.append(starts, len(distinct)))
         return self.read_spans(distinct[starts], counts)[where]
 
-    def column(self, field: str, chunk: int = 1 << 16) -> np.ndarray:
-        """One field of every record, read ``chunk`` records at a time (never the whole file at once)."""
-        starts = range(0, max(len(self), 1), chunk)  # no records: one empty read, for the field's shape
-        # a copy of the field each chunk: a view would hold the chunk's whole records until the end
-        return np.concatenate([self.read_spans([s], [min(chunk, len(self) - s)])[field].copy() for s in starts])
+    def columns(self, *fields: str, chunk: int = 1 << 16) -> tuple[np.ndarray, ...]:
+        """Each of ``fields`` of every record, in one pass over the file ``chunk`` records at a time (never the whole
+        file at once)."""
+        parts = []
+        for start in range(0, max(len(self), 1), chunk):  # no records: one empty read, for the fields' shapes
+            records = self.read_spans([start], [min(chunk, len(self) - start)])
+            # a copy of each field: a view would hold the chunk's whole records until the end
+            parts.append([records[field].copy() for field in fields])
+        return tuple(np.concatenate(column) for column in zip(*parts))
 
     def read_spans(self, starts: np.ndarray, counts: np.ndarray) -> np.ndarray:
         """Rows starts[i] .. starts[i] + counts[i] - 1 for each i, end to end: one read a span."""

@@ -72,9 +72,9 @@ class RowTable:
         """The records of ``rows`` (any order)."""
         return self.records.read(rows)
 
-    def every(self, field: str) -> np.ndarray:
-        """One field of every row: for the readers that need a whole column."""
-        return self.records.column(field)
+    def every(self, *fields: str) -> tuple[np.ndarray, ...]:
+        """Each of ``fields`` of every row, in one pass: for the readers that need whole columns."""
+        return self.records.columns(*fields)
 
     def known_of(self, records: np.ndarray) -> np.ndarray:
         """The rows' known false negatives, padded with PAD_ID to the longest."""

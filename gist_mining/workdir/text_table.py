@@ -79,7 +79,7 @@ class TextTable:
     def ids(self) -> np.ndarray:
         """Every text id in table order, read a chunk at a time (8 bytes a text: for the one-time builds that find
         texts by id; readers use the positions the row table stores)."""
-        return self.records.column("text_id")
+        return self.records.columns("text_id")[0]
 
     def positions(self, ids: np.ndarray) -> np.ndarray:
         """Where each of ``ids`` sits in the table; one line naming the table when one is not there."""
